@@ -1,0 +1,8 @@
+"""fastmlp: fast multilayer perceptrons on the CPU, on C++ kernels."""
+
+from fastmlp import ops
+from fastmlp._core import __version__
+from fastmlp.model import MLP, History
+from fastmlp.optim import SGD, Adam
+
+__all__ = ["MLP", "History", "SGD", "Adam", "ops", "__version__"]

@@ -1,0 +1,148 @@
+"""Input validation shared by every public entry point: one place, clear messages.
+
+Each helper takes what a user passed and returns an array the C++ core can use directly,
+or raises ``TypeError`` (wrong kind of data) / ``ValueError`` (wrong shape or values) saying
+what was wrong and what was expected. Arrays are copied only when the core cannot read them
+as they are (another dtype, an unaligned buffer, or, for element-wise kernels, a
+non-contiguous layout).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe_dtype(a: np.ndarray) -> str:
+    return str(a.dtype) if a.dtype.kind != "O" else "object"
+
+
+def as_array(value, name: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
+
+
+def float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
+    """An ndarray of dtype float32 or float64, as given (no conversion)."""
+    a = as_array(value, name)
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {describe_dtype(a)}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def same_dtype(*named: tuple[str, np.ndarray]) -> np.dtype:
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}; "
+                "all operands must share one dtype (convert one with .astype())"
+            )
+    return first.dtype
+
+
+def strided_ok(a: np.ndarray) -> np.ndarray:
+    """a, or a contiguous copy if its strides are not whole elements or it is unaligned."""
+    item = a.itemsize
+    if a.flags.aligned and all(s % item == 0 for s in a.strides):
+        return a
+    return np.ascontiguousarray(a)
+
+
+def check_finite(a: np.ndarray, name: str) -> None:
+    """ValueError naming the first row (of a 2-D array) holding NaN or Inf."""
+    if a.size == 0 or np.isfinite(a).all():
+        return
+    bad = ~np.isfinite(a)
+    if a.ndim >= 2:
+        row = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(axis=1))[0])
+        raise ValueError(f"{name} contains NaN or infinity (first at row {row}); "
+                         "all values must be finite")
+    index = int(np.flatnonzero(bad.ravel())[0])
+    raise ValueError(f"{name} contains NaN or infinity (first at index {index}); "
+                     "all values must be finite")
+
+
+def feature_matrix(value, name: str, dtype: np.dtype, n_features: int | None = None) -> np.ndarray:
+    """A finite 2-D array of `dtype` with at least one row (converted from ints, bools and
+    other float widths; strings, objects and complex numbers are refused)."""
+    a = as_array(value, name)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers (float, int or bool), "
+                        f"got dtype {describe_dtype(a)}")
+    if a.ndim != 2:
+        hint = " (use X.reshape(1, -1) for a single sample)" if a.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {a.shape}{hint}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} has 0 samples; at least 1 is required")
+    if n_features is not None and a.shape[1] != n_features:
+        raise ValueError(f"{name} has {a.shape[1]} features but the model expects {n_features}")
+    if a.dtype != dtype:
+        a = a.astype(dtype)
+    check_finite(a, name)
+    return strided_ok(a)
+
+
+def integer_labels(value, name: str, n_classes: int, n_samples: int | None = None,
+                   allow_bool: bool = False, allow_integral_float: bool = False) -> np.ndarray:
+    """A contiguous int64 array of class indices in [0, n_classes)."""
+    y = as_array(value, name)
+    kinds = "iu" + ("b" if allow_bool else "") + ("f" if allow_integral_float else "")
+    if y.dtype.kind not in kinds:
+        expected = "an integer dtype" + (" (or bool)" if allow_bool else "")
+        raise TypeError(f"{name} must have {expected}, got {describe_dtype(y)}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n_samples,), got shape {y.shape}")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"{name} has {y.shape[0]} labels but there are {n_samples} samples")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}[{index}] = {y[index]!r} is not an integer class label")
+    if y.size:
+        bad = (y < 0) | (y >= n_classes)
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}[{index}] = {y[index]!r} is out of range: "
+                             f"expected a class label in [0, {n_classes})")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {expected}, got {value}")
+    return value
+
+
+def model_dtype(value) -> np.dtype:
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        dt = None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {value!r}")
+    return dt

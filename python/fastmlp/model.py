@@ -1,0 +1,356 @@
+"""The multilayer perceptron: parameters, forward, loss and gradients, training loop.
+
+Legend: N samples, L layers, ``layer_sizes = [n_0, ..., n_L]``; layer l maps n_{l-1}
+features to n_l with ``W_l`` of shape (n_l, n_{l-1}) (the ``torch.nn.Linear`` layout: row =
+target unit, column = source unit) and ``b_l`` of shape (n_l,). Hidden layers apply the
+activation; the last layer gives the logits, turned into probabilities by softmax (K = n_L
+classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (labels 0/1).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastmlp import _core
+from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_int)
+from fastmlp.optim import SGD, Optimizer
+
+__all__ = ["MLP", "History"]
+
+_ACTIVATIONS = ("relu", "identity")
+_OUTPUTS = ("softmax", "sigmoid")
+
+
+@dataclass
+class History:
+    """What ``MLP.fit`` measured, one entry per epoch.
+
+    loss: mean training loss over the epoch's samples (batch losses weighted by batch size),
+    computed while training. val_loss / val_accuracy: on ``validation_data`` after each epoch
+    (empty without it). samples_per_second: training throughput of each epoch.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    samples_per_second: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.loss)
+
+
+class _ParameterList(list):
+    """The model's weights or biases: item assignment is validated, the length is fixed."""
+
+    def __init__(self, items, check):
+        super().__init__(items)
+        self._check = check
+
+    def __setitem__(self, index, value):
+        if isinstance(index, slice):
+            raise TypeError("assign parameters one at a time, or replace the whole list")
+        position = range(len(self))[index]
+        super().__setitem__(position, self._check(position, value))
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError("the number of layers is fixed; build a new MLP for another architecture")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _fixed
+    __delitem__ = __iadd__ = __imul__ = _fixed
+
+
+class MLP:
+    """A multilayer perceptron classifier on fastmlp's C++ kernels.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_inputs, hidden..., n_outputs]``; ``[2, 3, 3]`` is 2 inputs, 3 hidden units,
+        3 classes.
+    activation : "relu" or "identity"
+        Activation of the hidden layers.
+    output : "softmax" or "sigmoid"
+        Softmax over n_outputs >= 2 classes, or one logit (n_outputs = 1) and the sigmoid for
+        binary labels 0/1.
+    dtype : "float32" or "float64"
+        Dtype of parameters and computation. Inputs of another dtype are converted (copied).
+    seed : int or None
+        Seeds the initialisation: weights ~ N(0, 2 / fan_in) (He), biases 0.
+    """
+
+    def __init__(self, layer_sizes, activation: str = "relu", output: str = "softmax",
+                 dtype="float32", seed=None) -> None:
+        try:
+            sizes = tuple(layer_sizes)
+        except TypeError:
+            raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}") from None
+        if len(sizes) < 2:
+            raise ValueError(f"layer_sizes needs at least 2 entries (inputs, outputs), got {sizes}")
+        self._layer_sizes = tuple(positive_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+        if output == "sigmoid" and self._layer_sizes[-1] != 1:
+            raise ValueError(f"output='sigmoid' needs a final layer size of 1, got {self._layer_sizes[-1]}")
+        if output == "softmax" and self._layer_sizes[-1] < 2:
+            raise ValueError("output='softmax' needs at least 2 classes; "
+                             "use output='sigmoid' for one logit")
+        self._activation = activation
+        self._output = output
+        self._dtype = model_dtype(dtype)
+
+        rng = np.random.default_rng(seed)
+        weights, biases = [], []
+        for fan_in, fan_out in zip(self._layer_sizes[:-1], self._layer_sizes[1:]):
+            w = rng.standard_normal((fan_out, fan_in)) * math.sqrt(2.0 / fan_in)
+            weights.append(w.astype(self._dtype))
+            biases.append(np.zeros(fan_out, dtype=self._dtype))
+        self._weights = _ParameterList(weights, self._check_weight)
+        self._biases = _ParameterList(biases, self._check_bias)
+
+    # ---- architecture -------------------------------------------------------------------
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self._layer_sizes
+
+    @property
+    def activation(self) -> str:
+        return self._activation
+
+    @property
+    def output(self) -> str:
+        return self._output
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def n_features(self) -> int:
+        return self._layer_sizes[0]
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self._output == "sigmoid" else self._layer_sizes[-1]
+
+    def __repr__(self) -> str:
+        return (f"MLP({list(self._layer_sizes)}, activation={self._activation!r}, "
+                f"output={self._output!r}, dtype={self._dtype.name!r})")
+
+    # ---- parameters ---------------------------------------------------------------------
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Weights ``W_l`` of shape (n_l, n_{l-1}); assignable (shape and values validated)."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, values) -> None:
+        self._weights = _ParameterList(self._check_list(values, "weights", self._check_weight),
+                                       self._check_weight)
+
+    @property
+    def biases(self) -> list[np.ndarray]:
+        """Biases ``b_l`` of shape (n_l,); assignable (shape and values validated)."""
+        return self._biases
+
+    @biases.setter
+    def biases(self, values) -> None:
+        self._biases = _ParameterList(self._check_list(values, "biases", self._check_bias),
+                                      self._check_bias)
+
+    def _check_list(self, values, name, check):
+        values = list(values)
+        if len(values) != len(self._layer_sizes) - 1:
+            raise ValueError(f"{name} needs {len(self._layer_sizes) - 1} arrays (one per layer), "
+                             f"got {len(values)}")
+        return [check(i, v) for i, v in enumerate(values)]
+
+    def _check_param(self, name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+        a = np.asarray(value)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+        a = np.array(a, dtype=self._dtype, order="C", copy=True)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+        return a
+
+    def _check_weight(self, i: int, value) -> np.ndarray:
+        shape = (self._layer_sizes[i + 1], self._layer_sizes[i])
+        return self._check_param(f"weights[{i}]", value, shape)
+
+    def _check_bias(self, i: int, value) -> np.ndarray:
+        return self._check_param(f"biases[{i}]", value, (self._layer_sizes[i + 1],))
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(w.size + b.size for w, b in zip(self._weights, self._biases))
+
+    # ---- inference ----------------------------------------------------------------------
+
+    def _features(self, X) -> np.ndarray:
+        return feature_matrix(X, "X", self._dtype, self.n_features)
+
+    def _labels(self, y, n_samples: int) -> np.ndarray:
+        return integer_labels(y, "y", self.n_classes, n_samples,
+                              allow_bool=self._output == "sigmoid", allow_integral_float=True)
+
+    def _layer_activation(self, layer: int) -> str:
+        return self._activation if layer < len(self._weights) - 1 else "identity"
+
+    def _forward(self, X: np.ndarray) -> list[np.ndarray]:
+        """All layer outputs [X, h_1, ..., logits] of a validated X."""
+        outputs = [X]
+        for layer, (W, b) in enumerate(zip(self._weights, self._biases)):
+            outputs.append(_core.dense_forward(outputs[-1], W, b, self._layer_activation(layer)))
+        return outputs
+
+    def forward(self, X) -> np.ndarray:
+        """Logits (N, n_outputs) for inputs X (N, n_features)."""
+        return self._forward(self._features(X))[-1]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]."""
+        logits = self.forward(X)
+        if self._output == "softmax":
+            return _core.softmax(logits)
+        p1 = _core.sigmoid(logits)
+        return np.concatenate([1.0 - p1, p1], axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels (N,), int64."""
+        return self._predict_logits(self.forward(X))
+
+    def _predict_logits(self, logits: np.ndarray) -> np.ndarray:
+        if self._output == "softmax":
+            return np.argmax(logits, axis=1).astype(np.int64)
+        return (logits[:, 0] > 0).astype(np.int64)
+
+    def score(self, X, y) -> float:
+        """Accuracy: the fraction of samples whose predicted label equals y."""
+        X = self._features(X)
+        y = self._labels(y, X.shape[0])
+        return float(np.mean(self._predict_logits(self._forward(X)[-1]) == y))
+
+    # ---- loss and gradients -------------------------------------------------------------
+
+    def _loss_and_dlogits(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        if self._output == "softmax":
+            return _core.softmax_nll(logits, y)
+        return _core.sigmoid_bce(logits, y)
+
+    def loss(self, X, y) -> float:
+        """Mean loss over the batch: negative log-probability of the correct class."""
+        X = self._features(X)
+        y = self._labels(y, X.shape[0])
+        return self._loss_and_dlogits(self._forward(X)[-1], y)[0]
+
+    def loss_and_grad(self, X, y) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+        """``(loss, grad_weights, grad_biases)`` for the batch (loss is the batch mean).
+
+        Backpropagation: ``dlogits = (softmax - onehot) / N`` (or ``(σ - y) / N``), then for
+        each layer from the last, ``grad_a = grad_out * act'``, ``grad_W = grad_aᵀ h_in``,
+        ``grad_b = Σ grad_a``, and ``grad_out`` of the layer below ``= grad_a W``.
+        """
+        X = self._features(X)
+        y = self._labels(y, X.shape[0])
+        return self._loss_and_grad(X, y)
+
+    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray):
+        outputs = self._forward(X)
+        loss, grad = self._loss_and_dlogits(outputs[-1], y)
+        n_layers = len(self._weights)
+        grad_weights: list = [None] * n_layers
+        grad_biases: list = [None] * n_layers
+        for layer in range(n_layers - 1, -1, -1):
+            grad, grad_weights[layer], grad_biases[layer] = _core.dense_backward(
+                outputs[layer], self._weights[layer], outputs[layer + 1], grad,
+                self._layer_activation(layer), layer > 0)
+        return loss, grad_weights, grad_biases
+
+    # ---- training -----------------------------------------------------------------------
+
+    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
+            shuffle: bool = True, seed=None, validation_data=None, verbose=False) -> History:
+        """Train with mini-batch gradient descent; returns the per-epoch ``History``.
+
+        Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
+        by ``seed``) or in row order, in batches of ``batch_size`` (the last may be shorter; a
+        batch size larger than the data is clamped to it). The optimizer defaults to
+        ``SGD(lr=0.01)`` and keeps its state across calls when passed in again. ``verbose``
+        prints one line per epoch to stdout (or to the file object given instead of True).
+        """
+        X = self._features(X)
+        y = self._labels(y, X.shape[0])
+        epochs = positive_int(epochs, "epochs")
+        batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
+        if optimizer is None:
+            optimizer = SGD(lr=0.01)
+        elif not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastmlp optimizer (SGD, Adam), got {optimizer!r}")
+        if validation_data is not None:
+            try:
+                X_val, y_val = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
+            X_val = feature_matrix(X_val, "validation X", self._dtype, self.n_features)
+            y_val = self._labels(y_val, X_val.shape[0])
+
+        rng = np.random.default_rng(seed)
+        history = History()
+        n = X.shape[0]
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            order = rng.permutation(n) if shuffle else None
+            total = 0.0
+            for start in range(0, n, batch_size):
+                if order is None:
+                    X_batch, y_batch = X[start:start + batch_size], y[start:start + batch_size]
+                else:
+                    rows = order[start:start + batch_size]
+                    X_batch, y_batch = X[rows], y[rows]
+                loss, grad_weights, grad_biases = self._loss_and_grad(X_batch, y_batch)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the training loss became {loss} at epoch {epoch + 1}; the weights are "
+                        "those before this step. Lower the learning rate or scale the inputs.")
+                optimizer.step(list(self._weights) + list(self._biases), grad_weights + grad_biases)
+                total += loss * X_batch.shape[0]
+            elapsed = time.perf_counter() - started
+            history.loss.append(total / n)
+            history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
+            if validation_data is not None:
+                logits = self._forward(X_val)[-1]
+                history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
+                history.val_accuracy.append(float(np.mean(self._predict_logits(logits) == y_val)))
+            if verbose:
+                line = f"epoch {epoch + 1:>3}/{epochs}  loss {history.loss[-1]:.4f}"
+                if validation_data is not None:
+                    line += (f"  val_loss {history.val_loss[-1]:.4f}"
+                             f"  val_accuracy {history.val_accuracy[-1]:.4f}")
+                line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
+                print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
+        return history
+
+    # ---- persistence --------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the model to ``path`` as a ``.npz`` (no pickle), atomically."""
+        from fastmlp.io import save_model
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path) -> "MLP":
+        """Read a model written by ``save``; raises ``ValueError`` for anything malformed."""
+        from fastmlp.io import load_model
+        return load_model(path)

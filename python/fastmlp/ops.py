@@ -1,0 +1,186 @@
+"""The C++ kernels of fastmlp, as NumPy functions.
+
+Every function takes NumPy arrays of dtype float32 or float64 (all operands of one call
+must share the dtype, else ``TypeError``) and returns arrays of that dtype. Shapes are
+checked and a mismatch raises ``ValueError``. Layouts: ``matmul`` and the dense layers read
+transposed, strided and negative-stride views in place; the element-wise kernels and the
+losses copy a non-contiguous input to a contiguous one first.
+
+Conventions (as ``torch.nn.Linear``): a layer's weight ``W`` has shape
+``(out_features, in_features)`` and maps a batch ``x`` of shape ``(B, in_features)`` to
+``x @ W.T + b`` of shape ``(B, out_features)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastmlp import _core
+from fastmlp._validation import float_array, integer_labels, same_dtype, strided_ok
+
+__all__ = [
+    "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
+    "dense_forward", "dense_backward", "isa", "supported_isas",
+]
+
+_ACTIVATIONS = ("relu", "identity")
+
+
+def isa() -> str:
+    """The SIMD flavour the kernels run: ``'generic'``, ``'avx2'`` or ``'avx512'``.
+
+    Chosen once from the CPU, or forced with the environment variable ``FASTMLP_ISA``.
+    """
+    return _core.isa()
+
+
+def supported_isas() -> list[str]:
+    """The SIMD flavours this CPU can run."""
+    return list(_core.supported_isas())
+
+
+def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
+    """``op(a) @ op(b)`` where ``op(m)`` is ``m.T`` if its flag is set, else ``m``.
+
+    a, b: 2-D. Transposes are never materialised: a transposed operand is read with swapped
+    strides.
+    """
+    a = float_array(a, "a", ndim=2)
+    b = float_array(b, "b", ndim=2)
+    same_dtype(("a", a), ("b", b))
+    a_inner = a.shape[0] if trans_a else a.shape[1]
+    b_inner = b.shape[1] if trans_b else b.shape[0]
+    if a_inner != b_inner:
+        raise ValueError(
+            f"matmul: op(a) has {a_inner} columns but op(b) has {b_inner} rows "
+            f"(a {a.shape}, trans_a={bool(trans_a)}; b {b.shape}, trans_b={bool(trans_b)})"
+        )
+    return _core.matmul(strided_ok(a), strided_ok(b), bool(trans_a), bool(trans_b))
+
+
+def relu(x) -> np.ndarray:
+    """``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
+    x = float_array(x, "x")
+    return _core.relu(np.ascontiguousarray(x))
+
+
+def relu_grad(grad_out, out) -> np.ndarray:
+    """The gradient through a ReLU: ``grad_out`` where ``out > 0``, else 0.
+
+    ``out`` is the ReLU's *output* (equivalently its input: both are > 0 at the same places).
+    """
+    grad_out = float_array(grad_out, "grad_out")
+    out = float_array(out, "out")
+    same_dtype(("grad_out", grad_out), ("out", out))
+    if grad_out.shape != out.shape:
+        raise ValueError(f"relu_grad: grad_out has shape {grad_out.shape} but out has shape "
+                         f"{out.shape}; they must match")
+    return _core.relu_grad(np.ascontiguousarray(grad_out), np.ascontiguousarray(out))
+
+
+def sigmoid(x) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` element-wise, without overflow for any x (exact limits 0, 1)."""
+    x = float_array(x, "x")
+    return _core.sigmoid(np.ascontiguousarray(x))
+
+
+def softmax(x) -> np.ndarray:
+    """Softmax over the last axis, stable: the row maximum is subtracted before ``exp``."""
+    x = float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("softmax needs at least 1 dimension, got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(f"softmax over an empty last axis: shape {x.shape}")
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    return _core.softmax(rows).reshape(x.shape)
+
+
+def softmax_nll(logits, labels) -> tuple[float, np.ndarray]:
+    """Mean negative log-likelihood of the correct classes, and its gradient.
+
+    logits: (N, K); labels: (N,) of an integer dtype, values in [0, K).
+    Returns ``(loss, dlogits)`` with ``loss = mean_r(logsumexp(logits[r]) - logits[r, y_r])``
+    and ``dlogits = (softmax(logits) - onehot(labels)) / N``, fused in one pass per row.
+    """
+    logits = float_array(logits, "logits", ndim=2)
+    n, k = logits.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {logits.shape}")
+    labels = integer_labels(labels, "labels", n_classes=k, n_samples=n)
+    return _core.softmax_nll(np.ascontiguousarray(logits), labels)
+
+
+def sigmoid_bce(logits, labels) -> tuple[float, np.ndarray]:
+    """Binary cross-entropy of one logit per sample, and its gradient.
+
+    logits: (N,) or (N, 1); labels: (N,) of 0/1 (integer or bool dtype).
+    Returns ``(loss, dlogits)`` with ``loss = mean(max(z,0) - z*y + log1p(exp(-|z|)))`` (the
+    stable form of ``-y log σ(z) - (1-y) log(1-σ(z))``) and ``dlogits = (σ(z) - y) / N``,
+    shaped like ``logits``.
+    """
+    logits = float_array(logits, "logits")
+    if logits.ndim not in (1, 2) or (logits.ndim == 2 and logits.shape[1] != 1):
+        raise ValueError(f"logits must have shape (N,) or (N, 1), got {logits.shape}")
+    n = logits.shape[0]
+    if n == 0:
+        raise ValueError("logits must have at least one row, got 0")
+    labels = integer_labels(labels, "labels", n_classes=2, n_samples=n, allow_bool=True)
+    return _core.sigmoid_bce(np.ascontiguousarray(logits), labels)
+
+
+def _check_activation(activation: str) -> str:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def _check_dense(x, W, name_x: str = "x") -> tuple[np.ndarray, np.ndarray]:
+    x = float_array(x, name_x, ndim=2)
+    W = float_array(W, "W", ndim=2)
+    same_dtype((name_x, x), ("W", W))
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"{name_x} has {x.shape[1]} features but W has shape {W.shape} "
+                         f"(out_features, in_features): in_features must match")
+    return strided_ok(x), strided_ok(W)
+
+
+def dense_forward(x, W, b=None, activation: str = "identity") -> np.ndarray:
+    """``act(x @ W.T + b)``, bias and activation fused into the product's write-back.
+
+    x: (B, I); W: (O, I); b: (O,) or None; activation: ``'relu'`` or ``'identity'``.
+    """
+    x, W = _check_dense(x, W)
+    _check_activation(activation)
+    b = _bias(b, W)
+    return _core.dense_forward(x, W, b, activation)
+
+
+def dense_backward(x, W, out, grad_out, activation: str = "identity"):
+    """Backward pass of ``out = act(x @ W.T + b)``.
+
+    x: (B, I); W: (O, I); out, grad_out: (B, O), where ``grad_out = dL/d out``.
+    Returns ``(grad_x (B, I), grad_W (O, I), grad_b (O,))``: with
+    ``grad_a = grad_out * act'(a)``, ``grad_W = grad_a.T @ x``, ``grad_b = grad_a.sum(0)``,
+    ``grad_x = grad_a @ W``.
+    """
+    x, W = _check_dense(x, W)
+    _check_activation(activation)
+    out = float_array(out, "out", ndim=2)
+    grad_out = float_array(grad_out, "grad_out", ndim=2)
+    same_dtype(("x", x), ("out", out), ("grad_out", grad_out))
+    expected = (x.shape[0], W.shape[0])
+    for name, a in (("out", out), ("grad_out", grad_out)):
+        if a.shape != expected:
+            raise ValueError(f"{name} has shape {a.shape}, expected {expected} (batch, out_features)")
+    return _core.dense_backward(x, W, np.ascontiguousarray(out), np.ascontiguousarray(grad_out),
+                                activation, True)
+
+
+def _bias(b, W: np.ndarray) -> np.ndarray:
+    if b is None:
+        return np.zeros(W.shape[0], dtype=W.dtype)
+    b = float_array(b, "b", ndim=1)
+    same_dtype(("W", W), ("b", b))
+    if b.shape[0] != W.shape[0]:
+        raise ValueError(f"b has shape {b.shape}, expected ({W.shape[0]},) to match W {W.shape}")
+    return np.ascontiguousarray(b)

@@ -1,0 +1,28 @@
+// Element-wise activations and their local derivatives; row-wise softmax.
+// All arrays are contiguous; n is the element count, (rows, cols) a row-major matrix.
+#pragma once
+
+#include <cmath>
+
+#include "common.h"
+
+namespace fastmlp {
+
+// out = max(x, 0); NaN stays NaN (as np.maximum).                       d out/dx = [x > 0]
+template <class T> void relu_forward(T* out, const T* x, index_t n);
+// grad_in = grad_out · [out > 0], where out = relu(x) (the ReLU's output, not its input).
+template <class T> void relu_backward(T* grad_in, const T* grad_out, const T* out, index_t n);
+// out = 1 / (1 + exp(-x)), evaluated as exp(x) / (1 + exp(x)) for x < 0 so that neither
+// branch overflows; exact limits 0 and 1.                            d out/dx = out (1 - out)
+template <class T> void sigmoid_forward(T* out, const T* x, index_t n);
+// out[r, :] = exp(x[r, :] - max_r) / Σ exp(x[r, :] - max_r)   (row max subtracted: no overflow)
+template <class T> void softmax_forward(T* out, const T* x, index_t rows, index_t cols);
+
+template <class T>
+inline T sigmoid_scalar(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+}  // namespace fastmlp

@@ -1,0 +1,385 @@
+// The Python bindings of fastmlp._core: the only file that includes pybind11.
+//
+// These functions are the thin, strict layer under fastmlp.ops / fastmlp.model, which give the
+// friendly validation messages. Here every precondition that protects memory (dtype, ndim,
+// shapes, strides, writeability, label range) is checked again, so no call from Python can
+// crash the process; the GIL is released while a kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <utility>
+
+#include "activations.h"
+#include "cpu.h"
+#include "dense.h"
+#include "gemm/gemm.h"
+#include "loss.h"
+#include "optim.h"
+
+namespace py = pybind11;
+using namespace fastmlp;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (d) s += ", ";
+    s += std::to_string(a.shape(d));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+// Calls f(T{}) with T the float dtype of `a`, or raises TypeError.
+template <class F>
+decltype(auto) with_float_dtype(const py::array& a, const char* name, F&& f) {
+  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
+  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error(std::string(name) + " must be float32 or float64, got " +
+                       py::str(a.dtype()).cast<std::string>());
+}
+
+template <class T>
+void require_dtype(const py::array& a, const char* name) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " has dtype " +
+                         py::str(a.dtype()).cast<std::string>() + " but " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() +
+                         " was expected (all operands must share one dtype)");
+}
+
+void require_ndim(const py::array& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) +
+                          "-D, got shape " + shape_str(a));
+}
+
+template <class T>
+StridedMatrix<T> strided(const py::array& a, const char* name) {
+  require_dtype<T>(a, name);
+  require_ndim(a, name, 2);
+  const py::ssize_t item = static_cast<py::ssize_t>(sizeof(T));
+  if (a.strides(0) % item != 0 || a.strides(1) % item != 0)
+    throw py::value_error(std::string(name) + " has strides not a multiple of its item size");
+  return {static_cast<const T*>(a.data()), a.strides(0) / item, a.strides(1) / item};
+}
+
+template <class T>
+const T* contiguous(const py::array& a, const char* name) {
+  require_dtype<T>(a, name);
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+T* writable_contiguous(py::array& a, const char* name) {
+  contiguous<T>(a, name);
+  if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+  return static_cast<T*>(a.mutable_data());
+}
+
+void require_shape(const py::array& a, const char* name, std::initializer_list<py::ssize_t> dims) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(dims.size());
+  py::ssize_t d = 0;
+  for (py::ssize_t want : dims) ok = ok && a.shape(d++) == want;
+  if (!ok) {
+    std::string expected = "(";
+    d = 0;
+    for (py::ssize_t want : dims) expected += (d++ ? ", " : "") + std::to_string(want);
+    if (dims.size() == 1) expected += ",";
+    throw py::value_error(std::string(name) + " has shape " + shape_str(a) + ", expected " +
+                          expected + ")");
+  }
+}
+
+const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
+  if (!labels.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("labels must be int64 here (fastmlp.ops converts integer labels)");
+  require_shape(labels, "labels", {n});
+  if (!(labels.flags() & py::array::c_style))
+    throw py::value_error("labels must be C-contiguous");
+  return static_cast<const std::int64_t*>(labels.data());
+}
+
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::relu;
+  if (name == "identity") return Activation::identity;
+  throw py::value_error("activation must be 'relu' or 'identity', got '" + name + "'");
+}
+
+py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  return with_float_dtype(a, "a", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    StridedMatrix<T> A = strided<T>(a, "a"), B = strided<T>(b, "b");
+    // op(A) = A or Aᵀ: a transpose is a swap of strides, never a copy.
+    index_t M = a.shape(0), K = a.shape(1);
+    if (trans_a) {
+      std::swap(M, K);
+      std::swap(A.row_stride, A.col_stride);
+    }
+    index_t Kb = b.shape(0), N = b.shape(1);
+    if (trans_b) {
+      std::swap(Kb, N);
+      std::swap(B.row_stride, B.col_stride);
+    }
+    if (K != Kb)
+      throw py::value_error("matmul: op(a) has shape (" + std::to_string(M) + ", " +
+                            std::to_string(K) + ") and op(b) has shape (" + std::to_string(Kb) +
+                            ", " + std::to_string(N) + "): inner dimensions differ");
+    py::array_t<T> out({M, N});
+    GemmArgs<T> g;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.A = A.data;
+    g.rs_a = A.row_stride;
+    g.cs_a = A.col_stride;
+    g.B = B.data;
+    g.rs_b = B.row_stride;
+    g.cs_b = B.col_stride;
+    g.C = out.mutable_data();
+    g.ldc = N;
+    py::gil_scoped_release release;
+    gemm(g);
+    return out;
+  });
+}
+
+py::array dense_forward_py(const py::array& x, const py::array& W, const py::array& b,
+                           const std::string& activation) {
+  const Activation act = parse_activation(activation);
+  return with_float_dtype(x, "x", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    StridedMatrix<T> xs = strided<T>(x, "x"), Ws = strided<T>(W, "W");
+    const index_t B = x.shape(0), I = x.shape(1), O = W.shape(0);
+    require_shape(W, "W", {O, I});
+    require_shape(b, "b", {O});
+    const T* bp = contiguous<T>(b, "b");
+    py::array_t<T> out({B, O});
+    T* op = out.mutable_data();
+    py::gil_scoped_release release;
+    dense_forward(op, xs, Ws, bp, B, I, O, act);
+    return out;
+  });
+}
+
+py::tuple dense_backward_py(const py::array& x, const py::array& W, const py::array& out,
+                            const py::array& grad_out, const std::string& activation,
+                            bool need_grad_x) {
+  const Activation act = parse_activation(activation);
+  return with_float_dtype(x, "x", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    StridedMatrix<T> xs = strided<T>(x, "x"), Ws = strided<T>(W, "W");
+    const index_t B = x.shape(0), I = x.shape(1), O = W.shape(0);
+    require_shape(W, "W", {O, I});
+    require_shape(out, "out", {B, O});
+    require_shape(grad_out, "grad_out", {B, O});
+    const T* out_p = contiguous<T>(out, "out");
+    const T* grad_out_p = contiguous<T>(grad_out, "grad_out");
+    py::array_t<T> grad_W({O, I}), grad_b(O);
+    py::object grad_x = py::none();
+    T* grad_x_p = nullptr;
+    if (need_grad_x) {
+      py::array_t<T> gx({B, I});
+      grad_x_p = gx.mutable_data();
+      grad_x = gx;
+    }
+    T* grad_W_p = grad_W.mutable_data();
+    T* grad_b_p = grad_b.mutable_data();
+    {
+      py::gil_scoped_release release;
+      static thread_local AlignedBuffer<T> scratch;
+      T* scratch_p = act == Activation::relu
+                         ? scratch.reserve(static_cast<std::size_t>(B) * static_cast<std::size_t>(O))
+                         : nullptr;
+      dense_backward(grad_x_p, grad_W_p, grad_b_p, scratch_p, xs, Ws, out_p, grad_out_p, B, I, O,
+                     act);
+    }
+    return py::make_tuple(grad_x, grad_W, grad_b);
+  });
+}
+
+// out = f(x) for a contiguous x of any shape.
+template <class Kernel>
+py::array elementwise(const py::array& x, const char* name, Kernel kernel) {
+  return with_float_dtype(x, name, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    const T* xp = contiguous<T>(x, name);
+    py::array_t<T> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    T* op = out.mutable_data();
+    const index_t n = x.size();
+    py::gil_scoped_release release;
+    kernel(op, xp, n);
+    return out;
+  });
+}
+
+py::array relu_grad_py(const py::array& grad_out, const py::array& out) {
+  return with_float_dtype(grad_out, "grad_out", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    const T* gp = contiguous<T>(grad_out, "grad_out");
+    const T* op = contiguous<T>(out, "out");
+    if (out.ndim() != grad_out.ndim() ||
+        !std::equal(out.shape(), out.shape() + out.ndim(), grad_out.shape()))
+      throw py::value_error("relu_grad: grad_out has shape " + shape_str(grad_out) +
+                            " but out has shape " + shape_str(out) + "; they must match");
+    py::array_t<T> grad_in(std::vector<py::ssize_t>(out.shape(), out.shape() + out.ndim()));
+    T* ip = grad_in.mutable_data();
+    const index_t n = out.size();
+    py::gil_scoped_release release;
+    relu_backward(ip, gp, op, n);
+    return grad_in;
+  });
+}
+
+py::array softmax_py(const py::array& x) {
+  require_ndim(x, "x", 2);
+  return with_float_dtype(x, "x", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    const T* xp = contiguous<T>(x, "x");
+    const index_t rows = x.shape(0), cols = x.shape(1);
+    py::array_t<T> out({rows, cols});
+    T* op = out.mutable_data();
+    py::gil_scoped_release release;
+    if (cols > 0) softmax_forward(op, xp, rows, cols);
+    return out;
+  });
+}
+
+py::tuple softmax_nll_py(const py::array& logits, const py::array& labels) {
+  require_ndim(logits, "logits", 2);
+  return with_float_dtype(logits, "logits", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const T* zp = contiguous<T>(logits, "logits");
+    const index_t N = logits.shape(0), K = logits.shape(1);
+    const std::int64_t* yp = labels_view(labels, N);
+    py::array_t<T> dlogits({N, K});
+    T* dp = dlogits.mutable_data();
+    double loss;
+    {
+      py::gil_scoped_release release;
+      try {
+        loss = softmax_nll(dp, zp, yp, N, K);
+      } catch (const std::invalid_argument& e) {
+        py::gil_scoped_acquire acquire;
+        throw py::value_error(e.what());
+      }
+    }
+    return py::make_tuple(loss, dlogits);
+  });
+}
+
+py::tuple sigmoid_bce_py(const py::array& logits, const py::array& labels) {
+  return with_float_dtype(logits, "logits", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const T* zp = contiguous<T>(logits, "logits");
+    const index_t N = logits.size();
+    const std::int64_t* yp = labels_view(labels, N);
+    py::array_t<T> dlogits(std::vector<py::ssize_t>(logits.shape(), logits.shape() + logits.ndim()));
+    T* dp = dlogits.mutable_data();
+    double loss;
+    {
+      py::gil_scoped_release release;
+      try {
+        loss = sigmoid_bce(dp, zp, yp, N);
+      } catch (const std::invalid_argument& e) {
+        py::gil_scoped_acquire acquire;
+        throw py::value_error(e.what());
+      }
+    }
+    return py::make_tuple(loss, dlogits);
+  });
+}
+
+template <class T>
+index_t require_same_size(const py::array& param, std::initializer_list<const py::array*> others,
+                          std::initializer_list<const char*> names) {
+  auto name = names.begin();
+  for (const py::array* other : others) {
+    contiguous<T>(*other, *name);
+    if (other->size() != param.size())
+      throw py::value_error(std::string(*name) + " has " + std::to_string(other->size()) +
+                            " elements but the parameter has " + std::to_string(param.size()));
+    ++name;
+  }
+  return param.size();
+}
+
+void sgd_update_py(py::array& param, const py::array& grad, py::array& buf, double lr,
+                   double momentum, double weight_decay, bool nesterov, bool first_step) {
+  with_float_dtype(param, "param", [&](auto tag) {
+    using T = decltype(tag);
+    T* p = writable_contiguous<T>(param, "param");
+    T* b = writable_contiguous<T>(buf, "momentum_buffer");
+    const index_t n = require_same_size<T>(param, {&grad, &buf}, {"grad", "momentum_buffer"});
+    const T* g = static_cast<const T*>(grad.data());
+    py::gil_scoped_release release;
+    sgd_update(p, g, b, n, lr, momentum, weight_decay, nesterov, first_step);
+  });
+}
+
+void adam_update_py(py::array& param, const py::array& grad, py::array& exp_avg,
+                    py::array& exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, std::int64_t step) {
+  if (step < 1) throw py::value_error("Adam step count must be >= 1");
+  with_float_dtype(param, "param", [&](auto tag) {
+    using T = decltype(tag);
+    T* p = writable_contiguous<T>(param, "param");
+    T* m = writable_contiguous<T>(exp_avg, "exp_avg");
+    T* v = writable_contiguous<T>(exp_avg_sq, "exp_avg_sq");
+    const index_t n = require_same_size<T>(param, {&grad, &exp_avg, &exp_avg_sq},
+                                           {"grad", "exp_avg", "exp_avg_sq"});
+    const T* g = static_cast<const T*>(grad.data());
+    py::gil_scoped_release release;
+    adam_update(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastmlp's C++ kernels (use fastmlp.ops, which validates input)";
+  m.attr("__version__") = FASTMLP_VERSION;
+  init_isa();  // FASTMLP_ISA errors surface as an ImportError here, not mid-computation.
+
+  m.def("isa", [] { return std::string(isa_name(active_isa())); },
+        "The SIMD flavour the kernels use: 'generic', 'avx2' or 'avx512'.");
+  m.def("supported_isas", [] {
+    py::list out;
+    for (Isa i : {Isa::generic, Isa::avx2, Isa::avx512})
+      if (isa_supported(i)) out.append(isa_name(i));
+    return out;
+  });
+  m.def("set_isa", [](const std::string& name) {
+    try {
+      set_active_isa(parse_isa(name));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  });
+
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
+  m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
+        py::arg("activation"));
+  m.def("dense_backward", &dense_backward_py, py::arg("x"), py::arg("W"), py::arg("out"),
+        py::arg("grad_out"), py::arg("activation"), py::arg("need_grad_x") = true);
+  m.def("relu", [](const py::array& x) {
+    return elementwise(x, "x", [](auto* o, const auto* i, index_t n) { relu_forward(o, i, n); });
+  });
+  m.def("sigmoid", [](const py::array& x) {
+    return elementwise(x, "x", [](auto* o, const auto* i, index_t n) { sigmoid_forward(o, i, n); });
+  });
+  m.def("relu_grad", &relu_grad_py, py::arg("grad_out"), py::arg("out"));
+  m.def("softmax", &softmax_py, py::arg("x"));
+  m.def("softmax_nll", &softmax_nll_py, py::arg("logits"), py::arg("labels"));
+  m.def("sigmoid_bce", &sigmoid_bce_py, py::arg("logits"), py::arg("labels"));
+  m.def("sgd_update", &sgd_update_py, py::arg("param"), py::arg("grad"),
+        py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"),
+        py::arg("nesterov"), py::arg("first_step"));
+  m.def("adam_update", &adam_update_py, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"));
+}

@@ -1,0 +1,45 @@
+// Shared basics of the C++ core: the index type, aligned scratch buffers, error helpers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace fastmlp {
+
+// Signed, pointer-sized: strides may be negative (NumPy views such as a[::-1]).
+using index_t = std::ptrdiff_t;
+
+enum class Activation { identity, relu };
+
+// A grow-only, 64-byte aligned buffer. Kernels keep one per thread (thread_local) so that the
+// steady state allocates nothing: it grows to the largest size asked for and stays there.
+template <class T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+
+  T* reserve(std::size_t count) {
+    if (count > capacity_) {
+      std::size_t bytes = ((count * sizeof(T) + 63) / 64) * 64;
+      void* fresh = std::aligned_alloc(64, bytes);
+      if (!fresh) throw std::bad_alloc();
+      std::free(data_);
+      data_ = static_cast<T*>(fresh);
+      capacity_ = count;
+    }
+    return data_;
+  }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace fastmlp

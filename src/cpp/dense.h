@@ -1,0 +1,36 @@
+// A dense (fully connected) layer, forward and backward, on top of the GEMM.
+//
+// Legend: B batch rows, I in-features, O out-features.
+//   x (B,I) strided, W (O,I) strided (the torch.nn.Linear layout), b (O) contiguous,
+//   out (B,O) contiguous.
+// Strided operands are (pointer, row stride, column stride) in elements, so transposed and
+// non-contiguous NumPy views are read in place.
+#pragma once
+
+#include "common.h"
+
+namespace fastmlp {
+
+template <class T>
+struct StridedMatrix {
+  const T* data;
+  index_t row_stride, col_stride;
+};
+
+// out = act(x Wᵀ + b): bias and activation are applied in the GEMM's write-back.
+template <class T>
+void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
+                   index_t I, index_t O, Activation act);
+
+// Given out = act(x Wᵀ + b) and grad_out = dL/d out (B,O, contiguous), with a = x Wᵀ + b:
+//   grad_a = grad_out · act'(a)     (relu: grad_out · [out > 0]; written to scratch (B,O))
+//   grad_W = grad_aᵀ x  (O,I)       grad_b = Σ_rows grad_a  (O)       grad_x = grad_a W  (B,I)
+// All three gradients are overwritten, not accumulated. grad_x may be null (first layer: the
+// input needs no gradient, which saves a third of the backward FLOPs). scratch may be null
+// when act is identity.
+template <class T>
+void dense_backward(T* grad_x, T* grad_W, T* grad_b, T* scratch, StridedMatrix<T> x,
+                    StridedMatrix<T> W, const T* out, const T* grad_out, index_t B, index_t I,
+                    index_t O, Activation act);
+
+}  // namespace fastmlp

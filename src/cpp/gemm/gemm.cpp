@@ -1,0 +1,150 @@
+// The portable GEMM framework: cache blocking and packing around the active ISA's
+// micro-kernel (see gemm.h for the operand conventions).
+#include "gemm.h"
+
+#include <algorithm>
+
+#include "../cpu.h"
+
+namespace fastmlp {
+
+namespace {
+
+// Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
+//   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
+template <class T>
+void pack_a(T* packed, const T* a, index_t rs, index_t cs, index_t mc, index_t kc, index_t MR) {
+  for (index_t ir = 0; ir < mc; ir += MR) {
+    const index_t rows = std::min(MR, mc - ir);
+    T* panel = packed + ir * kc;
+    const T* a_rows = a + ir * rs;
+    if (cs == 1) {
+      // Row-major op(A): each row is contiguous in p.
+      for (index_t i = 0; i < rows; ++i) {
+        const T* src = a_rows + i * rs;
+        for (index_t p = 0; p < kc; ++p) panel[p * MR + i] = src[p];
+      }
+    } else {
+      for (index_t p = 0; p < kc; ++p) {
+        const T* src = a_rows + p * cs;
+        for (index_t i = 0; i < rows; ++i) panel[p * MR + i] = src[i * rs];
+      }
+    }
+    if (rows < MR)
+      for (index_t p = 0; p < kc; ++p)
+        for (index_t i = rows; i < MR; ++i) panel[p * MR + i] = T(0);
+  }
+}
+
+// Packs the kc×nc block of op(B) starting at `b` into NR-column panels:
+//   packed[(jr/NR)*NR*kc + p*NR + j] = op(B)[p, jr+j], zero-padded to a multiple of NR columns.
+template <class T>
+void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t nc, index_t NR) {
+  for (index_t jr = 0; jr < nc; jr += NR) {
+    const index_t cols = std::min(NR, nc - jr);
+    T* panel = packed + jr * kc;
+    const T* b_cols = b + jr * cs;
+    if (rs == 1) {
+      // op(B) = Wᵀ for a row-major W: column j of op(B) is row j of W, contiguous in p.
+      for (index_t j = 0; j < cols; ++j) {
+        const T* src = b_cols + j * cs;
+        for (index_t p = 0; p < kc; ++p) panel[p * NR + j] = src[p];
+      }
+    } else {
+      for (index_t p = 0; p < kc; ++p) {
+        const T* src = b_cols + p * rs;
+        for (index_t j = 0; j < cols; ++j) panel[p * NR + j] = src[j * cs];
+      }
+    }
+    if (cols < NR)
+      for (index_t p = 0; p < kc; ++p)
+        for (index_t j = cols; j < NR; ++j) panel[p * NR + j] = T(0);
+  }
+}
+
+// K = 0: the product is empty, only the epilogue remains.
+template <class T>
+void epilogue_only(const GemmArgs<T>& g) {
+  for (index_t i = 0; i < g.M; ++i) {
+    T* c = g.C + i * g.ldc;
+    for (index_t j = 0; j < g.N; ++j) {
+      T v = g.accumulate ? c[j] : T(0);
+      if (g.bias) v += g.bias[j];
+      if (g.relu) v = v <= T(0) ? T(0) : v;
+      c[j] = v;
+    }
+  }
+}
+
+template <class T>
+AlignedBuffer<T>& packed_a_buffer() {
+  static thread_local AlignedBuffer<T> buffer;
+  return buffer;
+}
+template <class T>
+AlignedBuffer<T>& packed_b_buffer() {
+  static thread_local AlignedBuffer<T> buffer;
+  return buffer;
+}
+
+}  // namespace
+
+template <class T>
+void gemm(const GemmArgs<T>& g) {
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) return epilogue_only(g);
+
+  const GemmKernel<T>& kern = active_gemm_kernel<T>();
+  const index_t MR = kern.MR, NR = kern.NR;
+  const index_t KC = std::min(kern.KC, g.K);
+  const index_t NC = std::min(kern.NC, (g.N + NR - 1) / NR * NR);
+  const index_t MC = std::min(kern.MC, (g.M + MR - 1) / MR * MR);
+  T* packed_b = packed_b_buffer<T>().reserve(static_cast<std::size_t>(KC * NC));
+  T* packed_a = packed_a_buffer<T>().reserve(static_cast<std::size_t>(KC * MC));
+
+  for (index_t jc = 0; jc < g.N; jc += NC) {
+    const index_t nc = std::min(NC, g.N - jc);
+    for (index_t pc = 0; pc < g.K; pc += KC) {
+      const index_t kc = std::min(KC, g.K - pc);
+      // The first K block applies beta and the bias, the last one the activation.
+      const bool first = pc == 0, last = pc + kc == g.K;
+      pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR);
+      for (index_t ic = 0; ic < g.M; ic += MC) {
+        const index_t mc = std::min(MC, g.M - ic);
+        pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
+        for (index_t jr = 0; jr < nc; jr += NR) {
+          const index_t n = std::min(NR, nc - jr);
+          const T* bias = (first && g.bias) ? g.bias + jc + jr : nullptr;
+          for (index_t ir = 0; ir < mc; ir += MR) {
+            const index_t m = std::min(MR, mc - ir);
+            kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
+                              g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
+                              g.accumulate || !first, bias, g.relu && last);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void gemm_reference(const GemmArgs<T>& g) {
+  for (index_t i = 0; i < g.M; ++i)
+    for (index_t j = 0; j < g.N; ++j) {
+      T sum = 0;
+      for (index_t p = 0; p < g.K; ++p)
+        sum += g.A[i * g.rs_a + p * g.cs_a] * g.B[p * g.rs_b + j * g.cs_b];
+      T* c = g.C + i * g.ldc + j;
+      T v = g.accumulate ? *c + sum : sum;
+      if (g.bias) v += g.bias[j];
+      if (g.relu) v = v <= T(0) ? T(0) : v;
+      *c = v;
+    }
+}
+
+template void gemm<float>(const GemmArgs<float>&);
+template void gemm<double>(const GemmArgs<double>&);
+template void gemm_reference<float>(const GemmArgs<float>&);
+template void gemm_reference<double>(const GemmArgs<double>&);
+
+}  // namespace fastmlp

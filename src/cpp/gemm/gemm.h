@@ -1,0 +1,60 @@
+// General matrix product C (M,N) = op(A) (M,K) · op(B) (K,N), with fused epilogues.
+//
+// Legend: M rows of C (batch, or out-features for weight gradients), N columns of C,
+// K the reduction length. Operands are described by strides, so a transpose or a NumPy view
+// (non-contiguous, negative stride) costs nothing: element (i,p) of op(A) is
+// A[i*rs_a + p*cs_a], element (p,j) of op(B) is B[p*rs_b + j*cs_b]. C is row-major with
+// leading dimension ldc.
+//
+// Structure (BLIS/GotoBLAS): blocks of op(B) (KC×NC) and op(A) (MC×KC) are packed into
+// contiguous panels and a register-blocked micro-kernel computes MR×NR tiles of C. The
+// micro-kernels live per ISA under kernels/; this file is the portable framework around them.
+#pragma once
+
+#include "common.h"
+
+namespace fastmlp {
+
+template <class T>
+struct GemmArgs {
+  index_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;
+  index_t rs_a = 0, cs_a = 0;
+  const T* B = nullptr;
+  index_t rs_b = 0, cs_b = 0;
+  T* C = nullptr;
+  index_t ldc = 0;
+  // Epilogue, applied as tiles are written back:
+  //   C := relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
+  bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
+  const T* bias = nullptr;  // (N), broadcast over rows; may be null
+  bool relu = false;
+};
+
+// The micro-kernel contract, identical for every ISA:
+//   tile := relu?( (accumulate ? C : 0) + Σ_p a_panel[p] ⊗ b_panel[p] + bias )
+// over a packed MR×k panel of A (a_panel[p*MR + i]) and a packed k×NR panel of B
+// (b_panel[p*NR + j]), written to the m×n top-left corner (m ≤ MR, n ≤ NR) of C at c (row
+// stride ldc). Panels are zero-padded to MR/NR, so the kernel may always compute a full tile.
+// bias points at the n entries for this tile's columns, or is null. k may be 0.
+template <class T>
+using MicroKernel = void (*)(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
+                             index_t m, index_t n, bool accumulate, const T* bias, bool relu);
+
+// A micro-kernel with the tile and cache-block sizes it was tuned for.
+template <class T>
+struct GemmKernel {
+  MicroKernel<T> micro_kernel = nullptr;
+  index_t MR = 0, NR = 0;  // register tile
+  index_t MC = 0, KC = 0, NC = 0;  // cache blocks: A block MC×KC in L2, B panel KC×NR in L1
+};
+
+template <class T>
+void gemm(const GemmArgs<T>& args);
+
+// The plain triple loop in T arithmetic: the oracle for the fast path's tests and
+// the definition of the epilogue semantics.
+template <class T>
+void gemm_reference(const GemmArgs<T>& args);
+
+}  // namespace fastmlp
