@@ -110,12 +110,12 @@ def integer_labels(value, name: str, n_classes: int, n_samples: int | None = Non
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}[{index}] = {y[index]!r} is not an integer class label")
+            raise ValueError(f"{name}[{index}] = {y[index].item()!r} is not an integer class label")
     if y.size:
         bad = (y < 0) | (y >= n_classes)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}[{index}] = {y[index]!r} is out of range: "
+            raise ValueError(f"{name}[{index}] = {y[index].item()!r} is out of range: "
                              f"expected a class label in [0, {n_classes})")
     return np.ascontiguousarray(y, dtype=np.int64)
 

@@ -87,13 +87,13 @@ def load_model(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
-            raise
-        raise ValueError(f"{path!r} is not a readable fastmlp model archive: {exc}") from None
+    # The file is opened here, not by np.load, so it is closed even when np.load fails.
+    with open(path, "rb") as f:
+        try:
+            with np.load(f, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"{path!r} is not a readable fastmlp model archive: {exc}") from None
 
     try:
         header = ("format", "format_version", "layer_sizes", "activation", "output", "dtype")

@@ -1,0 +1,132 @@
+"""Optimizers: hand-computed steps of each rule, argument checks, and (when PyTorch is
+installed) agreement with torch.optim over many steps."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fastmlp import SGD, Adam
+
+
+def run(optimizer, p0, grads, dtype=np.float64):
+    p = np.array(p0, dtype=dtype)
+    for g in grads:
+        optimizer.step([p], [np.array(g, dtype=dtype)])
+    return p
+
+
+def test_sgd_plain_step():
+    # p = 1 - 0.1 * 2 = 0.8, then 0.8 - 0.1 * (-1) = 0.9
+    np.testing.assert_allclose(run(SGD(lr=0.1), [1.0], [[2.0], [-1.0]]), [0.9])
+
+
+def test_sgd_momentum_buffer_starts_from_first_gradient():
+    # buf1 = g1 = 1 -> p = 1 - 0.5 = 0.5; buf2 = 0.9*1 + 2 = 2.9 -> p = 0.5 - 1.45 = -0.95
+    np.testing.assert_allclose(run(SGD(lr=0.5, momentum=0.9), [1.0], [[1.0], [2.0]]), [-0.95])
+
+
+def test_sgd_nesterov():
+    # step 1: buf = 1, g = 1 + 0.9*1 = 1.9 -> p = 1 - 0.19 = 0.81
+    # step 2: buf = 0.9 + 2 = 2.9, g = 2 + 0.9*2.9 = 4.61 -> p = 0.81 - 0.461 = 0.349
+    p = run(SGD(lr=0.1, momentum=0.9, nesterov=True), [1.0], [[1.0], [2.0]])
+    np.testing.assert_allclose(p, [0.349], rtol=1e-12)
+
+
+def test_sgd_weight_decay_is_added_to_the_gradient():
+    # g = 1 + 0.1 * 2 = 1.2 -> p = 2 - 0.5 * 1.2 = 1.4
+    np.testing.assert_allclose(run(SGD(lr=0.5, weight_decay=0.1), [2.0], [[1.0]]), [1.4])
+
+
+def test_adam_two_steps_by_hand():
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-8
+    p, m, v = 1.0, 0.0, 0.0
+    for t, g in enumerate([0.5, -2.0], start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p -= lr / (1 - b1 ** t) * m / (math.sqrt(v) / math.sqrt(1 - b2 ** t) + eps)
+    got = run(Adam(lr=lr, betas=(b1, b2), eps=eps), [1.0], [[0.5], [-2.0]])
+    np.testing.assert_allclose(got, [p], rtol=1e-12)
+    # The first Adam step moves every coordinate by about lr, whatever the gradient's scale.
+    first = run(Adam(lr=0.01), [0.0, 0.0], [[1e-3, -50.0]])
+    np.testing.assert_allclose(first, [-0.01, 0.01], rtol=1e-4)
+
+
+def test_adam_weight_decay():
+    # g = 0 + 0.5 * 2 = 1 -> first step moves p by lr
+    np.testing.assert_allclose(run(Adam(lr=0.1, weight_decay=0.5), [2.0], [[0.0]]), [1.9], rtol=1e-6)
+
+
+def test_state_is_per_parameter_and_noncontiguous_params_update_in_place():
+    a = np.ones((4, 6), dtype=np.float32)
+    view = a[:, ::2]  # non-contiguous: updated through a copy, written back
+    b = np.ones(3, dtype=np.float32)
+    opt = SGD(lr=0.1, momentum=0.5)
+    for _ in range(2):
+        opt.step([view, b], [np.ones((4, 3), np.float32), np.full(3, 2, np.float32)])
+    np.testing.assert_allclose(view, 1 - 0.1 * (1 + 1.5))
+    np.testing.assert_allclose(a[:, 1::2], 1.0)
+    np.testing.assert_allclose(b, 1 - 0.1 * (2 + 3))
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: SGD(lr=0), ValueError, "lr"),
+    (lambda: SGD(lr=-1), ValueError, "lr"),
+    (lambda: SGD(lr=float("nan")), ValueError, "lr"),
+    (lambda: SGD(lr="1"), TypeError, "lr"),
+    (lambda: SGD(momentum=-0.1), ValueError, "momentum"),
+    (lambda: SGD(nesterov=True), ValueError, "nesterov"),
+    (lambda: Adam(betas=(1.0, 0.9)), ValueError, "beta1"),
+    (lambda: Adam(betas=0.9), TypeError, "betas"),
+    (lambda: Adam(eps=-1), ValueError, "eps"),
+])
+def test_bad_hyperparameters(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_bad_step_arguments():
+    opt = SGD()
+    p = np.zeros(3)
+    with pytest.raises(ValueError, match="1 parameters but 2 gradients"):
+        opt.step([p], [p, p])
+    with pytest.raises(TypeError, match="dtype float32 but its parameter has float64"):
+        opt.step([p], [np.zeros(3, np.float32)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([p], [np.zeros(4)])
+    with pytest.raises(TypeError, match="NumPy array"):
+        opt.step([[0.0, 0.0]], [np.zeros(2)])
+    frozen = np.zeros(3)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step([frozen], [np.zeros(3)])
+    opt.step([p], [np.ones(3)])
+    with pytest.raises(ValueError, match="state was made for"):
+        opt.step([np.zeros(5)], [np.ones(5)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, ours, theirs", [
+    ("sgd", dict(lr=0.05), dict(lr=0.05)),
+    ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-2),
+     dict(lr=0.05, momentum=0.9, weight_decay=1e-2)),
+    ("sgd", dict(lr=0.05, momentum=0.8, nesterov=True), dict(lr=0.05, momentum=0.8, nesterov=True)),
+    ("adam", dict(lr=1e-2), dict(lr=1e-2)),
+    ("adam", dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+     dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+])
+def test_matches_torch(name, ours, theirs, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(5, 7)).astype(dtype)
+    grads = [rng.normal(size=(5, 7)).astype(dtype) for _ in range(20)]
+    mine = p0.copy()
+    opt = (SGD if name == "sgd" else Adam)(**ours)
+    ref = torch.tensor(p0.copy(), requires_grad=True)
+    ref_opt = (torch.optim.SGD if name == "sgd" else torch.optim.Adam)([ref], **theirs)
+    for g in grads:
+        opt.step([mine], [g])
+        ref.grad = torch.tensor(g)
+        ref_opt.step()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=tol, atol=tol)
