@@ -2,7 +2,9 @@
 
 from fastmlp import ops
 from fastmlp._core import __version__
+from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
 from fastmlp.optim import SGD, Adam
 
-__all__ = ["MLP", "History", "SGD", "Adam", "ops", "__version__"]
+__all__ = ["MLP", "History", "SGD", "Adam", "ops", "get_num_threads", "set_num_threads",
+           "__version__"]

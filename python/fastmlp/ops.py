@@ -20,7 +20,7 @@ from fastmlp._validation import float_array, integer_labels, same_dtype, strided
 
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
-    "dense_forward", "dense_backward", "isa", "supported_isas",
+    "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa",
 ]
 
 _ACTIVATIONS = ("relu", "identity")
@@ -37,6 +37,16 @@ def isa() -> str:
 def supported_isas() -> list[str]:
     """The SIMD flavours this CPU can run."""
     return list(_core.supported_isas())
+
+
+def set_isa(name: str) -> None:
+    """Switch the kernels to another supported flavour for this process (for tests and
+    benchmarks; ``FASTMLP_ISA`` does the same at start-up). ``ValueError`` if unsupported."""
+    if name not in ("generic", "avx2", "avx512"):
+        raise ValueError(f"unknown ISA {name!r}: expected 'generic', 'avx2' or 'avx512'")
+    if name not in supported_isas():
+        raise ValueError(f"this CPU does not support {name!r}; supported: {supported_isas()}")
+    _core.set_isa(name)
 
 
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:

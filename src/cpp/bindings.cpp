@@ -16,6 +16,7 @@
 #include "gemm/gemm.h"
 #include "loss.h"
 #include "optim.h"
+#include "threads.h"
 
 namespace py = pybind11;
 using namespace fastmlp;
@@ -359,6 +360,13 @@ PYBIND11_MODULE(_core, m) {
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
+  });
+
+  m.def("get_num_threads", &get_num_threads);
+  m.def("default_num_threads", &default_num_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("the number of threads must be >= 1, got " + std::to_string(n));
+    set_num_threads(n);
   });
 
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));

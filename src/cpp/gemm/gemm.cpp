@@ -5,10 +5,16 @@
 #include <algorithm>
 
 #include "../cpu.h"
+#include "../threads.h"
 
 namespace fastmlp {
 
 namespace {
+
+// Below this many FLOPs a product runs on the calling thread: waking a second thread and
+// packing operands twice costs more than it saves. Measured on the 2-core Xeon (AVX-512,
+// float32): see the crossover note in benchmarks/README.md.
+constexpr double kParallelMinFlops = 4.0e6;
 
 // Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
 //   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
@@ -87,14 +93,9 @@ AlignedBuffer<T>& packed_b_buffer() {
   return buffer;
 }
 
-}  // namespace
-
+// One thread's blocked loop nest over the whole of g (M, N, K > 0).
 template <class T>
-void gemm(const GemmArgs<T>& g) {
-  if (g.M <= 0 || g.N <= 0) return;
-  if (g.K <= 0) return epilogue_only(g);
-
-  const GemmKernel<T>& kern = active_gemm_kernel<T>();
+void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   const index_t MR = kern.MR, NR = kern.NR;
   const index_t KC = std::min(kern.KC, g.K);
   const index_t NC = std::min(kern.NC, (g.N + NR - 1) / NR * NR);
@@ -125,6 +126,62 @@ void gemm(const GemmArgs<T>& g) {
       }
     }
   }
+}
+
+// Splits C into tm × tn rectangles, aligned to the micro-tile, one per thread: threads share
+// no output and never split the K reduction, so every element is computed by exactly the same
+// sequence of micro-kernel operations whatever the thread count — results are bitwise
+// identical for 1, 2 or n threads. Each thread packs the A rows and B columns it needs, so A
+// is packed tn times and B tm times; (tm, tn) minimises the per-thread tile count, then that
+// duplicated packing.
+template <class T>
+void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_threads) {
+  const index_t row_tiles = (g.M + kern.MR - 1) / kern.MR;
+  const index_t col_tiles = (g.N + kern.NR - 1) / kern.NR;
+  index_t best_tm = 1, best_tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
+  for (index_t tm = 1; tm <= n_threads; ++tm) {
+    if (n_threads % tm != 0) continue;
+    const index_t tn = n_threads / tm;
+    if (tm > row_tiles || tn > col_tiles) continue;
+    const index_t cost = ((row_tiles + tm - 1) / tm) * ((col_tiles + tn - 1) / tn);
+    const index_t packing = (tn - 1) * g.M + (tm - 1) * g.N;  // elements packed twice, per K
+    if (cost < best_cost || (cost == best_cost && packing < best_packing)) {
+      best_tm = tm, best_tn = tn, best_cost = cost, best_packing = packing;
+    }
+  }
+  const index_t tm = best_tm, tn = best_tn;
+  if (tm * tn == 1) return gemm_serial(g, kern);
+  parallel_for(static_cast<int>(tm * tn), [&](int task) {
+    const index_t ti = task / tn, tj = task % tn;
+    // Tiles [t·count/parts, (t+1)·count/parts): sizes differ by at most one tile.
+    const index_t r0 = ti * row_tiles / tm * kern.MR;
+    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * kern.MR);
+    const index_t c0 = tj * col_tiles / tn * kern.NR;
+    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * kern.NR);
+    if (r0 >= r1 || c0 >= c1) return;
+    GemmArgs<T> part = g;
+    part.M = r1 - r0;
+    part.N = c1 - c0;
+    part.A = g.A + r0 * g.rs_a;
+    part.B = g.B + c0 * g.cs_b;
+    part.C = g.C + r0 * g.ldc + c0;
+    part.bias = g.bias ? g.bias + c0 : nullptr;
+    gemm_serial(part, kern);
+  });
+}
+
+}  // namespace
+
+template <class T>
+void gemm(const GemmArgs<T>& g) {
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) return epilogue_only(g);
+  const GemmKernel<T>& kern = active_gemm_kernel<T>();
+  const int n_threads = get_num_threads();
+  const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
+                       static_cast<double>(g.K);
+  if (n_threads > 1 && flops >= kParallelMinFlops) return gemm_parallel(g, kern, n_threads);
+  gemm_serial(g, kern);
 }
 
 template <class T>
