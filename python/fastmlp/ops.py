@@ -20,7 +20,8 @@ from fastmlp._validation import float_array, integer_labels, same_dtype, strided
 
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
-    "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa",
+    "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
+    "set_small_gemm_max_flops",
 ]
 
 _ACTIVATIONS = ("relu", "identity")
@@ -49,12 +50,33 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
+def gemm_config(dtype="float32") -> dict:
+    """The active GEMM's register tile (MR × NR, and row_NR for a single row) and cache blocks
+    (MC, KC, NC) for ``dtype``: what the tests use to aim at the blocking edges."""
+    return dict(_core.gemm_config(np.dtype(dtype).name))
+
+
+def set_small_gemm_max_flops(flops: float | None) -> float:
+    """Products of at most ``flops`` (2·M·N·K) read their operands in place instead of packing
+    them; ``None`` restores the measured default rule. Returns the previous limit. A tuning and
+    testing knob: both paths give the same results to rounding."""
+    return _core.set_small_gemm_max_flops(-1.0 if flops is None else float(flops))
+
+
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
     """``op(a) @ op(b)`` where ``op(m)`` is ``m.T`` if its flag is set, else ``m``.
 
     a, b: 2-D. Transposes are never materialised: a transposed operand is read with swapped
     strides.
     """
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        # Fast path: the core checks dtypes, shapes, strides and alignment itself, and a call
+        # costs about 1 µs, which matters for an MLP's small products. On any complaint, the
+        # checks below give the detailed message (or copy an odd layout).
+        try:
+            return _core.matmul(a, b, bool(trans_a), bool(trans_b))
+        except (TypeError, ValueError):
+            pass
     a = float_array(a, "a", ndim=2)
     b = float_array(b, "b", ndim=2)
     same_dtype(("a", a), ("b", b))

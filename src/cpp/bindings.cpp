@@ -62,8 +62,10 @@ StridedMatrix<T> strided(const py::array& a, const char* name) {
   require_dtype<T>(a, name);
   require_ndim(a, name, 2);
   const py::ssize_t item = static_cast<py::ssize_t>(sizeof(T));
-  if (a.strides(0) % item != 0 || a.strides(1) % item != 0)
-    throw py::value_error(std::string(name) + " has strides not a multiple of its item size");
+  if (a.strides(0) % item != 0 || a.strides(1) % item != 0 ||
+      reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    throw py::value_error(std::string(name) +
+                          " is not aligned to its item size (strides or start address)");
   return {static_cast<const T*>(a.data()), a.strides(0) / item, a.strides(1) / item};
 }
 
@@ -369,6 +371,22 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   });
 
+  m.def("gemm_config", [](const std::string& dtype) {
+    auto describe = [](const auto& k) {
+      py::dict d;
+      d["MR"] = k.MR;
+      d["NR"] = k.NR;
+      d["MC"] = k.MC;
+      d["KC"] = k.KC;
+      d["NC"] = k.NC;
+      d["row_NR"] = k.row_NR;
+      return d;
+    };
+    if (dtype == "float32") return describe(active_kernels().sgemm);
+    if (dtype == "float64") return describe(active_kernels().dgemm);
+    throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+  });
+  m.def("set_small_gemm_max_flops", &set_small_gemm_max_flops, py::arg("flops"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
         py::arg("activation"));

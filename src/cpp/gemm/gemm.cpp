@@ -3,6 +3,7 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "../cpu.h"
 #include "../threads.h"
@@ -15,6 +16,26 @@ namespace {
 // packing operands twice costs more than it saves. Measured on the 2-core Xeon (AVX-512,
 // float32): see the crossover note in benchmarks/README.md.
 constexpr double kParallelMinFlops = 4.0e6;
+
+// Products of at most this many FLOPs skip packing (tests move the limit to cover both paths).
+std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
+
+// The small path re-reads op(B) once per MR-row block of A instead of packing it once. Measured
+// (benchmarks/README.md, "GEMM crossover"; Xeon with AVX-512, 1 thread, float32): in-place wins
+// for every product up to 1 MFLOP (packing a 256×784 B for one row costs 10× the product), and
+// for batches up to 128 rows whenever op(B) fits in about 1 MiB of L2 (32×1024×256: 131 µs in
+// place vs 192 µs packed; 128×256×256: 117 vs 127 µs); at 256 rows the two are within noise.
+constexpr index_t kSmallPathMaxRows = 128;
+constexpr double kSmallPathMaxBBytes = 1 << 20;
+
+template <class T>
+bool use_small_path(const GemmArgs<T>& g, double flops) {
+  const double limit = g_small_gemm_max_flops.load(std::memory_order_relaxed);
+  if (flops <= limit) return true;
+  if (limit != kSmallGemmMaxFlopsDefault) return false;  // a test forcing one path
+  const double b_bytes = static_cast<double>(g.K) * static_cast<double>(g.N) * sizeof(T);
+  return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes;
+}
 
 // Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
 //   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
@@ -82,6 +103,11 @@ void epilogue_only(const GemmArgs<T>& g) {
   }
 }
 
+// Small-matrix path: operands read in place, no packing of A (edge rows aside) and none of B
+// when its rows are contiguous. Every tile runs over the whole of K at once.
+template <class T>
+void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern);
+
 template <class T>
 AlignedBuffer<T>& packed_a_buffer() {
   static thread_local AlignedBuffer<T> buffer;
@@ -128,14 +154,65 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   }
 }
 
-// Splits C into tm × tn rectangles, aligned to the micro-tile, one per thread: threads share
+template <class T>
+void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
+  // A batch of one against op(B) = Wᵀ: n dot products over contiguous rows of W.
+  if (g.M == 1 && g.rs_b == 1) {
+    const T* x = g.A;
+    if (g.cs_a != 1) {
+      T* copy = packed_a_buffer<T>().reserve(static_cast<std::size_t>(g.K));
+      for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
+      x = copy;
+    }
+    kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, g.accumulate, g.bias, g.relu);
+    return;
+  }
+  const bool one_row = g.M == 1;
+  const index_t NR = one_row ? kern.row_NR : kern.NR;
+  const StridedKernel<T> tile_kernel = one_row ? kern.row_kernel : kern.small_kernel;
+  // op(B) in place when its rows are contiguous; otherwise packed once into NR-column panels
+  // (row stride NR, panels K·NR apart), which is the same access pattern.
+  const T* b = g.B;
+  index_t b_rs = g.rs_b, panel_step = NR;
+  if (g.cs_b != 1) {
+    const index_t padded_n = (g.N + NR - 1) / NR * NR;
+    T* packed = packed_b_buffer<T>().reserve(static_cast<std::size_t>(g.K * padded_n));
+    pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR);
+    b = packed;
+    b_rs = NR;
+    panel_step = NR * g.K;
+  }
+  const index_t MR = one_row ? 1 : kern.MR;
+  for (index_t ir = 0; ir < g.M; ir += MR) {
+    const index_t m = std::min(MR, g.M - ir);
+    const T* a = g.A + ir * g.rs_a;
+    index_t a_rs = g.rs_a, a_cs = g.cs_a;
+    if (m < MR) {
+      // The kernel reads MR rows: copy the last, partial row block into a zero-padded panel.
+      T* panel = packed_a_buffer<T>().reserve(static_cast<std::size_t>(MR * g.K));
+      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, MR);
+      a = panel;
+      a_rs = 1;
+      a_cs = MR;
+    }
+    for (index_t jr = 0; jr < g.N; jr += NR) {
+      const index_t n = std::min(NR, g.N - jr);
+      tile_kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
+                  g.ldc, m, n, g.accumulate, g.bias ? g.bias + jr : nullptr, g.relu);
+    }
+  }
+}
+
+// Splits C into tm × tn rectangles, aligned to the micro-tile, one per thread, each computed by
+// `serial` (the packed or the in-place path, chosen from the whole shape beforehand): threads share
 // no output and never split the K reduction, so every element is computed by exactly the same
 // sequence of micro-kernel operations whatever the thread count — results are bitwise
 // identical for 1, 2 or n threads. Each thread packs the A rows and B columns it needs, so A
 // is packed tn times and B tm times; (tm, tn) minimises the per-thread tile count, then that
 // duplicated packing.
 template <class T>
-void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_threads) {
+void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_threads,
+                   void (*serial)(const GemmArgs<T>&, const GemmKernel<T>&)) {
   const index_t row_tiles = (g.M + kern.MR - 1) / kern.MR;
   const index_t col_tiles = (g.N + kern.NR - 1) / kern.NR;
   index_t best_tm = 1, best_tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
@@ -150,7 +227,7 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
     }
   }
   const index_t tm = best_tm, tn = best_tn;
-  if (tm * tn == 1) return gemm_serial(g, kern);
+  if (tm * tn == 1) return serial(g, kern);
   parallel_for(static_cast<int>(tm * tn), [&](int task) {
     const index_t ti = task / tn, tj = task % tn;
     // Tiles [t·count/parts, (t+1)·count/parts): sizes differ by at most one tile.
@@ -166,7 +243,7 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
     part.B = g.B + c0 * g.cs_b;
     part.C = g.C + r0 * g.ldc + c0;
     part.bias = g.bias ? g.bias + c0 : nullptr;
-    gemm_serial(part, kern);
+    serial(part, kern);
   });
 }
 
@@ -177,11 +254,14 @@ void gemm(const GemmArgs<T>& g) {
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) return epilogue_only(g);
   const GemmKernel<T>& kern = active_gemm_kernel<T>();
-  const int n_threads = get_num_threads();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
-  if (n_threads > 1 && flops >= kParallelMinFlops) return gemm_parallel(g, kern, n_threads);
-  gemm_serial(g, kern);
+  // The path depends on the shape only, never on the thread count, so that results are
+  // bitwise identical for any number of threads.
+  auto* serial = use_small_path(g, flops) ? &gemm_small<T> : &gemm_serial<T>;
+  const int n_threads = get_num_threads();
+  if (n_threads > 1 && flops >= kParallelMinFlops) return gemm_parallel(g, kern, n_threads, serial);
+  serial(g, kern);
 }
 
 template <class T>
@@ -197,6 +277,10 @@ void gemm_reference(const GemmArgs<T>& g) {
       if (g.relu) v = v <= T(0) ? T(0) : v;
       *c = v;
     }
+}
+
+double set_small_gemm_max_flops(double flops) {
+  return g_small_gemm_max_flops.exchange(flops < 0 ? kSmallGemmMaxFlopsDefault : flops);
 }
 
 template void gemm<float>(const GemmArgs<float>&);

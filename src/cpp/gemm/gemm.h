@@ -41,16 +41,42 @@ template <class T>
 using MicroKernel = void (*)(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
                              index_t m, index_t n, bool accumulate, const T* bias, bool relu);
 
-// A micro-kernel with the tile and cache-block sizes it was tuned for.
+// The small-matrix path's kernel: the same tile computation, but reading operands in place.
+// Element (i,p) of op(A) is a[i*a_rs + p*a_cs] for all MR rows (the caller guarantees MR valid
+// rows); row p of op(B) is b[p*b_rs + j] for j < n, columns contiguous (only the n valid
+// columns are read: masked at the edge).
+template <class T>
+using StridedKernel = void (*)(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                               index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                               bool accumulate, const T* bias, bool relu);
+
+// Batch of one with op(B) = Wᵀ (columns of op(B) contiguous in p, i.e. rows of W):
+//   c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j*ldw + p] + bias[j]),  x contiguous (K).
+template <class T>
+using GemvKernel = void (*)(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
+                            bool accumulate, const T* bias, bool relu);
+
+// One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
 template <class T>
 struct GemmKernel {
   MicroKernel<T> micro_kernel = nullptr;
-  index_t MR = 0, NR = 0;  // register tile
+  index_t MR = 0, NR = 0;          // register tile
   index_t MC = 0, KC = 0, NC = 0;  // cache blocks: A block MC×KC in L2, B panel KC×NR in L1
+  StridedKernel<T> small_kernel = nullptr;  // MR×NR tile, operands in place
+  StridedKernel<T> row_kernel = nullptr;    // 1×row_NR tile, operands in place (one row of C)
+  index_t row_NR = 0;
+  GemvKernel<T> gemv = nullptr;
 };
 
+// C := relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
+// place; larger ones are packed and, above a size threshold, split over the thread pool.
 template <class T>
 void gemm(const GemmArgs<T>& args);
+
+// The small-matrix path's limit (2·M·N·K FLOPs; a negative value restores the default).
+// Returns the previous limit. For tests and crossover measurements.
+constexpr double kSmallGemmMaxFlopsDefault = 1.0e6;
+double set_small_gemm_max_flops(double flops);
 
 // The plain triple loop in T arithmetic: the oracle for the fast path's tests and
 // the definition of the epilogue semantics.

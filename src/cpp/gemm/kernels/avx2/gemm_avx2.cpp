@@ -23,8 +23,20 @@ struct Ymm<float> {
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_load_ps(p); }
   static reg loadu(const float* p) { return _mm256_loadu_ps(p); }
+  // Lanes j < cols of p (cols ≤ 0: none); lanes beyond are 0 and their memory is not read.
+  static reg load_first(const float* p, index_t cols) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int limit = static_cast<int>(cols < 0 ? 0 : (cols > lanes ? lanes : cols));
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(limit), lane));
+  }
   static void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static float sum(reg v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
@@ -37,35 +49,58 @@ struct Ymm<double> {
   static reg zero() { return _mm256_setzero_pd(); }
   static reg load(const double* p) { return _mm256_load_pd(p); }
   static reg loadu(const double* p) { return _mm256_loadu_pd(p); }
+  static reg load_first(const double* p, index_t cols) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const long long limit = cols < 0 ? 0 : (cols > lanes ? lanes : cols);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(limit), lane));
+  }
   static void storeu(double* p, reg v) { _mm256_storeu_pd(p, v); }
   static reg broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static double sum(reg v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+  }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
 };
 
-template <class T, int MR, int NV>
-void micro_kernel_avx2(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                       index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
+// The tile computation shared by the packed and the in-place kernels. kPacked: A and B are the
+// zero-padded panels of gemm.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
+// they are read in place with the given strides and B's edge columns are masked.
+template <class T, int MR, int NV, bool kPacked>
+inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                      index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
+                      const T* bias, bool relu) {
   using V = Ymm<T>;
   using reg = typename V::reg;
   constexpr int L = V::lanes, NR = NV * L;
+  if constexpr (kPacked) {
+    a_rs = 1;
+    a_cs = MR;
+    b_rs = NR;
+  }
+  const bool full_width = n >= NR;
   reg acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
 
   for (index_t p = 0; p < k; ++p) {
-    const T* a = a_panel + p * MR;
-    const T* b = b_panel + p * NR;
+    const T* a_p = a + p * a_cs;
+    const T* b_p = b + p * b_rs;
     reg bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * L);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      bv[v] = kPacked ? V::load(b_p + v * L)
+              : full_width ? V::loadu(b_p + v * L)
+                           : V::load_first(b_p + v * L, n - v * L);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const reg ai = V::broadcast(a + i);
-#pragma GCC unroll 4
+      const reg ai = V::broadcast(a_p + i * a_rs);
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
     }
   }
@@ -74,7 +109,7 @@ void micro_kernel_avx2(index_t k, const T* a_panel, const T* b_panel, T* c, inde
     alignas(64) T tile[MR * NR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) V::storeu(tile + i * NR + v * L, acc[i][v]);
     write_tile<T, NR>(tile, c, ldc, m, n, accumulate, bias, relu);
     return;
@@ -83,13 +118,63 @@ void micro_kernel_avx2(index_t k, const T* a_panel, const T* b_panel, T* c, inde
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     T* c_row = c + i * ldc;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       reg x = acc[i][v];
       if (accumulate) x = V::add(V::loadu(c_row + v * L), x);
       if (bias) x = V::add(x, V::loadu(bias + v * L));
       if (relu) x = V::max(zero, x);  // max(0, NaN) = NaN, as np.maximum
       V::storeu(c_row + v * L, x);
+    }
+  }
+}
+
+template <class T, int MR, int NV>
+void micro_kernel_avx2(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
+                       index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
+  tile_avx2<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, accumulate, bias, relu);
+}
+
+template <class T, int MR, int NV>
+void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                         index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
+                         const T* bias, bool relu) {
+  tile_avx2<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, accumulate, bias, relu);
+}
+
+// c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j, p] + bias[j]): ROWS dot products at a
+// time (ROWS independent FMA chains sharing each load of x), the K tail masked.
+template <class T>
+void gemv_avx2(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c, bool accumulate,
+               const T* bias, bool relu) {
+  using V = Ymm<T>;
+  using reg = typename V::reg;
+  constexpr int L = V::lanes, ROWS = 8;
+  const index_t k_main = k / L * L;
+  for (index_t j = 0; j < n; j += ROWS) {
+    const int rows = static_cast<int>(n - j < ROWS ? n - j : ROWS);
+    const T* w_row[ROWS];
+    for (int r = 0; r < ROWS; ++r) w_row[r] = w + (j + (r < rows ? r : rows - 1)) * ldw;
+    reg acc[ROWS];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) acc[r] = V::zero();
+    for (index_t p = 0; p < k_main; p += L) {
+      const reg xv = V::loadu(x + p);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r) acc[r] = V::fmadd(xv, V::loadu(w_row[r] + p), acc[r]);
+    }
+    if (k_main < k) {
+      const reg xv = V::load_first(x + k_main, k - k_main);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r)
+        acc[r] = V::fmadd(xv, V::load_first(w_row[r] + k_main, k - k_main), acc[r]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      T v = V::sum(acc[r]);
+      if (accumulate) v = c[j + r] + v;
+      if (bias) v += bias[j + r];
+      if (relu) v = v <= T(0) ? T(0) : v;
+      c[j + r] = v;
     }
   }
 }
@@ -103,8 +188,12 @@ IsaKernels avx2_kernels() {
   // KC = 256: B micro-panel 256×16 floats = 16 KiB in L1 (of 32 KiB), A micro-panel 6 KiB.
   // MC = 144 (a multiple of MR = 6): A block 144×256×4 = 144 KiB in L2 (BLIS Haswell: 168).
   // NC = 4080: B block ≈ 4 MiB in L3. double: same bytes per panel, half the elements.
-  k.sgemm = {&micro_kernel_avx2<float, 6, 2>, 6, 16, 144, 256, 4080};
-  k.dgemm = {&micro_kernel_avx2<double, 6, 2>, 6, 8, 72, 256, 2040};
+  k.sgemm = {&micro_kernel_avx2<float, 6, 2>, 6, 16, 144, 256, 4080,
+             &strided_kernel_avx2<float, 6, 2>, &strided_kernel_avx2<float, 1, 4>, 32,
+             &gemv_avx2<float>};
+  k.dgemm = {&micro_kernel_avx2<double, 6, 2>, 6, 8, 72, 256, 2040,
+             &strided_kernel_avx2<double, 6, 2>, &strided_kernel_avx2<double, 1, 4>, 16,
+             &gemv_avx2<double>};
   return k;
 }
 

@@ -7,7 +7,8 @@
 // FMA pipes of latency 4, at least 8 independent accumulators must be in flight; 24 hide the
 // latency with room to spare, and 12 broadcasts + 2 loads per 24 FMAs keep the load ports
 // below the FMA rate. double 12×16 is the same shape in 8-lane vectors.
-// Edge tiles (n < NR) use masked loads/stores: no scalar tail, no temporary tile.
+// Edge tiles (n < NR) use masked loads/stores: no scalar tail, no temporary tile. The one-row
+// in-place kernel (1×64 floats: 4 accumulators) serves a single row of C.
 #include <immintrin.h>
 
 #include "../../../cpu.h"
@@ -31,6 +32,8 @@ struct Zmm<float> {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg loadu(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static reg loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static float sum(reg v) { return _mm512_reduce_add_ps(v); }
   static void storeu(mask m, float* p, reg v) { _mm512_mask_storeu_ps(p, m, v); }
 };
 
@@ -46,58 +49,126 @@ struct Zmm<double> {
   static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
   static reg loadu(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static reg loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static double sum(reg v) { return _mm512_reduce_add_pd(v); }
   static void storeu(mask m, double* p, reg v) { _mm512_mask_storeu_pd(p, m, v); }
 };
 
-template <class T, int MR, int NV>
-void micro_kernel_avx512(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                         index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
+// The tile computation shared by the packed and the in-place kernels. kPacked: A and B are the
+// zero-padded panels of gemm.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
+// they are read in place with the given strides and B's edge columns are masked.
+template <class T, int MR, int NV, bool kPacked>
+inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                        index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
+                        const T* bias, bool relu) {
   using V = Zmm<T>;
   using reg = typename V::reg;
+  using mask = typename V::mask;
   constexpr int L = V::lanes, NR = NV * L;
+  if constexpr (kPacked) {
+    a_rs = 1;
+    a_cs = MR;
+    b_rs = NR;
+  }
+  mask col_mask[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const index_t cols = n - v * L;
+    col_mask[v] = cols >= L ? static_cast<mask>(~0u)
+                  : cols <= 0 ? static_cast<mask>(0)
+                              : static_cast<mask>((1u << cols) - 1u);
+  }
+
   reg acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
 
   for (index_t p = 0; p < k; ++p) {
-    const T* a = a_panel + p * MR;
-    const T* b = b_panel + p * NR;
+    const T* a_p = a + p * a_cs;
+    const T* b_p = b + p * b_rs;
     reg bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * L);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v)
+      bv[v] = kPacked ? V::load(b_p + v * L) : V::loadu(col_mask[v], b_p + v * L);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
-      const reg ai = V::broadcast(a + i);
-#pragma GCC unroll 4
+      const reg ai = V::broadcast(a_p + i * a_rs);
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
     }
   }
 
   // Write-back: C := relu?((accumulate ? C : 0) + acc + bias), masked to the n valid columns.
-  typename V::mask col_mask[NV];
   reg bias_v[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    const index_t cols = n - v * L;
-    col_mask[v] = cols >= L ? static_cast<typename V::mask>(~0u)
-                  : cols <= 0 ? static_cast<typename V::mask>(0)
-                              : static_cast<typename V::mask>((1u << cols) - 1u);
-    bias_v[v] = bias ? V::loadu(col_mask[v], bias + v * L) : V::zero();
-  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) bias_v[v] = bias ? V::loadu(col_mask[v], bias + v * L) : V::zero();
   const reg zero = V::zero();
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
     if (i >= m) break;
     T* c_row = c + i * ldc;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       reg x = acc[i][v];
       if (accumulate) x = V::add(V::loadu(col_mask[v], c_row + v * L), x);
       if (bias) x = V::add(x, bias_v[v]);
       if (relu) x = V::max(zero, x);  // max(0, NaN) = NaN: the second operand passes through
       V::storeu(col_mask[v], c_row + v * L, x);
+    }
+  }
+}
+
+template <class T, int MR, int NV>
+void micro_kernel_avx512(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
+                         index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
+  tile_avx512<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, accumulate, bias,
+                               relu);
+}
+
+template <class T, int MR, int NV>
+void strided_kernel_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                           index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                           bool accumulate, const T* bias, bool relu) {
+  tile_avx512<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, accumulate, bias, relu);
+}
+
+// c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j, p] + bias[j]): ROWS dot products at a
+// time (ROWS independent FMA chains sharing each load of x), the K tail masked.
+template <class T>
+void gemv_avx512(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
+                 bool accumulate, const T* bias, bool relu) {
+  using V = Zmm<T>;
+  using reg = typename V::reg;
+  using mask = typename V::mask;
+  constexpr int L = V::lanes, ROWS = 8;
+  const index_t k_main = k / L * L;
+  const mask tail = static_cast<mask>((1u << (k - k_main)) - 1u);
+  for (index_t j = 0; j < n; j += ROWS) {
+    const int rows = static_cast<int>(n - j < ROWS ? n - j : ROWS);
+    const T* w_row[ROWS];
+    for (int r = 0; r < ROWS; ++r) w_row[r] = w + (j + (r < rows ? r : rows - 1)) * ldw;
+    reg acc[ROWS];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) acc[r] = V::zero();
+    for (index_t p = 0; p < k_main; p += L) {
+      const reg xv = V::loadu(x + p);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r) acc[r] = V::fmadd(xv, V::loadu(w_row[r] + p), acc[r]);
+    }
+    if (tail) {
+      const reg xv = V::loadu(tail, x + k_main);
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r)
+        acc[r] = V::fmadd(xv, V::loadu(tail, w_row[r] + k_main), acc[r]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      T v = V::sum(acc[r]);
+      if (accumulate) v = c[j + r] + v;
+      if (bias) v += bias[j + r];
+      if (relu) v = v <= T(0) ? T(0) : v;
+      c[j + r] = v;
     }
   }
 }
@@ -114,8 +185,12 @@ IsaKernels avx512_kernels() {
   //   MC = 480: the packed A block MC×KC = 480×256×4 = 480 KiB uses about half of a 1 MiB L2.
   //   NC = 4096: the packed B block KC×NC = 4 MiB lives in L3 and is reused by all A blocks.
   // double: same bytes, half the elements per row: KC = 256, NR = 16 (32 KiB), MC = 240.
-  k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 480, 256, 4096};
-  k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 240, 256, 2048};
+  k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 480, 256, 4096,
+             &strided_kernel_avx512<float, 12, 2>, &strided_kernel_avx512<float, 1, 4>, 64,
+             &gemv_avx512<float>};
+  k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 240, 256, 2048,
+             &strided_kernel_avx512<double, 12, 2>, &strided_kernel_avx512<double, 1, 4>, 32,
+             &gemv_avx512<double>};
   return k;
 }
 

@@ -1,6 +1,7 @@
 // Portable micro-kernels: plain C++ the compiler vectorises for whatever the target baseline is
 // (SSE2 on x86-64, NEON on aarch64). Also the fallback on CPUs without AVX2.
 #include "../../../cpu.h"
+#include "../../gemv.h"
 #include "../../tile.h"
 
 namespace fastmlp {
@@ -9,6 +10,23 @@ namespace {
 
 // MR×NR accumulators kept in registers: with 16 vector registers of 16 bytes (SSE2/NEON),
 // float 4×8 = 8 registers of accumulators, double 4×4 = 8; the rest hold a and b values.
+// In-place variant (see StridedKernel in gemm.h): reads only the n valid columns of B.
+template <class T, int MR, int NR>
+void strided_kernel_generic(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
+                            index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                            bool accumulate, const T* bias, bool relu) {
+  T acc[MR * NR] = {};
+  const index_t cols = n < NR ? n : NR;
+  for (index_t p = 0; p < k; ++p) {
+    const T* b_p = b + p * b_rs;
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i * a_rs + p * a_cs];
+      for (index_t j = 0; j < cols; ++j) acc[i * NR + j] += ai * b_p[j];
+    }
+  }
+  write_tile<T, NR>(acc, c, ldc, m, n, accumulate, bias, relu);
+}
+
 template <class T, int MR, int NR>
 void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
                           index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
@@ -33,8 +51,12 @@ IsaKernels generic_kernels() {
   // KC=256: a 4×256 A panel (4 KiB float) plus an 256×8 B panel (8 KiB) sit in a 32 KiB L1d.
   // MC=128: the 128×256 A block (128 KiB) sits in L2. NC=2048: the 256×2048 B block (2 MiB)
   // is streamed from L2/L3, reused across all MC blocks.
-  k.sgemm = {&micro_kernel_generic<float, 4, 8>, 4, 8, 128, 256, 2048};
-  k.dgemm = {&micro_kernel_generic<double, 4, 4>, 4, 4, 96, 256, 1024};
+  k.sgemm = {&micro_kernel_generic<float, 4, 8>, 4, 8, 128, 256, 2048,
+             &strided_kernel_generic<float, 4, 8>, &strided_kernel_generic<float, 1, 16>, 16,
+             &gemv_rows<float, 4>};
+  k.dgemm = {&micro_kernel_generic<double, 4, 4>, 4, 4, 96, 256, 1024,
+             &strided_kernel_generic<double, 4, 4>, &strided_kernel_generic<double, 1, 8>, 8,
+             &gemv_rows<double, 2>};
   return k;
 }
 
