@@ -65,7 +65,9 @@ def edge_shapes(dtype):
     shapes = {(1, 1, 1), (1, 7, 1), (7, 13, 31), (1, 67, 131), (3, 1, 5), (13, 17, 0)}
     for d in (cfg["MR"] - 1, cfg["MR"], cfg["MR"] + 1, 2 * cfg["MR"] + 1):
         shapes.add((d, 11, 9))
-    for d in (cfg["NR"] - 1, cfg["NR"], cfg["NR"] + 1, cfg["row_NR"] + 1):
+    half = cfg["NR"] // 2  # a last panel this narrow takes the half-width kernel
+    for d in (half, half + 1, cfg["NR"] - 1, cfg["NR"], cfg["NR"] + 1, cfg["NR"] + half,
+              cfg["row_NR"] + 1):
         shapes.add((5, d, 9))
         shapes.add((1, d, 9))
     for d in (cfg["KC"] - 1, cfg["KC"], cfg["KC"] + 1, 2 * cfg["KC"] + 3):

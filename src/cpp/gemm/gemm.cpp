@@ -66,7 +66,9 @@ void pack_a(T* packed, const T* a, index_t rs, index_t cs, index_t mc, index_t k
 // Packs the kc×nc block of op(B) starting at `b` into NR-column panels:
 //   packed[(jr/NR)*NR*kc + p*NR + j] = op(B)[p, jr+j], zero-padded to a multiple of NR columns.
 template <class T>
-void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t nc, index_t NR) {
+void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t nc, index_t NR,
+            PackTransposedKernel<T> transposed = nullptr) {
+  if (rs == 1 && transposed) return transposed(packed, b, cs, kc, nc);
   for (index_t jr = 0; jr < nc; jr += NR) {
     const index_t cols = std::min(NR, nc - jr);
     T* panel = packed + jr * kc;
@@ -135,7 +137,8 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       const index_t kc = std::min(KC, g.K - pc);
       // The first K block applies beta and the bias, the last one the activation.
       const bool first = pc == 0, last = pc + kc == g.K;
-      pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR);
+      pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
+             kern.pack_b_transposed);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
@@ -177,7 +180,8 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   if (g.cs_b != 1) {
     const index_t padded_n = (g.N + NR - 1) / NR * NR;
     T* packed = packed_b_buffer<T>().reserve(static_cast<std::size_t>(g.K * padded_n));
-    pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR);
+    pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR,
+           one_row ? nullptr : kern.pack_b_transposed);
     b = packed;
     b_rs = NR;
     panel_step = NR * g.K;
@@ -197,7 +201,10 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     }
     for (index_t jr = 0; jr < g.N; jr += NR) {
       const index_t n = std::min(NR, g.N - jr);
-      tile_kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
+      // A last panel at most half as wide (10 classes: 10 of 32 columns) runs the half-width
+      // tile: half the FMAs, no masked-off lanes computed.
+      const StridedKernel<T> kernel = (!one_row && 2 * n <= NR) ? kern.narrow_kernel : tile_kernel;
+      kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
                   g.ldc, m, n, g.accumulate, g.bias ? g.bias + jr : nullptr, g.relu);
     }
   }

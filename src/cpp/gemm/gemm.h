@@ -56,6 +56,12 @@ template <class T>
 using GemvKernel = void (*)(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
                             bool accumulate, const T* bias, bool relu);
 
+// Packs a kc×nc block of op(B) whose columns are contiguous (op(B) = Wᵀ, W row-major with
+// row stride ldw) into NR-column panels, as pack_b in gemm.cpp: a transpose, which an ISA can
+// do in registers. Null: the portable scalar loop is used.
+template <class T>
+using PackTransposedKernel = void (*)(T* packed, const T* w, index_t ldw, index_t kc, index_t nc);
+
 // One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
 template <class T>
 struct GemmKernel {
@@ -63,9 +69,11 @@ struct GemmKernel {
   index_t MR = 0, NR = 0;          // register tile
   index_t MC = 0, KC = 0, NC = 0;  // cache blocks: A block MC×KC in L2, B panel KC×NR in L1
   StridedKernel<T> small_kernel = nullptr;  // MR×NR tile, operands in place
+  StridedKernel<T> narrow_kernel = nullptr; // MR×(NR/2) tile, in place: a narrow last panel
   StridedKernel<T> row_kernel = nullptr;    // 1×row_NR tile, operands in place (one row of C)
   index_t row_NR = 0;
   GemvKernel<T> gemv = nullptr;
+  PackTransposedKernel<T> pack_b_transposed = nullptr;
 };
 
 // C := relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in

@@ -189,10 +189,12 @@ IsaKernels avx2_kernels() {
   // MC = 144 (a multiple of MR = 6): A block 144×256×4 = 144 KiB in L2 (BLIS Haswell: 168).
   // NC = 4080: B block ≈ 4 MiB in L3. double: same bytes per panel, half the elements.
   k.sgemm = {&micro_kernel_avx2<float, 6, 2>, 6, 16, 144, 256, 4080,
-             &strided_kernel_avx2<float, 6, 2>, &strided_kernel_avx2<float, 1, 4>, 32,
+             &strided_kernel_avx2<float, 6, 2>,
+             &strided_kernel_avx2<float, 6, 1>, &strided_kernel_avx2<float, 1, 4>, 32,
              &gemv_avx2<float>};
   k.dgemm = {&micro_kernel_avx2<double, 6, 2>, 6, 8, 72, 256, 2040,
-             &strided_kernel_avx2<double, 6, 2>, &strided_kernel_avx2<double, 1, 4>, 16,
+             &strided_kernel_avx2<double, 6, 2>,
+             &strided_kernel_avx2<double, 6, 1>, &strided_kernel_avx2<double, 1, 4>, 16,
              &gemv_avx2<double>};
   return k;
 }

@@ -173,6 +173,60 @@ void gemv_avx512(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c
   }
 }
 
+// In-register 16×16 transpose: on return r[i] holds column i of the input rows r[0..15].
+inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // u[4q + c] holds, in each 128-bit lane l, column c of rows 4q..4q+3 restricted to lane l.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0xDD);
+    t[8 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
+  }
+}
+
+// pack_b for op(B) = Wᵀ (see PackTransposedKernel): 16 rows of W × 16 values of p are loaded,
+// transposed in registers and stored as 16 rows of a panel; edges fall back to scalar copies.
+template <int NR>
+void pack_b_transposed_avx512(float* packed, const float* w, index_t ldw, index_t kc,
+                              index_t nc) {
+  for (index_t jr = 0; jr < nc; jr += NR) {
+    const index_t cols = nc - jr < NR ? nc - jr : NR;
+    float* panel = packed + jr * kc;
+    for (index_t j0 = 0; j0 < NR; j0 += 16) {
+      index_t p = 0;
+      if (j0 + 16 <= cols) {
+        const float* rows = w + (jr + j0) * ldw;
+        for (; p + 16 <= kc; p += 16) {
+          __m512 r[16];
+          for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows + i * ldw + p);
+          transpose16x16(r);
+          for (int i = 0; i < 16; ++i) _mm512_storeu_ps(panel + (p + i) * NR + j0, r[i]);
+        }
+      }
+      for (; p < kc; ++p)
+        for (index_t j = j0; j < j0 + 16; ++j)
+          panel[p * NR + j] = j < cols ? w[(jr + j) * ldw + p] : 0.0f;
+    }
+  }
+}
+
 }  // namespace
 
 IsaKernels avx512_kernels() {
@@ -186,10 +240,12 @@ IsaKernels avx512_kernels() {
   //   NC = 4096: the packed B block KC×NC = 4 MiB lives in L3 and is reused by all A blocks.
   // double: same bytes, half the elements per row: KC = 256, NR = 16 (32 KiB), MC = 240.
   k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 480, 256, 4096,
-             &strided_kernel_avx512<float, 12, 2>, &strided_kernel_avx512<float, 1, 4>, 64,
-             &gemv_avx512<float>};
+             &strided_kernel_avx512<float, 12, 2>,
+             &strided_kernel_avx512<float, 12, 1>, &strided_kernel_avx512<float, 1, 4>, 64,
+             &gemv_avx512<float>, &pack_b_transposed_avx512<32>};
   k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 240, 256, 2048,
-             &strided_kernel_avx512<double, 12, 2>, &strided_kernel_avx512<double, 1, 4>, 32,
+             &strided_kernel_avx512<double, 12, 2>,
+             &strided_kernel_avx512<double, 12, 1>, &strided_kernel_avx512<double, 1, 4>, 32,
              &gemv_avx512<double>};
   return k;
 }

@@ -52,10 +52,12 @@ IsaKernels generic_kernels() {
   // MC=128: the 128×256 A block (128 KiB) sits in L2. NC=2048: the 256×2048 B block (2 MiB)
   // is streamed from L2/L3, reused across all MC blocks.
   k.sgemm = {&micro_kernel_generic<float, 4, 8>, 4, 8, 128, 256, 2048,
-             &strided_kernel_generic<float, 4, 8>, &strided_kernel_generic<float, 1, 16>, 16,
+             &strided_kernel_generic<float, 4, 8>,
+             &strided_kernel_generic<float, 4, 4>, &strided_kernel_generic<float, 1, 16>, 16,
              &gemv_rows<float, 4>};
   k.dgemm = {&micro_kernel_generic<double, 4, 4>, 4, 4, 96, 256, 1024,
-             &strided_kernel_generic<double, 4, 4>, &strided_kernel_generic<double, 1, 8>, 8,
+             &strided_kernel_generic<double, 4, 4>,
+             &strided_kernel_generic<double, 4, 2>, &strided_kernel_generic<double, 1, 8>, 8,
              &gemv_rows<double, 2>};
   return k;
 }
