@@ -51,11 +51,17 @@ def same_dtype(*named: tuple[str, np.ndarray]) -> np.dtype:
 
 
 def strided_ok(a: np.ndarray) -> np.ndarray:
-    """a, or a contiguous copy if its strides are not whole elements or it is unaligned."""
+    """a, or an aligned C-contiguous copy if its strides are not whole elements or it is
+    unaligned (the kernels read strided views in place, but element by element)."""
     item = a.itemsize
     if a.flags.aligned and all(s % item == 0 for s in a.strides):
         return a
-    return np.ascontiguousarray(a)
+    return np.array(a, order="C", copy=True)
+
+
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """a as an aligned C-contiguous array, copied only if it is not one already."""
+    return np.require(a, requirements=["C", "A"])
 
 
 def check_finite(a: np.ndarray, name: str) -> None:
@@ -117,7 +123,7 @@ def integer_labels(value, name: str, n_classes: int, n_samples: int | None = Non
             index = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{name}[{index}] = {y[index].item()!r} is out of range: "
                              f"expected a class label in [0, {n_classes})")
-    return np.ascontiguousarray(y, dtype=np.int64)
+    return np.require(y, dtype=np.int64, requirements=["C", "A"])
 
 
 def positive_int(value, name: str) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import float_array, integer_labels, same_dtype, strided_ok
+from fastmlp._validation import contiguous, float_array, integer_labels, same_dtype, strided_ok
 
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
@@ -93,7 +93,7 @@ def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
 def relu(x) -> np.ndarray:
     """``max(x, 0)`` element-wise (NaN propagates, as ``np.maximum``)."""
     x = float_array(x, "x")
-    return _core.relu(np.ascontiguousarray(x))
+    return _core.relu(contiguous(x)).reshape(x.shape)
 
 
 def relu_grad(grad_out, out) -> np.ndarray:
@@ -107,13 +107,13 @@ def relu_grad(grad_out, out) -> np.ndarray:
     if grad_out.shape != out.shape:
         raise ValueError(f"relu_grad: grad_out has shape {grad_out.shape} but out has shape "
                          f"{out.shape}; they must match")
-    return _core.relu_grad(np.ascontiguousarray(grad_out), np.ascontiguousarray(out))
+    return _core.relu_grad(contiguous(grad_out), contiguous(out)).reshape(out.shape)
 
 
 def sigmoid(x) -> np.ndarray:
     """``1 / (1 + exp(-x))`` element-wise, without overflow for any x (exact limits 0, 1)."""
     x = float_array(x, "x")
-    return _core.sigmoid(np.ascontiguousarray(x))
+    return _core.sigmoid(contiguous(x)).reshape(x.shape)
 
 
 def softmax(x) -> np.ndarray:
@@ -123,7 +123,7 @@ def softmax(x) -> np.ndarray:
         raise ValueError("softmax needs at least 1 dimension, got a scalar")
     if x.shape[-1] == 0:
         raise ValueError(f"softmax over an empty last axis: shape {x.shape}")
-    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    rows = contiguous(x).reshape(-1, x.shape[-1])
     return _core.softmax(rows).reshape(x.shape)
 
 
@@ -139,7 +139,7 @@ def softmax_nll(logits, labels) -> tuple[float, np.ndarray]:
     if n == 0 or k == 0:
         raise ValueError(f"logits must have at least one row and one class, got shape {logits.shape}")
     labels = integer_labels(labels, "labels", n_classes=k, n_samples=n)
-    return _core.softmax_nll(np.ascontiguousarray(logits), labels)
+    return _core.softmax_nll(contiguous(logits), labels)
 
 
 def sigmoid_bce(logits, labels) -> tuple[float, np.ndarray]:
@@ -157,7 +157,7 @@ def sigmoid_bce(logits, labels) -> tuple[float, np.ndarray]:
     if n == 0:
         raise ValueError("logits must have at least one row, got 0")
     labels = integer_labels(labels, "labels", n_classes=2, n_samples=n, allow_bool=True)
-    return _core.sigmoid_bce(np.ascontiguousarray(logits), labels)
+    return _core.sigmoid_bce(contiguous(logits), labels)
 
 
 def _check_activation(activation: str) -> str:
@@ -204,7 +204,7 @@ def dense_backward(x, W, out, grad_out, activation: str = "identity"):
     for name, a in (("out", out), ("grad_out", grad_out)):
         if a.shape != expected:
             raise ValueError(f"{name} has shape {a.shape}, expected {expected} (batch, out_features)")
-    return _core.dense_backward(x, W, np.ascontiguousarray(out), np.ascontiguousarray(grad_out),
+    return _core.dense_backward(x, W, contiguous(out), contiguous(grad_out),
                                 activation, True)
 
 
@@ -215,4 +215,4 @@ def _bias(b, W: np.ndarray) -> np.ndarray:
     same_dtype(("W", W), ("b", b))
     if b.shape[0] != W.shape[0]:
         raise ValueError(f"b has shape {b.shape}, expected ({W.shape[0]},) to match W {W.shape}")
-    return np.ascontiguousarray(b)
+    return contiguous(b)

@@ -72,8 +72,9 @@ StridedMatrix<T> strided(const py::array& a, const char* name) {
 template <class T>
 const T* contiguous(const py::array& a, const char* name) {
   require_dtype<T>(a, name);
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (!(a.flags() & py::array::c_style) ||
+      reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    throw py::value_error(std::string(name) + " must be C-contiguous and aligned");
   return static_cast<const T*>(a.data());
 }
 
@@ -102,8 +103,9 @@ const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
   if (!labels.dtype().is(py::dtype::of<std::int64_t>()))
     throw py::type_error("labels must be int64 here (fastmlp.ops converts integer labels)");
   require_shape(labels, "labels", {n});
-  if (!(labels.flags() & py::array::c_style))
-    throw py::value_error("labels must be C-contiguous");
+  if (!(labels.flags() & py::array::c_style) ||
+      reinterpret_cast<std::uintptr_t>(labels.data()) % alignof(std::int64_t) != 0)
+    throw py::value_error("labels must be C-contiguous and aligned");
   return static_cast<const std::int64_t*>(labels.data());
 }
 
