@@ -6,6 +6,7 @@
 #include <atomic>
 
 #include "../cpu.h"
+#include "tile.h"
 #include "../threads.h"
 
 namespace fastmlp {
@@ -91,17 +92,28 @@ void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t n
   }
 }
 
+// The epilogue of the tile at (row, col) of C: bias and mask offset to it. `first`/`last`: is
+// this the first / last K block (beta and bias apply once, first; ReLU and mask once, last).
+template <class T>
+TileEpilogue<T> tile_epilogue(const GemmArgs<T>& g, index_t row, index_t col, bool first = true,
+                              bool last = true) {
+  TileEpilogue<T> ep;
+  ep.accumulate = g.accumulate || !first;
+  ep.bias = (first && g.bias) ? g.bias + col : nullptr;
+  ep.relu = g.relu && last;
+  ep.mask = (last && g.mask) ? g.mask + row * g.ld_mask + col : nullptr;
+  ep.ld_mask = g.ld_mask;
+  return ep;
+}
+
 // K = 0: the product is empty, only the epilogue remains.
 template <class T>
 void epilogue_only(const GemmArgs<T>& g) {
+  const TileEpilogue<T> ep = tile_epilogue(g, 0, 0);
   for (index_t i = 0; i < g.M; ++i) {
     T* c = g.C + i * g.ldc;
-    for (index_t j = 0; j < g.N; ++j) {
-      T v = g.accumulate ? c[j] : T(0);
-      if (g.bias) v += g.bias[j];
-      if (g.relu) v = v <= T(0) ? T(0) : v;
-      c[j] = v;
-    }
+    for (index_t j = 0; j < g.N; ++j)
+      c[j] = apply_epilogue(T(0), c[j], ep, j, g.mask ? g.mask[i * g.ld_mask + j] : T(0));
   }
 }
 
@@ -144,12 +156,12 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
-          const T* bias = (first && g.bias) ? g.bias + jc + jr : nullptr;
+
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
                               g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
-                              g.accumulate || !first, bias, g.relu && last);
+                              tile_epilogue(g, ic + ir, jc + jr, first, last));
           }
         }
       }
@@ -167,7 +179,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
     }
-    kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, g.accumulate, g.bias, g.relu);
+    kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
     return;
   }
   const bool one_row = g.M == 1;
@@ -205,7 +217,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       // tile: half the FMAs, no masked-off lanes computed.
       const StridedKernel<T> kernel = (!one_row && 2 * n <= NR) ? kern.narrow_kernel : tile_kernel;
       kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
-                  g.ldc, m, n, g.accumulate, g.bias ? g.bias + jr : nullptr, g.relu);
+                  g.ldc, m, n, tile_epilogue(g, ir, jr));
     }
   }
 }
@@ -250,6 +262,7 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
     part.B = g.B + c0 * g.cs_b;
     part.C = g.C + r0 * g.ldc + c0;
     part.bias = g.bias ? g.bias + c0 : nullptr;
+    part.mask = g.mask ? g.mask + r0 * g.ld_mask + c0 : nullptr;
     serial(part, kern);
   });
 }
@@ -279,10 +292,8 @@ void gemm_reference(const GemmArgs<T>& g) {
       for (index_t p = 0; p < g.K; ++p)
         sum += g.A[i * g.rs_a + p * g.cs_a] * g.B[p * g.rs_b + j * g.cs_b];
       T* c = g.C + i * g.ldc + j;
-      T v = g.accumulate ? *c + sum : sum;
-      if (g.bias) v += g.bias[j];
-      if (g.relu) v = v <= T(0) ? T(0) : v;
-      *c = v;
+      *c = apply_epilogue(sum, *c, tile_epilogue(g, 0, 0), j,
+                          g.mask ? g.mask[i * g.ld_mask + j] : T(0));
     }
 }
 

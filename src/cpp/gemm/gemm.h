@@ -25,21 +25,36 @@ struct GemmArgs {
   T* C = nullptr;
   index_t ldc = 0;
   // Epilogue, applied as tiles are written back:
-  //   C := relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
+  //   C := [mask > 0] · relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
   bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
   const T* bias = nullptr;  // (N), broadcast over rows; may be null
   bool relu = false;
+  // (M,N) with row stride ld_mask, or null. Backprop through a ReLU: with mask = the ReLU's
+  // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
+  const T* mask = nullptr;
+  index_t ld_mask = 0;
+};
+
+// The epilogue of one tile, its pointers already offset to the tile's first row and column:
+//   tile := [mask > 0] · relu?( (accumulate ? C : 0) + product + bias )
+template <class T>
+struct TileEpilogue {
+  bool accumulate = false;
+  const T* bias = nullptr;
+  bool relu = false;
+  const T* mask = nullptr;
+  index_t ld_mask = 0;
 };
 
 // The micro-kernel contract, identical for every ISA:
-//   tile := relu?( (accumulate ? C : 0) + Σ_p a_panel[p] ⊗ b_panel[p] + bias )
+//   tile := epilogue( Σ_p a_panel[p] ⊗ b_panel[p] )   (see TileEpilogue)
 // over a packed MR×k panel of A (a_panel[p*MR + i]) and a packed k×NR panel of B
 // (b_panel[p*NR + j]), written to the m×n top-left corner (m ≤ MR, n ≤ NR) of C at c (row
 // stride ldc). Panels are zero-padded to MR/NR, so the kernel may always compute a full tile.
-// bias points at the n entries for this tile's columns, or is null. k may be 0.
+// k may be 0.
 template <class T>
 using MicroKernel = void (*)(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                             index_t m, index_t n, bool accumulate, const T* bias, bool relu);
+                             index_t m, index_t n, const TileEpilogue<T>& ep);
 
 // The small-matrix path's kernel: the same tile computation, but reading operands in place.
 // Element (i,p) of op(A) is a[i*a_rs + p*a_cs] for all MR rows (the caller guarantees MR valid
@@ -48,13 +63,13 @@ using MicroKernel = void (*)(index_t k, const T* a_panel, const T* b_panel, T* c
 template <class T>
 using StridedKernel = void (*)(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
                                index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
-                               bool accumulate, const T* bias, bool relu);
+                               const TileEpilogue<T>& ep);
 
 // Batch of one with op(B) = Wᵀ (columns of op(B) contiguous in p, i.e. rows of W):
-//   c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j*ldw + p] + bias[j]),  x contiguous (K).
+//   c[j] = epilogue(Σ_p x[p] w[j*ldw + p]),  x contiguous (K), the epilogue of a 1×n tile.
 template <class T>
 using GemvKernel = void (*)(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
-                            bool accumulate, const T* bias, bool relu);
+                            const TileEpilogue<T>& ep);
 
 // Packs a kc×nc block of op(B) whose columns are contiguous (op(B) = Wᵀ, W row-major with
 // row stride ldw) into NR-column panels, as pack_b in gemm.cpp: a transpose, which an ISA can
@@ -76,7 +91,7 @@ struct GemmKernel {
   PackTransposedKernel<T> pack_b_transposed = nullptr;
 };
 
-// C := relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
+// C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
 // place; larger ones are packed and, above a size threshold, split over the thread pool.
 template <class T>
 void gemm(const GemmArgs<T>& args);

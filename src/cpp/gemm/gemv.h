@@ -4,13 +4,13 @@
 // x and give ROWS independent FMA chains.
 #pragma once
 
-#include "../common.h"
+#include "tile.h"
 
 namespace fastmlp {
 
 template <class T, int LANES>
-void gemv_rows(index_t k, index_t n, const T* __restrict x, const T* __restrict w, index_t ldw,
-               T* __restrict c, bool accumulate, const T* __restrict bias, bool relu) {
+void gemv_portable(index_t k, index_t n, const T* __restrict x, const T* __restrict w,
+                   index_t ldw, T* __restrict c, const TileEpilogue<T>& ep) {
   constexpr int ROWS = 4;
   const index_t k_main = k / LANES * LANES;
   index_t j = 0;
@@ -18,10 +18,8 @@ void gemv_rows(index_t k, index_t n, const T* __restrict x, const T* __restrict 
     T sum = 0;
     for (int l = 0; l < LANES; ++l) sum += part[l];
     for (index_t q = k_main; q < k; ++q) sum += x[q] * w_row[q];
-    T v = accumulate ? c[row] + sum : sum;
-    if (bias) v += bias[row];
-    if (relu) v = v <= T(0) ? T(0) : v;
-    c[row] = v;
+    c[row] = apply_epilogue(sum, ep.accumulate ? c[row] : T(0), ep, row,
+                            ep.mask ? ep.mask[row] : T(0));
   };
   for (; j + ROWS <= n; j += ROWS) {
     const T* w0 = w + j * ldw;

@@ -40,6 +40,10 @@ struct Ymm<float> {
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  // v where mask > 0, else 0 (a NaN mask entry counts as not positive).
+  static reg keep_where_positive(reg mask, reg v) {
+    return _mm256_and_ps(_mm256_cmp_ps(mask, zero(), _CMP_GT_OQ), v);
+  }
 };
 
 template <>
@@ -64,6 +68,9 @@ struct Ymm<double> {
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
+  static reg keep_where_positive(reg mask, reg v) {
+    return _mm256_and_pd(_mm256_cmp_pd(mask, zero(), _CMP_GT_OQ), v);
+  }
 };
 
 // The tile computation shared by the packed and the in-place kernels. kPacked: A and B are the
@@ -71,8 +78,8 @@ struct Ymm<double> {
 // they are read in place with the given strides and B's edge columns are masked.
 template <class T, int MR, int NV, bool kPacked>
 inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
-                      index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
-                      const T* bias, bool relu) {
+                      index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                      const TileEpilogue<T>& ep) {
   using V = Ymm<T>;
   using reg = typename V::reg;
   constexpr int L = V::lanes, NR = NV * L;
@@ -111,7 +118,7 @@ inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) V::storeu(tile + i * NR + v * L, acc[i][v]);
-    write_tile<T, NR>(tile, c, ldc, m, n, accumulate, bias, relu);
+    write_tile<T, NR>(tile, c, ldc, m, n, ep);
     return;
   }
   const reg zero = V::zero();
@@ -121,9 +128,10 @@ inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       reg x = acc[i][v];
-      if (accumulate) x = V::add(V::loadu(c_row + v * L), x);
-      if (bias) x = V::add(x, V::loadu(bias + v * L));
-      if (relu) x = V::max(zero, x);  // max(0, NaN) = NaN, as np.maximum
+      if (ep.accumulate) x = V::add(V::loadu(c_row + v * L), x);
+      if (ep.bias) x = V::add(x, V::loadu(ep.bias + v * L));
+      if (ep.relu) x = V::max(zero, x);  // max(0, NaN) = NaN, as np.maximum
+      if (ep.mask) x = V::keep_where_positive(V::loadu(ep.mask + i * ep.ld_mask + v * L), x);
       V::storeu(c_row + v * L, x);
     }
   }
@@ -131,22 +139,22 @@ inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T
 
 template <class T, int MR, int NV>
 void micro_kernel_avx2(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                       index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
-  tile_avx2<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, accumulate, bias, relu);
+                       index_t m, index_t n, const TileEpilogue<T>& ep) {
+  tile_avx2<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, ep);
 }
 
 template <class T, int MR, int NV>
 void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
-                         index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
-                         const T* bias, bool relu) {
-  tile_avx2<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, accumulate, bias, relu);
+                         index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                         const TileEpilogue<T>& ep) {
+  tile_avx2<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, ep);
 }
 
-// c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j, p] + bias[j]): ROWS dot products at a
-// time (ROWS independent FMA chains sharing each load of x), the K tail masked.
+// c[j] = epilogue(Σ_p x[p] w[j, p]): ROWS dot products at a time (ROWS independent FMA chains
+// sharing each load of x), the K tail masked.
 template <class T>
-void gemv_avx2(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c, bool accumulate,
-               const T* bias, bool relu) {
+void gemv_avx2(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
+               const TileEpilogue<T>& ep) {
   using V = Ymm<T>;
   using reg = typename V::reg;
   constexpr int L = V::lanes, ROWS = 8;
@@ -169,13 +177,9 @@ void gemv_avx2(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c, 
       for (int r = 0; r < ROWS; ++r)
         acc[r] = V::fmadd(xv, V::load_first(w_row[r] + k_main, k - k_main), acc[r]);
     }
-    for (int r = 0; r < rows; ++r) {
-      T v = V::sum(acc[r]);
-      if (accumulate) v = c[j + r] + v;
-      if (bias) v += bias[j + r];
-      if (relu) v = v <= T(0) ? T(0) : v;
-      c[j + r] = v;
-    }
+    for (int r = 0; r < rows; ++r)
+      c[j + r] = apply_epilogue(V::sum(acc[r]), ep.accumulate ? c[j + r] : T(0), ep, j + r,
+                                ep.mask ? ep.mask[j + r] : T(0));
   }
 }
 

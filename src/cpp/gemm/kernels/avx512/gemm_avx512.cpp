@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include "../../../cpu.h"
+#include "../../tile.h"
 
 namespace fastmlp {
 
@@ -34,6 +35,8 @@ struct Zmm<float> {
   static reg loadu(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static reg loadu(const float* p) { return _mm512_loadu_ps(p); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+  static mask positive(reg v) { return _mm512_cmp_ps_mask(v, zero(), _CMP_GT_OQ); }
+  static reg keep(mask m, reg v) { return _mm512_maskz_mov_ps(m, v); }
   static void storeu(mask m, float* p, reg v) { _mm512_mask_storeu_ps(p, m, v); }
 };
 
@@ -51,6 +54,8 @@ struct Zmm<double> {
   static reg loadu(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static reg loadu(const double* p) { return _mm512_loadu_pd(p); }
   static double sum(reg v) { return _mm512_reduce_add_pd(v); }
+  static mask positive(reg v) { return _mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ); }
+  static reg keep(mask m, reg v) { return _mm512_maskz_mov_pd(m, v); }
   static void storeu(mask m, double* p, reg v) { _mm512_mask_storeu_pd(p, m, v); }
 };
 
@@ -59,8 +64,8 @@ struct Zmm<double> {
 // they are read in place with the given strides and B's edge columns are masked.
 template <class T, int MR, int NV, bool kPacked>
 inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
-                        index_t b_rs, T* c, index_t ldc, index_t m, index_t n, bool accumulate,
-                        const T* bias, bool relu) {
+                        index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
+                        const TileEpilogue<T>& ep) {
   using V = Zmm<T>;
   using reg = typename V::reg;
   using mask = typename V::mask;
@@ -100,10 +105,11 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
     }
   }
 
-  // Write-back: C := relu?((accumulate ? C : 0) + acc + bias), masked to the n valid columns.
+  // Write-back: C := epilogue(acc) (see TileEpilogue), masked to the n valid columns.
   reg bias_v[NV];
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) bias_v[v] = bias ? V::loadu(col_mask[v], bias + v * L) : V::zero();
+  for (int v = 0; v < NV; ++v)
+    bias_v[v] = ep.bias ? V::loadu(col_mask[v], ep.bias + v * L) : V::zero();
   const reg zero = V::zero();
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
@@ -112,9 +118,11 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       reg x = acc[i][v];
-      if (accumulate) x = V::add(V::loadu(col_mask[v], c_row + v * L), x);
-      if (bias) x = V::add(x, bias_v[v]);
-      if (relu) x = V::max(zero, x);  // max(0, NaN) = NaN: the second operand passes through
+      if (ep.accumulate) x = V::add(V::loadu(col_mask[v], c_row + v * L), x);
+      if (ep.bias) x = V::add(x, bias_v[v]);
+      if (ep.relu) x = V::max(zero, x);  // max(0, NaN) = NaN: the second operand passes through
+      if (ep.mask)
+        x = V::keep(V::positive(V::loadu(col_mask[v], ep.mask + i * ep.ld_mask + v * L)), x);
       V::storeu(col_mask[v], c_row + v * L, x);
     }
   }
@@ -122,23 +130,22 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
 
 template <class T, int MR, int NV>
 void micro_kernel_avx512(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                         index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
-  tile_avx512<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, accumulate, bias,
-                               relu);
+                         index_t m, index_t n, const TileEpilogue<T>& ep) {
+  tile_avx512<T, MR, NV, true>(k, a_panel, 1, MR, b_panel, 0, c, ldc, m, n, ep);
 }
 
 template <class T, int MR, int NV>
 void strided_kernel_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
                            index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
-                           bool accumulate, const T* bias, bool relu) {
-  tile_avx512<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, accumulate, bias, relu);
+                           const TileEpilogue<T>& ep) {
+  tile_avx512<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, ep);
 }
 
-// c[j] = relu?((accumulate ? c[j] : 0) + Σ_p x[p] w[j, p] + bias[j]): ROWS dot products at a
-// time (ROWS independent FMA chains sharing each load of x), the K tail masked.
+// c[j] = epilogue(Σ_p x[p] w[j, p]): ROWS dot products at a time (ROWS independent FMA chains
+// sharing each load of x), the K tail masked.
 template <class T>
 void gemv_avx512(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
-                 bool accumulate, const T* bias, bool relu) {
+                 const TileEpilogue<T>& ep) {
   using V = Zmm<T>;
   using reg = typename V::reg;
   using mask = typename V::mask;
@@ -163,13 +170,9 @@ void gemv_avx512(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c
       for (int r = 0; r < ROWS; ++r)
         acc[r] = V::fmadd(xv, V::loadu(tail, w_row[r] + k_main), acc[r]);
     }
-    for (int r = 0; r < rows; ++r) {
-      T v = V::sum(acc[r]);
-      if (accumulate) v = c[j + r] + v;
-      if (bias) v += bias[j + r];
-      if (relu) v = v <= T(0) ? T(0) : v;
-      c[j + r] = v;
-    }
+    for (int r = 0; r < rows; ++r)
+      c[j + r] = apply_epilogue(V::sum(acc[r]), ep.accumulate ? c[j + r] : T(0), ep, j + r,
+                                ep.mask ? ep.mask[j + r] : T(0));
   }
 }
 

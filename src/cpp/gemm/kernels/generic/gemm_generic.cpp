@@ -14,7 +14,7 @@ namespace {
 template <class T, int MR, int NR>
 void strided_kernel_generic(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
                             index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
-                            bool accumulate, const T* bias, bool relu) {
+                            const TileEpilogue<T>& ep) {
   T acc[MR * NR] = {};
   const index_t cols = n < NR ? n : NR;
   for (index_t p = 0; p < k; ++p) {
@@ -24,12 +24,12 @@ void strided_kernel_generic(index_t k, const T* a, index_t a_rs, index_t a_cs, c
       for (index_t j = 0; j < cols; ++j) acc[i * NR + j] += ai * b_p[j];
     }
   }
-  write_tile<T, NR>(acc, c, ldc, m, n, accumulate, bias, relu);
+  write_tile<T, NR>(acc, c, ldc, m, n, ep);
 }
 
 template <class T, int MR, int NR>
 void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                          index_t m, index_t n, bool accumulate, const T* bias, bool relu) {
+                          index_t m, index_t n, const TileEpilogue<T>& ep) {
   T acc[MR * NR] = {};
   for (index_t p = 0; p < k; ++p) {
     const T* a = a_panel + p * MR;
@@ -39,7 +39,7 @@ void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, i
       for (int j = 0; j < NR; ++j) acc[i * NR + j] += ai * b[j];
     }
   }
-  write_tile<T, NR>(acc, c, ldc, m, n, accumulate, bias, relu);
+  write_tile<T, NR>(acc, c, ldc, m, n, ep);
 }
 
 }  // namespace
@@ -54,11 +54,11 @@ IsaKernels generic_kernels() {
   k.sgemm = {&micro_kernel_generic<float, 4, 8>, 4, 8, 128, 256, 2048,
              &strided_kernel_generic<float, 4, 8>,
              &strided_kernel_generic<float, 4, 4>, &strided_kernel_generic<float, 1, 16>, 16,
-             &gemv_rows<float, 4>};
+             &gemv_portable<float, 4>};
   k.dgemm = {&micro_kernel_generic<double, 4, 4>, 4, 4, 96, 256, 1024,
              &strided_kernel_generic<double, 4, 4>,
              &strided_kernel_generic<double, 4, 2>, &strided_kernel_generic<double, 1, 8>, 8,
-             &gemv_rows<double, 2>};
+             &gemv_portable<double, 2>};
   return k;
 }
 
