@@ -22,6 +22,25 @@ from fastmlp.optim import SGD, Optimizer
 
 __all__ = ["MLP", "History"]
 
+
+def _epoch_seeds(seed):
+    """The seed of each epoch's shuffle: a stream drawn from ``seed`` (None: fresh entropy)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield int(rng.integers(0, 2**63))
+
+
+def _epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
+    """The sample order of an epoch, as the engine draws it (for reproducing its batches)."""
+    return _core.shuffled_indices(n_samples, epoch_seed)
+
+
+def _new_trainer(model, optimizer, batch_size: int):
+    trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
+    params = list(model.weights) + list(model.biases)
+    return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
+                        optimizer._engine_spec(params), batch_size)
+
 _ACTIVATIONS = ("relu", "identity")
 _OUTPUTS = ("softmax", "sigmoid")
 
@@ -208,16 +227,20 @@ class MLP:
     def _layer_activation(self, layer: int) -> str:
         return self._activation if layer < len(self._weights) - 1 else "identity"
 
-    def _forward(self, X: np.ndarray) -> list[np.ndarray]:
-        """All layer outputs [X, h_1, ..., logits] of a validated X."""
+    def _layer_outputs(self, X: np.ndarray) -> list[np.ndarray]:
+        """All layer outputs [X, h_1, ..., logits] of a validated X (for backpropagation)."""
         outputs = [X]
         for layer, (W, b) in enumerate(zip(self._weights, self._biases)):
             outputs.append(_core.dense_forward(outputs[-1], W, b, self._layer_activation(layer)))
         return outputs
 
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        """Logits of a validated X: all layers in one call into the core."""
+        return _core.mlp_forward(X, self._weights, self._biases, self._activation)
+
     def forward(self, X) -> np.ndarray:
         """Logits (N, n_outputs) for inputs X (N, n_features)."""
-        return self._forward(self._features(X))[-1]
+        return self._forward(self._features(X))
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]."""
@@ -240,7 +263,7 @@ class MLP:
         """Accuracy: the fraction of samples whose predicted label equals y."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
-        return float(np.mean(self._predict_logits(self._forward(X)[-1]) == y))
+        return float(np.mean(self._predict_logits(self._forward(X)) == y))
 
     # ---- loss and gradients -------------------------------------------------------------
 
@@ -253,7 +276,7 @@ class MLP:
         """Mean loss over the batch: negative log-probability of the correct class."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
-        return self._loss_and_dlogits(self._forward(X)[-1], y)[0]
+        return self._loss_and_dlogits(self._forward(X), y)[0]
 
     def loss_and_grad(self, X, y) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
         """``(loss, grad_weights, grad_biases)`` for the batch (loss is the batch mean).
@@ -267,7 +290,7 @@ class MLP:
         return self._loss_and_grad(X, y)
 
     def _loss_and_grad(self, X: np.ndarray, y: np.ndarray):
-        outputs = self._forward(X)
+        outputs = self._layer_outputs(X)
         loss, grad = self._loss_and_dlogits(outputs[-1], y)
         n_layers = len(self._weights)
         grad_weights: list = [None] * n_layers
@@ -281,14 +304,20 @@ class MLP:
     # ---- training -----------------------------------------------------------------------
 
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
-            shuffle: bool = True, seed=None, validation_data=None, verbose=False) -> History:
+            shuffle: bool = True, seed=None, validation_data=None, verbose=False,
+            callbacks=None) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
         by ``seed``) or in row order, in batches of ``batch_size`` (the last may be shorter; a
         batch size larger than the data is clamped to it). The optimizer defaults to
         ``SGD(lr=0.01)`` and keeps its state across calls when passed in again. ``verbose``
-        prints one line per epoch to stdout (or to the file object given instead of True).
+        prints one line per epoch to stdout (or to the file object given instead of True);
+        each of ``callbacks`` is called as ``callback(model, history)`` after every epoch.
+
+        Whole epochs run in the C++ engine with the GIL released; control comes back to
+        Python about every 50 ms, where Ctrl-C (``KeyboardInterrupt``) stops training at a
+        step boundary: the weights and the optimizer are those after the last full step.
         """
         X = self._features(X)
         y = self._labels(y, X.shape[0])
@@ -298,6 +327,9 @@ class MLP:
             optimizer = SGD(lr=0.01)
         elif not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastmlp optimizer (SGD, Adam), got {optimizer!r}")
+        callbacks = list(callbacks or [])
+        if not all(callable(c) for c in callbacks):
+            raise TypeError("callbacks must be callables taking (model, history)")
         if validation_data is not None:
             try:
                 X_val, y_val = validation_data
@@ -306,31 +338,39 @@ class MLP:
             X_val = feature_matrix(X_val, "validation X", self._dtype, self.n_features)
             y_val = self._labels(y_val, X_val.shape[0])
 
-        rng = np.random.default_rng(seed)
+        X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
+        trainer = _new_trainer(self, optimizer, batch_size)
+        epoch_seeds = _epoch_seeds(seed)
         history = History()
         n = X.shape[0]
+        steps_per_call = 1
         for epoch in range(epochs):
             started = time.perf_counter()
-            order = rng.permutation(n) if shuffle else None
+            trainer.begin_epoch(n, bool(shuffle), next(epoch_seeds))
             total = 0.0
-            for start in range(0, n, batch_size):
-                if order is None:
-                    X_batch, y_batch = X[start:start + batch_size], y[start:start + batch_size]
-                else:
-                    rows = order[start:start + batch_size]
-                    X_batch, y_batch = X[rows], y[rows]
-                loss, grad_weights, grad_biases = self._loss_and_grad(X_batch, y_batch)
-                if not math.isfinite(loss):
+            while True:
+                call_started = time.perf_counter()
+                try:
+                    result = trainer.run(X, y, batch_size, steps_per_call)
+                finally:
+                    optimizer._engine_sync(trainer, locals().get("result", {}).get("steps", 0))
+                if result["nonfinite"]:
                     raise FloatingPointError(
-                        f"the training loss became {loss} at epoch {epoch + 1}; the weights are "
-                        "those before this step. Lower the learning rate or scale the inputs.")
-                optimizer.step(list(self._weights) + list(self._biases), grad_weights + grad_biases)
-                total += loss * X_batch.shape[0]
+                        f"the training loss became {result['loss_sum']} at epoch {epoch + 1}; "
+                        "the weights are those before this step. Lower the learning rate or "
+                        "scale the inputs.")
+                total += result["loss_sum"]
+                if result["epoch_done"]:
+                    break
+                # Return to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
+                elapsed = max(time.perf_counter() - call_started, 1e-6)
+                steps_per_call = max(1, min(steps_per_call * 4,
+                                            int(steps_per_call * 0.05 / elapsed)))
             elapsed = time.perf_counter() - started
             history.loss.append(total / n)
             history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
             if validation_data is not None:
-                logits = self._forward(X_val)[-1]
+                logits = self._forward(X_val)
                 history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
                 history.val_accuracy.append(float(np.mean(self._predict_logits(logits) == y_val)))
             if verbose:
@@ -340,6 +380,8 @@ class MLP:
                              f"  val_accuracy {history.val_accuracy[-1]:.4f}")
                 line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
                 print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
+            for callback in callbacks:
+                callback(self, history)
         return history
 
     # ---- persistence --------------------------------------------------------------------

@@ -34,21 +34,8 @@ class Optimizer:
         grads = list(grads)
         if len(params) != len(grads):
             raise ValueError(f"step got {len(params)} parameters but {len(grads)} gradients")
-        if self._state and len(self._state) != len(params):
-            raise ValueError(
-                f"this optimizer holds state for {len(self._state)} parameters but step got "
-                f"{len(params)}; use a new optimizer (or reset()) for another model"
-            )
         checked = [self._check_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
-        if not self._state:
-            self._state = [self._new_state(p) for p, _ in checked]
-        for i, (p, g) in enumerate(checked):
-            state = self._state[i]
-            if state["shape"] != p.shape or state["dtype"] != p.dtype:
-                raise ValueError(
-                    f"parameter {i} has shape {p.shape} and dtype {p.dtype} but this optimizer's "
-                    f"state was made for {state['shape']} {state['dtype']}; use a new optimizer"
-                )
+        self._prepare([p for p, _ in checked])
         self.steps += 1
         for i, (p, g) in enumerate(checked):
             if p.flags.c_contiguous:
@@ -58,6 +45,32 @@ class Optimizer:
                 work = np.ascontiguousarray(p)
                 self._update(work, g, self._state[i])
                 p[...] = work
+
+    def _prepare(self, params: list[np.ndarray]) -> list[dict]:
+        """The per-parameter state, created on first use and checked against params after."""
+        if self._state and len(self._state) != len(params):
+            raise ValueError(
+                f"this optimizer holds state for {len(self._state)} parameters but got "
+                f"{len(params)}; use a new optimizer (or reset()) for another model"
+            )
+        if not self._state:
+            self._state = [self._new_state(p) for p in params]
+        for i, (p, state) in enumerate(zip(params, self._state)):
+            if state["shape"] != p.shape or state["dtype"] != p.dtype:
+                raise ValueError(
+                    f"parameter {i} has shape {p.shape} and dtype {p.dtype} but this optimizer's "
+                    f"state was made for {state['shape']} {state['dtype']}; use a new optimizer"
+                )
+        return self._state
+
+    def _engine_spec(self, params: list[np.ndarray]) -> dict:
+        """What the C++ training engine needs: the rule, its hyper-parameters and the state
+        arrays (updated in place by the engine, so this optimizer stays current)."""
+        raise NotImplementedError
+
+    def _engine_sync(self, trainer, steps_run: int) -> None:
+        """Takes back the scalar state the engine advanced (step counts, first-step flags)."""
+        raise NotImplementedError
 
     @staticmethod
     def _check_pair(i: int, p, g) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +123,18 @@ class SGD(Optimizer):
         state["first_step"] = True
         return state
 
+    def _engine_spec(self, params):
+        state = self._prepare(params)
+        return {"kind": "sgd", "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "nesterov": self.nesterov,
+                "state_a": [s["momentum_buffer"] for s in state], "state_b": [],
+                "first_step": [s["first_step"] for s in state]}
+
+    def _engine_sync(self, trainer, steps_run):
+        self.steps += steps_run
+        for state, first in zip(self._state, trainer.sgd_first_step):
+            state["first_step"] = first
+
     def _update(self, p, g, state) -> None:
         _core.sgd_update(p, g, state["momentum_buffer"], self.lr, self.momentum,
                          self.weight_decay, self.nesterov, state["first_step"])
@@ -147,6 +172,16 @@ class Adam(Optimizer):
         state["exp_avg"] = np.zeros_like(p, order="C")
         state["exp_avg_sq"] = np.zeros_like(p, order="C")
         return state
+
+    def _engine_spec(self, params):
+        state = self._prepare(params)
+        return {"kind": "adam", "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
+                "eps": self.eps, "weight_decay": self.weight_decay, "steps": self.steps,
+                "state_a": [s["exp_avg"] for s in state],
+                "state_b": [s["exp_avg_sq"] for s in state], "first_step": []}
+
+    def _engine_sync(self, trainer, steps_run):
+        self.steps = trainer.optimizer_steps
 
     def _update(self, p, g, state) -> None:
         _core.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],

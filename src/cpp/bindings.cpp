@@ -17,6 +17,7 @@
 #include "loss.h"
 #include "optim.h"
 #include "threads.h"
+#include "trainer.h"
 
 namespace py = pybind11;
 using namespace fastmlp;
@@ -343,6 +344,176 @@ void adam_update_py(py::array& param, const py::array& grad, py::array& exp_avg,
   });
 }
 
+// ---- the fused training engine ---------------------------------------------------------------
+
+template <class T>
+T* parameter_pointer(const py::handle& item, const std::string& name,
+                     std::initializer_list<py::ssize_t> shape) {
+  py::array a = py::reinterpret_borrow<py::array>(item);
+  require_shape(a, name.c_str(), shape);
+  return writable_contiguous<T>(a, name.c_str());
+}
+
+// The Python side of Trainer<T>: validates and keeps alive every array the engine points into.
+template <class T>
+class PyTrainer {
+ public:
+  PyTrainer(py::list weights, py::list biases, const std::string& activation,
+            const std::string& output, py::dict optimizer, py::ssize_t max_batch)
+      : keep_alive_(py::make_tuple(weights, biases, optimizer)) {
+    TrainerConfig cfg;
+    cfg.hidden = parse_activation(activation);
+    if (output != "softmax" && output != "sigmoid")
+      throw py::value_error("output must be 'softmax' or 'sigmoid'");
+    cfg.sigmoid_output = output == "sigmoid";
+    const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
+    if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
+      throw py::value_error("weights and biases must be non-empty lists of equal length");
+    if (max_batch < 1) throw py::value_error("max_batch must be >= 1");
+    TrainerParameters<T> params;
+    for (py::ssize_t l = 0; l < n_layers; ++l) {
+      py::array w = weights[l];
+      require_ndim(w, "weight", 2);
+      if (l == 0) cfg.sizes.push_back(w.shape(1));
+      if (w.shape(1) != cfg.sizes.back())
+        throw py::value_error("weights[" + std::to_string(l) + "] does not chain: its in-size " +
+                              std::to_string(w.shape(1)) + " differs from the layer below's " +
+                              std::to_string(cfg.sizes.back()));
+      cfg.sizes.push_back(w.shape(0));
+      params.weights.push_back(parameter_pointer<T>(weights[l], "weights[" + std::to_string(l) + "]",
+                                                    {w.shape(0), w.shape(1)}));
+      params.biases.push_back(parameter_pointer<T>(biases[l], "biases[" + std::to_string(l) + "]",
+                                                   {w.shape(0)}));
+    }
+    if (cfg.sigmoid_output && cfg.sizes.back() != 1)
+      throw py::value_error("a sigmoid output needs one logit");
+    const std::string kind = optimizer["kind"].cast<std::string>();
+    if (kind != "sgd" && kind != "adam") throw py::value_error("optimizer kind must be sgd or adam");
+    cfg.adam = kind == "adam";
+    cfg.lr = optimizer["lr"].cast<double>();
+    cfg.weight_decay = optimizer["weight_decay"].cast<double>();
+    if (cfg.adam) {
+      cfg.beta1 = optimizer["beta1"].cast<double>();
+      cfg.beta2 = optimizer["beta2"].cast<double>();
+      cfg.eps = optimizer["eps"].cast<double>();
+      params.optimizer_steps = optimizer["steps"].cast<std::int64_t>();
+    } else {
+      cfg.momentum = optimizer["momentum"].cast<double>();
+      cfg.nesterov = optimizer["nesterov"].cast<bool>();
+    }
+    py::list state_a = optimizer["state_a"], state_b = optimizer["state_b"];
+    py::list first_step = optimizer["first_step"];
+    const py::ssize_t n_params = 2 * n_layers;
+    if (static_cast<py::ssize_t>(state_a.size()) != n_params ||
+        (cfg.adam && static_cast<py::ssize_t>(state_b.size()) != n_params) ||
+        (!cfg.adam && static_cast<py::ssize_t>(first_step.size()) != n_params))
+      throw py::value_error("optimizer state does not match the parameters");
+    for (py::ssize_t i = 0; i < n_params; ++i) {
+      const py::ssize_t l = i % n_layers;
+      const bool is_weight = i < n_layers;
+      const py::ssize_t out = cfg.sizes[l + 1], in = cfg.sizes[l];
+      auto state_pointer = [&](const py::handle& item) {
+        return is_weight ? parameter_pointer<T>(item, "optimizer state", {out, in})
+                         : parameter_pointer<T>(item, "optimizer state", {out});
+      };
+      params.state_a.push_back(state_pointer(state_a[i]));
+      if (cfg.adam) params.state_b.push_back(state_pointer(state_b[i]));
+      else params.sgd_first_step.push_back(first_step[i].cast<bool>() ? 1 : 0);
+    }
+    n_features_ = cfg.sizes[0];
+    trainer_ = std::make_unique<Trainer<T>>(std::move(cfg), std::move(params), max_batch);
+  }
+
+  void begin_epoch(py::ssize_t n_samples, bool shuffle, std::uint64_t seed) {
+    if (n_samples < 1) throw py::value_error("an epoch needs at least one sample");
+    trainer_->begin_epoch(n_samples, shuffle, seed);
+    n_samples_ = n_samples;
+  }
+
+  py::dict run(const py::array& X, const py::array& y, py::ssize_t batch_size,
+               py::ssize_t max_steps) {
+    const StridedMatrix<T> xs = strided<T>(X, "X");
+    if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
+      throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
+                            ") with contiguous rows, got shape " + shape_str(X));
+    const std::int64_t* labels = labels_view(y, n_samples_);
+    if (batch_size < 1 || max_steps < 1) throw py::value_error("batch_size and max_steps must be >= 1");
+    StepsResult r;
+    {
+      py::gil_scoped_release release;
+      try {
+        r = trainer_->run(xs.data, xs.row_stride, labels, batch_size, max_steps);
+      } catch (const std::invalid_argument& e) {
+        py::gil_scoped_acquire acquire;
+        throw py::value_error(e.what());
+      }
+    }
+    py::dict out;
+    out["loss_sum"] = r.loss_sum;
+    out["samples"] = r.samples;
+    out["steps"] = r.steps;
+    out["nonfinite"] = r.nonfinite;
+    out["epoch_done"] = r.epoch_done;
+    return out;
+  }
+
+  std::int64_t optimizer_steps() const { return trainer_->parameters().optimizer_steps; }
+  py::list sgd_first_step() const {
+    py::list out;
+    for (char f : trainer_->parameters().sgd_first_step) out.append(f != 0);
+    return out;
+  }
+
+ private:
+  py::tuple keep_alive_;
+  std::unique_ptr<Trainer<T>> trainer_;
+  py::ssize_t n_samples_ = 0, n_features_ = 0;
+};
+
+template <class T>
+void bind_trainer(py::module_& m, const char* name) {
+  py::class_<PyTrainer<T>>(m, name)
+      .def(py::init<py::list, py::list, const std::string&, const std::string&, py::dict,
+                    py::ssize_t>(),
+           py::arg("weights"), py::arg("biases"), py::arg("activation"), py::arg("output"),
+           py::arg("optimizer"), py::arg("max_batch"))
+      .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
+           py::arg("seed"))
+      .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("batch_size"),
+           py::arg("max_steps"))
+      .def_property_readonly("optimizer_steps", &PyTrainer<T>::optimizer_steps)
+      .def_property_readonly("sgd_first_step", &PyTrainer<T>::sgd_first_step);
+}
+
+py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
+                         const std::string& activation) {
+  const Activation hidden = parse_activation(activation);
+  return with_float_dtype(X, "X", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    const StridedMatrix<T> xs = strided<T>(X, "X");
+    const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
+    if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
+      throw py::value_error("weights and biases must be non-empty lists of equal length");
+    std::vector<index_t> sizes{X.shape(1)};
+    std::vector<const T*> w_ptrs, b_ptrs;
+    for (py::ssize_t l = 0; l < n_layers; ++l) {
+      py::array w = weights[l], b = biases[l];
+      require_ndim(w, "weight", 2);
+      require_shape(w, "weight", {w.shape(0), sizes.back()});
+      require_shape(b, "bias", {w.shape(0)});
+      w_ptrs.push_back(contiguous<T>(w, "weight"));
+      b_ptrs.push_back(contiguous<T>(b, "bias"));
+      sizes.push_back(w.shape(0));
+    }
+    py::array_t<T> logits({X.shape(0), static_cast<py::ssize_t>(sizes.back())});
+    T* out = logits.mutable_data();
+    const index_t B = X.shape(0);
+    py::gil_scoped_release release;
+    mlp_forward(out, xs.data, xs.row_stride, xs.col_stride, B, sizes, w_ptrs, b_ptrs, hidden);
+    return logits;
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -388,6 +559,17 @@ PYBIND11_MODULE(_core, m) {
     if (dtype == "float64") return describe(active_kernels().dgemm);
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   });
+  bind_trainer<float>(m, "TrainerFloat32");
+  bind_trainer<double>(m, "TrainerFloat64");
+  m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
+        py::arg("activation"));
+  m.def("shuffled_indices", [](py::ssize_t n, std::uint64_t seed) {
+    if (n < 0) throw py::value_error("n must be >= 0");
+    py::array_t<std::int64_t> out(n);
+    shuffled_indices(out.mutable_data(), n, seed);
+    return out;
+  }, py::arg("n"), py::arg("seed"));
+  m.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   m.def("set_small_gemm_max_flops", &set_small_gemm_max_flops, py::arg("flops"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),

@@ -1,6 +1,7 @@
 // Shared basics of the C++ core: the index type, aligned scratch buffers, error helpers.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -14,6 +15,10 @@ namespace fastmlp {
 using index_t = std::ptrdiff_t;
 
 enum class Activation { identity, relu };
+
+// Counts every heap allocation of the engine's work buffers (AlignedBuffer growths). A steady
+// state that allocates nothing shows as a counter that stops moving; tests read it.
+inline std::atomic<long long> g_workspace_allocations{0};
 
 // A grow-only, 64-byte aligned buffer. Kernels keep one per thread (thread_local) so that the
 // steady state allocates nothing: it grows to the largest size asked for and stays there.
@@ -33,6 +38,7 @@ class AlignedBuffer {
       std::free(data_);
       data_ = static_cast<T*>(fresh);
       capacity_ = count;
+      g_workspace_allocations.fetch_add(1, std::memory_order_relaxed);
     }
     return data_;
   }

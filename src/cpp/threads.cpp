@@ -43,7 +43,7 @@ class Pool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // False (nothing run) if another region holds the pool: the caller then runs inline.
-  bool try_run(int n_tasks, const std::function<void(int)>& task) {
+  bool try_run(int n_tasks, const TaskRef& task) {
     std::unique_lock<std::mutex> region(region_mutex_, std::try_to_lock);
     if (!region.owns_lock()) return false;
     {
@@ -101,7 +101,7 @@ class Pool {
   std::mutex region_mutex_;  // one parallel region at a time
   std::mutex mutex_;         // guards the fields below
   std::condition_variable wake_, done_;
-  const std::function<void(int)>* task_ = nullptr;
+  const TaskRef* task_ = nullptr;
   int n_tasks_ = 0;
   std::atomic<int> next_task_{0};
   int busy_workers_ = 0;
@@ -178,7 +178,7 @@ void set_num_threads(int n) {
   g_num_threads = n;  // the pool is resized at the next region
 }
 
-void parallel_for(int n_tasks, const std::function<void(int)>& task) {
+void parallel_for(int n_tasks, TaskRef task) {
   if (n_tasks <= 0) return;
   if (n_tasks > 1 && !t_inside_task) {
     std::call_once(g_atfork_once,

@@ -122,6 +122,18 @@ void epilogue_only(const GemmArgs<T>& g) {
 template <class T>
 void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern);
 
+// Each thread's packing buffers are sized for a full cache block the first time they are used,
+// whatever the first product's size: a thread then never allocates again, whichever tasks of
+// a parallel region it happens to pick up (the in-place path's larger packs aside).
+template <class T>
+std::size_t packed_a_size(const GemmKernel<T>& kern, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, kern.MC * kern.KC));
+}
+template <class T>
+std::size_t packed_b_size(const GemmKernel<T>& kern, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, kern.KC * kern.NC));
+}
+
 template <class T>
 AlignedBuffer<T>& packed_a_buffer() {
   static thread_local AlignedBuffer<T> buffer;
@@ -140,8 +152,8 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   const index_t KC = std::min(kern.KC, g.K);
   const index_t NC = std::min(kern.NC, (g.N + NR - 1) / NR * NR);
   const index_t MC = std::min(kern.MC, (g.M + MR - 1) / MR * MR);
-  T* packed_b = packed_b_buffer<T>().reserve(static_cast<std::size_t>(KC * NC));
-  T* packed_a = packed_a_buffer<T>().reserve(static_cast<std::size_t>(KC * MC));
+  T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(kern, KC * NC));
+  T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(kern, KC * MC));
 
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
@@ -175,7 +187,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   if (g.M == 1 && g.rs_b == 1) {
     const T* x = g.A;
     if (g.cs_a != 1) {
-      T* copy = packed_a_buffer<T>().reserve(static_cast<std::size_t>(g.K));
+      T* copy = packed_a_buffer<T>().reserve(packed_a_size(kern, g.K));
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
     }
@@ -191,7 +203,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   index_t b_rs = g.rs_b, panel_step = NR;
   if (g.cs_b != 1) {
     const index_t padded_n = (g.N + NR - 1) / NR * NR;
-    T* packed = packed_b_buffer<T>().reserve(static_cast<std::size_t>(g.K * padded_n));
+    T* packed = packed_b_buffer<T>().reserve(packed_b_size(kern, g.K * padded_n));
     pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR,
            one_row ? nullptr : kern.pack_b_transposed);
     b = packed;
@@ -205,7 +217,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     index_t a_rs = g.rs_a, a_cs = g.cs_a;
     if (m < MR) {
       // The kernel reads MR rows: copy the last, partial row block into a zero-padded panel.
-      T* panel = packed_a_buffer<T>().reserve(static_cast<std::size_t>(MR * g.K));
+      T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, MR * g.K));
       pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, MR);
       a = panel;
       a_rs = 1;

@@ -1,0 +1,243 @@
+// The fused training engine (see trainer.h).
+#include "trainer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "dense.h"
+#include "gemm/gemm.h"
+#include "loss.h"
+#include "optim.h"
+
+namespace fastmlp {
+
+namespace {
+
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, bound) without modulo bias (Lemire's multiply-shift with rejection).
+std::uint64_t bounded(std::uint64_t& state, std::uint64_t bound) {
+  const std::uint64_t threshold = (0 - bound) % bound;
+  for (;;) {
+    const unsigned __int128 product =
+        static_cast<unsigned __int128>(splitmix64(state)) * static_cast<unsigned __int128>(bound);
+    if (static_cast<std::uint64_t>(product) >= threshold)
+      return static_cast<std::uint64_t>(product >> 64);
+  }
+}
+
+}  // namespace
+
+void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed) {
+  for (index_t i = 0; i < n; ++i) out[i] = i;
+  std::uint64_t state = seed;
+  for (index_t i = n - 1; i > 0; --i) {
+    const index_t j = static_cast<index_t>(bounded(state, static_cast<std::uint64_t>(i + 1)));
+    std::swap(out[i], out[j]);
+  }
+}
+
+template <class T>
+Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t max_batch)
+    : cfg_(std::move(config)), params_(std::move(params)), max_batch_(max_batch) {
+  n_layers_ = static_cast<index_t>(cfg_.sizes.size()) - 1;
+  const index_t widest = *std::max_element(cfg_.sizes.begin() + 1, cfg_.sizes.end());
+  // One block for every float buffer; each piece rounded to 16 elements (64 bytes).
+  auto rounded = [](index_t n) { return (n + 15) / 16 * 16; };
+  index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]);
+  for (index_t l = 0; l < n_layers_; ++l)
+    total += rounded(max_batch_ * cfg_.sizes[l + 1]) +
+             rounded(cfg_.sizes[l + 1] * cfg_.sizes[l]) + rounded(cfg_.sizes[l + 1]);
+  T* p = block_.reserve(static_cast<std::size_t>(total));
+  auto carve = [&](index_t n) {
+    T* piece = p;
+    p += rounded(n);
+    return piece;
+  };
+  grad_[0] = carve(max_batch_ * widest);
+  grad_[1] = carve(max_batch_ * widest);
+  x_batch_ = carve(max_batch_ * cfg_.sizes[0]);
+  for (index_t l = 0; l < n_layers_; ++l) {
+    act_.push_back(carve(max_batch_ * cfg_.sizes[l + 1]));
+    grad_W_.push_back(carve(cfg_.sizes[l + 1] * cfg_.sizes[l]));
+    grad_b_.push_back(carve(cfg_.sizes[l + 1]));
+  }
+  y_batch_ = labels_block_.reserve(static_cast<std::size_t>(max_batch_));
+}
+
+template <class T>
+void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed) {
+  n_samples_ = n_samples;
+  next_sample_ = 0;
+  shuffled_ = shuffle;
+  if (shuffle) {
+    order_.resize(static_cast<std::size_t>(n_samples));  // allocates on the first epoch only
+    shuffled_indices(order_.data(), n_samples, seed);
+  }
+}
+
+template <class T>
+StepsResult Trainer<T>::run(const T* X, index_t ldx, const std::int64_t* y, index_t batch_size,
+                            index_t max_steps) {
+  StepsResult result;
+  batch_size = std::min(batch_size, max_batch_);
+  while (result.steps < max_steps && next_sample_ < n_samples_) {
+    const index_t rows = std::min(batch_size, n_samples_ - next_sample_);
+    bool nonfinite = false;
+    const double loss = step(X, ldx, y, next_sample_, rows, &nonfinite);
+    if (nonfinite) {
+      result.nonfinite = true;
+      result.loss_sum = loss;
+      return result;
+    }
+    result.loss_sum += loss * static_cast<double>(rows);
+    result.samples += rows;
+    result.steps += 1;
+    next_sample_ += rows;
+  }
+  result.epoch_done = next_sample_ >= n_samples_;
+  return result;
+}
+
+template <class T>
+double Trainer<T>::step(const T* X, index_t ldx, const std::int64_t* y, index_t first,
+                        index_t rows, bool* nonfinite) {
+  const std::vector<index_t>& n = cfg_.sizes;
+  // The batch: consecutive rows are read in place; shuffled rows are gathered.
+  const T* x = X + first * ldx;
+  index_t ld_x = ldx;
+  const std::int64_t* labels = y + first;
+  if (shuffled_) {
+    const std::int64_t* order = order_.data() + first;
+    for (index_t r = 0; r < rows; ++r) {
+      std::copy_n(X + order[r] * ldx, n[0], x_batch_ + r * n[0]);
+      y_batch_[r] = y[order[r]];
+    }
+    x = x_batch_;
+    ld_x = n[0];
+    labels = y_batch_;
+  }
+
+  // Forward: act[l] = act(in Wᵀ + b), bias and ReLU in the GEMM write-back.
+  for (index_t l = 0; l < n_layers_; ++l) {
+    const bool hidden = l < n_layers_ - 1;
+    const StridedMatrix<T> in = l == 0 ? StridedMatrix<T>{x, ld_x, 1}
+                                       : StridedMatrix<T>{act_[l - 1], n[l], 1};
+    dense_forward(act_[l], in, StridedMatrix<T>{params_.weights[l], n[l], 1}, params_.biases[l],
+                  rows, n[l], n[l + 1],
+                  hidden ? cfg_.hidden : Activation::identity);
+  }
+
+  // Loss, and its gradient w.r.t. the logits written straight into the first gradient buffer.
+  T* grad_out = grad_[0];
+  const double loss = cfg_.sigmoid_output
+                          ? sigmoid_bce(grad_out, act_[n_layers_ - 1], labels, rows)
+                          : softmax_nll(grad_out, act_[n_layers_ - 1], labels, rows, n.back());
+  if (!std::isfinite(loss)) {
+    *nonfinite = true;
+    return loss;
+  }
+
+  // Backward, last layer first. grad_out = dL/d(layer output); the ReLU of hidden layer l was
+  // already folded in by the layer above (mask epilogue), so grad_out is dL/d(pre-activation).
+  for (index_t l = n_layers_ - 1; l >= 0; --l) {
+    const index_t n_in = n[l], n_out = n[l + 1];
+    const T* in = l == 0 ? x : act_[l - 1];
+    const index_t ld_in = l == 0 ? ld_x : n_in;
+    T* grad_b = grad_b_[l];
+    // grad_b = Σ_rows grad_out, while grad_out is hot in cache.
+    std::fill_n(grad_b, n_out, T(0));
+    for (index_t r = 0; r < rows; ++r) {
+      const T* g = grad_out + r * n_out;
+      for (index_t o = 0; o < n_out; ++o) grad_b[o] += g[o];
+    }
+    // grad_W (n_out, n_in) = grad_outᵀ · in
+    GemmArgs<T> gw;
+    gw.M = n_out;
+    gw.N = n_in;
+    gw.K = rows;
+    gw.A = grad_out;
+    gw.rs_a = 1;
+    gw.cs_a = n_out;
+    gw.B = in;
+    gw.rs_b = ld_in;
+    gw.cs_b = 1;
+    gw.C = grad_W_[l];
+    gw.ldc = n_in;
+    gemm(gw);
+    T* grad_in = grad_[(n_layers_ - l) % 2];
+    if (l > 0) {
+      // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · [act_{l-1} > 0]: the ReLU
+      // backward is the mask epilogue of this product (W_l is read before its update below).
+      GemmArgs<T> gx;
+      gx.M = rows;
+      gx.N = n_in;
+      gx.K = n_out;
+      gx.A = grad_out;
+      gx.rs_a = n_out;
+      gx.cs_a = 1;
+      gx.B = params_.weights[l];
+      gx.rs_b = n_in;
+      gx.cs_b = 1;
+      gx.C = grad_in;
+      gx.ldc = n_in;
+      if (cfg_.hidden == Activation::relu) {
+        gx.mask = act_[l - 1];
+        gx.ld_mask = n_in;
+      }
+      gemm(gx);
+    }
+    update(static_cast<int>(l), params_.weights[l], grad_W_[l], n_out * n_in);
+    update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b, n_out);
+    grad_out = grad_in;
+  }
+  if (cfg_.adam) params_.optimizer_steps += 1;
+  std::fill(params_.sgd_first_step.begin(), params_.sgd_first_step.end(), 0);
+  return loss;
+}
+
+template <class T>
+void Trainer<T>::update(int i, T* param, const T* grad, index_t count) {
+  if (cfg_.adam) {
+    adam_update(param, grad, params_.state_a[i], params_.state_b[i], count, cfg_.lr, cfg_.beta1,
+                cfg_.beta2, cfg_.eps, cfg_.weight_decay, params_.optimizer_steps + 1);
+  } else {
+    sgd_update(param, grad, params_.state_a[i], count, cfg_.lr, cfg_.momentum,
+               cfg_.weight_decay, cfg_.nesterov, params_.sgd_first_step[i] != 0);
+  }
+}
+
+template <class T>
+void mlp_forward(T* logits, const T* X, index_t rs_x, index_t cs_x, index_t B,
+                 const std::vector<index_t>& sizes, const std::vector<const T*>& weights,
+                 const std::vector<const T*>& biases, Activation hidden) {
+  static thread_local AlignedBuffer<T> ping_pong;
+  const index_t n_layers = static_cast<index_t>(sizes.size()) - 1;
+  index_t widest = 0;
+  for (index_t l = 1; l < n_layers; ++l) widest = std::max(widest, sizes[l]);
+  T* buffers = ping_pong.reserve(static_cast<std::size_t>(2 * B * std::max<index_t>(widest, 1)));
+  StridedMatrix<T> in{X, rs_x, cs_x};
+  for (index_t l = 0; l < n_layers; ++l) {
+    const bool last = l == n_layers - 1;
+    T* out = last ? logits : buffers + (l % 2) * B * widest;
+    dense_forward(out, in, StridedMatrix<T>{weights[l], sizes[l], 1}, biases[l], B, sizes[l],
+                  sizes[l + 1], last ? Activation::identity : hidden);
+    in = StridedMatrix<T>{out, sizes[l + 1], 1};
+  }
+}
+
+template class Trainer<float>;
+template class Trainer<double>;
+template void mlp_forward<float>(float*, const float*, index_t, index_t, index_t,
+                                 const std::vector<index_t>&, const std::vector<const float*>&,
+                                 const std::vector<const float*>&, Activation);
+template void mlp_forward<double>(double*, const double*, index_t, index_t, index_t,
+                                  const std::vector<index_t>&, const std::vector<const double*>&,
+                                  const std::vector<const double*>&, Activation);
+
+}  // namespace fastmlp

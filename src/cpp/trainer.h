@@ -1,0 +1,90 @@
+// The fused training engine: forward, loss gradient, backward and optimizer update of an MLP,
+// step after step, with every buffer sized once.
+//
+// Legend: L layers, sizes n_0 … n_L (n_0 inputs, n_L logits), B batch rows (≤ max_batch),
+// N samples. Layer l (0-based) maps n_l to n_{l+1}: W_l (n_{l+1}, n_l), b_l (n_{l+1}).
+// The parameters and the optimizer state are not owned: they are the NumPy arrays of the
+// Python MLP and optimizer, updated in place, so Python sees every step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+namespace fastmlp {
+
+struct TrainerConfig {
+  std::vector<index_t> sizes;  // n_0 … n_L
+  Activation hidden = Activation::relu;
+  bool sigmoid_output = false;  // one logit + BCE, else softmax + NLL
+  bool adam = false;            // else SGD
+  double lr = 0.01, momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+};
+
+// Per parameter array, in the Python order weights[0..L-1] then biases[0..L-1]:
+// SGD: state_a = momentum buffer; Adam: state_a = exp_avg, state_b = exp_avg_sq.
+template <class T>
+struct TrainerParameters {
+  std::vector<T*> weights, biases, state_a, state_b;
+  std::vector<char> sgd_first_step;  // per parameter array: the momentum buffer starts here
+  std::int64_t optimizer_steps = 0;  // Adam's t so far
+};
+
+struct StepsResult {
+  double loss_sum = 0.0;  // Σ over batches of (batch mean loss × batch rows)
+  index_t samples = 0, steps = 0;
+  bool nonfinite = false;  // the last batch's loss was NaN/Inf: it was not applied
+  bool epoch_done = false;
+};
+
+template <class T>
+class Trainer {
+ public:
+  Trainer(TrainerConfig config, TrainerParameters<T> params, index_t max_batch);
+
+  // Starts an epoch over n samples: rows in order, or shuffled by a seeded Fisher–Yates.
+  void begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed);
+  // Runs up to max_steps mini-batches of the current epoch. X (N, n_0) rows ldx apart,
+  // y (N) labels (validated by the caller; rechecked by the loss kernels).
+  StepsResult run(const T* X, index_t ldx, const std::int64_t* y, index_t batch_size,
+                  index_t max_steps);
+
+  const TrainerParameters<T>& parameters() const { return params_; }
+  const std::vector<std::int64_t>& order() const { return order_; }
+
+ private:
+  double step(const T* X, index_t ldx, const std::int64_t* y, index_t first, index_t rows,
+              bool* nonfinite);
+  void update(int param_index, T* param, const T* grad, index_t count);
+
+  TrainerConfig cfg_;
+  TrainerParameters<T> params_;
+  index_t max_batch_, n_layers_;
+  // Workspace, carved from one block: per layer l, act_[l] (max_batch, n_{l+1}) the layer's
+  // output (ReLU applied; the last is the logits); grad_[0/1] (max_batch, max n) ping-pong
+  // gradients w.r.t. layer outputs; grad_W_[l] (n_{l+1}, n_l), grad_b_[l] (n_{l+1});
+  // x_batch_ (max_batch, n_0) gathered rows.
+  AlignedBuffer<T> block_;
+  std::vector<T*> act_, grad_W_, grad_b_;
+  T* grad_[2] = {nullptr, nullptr};
+  T* x_batch_ = nullptr;
+  AlignedBuffer<std::int64_t> labels_block_;
+  std::int64_t* y_batch_ = nullptr;
+  std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
+  index_t n_samples_ = 0, next_sample_ = 0;
+  bool shuffled_ = false;
+};
+
+// Seeded permutation of 0 … n-1 (Fisher–Yates over splitmix64): the same on every platform.
+void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed);
+
+// Inference: logits (B, n_L) of X (B, n_0) through all layers in one call; hidden activations
+// live in a reused per-thread buffer.
+template <class T>
+void mlp_forward(T* logits, const T* X, index_t rs_x, index_t cs_x, index_t B,
+                 const std::vector<index_t>& sizes, const std::vector<const T*>& weights,
+                 const std::vector<const T*>& biases, Activation hidden);
+
+}  // namespace fastmlp
