@@ -21,7 +21,7 @@ from fastmlp._validation import contiguous, float_array, integer_labels, same_dt
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
-    "set_small_gemm_max_flops",
+    "set_small_gemm_max_flops", "workspace_allocations",
 ]
 
 _ACTIVATIONS = ("relu", "identity")
@@ -61,6 +61,13 @@ def set_small_gemm_max_flops(flops: float | None) -> float:
     them; ``None`` restores the measured default rule. Returns the previous limit. A tuning and
     testing knob: both paths give the same results to rounding."""
     return _core.set_small_gemm_max_flops(-1.0 if flops is None else float(flops))
+
+
+def workspace_allocations() -> int:
+    """How many times the C++ engine's work buffers (packing panels, training workspace) have
+    been allocated or grown in this process. A diagnostic: in steady-state training it stops
+    moving, which is how the tests prove a training step allocates nothing."""
+    return _core.workspace_allocations()
 
 
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:

@@ -1,0 +1,136 @@
+"""The fused training engine behind MLP.fit: same results as the step-by-step Python path,
+no allocation per step, optimizer state carried across calls, Ctrl-C at a step boundary,
+bitwise reproducibility across thread counts."""
+
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, SGD, Adam, ops
+from fastmlp.model import _epoch_order, _epoch_seeds
+
+
+def data(n, n_features, n_classes, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n_features)).astype(dtype)
+    y = rng.integers(0, n_classes, size=n)
+    return X, y
+
+
+def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed):
+    """The reference: loss_and_grad + optimizer.step on the batches fit draws."""
+    seeds = _epoch_seeds(seed)
+    losses = []
+    for _ in range(epochs):
+        epoch_seed = next(seeds)
+        order = _epoch_order(len(y), epoch_seed) if shuffle else np.arange(len(y))
+        total = 0.0
+        for start in range(0, len(y), batch_size):
+            rows = order[start:start + batch_size]
+            loss, gw, gb = model.loss_and_grad(X[rows], y[rows])
+            optimizer.step(model.weights + model.biases, gw + gb)
+            total += loss * len(rows)
+        losses.append(total / len(y))
+    return losses
+
+
+OPTIMIZERS = {
+    "sgd": lambda: SGD(lr=0.05),
+    "sgd-momentum-wd": lambda: SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "sgd-nesterov": lambda: SGD(lr=0.05, momentum=0.8, nesterov=True),
+    "adam": lambda: Adam(lr=1e-2),
+    "adam-wd": lambda: Adam(lr=3e-3, betas=(0.8, 0.99), weight_decay=1e-2),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("sizes, output", [([5, 16, 4], "softmax"), ([5, 12, 9, 7, 3], "softmax"),
+                                           ([5, 8, 1], "sigmoid")])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fit_equals_step_by_step_path(optimizer, sizes, output, dtype):
+    X, y = data(103, sizes[0], 2 if output == "sigmoid" else sizes[-1])  # 103 = 3·32 + 7
+    fused = MLP(sizes, output=output, dtype=dtype, seed=1)
+    reference = MLP(sizes, output=output, dtype=dtype, seed=1)
+    history = fused.fit(X, y, epochs=3, batch_size=32, optimizer=OPTIMIZERS[optimizer](),
+                        shuffle=True, seed=7)
+    losses = step_by_step(reference, X, y, 3, 32, OPTIMIZERS[optimizer](), True, 7)
+    rtol = 1e-12 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(history.loss, losses, rtol=rtol)
+    for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+
+
+def test_optimizer_state_carries_across_fit_calls():
+    X, y = data(70, 4, 3)
+    once, twice = MLP([4, 10, 3], seed=0), MLP([4, 10, 3], seed=0)
+    opt_once, opt_twice = Adam(lr=1e-2), Adam(lr=1e-2)
+    once.fit(X, y, epochs=2, batch_size=16, optimizer=opt_once, shuffle=False)
+    twice.fit(X, y, epochs=1, batch_size=16, optimizer=opt_twice, shuffle=False)
+    twice.fit(X, y, epochs=1, batch_size=16, optimizer=opt_twice, shuffle=False)
+    assert opt_once.steps == opt_twice.steps == 10
+    for a, b in zip(once.weights + once.biases, twice.weights + twice.biases):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_steps_allocate_nothing_after_the_first_epoch():
+    X, y = data(1000, 30, 5, dtype=np.float32)
+    counts = []
+    model = MLP([30, 64, 32, 5], seed=0)
+    model.fit(X, y, epochs=4, batch_size=64, optimizer=Adam(), seed=0,
+              callbacks=[lambda m, h: counts.append(ops.workspace_allocations())])
+    assert counts[1:] == [counts[0]] * 3, counts
+
+
+def test_callbacks_run_after_every_epoch():
+    X, y = data(50, 3, 2)
+    seen = []
+    MLP([3, 4, 2], seed=0).fit(X, y, epochs=3, callbacks=[lambda m, h: seen.append(h.epochs)])
+    assert seen == [1, 2, 3]
+    with pytest.raises(TypeError, match="callbacks"):
+        MLP([3, 4, 2], seed=0).fit(X, y, callbacks=[1])
+
+
+@pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 200, 100, 10]])
+def test_training_is_bitwise_identical_for_any_thread_count(sizes):
+    X, y = data(600, sizes[0], sizes[-1], dtype=np.float32)
+    previous = fastmlp.get_num_threads()
+    weights = {}
+    try:
+        for n_threads in (1, 2):
+            fastmlp.set_num_threads(n_threads)
+            model = MLP(sizes, seed=3)
+            model.fit(X, y, epochs=2, batch_size=100, optimizer=SGD(lr=0.01, momentum=0.9), seed=4)
+            weights[n_threads] = model.weights + model.biases
+    finally:
+        fastmlp.set_num_threads(previous)
+    for a, b in zip(weights[1], weights[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_consistent_weights():
+    """SIGINT mid-fit: KeyboardInterrupt, and the model equals exactly `optimizer.steps`
+    steps of the step-by-step path (nothing half-applied, optimizer in sync)."""
+    X, y = data(256, 50, 4, dtype=np.float64)
+    model = MLP([50, 256, 256, 4], dtype="float64", seed=0)
+    optimizer = SGD(lr=0.001, momentum=0.9)
+    timer = threading.Timer(0.3, signal.raise_signal, args=(signal.SIGINT,))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(X, y, epochs=100_000, batch_size=32, optimizer=optimizer, shuffle=False)
+    finally:
+        timer.cancel()
+    steps = optimizer.steps
+    assert 0 < steps < 100_000 * 8
+    replay = MLP([50, 256, 256, 4], dtype="float64", seed=0)
+    replay_optimizer = SGD(lr=0.001, momentum=0.9)
+    for step in range(steps):
+        start = (step % 8) * 32
+        loss, gw, gb = replay.loss_and_grad(X[start:start + 32], y[start:start + 32])
+        replay_optimizer.step(replay.weights + replay.biases, gw + gb)
+    for a, b in zip(model.weights + model.biases, replay.weights + replay.biases):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert np.isfinite(model.predict_proba(X[:3])).all()
