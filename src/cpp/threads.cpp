@@ -117,7 +117,7 @@ class Pool {
 // (set_num_threads, then a new region) cannot destroy a pool that is still running tasks.
 std::mutex g_pool_mutex;
 std::shared_ptr<Pool> g_pool;
-int g_num_threads = 0;  // 0: not yet decided
+std::atomic<int> g_num_threads{0};  // 0: not yet decided; written under g_pool_mutex
 
 void prepare_fork() { g_pool_mutex.lock(); }
 void parent_after_fork() { g_pool_mutex.unlock(); }
@@ -167,6 +167,8 @@ int default_num_threads() {
 }
 
 int get_num_threads() {
+  // Read on every product: lock-free once decided.
+  if (const int n = g_num_threads.load(std::memory_order_relaxed); n > 0) return n;
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   if (g_num_threads == 0) g_num_threads = default_num_threads();
   return g_num_threads;

@@ -18,6 +18,9 @@ namespace {
 // float32): see the crossover note in benchmarks/README.md.
 constexpr double kParallelMinFlops = 4.0e6;
 
+// At most this many FLOPs: the direct triple loop (see gemm()).
+constexpr double kTinyGemmMaxFlops = 4096;
+
 // Products of at most this many FLOPs skip packing (tests move the limit to cover both paths).
 std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
 
@@ -290,6 +293,12 @@ void gemm(const GemmArgs<T>& g) {
                        static_cast<double>(g.K);
   // The path depends on the shape only, never on the thread count, so that results are
   // bitwise identical for any number of threads.
+  // Tiny products (the lecture's [2, 3, 3] net: 32×3×2) cost less than any packing, tiling or
+  // dispatch: a plain loop over C is fastest, and never worth a second thread.
+  // (Unless a test forces one of the other paths for every size.)
+  if (flops <= kTinyGemmMaxFlops &&
+      g_small_gemm_max_flops.load(std::memory_order_relaxed) == kSmallGemmMaxFlopsDefault)
+    return gemm_reference(g);
   auto* serial = use_small_path(g, flops) ? &gemm_small<T> : &gemm_serial<T>;
   const int n_threads = get_num_threads();
   if (n_threads > 1 && flops >= kParallelMinFlops) return gemm_parallel(g, kern, n_threads, serial);

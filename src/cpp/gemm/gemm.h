@@ -101,8 +101,8 @@ void gemm(const GemmArgs<T>& args);
 constexpr double kSmallGemmMaxFlopsDefault = 1.0e6;
 double set_small_gemm_max_flops(double flops);
 
-// The plain triple loop in T arithmetic: the oracle for the fast path's tests and
-// the definition of the epilogue semantics.
+// The plain triple loop in T arithmetic: the definition of the semantics, and the path of
+// tiny products, where it beats any tiling.
 template <class T>
 void gemm_reference(const GemmArgs<T>& args);
 
