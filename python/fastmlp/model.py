@@ -63,6 +63,12 @@ class History:
     def epochs(self) -> int:
         return len(self.loss)
 
+    def plot(self, path=None, ax=None):
+        """Loss (and validation accuracy) curves with matplotlib (the ``plot`` extra); saved
+        to ``path`` when given. Returns the matplotlib Figure."""
+        from fastmlp.plot import plot_history
+        return plot_history(self, path=path, ax=ax)
+
 
 class _ParameterList(list):
     """The model's weights or biases: item assignment is validated, the length is fixed."""
@@ -383,6 +389,20 @@ class MLP:
             for callback in callbacks:
                 callback(self, history)
         return history
+
+    # ---- PyTorch interop (optional; torch is never required) ----------------------------
+
+    @classmethod
+    def from_torch(cls, module, dtype=None) -> "MLP":
+        """An MLP with the weights of a ``torch.nn.Sequential`` of ``Linear`` layers and one
+        activation kind (see fastmlp.torch_interop)."""
+        from fastmlp.torch_interop import mlp_from_torch
+        return mlp_from_torch(module, dtype=dtype)
+
+    def to_torch(self):
+        """The equivalent ``torch.nn.Sequential`` (same weights, same logits)."""
+        from fastmlp.torch_interop import mlp_to_torch
+        return mlp_to_torch(self)
 
     # ---- persistence --------------------------------------------------------------------
 
