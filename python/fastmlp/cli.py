@@ -1,15 +1,37 @@
-"""The ``fastmlp`` command line. ``fastmlp demo`` (also plain ``fastmlp`` or
-``python -m fastmlp``) trains a digits classifier as a quick check that everything works."""
+"""The ``fastmlp`` command line.
+
+    fastmlp demo                       train a digits classifier (also plain ``fastmlp``
+                                       and ``python -m fastmlp``): a quick check
+    fastmlp train DATA --target COL    train on a CSV (header row) or .npz (X, y); writes
+                                       model.npz and its sidecar model.npz.meta.json
+    fastmlp predict MODEL DATA         print (or --out write) one predicted label per row
+    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data
+    fastmlp bench                      fastmlp vs NumPy (and PyTorch) training throughput
+
+Data files, labels, feature standardisation and the sidecar are described in
+``fastmlp._tabular``. User errors (missing files or columns, non-numeric features, a model
+that does not fit the data) print one line ``fastmlp: error: ...`` to stderr and exit 1;
+usage errors exit 2 (argparse's convention); Ctrl-C exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import os
 import sys
 import time
 
 import numpy as np
 
 __all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A bad combination of arguments that argparse cannot see: exit status 2."""
 
 
 def _hidden_sizes(text: str) -> list[int]:
@@ -24,11 +46,28 @@ def _hidden_sizes(text: str) -> list[int]:
 
 def _positive(kind):
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0 or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+# ---- demo -----------------------------------------------------------------------------------
 
 
 def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int = 32,
@@ -40,11 +79,7 @@ def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int 
 
     X, y = load_digits()
     X = X / 16.0  # pixel counts 0..16 -> [0, 1]
-    rng = np.random.default_rng(seed)
-    test = np.zeros(len(y), dtype=bool)
-    for label in np.unique(y):  # stratified: 20% of each digit is held out
-        members = rng.permutation(np.flatnonzero(y == label))
-        test[members[: len(members) // 5]] = True
+    test = _stratified_holdout(y, 0.2, seed)
     X_train, y_train, X_test, y_test = X[~test], y[~test], X[test], y[test]
 
     hidden = hidden or [128]
@@ -62,12 +97,226 @@ def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int 
     return accuracy
 
 
+def _stratified_holdout(y: np.ndarray, fraction: float, seed) -> np.ndarray:
+    """Mask (N,) of the held-out rows: floor(fraction · n_k) random rows of each class k."""
+    rng = np.random.default_rng(seed)
+    held_out = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        held_out[members[: int(len(members) * fraction)]] = True
+    return held_out
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _tqdm():
+    """tqdm's progress bar class, or None when tqdm (the ``progress`` extra) is missing."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+class Progress:
+    """An ``MLP.fit`` callback showing epoch, step, loss, validation accuracy and samples/s
+    after every epoch: a tqdm bar when tqdm is installed, else one line per epoch."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, stream) -> None:
+        self.epochs, self.steps_per_epoch, self.stream = epochs, steps_per_epoch, stream
+        bar = _tqdm()
+        self.bar = None if bar is None else bar(
+            total=epochs, desc="epoch", unit="epoch", file=stream, dynamic_ncols=True,
+            leave=True)
+
+    def __call__(self, model, history) -> None:
+        epoch = history.epochs
+        fields = [f"step {epoch * self.steps_per_epoch}/{self.epochs * self.steps_per_epoch}",
+                  f"loss {history.loss[-1]:.4f}"]
+        if history.val_accuracy:
+            fields.append(f"val_accuracy {history.val_accuracy[-1]:.4f}")
+        fields.append(f"{history.samples_per_second[-1]:,.0f} samples/s")
+        if self.bar is not None:
+            self.bar.set_postfix_str("  ".join(fields), refresh=False)
+            self.bar.update(1)
+        else:
+            width = len(str(self.epochs))
+            print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(fields),
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- train / predict / evaluate -------------------------------------------------------------
+
+
+def _optimizer(name: str, lr: float | None):
+    from fastmlp import SGD, Adam
+
+    if name == "sgd":
+        return SGD(lr=0.01 if lr is None else lr, momentum=0.9)
+    return Adam(lr=1e-3 if lr is None else lr)
+
+
+def _say(args, *parts) -> None:
+    if not getattr(args, "quiet", False):
+        print(*parts, flush=True)
+
+
+def run_train(args) -> int:
+    from fastmlp import MLP
+    from fastmlp._tabular import (DataError, ModelMeta, Standardizer, encode_labels,
+                                  read_table, write_meta)
+
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise DataError("--plot needs matplotlib, which is not installed "
+                        "(pip install 'fastmlp[plot]')")
+    is_npz = args.data.lower().endswith(".npz")
+    if args.target is None and not is_npz:
+        raise UsageError("name the label column of the CSV file with --target COL")
+    table = read_table(args.data, target=args.target, need_target=True)
+    classes, y = encode_labels(
+        table.labels, f"{table.path!r} {'array' if is_npz else 'column'} {table.target!r}")
+    held_out = _stratified_holdout(y, args.val_split, args.seed)
+    X_train, y_train = table.X[~held_out], y[~held_out]
+    scaler = Standardizer.fit(X_train)
+    X_train = scaler.transform(X_train)
+    validation = None
+    if held_out.any():
+        validation = (scaler.transform(table.X[held_out]), y[held_out])
+
+    model = MLP([table.X.shape[1], *args.hidden, len(classes)], seed=args.seed)
+    batch_size = min(args.batch_size, len(y_train))
+    steps = -(-len(y_train) // batch_size)
+    shown = ", ".join(str(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
+    _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, "
+               f"{len(classes)} classes ({shown}); training on {len(y_train)}"
+               + (f", validating on {len(validation[1])}" if validation else ""))
+    _say(args, f"model: {model!r}, {args.optimizer}, {args.epochs} epochs of {steps} steps "
+               f"(batch {batch_size})")
+    progress = Progress(args.epochs, steps, sys.stdout) \
+        if not args.quiet and _is_terminal(sys.stdout) else None
+    started = time.perf_counter()
+    try:
+        history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=batch_size,
+                            optimizer=_optimizer(args.optimizer, args.lr), seed=args.seed,
+                            validation_data=validation,
+                            callbacks=[progress] if progress else None)
+    except FloatingPointError as exc:
+        raise DataError(str(exc)) from None
+    finally:
+        if progress:
+            progress.close()
+    elapsed = time.perf_counter() - started
+
+    model.save(args.out)
+    meta = ModelMeta(classes=classes, feature_names=table.feature_names, target=table.target,
+                     scaler=scaler, training={
+                         "data": os.path.basename(table.path), "rows": len(y),
+                         "hidden": args.hidden, "epochs": args.epochs,
+                         "batch_size": batch_size, "optimizer": args.optimizer,
+                         "lr": args.lr, "val_split": args.val_split, "seed": args.seed})
+    meta_file = write_meta(meta, args.out)
+    summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4f}"
+    if history.val_accuracy:
+        summary += (f", val_loss {history.val_loss[-1]:.4f}, "
+                    f"val_accuracy {history.val_accuracy[-1]:.4f}")
+    _say(args, summary)
+    _say(args, f"saved {args.out} (and {meta_file})")
+    if args.plot:
+        from fastmlp.plot import plot_history
+        plot_history(history, path=args.plot)
+        _say(args, f"wrote {args.plot}")
+    return EXIT_OK
+
+
+def _load_for_inference(args, need_target: bool):
+    """(model, meta or None, X standardised for the model, y class indices or None)."""
+    from fastmlp import MLP
+    from fastmlp._tabular import DataError, describe_path, labels_to_indices, read_meta, \
+        read_table
+
+    if not os.path.exists(args.model):
+        raise DataError(f"no such model file: {describe_path(args.model)}")
+    try:
+        model = MLP.load(args.model)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    meta = read_meta(args.model, model)
+    target = args.target or (meta.target if meta else None)
+    if need_target and target is None and not args.data.lower().endswith(".npz"):
+        raise UsageError("name the label column with --target (the model has no metadata "
+                         "saying which column it was trained on)")
+    table = read_table(args.data, target=target,
+                       feature_names=meta.feature_names if meta else None,
+                       need_target=need_target)
+    if table.X.shape[1] != model.n_features:
+        raise DataError(f"{describe_path(table.path)} has {table.X.shape[1]} features but the "
+                        f"model expects {model.n_features}")
+    X = meta.scaler.transform(table.X) if meta else table.X
+    y = None
+    if table.labels is not None and need_target:
+        classes = meta.classes if meta else list(range(model.n_classes))
+        y = labels_to_indices(table.labels, classes, describe_path(table.path))
+    return model, meta, X, y
+
+
+def run_predict(args) -> int:
+    from fastmlp._tabular import atomic_write
+
+    model, meta, X, _ = _load_for_inference(args, need_target=False)
+    indices = model.predict(X)
+    labels = [str(meta.classes[i]) for i in indices] if meta else [str(i) for i in indices]
+    if args.out:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["prediction"])
+        writer.writerows([label] for label in labels)
+        atomic_write(args.out, buffer.getvalue().encode())
+        print(f"wrote {len(labels)} predictions to {args.out}")
+    else:
+        sys.stdout.write("".join(label + "\n" for label in labels))
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def run_evaluate(args) -> int:
+    model, _, X, y = _load_for_inference(args, need_target=True)
+    accuracy, loss = model.score(X, y), model.loss(X, y)
+    print(f"accuracy {accuracy:.4f}  loss {loss:.4f}  ({len(y)} samples)")
+    return EXIT_OK
+
+
+def run_bench_command(args) -> int:
+    from fastmlp._bench import run_bench
+
+    return run_bench(quick=args.quick)
+
+
+# ---- parser and entry point -----------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastmlp import __version__
 
-    parser = argparse.ArgumentParser(prog="fastmlp", description="Fast MLPs on the CPU.")
+    parser = argparse.ArgumentParser(
+        prog="fastmlp", description="Fast MLPs on the CPU. Without a command: the demo.")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     demo = commands.add_parser("demo", help="train a digits classifier (the default command)")
     demo.add_argument("--epochs", type=_positive(int), default=30)
     demo.add_argument("--hidden", type=_hidden_sizes, default=[128],
@@ -75,18 +324,103 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=_positive(int), default=32)
     demo.add_argument("--lr", type=_positive(float), default=3e-3)
     demo.add_argument("--seed", type=int, default=0)
+
+    train = commands.add_parser(
+        "train", help="train a classifier on a CSV or .npz file",
+        description="Train an MLP classifier. DATA is a CSV file with a header row (the "
+                    "--target column holds the labels, every other column is a numeric "
+                    "feature) or a .npz with arrays X (n_samples, n_features) and y. Features "
+                    "are standardised with the training rows' mean and std; labels may be any "
+                    "strings or numbers. Writes the model (loadable with fastmlp.MLP.load) and "
+                    "OUT.meta.json with the class labels, feature names and scaling.")
+    train.add_argument("data", metavar="DATA", help="training data: .csv (or .csv.gz, .tsv) "
+                                                    "or .npz")
+    train.add_argument("--target", metavar="COL",
+                       help="the label column (required for CSV; for .npz the label array, "
+                            "default y)")
+    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
+                       help="hidden layer sizes, comma-separated (default 128,64)")
+    train.add_argument("--epochs", type=_positive(int), default=20, help="default 20")
+    train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                       help="adam (default) or sgd (with momentum 0.9)")
+    train.add_argument("--lr", type=_positive(float), default=None,
+                       help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+    train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",
+                       help="fraction of each class held out for validation (default 0.2; "
+                            "0 for none)")
+    train.add_argument("--out", default="model.npz", help="model file (default model.npz)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial weights, split and shuffling (default 0)")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    train.add_argument("--plot", metavar="PNG", help="save the training curves there "
+                                                     "(needs matplotlib)")
+
+    predict = commands.add_parser(
+        "predict", help="predict the label of every row",
+        description="Print the predicted label of every row of DATA, one per line (or write "
+                    "them to --out as a one-column CSV). Uses MODEL.meta.json, when present, "
+                    "for the labels, feature columns and scaling. A target column in DATA is "
+                    "ignored.")
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("data", metavar="DATA")
+    predict.add_argument("--out", metavar="CSV", help="write the predictions to this file")
+    predict.add_argument("--target", metavar="COL",
+                         help="a label column to leave out of the features (default: the "
+                              "one the model was trained on)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy and loss on labelled data",
+        description="Print the accuracy and the mean loss (negative log-likelihood) of MODEL "
+                    "on DATA, which must hold the labels.")
+    evaluate.add_argument("model", metavar="MODEL")
+    evaluate.add_argument("data", metavar="DATA")
+    evaluate.add_argument("--target", metavar="COL",
+                          help="the label column (default: the one the model was trained on)")
+
+    bench = commands.add_parser(
+        "bench", help="compare training throughput with NumPy (and PyTorch)",
+        description="Train small MLPs on synthetic data with fastmlp, a plain-NumPy MLP and "
+                    "PyTorch (when installed), each on one thread, and print samples/s and "
+                    "their ratios (about 10 s; --quick about 3 s).")
+    bench.add_argument("--quick", action="store_true", help="fewer nets and repeats")
     return parser
 
 
+COMMANDS = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate,
+            "bench": run_bench_command}
+
+
+def _error(message: str) -> None:
+    print(f"fastmlp: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from fastmlp._tabular import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         if args.command is None:
-            args = build_parser().parse_args(["demo"])
+            args = parser.parse_args(["demo"])
         accuracy = run_demo(epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
                             lr=args.lr, seed=args.seed)
-        return 0 if accuracy >= 0.95 else 1
-    return 2  # pragma: no cover - argparse rejects unknown commands itself
+        return EXIT_OK if accuracy >= 0.95 else EXIT_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        _error(exc)
+        return EXIT_USAGE
+    except DataError as exc:
+        _error(exc)
+        return EXIT_ERROR
+    except OSError as exc:  # unreadable / unwritable files
+        detail = exc.strerror or str(exc)
+        _error(f"{detail}: {exc.filename!r}" if exc.filename else detail)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

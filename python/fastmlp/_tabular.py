@@ -1,0 +1,451 @@
+"""Data files for the command line: CSV / ``.npz`` tables, class-label encoding, feature
+standardisation, and the metadata sidecar ``<model>.meta.json`` written beside a model.
+
+Legend: N rows, F feature columns, K classes.
+
+A CSV file has a header row; the target column is named with ``--target``, every other column
+is a feature and must be numeric. A ``.npz`` holds ``X`` (N, F) and, for training and
+evaluation, ``y`` (N,) (another array name can be given as the target). Labels may be any
+strings or numbers; they are mapped to class indices 0..K-1 in sorted order (numerically
+when every label is a number) and the original labels are kept in the sidecar.
+
+The sidecar (JSON, UTF-8) keeps what ``MLP.save`` does not, so the ``.npz`` stays a plain
+model that ``MLP.load`` reads::
+
+    {"format": "fastmlp.cli-metadata", "format_version": 1,
+     "model_sha256": hex digest of the model file it belongs to,
+     "target": target column name or null,
+     "classes": [original label of class 0, ..., of class K-1],
+     "feature_names": [F column names] or null (positional features),
+     "feature_mean": [F floats], "feature_std": [F floats],   # x' = (x - mean) / std
+     "training": {settings the model was trained with, for the record}}
+
+Files are written atomically: to a temporary file in the target directory, flushed and
+fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["DataError", "Table", "read_table", "encode_labels", "Standardizer", "ModelMeta",
+           "meta_path", "write_meta", "read_meta", "atomic_write", "describe_path"]
+
+META_FORMAT = "fastmlp.cli-metadata"
+META_VERSION = 1
+META_SUFFIX = ".meta.json"
+
+
+class DataError(Exception):
+    """A problem with the user's files or data: reported as one line, exit status 1."""
+
+
+def describe_path(path) -> str:
+    return repr(os.fspath(path))
+
+
+# ---- reading tables -------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """Features and (optionally) raw labels read from a file.
+
+    X: (N, F) float64, finite. labels: (N,) as read (str for CSV), or None when the file has
+    no target. feature_names: the F column names, or None for a ``.npz`` without names.
+    """
+
+    path: str
+    X: np.ndarray
+    labels: np.ndarray | None
+    feature_names: list[str] | None
+    target: str | None
+
+
+def _is_npz(path: str) -> bool:
+    return path.lower().endswith(".npz")
+
+
+def read_table(path, target: str | None = None, feature_names: list[str] | None = None,
+               need_target: bool = False) -> Table:
+    """Read a CSV or ``.npz`` file.
+
+    target: the label column (CSV) or array (``.npz``, default ``y``); None for a CSV without
+    one. feature_names: select these columns, in this order (CSV; other columns are ignored);
+    None takes every column but the target. need_target: a missing target is an error
+    (otherwise the labels are None).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"no such file: {describe_path(path)}")
+    if os.path.isdir(path):
+        raise DataError(f"{describe_path(path)} is a directory, expected a .csv or .npz file")
+    if _is_npz(path):
+        return _read_npz(path, target, need_target)
+    return _read_csv(path, target, feature_names, need_target)
+
+
+def _read_npz(path: str, target: str | None, need_target: bool) -> Table:
+    name = describe_path(path)
+    label_key = target or "y"
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            if "X" not in keys:
+                raise DataError(f"{name} has no array 'X' (arrays: {', '.join(keys) or 'none'})")
+            X = archive["X"]
+            labels = archive[label_key] if label_key in keys else None
+            names = archive["feature_names"] if "feature_names" in keys else None
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{name} is not a readable .npz archive of plain arrays: {exc}") from None
+    if labels is None and need_target:
+        raise DataError(f"{name} has no label array {label_key!r} "
+                        f"(arrays: {', '.join(keys)})")
+    if X.dtype.kind not in "fiub":
+        raise DataError(f"{name}: X must hold numbers, got dtype {X.dtype}")
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{name}: X must be 2-D (n_samples, n_features) and non-empty, "
+                        f"got shape {X.shape}")
+    X = X.astype(np.float64)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(f"{name}: X contains NaN or infinity (first in row {row})")
+    if labels is not None:
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+            raise DataError(f"{name}: {label_key} must be 1-D with one label per row of X "
+                            f"({X.shape[0]}), got shape {labels.shape}")
+        if labels.dtype.kind == "S":
+            labels = labels.astype(str)
+    feature_list = None
+    if names is not None and names.ndim == 1 and names.shape[0] == X.shape[1] \
+            and names.dtype.kind in "US":
+        feature_list = [str(n) for n in names.astype(str)]
+    return Table(path, X, labels, feature_list, label_key if labels is not None else None)
+
+
+def _open_text(path: str):
+    if path.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _read_csv(path: str, target: str | None, feature_names: list[str] | None,
+              need_target: bool) -> Table:
+    name = describe_path(path)
+    delimiter = "\t" if path.lower().endswith((".tsv", ".tsv.gz")) else ","
+    rows: list[list[str]] = []
+    lines: list[int] = []  # the file line each row starts on, for messages
+    try:
+        with _open_text(path) as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = None
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue  # blank line
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                    width = len(header)
+                    continue
+                if len(row) != width:
+                    raise DataError(f"{name} line {reader.line_num}: {len(row)} fields, "
+                                    f"expected {width} (as in the header)")
+                rows.append([cell.strip() for cell in row])
+                lines.append(reader.line_num)
+    except DataError:
+        raise
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:
+        raise DataError(f"{name} is not a readable CSV file: {exc}") from None
+    if header is None:
+        raise DataError(f"{name} is empty; expected a header row naming the columns")
+    duplicates = sorted({c for c in header if header.count(c) > 1})
+    if duplicates:
+        raise DataError(f"{name}: the header names column {duplicates[0]!r} more than once")
+    if not rows:
+        raise DataError(f"{name} has a header but no data rows")
+
+    columns = ", ".join(header)
+    if target is not None and target not in header:
+        if need_target:
+            raise DataError(f"{name} has no target column {target!r} (columns: {columns})")
+        target = None
+    if target is None and need_target:
+        raise DataError(f"{name}: name the target column with --target (columns: {columns})")
+
+    if feature_names is not None:
+        missing = [c for c in feature_names if c not in header]
+        if missing:
+            available = [c for c in header if c != target]
+            raise DataError(
+                f"{name} has {len(available)} feature columns but the model expects "
+                f"{len(feature_names)}; missing: {', '.join(missing)}")
+        selected = list(feature_names)
+    else:
+        selected = [c for c in header if c != target]
+    if not selected:
+        raise DataError(f"{name} has no feature columns besides the target {target!r}")
+
+    cells = np.array(rows, dtype=str)  # (N, columns)
+    X = np.empty((len(rows), len(selected)), dtype=np.float64)
+    for j, column in enumerate(selected):
+        X[:, j] = _numeric_column(cells[:, header.index(column)], column, lines, name)
+    labels = None
+    if target is not None:
+        labels = cells[:, header.index(target)]
+        empty = np.flatnonzero(labels == "")
+        if empty.size:
+            raise DataError(f"{name} line {lines[empty[0]]}: the target column {target!r} "
+                            "is empty")
+    return Table(path, X, labels, selected, target)
+
+
+def _numeric_column(text: np.ndarray, column: str, lines: list[int], name: str) -> np.ndarray:
+    try:
+        values = text.astype(np.float64)
+    except ValueError:
+        values = None
+    if values is not None and np.isfinite(values).all():
+        return values
+    for i, cell in enumerate(text):  # find the first bad cell, for the message
+        try:
+            value = float(cell)
+        except ValueError:
+            value = None
+        if cell == "":
+            raise DataError(f"{name} line {lines[i]}: column {column!r} has an empty cell; "
+                            "features must be numbers (fill or drop missing values)")
+        if value is None:
+            raise DataError(f"{name} line {lines[i]}: column {column!r} is not numeric "
+                            f"({str(cell)!r}); features must be numbers (encode categories as "
+                            "numbers, or drop the column)")
+        if not math.isfinite(value):
+            raise DataError(f"{name} line {lines[i]}: column {column!r} has {str(cell)!r}; "
+                            "features must be finite numbers")
+    raise AssertionError("unreachable: a column failed to convert but every cell converts")
+
+
+# ---- labels ---------------------------------------------------------------------------------
+
+
+def _label_key(value):
+    """What makes two labels equal: numbers by value ("1", "1.0" and 1 are one class),
+    everything else by its text."""
+    if isinstance(value, (bool, np.bool_)):
+        return ("s", str(bool(value)))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return ("n", float(value))
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return ("s", text)
+    return ("n", number) if math.isfinite(number) else ("s", text)
+
+
+def _json_label(value):
+    """A label as a JSON value: Python str, int, float or bool."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value) if abs(value) < 2**53 else value
+    return value
+
+
+def encode_labels(labels: np.ndarray, source: str) -> tuple[list, np.ndarray]:
+    """Class list and class indices (N,) int64 for raw labels: classes sorted numerically if
+    every label is a number, else as text. Refuses fewer than 2 classes and continuous
+    (non-integer numeric) targets."""
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise DataError(f"{source}: the labels contain NaN or infinity")
+    first: dict = {}
+    keys = []
+    for value in labels.tolist():
+        key = _label_key(value)
+        keys.append(key)
+        first.setdefault(key, value)
+    if len(first) < 2:
+        only = next(iter(first.values())) if first else None
+        raise DataError(f"{source}: the labels hold a single class ({only!r}); "
+                        "a classifier needs at least 2")
+    numeric = all(kind == "n" for kind, _ in first)
+    if numeric:
+        fractional = [v for kind, v in first if not float(v).is_integer()]
+        if fractional:
+            raise DataError(f"{source}: the labels hold non-integer numbers (e.g. "
+                            f"{fractional[0]:g}); fastmlp trains classifiers, so the target "
+                            "must be class labels, not a continuous quantity")
+    ordered = sorted(first, key=lambda key: key[1]) if numeric else \
+        sorted(first, key=lambda key: str(key[1]))
+    index = {key: i for i, key in enumerate(ordered)}
+    y = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    return [_json_label(first[key]) for key in ordered], y
+
+
+def labels_to_indices(labels: np.ndarray, classes: list, source: str) -> np.ndarray:
+    """Class indices (N,) of raw labels against a trained model's class list."""
+    index = {_label_key(c): i for i, c in enumerate(classes)}
+    y = np.empty(labels.shape[0], dtype=np.int64)
+    for i, value in enumerate(labels.tolist()):
+        position = index.get(_label_key(value))
+        if position is None:
+            shown = ", ".join(str(c) for c in classes[:10]) + (", ..." if len(classes) > 10 else "")
+            raise DataError(f"{source}: label {value!r} (row {i}) is not one of the classes "
+                            f"the model was trained on ({shown})")
+        y[i] = position
+    return y
+
+
+# ---- standardisation ------------------------------------------------------------------------
+
+
+@dataclass
+class Standardizer:
+    """x' = (x - mean) / std per feature; mean, std (F,) float64 (std 1 for constant
+    columns)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> "Standardizer":
+        std = X.std(axis=0)
+        return cls(X.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    @classmethod
+    def identity(cls, n_features: int) -> "Standardizer":
+        return cls(np.zeros(n_features), np.ones(n_features))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.std
+
+
+# ---- the metadata sidecar -------------------------------------------------------------------
+
+
+@dataclass
+class ModelMeta:
+    classes: list
+    feature_names: list[str] | None
+    target: str | None
+    scaler: Standardizer
+    training: dict = field(default_factory=dict)
+
+
+def meta_path(model_path) -> str:
+    return os.fspath(model_path) + META_SUFFIX
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file renamed over it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable where the platform allows
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_meta(meta: ModelMeta, model_path) -> str:
+    """Write the sidecar of the model file at ``model_path`` (which must exist); returns
+    its path."""
+    document = {
+        "format": META_FORMAT,
+        "format_version": META_VERSION,
+        "model_sha256": _sha256(os.fspath(model_path)),
+        "target": meta.target,
+        "classes": meta.classes,
+        "feature_names": meta.feature_names,
+        "feature_mean": [float(v) for v in meta.scaler.mean],
+        "feature_std": [float(v) for v in meta.scaler.std],
+        "training": meta.training,
+    }
+    path = meta_path(model_path)
+    atomic_write(path, (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def read_meta(model_path, model) -> ModelMeta | None:
+    """The sidecar of ``model_path`` checked against ``model``, or None when there is none."""
+    path = meta_path(model_path)
+    if not os.path.exists(path):
+        return None
+    name = describe_path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{name} is not a readable metadata file: {exc}") from None
+    try:
+        if not isinstance(document, dict) or document.get("format") != META_FORMAT:
+            raise ValueError(f"format is not {META_FORMAT!r}")
+        if document.get("format_version") != META_VERSION:
+            raise ValueError(f"format_version {document.get('format_version')!r} is not "
+                             f"supported (this fastmlp reads {META_VERSION})")
+        classes = document["classes"]
+        names = document["feature_names"]
+        mean = np.array(document["feature_mean"], dtype=np.float64)
+        std = np.array(document["feature_std"], dtype=np.float64)
+        target = document["target"]
+        n = model.n_features
+        if not isinstance(classes, list) or len(classes) != model.n_classes:
+            raise ValueError(f"it lists {len(classes)} classes but the model has "
+                             f"{model.n_classes}")
+        if names is not None and (not isinstance(names, list) or len(names) != n
+                                  or not all(isinstance(c, str) for c in names)):
+            raise ValueError(f"feature_names must be null or {n} strings")
+        if mean.shape != (n,) or std.shape != (n,) or not np.isfinite(mean).all() \
+                or not (np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"feature_mean / feature_std must be {n} finite numbers "
+                             "(std > 0)")
+        if target is not None and not isinstance(target, str):
+            raise ValueError("target must be null or a string")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{name} is not valid fastmlp metadata: {exc}") from None
+    if document.get("model_sha256") != _sha256(os.fspath(model_path)):
+        raise DataError(f"{name} belongs to another version of {describe_path(model_path)} "
+                        "(checksum mismatch): retrain, or delete the sidecar to use the model "
+                        "without its labels and scaling")
+    return ModelMeta(classes, names, target, Standardizer(mean, std),
+                     document.get("training") or {})
