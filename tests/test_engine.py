@@ -20,7 +20,7 @@ def data(n, n_features, n_classes, seed=0, dtype=np.float64):
     return X, y
 
 
-def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed):
+def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weights=None):
     """The reference: loss_and_grad + optimizer.step on the batches fit draws."""
     seeds = _epoch_seeds(seed)
     losses = []
@@ -30,7 +30,8 @@ def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed):
         total = 0.0
         for start in range(0, len(y), batch_size):
             rows = order[start:start + batch_size]
-            loss, gw, gb = model.loss_and_grad(X[rows], y[rows])
+            batch_weights = None if weights is None else weights[rows]
+            loss, gw, gb = model.loss_and_grad(X[rows], y[rows], sample_weight=batch_weights)
             optimizer.step(model.weights + model.biases, gw + gb)
             total += loss * len(rows)
         losses.append(total / len(y))
@@ -47,16 +48,23 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-@pytest.mark.parametrize("sizes, output", [([5, 16, 4], "softmax"), ([5, 12, 9, 7, 3], "softmax"),
-                                           ([5, 8, 1], "sigmoid")])
+@pytest.mark.parametrize("sizes, output, activation", [
+    ([5, 16, 4], "softmax", "relu"), ([5, 12, 9, 7, 3], "softmax", "relu"),
+    ([5, 8, 1], "sigmoid", "relu"), ([5, 10, 6, 3], "softmax", "tanh"),
+    ([5, 10, 2], "identity", "logistic"), ([5, 7, 1], "identity", "identity")])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fit_equals_step_by_step_path(optimizer, sizes, output, dtype):
-    X, y = data(103, sizes[0], 2 if output == "sigmoid" else sizes[-1])  # 103 = 3·32 + 7
-    fused = MLP(sizes, output=output, dtype=dtype, seed=1)
-    reference = MLP(sizes, output=output, dtype=dtype, seed=1)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+def test_fit_equals_step_by_step_path(optimizer, sizes, output, activation, dtype, weighted):
+    n_labels = 2 if output == "sigmoid" else sizes[-1]
+    X, y = data(103, sizes[0], n_labels)  # 103 = 3·32 + 7
+    if output == "identity":
+        y = np.random.default_rng(1).normal(size=(103, sizes[-1]))
+    weights = np.random.default_rng(2).uniform(0, 2, size=103) if weighted else None
+    fused = MLP(sizes, activation=activation, output=output, dtype=dtype, seed=1)
+    reference = MLP(sizes, activation=activation, output=output, dtype=dtype, seed=1)
     history = fused.fit(X, y, epochs=3, batch_size=32, optimizer=OPTIMIZERS[optimizer](),
-                        shuffle=True, seed=7)
-    losses = step_by_step(reference, X, y, 3, 32, OPTIMIZERS[optimizer](), True, 7)
+                        shuffle=True, seed=7, sample_weight=weights)
+    losses = step_by_step(reference, X, y, 3, 32, OPTIMIZERS[optimizer](), True, 7, weights)
     rtol = 1e-12 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(history.loss, losses, rtol=rtol)
     for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):

@@ -160,40 +160,85 @@ def test_int_bool_and_strided_X_are_accepted():
 
 # ---- gradients ------------------------------------------------------------------------------
 
-def finite_difference_grads(model, X, y, eps=1e-6):
-    grads = []
-    for param in list(model.weights) + list(model.biases):
-        g = np.zeros_like(param)
-        for idx in np.ndindex(param.shape):
-            saved = param[idx]
-            param[idx] = saved + eps
-            up = model.loss(X, y)
-            param[idx] = saved - eps
-            down = model.loss(X, y)
-            param[idx] = saved
-            g[idx] = (up - down) / (2 * eps)
-        grads.append(g)
-    return grads
-
-
 @pytest.mark.parametrize("sizes", [[4, 5, 3], [4, 6, 5, 3], [3, 5, 4, 6, 3]],
                          ids=["1-hidden", "2-hidden", "3-hidden"])
-@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
-def test_loss_and_grad_matches_finite_differences(sizes, output):
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+def test_loss_and_grad_matches_finite_differences(sizes, output, activation, weighted):
     if output == "sigmoid":
         sizes = sizes[:-1] + [1]
-    model = MLP(sizes, output=output, dtype="float64", seed=7)
+    model = MLP(sizes, activation=activation, output=output, dtype="float64", seed=7)
     rng = np.random.default_rng(8)
     for b in model.biases:
         b[...] = rng.normal(scale=0.1, size=b.shape)
     X = rng.normal(size=(9, sizes[0]))
-    y = rng.integers(0, model.n_classes, size=9)
-    loss, grad_w, grad_b = model.loss_and_grad(X, y)
-    assert loss == pytest.approx(model.loss(X, y), rel=1e-14)
+    if output == "identity":
+        y = rng.normal(size=(9, sizes[-1]))
+    else:
+        y = rng.integers(0, model.n_classes, size=9)
+    weights = rng.uniform(0.0, 3.0, size=9) if weighted else None
+    loss, grad_w, grad_b = model.loss_and_grad(X, y, sample_weight=weights)
+    assert loss == pytest.approx(model.loss(X, y, sample_weight=weights), rel=1e-14)
+
+    def finite_difference_grads(model, X, y, eps=1e-6):
+        grads = []
+        for param in list(model.weights) + list(model.biases):
+            g = np.zeros_like(param)
+            for idx in np.ndindex(param.shape):
+                saved = param[idx]
+                param[idx] = saved + eps
+                up = model.loss(X, y, sample_weight=weights)
+                param[idx] = saved - eps
+                down = model.loss(X, y, sample_weight=weights)
+                param[idx] = saved
+                g[idx] = (up - down) / (2 * eps)
+            grads.append(g)
+        return grads
+
     expected = finite_difference_grads(model, X, y)
     for got, want in zip(grad_w + grad_b, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_sample_weights_are_a_weighted_mean():
+    model = MLP([3, 4, 3], dtype="float64", seed=0)
+    X = np.random.default_rng(0).normal(size=(6, 3))
+    y = np.array([0, 1, 2, 2, 1, 0])
+    w = np.array([1.0, 2.0, 0.0, 1.0, 3.0, 1.0])
+    per_sample = [model.loss(X[i:i + 1], y[i:i + 1]) for i in range(6)]
+    assert model.loss(X, y, sample_weight=w) == pytest.approx(np.dot(w, per_sample) / w.sum())
+    # integer weights = repeating samples
+    repeated = np.repeat(np.arange(6), w.astype(int))
+    _, gw_weighted, _ = model.loss_and_grad(X, y, sample_weight=w)
+    _, gw_repeated, _ = model.loss_and_grad(X[repeated], y[repeated])
+    np.testing.assert_allclose(gw_weighted[0], gw_repeated[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="negative"):
+        model.loss(X, y, sample_weight=-w)
+    with pytest.raises(ValueError, match="all zeros"):
+        model.loss(X, y, sample_weight=np.zeros(6))
+    with pytest.raises(ValueError, match=r"shape \(6,\)"):
+        model.loss(X, y, sample_weight=np.ones(5))
+
+
+def test_regression_output():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, size=(300, 2))
+    y = np.c_[np.sin(X[:, 0]) + X[:, 1] ** 2, X[:, 0] * X[:, 1]]
+    model = MLP([2, 32, 2], activation="tanh", output="identity", dtype="float64", seed=0)
+    assert not model.is_classifier
+    model.fit(X, y, epochs=300, batch_size=32, optimizer=Adam(lr=0.01), seed=0)
+    assert model.score(X, y) > 0.95  # R²
+    assert model.predict(X).shape == (300, 2)
+    pred = model.predict(X)
+    assert model.loss(X, y) == pytest.approx(0.5 * ((pred - y) ** 2).sum(1).mean(), rel=1e-10)
+    with pytest.raises(TypeError, match="classifier"):
+        model.predict_proba(X)
+    with pytest.raises(ValueError, match="no classes"):
+        model.n_classes
+    with pytest.raises(ValueError, match=r"shape \(300, 2\)"):
+        model.fit(X, y[:, 0])
 
 
 def test_loss_is_mean_nll():

@@ -24,7 +24,7 @@ F32, F64 = np.float32, np.float64
 DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
 TRANS_IDS = ["NN", "TN", "NT", "TT"]
-ACTIVATIONS = ["relu", "identity"]
+ACTIVATIONS = ["relu", "tanh", "logistic", "identity"]
 LAYOUTS = ["C", "F", "T", "strided", "neg", "neg_strided", "readonly", "unaligned"]
 
 
@@ -175,13 +175,24 @@ def ref_dense_forward(x, W, b, activation):
     a = np.asarray(x, F64) @ np.asarray(W, F64).T
     if b is not None:
         a = a + np.asarray(b, F64)
-    return np.maximum(a, 0.0) if activation == "relu" else a
+    if activation == "relu":
+        return np.maximum(a, 0.0)
+    if activation == "tanh":
+        return np.tanh(a)
+    if activation == "logistic":
+        return ref_sigmoid(a)
+    return a
 
 
 def ref_dense_backward(x, W, out, grad_out, activation):
     grad_a = np.asarray(grad_out, F64)
+    out64 = np.asarray(out, F64)
     if activation == "relu":
-        grad_a = np.where(np.asarray(out) > 0, grad_a, 0.0)
+        grad_a = np.where(out64 > 0, grad_a, 0.0)
+    elif activation == "tanh":  # derivatives written with the output: tanh' = 1 - out²
+        grad_a = grad_a * (1.0 - out64 * out64)
+    elif activation == "logistic":  # σ' = out (1 - out)
+        grad_a = grad_a * out64 * (1.0 - out64)
     x = np.asarray(x, F64)
     W = np.asarray(W, F64)
     return grad_a @ W, grad_a.T @ x, grad_a.sum(axis=0)
@@ -816,8 +827,11 @@ def check_dense_forward(dtype, x, W, b, activation):
     got = ops.dense_forward(x, W, b, activation)
     assert_fresh(got, dtype, (x.shape[0], W.shape[0]), (x, W, b))
     bmax = amax(b) if b is not None else 0.0
+    # tanh and logistic have slopes ≤ 1: the product's error passes through, plus their own
+    # rounding of a value in [-1, 1].
+    own_rounding = 4 * eps(dtype) if activation in ("tanh", "logistic") else 0.0
     np.testing.assert_allclose(got, ref_dense_forward(x, W, b, activation), rtol=0,
-                               atol=gemm_atol(x.shape[1], dtype, x, W, bmax))
+                               atol=gemm_atol(x.shape[1], dtype, x, W, bmax) + own_rounding)
     assert_unchanged(frozen)
 
 
@@ -861,10 +875,18 @@ def check_dense_backward(dtype, x, W, out, grad_out, activation):
     assert_fresh(grad_W, dtype, (O, I), inputs)
     assert_fresh(grad_b, dtype, (O,), inputs)
     ref_x, ref_W, ref_b = ref_dense_backward(x, W, out, grad_out, activation)
-    np.testing.assert_allclose(grad_x, ref_x, rtol=0, atol=gemm_atol(O, dtype, grad_out, W))
-    np.testing.assert_allclose(grad_W, ref_W, rtol=0, atol=gemm_atol(B, dtype, grad_out, x))
+    # The products read grad_a = grad_out · act'(out): bound the error with its magnitude
+    # (tanh' = 1 - out² exceeds 1 in size for the |out| > 1 these tests feed it).
+    out64 = np.asarray(out, F64)
+    slope = {"tanh": np.abs(1 - out64 * out64), "logistic": np.abs(out64 * (1 - out64))}.get(
+        activation, np.ones(1))
+    grad_a = np.asarray(grad_out, F64) * max(1.0, float(slope.max(initial=0.0)))
+    if activation in ("tanh", "logistic"):
+        grad_a = grad_a * 4  # grad_a itself took 2-3 roundings per element
+    np.testing.assert_allclose(grad_x, ref_x, rtol=0, atol=gemm_atol(O, dtype, grad_a, W))
+    np.testing.assert_allclose(grad_W, ref_W, rtol=0, atol=gemm_atol(B, dtype, grad_a, x))
     np.testing.assert_allclose(grad_b, ref_b, rtol=0,
-                               atol=gemm_atol(B, dtype, grad_out, np.ones(1)))
+                               atol=gemm_atol(B, dtype, grad_a, np.ones(1)))
     assert_unchanged(frozen)
 
 
@@ -1035,7 +1057,8 @@ ERRORS = [
     ("bce-labels-short", lambda: ops.sigmoid_bce(ones(4, 1), labels_of(0, 1, 1)), ValueError,
      "labels has 3 labels but there are 4 samples"),
     # Activation names.
-    ("dense_forward-tanh", lambda: ops.dense_forward(ones(2, 3), ones(4, 3), None, "tanh"),
+    ("dense_forward-softplus", lambda: ops.dense_forward(ones(2, 3), ones(4, 3), None,
+                                                         "softplus"),
      ValueError, "activation must be one of"),
     ("dense_forward-ReLU", lambda: ops.dense_forward(ones(2, 3), ones(4, 3), None, "ReLU"),
      ValueError, "activation must be one of .*got 'ReLU'"),

@@ -197,7 +197,7 @@ def run_bench(quick: bool = False, out=None) -> int:
     if torch is not None:
         impls["torch"] = TorchEpoch
     nets = NETS[:2] if quick else NETS
-    budget = 0.25 if quick else 0.8  # seconds of timed epochs per implementation and net
+    budget = 0.25 if quick else 1.5  # seconds of timed epochs per implementation and net
 
     versions = f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "")
     print(f"fastmlp {fastmlp.__version__} ({ops.isa()} kernels) vs {versions}", file=out)

@@ -126,6 +126,41 @@ def integer_labels(value, name: str, n_classes: int, n_samples: int | None = Non
     return np.require(y, dtype=np.int64, requirements=["C", "A"])
 
 
+def sample_weights(value, n_samples: int, dtype: np.dtype, name: str = "sample_weight"):
+    """None, or a C-contiguous (n_samples,) array of `dtype`: finite, >= 0, not all zero."""
+    if value is None:
+        return None
+    w = as_array(value, name)
+    if w.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {describe_dtype(w)}")
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"{name} must have shape ({n_samples},), got {w.shape}")
+    w = np.require(w, dtype=dtype, requirements=["C", "A"])
+    check_finite(w, name)
+    if (w < 0).any():
+        index = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(f"{name}[{index}] = {w[index].item()!r} is negative; weights must be >= 0")
+    if not w.any():
+        raise ValueError(f"{name} is all zeros; at least one sample must have a positive weight")
+    return w
+
+
+def regression_targets(value, name: str, n_samples: int, n_outputs: int, dtype: np.dtype):
+    """A finite C-contiguous (n_samples, n_outputs) array of `dtype`; (n,) is taken as one
+    output."""
+    t = as_array(value, name)
+    if t.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {describe_dtype(t)}")
+    if t.ndim == 1:
+        t = t.reshape(-1, 1)
+    if t.ndim != 2 or t.shape != (n_samples, n_outputs):
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) (or ({n_samples},) "
+                         f"for one output), got {np.shape(value)}")
+    t = np.require(t, dtype=dtype, requirements=["C", "A"])
+    check_finite(t, name)
+    return t
+
+
 def positive_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")

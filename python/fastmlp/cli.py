@@ -414,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         _error(exc)
         return EXIT_ERROR
+    except BrokenPipeError:  # stdout closed early, as by `fastmlp predict ... | head`
+        try:  # let the interpreter's final flush go to /dev/null instead of failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_ERROR
     except OSError as exc:  # unreadable / unwritable files
         detail = exc.strerror or str(exc)
         _error(f"{detail}: {exc.filename!r}" if exc.filename else detail)

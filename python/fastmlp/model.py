@@ -4,7 +4,8 @@ Legend: N samples, L layers, ``layer_sizes = [n_0, ..., n_L]``; layer l maps n_{
 features to n_l with ``W_l`` of shape (n_l, n_{l-1}) (the ``torch.nn.Linear`` layout: row =
 target unit, column = source unit) and ``b_l`` of shape (n_l,). Hidden layers apply the
 activation; the last layer gives the logits, turned into probabilities by softmax (K = n_L
-classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (labels 0/1).
+classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (labels 0/1);
+``output="identity"`` is regression: n_L real outputs, half squared error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_int)
+from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_int,
+                                 regression_targets, sample_weights)
 from fastmlp.optim import SGD, Optimizer
 
 __all__ = ["MLP", "History"]
@@ -41,8 +43,8 @@ def _new_trainer(model, optimizer, batch_size: int):
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
                         optimizer._engine_spec(params), batch_size)
 
-_ACTIVATIONS = ("relu", "identity")
-_OUTPUTS = ("softmax", "sigmoid")
+_ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+_OUTPUTS = ("softmax", "sigmoid", "identity")
 
 
 @dataclass
@@ -98,11 +100,11 @@ class MLP:
     layer_sizes : sequence of int
         ``[n_inputs, hidden..., n_outputs]``; ``[2, 3, 3]`` is 2 inputs, 3 hidden units,
         3 classes.
-    activation : "relu" or "identity"
+    activation : "relu", "tanh", "logistic" or "identity"
         Activation of the hidden layers.
-    output : "softmax" or "sigmoid"
-        Softmax over n_outputs >= 2 classes, or one logit (n_outputs = 1) and the sigmoid for
-        binary labels 0/1.
+    output : "softmax", "sigmoid" or "identity"
+        Softmax over n_outputs >= 2 classes; one logit (n_outputs = 1) and the sigmoid for
+        binary labels 0/1; or regression of n_outputs real targets (loss: ½ squared error).
     dtype : "float32" or "float64"
         Dtype of parameters and computation. Inputs of another dtype are converted (copied).
     seed : int or None
@@ -163,7 +165,14 @@ class MLP:
         return self._layer_sizes[0]
 
     @property
+    def is_classifier(self) -> bool:
+        return self._output != "identity"
+
+    @property
     def n_classes(self) -> int:
+        """Classes of a classifier (2 for a sigmoid output); ValueError for regression."""
+        if not self.is_classifier:
+            raise ValueError("a regression MLP (output='identity') has no classes")
         return 2 if self._output == "sigmoid" else self._layer_sizes[-1]
 
     def __repr__(self) -> str:
@@ -227,6 +236,10 @@ class MLP:
         return feature_matrix(X, "X", self._dtype, self.n_features)
 
     def _labels(self, y, n_samples: int) -> np.ndarray:
+        """Class labels (int64, (n,)) of a classifier; targets ((n, n_outputs), the model's
+        dtype) of a regression MLP."""
+        if not self.is_classifier:
+            return regression_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
         return integer_labels(y, "y", self.n_classes, n_samples,
                               allow_bool=self._output == "sigmoid", allow_integral_float=True)
 
@@ -250,6 +263,8 @@ class MLP:
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]."""
+        if not self.is_classifier:
+            raise TypeError("predict_proba needs a classifier (output 'softmax' or 'sigmoid')")
         logits = self.forward(X)
         if self._output == "softmax":
             return _core.softmax(logits)
@@ -257,35 +272,52 @@ class MLP:
         return np.concatenate([1.0 - p1, p1], axis=1)
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class labels (N,), int64."""
+        """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)."""
         return self._predict_logits(self.forward(X))
 
     def _predict_logits(self, logits: np.ndarray) -> np.ndarray:
+        if self._output == "identity":
+            return logits
         if self._output == "softmax":
             return np.argmax(logits, axis=1).astype(np.int64)
         return (logits[:, 0] > 0).astype(np.int64)
 
     def score(self, X, y) -> float:
-        """Accuracy: the fraction of samples whose predicted label equals y."""
+        """Accuracy (the fraction of samples whose predicted label equals y); for regression
+        the coefficient of determination R², averaged over outputs (as scikit-learn)."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
-        return float(np.mean(self._predict_logits(self._forward(X)) == y))
+        prediction = self._predict_logits(self._forward(X))
+        if self.is_classifier:
+            return float(np.mean(prediction == y))
+        residual = ((y - prediction) ** 2).sum(axis=0, dtype=np.float64)
+        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
+        return float(r2.mean())
 
     # ---- loss and gradients -------------------------------------------------------------
 
-    def _loss_and_dlogits(self, logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _loss_and_dlogits(self, logits: np.ndarray, y: np.ndarray,
+                          weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         if self._output == "softmax":
-            return _core.softmax_nll(logits, y)
-        return _core.sigmoid_bce(logits, y)
+            return _core.softmax_nll(logits, y, weights)
+        if self._output == "sigmoid":
+            return _core.sigmoid_bce(logits, y, weights)
+        return _core.squared_error(logits, y, weights)
 
-    def loss(self, X, y) -> float:
-        """Mean loss over the batch: negative log-probability of the correct class."""
+    def loss(self, X, y, sample_weight=None) -> float:
+        """Mean loss over the batch: negative log-probability of the correct class (½ squared
+        error for regression); weighted by ``sample_weight`` when given."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
-        return self._loss_and_dlogits(self._forward(X), y)[0]
+        weights = sample_weights(sample_weight, X.shape[0], self._dtype)
+        return self._loss_and_dlogits(self._forward(X), y, weights)[0]
 
-    def loss_and_grad(self, X, y) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
-        """``(loss, grad_weights, grad_biases)`` for the batch (loss is the batch mean).
+    def loss_and_grad(self, X, y, sample_weight=None
+                      ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+        """``(loss, grad_weights, grad_biases)`` for the batch (loss is the batch mean, or the
+        ``sample_weight``-weighted mean).
 
         Backpropagation: ``dlogits = (softmax - onehot) / N`` (or ``(σ - y) / N``), then for
         each layer from the last, ``grad_a = grad_out * act'``, ``grad_W = grad_aᵀ h_in``,
@@ -293,11 +325,12 @@ class MLP:
         """
         X = self._features(X)
         y = self._labels(y, X.shape[0])
-        return self._loss_and_grad(X, y)
+        weights = sample_weights(sample_weight, X.shape[0], self._dtype)
+        return self._loss_and_grad(X, y, weights)
 
-    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray):
+    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, weights=None):
         outputs = self._layer_outputs(X)
-        loss, grad = self._loss_and_dlogits(outputs[-1], y)
+        loss, grad = self._loss_and_dlogits(outputs[-1], y, weights)
         n_layers = len(self._weights)
         grad_weights: list = [None] * n_layers
         grad_biases: list = [None] * n_layers
@@ -311,7 +344,7 @@ class MLP:
 
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
-            callbacks=None) -> History:
+            callbacks=None, sample_weight=None) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -320,6 +353,7 @@ class MLP:
         ``SGD(lr=0.01)`` and keeps its state across calls when passed in again. ``verbose``
         prints one line per epoch to stdout (or to the file object given instead of True);
         each of ``callbacks`` is called as ``callback(model, history)`` after every epoch.
+        ``sample_weight`` (n,) weights each sample's loss; a batch's loss is its weighted mean.
 
         Whole epochs run in the C++ engine with the GIL released; control comes back to
         Python about every 50 ms, where Ctrl-C (``KeyboardInterrupt``) stops training at a
@@ -327,6 +361,7 @@ class MLP:
         """
         X = self._features(X)
         y = self._labels(y, X.shape[0])
+        weights = sample_weights(sample_weight, X.shape[0], self._dtype)
         epochs = positive_int(epochs, "epochs")
         batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
         if optimizer is None:
@@ -357,7 +392,7 @@ class MLP:
             while True:
                 call_started = time.perf_counter()
                 try:
-                    result = trainer.run(X, y, batch_size, steps_per_call)
+                    result = trainer.run(X, y, weights, batch_size, steps_per_call)
                 finally:
                     optimizer._engine_sync(trainer, locals().get("result", {}).get("steps", 0))
                 if result["nonfinite"]:
@@ -378,12 +413,15 @@ class MLP:
             if validation_data is not None:
                 logits = self._forward(X_val)
                 history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
-                history.val_accuracy.append(float(np.mean(self._predict_logits(logits) == y_val)))
+                if self.is_classifier:
+                    history.val_accuracy.append(
+                        float(np.mean(self._predict_logits(logits) == y_val)))
             if verbose:
                 line = f"epoch {epoch + 1:>3}/{epochs}  loss {history.loss[-1]:.4f}"
                 if validation_data is not None:
-                    line += (f"  val_loss {history.val_loss[-1]:.4f}"
-                             f"  val_accuracy {history.val_accuracy[-1]:.4f}")
+                    line += f"  val_loss {history.val_loss[-1]:.4f}"
+                if history.val_accuracy:
+                    line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
                 line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
                 print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
             for callback in callbacks:

@@ -16,15 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import contiguous, float_array, integer_labels, same_dtype, strided_ok
+from fastmlp._validation import (contiguous, float_array, integer_labels, same_dtype,
+                                 sample_weights, strided_ok)
 
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
-    "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
+    "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
     "set_small_gemm_max_flops", "workspace_allocations",
 ]
 
-_ACTIVATIONS = ("relu", "identity")
+_ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 
 
 def isa() -> str:
@@ -134,28 +135,31 @@ def softmax(x) -> np.ndarray:
     return _core.softmax(rows).reshape(x.shape)
 
 
-def softmax_nll(logits, labels) -> tuple[float, np.ndarray]:
+def softmax_nll(logits, labels, sample_weight=None) -> tuple[float, np.ndarray]:
     """Mean negative log-likelihood of the correct classes, and its gradient.
 
     logits: (N, K); labels: (N,) of an integer dtype, values in [0, K).
     Returns ``(loss, dlogits)`` with ``loss = mean_r(logsumexp(logits[r]) - logits[r, y_r])``
     and ``dlogits = (softmax(logits) - onehot(labels)) / N``, fused in one pass per row.
+    With ``sample_weight`` w (N,): the weighted mean ``Σ w_r loss_r / Σ w`` and rows of
+    dlogits scaled by ``w_r / Σ w`` instead of ``1 / N``.
     """
     logits = float_array(logits, "logits", ndim=2)
     n, k = logits.shape
     if n == 0 or k == 0:
         raise ValueError(f"logits must have at least one row and one class, got shape {logits.shape}")
     labels = integer_labels(labels, "labels", n_classes=k, n_samples=n)
-    return _core.softmax_nll(contiguous(logits), labels)
+    weights = sample_weights(sample_weight, n, logits.dtype)
+    return _core.softmax_nll(contiguous(logits), labels, weights)
 
 
-def sigmoid_bce(logits, labels) -> tuple[float, np.ndarray]:
+def sigmoid_bce(logits, labels, sample_weight=None) -> tuple[float, np.ndarray]:
     """Binary cross-entropy of one logit per sample, and its gradient.
 
     logits: (N,) or (N, 1); labels: (N,) of 0/1 (integer or bool dtype).
     Returns ``(loss, dlogits)`` with ``loss = mean(max(z,0) - z*y + log1p(exp(-|z|)))`` (the
     stable form of ``-y log σ(z) - (1-y) log(1-σ(z))``) and ``dlogits = (σ(z) - y) / N``,
-    shaped like ``logits``.
+    shaped like ``logits``. ``sample_weight``: as in ``softmax_nll``.
     """
     logits = float_array(logits, "logits")
     if logits.ndim not in (1, 2) or (logits.ndim == 2 and logits.shape[1] != 1):
@@ -164,7 +168,26 @@ def sigmoid_bce(logits, labels) -> tuple[float, np.ndarray]:
     if n == 0:
         raise ValueError("logits must have at least one row, got 0")
     labels = integer_labels(labels, "labels", n_classes=2, n_samples=n, allow_bool=True)
-    return _core.sigmoid_bce(contiguous(logits), labels)
+    weights = sample_weights(sample_weight, n, logits.dtype)
+    return _core.sigmoid_bce(contiguous(logits), labels, weights)
+
+
+def squared_error(pred, target, sample_weight=None) -> tuple[float, np.ndarray]:
+    """Half the squared error of a regression output, and its gradient.
+
+    pred, target: (N, K) of one dtype. Returns ``(loss, dpred)`` with
+    ``loss = mean_r(½ Σ_k (pred - target)²)`` and ``dpred = (pred - target) / N``
+    (weighted as in ``softmax_nll`` with ``sample_weight``).
+    """
+    pred = float_array(pred, "pred", ndim=2)
+    target = float_array(target, "target", ndim=2)
+    same_dtype(("pred", pred), ("target", target))
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {pred.shape} but target has shape {target.shape}")
+    if pred.shape[0] == 0:
+        raise ValueError("pred must have at least one row, got 0")
+    weights = sample_weights(sample_weight, pred.shape[0], pred.dtype)
+    return _core.squared_error(contiguous(pred), contiguous(target), weights)
 
 
 def _check_activation(activation: str) -> str:
@@ -186,7 +209,8 @@ def _check_dense(x, W, name_x: str = "x") -> tuple[np.ndarray, np.ndarray]:
 def dense_forward(x, W, b=None, activation: str = "identity") -> np.ndarray:
     """``act(x @ W.T + b)``, bias and activation fused into the product's write-back.
 
-    x: (B, I); W: (O, I); b: (O,) or None; activation: ``'relu'`` or ``'identity'``.
+    x: (B, I); W: (O, I); b: (O,) or None; activation: ``'relu'``, ``'tanh'``,
+    ``'logistic'`` or ``'identity'``.
     """
     x, W = _check_dense(x, W)
     _check_activation(activation)

@@ -38,11 +38,47 @@ void softmax_forward(T* out, const T* x, index_t rows, index_t cols) {
   }
 }
 
+template <class T>
+void activation_forward_inplace(T* x, index_t n, Activation act) {
+  switch (act) {
+    case Activation::tanh:
+      for (index_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
+      break;
+    case Activation::logistic:
+      for (index_t i = 0; i < n; ++i) x[i] = sigmoid_scalar(x[i]);
+      break;
+    case Activation::relu:
+      relu_forward(x, x, n);
+      break;
+    case Activation::identity:
+      break;
+  }
+}
+
+template <class T>
+void activation_backward_inplace(T* grad, const T* out, index_t n, Activation act) {
+  switch (act) {
+    case Activation::relu:
+      relu_backward(grad, grad, out, n);
+      break;
+    case Activation::tanh:
+      for (index_t i = 0; i < n; ++i) grad[i] *= T(1) - out[i] * out[i];
+      break;
+    case Activation::logistic:
+      for (index_t i = 0; i < n; ++i) grad[i] *= out[i] * (T(1) - out[i]);
+      break;
+    case Activation::identity:
+      break;
+  }
+}
+
 #define FASTMLP_INSTANTIATE(T)                                                \
   template void relu_forward<T>(T*, const T*, index_t);                      \
   template void relu_backward<T>(T*, const T*, const T*, index_t);           \
   template void sigmoid_forward<T>(T*, const T*, index_t);                   \
-  template void softmax_forward<T>(T*, const T*, index_t, index_t);
+  template void softmax_forward<T>(T*, const T*, index_t, index_t);         \
+  template void activation_forward_inplace<T>(T*, index_t, Activation);     \
+  template void activation_backward_inplace<T>(T*, const T*, index_t, Activation);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

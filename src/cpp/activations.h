@@ -15,6 +15,12 @@ template <class T> void relu_backward(T* grad_in, const T* grad_out, const T* ou
 // out = 1 / (1 + exp(-x)), evaluated as exp(x) / (1 + exp(x)) for x < 0 so that neither
 // branch overflows; exact limits 0 and 1.                            d out/dx = out (1 - out)
 template <class T> void sigmoid_forward(T* out, const T* x, index_t n);
+// x := act(x) in place for tanh and logistic (identity: nothing; ReLU is the GEMM epilogue).
+template <class T> void activation_forward_inplace(T* x, index_t n, Activation act);
+// grad := grad · act'(a), written in terms of the activation's output out = act(a):
+//   relu: [out > 0]   tanh: 1 - out²   logistic: out (1 - out)   identity: 1
+template <class T> void activation_backward_inplace(T* grad, const T* out, index_t n, Activation act);
+
 // out[r, :] = exp(x[r, :] - max_r) / Σ exp(x[r, :] - max_r)   (row max subtracted: no overflow)
 template <class T> void softmax_forward(T* out, const T* x, index_t rows, index_t cols);
 

@@ -113,7 +113,10 @@ const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
 Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::relu;
   if (name == "identity") return Activation::identity;
-  throw py::value_error("activation must be 'relu' or 'identity', got '" + name + "'");
+  if (name == "tanh") return Activation::tanh;
+  if (name == "logistic") return Activation::logistic;
+  throw py::value_error("activation must be 'relu', 'tanh', 'logistic' or 'identity', got '" +
+                        name + "'");
 }
 
 py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
@@ -198,7 +201,7 @@ py::tuple dense_backward_py(const py::array& x, const py::array& W, const py::ar
     {
       py::gil_scoped_release release;
       static thread_local AlignedBuffer<T> scratch;
-      T* scratch_p = act == Activation::relu
+      T* scratch_p = act != Activation::identity
                          ? scratch.reserve(static_cast<std::size_t>(B) * static_cast<std::size_t>(O))
                          : nullptr;
       dense_backward(grad_x_p, grad_W_p, grad_b_p, scratch_p, xs, Ws, out_p, grad_out_p, B, I, O,
@@ -255,20 +258,31 @@ py::array softmax_py(const py::array& x) {
   });
 }
 
-py::tuple softmax_nll_py(const py::array& logits, const py::array& labels) {
+// Sample weights: None, or a contiguous (n,) array of the operands' dtype.
+template <class T>
+const T* weights_view(const py::object& weights, py::ssize_t n) {
+  if (weights.is_none()) return nullptr;
+  py::array w = weights.cast<py::array>();
+  require_shape(w, "sample_weight", {n});
+  return contiguous<T>(w, "sample_weight");
+}
+
+py::tuple softmax_nll_py(const py::array& logits, const py::array& labels,
+                         const py::object& weights) {
   require_ndim(logits, "logits", 2);
   return with_float_dtype(logits, "logits", [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const T* zp = contiguous<T>(logits, "logits");
     const index_t N = logits.shape(0), K = logits.shape(1);
     const std::int64_t* yp = labels_view(labels, N);
+    const T* wp = weights_view<T>(weights, N);
     py::array_t<T> dlogits({N, K});
     T* dp = dlogits.mutable_data();
     double loss;
     {
       py::gil_scoped_release release;
       try {
-        loss = softmax_nll(dp, zp, yp, N, K);
+        loss = softmax_nll(dp, zp, yp, wp, N, K);
       } catch (const std::invalid_argument& e) {
         py::gil_scoped_acquire acquire;
         throw py::value_error(e.what());
@@ -278,25 +292,53 @@ py::tuple softmax_nll_py(const py::array& logits, const py::array& labels) {
   });
 }
 
-py::tuple sigmoid_bce_py(const py::array& logits, const py::array& labels) {
+py::tuple sigmoid_bce_py(const py::array& logits, const py::array& labels,
+                         const py::object& weights) {
   return with_float_dtype(logits, "logits", [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const T* zp = contiguous<T>(logits, "logits");
     const index_t N = logits.size();
     const std::int64_t* yp = labels_view(labels, N);
+    const T* wp = weights_view<T>(weights, N);
     py::array_t<T> dlogits(std::vector<py::ssize_t>(logits.shape(), logits.shape() + logits.ndim()));
     T* dp = dlogits.mutable_data();
     double loss;
     {
       py::gil_scoped_release release;
       try {
-        loss = sigmoid_bce(dp, zp, yp, N);
+        loss = sigmoid_bce(dp, zp, yp, wp, N);
       } catch (const std::invalid_argument& e) {
         py::gil_scoped_acquire acquire;
         throw py::value_error(e.what());
       }
     }
     return py::make_tuple(loss, dlogits);
+  });
+}
+
+py::tuple squared_error_py(const py::array& pred, const py::array& target,
+                           const py::object& weights) {
+  require_ndim(pred, "pred", 2);
+  return with_float_dtype(pred, "pred", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const T* pp = contiguous<T>(pred, "pred");
+    const index_t N = pred.shape(0), K = pred.shape(1);
+    require_shape(target, "target", {N, K});
+    const T* tp = contiguous<T>(target, "target");
+    const T* wp = weights_view<T>(weights, N);
+    py::array_t<T> dpred({N, K});
+    T* dp = dpred.mutable_data();
+    double loss;
+    {
+      py::gil_scoped_release release;
+      try {
+        loss = squared_error(dp, pp, tp, wp, N, K);
+      } catch (const std::invalid_argument& e) {
+        py::gil_scoped_acquire acquire;
+        throw py::value_error(e.what());
+      }
+    }
+    return py::make_tuple(loss, dpred);
   });
 }
 
@@ -363,9 +405,10 @@ class PyTrainer {
       : keep_alive_(py::make_tuple(weights, biases, optimizer)) {
     TrainerConfig cfg;
     cfg.hidden = parse_activation(activation);
-    if (output != "softmax" && output != "sigmoid")
-      throw py::value_error("output must be 'softmax' or 'sigmoid'");
-    cfg.sigmoid_output = output == "sigmoid";
+    if (output == "softmax") cfg.output = OutputKind::softmax;
+    else if (output == "sigmoid") cfg.output = OutputKind::sigmoid;
+    else if (output == "identity") cfg.output = OutputKind::identity;
+    else throw py::value_error("output must be 'softmax', 'sigmoid' or 'identity'");
     const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
     if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
       throw py::value_error("weights and biases must be non-empty lists of equal length");
@@ -385,7 +428,7 @@ class PyTrainer {
       params.biases.push_back(parameter_pointer<T>(biases[l], "biases[" + std::to_string(l) + "]",
                                                    {w.shape(0)}));
     }
-    if (cfg.sigmoid_output && cfg.sizes.back() != 1)
+    if (cfg.output == OutputKind::sigmoid && cfg.sizes.back() != 1)
       throw py::value_error("a sigmoid output needs one logit");
     const std::string kind = optimizer["kind"].cast<std::string>();
     if (kind != "sgd" && kind != "adam") throw py::value_error("optimizer kind must be sgd or adam");
@@ -421,6 +464,8 @@ class PyTrainer {
       else params.sgd_first_step.push_back(first_step[i].cast<bool>() ? 1 : 0);
     }
     n_features_ = cfg.sizes[0];
+    n_outputs_ = cfg.sizes.back();
+    regression_ = cfg.output == OutputKind::identity;
     trainer_ = std::make_unique<Trainer<T>>(std::move(cfg), std::move(params), max_batch);
   }
 
@@ -430,19 +475,30 @@ class PyTrainer {
     n_samples_ = n_samples;
   }
 
-  py::dict run(const py::array& X, const py::array& y, py::ssize_t batch_size,
-               py::ssize_t max_steps) {
+  // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
+  // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
+  py::dict run(const py::array& X, const py::array& y, const py::object& sample_weight,
+               py::ssize_t batch_size, py::ssize_t max_steps) {
     const StridedMatrix<T> xs = strided<T>(X, "X");
     if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
       throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
                             ") with contiguous rows, got shape " + shape_str(X));
-    const std::int64_t* labels = labels_view(y, n_samples_);
+    typename Trainer<T>::Data data;
+    data.X = xs.data;
+    data.ldx = xs.row_stride;
+    if (regression_) {
+      require_shape(y, "targets", {n_samples_, n_outputs_});
+      data.targets = contiguous<T>(y, "targets");
+    } else {
+      data.labels = labels_view(y, n_samples_);
+    }
+    data.weights = weights_view<T>(sample_weight, n_samples_);
     if (batch_size < 1 || max_steps < 1) throw py::value_error("batch_size and max_steps must be >= 1");
     StepsResult r;
     {
       py::gil_scoped_release release;
       try {
-        r = trainer_->run(xs.data, xs.row_stride, labels, batch_size, max_steps);
+        r = trainer_->run(data, batch_size, max_steps);
       } catch (const std::invalid_argument& e) {
         py::gil_scoped_acquire acquire;
         throw py::value_error(e.what());
@@ -467,7 +523,8 @@ class PyTrainer {
  private:
   py::tuple keep_alive_;
   std::unique_ptr<Trainer<T>> trainer_;
-  py::ssize_t n_samples_ = 0, n_features_ = 0;
+  py::ssize_t n_samples_ = 0, n_features_ = 0, n_outputs_ = 0;
+  bool regression_ = false;
 };
 
 template <class T>
@@ -479,8 +536,8 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("optimizer"), py::arg("max_batch"))
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
            py::arg("seed"))
-      .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("batch_size"),
-           py::arg("max_steps"))
+      .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
+           py::arg("batch_size"), py::arg("max_steps"))
       .def_property_readonly("optimizer_steps", &PyTrainer<T>::optimizer_steps)
       .def_property_readonly("sgd_first_step", &PyTrainer<T>::sgd_first_step);
 }
@@ -584,8 +641,12 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("relu_grad", &relu_grad_py, py::arg("grad_out"), py::arg("out"));
   m.def("softmax", &softmax_py, py::arg("x"));
-  m.def("softmax_nll", &softmax_nll_py, py::arg("logits"), py::arg("labels"));
-  m.def("sigmoid_bce", &sigmoid_bce_py, py::arg("logits"), py::arg("labels"));
+  m.def("softmax_nll", &softmax_nll_py, py::arg("logits"), py::arg("labels"),
+        py::arg("sample_weight") = py::none());
+  m.def("sigmoid_bce", &sigmoid_bce_py, py::arg("logits"), py::arg("labels"),
+        py::arg("sample_weight") = py::none());
+  m.def("squared_error", &squared_error_py, py::arg("pred"), py::arg("target"),
+        py::arg("sample_weight") = py::none());
   m.def("sgd_update", &sgd_update_py, py::arg("param"), py::arg("grad"),
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"),
         py::arg("nesterov"), py::arg("first_step"));

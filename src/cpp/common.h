@@ -14,7 +14,8 @@ namespace fastmlp {
 // Signed, pointer-sized: strides may be negative (NumPy views such as a[::-1]).
 using index_t = std::ptrdiff_t;
 
-enum class Activation { identity, relu };
+// Hidden-layer activations (scikit-learn names: logistic is the sigmoid).
+enum class Activation { identity, relu, tanh, logistic };
 
 // Counts every heap allocation of the engine's work buffers (AlignedBuffer growths). A steady
 // state that allocates nothing shows as a counter that stops moving; tests read it.

@@ -1,6 +1,8 @@
 // Dense layer forward/backward (see dense.h for shapes and math).
 #include "dense.h"
 
+#include <algorithm>
+
 #include "activations.h"
 #include "gemm/gemm.h"
 
@@ -24,6 +26,9 @@ void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, i
   g.bias = b;
   g.relu = act == Activation::relu;
   gemm(g);
+  // tanh / logistic: one pass over the (B,O) output while it is still in cache.
+  if (act == Activation::tanh || act == Activation::logistic)
+    activation_forward_inplace(out, B * O, act);
 }
 
 template <class T>
@@ -31,8 +36,9 @@ void dense_backward(T* grad_x, T* grad_W, T* grad_b, T* scratch, StridedMatrix<T
                     StridedMatrix<T> W, const T* out, const T* grad_out, index_t B, index_t I,
                     index_t O, Activation act) {
   const T* grad_a = grad_out;
-  if (act == Activation::relu) {
-    relu_backward(scratch, grad_out, out, B * O);
+  if (act != Activation::identity) {
+    std::copy_n(grad_out, B * O, scratch);
+    activation_backward_inplace(scratch, out, B * O, act);
     grad_a = scratch;
   }
 

@@ -17,13 +17,14 @@ struct StridedMatrix {
   index_t row_stride, col_stride;
 };
 
-// out = act(x Wᵀ + b): bias and activation are applied in the GEMM's write-back.
+// out = act(x Wᵀ + b): bias and ReLU are applied in the GEMM's write-back; tanh and logistic
+// in one pass over the output right after.
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
                    index_t I, index_t O, Activation act);
 
 // Given out = act(x Wᵀ + b) and grad_out = dL/d out (B,O, contiguous), with a = x Wᵀ + b:
-//   grad_a = grad_out · act'(a)     (relu: grad_out · [out > 0]; written to scratch (B,O))
+//   grad_a = grad_out · act'(a)     (from out: see activation_backward_inplace; in scratch (B,O))
 //   grad_W = grad_aᵀ x  (O,I)       grad_b = Σ_rows grad_a  (O)       grad_x = grad_a W  (B,I)
 // All three gradients are overwritten, not accumulated. grad_x may be null (first layer: the
 // input needs no gradient, which saves a third of the backward FLOPs). scratch may be null

@@ -8,15 +8,28 @@
 
 namespace fastmlp {
 
-// logits (N,K), labels (N) -> returns loss = (1/N) Σ_r [logsumexp(logits[r]) - logits[r, y_r]]
-// and writes dlogits (N,K) = (softmax(logits) - onehot(labels)) / N, one pass per row, never
-// through log(p) or 1/p: finite for any finite logits.
-template <class T>
-double softmax_nll(T* dlogits, const T* logits, const std::int64_t* labels, index_t N, index_t K);
+// Sample weights w (N, ≥ 0) or null (all 1): every loss is the weighted mean over rows,
+// Σ_r w_r loss_r / Σ_r w_r, and every gradient row is scaled by w_r / Σ w (so with w = 1 the
+// scale is 1/N). A batch whose weights sum to 0 has loss 0 and gradient 0.
 
-// logits (N), labels (N) in {0,1} -> returns loss = (1/N) Σ [max(z,0) - z y + log1p(exp(-|z|))]
-// (the stable form of -y log σ(z) - (1-y) log(1-σ(z))) and writes dlogits = (σ(z) - y) / N.
+// logits (N,K), labels (N) -> loss_r = logsumexp(logits[r]) - logits[r, y_r], and dlogits
+// (N,K) = (softmax(logits) - onehot(labels)) · w_r / Σw, one pass per row, never through
+// log(p) or 1/p: finite for any finite logits.
 template <class T>
-double sigmoid_bce(T* dlogits, const T* logits, const std::int64_t* labels, index_t N);
+double softmax_nll(T* dlogits, const T* logits, const std::int64_t* labels, const T* weights,
+                   index_t N, index_t K);
+
+// logits (N), labels (N) in {0,1} -> loss_r = max(z,0) - z y + log1p(exp(-|z|)) (the stable
+// form of -y log σ(z) - (1-y) log(1-σ(z))) and dlogits = (σ(z) - y) · w_r / Σw.
+template <class T>
+double sigmoid_bce(T* dlogits, const T* logits, const std::int64_t* labels, const T* weights,
+                   index_t N);
+
+// Regression, pred and target (N,K) -> loss_r = ½ Σ_k (pred - target)², and
+// dpred = (pred - target) · w_r / Σw. (scikit-learn's MLPRegressor reports the same loss
+// divided by K as well; for one output they agree.)
+template <class T>
+double squared_error(T* dpred, const T* pred, const T* target, const T* weights, index_t N,
+                     index_t K);
 
 }  // namespace fastmlp

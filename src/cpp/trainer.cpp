@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "activations.h"
 #include "dense.h"
 #include "gemm/gemm.h"
 #include "loss.h"
@@ -49,7 +50,8 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
   const index_t widest = *std::max_element(cfg_.sizes.begin() + 1, cfg_.sizes.end());
   // One block for every float buffer; each piece rounded to 16 elements (64 bytes).
   auto rounded = [](index_t n) { return (n + 15) / 16 * 16; };
-  index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]);
+  index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]) +
+                  rounded(max_batch_ * cfg_.sizes.back()) + rounded(max_batch_);
   for (index_t l = 0; l < n_layers_; ++l)
     total += rounded(max_batch_ * cfg_.sizes[l + 1]) +
              rounded(cfg_.sizes[l + 1] * cfg_.sizes[l]) + rounded(cfg_.sizes[l + 1]);
@@ -62,6 +64,8 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
   grad_[0] = carve(max_batch_ * widest);
   grad_[1] = carve(max_batch_ * widest);
   x_batch_ = carve(max_batch_ * cfg_.sizes[0]);
+  targets_batch_ = carve(max_batch_ * cfg_.sizes.back());
+  weights_batch_ = carve(max_batch_);
   for (index_t l = 0; l < n_layers_; ++l) {
     act_.push_back(carve(max_batch_ * cfg_.sizes[l + 1]));
     grad_W_.push_back(carve(cfg_.sizes[l + 1] * cfg_.sizes[l]));
@@ -82,14 +86,13 @@ void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed
 }
 
 template <class T>
-StepsResult Trainer<T>::run(const T* X, index_t ldx, const std::int64_t* y, index_t batch_size,
-                            index_t max_steps) {
+StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_steps) {
   StepsResult result;
   batch_size = std::min(batch_size, max_batch_);
   while (result.steps < max_steps && next_sample_ < n_samples_) {
     const index_t rows = std::min(batch_size, n_samples_ - next_sample_);
     bool nonfinite = false;
-    const double loss = step(X, ldx, y, next_sample_, rows, &nonfinite);
+    const double loss = step(data, next_sample_, rows, &nonfinite);
     if (nonfinite) {
       result.nonfinite = true;
       result.loss_sum = loss;
@@ -105,22 +108,34 @@ StepsResult Trainer<T>::run(const T* X, index_t ldx, const std::int64_t* y, inde
 }
 
 template <class T>
-double Trainer<T>::step(const T* X, index_t ldx, const std::int64_t* y, index_t first,
-                        index_t rows, bool* nonfinite) {
+double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite) {
   const std::vector<index_t>& n = cfg_.sizes;
+  const index_t n_logits = n.back();
   // The batch: consecutive rows are read in place; shuffled rows are gathered.
-  const T* x = X + first * ldx;
-  index_t ld_x = ldx;
-  const std::int64_t* labels = y + first;
+  const T* x = data.X + first * data.ldx;
+  index_t ld_x = data.ldx;
+  const std::int64_t* labels = data.labels ? data.labels + first : nullptr;
+  const T* targets = data.targets ? data.targets + first * n_logits : nullptr;
+  const T* weights = data.weights ? data.weights + first : nullptr;
   if (shuffled_) {
     const std::int64_t* order = order_.data() + first;
-    for (index_t r = 0; r < rows; ++r) {
-      std::copy_n(X + order[r] * ldx, n[0], x_batch_ + r * n[0]);
-      y_batch_[r] = y[order[r]];
-    }
+    for (index_t r = 0; r < rows; ++r)
+      std::copy_n(data.X + order[r] * data.ldx, n[0], x_batch_ + r * n[0]);
     x = x_batch_;
     ld_x = n[0];
-    labels = y_batch_;
+    if (labels) {
+      for (index_t r = 0; r < rows; ++r) y_batch_[r] = data.labels[order[r]];
+      labels = y_batch_;
+    }
+    if (targets) {
+      for (index_t r = 0; r < rows; ++r)
+        std::copy_n(data.targets + order[r] * n_logits, n_logits, targets_batch_ + r * n_logits);
+      targets = targets_batch_;
+    }
+    if (weights) {
+      for (index_t r = 0; r < rows; ++r) weights_batch_[r] = data.weights[order[r]];
+      weights = weights_batch_;
+    }
   }
 
   // Forward: act[l] = act(in Wᵀ + b), bias and ReLU in the GEMM write-back.
@@ -135,9 +150,19 @@ double Trainer<T>::step(const T* X, index_t ldx, const std::int64_t* y, index_t 
 
   // Loss, and its gradient w.r.t. the logits written straight into the first gradient buffer.
   T* grad_out = grad_[0];
-  const double loss = cfg_.sigmoid_output
-                          ? sigmoid_bce(grad_out, act_[n_layers_ - 1], labels, rows)
-                          : softmax_nll(grad_out, act_[n_layers_ - 1], labels, rows, n.back());
+  const T* logits = act_[n_layers_ - 1];
+  double loss = 0.0;
+  switch (cfg_.output) {
+    case OutputKind::softmax:
+      loss = softmax_nll(grad_out, logits, labels, weights, rows, n_logits);
+      break;
+    case OutputKind::sigmoid:
+      loss = sigmoid_bce(grad_out, logits, labels, weights, rows);
+      break;
+    case OutputKind::identity:
+      loss = squared_error(grad_out, logits, targets, weights, rows, n_logits);
+      break;
+  }
   if (!std::isfinite(loss)) {
     *nonfinite = true;
     return loss;
@@ -172,8 +197,9 @@ double Trainer<T>::step(const T* X, index_t ldx, const std::int64_t* y, index_t 
     gemm(gw);
     T* grad_in = grad_[(n_layers_ - l) % 2];
     if (l > 0) {
-      // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · [act_{l-1} > 0]: the ReLU
-      // backward is the mask epilogue of this product (W_l is read before its update below).
+      // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · act'(…): for ReLU the mask
+      // epilogue of this product, for tanh/logistic one pass after it (W_l is read before its
+      // update below).
       GemmArgs<T> gx;
       gx.M = rows;
       gx.N = n_in;
@@ -191,6 +217,8 @@ double Trainer<T>::step(const T* X, index_t ldx, const std::int64_t* y, index_t 
         gx.ld_mask = n_in;
       }
       gemm(gx);
+      if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
+        activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
     }
     update(static_cast<int>(l), params_.weights[l], grad_W_[l], n_out * n_in);
     update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b, n_out);

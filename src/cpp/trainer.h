@@ -14,10 +14,14 @@
 
 namespace fastmlp {
 
+// softmax + NLL (labels), one logit + sigmoid + BCE (labels 0/1), identity + squared error
+// (regression targets).
+enum class OutputKind { softmax, sigmoid, identity };
+
 struct TrainerConfig {
   std::vector<index_t> sizes;  // n_0 … n_L
   Activation hidden = Activation::relu;
-  bool sigmoid_output = false;  // one logit + BCE, else softmax + NLL
+  OutputKind output = OutputKind::softmax;
   bool adam = false;            // else SGD
   double lr = 0.01, momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   bool nesterov = false;
@@ -46,17 +50,25 @@ class Trainer {
 
   // Starts an epoch over n samples: rows in order, or shuffled by a seeded Fisher–Yates.
   void begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed);
-  // Runs up to max_steps mini-batches of the current epoch. X (N, n_0) rows ldx apart,
-  // y (N) labels (validated by the caller; rechecked by the loss kernels).
-  StepsResult run(const T* X, index_t ldx, const std::int64_t* y, index_t batch_size,
-                  index_t max_steps);
+  // The epoch's data: X (N, n_0) rows ldx apart; labels (N) for softmax/sigmoid outputs or
+  // targets (N, n_L) for regression; sample weights (N) or null. Validated by the caller
+  // (labels and weights are rechecked by the loss kernels). The pointers must stay valid
+  // while run() is called for this epoch.
+  struct Data {
+    const T* X = nullptr;
+    index_t ldx = 0;
+    const std::int64_t* labels = nullptr;
+    const T* targets = nullptr;
+    const T* weights = nullptr;
+  };
+  // Runs up to max_steps mini-batches of the current epoch.
+  StepsResult run(const Data& data, index_t batch_size, index_t max_steps);
 
   const TrainerParameters<T>& parameters() const { return params_; }
   const std::vector<std::int64_t>& order() const { return order_; }
 
  private:
-  double step(const T* X, index_t ldx, const std::int64_t* y, index_t first, index_t rows,
-              bool* nonfinite);
+  double step(const Data& data, index_t first, index_t rows, bool* nonfinite);
   void update(int param_index, T* param, const T* grad, index_t count);
 
   TrainerConfig cfg_;
@@ -72,6 +84,8 @@ class Trainer {
   T* x_batch_ = nullptr;
   AlignedBuffer<std::int64_t> labels_block_;
   std::int64_t* y_batch_ = nullptr;
+  T* targets_batch_ = nullptr;  // (max_batch, n_L), regression only
+  T* weights_batch_ = nullptr;  // (max_batch)
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
