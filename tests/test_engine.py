@@ -20,7 +20,8 @@ def data(n, n_features, n_classes, seed=0, dtype=np.float64):
     return X, y
 
 
-def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weights=None):
+def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weights=None,
+                 alpha=0.0):
     """The reference: loss_and_grad + optimizer.step on the batches fit draws."""
     seeds = _epoch_seeds(seed)
     losses = []
@@ -31,7 +32,8 @@ def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weig
         for start in range(0, len(y), batch_size):
             rows = order[start:start + batch_size]
             batch_weights = None if weights is None else weights[rows]
-            loss, gw, gb = model.loss_and_grad(X[rows], y[rows], sample_weight=batch_weights)
+            loss, gw, gb = model.loss_and_grad(X[rows], y[rows], sample_weight=batch_weights,
+                                               alpha=alpha)
             optimizer.step(model.weights + model.biases, gw + gb)
             total += loss * len(rows)
         losses.append(total / len(y))
@@ -69,6 +71,44 @@ def test_fit_equals_step_by_step_path(optimizer, sizes, output, activation, dtyp
     np.testing.assert_allclose(history.loss, losses, rtol=rtol)
     for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd-momentum-wd", "adam"])
+def test_fit_with_l2_penalty_equals_step_by_step_path(optimizer):
+    X, y = data(90, 6, 3)
+    fused, reference = MLP([6, 11, 3], dtype="float64", seed=2), MLP([6, 11, 3], dtype="float64", seed=2)
+    history = fused.fit(X, y, epochs=2, batch_size=20, optimizer=OPTIMIZERS[optimizer](), seed=3,
+                        alpha=0.5)
+    losses = step_by_step(reference, X, y, 2, 20, OPTIMIZERS[optimizer](), True, 3, alpha=0.5)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_l2_penalty_gradient_matches_finite_differences():
+    X, y = data(7, 3, 2)
+    model = MLP([3, 4, 2], dtype="float64", seed=0)
+    _, grad_w, grad_b = model.loss_and_grad(X, y, alpha=2.0)
+    _, plain_w, plain_b = model.loss_and_grad(X, y)
+    for g, p, w in zip(grad_w, plain_w, model.weights):
+        np.testing.assert_allclose(g - p, 2.0 * w / 7, rtol=1e-12)
+    for g, p in zip(grad_b, plain_b):
+        np.testing.assert_array_equal(g, p)  # biases are not penalised
+    w = model.weights[0]
+    eps = 1e-6
+    saved = w[1, 2]
+    w[1, 2] = saved + eps
+    up = model.loss(X, y, alpha=2.0)
+    w[1, 2] = saved - eps
+    down = model.loss(X, y, alpha=2.0)
+    w[1, 2] = saved
+    assert grad_w[0][1, 2] == pytest.approx((up - down) / (2 * eps), rel=1e-6)
+
+
+def test_a_callback_returning_true_stops_training():
+    X, y = data(40, 3, 2)
+    history = MLP([3, 4, 2], seed=0).fit(X, y, epochs=50, callbacks=[lambda m, h: h.epochs >= 4])
+    assert history.epochs == 4
 
 
 def test_optimizer_state_carries_across_fit_calls():

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_int,
-                                 regression_targets, sample_weights)
+from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_float,
+                                 positive_int, regression_targets, sample_weights)
 from fastmlp.optim import SGD, Optimizer
 
 __all__ = ["MLP", "History"]
@@ -37,11 +37,12 @@ def _epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
     return _core.shuffled_indices(n_samples, epoch_seed)
 
 
-def _new_trainer(model, optimizer, batch_size: int):
+def _new_trainer(model, optimizer, batch_size: int, alpha: float):
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
     params = list(model.weights) + list(model.biases)
+    spec = dict(optimizer._engine_spec(params), alpha=alpha)
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
-                        optimizer._engine_spec(params), batch_size)
+                        spec, batch_size)
 
 _ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 _OUTPUTS = ("softmax", "sigmoid", "identity")
@@ -306,18 +307,27 @@ class MLP:
             return _core.sigmoid_bce(logits, y, weights)
         return _core.squared_error(logits, y, weights)
 
-    def loss(self, X, y, sample_weight=None) -> float:
+    def loss(self, X, y, sample_weight=None, alpha: float = 0.0) -> float:
         """Mean loss over the batch: negative log-probability of the correct class (½ squared
-        error for regression); weighted by ``sample_weight`` when given."""
+        error for regression); weighted by ``sample_weight`` when given; plus the L2 penalty
+        ``alpha/2 · Σ‖W‖² / n_samples`` (scikit-learn's ``alpha``; biases not penalised)."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         weights = sample_weights(sample_weight, X.shape[0], self._dtype)
-        return self._loss_and_dlogits(self._forward(X), y, weights)[0]
+        alpha = positive_float(alpha, "alpha", allow_zero=True)
+        return (self._loss_and_dlogits(self._forward(X), y, weights)[0]
+                + self._l2_penalty(alpha, X.shape[0]))
 
-    def loss_and_grad(self, X, y, sample_weight=None
+    def _l2_penalty(self, alpha: float, n_samples: int) -> float:
+        if alpha == 0.0:
+            return 0.0
+        squares = sum(float(np.dot(w.ravel(), w.ravel())) for w in self._weights)
+        return 0.5 * alpha * squares / n_samples
+
+    def loss_and_grad(self, X, y, sample_weight=None, alpha: float = 0.0
                       ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
         """``(loss, grad_weights, grad_biases)`` for the batch (loss is the batch mean, or the
-        ``sample_weight``-weighted mean).
+        ``sample_weight``-weighted mean, plus the L2 penalty of ``alpha`` as in ``loss``).
 
         Backpropagation: ``dlogits = (softmax - onehot) / N`` (or ``(σ - y) / N``), then for
         each layer from the last, ``grad_a = grad_out * act'``, ``grad_W = grad_aᵀ h_in``,
@@ -326,7 +336,13 @@ class MLP:
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         weights = sample_weights(sample_weight, X.shape[0], self._dtype)
-        return self._loss_and_grad(X, y, weights)
+        alpha = positive_float(alpha, "alpha", allow_zero=True)
+        loss, grad_weights, grad_biases = self._loss_and_grad(X, y, weights)
+        if alpha:
+            loss += self._l2_penalty(alpha, X.shape[0])
+            for g, w in zip(grad_weights, self._weights):
+                g += (alpha / X.shape[0]) * w
+        return loss, grad_weights, grad_biases
 
     def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, weights=None):
         outputs = self._layer_outputs(X)
@@ -344,7 +360,7 @@ class MLP:
 
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
-            callbacks=None, sample_weight=None) -> History:
+            callbacks=None, sample_weight=None, alpha: float = 0.0) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -354,6 +370,8 @@ class MLP:
         prints one line per epoch to stdout (or to the file object given instead of True);
         each of ``callbacks`` is called as ``callback(model, history)`` after every epoch.
         ``sample_weight`` (n,) weights each sample's loss; a batch's loss is its weighted mean.
+        ``alpha`` is scikit-learn's L2 penalty (see ``loss``). A callback that returns True
+        stops training after its epoch.
 
         Whole epochs run in the C++ engine with the GIL released; control comes back to
         Python about every 50 ms, where Ctrl-C (``KeyboardInterrupt``) stops training at a
@@ -362,6 +380,7 @@ class MLP:
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         weights = sample_weights(sample_weight, X.shape[0], self._dtype)
+        alpha = positive_float(alpha, "alpha", allow_zero=True)
         epochs = positive_int(epochs, "epochs")
         batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
         if optimizer is None:
@@ -380,7 +399,7 @@ class MLP:
             y_val = self._labels(y_val, X_val.shape[0])
 
         X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
-        trainer = _new_trainer(self, optimizer, batch_size)
+        trainer = _new_trainer(self, optimizer, batch_size, alpha)
         epoch_seeds = _epoch_seeds(seed)
         history = History()
         n = X.shape[0]
@@ -424,8 +443,11 @@ class MLP:
                     line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
                 line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
                 print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
+            stop = False
             for callback in callbacks:
-                callback(self, history)
+                stop = bool(callback(self, history)) or stop
+            if stop:
+                break
         return history
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------

@@ -434,6 +434,7 @@ class PyTrainer {
     if (kind != "sgd" && kind != "adam") throw py::value_error("optimizer kind must be sgd or adam");
     cfg.adam = kind == "adam";
     cfg.lr = optimizer["lr"].cast<double>();
+    cfg.alpha = optimizer.contains("alpha") ? optimizer["alpha"].cast<double>() : 0.0;
     cfg.weight_decay = optimizer["weight_decay"].cast<double>();
     if (cfg.adam) {
       cfg.beta1 = optimizer["beta1"].cast<double>();

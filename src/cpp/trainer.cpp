@@ -151,7 +151,7 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   // Loss, and its gradient w.r.t. the logits written straight into the first gradient buffer.
   T* grad_out = grad_[0];
   const T* logits = act_[n_layers_ - 1];
-  double loss = 0.0;
+  double loss = 0.0;  // of this batch, before the L2 penalty
   switch (cfg_.output) {
     case OutputKind::softmax:
       loss = softmax_nll(grad_out, logits, labels, weights, rows, n_logits);
@@ -162,6 +162,14 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     case OutputKind::identity:
       loss = squared_error(grad_out, logits, targets, weights, rows, n_logits);
       break;
+  }
+  if (cfg_.alpha != 0.0) {
+    double squares = 0.0;
+    for (index_t l = 0; l < n_layers_; ++l) {
+      const T* w = params_.weights[l];
+      for (index_t i = 0; i < n[l + 1] * n[l]; ++i) squares += static_cast<double>(w[i]) * w[i];
+    }
+    loss += 0.5 * cfg_.alpha * squares / static_cast<double>(rows);
   }
   if (!std::isfinite(loss)) {
     *nonfinite = true;
@@ -219,6 +227,12 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
       gemm(gx);
       if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
         activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
+    }
+    if (cfg_.alpha != 0.0) {  // + alpha · W / rows, with W before its update
+      const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(rows));
+      const T* w = params_.weights[l];
+      T* gw_l = grad_W_[l];
+      for (index_t i = 0; i < n_out * n_in; ++i) gw_l[i] += scale * w[i];
     }
     update(static_cast<int>(l), params_.weights[l], grad_W_[l], n_out * n_in);
     update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b, n_out);

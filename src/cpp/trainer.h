@@ -24,6 +24,9 @@ struct TrainerConfig {
   OutputKind output = OutputKind::softmax;
   bool adam = false;            // else SGD
   double lr = 0.01, momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  // scikit-learn's L2 penalty: each batch's loss gains alpha/2 · Σ_l ‖W_l‖² / rows and each
+  // weight gradient alpha · W_l / rows (biases are not penalised).
+  double alpha = 0.0;
   bool nesterov = false;
 };
 
