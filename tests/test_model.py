@@ -319,12 +319,15 @@ def test_bad_fit_arguments(kwargs, error, match):
         MLP([2, 3], seed=0).fit(np.ones((4, 2)), np.array([0, 1, 2, 0]), **kwargs)
 
 
-def test_divergence_stops_with_a_clear_error():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lr", [1e6, 1e30])
+def test_divergence_stops_with_a_clear_error_and_finite_weights(dtype, lr):
     X, y = spirals(30)
     X = X * 1e3
-    model = MLP([2, 64, 3], seed=0)
-    with pytest.raises(FloatingPointError, match="loss became"):
-        model.fit(X, y, epochs=50, optimizer=SGD(lr=1e6), seed=0)
+    model = MLP([2, 64, 3], dtype=dtype, seed=0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        model.fit(X, y, epochs=50, optimizer=SGD(lr=lr), seed=0)
+    assert all(np.isfinite(p).all() for p in model.weights + model.biases)
 
 
 def test_sigmoid_output_learns_a_binary_problem():

@@ -416,9 +416,10 @@ class MLP:
                     optimizer._engine_sync(trainer, locals().get("result", {}).get("steps", 0))
                 if result["nonfinite"]:
                     raise FloatingPointError(
-                        f"the training loss became {result['loss_sum']} at epoch {epoch + 1}; "
-                        "the weights are those before this step. Lower the learning rate or "
-                        "scale the inputs.")
+                        f"training diverged at epoch {epoch + 1}: the loss, the gradients or "
+                        "the updated weights were not finite (NaN or infinity). The model keeps "
+                        "its weights from before that step; the optimizer's state may be "
+                        "corrupt, use a new one. Lower the learning rate or scale the inputs.")
                 total += result["loss_sum"]
                 if result["epoch_done"]:
                     break

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "activations.h"
 #include "dense.h"
@@ -52,9 +53,13 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
   auto rounded = [](index_t n) { return (n + 15) / 16 * 16; };
   index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]) +
                   rounded(max_batch_ * cfg_.sizes.back()) + rounded(max_batch_);
-  for (index_t l = 0; l < n_layers_; ++l)
+  index_t n_parameters = 0;
+  for (index_t l = 0; l < n_layers_; ++l) {
     total += rounded(max_batch_ * cfg_.sizes[l + 1]) +
              rounded(cfg_.sizes[l + 1] * cfg_.sizes[l]) + rounded(cfg_.sizes[l + 1]);
+    n_parameters += cfg_.sizes[l + 1] * (cfg_.sizes[l] + 1);
+  }
+  total += rounded(n_parameters);
   T* p = block_.reserve(static_cast<std::size_t>(total));
   auto carve = [&](index_t n) {
     T* piece = p;
@@ -66,6 +71,7 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
   x_batch_ = carve(max_batch_ * cfg_.sizes[0]);
   targets_batch_ = carve(max_batch_ * cfg_.sizes.back());
   weights_batch_ = carve(max_batch_);
+  backup_ = carve(n_parameters);
   for (index_t l = 0; l < n_layers_; ++l) {
     act_.push_back(carve(max_batch_ * cfg_.sizes[l + 1]));
     grad_W_.push_back(carve(cfg_.sizes[l + 1] * cfg_.sizes[l]));
@@ -206,8 +212,7 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     T* grad_in = grad_[(n_layers_ - l) % 2];
     if (l > 0) {
       // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · act'(…): for ReLU the mask
-      // epilogue of this product, for tanh/logistic one pass after it (W_l is read before its
-      // update below).
+      // epilogue of this product, for tanh/logistic one pass after it.
       GemmArgs<T> gx;
       gx.M = rows;
       gx.N = n_in;
@@ -228,19 +233,78 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
       if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
         activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
     }
-    if (cfg_.alpha != 0.0) {  // + alpha · W / rows, with W before its update
+    if (cfg_.alpha != 0.0) {  // + alpha · W / rows
       const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(rows));
       const T* w = params_.weights[l];
       T* gw_l = grad_W_[l];
       for (index_t i = 0; i < n_out * n_in; ++i) gw_l[i] += scale * w[i];
     }
-    update(static_cast<int>(l), params_.weights[l], grad_W_[l], n_out * n_in);
-    update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b, n_out);
     grad_out = grad_in;
+  }
+
+  // The update is all or nothing: gradients that overflowed are refused before it, and an
+  // update that overflows is undone from a copy of the parameters, so the model always keeps
+  // its last finite weights. (The copy costs one pass over the parameters, small next to the
+  // 6·rows passes of the products.)
+  if (!all_finite(grad_W_, grad_b_)) {
+    *nonfinite = true;
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+  save_parameters();
+  for (index_t l = 0; l < n_layers_; ++l) {
+    update(static_cast<int>(l), params_.weights[l], grad_W_[l], n[l + 1] * n[l]);
+    update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b_[l], n[l + 1]);
+  }
+  if (!all_finite(params_.weights, params_.biases)) {
+    restore_parameters();
+    *nonfinite = true;
+    return std::numeric_limits<double>::infinity();
   }
   if (cfg_.adam) params_.optimizer_steps += 1;
   std::fill(params_.sgd_first_step.begin(), params_.sgd_first_step.end(), 0);
   return loss;
+}
+
+template <class T>
+bool Trainer<T>::all_finite(const std::vector<T*>& weights, const std::vector<T*>& biases) const {
+  // x·0 is 0 for finite x and NaN otherwise; 16 independent partial sums of it make a
+  // branch-free test the compiler vectorises (one running sum would be a latency chain).
+  constexpr int kLanes = 16;
+  T probe[kLanes] = {};
+  auto scan = [&](const T* p, index_t count) {
+    index_t i = 0;
+    for (; i + kLanes <= count; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) probe[j] += p[i + j] * T(0);
+    for (; i < count; ++i) probe[0] += p[i] * T(0);
+  };
+  for (index_t l = 0; l < n_layers_; ++l) {
+    scan(weights[l], cfg_.sizes[l + 1] * cfg_.sizes[l]);
+    scan(biases[l], cfg_.sizes[l + 1]);
+  }
+  T total = 0;
+  for (int j = 0; j < kLanes; ++j) total += probe[j];
+  return total == T(0);
+}
+
+template <class T>
+void Trainer<T>::save_parameters() {
+  T* out = backup_;
+  for (index_t l = 0; l < n_layers_; ++l) {
+    out = std::copy_n(params_.weights[l], cfg_.sizes[l + 1] * cfg_.sizes[l], out);
+    out = std::copy_n(params_.biases[l], cfg_.sizes[l + 1], out);
+  }
+}
+
+template <class T>
+void Trainer<T>::restore_parameters() {
+  const T* in = backup_;
+  for (index_t l = 0; l < n_layers_; ++l) {
+    const index_t w_size = cfg_.sizes[l + 1] * cfg_.sizes[l], b_size = cfg_.sizes[l + 1];
+    std::copy_n(in, w_size, params_.weights[l]);
+    in += w_size;
+    std::copy_n(in, b_size, params_.biases[l]);
+    in += b_size;
+  }
 }
 
 template <class T>

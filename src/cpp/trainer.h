@@ -42,7 +42,8 @@ struct TrainerParameters {
 struct StepsResult {
   double loss_sum = 0.0;  // Σ over batches of (batch mean loss × batch rows)
   index_t samples = 0, steps = 0;
-  bool nonfinite = false;  // the last batch's loss was NaN/Inf: it was not applied
+  bool nonfinite = false;  // the last batch's loss, gradients or update were not finite: that
+                           // step was not applied (the parameters are as before it)
   bool epoch_done = false;
 };
 
@@ -73,6 +74,9 @@ class Trainer {
  private:
   double step(const Data& data, index_t first, index_t rows, bool* nonfinite);
   void update(int param_index, T* param, const T* grad, index_t count);
+  bool all_finite(const std::vector<T*>& weights, const std::vector<T*>& biases) const;
+  void save_parameters();
+  void restore_parameters();
 
   TrainerConfig cfg_;
   TrainerParameters<T> params_;
@@ -89,6 +93,7 @@ class Trainer {
   std::int64_t* y_batch_ = nullptr;
   T* targets_batch_ = nullptr;  // (max_batch, n_L), regression only
   T* weights_batch_ = nullptr;  // (max_batch)
+  T* backup_ = nullptr;         // every parameter, before the step's update
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
