@@ -77,13 +77,14 @@ def _is_npz(path: str) -> bool:
 
 
 def read_table(path, target: str | None = None, feature_names: list[str] | None = None,
-               need_target: bool = False) -> Table:
+               need_target: bool = False, npz_fallback: bool = False) -> Table:
     """Read a CSV or ``.npz`` file.
 
     target: the label column (CSV) or array (``.npz``, default ``y``); None for a CSV without
     one. feature_names: select these columns, in this order (CSV; other columns are ignored);
     None takes every column but the target. need_target: a missing target is an error
-    (otherwise the labels are None).
+    (otherwise the labels are None). npz_fallback: in a ``.npz`` without array ``target``,
+    read ``y`` instead (for a target remembered from training on a CSV).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -91,19 +92,20 @@ def read_table(path, target: str | None = None, feature_names: list[str] | None 
     if os.path.isdir(path):
         raise DataError(f"{describe_path(path)} is a directory, expected a .csv or .npz file")
     if _is_npz(path):
-        return _read_npz(path, target, need_target)
+        return _read_npz(path, target, need_target, npz_fallback)
     return _read_csv(path, target, feature_names, need_target)
 
 
-def _read_npz(path: str, target: str | None, need_target: bool) -> Table:
+def _read_npz(path: str, target: str | None, need_target: bool, fallback: bool) -> Table:
     name = describe_path(path)
-    label_key = target or "y"
+    tried = [target or "y"] + (["y"] if fallback and target not in (None, "y") else [])
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
             keys = list(archive.files)
             if "X" not in keys:
                 raise DataError(f"{name} has no array 'X' (arrays: {', '.join(keys) or 'none'})")
             X = archive["X"]
+            label_key = next((key for key in tried if key in keys), tried[0])
             labels = archive[label_key] if label_key in keys else None
             names = archive["feature_names"] if "feature_names" in keys else None
     except DataError:
@@ -111,7 +113,7 @@ def _read_npz(path: str, target: str | None, need_target: bool) -> Table:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{name} is not a readable .npz archive of plain arrays: {exc}") from None
     if labels is None and need_target:
-        raise DataError(f"{name} has no label array {label_key!r} "
+        raise DataError(f"{name} has no label array {' or '.join(map(repr, tried))} "
                         f"(arrays: {', '.join(keys)})")
     if X.dtype.kind not in "fiub":
         raise DataError(f"{name}: X must hold numbers, got dtype {X.dtype}")
@@ -190,9 +192,11 @@ def _read_csv(path: str, target: str | None, feature_names: list[str] | None,
         missing = [c for c in feature_names if c not in header]
         if missing:
             available = [c for c in header if c != target]
-            raise DataError(
-                f"{name} has {len(available)} feature columns but the model expects "
-                f"{len(feature_names)}; missing: {', '.join(missing)}")
+            counts = "" if len(available) == len(feature_names) else \
+                f"has {len(available)} feature columns but the model expects " \
+                f"{len(feature_names)}; it "
+            raise DataError(f"{name} {counts}lacks the model's feature columns "
+                            f"{', '.join(missing)} (its columns: {', '.join(header)})")
         selected = list(feature_names)
     else:
         selected = [c for c in header if c != target]

@@ -165,7 +165,7 @@ def _optimizer(name: str, lr: float | None):
 
     if name == "sgd":
         return SGD(lr=0.01 if lr is None else lr, momentum=0.9)
-    return Adam(lr=1e-3 if lr is None else lr)
+    return Adam(lr=3e-3 if lr is None else lr)
 
 
 def _say(args, *parts) -> None:
@@ -259,7 +259,7 @@ def _load_for_inference(args, need_target: bool):
                          "saying which column it was trained on)")
     table = read_table(args.data, target=target,
                        feature_names=meta.feature_names if meta else None,
-                       need_target=need_target)
+                       need_target=need_target, npz_fallback=args.target is None)
     if table.X.shape[1] != model.n_features:
         raise DataError(f"{describe_path(table.path)} has {table.X.shape[1]} features but the "
                         f"model expects {model.n_features}")
@@ -340,12 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "default y)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
                        help="hidden layer sizes, comma-separated (default 128,64)")
-    train.add_argument("--epochs", type=_positive(int), default=20, help="default 20")
+    train.add_argument("--epochs", type=_positive(int), default=30, help="default 30")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="adam (default) or sgd (with momentum 0.9)")
     train.add_argument("--lr", type=_positive(float), default=None,
-                       help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+                       help="learning rate (default 0.003 for adam, 0.01 for sgd)")
     train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",
                        help="fraction of each class held out for validation (default 0.2; "
                             "0 for none)")
