@@ -233,6 +233,10 @@ def test_data_errors_are_one_line_and_exit_1(tmp_path, data_csv, trained, capsys
     check(["train", data_csv, "--target", "species"],
           "has no target column 'species' (columns: height, weight, label, age)")
 
+    check(["train", data_csv, "--target", "label", "--out", tmp_path / "no" / "m.npz"],
+          "does not exist")
+    check(["predict", trained, data_csv, "--out", tmp_path], "is a directory")
+
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,x\n3,red,y\n")
     check(["train", bad, "--target", "label", "--out", model],
@@ -257,7 +261,7 @@ def test_data_errors_are_one_line_and_exit_1(tmp_path, data_csv, trained, capsys
     check(["predict", trained, tmp_path / "two.npz"], "has 2 features but the model expects 3")
     check(["predict", tmp_path / "nothing.npz", data_csv], "no such model file")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    check(["predict", tmp_path / "junk.npz", data_csv], "not a readable fastmlp model")
+    check(["predict", tmp_path / "junk.npz", data_csv], "junk.npz' is not a")
     np.savez(tmp_path / "noy.npz", X=X)
     check(["evaluate", trained, tmp_path / "noy.npz"], "has no label array 'label' or 'y'")
     no_label = write_csv(tmp_path / "nolabel.csv", X, labels, columns=("height", "weight", "x",

@@ -173,6 +173,17 @@ def _say(args, *parts) -> None:
         print(*parts, flush=True)
 
 
+def _check_output(path: str, option: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    from fastmlp._tabular import DataError
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DataError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise DataError(f"{option} {path!r} is a directory; expected a file name")
+
+
 def run_train(args) -> int:
     from fastmlp import MLP
     from fastmlp._tabular import (DataError, ModelMeta, Standardizer, encode_labels,
@@ -184,6 +195,9 @@ def run_train(args) -> int:
     is_npz = args.data.lower().endswith(".npz")
     if args.target is None and not is_npz:
         raise UsageError("name the label column of the CSV file with --target COL")
+    _check_output(args.out, "--out")
+    if args.plot:
+        _check_output(args.plot, "--plot")
     table = read_table(args.data, target=args.target, need_target=True)
     classes, y = encode_labels(
         table.labels, f"{table.path!r} {'array' if is_npz else 'column'} {table.target!r}")
@@ -274,6 +288,8 @@ def _load_for_inference(args, need_target: bool):
 def run_predict(args) -> int:
     from fastmlp._tabular import atomic_write
 
+    if args.out:
+        _check_output(args.out, "--out")
     model, meta, X, _ = _load_for_inference(args, need_target=False)
     indices = model.predict(X)
     labels = [str(meta.classes[i]) for i in indices] if meta else [str(i) for i in indices]
