@@ -11,7 +11,7 @@
 Data files, labels, feature standardisation and the sidecar are described in
 ``fastmlp._tabular``. User errors (missing files or columns, non-numeric features, a model
 that does not fit the data) print one line ``fastmlp: error: ...`` to stderr and exit 1;
-usage errors exit 2 (argparse's convention); Ctrl-C exits 130.
+usage errors exit 2 (argparse's convention); Ctrl-C exits 130 (``train`` then saves nothing).
 """
 
 from __future__ import annotations
@@ -216,14 +216,15 @@ def run_train(args) -> int:
     _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, "
                f"{len(classes)} classes ({shown}); training on {len(y_train)}"
                + (f", validating on {len(validation[1])}" if validation else ""))
-    _say(args, f"model: {model!r}, {args.optimizer}, {args.epochs} epochs of {steps} steps "
-               f"(batch {batch_size})")
+    optimizer = _optimizer(args.optimizer, args.lr)
+    _say(args, f"model: {model!r}, {args.optimizer} (lr {optimizer.lr:g}), {args.epochs} "
+               f"epochs of {steps} steps (batch {batch_size})")
     progress = Progress(args.epochs, steps, sys.stdout) \
         if not args.quiet and _is_terminal(sys.stdout) else None
     started = time.perf_counter()
     try:
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=batch_size,
-                            optimizer=_optimizer(args.optimizer, args.lr), seed=args.seed,
+                            optimizer=optimizer, seed=args.seed,
                             validation_data=validation,
                             callbacks=[progress] if progress else None)
     except FloatingPointError as exc:
@@ -238,8 +239,8 @@ def run_train(args) -> int:
                      scaler=scaler, training={
                          "data": os.path.basename(table.path), "rows": len(y),
                          "hidden": args.hidden, "epochs": args.epochs,
-                         "batch_size": batch_size, "optimizer": args.optimizer,
-                         "lr": args.lr, "val_split": args.val_split, "seed": args.seed})
+                         "batch_size": batch_size, "optimizer": repr(optimizer),
+                         "val_split": args.val_split, "seed": args.seed})
     meta_file = write_meta(meta, args.out)
     summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4f}"
     if history.val_accuracy:
