@@ -18,6 +18,7 @@ renames it over the target: a crash mid-write leaves the old file intact.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -27,11 +28,10 @@ import numpy as np
 FORMAT_NAME = "fastmlp.MLP"
 FORMAT_VERSION = 1
 
-__all__ = ["save_model", "load_model", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
 
 
-def save_model(model, path) -> None:
-    path = os.fspath(path)
+def _model_arrays(model) -> dict[str, np.ndarray]:
     arrays = {
         "format": np.array(FORMAT_NAME),
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -43,6 +43,17 @@ def save_model(model, path) -> None:
     for i, (w, b) in enumerate(zip(model.weights, model.biases)):
         arrays[f"W{i}"] = w
         arrays[f"b{i}"] = b
+    return arrays
+
+
+def save_model(model, path) -> None:
+    write_npz_atomically(path, _model_arrays(model))
+
+
+def write_npz_atomically(path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file beside `path`, fsync, rename over `path`, fsync the
+    directory: readers see the old file or the new one, never a part."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
     try:
@@ -81,58 +92,137 @@ def _string(arrays, key: str) -> str:
     return str(value)
 
 
-def load_model(path):
-    from fastmlp.model import MLP
-
+def read_npz(path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read without pickle; ValueError for anything unreadable."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no model file at {path!r}")
+        raise FileNotFoundError(f"no such file: {path!r}")
     # The file is opened here, not by np.load, so it is closed even when np.load fails.
     with open(path, "rb") as f:
         try:
             with np.load(f, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+                return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ValueError(f"{path!r} is not a readable fastmlp model archive: {exc}") from None
+            raise ValueError(f"{path!r} is not a readable fastmlp archive: {exc}") from None
 
-    try:
-        header = ("format", "format_version", "layer_sizes", "activation", "output", "dtype")
-        missing = [key for key in header if key not in arrays]
-        if missing:
-            raise ValueError(f"missing entries {missing}")
-        if _string(arrays, "format") != FORMAT_NAME:
-            raise ValueError(f"format is {_string(arrays, 'format')!r}, expected {FORMAT_NAME!r}")
-        version = arrays["format_version"]
-        if version.shape != () or version.dtype.kind not in "iu":
-            raise ValueError("format_version must be an integer scalar")
-        if int(version) != FORMAT_VERSION:
-            raise ValueError(f"format_version {int(version)} is not supported "
-                             f"(this fastmlp reads version {FORMAT_VERSION})")
-        sizes = arrays["layer_sizes"]
-        if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or sizes.shape[0] < 2:
-            raise ValueError("layer_sizes must be a 1-D integer array of at least 2 entries")
-        n_layers = sizes.shape[0] - 1
-        expected = set(header) | {f"W{i}" for i in range(n_layers)} | {f"b{i}" for i in range(n_layers)}
-        if set(arrays) != expected:
-            extra = sorted(set(arrays) - expected)
-            missing = sorted(expected - set(arrays))
-            raise ValueError(f"unexpected entries {extra}, missing entries {missing}")
-        for i in range(n_layers):
-            # Shapes are checked against layer_sizes before a model is built, so a hand-edited
-            # layer_sizes cannot make MLP() allocate more than the file itself holds.
-            shapes = {f"W{i}": (int(sizes[i + 1]), int(sizes[i])), f"b{i}": (int(sizes[i + 1]),)}
-            for key, shape in shapes.items():
-                if arrays[key].shape != shape:
-                    raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
-        dtype = _string(arrays, "dtype")
-        model = MLP([int(s) for s in sizes], activation=_string(arrays, "activation"),
-                    output=_string(arrays, "output"), dtype=dtype)
-        for i in range(n_layers):
-            for key in (f"W{i}", f"b{i}"):
-                if arrays[key].dtype != model.dtype:
-                    raise ValueError(f"{key} has dtype {arrays[key].dtype}, expected {model.dtype}")
-        model.weights = [arrays[f"W{i}"] for i in range(n_layers)]
-        model.biases = [arrays[f"b{i}"] for i in range(n_layers)]
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path!r} is not a valid fastmlp model: {exc}") from None
+
+_HEADER = ("format", "format_version", "layer_sizes", "activation", "output", "dtype")
+
+
+def _model_from_arrays(arrays: dict[str, np.ndarray], extra_keys: set[str] = frozenset()):
+    """The MLP the arrays describe; ValueError for any inconsistency. `extra_keys`: other
+    entries the caller expects (a checkpoint's), which must all be present."""
+    from fastmlp.model import MLP
+
+    missing = [key for key in _HEADER if key not in arrays]
+    if missing:
+        raise ValueError(f"missing entries {missing}")
+    if _string(arrays, "format") != FORMAT_NAME:
+        raise ValueError(f"format is {_string(arrays, 'format')!r}, expected {FORMAT_NAME!r}")
+    version = arrays["format_version"]
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise ValueError("format_version must be an integer scalar")
+    if int(version) != FORMAT_VERSION:
+        raise ValueError(f"format_version {int(version)} is not supported "
+                         f"(this fastmlp reads version {FORMAT_VERSION})")
+    sizes = arrays["layer_sizes"]
+    if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or sizes.shape[0] < 2:
+        raise ValueError("layer_sizes must be a 1-D integer array of at least 2 entries")
+    n_layers = sizes.shape[0] - 1
+    expected = (set(_HEADER) | {f"W{i}" for i in range(n_layers)}
+                | {f"b{i}" for i in range(n_layers)} | set(extra_keys))
+    if set(arrays) != expected:
+        extra = sorted(set(arrays) - expected)
+        missing = sorted(expected - set(arrays))
+        raise ValueError(f"unexpected entries {extra}, missing entries {missing}")
+    for i in range(n_layers):
+        # Shapes are checked against layer_sizes before a model is built, so a hand-edited
+        # layer_sizes cannot make MLP() allocate more than the file itself holds.
+        shapes = {f"W{i}": (int(sizes[i + 1]), int(sizes[i])), f"b{i}": (int(sizes[i + 1]),)}
+        for key, shape in shapes.items():
+            if arrays[key].shape != shape:
+                raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
+    dtype = _string(arrays, "dtype")
+    model = MLP([int(s) for s in sizes], activation=_string(arrays, "activation"),
+                output=_string(arrays, "output"), dtype=dtype)
+    for i in range(n_layers):
+        for key in (f"W{i}", f"b{i}"):
+            if arrays[key].dtype != model.dtype:
+                raise ValueError(f"{key} has dtype {arrays[key].dtype}, expected {model.dtype}")
+    model.weights = [arrays[f"W{i}"] for i in range(n_layers)]
+    model.biases = [arrays[f"b{i}"] for i in range(n_layers)]
     return model
+
+
+def load_model(path):
+    arrays = read_npz(path)
+    try:
+        return _model_from_arrays(arrays)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a valid fastmlp model: {exc}") from None
+
+
+# ---- training checkpoints ----------------------------------------------------------------
+#
+# A checkpoint is a model archive plus: "checkpoint" (a JSON string: epochs done, the epoch
+# seed generator's state, the history so far, batch size, shuffle, the optimizer's rule,
+# hyper-parameters and step count) and the optimizer's state arrays "opt_a{i}" / "opt_b{i}"
+# (momentum buffers, or Adam's two moments), one per parameter array (weights, then biases).
+
+
+def save_checkpoint(path, model, optimizer, progress: dict) -> None:
+    arrays = _model_arrays(model)
+    spec = optimizer._engine_spec(list(model.weights) + list(model.biases))
+    meta = dict(progress, optimizer={
+        key: value for key, value in spec.items() if key not in ("state_a", "state_b")})
+    arrays["checkpoint"] = np.array(json.dumps(meta))
+    for i, a in enumerate(spec["state_a"]):
+        arrays[f"opt_a{i}"] = a
+    for i, b in enumerate(spec["state_b"]):
+        arrays[f"opt_b{i}"] = b
+    write_npz_atomically(path, arrays)
+
+
+def load_checkpoint(path):
+    """(model, optimizer, progress) from a checkpoint written by ``fit(checkpoint=...)``."""
+    from fastmlp.optim import SGD, Adam
+
+    arrays = read_npz(path)
+    try:
+        if "checkpoint" not in arrays:
+            raise ValueError("no 'checkpoint' entry: this is not a training checkpoint")
+        meta = json.loads(_string(arrays, "checkpoint"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("optimizer"), dict):
+            raise ValueError("malformed checkpoint metadata")
+        opt = meta["optimizer"]
+        n_params = 2 * (len(arrays["layer_sizes"]) - 1)
+        kind = opt.get("kind")
+        if kind == "sgd":
+            optimizer = SGD(lr=opt["lr"], momentum=opt["momentum"],
+                            weight_decay=opt["weight_decay"], nesterov=opt["nesterov"])
+            state_keys = [f"opt_a{i}" for i in range(n_params)]
+        elif kind == "adam":
+            optimizer = Adam(lr=opt["lr"], betas=(opt["beta1"], opt["beta2"]), eps=opt["eps"],
+                             weight_decay=opt["weight_decay"])
+            state_keys = [f"opt_{ab}{i}" for ab in "ab" for i in range(n_params)]
+        else:
+            raise ValueError(f"unknown optimizer kind {kind!r}")
+        model = _model_from_arrays(arrays, extra_keys={"checkpoint", *state_keys})
+        params = list(model.weights) + list(model.biases)
+        state = optimizer._prepare(params)
+        for i, (p, s) in enumerate(zip(params, state)):
+            names = ["momentum_buffer"] if kind == "sgd" else ["exp_avg", "exp_avg_sq"]
+            for ab, name in zip("ab", names):
+                a = arrays[f"opt_{ab}{i}"]
+                if a.shape != p.shape or a.dtype != p.dtype or not np.isfinite(a).all():
+                    raise ValueError(f"optimizer state opt_{ab}{i} does not match parameter {i}")
+                s[name][...] = a
+            if kind == "sgd":
+                s["first_step"] = bool(opt["first_step"][i])
+        optimizer.steps = int(opt["steps"]) if kind == "adam" else int(meta["steps"])
+        for key in ("epochs_done", "rng_state", "history", "batch_size", "shuffle"):
+            if key not in meta:
+                raise ValueError(f"checkpoint metadata lacks {key!r}")
+    except (ValueError, TypeError, KeyError, IndexError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a valid fastmlp checkpoint: {exc}") from None
+    return model, optimizer, meta

@@ -10,8 +10,11 @@ classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (lab
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +29,8 @@ __all__ = ["MLP", "History"]
 
 
 def _epoch_seeds(seed):
-    """The seed of each epoch's shuffle: a stream drawn from ``seed`` (None: fresh entropy)."""
+    """The seed of each epoch's shuffle, as fit draws them from ``seed`` (None: fresh
+    entropy)."""
     rng = np.random.default_rng(seed)
     while True:
         yield int(rng.integers(0, 2**63))
@@ -92,6 +96,9 @@ class _ParameterList(list):
     append = extend = insert = pop = remove = clear = sort = reverse = _fixed
     __delitem__ = __iadd__ = __imul__ = _fixed
 
+    def __reduce__(self):
+        return (_ParameterList, (list(self), self._check))
+
 
 class MLP:
     """A multilayer perceptron classifier on fastmlp's C++ kernels.
@@ -133,6 +140,10 @@ class MLP:
         self._activation = activation
         self._output = output
         self._dtype = model_dtype(dtype)
+        n_parameters = sum(o * (i + 1) for i, o in zip(self._layer_sizes, self._layer_sizes[1:]))
+        if n_parameters * self._dtype.itemsize >= 2**62:  # beyond any address space
+            raise ValueError(f"layer_sizes {list(self._layer_sizes)} need {n_parameters:,} "
+                             "parameters, more than any memory can hold")
 
         rng = np.random.default_rng(seed)
         weights, biases = [], []
@@ -142,6 +153,10 @@ class MLP:
             biases.append(np.zeros(fan_out, dtype=self._dtype))
         self._weights = _ParameterList(weights, self._check_weight)
         self._biases = _ParameterList(biases, self._check_bias)
+        # Held while the engine updates the parameters and while a prediction reads them.
+        self._lock = threading.RLock()
+        self._training = False
+        self._trainer_thread = None
 
     # ---- architecture -------------------------------------------------------------------
 
@@ -210,6 +225,8 @@ class MLP:
         return [check(i, v) for i, v in enumerate(values)]
 
     def _check_param(self, name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+        if getattr(self, "_training", False) and self._trainer_thread != threading.get_ident():
+            raise RuntimeError(f"cannot assign {name} while another thread trains the model")
         a = np.asarray(value)
         if a.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
@@ -256,7 +273,8 @@ class MLP:
 
     def _forward(self, X: np.ndarray) -> np.ndarray:
         """Logits of a validated X: all layers in one call into the core."""
-        return _core.mlp_forward(X, self._weights, self._biases, self._activation)
+        with self._lock:
+            return _core.mlp_forward(X, self._weights, self._biases, self._activation)
 
     def forward(self, X) -> np.ndarray:
         """Logits (N, n_outputs) for inputs X (N, n_features)."""
@@ -345,6 +363,10 @@ class MLP:
         return loss, grad_weights, grad_biases
 
     def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, weights=None):
+        with self._lock:
+            return self._loss_and_grad_locked(X, y, weights)
+
+    def _loss_and_grad_locked(self, X: np.ndarray, y: np.ndarray, weights):
         outputs = self._layer_outputs(X)
         loss, grad = self._loss_and_dlogits(outputs[-1], y, weights)
         n_layers = len(self._weights)
@@ -360,7 +382,8 @@ class MLP:
 
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
-            callbacks=None, sample_weight=None, alpha: float = 0.0) -> History:
+            callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
+            checkpoint_every: int = 1, resume: bool = False) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -368,14 +391,23 @@ class MLP:
         batch size larger than the data is clamped to it). The optimizer defaults to
         ``SGD(lr=0.01)`` and keeps its state across calls when passed in again. ``verbose``
         prints one line per epoch to stdout (or to the file object given instead of True);
-        each of ``callbacks`` is called as ``callback(model, history)`` after every epoch.
-        ``sample_weight`` (n,) weights each sample's loss; a batch's loss is its weighted mean.
-        ``alpha`` is scikit-learn's L2 penalty (see ``loss``). A callback that returns True
-        stops training after its epoch.
+        each of ``callbacks`` is called as ``callback(model, history)`` after every epoch, and
+        one that returns True stops training after that epoch. ``sample_weight`` (n,) weights
+        each sample's loss (a batch's loss is its weighted mean); ``alpha`` is scikit-learn's
+        L2 penalty (see ``loss``).
+
+        ``checkpoint``: a path where the model, the optimizer's state, the shuffling state and
+        the history are saved (atomically) every ``checkpoint_every`` epochs and at the end.
+        With ``resume=True`` and an existing checkpoint, training continues from it up to
+        ``epochs`` in total, and ends with the same weights as an uninterrupted run (the
+        checkpoint's optimizer replaces ``optimizer``; batch_size and shuffle must match).
 
         Whole epochs run in the C++ engine with the GIL released; control comes back to
         Python about every 50 ms, where Ctrl-C (``KeyboardInterrupt``) stops training at a
         step boundary: the weights and the optimizer are those after the last full step.
+        ``fit`` on a model that another thread is training raises ``RuntimeError``; a
+        prediction from another thread waits for the current engine call (≤ ~50 ms), so it
+        never sees half-updated weights.
         """
         X = self._features(X)
         y = self._labels(y, X.shape[0])
@@ -383,6 +415,7 @@ class MLP:
         alpha = positive_float(alpha, "alpha", allow_zero=True)
         epochs = positive_int(epochs, "epochs")
         batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
+        checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
         if optimizer is None:
             optimizer = SGD(lr=0.01)
         elif not isinstance(optimizer, Optimizer):
@@ -397,59 +430,123 @@ class MLP:
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
             X_val = feature_matrix(X_val, "validation X", self._dtype, self.n_features)
             y_val = self._labels(y_val, X_val.shape[0])
-
         X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
-        trainer = _new_trainer(self, optimizer, batch_size, alpha)
-        epoch_seeds = _epoch_seeds(seed)
-        history = History()
-        n = X.shape[0]
-        steps_per_call = 1
-        for epoch in range(epochs):
-            started = time.perf_counter()
-            trainer.begin_epoch(n, bool(shuffle), next(epoch_seeds))
-            total = 0.0
-            while True:
-                call_started = time.perf_counter()
-                try:
-                    result = trainer.run(X, y, weights, batch_size, steps_per_call)
-                finally:
-                    optimizer._engine_sync(trainer, locals().get("result", {}).get("steps", 0))
-                if result["nonfinite"]:
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch + 1}: the loss, the gradients or "
-                        "the updated weights were not finite (NaN or infinity). The model keeps "
-                        "its weights from before that step; the optimizer's state may be "
-                        "corrupt, use a new one. Lower the learning rate or scale the inputs.")
-                total += result["loss_sum"]
-                if result["epoch_done"]:
-                    break
-                # Return to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
-                elapsed = max(time.perf_counter() - call_started, 1e-6)
-                steps_per_call = max(1, min(steps_per_call * 4,
-                                            int(steps_per_call * 0.05 / elapsed)))
-            elapsed = time.perf_counter() - started
-            history.loss.append(total / n)
-            history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
-            if validation_data is not None:
-                logits = self._forward(X_val)
-                history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
-                if self.is_classifier:
-                    history.val_accuracy.append(
-                        float(np.mean(self._predict_logits(logits) == y_val)))
-            if verbose:
-                line = f"epoch {epoch + 1:>3}/{epochs}  loss {history.loss[-1]:.4f}"
+
+        with self._lock:
+            if self._training:
+                raise RuntimeError("this model is already being trained (fit is running in "
+                                   "another thread); wait for it or train a copy")
+            self._training = True
+            self._trainer_thread = threading.get_ident()
+        try:
+            rng = np.random.default_rng(seed)  # draws each epoch's shuffling seed
+            history = History()
+            start_epoch = 0
+            if checkpoint is not None and resume and os.path.exists(checkpoint):
+                optimizer, start_epoch = self._resume(checkpoint, rng, history, batch_size,
+                                                      bool(shuffle))
+            trainer = _new_trainer(self, optimizer, batch_size, alpha)
+            steps_before = optimizer.steps
+            n = X.shape[0]
+            steps_per_call = 1
+            for epoch in range(start_epoch, epochs):
+                started = time.perf_counter()
+                trainer.begin_epoch(n, bool(shuffle), int(rng.integers(0, 2**63)))
+                total = 0.0
+                while True:
+                    call_started = time.perf_counter()
+                    try:
+                        with self._lock:
+                            result = trainer.run(X, y, weights, batch_size, steps_per_call)
+                    finally:  # also on Ctrl-C: the steps the engine completed count
+                        optimizer._engine_sync(trainer, steps_before)
+                    if result["nonfinite"]:
+                        raise FloatingPointError(
+                            f"training diverged at epoch {epoch + 1}: the loss, the gradients "
+                            "or the updated weights were not finite (NaN or infinity). The "
+                            "model keeps its weights from before that step; the optimizer's "
+                            "state may be corrupt, use a new one. Lower the learning rate or "
+                            "scale the inputs.")
+                    total += result["loss_sum"]
+                    if result["epoch_done"]:
+                        break
+                    # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
+                    elapsed = max(time.perf_counter() - call_started, 1e-6)
+                    steps_per_call = max(1, min(steps_per_call * 4,
+                                                int(steps_per_call * 0.05 / elapsed)))
+                elapsed = time.perf_counter() - started
+                history.loss.append(total / n)
+                history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
                 if validation_data is not None:
-                    line += f"  val_loss {history.val_loss[-1]:.4f}"
-                if history.val_accuracy:
-                    line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
-                line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
-                print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
-            stop = False
-            for callback in callbacks:
-                stop = bool(callback(self, history)) or stop
-            if stop:
-                break
-        return history
+                    logits = self._forward(X_val)
+                    history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
+                    if self.is_classifier:
+                        history.val_accuracy.append(
+                            float(np.mean(self._predict_logits(logits) == y_val)))
+                if verbose:
+                    self._print_epoch(history, epochs, verbose)
+                done = epoch + 1
+                if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
+                    self._save_checkpoint(checkpoint, optimizer, rng, history, done,
+                                          batch_size, bool(shuffle))
+                stop = False
+                for callback in callbacks:
+                    stop = bool(callback(self, history)) or stop
+                if stop:
+                    break
+            return history
+        finally:
+            self._training = False
+
+    def _print_epoch(self, history: History, epochs: int, verbose) -> None:
+        line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4f}"
+        if history.val_loss:
+            line += f"  val_loss {history.val_loss[-1]:.4f}"
+        if history.val_accuracy:
+            line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
+        line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
+        print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
+
+    def _save_checkpoint(self, path, optimizer, rng, history, epochs_done, batch_size, shuffle):
+        from fastmlp.io import save_checkpoint
+        save_checkpoint(path, self, optimizer, {
+            "epochs_done": epochs_done, "rng_state": rng.bit_generator.state,
+            "history": dataclasses.asdict(history), "batch_size": batch_size,
+            "shuffle": shuffle, "steps": optimizer.steps})
+
+    def _resume(self, path, rng, history: History, batch_size: int, shuffle: bool):
+        """Loads a checkpoint into this model, rng and history; returns (optimizer, epoch)."""
+        from fastmlp.io import load_checkpoint
+        saved, optimizer, meta = load_checkpoint(path)
+        mine = (self.layer_sizes, self.activation, self.output, self.dtype)
+        theirs = (saved.layer_sizes, saved.activation, saved.output, saved.dtype)
+        if mine != theirs:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {saved!r}, not this {self!r}")
+        if (meta["batch_size"], meta["shuffle"]) != (batch_size, shuffle):
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} was written with batch_size="
+                f"{meta['batch_size']}, shuffle={meta['shuffle']}; resume with the same values")
+        try:
+            rng.bit_generator.state = meta["rng_state"]
+            for key, values in meta["history"].items():
+                getattr(history, key).extend(float(v) for v in values)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} is malformed: {exc}") from None
+        self.weights, self.biases = saved.weights, saved.biases
+        return optimizer, int(meta["epochs_done"])
+
+    # ---- concurrency and pickling -------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"], state["_training"], state["_trainer_thread"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._training = False
+        self._trainer_thread = None
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------
 

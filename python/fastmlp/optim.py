@@ -68,8 +68,9 @@ class Optimizer:
         arrays (updated in place by the engine, so this optimizer stays current)."""
         raise NotImplementedError
 
-    def _engine_sync(self, trainer, steps_run: int) -> None:
-        """Takes back the scalar state the engine advanced (step counts, first-step flags)."""
+    def _engine_sync(self, trainer, steps_before: int) -> None:
+        """Takes back the scalar state the engine advanced (step counts, first-step flags);
+        steps_before: this optimizer's step count when the engine was made."""
         raise NotImplementedError
 
     @staticmethod
@@ -130,8 +131,8 @@ class SGD(Optimizer):
                 "state_a": [s["momentum_buffer"] for s in state], "state_b": [],
                 "first_step": [s["first_step"] for s in state]}
 
-    def _engine_sync(self, trainer, steps_run):
-        self.steps += steps_run
+    def _engine_sync(self, trainer, steps_before):
+        self.steps = steps_before + trainer.total_steps
         for state, first in zip(self._state, trainer.sgd_first_step):
             state["first_step"] = first
 
@@ -180,7 +181,7 @@ class Adam(Optimizer):
                 "state_a": [s["exp_avg"] for s in state],
                 "state_b": [s["exp_avg_sq"] for s in state], "first_step": []}
 
-    def _engine_sync(self, trainer, steps_run):
+    def _engine_sync(self, trainer, steps_before):
         self.steps = trainer.optimizer_steps
 
     def _update(self, p, g, state) -> None:

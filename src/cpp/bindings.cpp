@@ -34,18 +34,26 @@ std::string shape_str(const py::array& a) {
   return s + ")";
 }
 
+// Whether `a` holds T in native byte order. Equivalence, not identity, of the dtype objects:
+// an unpickled array, for one, carries its own equal descriptor.
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(),
+                                                        py::dtype::of<T>().ptr());
+}
+
 // Calls f(T{}) with T the float dtype of `a`, or raises TypeError.
 template <class F>
 decltype(auto) with_float_dtype(const py::array& a, const char* name, F&& f) {
-  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
-  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  if (has_dtype<float>(a)) return f(float{});
+  if (has_dtype<double>(a)) return f(double{});
   throw py::type_error(std::string(name) + " must be float32 or float64, got " +
                        py::str(a.dtype()).cast<std::string>());
 }
 
 template <class T>
 void require_dtype(const py::array& a, const char* name) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + " has dtype " +
                          py::str(a.dtype()).cast<std::string>() + " but " +
                          py::str(py::dtype::of<T>()).cast<std::string>() +
@@ -101,7 +109,7 @@ void require_shape(const py::array& a, const char* name, std::initializer_list<p
 }
 
 const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
-  if (!labels.dtype().is(py::dtype::of<std::int64_t>()))
+  if (!has_dtype<std::int64_t>(labels))
     throw py::type_error("labels must be int64 here (fastmlp.ops converts integer labels)");
   require_shape(labels, "labels", {n});
   if (!(labels.flags() & py::array::c_style) ||
@@ -500,6 +508,7 @@ class PyTrainer {
       py::gil_scoped_release release;
       try {
         r = trainer_->run(data, batch_size, max_steps);
+        total_steps_ += r.steps;  // counted here, so Python reads it even if interrupted
       } catch (const std::invalid_argument& e) {
         py::gil_scoped_acquire acquire;
         throw py::value_error(e.what());
@@ -515,6 +524,7 @@ class PyTrainer {
   }
 
   std::int64_t optimizer_steps() const { return trainer_->parameters().optimizer_steps; }
+  std::int64_t total_steps() const { return total_steps_; }
   py::list sgd_first_step() const {
     py::list out;
     for (char f : trainer_->parameters().sgd_first_step) out.append(f != 0);
@@ -525,6 +535,7 @@ class PyTrainer {
   py::tuple keep_alive_;
   std::unique_ptr<Trainer<T>> trainer_;
   py::ssize_t n_samples_ = 0, n_features_ = 0, n_outputs_ = 0;
+  std::int64_t total_steps_ = 0;
   bool regression_ = false;
 };
 
@@ -540,6 +551,7 @@ void bind_trainer(py::module_& m, const char* name) {
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
            py::arg("batch_size"), py::arg("max_steps"))
       .def_property_readonly("optimizer_steps", &PyTrainer<T>::optimizer_steps)
+      .def_property_readonly("total_steps", &PyTrainer<T>::total_steps)
       .def_property_readonly("sgd_first_step", &PyTrainer<T>::sgd_first_step);
 }
 

@@ -1,0 +1,178 @@
+"""Durable state and concurrency: checkpoints that resume to the same weights, predictions
+from many threads, fit racing fit, pickling, reproducibility, absurd sizes."""
+
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, SGD, Adam
+
+
+def data(n=240, n_features=6, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_features)), rng.integers(0, n_classes, n)
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: Adam(lr=1e-2),
+                                            lambda: SGD(lr=0.05, momentum=0.9, nesterov=True)],
+                         ids=["adam", "sgd-nesterov"])
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights(tmp_path, make_optimizer):
+    X, y = data()
+    straight = MLP([6, 16, 3], seed=0)
+    full_history = straight.fit(X, y, epochs=6, batch_size=32, optimizer=make_optimizer(), seed=5)
+
+    path = tmp_path / "run.ckpt"
+    interrupted = MLP([6, 16, 3], seed=0)
+
+    def crash_after_epoch_3(model, history):
+        if history.epochs == 3:
+            raise KeyboardInterrupt  # as if the process died after the epoch-3 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(X, y, epochs=6, batch_size=32, optimizer=make_optimizer(), seed=5,
+                        checkpoint=path, checkpoint_every=1, callbacks=[crash_after_epoch_3])
+    resumed = MLP([6, 16, 3], seed=123)  # a fresh process: other initial weights
+    history = resumed.fit(X, y, epochs=6, batch_size=32, optimizer=make_optimizer(), seed=5,
+                          checkpoint=path, resume=True)
+    assert history.loss == full_history.loss  # the restored epochs and the new ones
+    for a, b in zip(resumed.weights + resumed.biases, straight.weights + straight.biases):
+        np.testing.assert_array_equal(a, b)
+    assert os.listdir(tmp_path) == ["run.ckpt"]
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_mismatches_are_refused(tmp_path):
+    X, y = data()
+    path = tmp_path / "none-yet.ckpt"
+    model = MLP([6, 8, 3], seed=0)
+    assert model.fit(X, y, epochs=2, checkpoint=path, resume=True, seed=1).epochs == 2
+    assert path.exists()
+    with pytest.raises(ValueError, match="not this"):
+        MLP([6, 9, 3], seed=0).fit(X, y, epochs=3, checkpoint=path, resume=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        MLP([6, 8, 3], seed=0).fit(X, y, epochs=3, batch_size=7, checkpoint=path, resume=True)
+    with pytest.raises(ValueError, match="not a valid fastmlp checkpoint"):
+        model.save(tmp_path / "plain.npz")
+        MLP.load(tmp_path / "plain.npz").fit(X, y, checkpoint=tmp_path / "plain.npz",
+                                             resume=True)
+
+
+def test_a_checkpoint_is_a_loadable_model_archive_only_through_load_checkpoint(tmp_path):
+    from fastmlp.io import load_checkpoint
+    X, y = data()
+    path = tmp_path / "c.npz"
+    MLP([6, 8, 3], seed=0).fit(X, y, epochs=2, checkpoint=path, optimizer=Adam())
+    model, optimizer, meta = load_checkpoint(path)
+    assert meta["epochs_done"] == 2 and isinstance(optimizer, Adam) and optimizer.steps == 16
+    with pytest.raises(ValueError, match="unexpected entries"):
+        MLP.load(path)  # a model file has no optimizer state: refused, not half-read
+
+
+def test_predict_from_many_threads_matches_serial():
+    X, _ = data(n=500, n_features=40)
+    model = MLP([40, 128, 64, 3], seed=0)
+    expected = model.predict_proba(X)
+    results = [None] * 12
+
+    def work(i):
+        for _ in range(20):
+            results[i] = model.predict_proba(X)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_fit_while_another_thread_fits_raises_and_predictions_see_whole_steps():
+    X, y = data(n=2000, n_features=50)
+    model = MLP([50, 256, 3], seed=0)
+    errors, snapshots = [], []
+    started = threading.Event()
+
+    stop = threading.Event()
+
+    def after_epoch(model, history):
+        started.set()  # the fit in this thread is surely running now
+        return stop.is_set()
+
+    def train():
+        model.fit(X, y, epochs=10_000, batch_size=16, optimizer=SGD(lr=0.01),
+                  callbacks=[after_epoch])
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    started.wait()
+    try:
+        for _ in range(20):
+            try:
+                model.fit(X[:10], y[:10], epochs=1)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            snapshots.append(model.predict_proba(X[:4]))
+            with pytest.raises(RuntimeError, match="another thread"):
+                model.weights = [w.copy() for w in model.weights]
+    finally:
+        stop.set()
+        trainer.join()
+    assert errors and "already being trained" in errors[0]
+    assert all(np.isfinite(s).all() and np.allclose(s.sum(1), 1) for s in snapshots)
+
+
+def test_pickle_round_trip():
+    X, y = data()
+    model = MLP([6, 8, 3], dtype="float64", seed=0)
+    model.fit(X, y, epochs=1)
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.predict_proba(X), model.predict_proba(X))
+    clone.fit(X, y, epochs=1)  # the copy trains on its own lock and arrays
+    assert not np.array_equal(clone.weights[0], model.weights[0])
+    with pytest.raises(ValueError):
+        clone.weights[0] = np.zeros((3, 3))  # validation survives pickling
+
+
+def test_same_seed_same_data_same_threads_is_bitwise_identical():
+    X, y = data()
+    runs = []
+    for _ in range(2):
+        model = MLP([6, 32, 3], seed=11)
+        model.fit(X, y, epochs=3, batch_size=20, optimizer=Adam(), seed=12)
+        runs.append(model.weights + model.biases)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sizes", [[2**40, 2**40, 3], [3, 2**62, 2]])
+def test_absurd_layer_sizes_are_refused_before_allocating(sizes):
+    with pytest.raises(ValueError, match="more than any memory"):
+        MLP(sizes)
+
+
+def test_the_rss_stays_flat_over_many_steps_and_predictions():
+    resource = pytest.importorskip("resource")
+    X, y = data(n=320, n_features=8)
+    model = MLP([8, 16, 3], seed=0)
+    x1 = X[:1]
+
+    def rss_kib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("needs /proc")
+    del resource
+    model.fit(X, y, epochs=10, batch_size=32)  # warm up: 100 steps
+    for _ in range(1000):
+        model.predict(x1)
+    before = rss_kib()
+    model.fit(X, y, epochs=1000, batch_size=32)  # 10,000 steps
+    for _ in range(10_000):
+        model.predict(x1)
+    grown = rss_kib() - before
+    assert grown < 2048, f"RSS grew by {grown} KiB over 10,000 steps and 10,000 predictions"
