@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
@@ -364,31 +363,8 @@ def _sha256(path: str) -> str:
 
 def atomic_write(path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file renamed over it."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable where the platform allows
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    from fastmlp.io import write_atomically
+    write_atomically(path, lambda f: f.write(data))
 
 
 def write_meta(meta: ModelMeta, model_path) -> str:

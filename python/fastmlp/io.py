@@ -28,7 +28,8 @@ import numpy as np
 FORMAT_NAME = "fastmlp.MLP"
 FORMAT_VERSION = 1
 
-__all__ = ["save_model", "load_model", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "save_checkpoint", "load_checkpoint", "write_atomically",
+           "FORMAT_VERSION"]
 
 
 def _model_arrays(model) -> dict[str, np.ndarray]:
@@ -51,14 +52,20 @@ def save_model(model, path) -> None:
 
 
 def write_npz_atomically(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file beside `path`, fsync, rename over `path`, fsync the
-    directory: readers see the old file or the new one, never a part."""
+    # a file object: numpy does not append ".npz" to the name
+    write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path, write) -> None:
+    """Calls write(f) on a temporary file beside `path`, fsyncs it, renames it over `path`
+    and fsyncs the directory: readers see the old file or the new one, never a part, and a
+    crash mid-write leaves the old file intact."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # a file object: numpy does not append ".npz" to the name
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -103,7 +110,10 @@ def read_npz(path) -> dict[str, np.ndarray]:
             with np.load(f, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ValueError(f"{path!r} is not a readable fastmlp archive: {exc}") from None
+            # (Not numpy's own text: it suggests loading the file unsafely.)
+            reason = ("it holds pickled objects, which are never loaded"
+                      if "allow_pickle" in str(exc) else f"not an .npz archive ({exc})")
+            raise ValueError(f"{path!r} is not a readable fastmlp archive: {reason}") from None
 
 
 _HEADER = ("format", "format_version", "layer_sizes", "activation", "output", "dtype")
