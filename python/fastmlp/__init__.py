@@ -7,4 +7,13 @@ from fastmlp.model import MLP, History
 from fastmlp.optim import SGD, Adam
 
 __all__ = ["MLP", "History", "SGD", "Adam", "ops", "get_num_threads", "set_num_threads",
-           "__version__"]
+           "__version__", "MLPClassifier", "MLPRegressor"]
+
+
+def __getattr__(name):
+    # fastmlp.estimators imports scikit-learn when it is installed (about a second): load it
+    # on first use of the estimators, not with every `import fastmlp`.
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from fastmlp import estimators
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
