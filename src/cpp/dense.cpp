@@ -42,51 +42,68 @@ void dense_backward(T* grad_x, T* grad_W, T* grad_b, T* scratch, StridedMatrix<T
     grad_a = scratch;
   }
 
-  // grad_b[o] = Σ_r grad_a[r, o]: row after row, so the inner loop is contiguous.
-  for (index_t o = 0; o < O; ++o) grad_b[o] = T(0);
+  bias_gradient(grad_b, grad_a, B, O);
+  weight_gradient(grad_W, grad_a, x, B, I, O);
+  if (grad_x) input_gradient(grad_x, grad_a, W, B, I, O, static_cast<const T*>(nullptr));
+}
+
+template <class T>
+void bias_gradient(T* grad_b, const T* grad_a, index_t B, index_t O) {
+  // Row after row, so the inner loop is contiguous.
+  std::fill_n(grad_b, O, T(0));
   for (index_t r = 0; r < B; ++r) {
     const T* row = grad_a + r * O;
     for (index_t o = 0; o < O; ++o) grad_b[o] += row[o];
   }
+}
 
-  // grad_W (O,I) = grad_aᵀ (O,B) · x (B,I)
-  GemmArgs<T> gw;
-  gw.M = O;
-  gw.N = I;
-  gw.K = B;
-  gw.A = grad_a;
-  gw.rs_a = 1;
-  gw.cs_a = O;
-  gw.B = x.data;
-  gw.rs_b = x.row_stride;
-  gw.cs_b = x.col_stride;
-  gw.C = grad_W;
-  gw.ldc = I;
-  gemm(gw);
+template <class T>
+void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, index_t I,
+                     index_t O) {
+  GemmArgs<T> g;  // grad_W (O,I) = grad_aᵀ (O,B) · x (B,I)
+  g.M = O;
+  g.N = I;
+  g.K = B;
+  g.A = grad_a;
+  g.rs_a = 1;
+  g.cs_a = O;
+  g.B = x.data;
+  g.rs_b = x.row_stride;
+  g.cs_b = x.col_stride;
+  g.C = grad_W;
+  g.ldc = I;
+  gemm(g);
+}
 
-  if (grad_x) {
-    // grad_x (B,I) = grad_a (B,O) · W (O,I)
-    GemmArgs<T> gx;
-    gx.M = B;
-    gx.N = I;
-    gx.K = O;
-    gx.A = grad_a;
-    gx.rs_a = O;
-    gx.cs_a = 1;
-    gx.B = W.data;
-    gx.rs_b = W.row_stride;
-    gx.cs_b = W.col_stride;
-    gx.C = grad_x;
-    gx.ldc = I;
-    gemm(gx);
-  }
+template <class T>
+void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, index_t I,
+                    index_t O, const T* relu_mask) {
+  GemmArgs<T> g;  // grad_x (B,I) = grad_a (B,O) · W (O,I), masked in the write-back
+  g.M = B;
+  g.N = I;
+  g.K = O;
+  g.A = grad_a;
+  g.rs_a = O;
+  g.cs_a = 1;
+  g.B = W.data;
+  g.rs_b = W.row_stride;
+  g.cs_b = W.col_stride;
+  g.C = grad_x;
+  g.ldc = I;
+  g.mask = relu_mask;
+  g.ld_mask = I;
+  gemm(g);
 }
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \
   template void dense_forward<T>(T*, StridedMatrix<T>, StridedMatrix<T>, const T*, index_t,     \
                                  index_t, index_t, Activation);                                 \
   template void dense_backward<T>(T*, T*, T*, T*, StridedMatrix<T>, StridedMatrix<T>, const T*, \
-                                  const T*, index_t, index_t, index_t, Activation);
+                                  const T*, index_t, index_t, index_t, Activation);              \
+  template void bias_gradient<T>(T*, const T*, index_t, index_t);                               \
+  template void weight_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t);  \
+  template void input_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t,    \
+                                  const T*);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

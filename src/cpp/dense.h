@@ -34,4 +34,18 @@ void dense_backward(T* grad_x, T* grad_W, T* grad_b, T* scratch, StridedMatrix<T
                     StridedMatrix<T> W, const T* out, const T* grad_out, index_t B, index_t I,
                     index_t O, Activation act);
 
+// The three pieces of dense_backward, for callers that fuse around them (the trainer):
+//   grad_b (O) = Σ_rows grad_a (B,O)
+template <class T>
+void bias_gradient(T* grad_b, const T* grad_a, index_t B, index_t O);
+//   grad_W (O,I) = grad_aᵀ · x            (grad_a (B,O) contiguous)
+template <class T>
+void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, index_t I,
+                     index_t O);
+//   grad_x (B,I) = (grad_a · W) · [relu_mask > 0]   (relu_mask (B,I) contiguous, or null: the
+//   ReLU backward of the layer below, applied in the product's write-back)
+template <class T>
+void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, index_t I,
+                    index_t O, const T* relu_mask);
+
 }  // namespace fastmlp

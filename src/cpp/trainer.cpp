@@ -7,7 +7,6 @@
 
 #include "activations.h"
 #include "dense.h"
-#include "gemm/gemm.h"
 #include "loss.h"
 #include "optim.h"
 
@@ -188,48 +187,15 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     const index_t n_in = n[l], n_out = n[l + 1];
     const T* in = l == 0 ? x : act_[l - 1];
     const index_t ld_in = l == 0 ? ld_x : n_in;
-    T* grad_b = grad_b_[l];
-    // grad_b = Σ_rows grad_out, while grad_out is hot in cache.
-    std::fill_n(grad_b, n_out, T(0));
-    for (index_t r = 0; r < rows; ++r) {
-      const T* g = grad_out + r * n_out;
-      for (index_t o = 0; o < n_out; ++o) grad_b[o] += g[o];
-    }
-    // grad_W (n_out, n_in) = grad_outᵀ · in
-    GemmArgs<T> gw;
-    gw.M = n_out;
-    gw.N = n_in;
-    gw.K = rows;
-    gw.A = grad_out;
-    gw.rs_a = 1;
-    gw.cs_a = n_out;
-    gw.B = in;
-    gw.rs_b = ld_in;
-    gw.cs_b = 1;
-    gw.C = grad_W_[l];
-    gw.ldc = n_in;
-    gemm(gw);
+    bias_gradient(grad_b_[l], grad_out, rows, n_out);  // while grad_out is hot in cache
+    weight_gradient(grad_W_[l], grad_out, StridedMatrix<T>{in, ld_in, 1}, rows, n_in, n_out);
     T* grad_in = grad_[(n_layers_ - l) % 2];
     if (l > 0) {
       // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · act'(…): for ReLU the mask
       // epilogue of this product, for tanh/logistic one pass after it.
-      GemmArgs<T> gx;
-      gx.M = rows;
-      gx.N = n_in;
-      gx.K = n_out;
-      gx.A = grad_out;
-      gx.rs_a = n_out;
-      gx.cs_a = 1;
-      gx.B = params_.weights[l];
-      gx.rs_b = n_in;
-      gx.cs_b = 1;
-      gx.C = grad_in;
-      gx.ldc = n_in;
-      if (cfg_.hidden == Activation::relu) {
-        gx.mask = act_[l - 1];
-        gx.ld_mask = n_in;
-      }
-      gemm(gx);
+      const bool relu = cfg_.hidden == Activation::relu;
+      input_gradient(grad_in, grad_out, StridedMatrix<T>{params_.weights[l], n_in, 1}, rows,
+                     n_in, n_out, relu ? act_[l - 1] : nullptr);
       if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
         activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
     }

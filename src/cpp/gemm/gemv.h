@@ -9,7 +9,7 @@
 namespace fastmlp {
 
 template <class T, int LANES>
-void gemv_portable(index_t k, index_t n, const T* __restrict x, const T* __restrict w,
+static void gemv_portable(index_t k, index_t n, const T* __restrict x, const T* __restrict w,
                    index_t ldw, T* __restrict c, const TileEpilogue<T>& ep) {
   constexpr int ROWS = 4;
   const index_t k_main = k / LANES * LANES;

@@ -1,5 +1,10 @@
 // Write-back of a micro-kernel's accumulator tile into C with the fused epilogue, shared by
 // every ISA for edge tiles (m < MR or n < NR) and by the portable kernel for all tiles.
+//
+// Everything in this header (and gemv*.h) is `static`: each translation unit gets its own
+// copy, compiled with its own ISA flags. With external linkage the linker would keep one copy
+// for all, and might hand the AVX-512 build of a helper to the portable code (SIGILL on a CPU
+// without AVX-512).
 #pragma once
 
 #include "gemm.h"
@@ -9,7 +14,7 @@ namespace fastmlp {
 // The epilogue of one element (see TileEpilogue): v is the product, c_old the value in C,
 // mask_value the mask's entry (ignored without a mask).
 template <class T>
-inline T apply_epilogue(T v, T c_old, const TileEpilogue<T>& ep, index_t j, T mask_value) {
+static inline T apply_epilogue(T v, T c_old, const TileEpilogue<T>& ep, index_t j, T mask_value) {
   if (ep.accumulate) v = c_old + v;
   if (ep.bias) v += ep.bias[j];
   // `v <= 0 ? 0 : v` lets NaN through, as np.maximum(v, 0) does: no silent NaN hiding.
@@ -21,7 +26,7 @@ inline T apply_epilogue(T v, T c_old, const TileEpilogue<T>& ep, index_t j, T ma
 // acc (MR,NR) row-major, holding Σ_p a_p ⊗ b_p for one tile:
 //   c[i,j] := epilogue(acc[i,j])   for i < m, j < n
 template <class T, int NR>
-inline void write_tile(const T* acc, T* c, index_t ldc, index_t m, index_t n,
+static inline void write_tile(const T* acc, T* c, index_t ldc, index_t m, index_t n,
                        const TileEpilogue<T>& ep) {
   for (index_t i = 0; i < m; ++i) {
     T* c_row = c + i * ldc;

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "../../../cpu.h"
+#include "../../gemv_simd.h"
 #include "../../tile.h"
 
 namespace fastmlp {
@@ -150,38 +151,6 @@ void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, cons
   tile_avx2<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, ep);
 }
 
-// c[j] = epilogue(Σ_p x[p] w[j, p]): ROWS dot products at a time (ROWS independent FMA chains
-// sharing each load of x), the K tail masked.
-template <class T>
-void gemv_avx2(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
-               const TileEpilogue<T>& ep) {
-  using V = Ymm<T>;
-  using reg = typename V::reg;
-  constexpr int L = V::lanes, ROWS = 8;
-  const index_t k_main = k / L * L;
-  for (index_t j = 0; j < n; j += ROWS) {
-    const int rows = static_cast<int>(n - j < ROWS ? n - j : ROWS);
-    const T* w_row[ROWS];
-    for (int r = 0; r < ROWS; ++r) w_row[r] = w + (j + (r < rows ? r : rows - 1)) * ldw;
-    reg acc[ROWS];
-#pragma GCC unroll 8
-    for (int r = 0; r < ROWS; ++r) acc[r] = V::zero();
-    for (index_t p = 0; p < k_main; p += L) {
-      const reg xv = V::loadu(x + p);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) acc[r] = V::fmadd(xv, V::loadu(w_row[r] + p), acc[r]);
-    }
-    if (k_main < k) {
-      const reg xv = V::load_first(x + k_main, k - k_main);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r)
-        acc[r] = V::fmadd(xv, V::load_first(w_row[r] + k_main, k - k_main), acc[r]);
-    }
-    for (int r = 0; r < rows; ++r)
-      c[j + r] = apply_epilogue(V::sum(acc[r]), ep.accumulate ? c[j + r] : T(0), ep, j + r,
-                                ep.mask ? ep.mask[j + r] : T(0));
-  }
-}
 
 }  // namespace
 
@@ -195,11 +164,11 @@ IsaKernels avx2_kernels() {
   k.sgemm = {&micro_kernel_avx2<float, 6, 2>, 6, 16, 144, 256, 4080,
              &strided_kernel_avx2<float, 6, 2>,
              &strided_kernel_avx2<float, 6, 1>, &strided_kernel_avx2<float, 1, 4>, 32,
-             &gemv_avx2<float>};
+             &gemv_simd<Ymm<float>, float>};
   k.dgemm = {&micro_kernel_avx2<double, 6, 2>, 6, 8, 72, 256, 2040,
              &strided_kernel_avx2<double, 6, 2>,
              &strided_kernel_avx2<double, 6, 1>, &strided_kernel_avx2<double, 1, 4>, 16,
-             &gemv_avx2<double>};
+             &gemv_simd<Ymm<double>, double>};
   return k;
 }
 

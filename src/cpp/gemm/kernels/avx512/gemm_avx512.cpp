@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include "../../../cpu.h"
+#include "../../gemv_simd.h"
 #include "../../tile.h"
 
 namespace fastmlp {
@@ -34,6 +35,12 @@ struct Zmm<float> {
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg loadu(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static reg loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static reg load_first(const float* p, index_t count) { return loadu(first(count), p); }
+  static mask first(index_t count) {
+    return count >= lanes ? static_cast<mask>(~0u)
+           : count <= 0   ? static_cast<mask>(0)
+                          : static_cast<mask>((1u << count) - 1u);
+  }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
   static mask positive(reg v) { return _mm512_cmp_ps_mask(v, zero(), _CMP_GT_OQ); }
   static reg keep(mask m, reg v) { return _mm512_maskz_mov_ps(m, v); }
@@ -53,6 +60,12 @@ struct Zmm<double> {
   static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
   static reg loadu(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static reg loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static reg load_first(const double* p, index_t count) { return loadu(first(count), p); }
+  static mask first(index_t count) {
+    return count >= lanes ? static_cast<mask>(~0u)
+           : count <= 0   ? static_cast<mask>(0)
+                          : static_cast<mask>((1u << count) - 1u);
+  }
   static double sum(reg v) { return _mm512_reduce_add_pd(v); }
   static mask positive(reg v) { return _mm512_cmp_pd_mask(v, zero(), _CMP_GT_OQ); }
   static reg keep(mask m, reg v) { return _mm512_maskz_mov_pd(m, v); }
@@ -77,12 +90,7 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
   }
   mask col_mask[NV];
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    const index_t cols = n - v * L;
-    col_mask[v] = cols >= L ? static_cast<mask>(~0u)
-                  : cols <= 0 ? static_cast<mask>(0)
-                              : static_cast<mask>((1u << cols) - 1u);
-  }
+  for (int v = 0; v < NV; ++v) col_mask[v] = V::first(n - v * L);
 
   reg acc[MR][NV];
 #pragma GCC unroll 32
@@ -141,40 +149,6 @@ void strided_kernel_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, co
   tile_avx512<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, ep);
 }
 
-// c[j] = epilogue(Σ_p x[p] w[j, p]): ROWS dot products at a time (ROWS independent FMA chains
-// sharing each load of x), the K tail masked.
-template <class T>
-void gemv_avx512(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
-                 const TileEpilogue<T>& ep) {
-  using V = Zmm<T>;
-  using reg = typename V::reg;
-  using mask = typename V::mask;
-  constexpr int L = V::lanes, ROWS = 8;
-  const index_t k_main = k / L * L;
-  const mask tail = static_cast<mask>((1u << (k - k_main)) - 1u);
-  for (index_t j = 0; j < n; j += ROWS) {
-    const int rows = static_cast<int>(n - j < ROWS ? n - j : ROWS);
-    const T* w_row[ROWS];
-    for (int r = 0; r < ROWS; ++r) w_row[r] = w + (j + (r < rows ? r : rows - 1)) * ldw;
-    reg acc[ROWS];
-#pragma GCC unroll 8
-    for (int r = 0; r < ROWS; ++r) acc[r] = V::zero();
-    for (index_t p = 0; p < k_main; p += L) {
-      const reg xv = V::loadu(x + p);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) acc[r] = V::fmadd(xv, V::loadu(w_row[r] + p), acc[r]);
-    }
-    if (tail) {
-      const reg xv = V::loadu(tail, x + k_main);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r)
-        acc[r] = V::fmadd(xv, V::loadu(tail, w_row[r] + k_main), acc[r]);
-    }
-    for (int r = 0; r < rows; ++r)
-      c[j + r] = apply_epilogue(V::sum(acc[r]), ep.accumulate ? c[j + r] : T(0), ep, j + r,
-                                ep.mask ? ep.mask[j + r] : T(0));
-  }
-}
 
 // In-register 16×16 transpose: on return r[i] holds column i of the input rows r[0..15].
 inline void transpose16x16(__m512 r[16]) {
@@ -245,11 +219,11 @@ IsaKernels avx512_kernels() {
   k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 480, 256, 4096,
              &strided_kernel_avx512<float, 12, 2>,
              &strided_kernel_avx512<float, 12, 1>, &strided_kernel_avx512<float, 1, 4>, 64,
-             &gemv_avx512<float>, &pack_b_transposed_avx512<32>};
+             &gemv_simd<Zmm<float>, float>, &pack_b_transposed_avx512<32>};
   k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 240, 256, 2048,
              &strided_kernel_avx512<double, 12, 2>,
              &strided_kernel_avx512<double, 12, 1>, &strided_kernel_avx512<double, 1, 4>, 32,
-             &gemv_avx512<double>};
+             &gemv_simd<Zmm<double>, double>};
   return k;
 }
 
