@@ -864,6 +864,8 @@ class _BaseMLP(_BaseEstimator):
                     f"{self.activation!r}, dtype {self._dtype.name}")
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
+        if not incremental:
+            self._no_improvement_count = 0
 
         validation = None
         if X_val is not None:
@@ -908,9 +910,10 @@ class _BaseMLP(_BaseEstimator):
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
-        # divided by the number of outputs (not the L2 penalty), and so does loss_: the
-        # penalty's share of the epoch loss is taken from the weights at the epoch's start and
-        # end (exact when alpha = 0 or there is one output).
+        # divided by the number of outputs (not the L2 penalty), and so does loss_. The
+        # penalty's share of the epoch loss, Σ_batches ½ alpha ‖W_b‖² / N, is interpolated
+        # linearly between ‖W‖² at the epoch's start and end (exact with one batch per epoch,
+        # one output or alpha = 0).
         outputs = 1 if self._is_classifier else self.n_outputs_
         track_penalty = outputs > 1 and alpha > 0
         sgd_schedule = self.learning_rate if self.solver == "sgd" else "constant"
@@ -924,7 +927,9 @@ class _BaseMLP(_BaseEstimator):
                 penalty = 0.0
                 if track_penalty:
                     w2 = _squared_norm(model.weights)
-                    penalty = n_batches * 0.25 * alpha * (state["w2"] + w2) / n
+                    start, end = state["w2"], w2
+                    squares = n_batches * start + (end - start) * (n_batches - 1) / 2
+                    penalty = 0.5 * alpha * squares / n
                     state["w2"] = w2
                 loss = (loss - penalty) / outputs + penalty
             self.n_iter_ += 1

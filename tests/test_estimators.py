@@ -1,0 +1,647 @@
+"""fastmlp.MLPClassifier / MLPRegressor: scikit-learn's estimator checks, agreement with
+sklearn.neural_network on the same initial weights, every parameter's semantics, and the
+module working without scikit-learn installed."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn import neural_network  # noqa: E402
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_digits, make_blobs, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import (GridSearchCV, cross_val_score,  # noqa: E402
+                                     train_test_split)
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.class_weight import compute_sample_weight  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastmlp  # noqa: E402
+from fastmlp import MLPClassifier, MLPRegressor  # noqa: E402
+
+# Training that stops at max_iter warns, as in scikit-learn; tests that cap max_iter on purpose
+# say so with this mark.
+stops_at_max_iter = pytest.mark.filterwarnings(
+    "ignore::fastmlp.estimators.ConvergenceWarning")
+
+
+def blobs(n=120, centers=3, seed=0, n_features=4):
+    X, y = make_blobs(n_samples=n, centers=centers, n_features=n_features, random_state=seed)
+    return StandardScaler().fit_transform(X), y
+
+
+# ---- scikit-learn's estimator checks -------------------------------------------------------
+
+FLOAT32_ROUNDING = (
+    "float32 (the default dtype): a weighted batch and its repeated-rows equivalent agree to "
+    "~1e-7, the check's rtol; with dtype='float64' it passes (checked below)")
+
+
+def expected_failed_checks(estimator):
+    """Checks that fail by design, with why (the float64 instances pass all of them)."""
+    if estimator.dtype == "float64":
+        return {}
+    failures = {"check_sample_weight_equivalence_on_dense_data": FLOAT32_ROUNDING}
+    if isinstance(estimator, MLPRegressor):
+        failures["check_regressor_multioutput"] = (
+            "the check requires float64 predictions; fastmlp keeps the estimator's dtype "
+            "(float32 by default, no silent upcast); with dtype='float64' it passes")
+    return failures
+
+
+CHECKED = [
+    MLPClassifier(max_iter=50, random_state=0),
+    MLPRegressor(max_iter=50, random_state=0),
+    MLPClassifier(max_iter=50, random_state=0, dtype="float64"),
+    MLPRegressor(max_iter=50, random_state=0, dtype="float64"),
+]
+
+
+# Checks with few samples stop at max_iter: expected; scikit-learn's own MLP does the same.
+@stops_at_max_iter
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failed_checks)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ---- agreement with scikit-learn's MLP -------------------------------------------------------
+
+SAME_TRAJECTORY = {
+    "binary": (MLPClassifier, neural_network.MLPClassifier, 2),
+    "multiclass": (MLPClassifier, neural_network.MLPClassifier, 3),
+    "regression": (MLPRegressor, neural_network.MLPRegressor, 1),
+    "multi-output": (MLPRegressor, neural_network.MLPRegressor, 3),
+}
+
+
+@stops_at_max_iter
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("problem", SAME_TRAJECTORY)
+def test_loss_curve_equals_sklearn_from_the_same_initial_weights(problem, solver):
+    """Same random_state: the same Glorot initial weights; full-batch steps in row order then
+    follow scikit-learn's trajectory (SGD with Nesterov momentum; Adam with a negligible eps),
+    and loss_ is reported as scikit-learn does (multi-output: divided by outputs)."""
+    ours, theirs, k = SAME_TRAJECTORY[problem]
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 5))
+    if ours is MLPClassifier:
+        y = rng.randint(0, k, size=60)
+    else:
+        y = X @ rng.normal(size=(5, k)) + 0.1 * rng.normal(size=(60, k))
+        y = y[:, 0] if k == 1 else y
+    params = dict(hidden_layer_sizes=(7, 6), activation="tanh", solver=solver, alpha=0.01,
+                  batch_size=60, shuffle=False, max_iter=15, random_state=3, tol=0.0,
+                  learning_rate_init=0.05, momentum=0.8, nesterovs_momentum=True,
+                  epsilon=1e-20)  # Adam's eps enters after the bias correction here, before it
+    mine = ours(dtype="float64", **params).fit(X, y)
+    reference = theirs(**params).fit(X, y)
+    np.testing.assert_allclose(mine.loss_curve_, reference.loss_curve_, rtol=1e-9)
+    for a, b in zip(mine.coefs_ + mine.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
+    assert mine.out_activation_ == reference.out_activation_
+    assert mine.n_layers_ == reference.n_layers_ and mine.n_outputs_ == reference.n_outputs_
+
+
+@stops_at_max_iter  # scikit-learn's defaults stop at max_iter on digits, ours alike
+def test_digits_accuracy_matches_sklearn():
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25,
+                                                        stratify=y, random_state=0)
+    params = dict(hidden_layer_sizes=(100,), random_state=0)  # otherwise the defaults
+    ours = MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+    theirs = neural_network.MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+    assert theirs > 0.95
+    assert abs(ours - theirs) <= 0.015
+
+
+# ---- the estimator contract --------------------------------------------------------------------
+
+def test_constructor_stores_parameters_verbatim_and_validates_in_fit():
+    sizes = [5, 3]
+    clf = MLPClassifier(hidden_layer_sizes=sizes, alpha=-1.0, solver="lbfgs")
+    assert clf.hidden_layer_sizes is sizes and clf.alpha == -1.0
+    with pytest.raises(ValueError, match="lbfgs"):
+        clf.fit([[0.0], [1.0]], [0, 1])
+    with pytest.raises(ValueError, match="'alpha' parameter"):
+        clf.set_params(solver="adam").fit([[0.0], [1.0]], [0, 1])
+    assert clf.get_params()["solver"] == "adam"
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        clf.set_params(max_fun=10)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(learning_rate="optimal"), "learning_rate"),
+    (dict(activation="softplus"), "activation"),
+    (dict(hidden_layer_sizes=(3, 0)), "hidden_layer_sizes"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(n_threads=0), "n_threads"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(momentum=1.5), "momentum"),
+    (dict(class_weight="auto"), "class_weight"),
+])
+def test_invalid_parameters_raise_in_fit(bad, match):
+    X, y = blobs(30)
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier(**bad).fit(X, y)
+
+
+def test_unsupported_sklearn_options_are_refused_clearly():
+    X, y = blobs(30)
+    with pytest.raises(ValueError, match="solver='lbfgs' is not supported"):
+        MLPRegressor(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson").fit(X, y)
+    with pytest.raises(TypeError):
+        MLPClassifier(max_fun=100)
+
+
+@stops_at_max_iter
+def test_clone_pickle_repr():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(X, y)
+    assert repr(clf) == "MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0)"
+    fresh = clone(clf)
+    assert fresh.get_params() == clf.get_params() and not hasattr(fresh, "coefs_")
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    assert restored.loss_curve_ == clf.loss_curve_
+    restored.partial_fit(X, y)  # keeps training: writable weights, optimizer state carried
+    assert restored.t_ == clf.t_ + len(X)
+    assert not restored.coefs_[0].flags.writeable
+
+
+@stops_at_max_iter
+def test_pipeline_grid_search_cross_val_score():
+    X, y = blobs(150)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=30, random_state=0))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.8
+    grid = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(4,), (16,)],
+                               "mlpclassifier__alpha": [1e-4, 1e-2]}, cv=2).fit(X, y)
+    assert grid.best_score_ > 0.8
+    X_r, y_r = make_regression(n_samples=80, n_features=4, noise=0.1, random_state=0)
+    r2 = cross_val_score(make_pipeline(StandardScaler(), MLPRegressor(
+        learning_rate_init=0.01, max_iter=100, random_state=0)), X_r, y_r / y_r.std(), cv=2)
+    assert r2.mean() > 0.8
+
+
+def test_unfitted_estimator_raises_not_fitted():
+    for method in ("predict", "predict_proba", "predict_log_proba"):
+        with pytest.raises(NotFittedError):
+            getattr(MLPClassifier(), method)([[0.0]])
+    with pytest.raises(NotFittedError):
+        MLPRegressor().predict([[0.0]])
+
+
+# ---- labels, outputs and fitted attributes --------------------------------------------------
+
+@stops_at_max_iter
+@pytest.mark.parametrize("labels", [
+    np.array([3, 7, 100]),               # non-contiguous ints
+    np.array(["cat", "dog", "emu"]),     # strings
+    np.array([-1.0, 0.5 * 4, 9.0]),      # floats with integral values
+    np.array(["x", "y", "z"], dtype=object),
+])
+def test_any_label_type(labels):
+    X, y_index = blobs(90)
+    y = labels[y_index]
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, max_iter=100,
+                        random_state=0).fit(X, y.tolist())
+    np.testing.assert_array_equal(clf.classes_, np.sort(labels))
+    predicted = clf.predict(X)
+    assert predicted.dtype == clf.classes_.dtype
+    assert np.mean(predicted == y) > 0.9
+    assert clf.out_activation_ == "softmax" and clf.n_outputs_ == 3
+    proba = clf.predict_proba(X)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], predicted)
+
+
+@stops_at_max_iter
+def test_binary_uses_one_logistic_output():
+    X, y_index = blobs(80, centers=2)
+    y = np.array(["no", "yes"])[y_index]
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0).fit(X, y)
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1
+    assert [c.shape for c in clf.coefs_] == [(4, 5), (5, 1)]
+    proba = clf.predict_proba(X)
+    assert proba.shape == (80, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba), rtol=1e-5, atol=1e-6)
+
+
+def test_one_class_and_multilabel_and_continuous_targets_are_refused():
+    X = np.random.RandomState(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MLPClassifier().fit(X, np.ones(20))
+    with pytest.raises(ValueError, match="multilabel"):
+        MLPClassifier().fit(X, np.eye(2)[np.arange(20) % 2])
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        MLPClassifier().fit(X, np.linspace(0, 1, 20))
+    with pytest.raises(ValueError, match="Mix of label input types"):
+        MLPClassifier().fit(X, np.array(["a", 1] * 10, dtype=object))
+
+
+@stops_at_max_iter
+def test_coefs_are_read_only_sklearn_oriented_views_and_assignable():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=10, random_state=0).fit(X, y)
+    assert [c.shape for c in clf.coefs_] == [(4, 6), (6, 3)]
+    assert [b.shape for b in clf.intercepts_] == [(6,), (3,)]
+    hidden = np.maximum(X @ clf.coefs_[0] + clf.intercepts_[0], 0)
+    logits = hidden @ clf.coefs_[1] + clf.intercepts_[1]
+    np.testing.assert_allclose(clf.predict_proba(X), np.exp(logits) / np.exp(
+        logits).sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="read-only"):
+        clf.coefs_[0][0, 0] = 1.0
+    clf.coefs_[1] = np.zeros((6, 3))       # assignment is taken in at the next use
+    clf.intercepts_ = [clf.intercepts_[0], np.array([0.0, 5.0, 0.0])]
+    assert (clf.predict(X) == clf.classes_[1]).all()
+    assert clf.coefs_[1].dtype == np.float32 and not clf.coefs_[1].flags.writeable
+    clf.coefs_[1] = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="shape"):
+        clf.predict(X)
+
+
+@stops_at_max_iter
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_kept_end_to_end(dtype):
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, dtype=dtype, random_state=0)
+    clf.fit(X.astype(np.float64), y)
+    assert {c.dtype for c in clf.coefs_ + clf.intercepts_} == {np.dtype(dtype)}
+    assert clf.predict_proba(X).dtype == dtype and clf.predict_log_proba(X).dtype == dtype
+    reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, dtype=dtype, random_state=0)
+    reg.fit(X.astype(np.float32), X[:, :2])
+    assert reg.predict(X).dtype == dtype and reg.predict(X).shape == (len(X), 2)
+
+
+@stops_at_max_iter
+def test_regressor_multi_output_and_column_vector():
+    X, Y = make_regression(n_samples=100, n_features=4, n_targets=3, noise=0.1, random_state=0)
+    Y /= Y.std(axis=0)
+    reg = MLPRegressor(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=200,
+                       random_state=0).fit(X, Y)
+    assert reg.n_outputs_ == 3 and reg.out_activation_ == "identity"
+    assert reg.predict(X).shape == (100, 3) and reg.score(X, Y) > 0.9
+    with pytest.warns(fastmlp.estimators.DataConversionWarning, match="column-vector"):
+        reg.fit(X, Y[:, :1])
+    assert reg.predict(X).shape == (100,)
+
+
+# ---- sample_weight and class_weight ------------------------------------------------------------
+
+@stops_at_max_iter
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_integer_sample_weight_equals_repeated_rows(Estimator):
+    """Full-batch training: weights act as repetition counts, the L2 penalty included."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(30, 4))
+    y = rng.randint(0, 3, size=30) if Estimator is MLPClassifier else rng.normal(size=30)
+    w = rng.randint(0, 4, size=30)
+    params = dict(hidden_layer_sizes=(5,), alpha=0.1, max_iter=20, random_state=0,
+                  dtype="float64", shuffle=False)  # batch_size "auto": the whole data
+    weighted = Estimator(**params).fit(X, y, sample_weight=w)
+    repeated = Estimator(**params).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-10)
+    for a, b in zip(weighted.coefs_, repeated.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@stops_at_max_iter
+def test_scaling_sample_weight_equals_scaling_alpha():
+    """Weights are repetition counts: 7× the weights is 7× the data, i.e. alpha / 7."""
+    X, y = blobs()
+    params = dict(hidden_layer_sizes=(5,), max_iter=10, random_state=0, dtype="float64")
+    w = np.random.RandomState(1).uniform(0.5, 2, size=len(y))
+    a = MLPClassifier(alpha=0.01, **params).fit(X, y, sample_weight=w)
+    b = MLPClassifier(alpha=0.07, **params).fit(X, y, sample_weight=7 * w)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-8)
+
+
+@stops_at_max_iter
+def test_class_weight_balanced_and_dict_equal_sample_weights():
+    X, y = blobs(90)
+    keep = (y != 2) | (np.arange(90) % 5 == 0)  # class 2 rare
+    X, y = X[keep], np.array(["a", "b", "c"])[y[keep]]
+    params = dict(hidden_layer_sizes=(5,), max_iter=10, random_state=0, dtype="float64")
+    balanced = MLPClassifier(class_weight="balanced", **params).fit(X, y)
+    manual = MLPClassifier(**params).fit(X, y, sample_weight=compute_sample_weight(
+        "balanced", y))
+    np.testing.assert_allclose(balanced.loss_curve_, manual.loss_curve_, rtol=1e-10)
+    weights = {"a": 1.0, "c": 4.0}
+    as_dict = MLPClassifier(class_weight=weights, **params).fit(X, y, sample_weight=np.full(
+        len(y), 2.0))
+    manual = MLPClassifier(**params).fit(X, y, sample_weight=np.where(y == "c", 8.0, 2.0))
+    np.testing.assert_allclose(as_dict.loss_curve_, manual.loss_curve_, rtol=1e-10)
+    with pytest.raises(ValueError, match="not supported for partial_fit"):
+        MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match="are not in class_weight"):
+        MLPClassifier(class_weight={"a": 1.0, "zzz": 2.0}, **params).fit(X, y)
+
+
+def test_sample_weight_errors():
+    X, y = blobs(30)
+    with pytest.raises(ValueError, match="non-zero"):
+        MLPClassifier().fit(X, y, sample_weight=np.zeros(30))
+    with pytest.raises(ValueError, match="Negative"):
+        MLPClassifier().fit(X, y, sample_weight=-np.ones(30))
+    with pytest.raises(ValueError, match="only one such class"):
+        MLPClassifier().fit(X, y, sample_weight=(y == 1).astype(float))
+
+
+# ---- stopping: max_iter, tol, early stopping ----------------------------------------------
+
+def test_convergence_warning_at_max_iter_and_none_when_converged():
+    X, y = blobs()
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+        clf = MLPClassifier(max_iter=3, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 3 and clf.loss_ == clf.loss_curve_[-1]
+    assert clf.best_loss_ == min(clf.loss_curve_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = MLPClassifier(max_iter=200, tol=10.0, n_iter_no_change=2, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 4  # tol unreachable: 1 epoch, then n_iter_no_change + 1 without
+
+
+@stops_at_max_iter
+def test_early_stopping_split_is_stratified_and_keeps_the_best_weights():
+    X, y = blobs(200, centers=4)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), early_stopping=True, validation_fraction=0.2,
+                        n_iter_no_change=3, max_iter=60, random_state=0).fit(X, y)
+    assert clf.best_loss_ is None
+    assert len(clf.validation_scores_) == len(clf.validation_loss_curve_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    assert all(s * 40 == round(s * 40) for s in clf.validation_scores_)  # 40 held out
+
+
+def test_early_stopping_on_given_validation_data_restores_the_best_epoch():
+    X, y = blobs(300, centers=3, seed=1)
+    X_val, y_val = X[200:], y[200:]
+    clf = MLPClassifier(hidden_layer_sizes=(3,), learning_rate_init=0.05, early_stopping=True,
+                        n_iter_no_change=4, max_iter=200, random_state=0)
+    clf.fit(X[:200], y[:200], X_val=X_val, y_val=y_val)
+    assert clf.n_iter_ < 200
+    assert clf.score(X_val, y_val) == clf.best_validation_score_
+    # The last improvement is the first best epoch; then n_iter_no_change + 1 epochs without.
+    best = int(np.argmax(clf.validation_scores_))
+    assert clf.n_iter_ == best + 1 + clf.n_iter_no_change + 1
+    assert len(clf.loss_curve_) == len(clf.validation_scores_) == clf.n_iter_
+
+
+def test_stratified_validation_split():
+    from fastmlp.estimators import _split_indices
+    classes = np.repeat([0, 1, 2], [71, 24, 5])
+    train, val = _split_indices(100, 0.2, np.random.RandomState(0), classes)
+    assert len(val) == 20 and len(train) == 80 and not np.intersect1d(train, val).size
+    assert np.bincount(classes[val]).tolist() == [14, 5, 1]  # 14.2, 4.8, 1.0 rounded
+    one_of_a_kind = np.array([0] * 9 + [1])
+    train, val = _split_indices(10, 0.5, np.random.RandomState(0), one_of_a_kind)
+    assert 9 in train  # a class keeps at least one training row
+
+
+@stops_at_max_iter
+def test_validation_data_without_early_stopping_is_monitored():
+    X, y = make_regression(n_samples=120, n_features=3, noise=1.0, random_state=0)
+    y = y / y.std()
+    reg = MLPRegressor(max_iter=8, random_state=0).fit(X[:80], y[:80], X_val=X[80:],
+                                                        y_val=y[80:])
+    assert len(reg.validation_scores_) == 8 and reg.best_loss_ == min(reg.loss_curve_)
+    pred = reg.predict(X[80:]).astype(np.float64)
+    assert reg.validation_loss_curve_[-1] == pytest.approx(0.5 * np.mean((pred - y[80:]) ** 2),
+                                                          rel=1e-4)
+    assert reg.validation_scores_[-1] == pytest.approx(reg.score(X[80:], y[80:]), rel=1e-6)
+    without = MLPRegressor(max_iter=8, random_state=0).fit(X[:80], y[:80])
+    assert without.validation_scores_ is None and without.validation_loss_curve_ is None
+    assert without.loss_curve_ == reg.loss_curve_  # monitoring does not change training
+    with pytest.raises(ValueError, match="together"):
+        MLPRegressor().fit(X, y, X_val=X)
+
+
+def test_early_stopping_with_partial_fit_fails_clearly():
+    X, y = blobs(40)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+
+
+@stops_at_max_iter
+def test_warm_start_continues_curves_and_best_weights():
+    X, y = blobs(200)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), warm_start=True, early_stopping=True,
+                        max_iter=5, random_state=0).fit(X, y)
+    first_coefs = [c.copy() for c in clf.coefs_]
+    curve = list(clf.validation_scores_)
+    clf.fit(X, y)
+    assert clf.validation_scores_[:5] == curve and len(clf.validation_scores_) == 10
+    assert len(clf.loss_curve_) == 10 and clf.n_iter_ == 5 and clf.t_ == 10 * 180
+    assert not np.array_equal(first_coefs[0], clf.coefs_[0])
+    with pytest.raises(ValueError, match="same classes"):
+        clf.fit(X[y != 2], y[y != 2])
+    with pytest.raises(ValueError, match="architecture"):
+        clf.set_params(hidden_layer_sizes=(5,)).fit(X, y)
+    cold = clone(clf).set_params(warm_start=False, hidden_layer_sizes=(4,)).fit(X, y)
+    assert len(cold.loss_curve_) == 5
+
+
+# ---- partial_fit -------------------------------------------------------------------------------
+
+@stops_at_max_iter
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_repeated_partial_fit_equals_fit(solver):
+    X, y = blobs(100)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=32, shuffle=False,
+                  max_iter=7, tol=0.0, random_state=0)
+    fitted = MLPClassifier(**params).fit(X, y)
+    partial = MLPClassifier(**params)
+    for _ in range(7):
+        partial.partial_fit(X, y, classes=[2, 0, 1])
+    # (epoch losses are float64 sums whose grouping depends on how the engine was called)
+    np.testing.assert_allclose(partial.loss_curve_, fitted.loss_curve_, rtol=1e-12)
+    assert partial.n_iter_ == 1
+    assert partial.t_ == fitted.t_ == 700
+    for a, b in zip(partial.coefs_, fitted.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_partial_fit_classes_rules():
+    X, y = blobs(60)
+    clf = MLPClassifier(hidden_layer_sizes=(3,))
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[y == 0], y[y == 0], classes=[0, 1, 2, 3])  # a batch of one class
+    np.testing.assert_array_equal(clf.classes_, [0, 1, 2, 3])
+    clf.partial_fit(X, y)
+    with pytest.raises(ValueError, match="not the same as on last call"):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match="classes not in"):
+        clf.partial_fit(X, y + 10)
+    with pytest.raises(ValueError, match="X has 3 features, but MLPClassifier is expecting 4"):
+        clf.partial_fit(X[:, :3], y)
+
+
+# ---- learning-rate schedules ------------------------------------------------------------------
+
+@stops_at_max_iter
+def test_invscaling_and_adaptive_schedules():
+    X, y = blobs(50)
+    clf = MLPClassifier(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5,
+                        power_t=0.5, max_iter=4, random_state=0).fit(X, y)
+    assert clf._optimizer.lr == pytest.approx(0.5 / (clf.t_ + 1) ** 0.5)
+    # Without momentum (whose velocity scikit-learn keeps in units of the old rate), the
+    # rate schedule reproduces scikit-learn's trajectory.
+    params = dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5, max_iter=4,
+                  random_state=0, shuffle=False, momentum=0.0)
+    ours = MLPClassifier(dtype="float64", **params).fit(X, y)
+    theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)
+    # "adaptive": tol unreachable, so every n_iter_no_change + 1 epochs the rate is divided by
+    # 5, until it is <= 1e-6: 0.1 / 5^8, then training stops, after 1 + 9 * 2 epochs.
+    params = dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.1, tol=10.0,
+                  n_iter_no_change=1, max_iter=30, random_state=0)
+    adaptive = MLPClassifier(**params).fit(X, y)
+    reference = neural_network.MLPClassifier(**params).fit(X, y)
+    assert adaptive._optimizer.lr == pytest.approx(0.1 / 5 ** 8)
+    assert adaptive._optimizer.lr == pytest.approx(reference._optimizer.learning_rate)
+    assert adaptive.n_iter_ == reference.n_iter_ == 19
+
+
+# ---- input validation ------------------------------------------------------------------------
+
+@stops_at_max_iter
+def test_dataframe_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = blobs(60)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    clf = MLPClassifier(max_iter=5, random_state=0).fit(frame, pd.Series(y))
+    np.testing.assert_array_equal(clf.feature_names_in_, ["a", "b", "c", "d"])
+    assert clf.feature_names_in_.dtype == object and clf.n_features_in_ == 4
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        np.testing.assert_array_equal(clf.predict(frame), clf.predict(X))
+    with pytest.raises(ValueError, match="same order"):
+        clf.predict(frame[["b", "a", "c", "d"]])
+    assert not hasattr(clf.fit(X, y), "feature_names_in_")
+
+
+def test_lists_ints_bools_and_tiny_data():
+    clf = MLPClassifier(max_iter=2, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit([[0, 1], [1, 0], [True, False]], ["x", "y", "y"])
+    assert clf.predict([[0, 1]]).tolist() in (["x"], ["y"])
+    with pytest.warns(ConvergenceWarning):
+        MLPRegressor(max_iter=2).fit([[1.0]], [3.0])  # one sample, one feature
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        clf.predict([0, 1])
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.nan, "Input X contains NaN"),
+    (np.inf, "Input X contains infinity"),
+    (1e300, "value too large for dtype\\('float32'\\)"),  # overflows float32
+])
+def test_non_finite_inputs(value, message):
+    X, y = blobs(20)
+    X[3, 1] = value
+    with pytest.raises(ValueError, match=message):
+        MLPClassifier().fit(X, y)
+
+
+def test_sparse_input_is_refused():
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = blobs(20)
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        MLPClassifier().fit(sparse.csr_matrix(X), y)
+
+
+# ---- threads, reproducibility, verbosity -------------------------------------------------
+
+@stops_at_max_iter
+def test_n_threads_is_restored_and_does_not_change_results():
+    X, y = blobs(300, n_features=20)
+    before = fastmlp.get_num_threads()
+    one = MLPClassifier(hidden_layer_sizes=(64,), max_iter=3, n_threads=1,
+                        random_state=0).fit(X, y)
+    two = clone(one).set_params(n_threads=2).fit(X, y)
+    assert fastmlp.get_num_threads() == before
+    assert one.loss_curve_ == two.loss_curve_
+    np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
+@stops_at_max_iter
+def test_random_state_reproducibility():
+    X, y = blobs()
+    a = MLPClassifier(max_iter=3, random_state=5).fit(X, y)
+    b = MLPClassifier(max_iter=3, random_state=5).fit(X, y)
+    c = MLPClassifier(max_iter=3, random_state=6).fit(X, y)
+    assert a.loss_curve_ == b.loss_curve_ and a.loss_curve_ != c.loss_curve_
+    np.random.seed(0)
+    d = MLPClassifier(max_iter=3).fit(X, y)
+    np.random.seed(0)
+    e = MLPClassifier(max_iter=3).fit(X, y)  # None: NumPy's global RandomState, as sklearn
+    assert d.loss_curve_ == e.loss_curve_
+
+
+@stops_at_max_iter
+def test_verbose_prints_sklearn_format(capsys):
+    X, y = blobs(40)
+    MLPClassifier(max_iter=2, verbose=True, early_stopping=True, random_state=0).fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Iteration 1, loss = ") and lines[1].startswith("Validation score")
+
+
+# ---- without scikit-learn --------------------------------------------------------------------
+
+def test_works_without_sklearn_and_import_fastmlp_does_not_load_it():
+    code = textwrap.dedent("""
+        import sys
+        import fastmlp
+        assert "sklearn" not in sys.modules, "import fastmlp loaded scikit-learn"
+        sys.modules["sklearn"] = None  # any import of scikit-learn now fails
+        import pickle, warnings
+        import numpy as np
+        from fastmlp import MLPClassifier, MLPRegressor
+        from fastmlp.estimators import ConvergenceWarning, NotFittedError
+        assert ConvergenceWarning.__module__ == "fastmlp.estimators"
+        assert issubclass(ConvergenceWarning, UserWarning)
+        rng = np.random.RandomState(0)
+        X = rng.normal(size=(60, 3)); y = np.array(["a", "b"])[(X[:, 0] > 0).astype(int)]
+        clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0)
+        assert repr(clf) == "MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0)"
+        assert clf.get_params()["max_iter"] == 3
+        assert clf.set_params(max_iter=4) is clf and clf.max_iter == 4
+        try:
+            clf.set_params(nope=1)
+        except ValueError as exc:
+            assert "Invalid parameter" in str(exc)
+        else:
+            raise AssertionError("set_params accepted an unknown parameter")
+        try:
+            clf.predict(X)
+        except NotFittedError:
+            pass
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clf.fit(X, y)
+        assert [w.category for w in caught] == [ConvergenceWarning]
+        twin = type(clf)(**clf.get_params())  # what clone does
+        assert twin.get_params() == clf.get_params() and not hasattr(twin, "coefs_")
+        restored = pickle.loads(pickle.dumps(clf))
+        assert (restored.predict(X) == clf.predict(X)).all()
+        reg = MLPRegressor(max_iter=50, tol=1e9, random_state=0).fit(X, X[:, :2])
+        assert reg.predict(X).shape == (60, 2) and reg.predict(X).dtype == np.float32
+        assert "sklearn" not in sys.modules or sys.modules["sklearn"] is None
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
