@@ -142,6 +142,7 @@ def test_constructor_stores_parameters_verbatim_and_validates_in_fit():
     (dict(activation="softplus"), "activation"),
     (dict(hidden_layer_sizes=(3, 0)), "hidden_layer_sizes"),
     (dict(dtype="float16"), "dtype"),
+    (dict(dtype=None), "dtype"),
     (dict(n_threads=0), "n_threads"),
     (dict(batch_size=0), "batch_size"),
     (dict(validation_fraction=1.0), "validation_fraction"),
@@ -192,6 +193,37 @@ def test_pipeline_grid_search_cross_val_score():
     r2 = cross_val_score(make_pipeline(StandardScaler(), MLPRegressor(
         learning_rate_init=0.01, max_iter=100, random_state=0)), X_r, y_r / y_r.std(), cv=2)
     assert r2.mean() > 0.8
+
+
+@stops_at_max_iter
+def test_invalid_input_leaves_a_fitted_estimator_unchanged():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="only one such class"):
+        clf.fit(X[:, :2], y % 2, sample_weight=(y == 0).astype(float))
+    assert clf.n_features_in_ == 4 and clf.classes_.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+@stops_at_max_iter
+def test_memory_mapped_estimator_predicts_and_keeps_training(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(X, y)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    mapped = joblib.load(tmp_path / "clf.joblib", mmap_mode="r")
+    np.testing.assert_array_equal(mapped.predict_proba(X), clf.predict_proba(X))
+    mapped.partial_fit(X, y)
+    clf.partial_fit(X, y)
+    np.testing.assert_array_equal(mapped.coefs_[0], clf.coefs_[0])
+
+
+def test_warnings_point_at_the_callers_line():
+    X, y = blobs(30)
+    with pytest.warns(ConvergenceWarning) as caught:
+        MLPClassifier(max_iter=1).fit(X, y)
+    assert caught[0].filename == __file__
 
 
 def test_unfitted_estimator_raises_not_fitted():

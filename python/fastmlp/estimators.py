@@ -129,6 +129,14 @@ def _same_value(a, b) -> bool:
 
 # ---- input validation (one path, with or without scikit-learn; its messages) -----------------
 
+def _warn(message: str, category) -> None:
+    """warnings.warn attributed to the first caller outside this module (the user's line)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def _is_sparse(value) -> bool:
     sparse = sys.modules.get("scipy.sparse")  # a sparse input means scipy is already imported
     return sparse is not None and sparse.issparse(value)
@@ -193,8 +201,8 @@ def _as_numeric(value, name: str, dtype=None) -> np.ndarray:
     return a
 
 
-def _check_X(estimator, X, *, reset: bool) -> np.ndarray:
-    """X as a finite C-contiguous (N, F) array of the estimator's dtype; on ``reset`` records
+def _check_X(estimator, X, *, reset: bool, dtype: np.dtype) -> np.ndarray:
+    """X as a finite C-contiguous (N, F) array of ``dtype``; on ``reset`` records
     ``n_features_in_`` / ``feature_names_in_``, otherwise checks X against them."""
     names = _feature_names(X)
     cls = type(estimator).__name__
@@ -205,7 +213,7 @@ def _check_X(estimator, X, *, reset: bool) -> np.ndarray:
             del estimator.feature_names_in_
     else:
         _check_feature_names(estimator, names)
-    X = _as_numeric(X, "X", estimator._dtype)
+    X = _as_numeric(X, "X", dtype)
     if X.ndim != 2:
         hint = ("Reshape your data either using array.reshape(-1, 1) if your data has a "
                 "single feature or array.reshape(1, -1) if it contains a single sample."
@@ -233,12 +241,11 @@ def _check_feature_names(estimator, names) -> None:
     if fitted is None and names is None:
         return
     if fitted is None:
-        warnings.warn(f"X has feature names, but {cls} was fitted without feature names",
-                      UserWarning, stacklevel=5)
+        _warn(f"X has feature names, but {cls} was fitted without feature names", UserWarning)
         return
     if names is None:
-        warnings.warn(f"X does not have valid feature names, but {cls} was fitted with "
-                      "feature names", UserWarning, stacklevel=5)
+        _warn(f"X does not have valid feature names, but {cls} was fitted with feature "
+              "names", UserWarning)
         return
     if len(fitted) == len(names) and np.all(fitted == names):
         return
@@ -267,9 +274,8 @@ def _check_length(n_samples: int, other: np.ndarray, name: str) -> None:
 
 def _column_or_1d(y: np.ndarray, name: str = "y") -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
-        warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
-                      "change the shape of y to (n_samples, ), for example using ravel().",
-                      DataConversionWarning, stacklevel=6)
+        _warn("A column-vector y was passed when a 1d array was expected. Please change the "
+              "shape of y to (n_samples, ), for example using ravel().", DataConversionWarning)
         return y[:, 0]
     return y
 
@@ -688,10 +694,10 @@ class _BaseMLP(_BaseEstimator):
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
             self._int("n_iter_no_change", 1)
         try:
-            dtype = np.dtype(self.dtype)
+            dtype = None if self.dtype is None else np.dtype(self.dtype)
         except TypeError:
             dtype = None
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        if dtype is None or dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise self._param_error("dtype", "'float32' or 'float64'")
         self._dtype = dtype
         if self.n_threads is not None:
@@ -823,6 +829,24 @@ class _BaseMLP(_BaseEstimator):
 
     def _fit_validated(self, X, y, sample_weight, incremental, classes, X_val, y_val,
                        sample_weight_val):
+        before = dict(self.__dict__)
+        try:
+            prepared = self._prepare(X, y, sample_weight, incremental, classes, X_val, y_val,
+                                     sample_weight_val)
+        except BaseException:
+            # Invalid input leaves a fitted estimator as it was (classes_, n_features_in_,
+            # feature_names_in_ and the model belong together).
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+        self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
+                    incremental=incremental)
+        return self
+
+    def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
+                 sample_weight_val):
+        """Validates everything and sets up the model, optimizer and validation set; returns
+        the arguments of _train (all before any weight changes)."""
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True: early stopping "
                              "needs whole passes over a fixed training set; use fit, or keep "
@@ -833,7 +857,7 @@ class _BaseMLP(_BaseEstimator):
         if sample_weight_val is not None and X_val is None:
             raise ValueError("sample_weight_val needs X_val and y_val")
         first_pass = not hasattr(self, "_model") or (not self.warm_start and not incremental)
-        X = _check_X(self, X, reset=first_pass)
+        X = _check_X(self, X, reset=first_pass, dtype=self._dtype)
         n = X.shape[0]
         targets, n_outputs, class_weights = self._encode_targets(
             y, n, first_pass=first_pass, incremental=incremental, classes=classes,
@@ -869,7 +893,7 @@ class _BaseMLP(_BaseEstimator):
 
         validation = None
         if X_val is not None:
-            X_val = _check_X(self, X_val, reset=False)
+            X_val = _check_X(self, X_val, reset=False, dtype=self._dtype)
             val_targets, _, _ = self._encode_targets(y_val, X_val.shape[0], first_pass=False,
                                                      incremental=True, validation=True)
             sw_val = _check_sample_weight(sample_weight_val, X_val.shape[0],
@@ -890,17 +914,14 @@ class _BaseMLP(_BaseEstimator):
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                              "going to be clipped", UserWarning, stacklevel=4)
+                _warn("Got `batch_size` less than 1 or larger than sample size. It is going "
+                      "to be clipped", UserWarning)
             batch_size = min(int(self.batch_size), n)
         # Weights act as repetition counts: the L2 penalty is relative to their total.
         alpha = float(self.alpha) * (1.0 if sw is None else n / float(sw.sum()))
         if sw is not None:
             sw = sw.astype(self._dtype)
-
-        self._train(X, targets, sw, validation, batch_size, alpha, rng,
-                    epochs=1 if incremental else int(self.max_iter), incremental=incremental)
-        return self
+        return X, targets, sw, validation, batch_size, alpha, rng
 
     def _train(self, X, targets, sw, validation, batch_size, alpha, rng, epochs, incremental):
         """Up to ``epochs`` epochs in the engine, in as few ``MLP.fit`` calls as the schedule
@@ -976,11 +997,10 @@ class _BaseMLP(_BaseEstimator):
                                      "input data may contain large values and need to be "
                                      "preprocessed.") from exc
             if not incremental and state["stop"] is None:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and "
-                              "the optimization hasn't converged yet.", ConvergenceWarning,
-                              stacklevel=5)
+                _warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
+                      "optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=5)
+            _warn("Training interrupted by user.", UserWarning)
         finally:
             if self.early_stopping and self._best is not None:
                 model.weights, model.biases = self._best
@@ -1016,7 +1036,7 @@ class _BaseMLP(_BaseEstimator):
 
     def _predict_logits(self, X) -> np.ndarray:
         model = self._model_in_use()
-        return model.forward(_check_X(self, X, reset=False))
+        return model.forward(_check_X(self, X, reset=False, dtype=model.dtype))
 
 
 class MLPClassifier(_ClassifierMixin, _BaseMLP):
@@ -1209,7 +1229,7 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         of ``classes_``."""
         with _num_threads(self.n_threads):
             model = self._model_in_use()
-            return model.predict_proba(_check_X(self, X, reset=False))
+            return model.predict_proba(_check_X(self, X, reset=False, dtype=model.dtype))
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Log of ``predict_proba`` (N, n_classes), computed from the logits (log-softmax;
