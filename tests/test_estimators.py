@@ -226,6 +226,30 @@ def test_warnings_point_at_the_callers_line():
     assert caught[0].filename == __file__
 
 
+def test_ctrl_c_stops_training_with_a_warning_and_a_usable_model(monkeypatch):
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0)
+    record_epoch = MLPClassifier._record_epoch
+
+    def interrupted_at_epoch_3(self, validation):
+        if len(self.loss_curve_) == 3:
+            raise KeyboardInterrupt
+        return record_epoch(self, validation)
+
+    monkeypatch.setattr(MLPClassifier, "_record_epoch", interrupted_at_epoch_3)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 3
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import fastmlp.estimators
+    assert doctest.testmod(fastmlp.estimators).failed == 0
+
+
 def test_unfitted_estimator_raises_not_fitted():
     for method in ("predict", "predict_proba", "predict_log_proba"):
         with pytest.raises(NotFittedError):
