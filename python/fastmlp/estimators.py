@@ -305,7 +305,7 @@ def _class_labels(y, name: str = "y") -> np.ndarray:
     if _is_sparse(y):
         raise TypeError(f"sparse input is not supported: {name} is a {type(y).__name__}")
     if y is None:
-        raise ValueError(f"requires y to be passed, but the target y is None")
+        raise ValueError("requires y to be passed, but the target y is None")
     if hasattr(y, "to_numpy") and not isinstance(y, np.ndarray):
         y = y.to_numpy()
     y = np.asarray(y)
