@@ -1,0 +1,286 @@
+"""fastmlp against its peers (NumPy, PyTorch when installed): one process, single-threaded,
+medians; prints the machine and one table per section.
+
+    python benchmarks/compare.py [--quick] [--only gemm|train] [--dtype float32|float64]
+
+Sections: "gemm" (GFLOP/s of common.GEMM_CASES) and "train" (samples/s and GFLOP/s of one SGD
+epoch of each common.NETS net). Each peer gets a ratio column fastmlp ÷ peer (throughput; > 1
+means fastmlp is faster). Before timing, each implementation's first result is checked
+against NumPy's on the same inputs (product, or epoch loss from the same initial weights);
+a mismatch is flagged in the table and makes the exit status 1.
+
+Timing: after that first call (the warm-up, which also sizes a repeat to at least min_time),
+the implementations are timed round-robin, ``repeats`` times each, so slow drift in clock
+speed hits all of them alike; the median repeat is reported. Run it on an idle machine,
+without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE set (they change NumPy's kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import common
+
+
+@dataclass(frozen=True)
+class Budget:
+    repeats: int  # timed repeats per implementation; the median is reported
+    min_time: float  # seconds: a repeat calls the function enough times to last this long
+
+
+FULL = Budget(repeats=7, min_time=0.2)
+QUICK = Budget(repeats=5, min_time=0.05)
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # per call, median over the repeats
+    spread: float  # (slowest - fastest repeat) / median: how noisy the measurement was
+
+
+def timed(runners: dict[str, Callable[[], object]], budget: Budget,
+          first_seconds: dict[str, float]) -> dict[str, Timing]:
+    """Seconds per call of each runner. first_seconds: each one's warm-up call time, which
+    sets how many calls a repeat makes."""
+    calls = {name: max(1, math.ceil(budget.min_time / max(first_seconds[name], 1e-9)))
+             for name in runners}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(budget.repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                run()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    timings = {}
+    for name, s in samples.items():
+        median = statistics.median(s)
+        timings[name] = Timing(median, (max(s) - min(s)) / median)
+    return timings
+
+
+def first_calls(runners: dict[str, Callable[[], object]]) -> tuple[dict, dict]:
+    """Each runner called once (the warm-up): (results, seconds)."""
+    results, seconds = {}, {}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        results[name] = run()
+        seconds[name] = time.perf_counter() - start
+    return results, seconds
+
+
+# ---- tables --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    group: str  # upper header line, shared by neighbouring columns ("" for none)
+    label: str  # lower header line
+    left: bool = False  # text columns are left-aligned, numbers right-aligned
+
+
+def _group_spans(columns: list[Column]) -> list[tuple[int, int]]:
+    """(first, last) column index of each run of neighbouring columns sharing a group."""
+    spans, first = [], 0
+    for i in range(1, len(columns) + 1):
+        if i == len(columns) or columns[i].group != columns[first].group:
+            spans.append((first, i - 1))
+            first = i
+    return spans
+
+
+def print_table(title: str, columns: list[Column], rows: list[list[str]]) -> None:
+    widths = [max(len(c.label), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    spans = _group_spans(columns)
+
+    def span_width(first, last):
+        return sum(widths[first:last + 1]) + 2 * (last - first)
+
+    for first, last in spans:  # widen a span's last column if its group name is longer
+        widths[last] += max(0, len(columns[first].group) - span_width(first, last))
+
+    def line(cells, left):
+        return "  ".join(c.ljust(w) if l else c.rjust(w)
+                         for c, w, l in zip(cells, widths, left)).rstrip()
+
+    print(f"\n{title}")
+    print("  ".join(columns[f].group.center(span_width(f, l)) for f, l in spans).rstrip())
+    print(line([c.label for c in columns], [True] * len(columns)))
+    print(line(["-" * w for w in widths], [True] * len(columns)))
+    for row in rows:
+        print(line(row, [c.left for c in columns]))
+    sys.stdout.flush()
+
+
+def print_spread(spreads: list[tuple[float, str]]) -> None:
+    """One line on the noise: the typical and the worst (slowest - fastest) / median."""
+    typical = statistics.median(s for s, _ in spreads)
+    worst, where = max(spreads)
+    print(f"noise, (slowest - fastest repeat) / median: typical {typical:.0%}, "
+          f"worst {worst:.0%} ({where})")
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def ratio(fast: float, peer: float) -> str:
+    return f"{fast / peer:.2f}x"
+
+
+# ---- sections ------------------------------------------------------------------------------
+
+
+def gemm_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """GFLOP/s of every GEMM case; returns True if every implementation matched NumPy."""
+    columns = [Column("", "gemm", left=True), Column("", "op", left=True),
+               Column("", "MxNxK", left=True)]
+    for impl in impls:
+        columns.append(Column(impl, "GFLOP/s"))
+        if impl != "fastmlp":
+            columns.append(Column(impl, "fastmlp/" + impl))
+    columns.append(Column("", "check", left=True))
+    tolerance = 10 * common.TOLERANCE[dtype]["rtol"]  # norm-wise, for sums over K terms
+    rows, spreads, all_ok = [], [], True
+    for gemm in common.GEMM_CASES:
+        runners = {impl: common.gemm_runner(impl, gemm, dtype) for impl in impls}
+        results, first = first_calls(runners)
+        errors = {impl: common.max_relative_error(results[impl], results["numpy"])
+                  for impl in impls}
+        bad = [f"{impl} err {err:.1e}" for impl, err in errors.items() if err > tolerance]
+        all_ok &= not bad
+        timings = timed(runners, budget, first)
+        spreads += [(t.spread, f"{gemm.label} {impl}") for impl, t in timings.items()]
+        gflops = {impl: gemm.flops / t.seconds / 1e9 for impl, t in timings.items()}
+        row = [gemm.label, gemm.op, gemm.shape]
+        for impl in impls:
+            row.append(rate(gflops[impl]))
+            if impl != "fastmlp":
+                row.append(ratio(gflops["fastmlp"], gflops[impl]))
+        rows.append(row + ["MISMATCH " + ", ".join(bad) if bad else "ok"])
+    print_table(f"GEMM, {dtype}: GFLOP/s (2·M·N·K per product; A.Bt = op(A)·op(B)ᵀ without "
+                "copies); fastmlp/peer = throughput ratio", columns, rows)
+    print_spread(spreads)
+    return all_ok
+
+
+def training_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """samples/s and GFLOP/s of one epoch per net; returns True if every epoch loss matched."""
+    columns = [Column("", "net", left=True), Column("", "layers", left=True),
+               Column("", "batch"), Column("", "samples")]
+    for impl in impls:
+        columns += [Column(impl, "samples/s"), Column(impl, "GFLOP/s")]
+        if impl != "fastmlp":
+            columns.append(Column(impl, "fastmlp/" + impl))
+    columns.append(Column("", "check", left=True))
+    rtol = common.TOLERANCE[dtype]["rtol"]
+    rows, spreads, all_ok = [], [], True
+    for net in common.NETS:
+        trainers = {impl: common.make_trainer(impl, net, dtype) for impl in impls}
+        runners = {impl: trainer.epoch for impl, trainer in trainers.items()}
+        losses, first = first_calls(runners)  # the first epochs start from the same weights
+        bad = [f"{impl} loss {loss:.6g} vs {losses['numpy']:.6g}" for impl, loss in losses.items()
+               if not math.isclose(loss, losses["numpy"], rel_tol=rtol)]
+        all_ok &= not bad
+        timings = timed(runners, budget, first)
+        spreads += [(t.spread, f"{net.name} {impl}") for impl, t in timings.items()]
+        per_second = {impl: net.n_samples / t.seconds for impl, t in timings.items()}
+        row = [net.name, net.layers, str(net.batch_size), str(net.n_samples)]
+        for impl in impls:
+            row += [rate(per_second[impl]), rate(per_second[impl] * net.flops_per_sample / 1e9)]
+            if impl != "fastmlp":
+                row.append(ratio(per_second["fastmlp"], per_second[impl]))
+        rows.append(row + ["MISMATCH " + ", ".join(bad) if bad else "ok"])
+    print_table(f"Training, {dtype}: one epoch of SGD (lr {common.LR}, row order), softmax + NLL, "
+                "ReLU; GFLOP/s at 6·Σ in·out per sample; fastmlp/peer = throughput ratio",
+                columns, rows)
+    print_spread(spreads)
+    return all_ok
+
+
+SECTIONS = {"gemm": gemm_section, "train": training_section}
+
+
+class OtherLoad:
+    """CPU time other processes take while we run (Linux /proc/stat): on a small machine, a
+    busy neighbour slows every implementation and shows up as noise in the ratios."""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        busy = sum(int(x) for i, x in enumerate(fields) if i not in (3, 4)) / os.sysconf(
+            "SC_CLK_TCK")  # all but idle and iowait, in CPU-seconds
+        own = os.times()
+        return busy, own.user + own.system, time.perf_counter()
+
+    def cpus(self) -> float | None:
+        """Average number of CPUs kept busy by others since construction."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        (busy0, own0, t0), (busy1, own1, t1) = self._start, end
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK.repeats} repeats of ≥ {QUICK.min_time} s (about 20 s) "
+                             f"instead of {FULL.repeats} of ≥ {FULL.min_time} s")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
+    parser.add_argument("--dtype", choices=common.DTYPES, default="float32")
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    impls = [impl for impl in common.IMPLEMENTATIONS
+             if impl != "torch" or common.optional_torch() is not None]
+
+    started = time.perf_counter()
+    load = OtherLoad()
+    with common.single_threaded():
+        print(f"fastmlp comparison, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
+        for line in common.environment_report():
+            print(line)
+        print(f"run       {'quick' if args.quick else 'full'}: medians of {budget.repeats} "
+              f"repeats of ≥ {budget.min_time} s, every implementation on one thread")
+        if "torch" not in impls:
+            print("note      torch is not installed: no torch columns")
+        overrides = common.openblas_overrides()
+        if overrides:
+            print(f"WARNING   {', '.join(f'{k}={v}' for k, v in overrides.items())} set: NumPy "
+                  "may not run OpenBLAS's own choice of kernel; unset them for comparable "
+                  "numbers", file=sys.stderr)
+        ok = True
+        for name, section in SECTIONS.items():
+            if args.only in (None, name):
+                ok &= section(impls, args.dtype, budget)
+    others = load.cpus()
+    print(f"\n{time.perf_counter() - started:.0f} s"
+          + ("" if others is None else f"; other processes kept {others:.2f} CPUs busy meanwhile")
+          + ("" if ok else "; MISMATCH: an implementation computed something else (check column)"))
+    if others is not None and others > 0.1:
+        print("WARNING   the machine was not idle: rerun for clean numbers", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
