@@ -135,11 +135,16 @@ def _largest_layer(net: Net) -> tuple[int, int]:
     return max(zip(net.layer_sizes[:-1], net.layer_sizes[1:]), key=lambda io: io[0] * io[1])
 
 
-# The 1024³ square product, then the three GEMMs of the largest layer of each net past tiny
-# (digits 64→128 at B 64, mnist 784→256 at B 128, wide 1024→1024 at B 256).
-GEMM_CASES = (Gemm("square", 1024, 1024, 1024),) + tuple(
+# The 1024³ and 2048³ square products, then the three GEMMs of the largest layer of each net
+# past tiny (digits 64→128 at B 64, mnist 784→256 at B 128, wide 1024→1024 at B 256).
+GEMM_CASES = (Gemm("square", 1024, 1024, 1024), Gemm("square", 2048, 2048, 2048)) + tuple(
     gemm for net in NETS[1:]
     for gemm in layer_gemms(net.name, net.batch_size, *_largest_layer(net)))
+
+# The MLP-shape sweep of the GEMM targets: batch 32…256 × width 64…1024, a square layer
+# (in = out = width), its three products.
+SWEEP_CASES = tuple(gemm for batch in (32, 256) for width in (64, 256, 1024)
+                    for gemm in layer_gemms(f"b{batch}w{width}", batch, width, width))
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,6 +209,10 @@ class Trainer:
     def parameters(self) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def predict_one(self, x: np.ndarray):
+        """A zero-argument function predicting the class of the one sample x (1, n_0)."""
+        raise NotImplementedError
+
 
 class FastmlpTrainer(Trainer):
     def __init__(self, net, X, y, init):
@@ -219,6 +228,9 @@ class FastmlpTrainer(Trainer):
     def parameters(self):
         return [*self.model.weights, *self.model.biases]
 
+    def predict_one(self, x):
+        return functools.partial(self.model.predict, x)
+
 
 class NumpyTrainer(Trainer):
     def __init__(self, net, X, y, init):
@@ -230,6 +242,9 @@ class NumpyTrainer(Trainer):
 
     def parameters(self):
         return [*self.model.weights, *self.model.biases]
+
+    def predict_one(self, x):
+        return lambda: np.argmax(self.model.forward(x)[-1], axis=1)
 
 
 class TorchTrainer(Trainer):
@@ -246,6 +261,16 @@ class TorchTrainer(Trainer):
 
     def parameters(self):
         return torch_parameters(self.model)
+
+    def predict_one(self, x):
+        torch = optional_torch()
+        x_t = torch.from_numpy(np.array(x))
+        self.model.eval()
+
+        def predict():
+            with torch.no_grad():
+                return self.model(x_t).argmax(dim=1)
+        return predict
 
 
 _TRAINERS = {"fastmlp": FastmlpTrainer, "numpy": NumpyTrainer, "torch": TorchTrainer}

@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import common
+import fastmlp
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def ratio(fast: float, peer: float) -> str:
 # ---- sections ------------------------------------------------------------------------------
 
 
-def gemm_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+def gemm_section(impls: list[str], dtype: str, budget: Budget,
+                 cases=common.GEMM_CASES, title: str = "GEMM") -> bool:
     """GFLOP/s of every GEMM case; returns True if every implementation matched NumPy."""
     columns = [Column("", "gemm", left=True), Column("", "op", left=True),
                Column("", "MxNxK", left=True)]
@@ -152,7 +155,7 @@ def gemm_section(impls: list[str], dtype: str, budget: Budget) -> bool:
     columns.append(Column("", "check", left=True))
     tolerance = 10 * common.TOLERANCE[dtype]["rtol"]  # norm-wise, for sums over K terms
     rows, spreads, all_ok = [], [], True
-    for gemm in common.GEMM_CASES:
+    for gemm in cases:
         runners = {impl: common.gemm_runner(impl, gemm, dtype) for impl in impls}
         results, first = first_calls(runners)
         errors = {impl: common.max_relative_error(results[impl], results["numpy"])
@@ -168,7 +171,7 @@ def gemm_section(impls: list[str], dtype: str, budget: Budget) -> bool:
             if impl != "fastmlp":
                 row.append(ratio(gflops["fastmlp"], gflops[impl]))
         rows.append(row + ["MISMATCH " + ", ".join(bad) if bad else "ok"])
-    print_table(f"GEMM, {dtype}: GFLOP/s (2·M·N·K per product; A.Bt = op(A)·op(B)ᵀ without "
+    print_table(f"{title}, {dtype}: GFLOP/s (2·M·N·K per product; A.Bt = op(A)·op(B)ᵀ without "
                 "copies); fastmlp/peer = throughput ratio", columns, rows)
     print_spread(spreads)
     return all_ok
@@ -208,7 +211,98 @@ def training_section(impls: list[str], dtype: str, budget: Budget) -> bool:
     return all_ok
 
 
-SECTIONS = {"gemm": gemm_section, "train": training_section}
+def sweep_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """The MLP-shape GEMM sweep (batch 32…256 × width 64…1024)."""
+    return gemm_section(impls, dtype, budget, common.SWEEP_CASES, "MLP-shape GEMM sweep")
+
+
+def threads_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """Two threads: fastmlp against its own one-thread figure and against PyTorch (and NumPy's
+    OpenBLAS) on two threads, for the 1024³ product and the mnist and wide nets."""
+    torch = common.optional_torch()
+    columns = [Column("", "work", left=True), Column("fastmlp", "1 thread"),
+               Column("fastmlp", "2 threads"), Column("fastmlp", "2t/1t")]
+    peers = [impl for impl in impls if impl != "fastmlp"]
+    for impl in peers:
+        columns += [Column(impl, "2 threads"), Column(impl, "fastmlp/" + impl)]
+    rows = []
+    square = common.GEMM_CASES[0]
+    works = [(f"gemm {square.shape} GFLOP/s", square.flops,
+              {impl: common.gemm_runner(impl, square, dtype) for impl in impls})]
+    for name in ("mnist", "wide"):
+        net = common.NET_BY_NAME[name]
+        trainers = {impl: common.make_trainer(impl, net, dtype) for impl in impls}
+        works.append((f"train {name} samples/s", net.n_samples,
+                      {impl: t.epoch for impl, t in trainers.items()}))
+    for label, amount, runners in works:
+        one = timed({"fastmlp": runners["fastmlp"]}, budget,
+                    first_calls({"fastmlp": runners["fastmlp"]})[1])["fastmlp"].seconds
+        with threads(2, torch):
+            first = first_calls(runners)[1]
+            two = {impl: t.seconds for impl, t in timed(runners, budget, first).items()}
+        row = [label, rate(amount / one / (1e9 if "gemm" in label else 1)),
+               rate(amount / two["fastmlp"] / (1e9 if "gemm" in label else 1)),
+               ratio(one, two["fastmlp"])]
+        for impl in peers:
+            row += [rate(amount / two[impl] / (1e9 if "gemm" in label else 1)),
+                    ratio(two[impl], two["fastmlp"])]
+        rows.append(row)
+    print_table(f"Two threads, {dtype}: fastmlp 2t/1t = its own speed-up; fastmlp/peer with "
+                "both on two threads", columns, rows)
+    return True
+
+
+class threads:
+    """Every implementation on n threads inside the block (fastmlp, torch, OpenBLAS)."""
+
+    def __init__(self, n: int, torch) -> None:
+        self.n, self.torch = n, torch
+
+    def __enter__(self):
+        import threadpoolctl
+        self.limits = threadpoolctl.threadpool_limits(self.n)
+        self.saved = (fastmlp.get_num_threads(), self.torch.get_num_threads() if self.torch else 0)
+        fastmlp.set_num_threads(self.n)
+        if self.torch:
+            self.torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        fastmlp.set_num_threads(self.saved[0])
+        if self.torch:
+            self.torch.set_num_threads(self.saved[1])
+        self.limits.restore_original_limits()
+
+
+def latency_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """Single-sample predict on the mnist-shaped net: fastmlp's MLP.predict (all layers in one
+    C++ call) against PyTorch eager (no_grad, argmax) and the NumPy reference's forward."""
+    net = common.NET_BY_NAME["mnist"]
+    X, _ = common.synthetic_data(net, dtype)
+    x = np.ascontiguousarray(X[:1])
+    trainers = {impl: common.make_trainer(impl, net, dtype) for impl in impls}
+    runners = {impl: trainers[impl].predict_one(x) for impl in impls}
+    predictions, first = first_calls(runners)
+    ok = len({int(np.asarray(p).ravel()[0]) for p in predictions.values()}) == 1
+    timings = timed(runners, budget, first)
+    columns = [Column("", "net", left=True)]
+    for impl in impls:
+        columns.append(Column(impl, "µs"))
+        if impl != "fastmlp":
+            columns.append(Column(impl, "fastmlp/" + impl))
+    columns.append(Column("", "check", left=True))
+    row = [f"{net.name} {net.layers}, 1 sample"]
+    for impl in impls:
+        row.append(f"{timings[impl].seconds * 1e6:.1f}")
+        if impl != "fastmlp":
+            row.append(ratio(timings[impl].seconds, timings["fastmlp"].seconds))
+    print_table(f"Single-sample predict latency, {dtype}, one thread (median µs per call; "
+                "fastmlp/peer = speed ratio)", columns, [row + ["ok" if ok else "MISMATCH"]])
+    return ok
+
+
+SECTIONS = {"gemm": gemm_section, "sweep": sweep_section, "train": training_section,
+            "threads": threads_section, "latency": latency_section}
 
 
 class OtherLoad:
