@@ -13,10 +13,11 @@ namespace fastmlp {
 
 namespace {
 
-// Below this many FLOPs a product runs on the calling thread: waking a second thread and
-// packing operands twice costs more than it saves. Measured on the 2-core Xeon (AVX-512,
-// float32): see the crossover note in benchmarks/README.md.
-constexpr double kParallelMinFlops = 4.0e6;
+// Below this many FLOPs a product runs on the calling thread: handing half of it to a second
+// thread costs more than it saves. Measured (2-core Xeon, AVX-512, float32, medians of 200,
+// 1 vs 2 threads): 0.3 MFLOP (32×64×64) 4.0 vs 6.5 µs, 0.5 MFLOP 5.3 vs 6.8 µs, 1.0 MFLOP
+// (64×128×64) 10.7 vs 8.8 µs, 2.1 MFLOP 17.8 vs 11.9 µs, 8.4 MFLOP 80 vs 45 µs.
+constexpr double kParallelMinFlops = 8.0e5;
 
 // At most this many FLOPs: the direct triple loop (see gemm()).
 constexpr double kTinyGemmMaxFlops = 4096;
