@@ -199,7 +199,8 @@ def test_set_isa_rejects_unknown_names():
 
 
 def test_forked_child_recreates_the_pool():
-    """A process whose pool threads ran can fork; the child computes with a fresh pool."""
+    """A process whose pool threads ran can fork; the child computes, trains and predicts with
+    a fresh pool (multiprocessing's default start method on Linux)."""
     if not hasattr(os, "fork"):
         pytest.skip("needs fork()")
     previous = fastmlp.get_num_threads()
@@ -216,6 +217,12 @@ def test_forked_child_recreates_the_pool():
         try:
             os.close(read_end)
             ok = np.array_equal(ops.matmul(a, b), expected)
+            # ... and train and predict (the engine's products are split over the pool too)
+            X = np.random.default_rng(5).standard_normal((512, 300)).astype(np.float32)
+            y = (X[:, 0] > 0).astype(int)
+            model = fastmlp.MLP([300, 256, 2], seed=0)
+            model.fit(X, y, epochs=10, batch_size=128, optimizer=fastmlp.Adam(lr=1e-3), seed=0)
+            ok = ok and model.score(X, y) > 0.9 and model.predict(X[:7]).shape == (7,)
             os.write(write_end, b"ok" if ok else b"mismatch")
         finally:
             os._exit(0)

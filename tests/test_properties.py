@@ -66,6 +66,42 @@ def test_matmul_matches_numpy_or_raises(data, dtype, m, n, k, trans_a, trans_b):
 
 
 @SETTINGS
+@given(data=st.data(), dtype=FLOATS, b=st.integers(0, 12), i=st.integers(0, 12),
+       o=st.integers(1, 12), activation=st.sampled_from(["relu", "tanh", "logistic", "identity"]))
+def test_dense_layers_match_numpy(data, dtype, b, i, o, activation):
+    x = data.draw(arrays(dtype, (b, i)))
+    W = data.draw(arrays(dtype, (o, i)))
+    bias = data.draw(hnp.arrays(dtype, o, elements=st.floats(-1e3, 1e3, width=32)))
+    with np.errstate(all="ignore"):
+        a = x.astype(np.float64) @ W.T.astype(np.float64) + bias
+        want = {"relu": lambda v: np.where(np.isnan(v), v, np.maximum(v, 0)), "tanh": np.tanh,
+                "logistic": lambda v: 1 / (1 + np.exp(-v)), "identity": lambda v: v}[activation](a)
+    out = ops.dense_forward(x, W, bias, activation)
+    assert_matches(out, want, dtype, i)
+    grad_out = data.draw(hnp.arrays(dtype, (b, o), elements=st.floats(-10, 10, width=32)))
+    grad_x, grad_W, grad_b = ops.dense_backward(x, W, out, grad_out, activation)
+    assert grad_x.shape == (b, i) and grad_W.shape == (o, i) and grad_b.shape == (o,)
+    if np.isfinite(x).all() and np.isfinite(W).all() and np.isfinite(out).all():
+        out64 = out.astype(np.float64)
+        slope = {"relu": (out64 > 0).astype(float), "tanh": 1 - out64 ** 2,
+                 "logistic": out64 * (1 - out64), "identity": np.ones_like(out64)}[activation]
+        grad_a = grad_out * slope
+        assert_matches(grad_b, grad_a.sum(0), dtype, b)
+        assert_matches(grad_W, grad_a.T @ x.astype(np.float64), dtype, b)
+
+
+@SETTINGS
+@given(data=st.data(), dtype=FLOATS, n=st.integers(1, 9), k=st.integers(1, 4))
+def test_squared_error_matches_numpy(data, dtype, n, k):
+    pred = data.draw(hnp.arrays(dtype, (n, k), elements=st.floats(-1e3, 1e3, width=32)))
+    target = data.draw(hnp.arrays(dtype, (n, k), elements=st.floats(-1e3, 1e3, width=32)))
+    loss, grad = ops.squared_error(pred, target)
+    diff = pred.astype(np.float64) - target
+    assert loss == pytest.approx(0.5 * (diff ** 2).sum(1).mean(), rel=1e-5, abs=1e-6)
+    assert_matches(grad, diff / n, dtype)
+
+
+@SETTINGS
 @given(data=st.data(), dtype=FLOATS, bad=BAD_DTYPES, m=st.integers(1, 5), k=st.integers(1, 5))
 def test_matmul_rejects_other_dtypes_and_shapes(data, dtype, bad, m, k):
     good = np.ones((m, k), dtype)
