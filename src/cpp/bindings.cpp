@@ -118,6 +118,19 @@ const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
   return static_cast<const std::int64_t*>(labels.data());
 }
 
+// Runs f() with the GIL released; the kernels' std::invalid_argument (a bad label or weight
+// found mid-computation) becomes a Python ValueError.
+template <class F>
+auto without_gil(F&& f) {
+  py::gil_scoped_release release;
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    py::gil_scoped_acquire acquire;
+    throw py::value_error(e.what());
+  }
+}
+
 Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::relu;
   if (name == "identity") return Activation::identity;
@@ -286,16 +299,7 @@ py::tuple softmax_nll_py(const py::array& logits, const py::array& labels,
     const T* wp = weights_view<T>(weights, N);
     py::array_t<T> dlogits({N, K});
     T* dp = dlogits.mutable_data();
-    double loss;
-    {
-      py::gil_scoped_release release;
-      try {
-        loss = softmax_nll(dp, zp, yp, wp, N, K);
-      } catch (const std::invalid_argument& e) {
-        py::gil_scoped_acquire acquire;
-        throw py::value_error(e.what());
-      }
-    }
+    const double loss = without_gil([&] { return softmax_nll(dp, zp, yp, wp, N, K); });
     return py::make_tuple(loss, dlogits);
   });
 }
@@ -310,16 +314,7 @@ py::tuple sigmoid_bce_py(const py::array& logits, const py::array& labels,
     const T* wp = weights_view<T>(weights, N);
     py::array_t<T> dlogits(std::vector<py::ssize_t>(logits.shape(), logits.shape() + logits.ndim()));
     T* dp = dlogits.mutable_data();
-    double loss;
-    {
-      py::gil_scoped_release release;
-      try {
-        loss = sigmoid_bce(dp, zp, yp, wp, N);
-      } catch (const std::invalid_argument& e) {
-        py::gil_scoped_acquire acquire;
-        throw py::value_error(e.what());
-      }
-    }
+    const double loss = without_gil([&] { return sigmoid_bce(dp, zp, yp, wp, N); });
     return py::make_tuple(loss, dlogits);
   });
 }
@@ -336,16 +331,7 @@ py::tuple squared_error_py(const py::array& pred, const py::array& target,
     const T* wp = weights_view<T>(weights, N);
     py::array_t<T> dpred({N, K});
     T* dp = dpred.mutable_data();
-    double loss;
-    {
-      py::gil_scoped_release release;
-      try {
-        loss = squared_error(dp, pp, tp, wp, N, K);
-      } catch (const std::invalid_argument& e) {
-        py::gil_scoped_acquire acquire;
-        throw py::value_error(e.what());
-      }
-    }
+    const double loss = without_gil([&] { return squared_error(dp, pp, tp, wp, N, K); });
     return py::make_tuple(loss, dpred);
   });
 }
@@ -503,17 +489,11 @@ class PyTrainer {
     }
     data.weights = weights_view<T>(sample_weight, n_samples_);
     if (batch_size < 1 || max_steps < 1) throw py::value_error("batch_size and max_steps must be >= 1");
-    StepsResult r;
-    {
-      py::gil_scoped_release release;
-      try {
-        r = trainer_->run(data, batch_size, max_steps);
-        total_steps_ += r.steps;  // counted here, so Python reads it even if interrupted
-      } catch (const std::invalid_argument& e) {
-        py::gil_scoped_acquire acquire;
-        throw py::value_error(e.what());
-      }
-    }
+    const StepsResult r = without_gil([&] {
+      StepsResult steps = trainer_->run(data, batch_size, max_steps);
+      total_steps_ += steps.steps;  // counted here, so Python reads it even if interrupted
+      return steps;
+    });
     py::dict out;
     out["loss_sum"] = r.loss_sum;
     out["samples"] = r.samples;
