@@ -11,14 +11,18 @@ namespace fastmlp {
 // momentum ≠ 0:  buf = g on the first step, else buf = momentum·buf + g
 //                g = nesterov ? g + momentum·buf : buf
 // p -= lr·g
+// Both rules: if backup is not null it receives the parameters as they were before the update
+// (in the same pass); the result says whether every updated parameter is finite.
 template <class T>
-void sgd_update(T* param, const T* grad, T* momentum_buffer, index_t n, double lr,
-                double momentum, double weight_decay, bool nesterov, bool first_step);
+bool sgd_update(T* param, const T* grad, T* momentum_buffer, index_t n, double lr,
+                double momentum, double weight_decay, bool nesterov, bool first_step,
+                T* backup = nullptr);
 
 // g = grad + weight_decay·p;  m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²
 // p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)        (t = step, counted from 1)
 template <class T>
-void adam_update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t n, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, std::int64_t step);
+bool adam_update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t n, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, std::int64_t step,
+                 T* backup = nullptr);
 
 }  // namespace fastmlp

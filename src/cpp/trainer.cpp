@@ -208,20 +208,20 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     grad_out = grad_in;
   }
 
-  // The update is all or nothing: gradients that overflowed are refused before it, and an
-  // update that overflows is undone from a copy of the parameters, so the model always keeps
-  // its last finite weights. (The copy costs one pass over the parameters, small next to the
-  // 6·rows passes of the products.)
-  if (!all_finite(grad_W_, grad_b_)) {
-    *nonfinite = true;
-    return std::numeric_limits<double>::quiet_NaN();
-  }
-  save_parameters();
+  // The update is all or nothing: each parameter's update pass also saves its old values and
+  // checks the new ones, and if anything became NaN or infinite (overflowing gradients or an
+  // overflowing step) the old values are put back, so the model always keeps its last finite
+  // weights at the cost of one extra write per parameter.
+  bool finite = true;
+  T* backup = backup_;
   for (index_t l = 0; l < n_layers_; ++l) {
-    update(static_cast<int>(l), params_.weights[l], grad_W_[l], n[l + 1] * n[l]);
-    update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b_[l], n[l + 1]);
+    const index_t w_size = n[l + 1] * n[l], b_size = n[l + 1];
+    finite &= update(static_cast<int>(l), params_.weights[l], grad_W_[l], w_size, backup);
+    finite &= update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b_[l], b_size,
+                     backup + w_size);
+    backup += w_size + b_size;
   }
-  if (!all_finite(params_.weights, params_.biases)) {
+  if (!finite) {
     restore_parameters();
     *nonfinite = true;
     return std::numeric_limits<double>::infinity();
@@ -229,36 +229,6 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   if (cfg_.adam) params_.optimizer_steps += 1;
   std::fill(params_.sgd_first_step.begin(), params_.sgd_first_step.end(), 0);
   return loss;
-}
-
-template <class T>
-bool Trainer<T>::all_finite(const std::vector<T*>& weights, const std::vector<T*>& biases) const {
-  // x·0 is 0 for finite x and NaN otherwise; 16 independent partial sums of it make a
-  // branch-free test the compiler vectorises (one running sum would be a latency chain).
-  constexpr int kLanes = 16;
-  T probe[kLanes] = {};
-  auto scan = [&](const T* p, index_t count) {
-    index_t i = 0;
-    for (; i + kLanes <= count; i += kLanes)
-      for (int j = 0; j < kLanes; ++j) probe[j] += p[i + j] * T(0);
-    for (; i < count; ++i) probe[0] += p[i] * T(0);
-  };
-  for (index_t l = 0; l < n_layers_; ++l) {
-    scan(weights[l], cfg_.sizes[l + 1] * cfg_.sizes[l]);
-    scan(biases[l], cfg_.sizes[l + 1]);
-  }
-  T total = 0;
-  for (int j = 0; j < kLanes; ++j) total += probe[j];
-  return total == T(0);
-}
-
-template <class T>
-void Trainer<T>::save_parameters() {
-  T* out = backup_;
-  for (index_t l = 0; l < n_layers_; ++l) {
-    out = std::copy_n(params_.weights[l], cfg_.sizes[l + 1] * cfg_.sizes[l], out);
-    out = std::copy_n(params_.biases[l], cfg_.sizes[l + 1], out);
-  }
 }
 
 template <class T>
@@ -274,14 +244,13 @@ void Trainer<T>::restore_parameters() {
 }
 
 template <class T>
-void Trainer<T>::update(int i, T* param, const T* grad, index_t count) {
-  if (cfg_.adam) {
-    adam_update(param, grad, params_.state_a[i], params_.state_b[i], count, cfg_.lr, cfg_.beta1,
-                cfg_.beta2, cfg_.eps, cfg_.weight_decay, params_.optimizer_steps + 1);
-  } else {
-    sgd_update(param, grad, params_.state_a[i], count, cfg_.lr, cfg_.momentum,
-               cfg_.weight_decay, cfg_.nesterov, params_.sgd_first_step[i] != 0);
-  }
+bool Trainer<T>::update(int i, T* param, const T* grad, index_t count, T* backup) {
+  if (cfg_.adam)
+    return adam_update(param, grad, params_.state_a[i], params_.state_b[i], count, cfg_.lr,
+                       cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
+                       params_.optimizer_steps + 1, backup);
+  return sgd_update(param, grad, params_.state_a[i], count, cfg_.lr, cfg_.momentum,
+                    cfg_.weight_decay, cfg_.nesterov, params_.sgd_first_step[i] != 0, backup);
 }
 
 template <class T>

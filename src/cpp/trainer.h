@@ -73,9 +73,9 @@ class Trainer {
 
  private:
   double step(const Data& data, index_t first, index_t rows, bool* nonfinite);
-  void update(int param_index, T* param, const T* grad, index_t count);
-  bool all_finite(const std::vector<T*>& weights, const std::vector<T*>& biases) const;
-  void save_parameters();
+  // One optimizer step on one parameter array; see sgd_update / adam_update for backup and
+  // the result.
+  bool update(int param_index, T* param, const T* grad, index_t count, T* backup);
   void restore_parameters();
 
   TrainerConfig cfg_;
