@@ -98,9 +98,17 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
 
+#pragma GCC unroll 4
   for (index_t p = 0; p < k; ++p) {
     const T* a_p = a + p * a_cs;
     const T* b_p = b + p * b_rs;
+    if constexpr (kPacked) {
+      // The panels are read strictly in order: ask for the cache lines 8 steps (1 KiB of B,
+      // 384 B of A) ahead. With the 4-way unrolled loop: 1024³ 0.90–0.91× → 0.91–0.96× NumPy,
+      // 2048³ 0.79–0.80× → 0.83–0.98× (same session, alternating builds; a noisy VM).
+      __builtin_prefetch(b_p + 8 * NR, 0, 3);
+      __builtin_prefetch(a_p + 8 * MR, 0, 3);
+    }
     reg bv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v)
