@@ -82,7 +82,7 @@ template <class T>
 struct GemmKernel {
   MicroKernel<T> micro_kernel = nullptr;
   index_t MR = 0, NR = 0;          // register tile
-  index_t MC = 0, KC = 0, NC = 0;  // cache blocks: A block MC×KC in L2, B panel KC×NR in L1
+  index_t MC = 0, KC = 0, NC = 0;  // cache blocks (A block MC×KC, B block KC×NC); see each ISA
   StridedKernel<T> small_kernel = nullptr;  // MR×NR tile, operands in place
   StridedKernel<T> narrow_kernel = nullptr; // MR×(NR/2) tile, in place: a narrow last panel
   StridedKernel<T> row_kernel = nullptr;    // 1×row_NR tile, operands in place (one row of C)
