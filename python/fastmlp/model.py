@@ -28,12 +28,17 @@ from fastmlp.optim import SGD, Optimizer
 __all__ = ["MLP", "History"]
 
 
+def _draw_epoch_seed(rng: np.random.Generator) -> int:
+    """The next epoch's shuffling seed, drawn from fit's generator (default_rng(seed))."""
+    return int(rng.integers(0, 2**63))
+
+
 def _epoch_seeds(seed):
     """The seed of each epoch's shuffle, as fit draws them from ``seed`` (None: fresh
     entropy)."""
     rng = np.random.default_rng(seed)
     while True:
-        yield int(rng.integers(0, 2**63))
+        yield _draw_epoch_seed(rng)
 
 
 def _epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
@@ -455,7 +460,7 @@ class MLP:
             steps_per_call = max(1, int(5e8 // flops_per_step))
             for epoch in range(start_epoch, epochs):
                 started = time.perf_counter()
-                trainer.begin_epoch(n, bool(shuffle), int(rng.integers(0, 2**63)))
+                trainer.begin_epoch(n, bool(shuffle), _draw_epoch_seed(rng))
                 total = 0.0
                 while True:
                     call_started = time.perf_counter()
