@@ -40,6 +40,15 @@ def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weig
     return losses
 
 
+@pytest.fixture(params=["narrow", "gemm"])
+def engine_path(request):
+    """Both ways the engine can run a step: feature-major for narrow nets, or the row-major
+    GEMM path (every net of these tests is narrow enough for the first by default)."""
+    previous = ops.set_narrow_max_width(10_000 if request.param == "narrow" else 0)
+    yield request.param
+    ops.set_narrow_max_width(previous)
+
+
 OPTIMIZERS = {
     "sgd": lambda: SGD(lr=0.05),
     "sgd-momentum-wd": lambda: SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
@@ -56,7 +65,8 @@ OPTIMIZERS = {
     ([5, 10, 2], "identity", "logistic"), ([5, 7, 1], "identity", "identity")])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
-def test_fit_equals_step_by_step_path(optimizer, sizes, output, activation, dtype, weighted):
+def test_fit_equals_step_by_step_path(optimizer, sizes, output, activation, dtype, weighted,
+                                      engine_path):
     n_labels = 2 if output == "sigmoid" else sizes[-1]
     X, y = data(103, sizes[0], n_labels)  # 103 = 3·32 + 7
     if output == "identity":
@@ -74,7 +84,7 @@ def test_fit_equals_step_by_step_path(optimizer, sizes, output, activation, dtyp
 
 
 @pytest.mark.parametrize("optimizer", ["sgd-momentum-wd", "adam"])
-def test_fit_with_l2_penalty_equals_step_by_step_path(optimizer):
+def test_fit_with_l2_penalty_equals_step_by_step_path(optimizer, engine_path):
     X, y = data(90, 6, 3)
     fused, reference = MLP([6, 11, 3], dtype="float64", seed=2), MLP([6, 11, 3], dtype="float64", seed=2)
     history = fused.fit(X, y, epochs=2, batch_size=20, optimizer=OPTIMIZERS[optimizer](), seed=3,
@@ -123,10 +133,11 @@ def test_optimizer_state_carries_across_fit_calls():
         np.testing.assert_array_equal(a, b)
 
 
-def test_training_steps_allocate_nothing_after_the_first_epoch():
-    X, y = data(1000, 30, 5, dtype=np.float32)
+@pytest.mark.parametrize("sizes", [[30, 64, 32, 5], [3, 8, 8, 4]], ids=["gemm", "narrow"])
+def test_training_steps_allocate_nothing_after_the_first_epoch(sizes):
+    X, y = data(1000, sizes[0], sizes[-1], dtype=np.float32)
     counts = []
-    model = MLP([30, 64, 32, 5], seed=0)
+    model = MLP(sizes, seed=0)
     model.fit(X, y, epochs=4, batch_size=64, optimizer=Adam(), seed=0,
               callbacks=[lambda m, h: counts.append(ops.workspace_allocations())])
     assert counts[1:] == [counts[0]] * 3, counts
@@ -141,7 +152,7 @@ def test_callbacks_run_after_every_epoch():
         MLP([3, 4, 2], seed=0).fit(X, y, callbacks=[1])
 
 
-@pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 200, 100, 10]])
+@pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 200, 100, 10], [4, 9, 3]])
 def test_training_is_bitwise_identical_for_any_thread_count(sizes):
     X, y = data(600, sizes[0], sizes[-1], dtype=np.float32)
     previous = fastmlp.get_num_threads()
@@ -182,3 +193,27 @@ def test_ctrl_c_stops_at_a_step_boundary_with_consistent_weights():
     for a, b in zip(model.weights + model.biases, replay.weights + replay.biases):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert np.isfinite(model.predict_proba(X[:3])).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
+    """Batches of 1, 17 (a prime, not a multiple of any SIMD width) and 64 + a last batch of
+    5, with shuffling: both step implementations agree to rounding."""
+    X, y = data(69, 7, 5, dtype=dtype)
+    results = {}
+    for width in (10_000, 0):
+        previous = ops.set_narrow_max_width(width)
+        try:
+            for batch_size in (1, 17, 64):
+                model = MLP([7, 13, 11, 5], dtype=dtype, seed=5)
+                history = model.fit(X, y, epochs=2, batch_size=batch_size,
+                                    optimizer=Adam(lr=1e-2), seed=1)
+                results[width, batch_size] = (history.loss, model.weights + model.biases)
+        finally:
+            ops.set_narrow_max_width(previous)
+    rtol = 1e-11 if dtype == "float64" else 1e-4
+    for batch_size in (1, 17, 64):
+        narrow, gemm = results[10_000, batch_size], results[0, batch_size]
+        np.testing.assert_allclose(narrow[0], gemm[0], rtol=rtol)
+        for a, b in zip(narrow[1], gemm[1]):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)

@@ -117,7 +117,7 @@ def integer_labels(value, name: str, n_classes: int, n_samples: int | None = Non
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{name}[{index}] = {y[index].item()!r} is not an integer class label")
-    if y.size:
+    if y.size and (y.min() < 0 or y.max() >= n_classes):  # two reductions, no temporaries
         bad = (y < 0) | (y >= n_classes)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])

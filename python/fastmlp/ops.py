@@ -22,7 +22,7 @@ from fastmlp._validation import (contiguous, float_array, integer_labels, same_d
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
-    "set_small_gemm_max_flops", "workspace_allocations",
+    "set_narrow_max_width", "set_small_gemm_max_flops", "workspace_allocations",
 ]
 
 _ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
@@ -62,6 +62,14 @@ def set_small_gemm_max_flops(flops: float | None) -> float:
     them; ``None`` restores the measured default rule. Returns the previous limit. A tuning and
     testing knob: both paths give the same results to rounding."""
     return _core.set_small_gemm_max_flops(-1.0 if flops is None else float(flops))
+
+
+def set_narrow_max_width(width: int | None) -> int:
+    """Networks whose layers are all at most ``width`` units wide (inputs included) train
+    feature-major, every loop running over the batch (see src/cpp/narrow.h); ``None`` restores
+    the measured default, 0 turns that path off. Returns the previous width. Read when ``fit``
+    starts. A tuning and testing knob: both paths give the same results to rounding."""
+    return _core.set_narrow_max_width(-1 if width is None else int(width))
 
 
 def workspace_allocations() -> int:

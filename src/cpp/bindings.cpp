@@ -17,6 +17,7 @@
 #include "loss.h"
 #include "optim.h"
 #include "threads.h"
+#include "narrow.h"
 #include "trainer.h"
 
 namespace py = pybind11;
@@ -621,6 +622,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("n"), py::arg("seed"));
   m.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   m.def("set_small_gemm_max_flops", &set_small_gemm_max_flops, py::arg("flops"));
+  m.def("set_narrow_max_width", &set_narrow_max_width, py::arg("width"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
         py::arg("activation"));

@@ -8,6 +8,7 @@
 #include "activations.h"
 #include "dense.h"
 #include "loss.h"
+#include "narrow.h"
 #include "optim.h"
 
 namespace fastmlp {
@@ -48,6 +49,7 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
     : cfg_(std::move(config)), params_(std::move(params)), max_batch_(max_batch) {
   n_layers_ = static_cast<index_t>(cfg_.sizes.size()) - 1;
   const index_t widest = *std::max_element(cfg_.sizes.begin() + 1, cfg_.sizes.end());
+  narrow_ = *std::max_element(cfg_.sizes.begin(), cfg_.sizes.end()) <= narrow_max_width();
   // One block for every float buffer; each piece rounded to 16 elements (64 bytes).
   auto rounded = [](index_t n) { return (n + 15) / 16 * 16; };
   index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]) +
@@ -59,6 +61,7 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
     n_parameters += cfg_.sizes[l + 1] * (cfg_.sizes[l] + 1);
   }
   total += rounded(n_parameters);
+  if (narrow_) total += rounded(max_batch_ * cfg_.sizes.back());
   T* p = block_.reserve(static_cast<std::size_t>(total));
   auto carve = [&](index_t n) {
     T* piece = p;
@@ -76,6 +79,7 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
     grad_W_.push_back(carve(cfg_.sizes[l + 1] * cfg_.sizes[l]));
     grad_b_.push_back(carve(cfg_.sizes[l + 1]));
   }
+  if (narrow_) logits_rows_ = carve(max_batch_ * cfg_.sizes.back());
   y_batch_ = labels_block_.reserve(static_cast<std::size_t>(max_batch_));
 }
 
@@ -113,40 +117,96 @@ StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_st
 }
 
 template <class T>
-double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite) {
+typename Trainer<T>::Batch Trainer<T>::gather(const Data& data, index_t first, index_t rows) {
   const std::vector<index_t>& n = cfg_.sizes;
   const index_t n_logits = n.back();
-  // The batch: consecutive rows are read in place; shuffled rows are gathered.
-  const T* x = data.X + first * data.ldx;
-  index_t ld_x = data.ldx;
-  const std::int64_t* labels = data.labels ? data.labels + first : nullptr;
-  const T* targets = data.targets ? data.targets + first * n_logits : nullptr;
-  const T* weights = data.weights ? data.weights + first : nullptr;
-  if (shuffled_) {
-    const std::int64_t* order = order_.data() + first;
+  Batch batch;
+  batch.rows = rows;
+  // Consecutive rows are read in place; shuffled rows are gathered. The feature-major path
+  // always copies X, transposed, into x_batch_ (n_0, rows).
+  const std::int64_t* order = shuffled_ ? order_.data() + first : nullptr;
+  auto row = [&](index_t r) { return order ? order[r] : first + r; };
+  batch.x = data.X + first * data.ldx;
+  batch.ld_x = data.ldx;
+  if (narrow_) {
+    for (index_t r = 0; r < rows; ++r) {
+      const T* x_row = data.X + row(r) * data.ldx;
+      for (index_t p = 0; p < n[0]; ++p) x_batch_[p * rows + r] = x_row[p];
+    }
+    batch.x = x_batch_;
+  } else if (order) {
     for (index_t r = 0; r < rows; ++r)
       std::copy_n(data.X + order[r] * data.ldx, n[0], x_batch_ + r * n[0]);
-    x = x_batch_;
-    ld_x = n[0];
-    if (labels) {
+    batch.x = x_batch_;
+    batch.ld_x = n[0];
+  }
+  batch.labels = data.labels ? data.labels + first : nullptr;
+  batch.targets = data.targets ? data.targets + first * n_logits : nullptr;
+  batch.weights = data.weights ? data.weights + first : nullptr;
+  if (order) {
+    if (batch.labels) {
       for (index_t r = 0; r < rows; ++r) y_batch_[r] = data.labels[order[r]];
-      labels = y_batch_;
+      batch.labels = y_batch_;
     }
-    if (targets) {
+    if (batch.targets) {
       for (index_t r = 0; r < rows; ++r)
         std::copy_n(data.targets + order[r] * n_logits, n_logits, targets_batch_ + r * n_logits);
-      targets = targets_batch_;
+      batch.targets = targets_batch_;
     }
-    if (weights) {
+    if (batch.weights) {
       for (index_t r = 0; r < rows; ++r) weights_batch_[r] = data.weights[order[r]];
-      weights = weights_batch_;
+      batch.weights = weights_batch_;
     }
   }
+  return batch;
+}
 
+template <class T>
+double Trainer<T>::batch_loss(T* dlogits, const T* logits, const Batch& batch) {
+  const index_t rows = batch.rows, n_logits = cfg_.sizes.back();
+  double loss = 0.0;
+  switch (cfg_.output) {
+    case OutputKind::softmax:
+      loss = softmax_nll(dlogits, logits, batch.labels, batch.weights, rows, n_logits);
+      break;
+    case OutputKind::sigmoid:
+      loss = sigmoid_bce(dlogits, logits, batch.labels, batch.weights, rows);
+      break;
+    case OutputKind::identity:
+      loss = squared_error(dlogits, logits, batch.targets, batch.weights, rows, n_logits);
+      break;
+  }
+  if (cfg_.alpha != 0.0) {
+    double squares = 0.0;
+    for (index_t l = 0; l < n_layers_; ++l) {
+      const T* w = params_.weights[l];
+      const index_t count = cfg_.sizes[l + 1] * cfg_.sizes[l];
+      for (index_t i = 0; i < count; ++i) squares += static_cast<double>(w[i]) * w[i];
+    }
+    loss += 0.5 * cfg_.alpha * squares / static_cast<double>(rows);
+  }
+  return loss;
+}
+
+template <class T>
+void Trainer<T>::add_l2_gradient(index_t l, index_t rows) {
+  if (cfg_.alpha == 0.0) return;
+  // grad_W += alpha · W / rows
+  const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(rows));
+  const T* w = params_.weights[l];
+  T* gw = grad_W_[l];
+  const index_t count = cfg_.sizes[l + 1] * cfg_.sizes[l];
+  for (index_t i = 0; i < count; ++i) gw[i] += scale * w[i];
+}
+
+template <class T>
+double Trainer<T>::gemm_gradients(const Batch& batch) {
+  const std::vector<index_t>& n = cfg_.sizes;
+  const index_t rows = batch.rows;
   // Forward: act[l] = act(in Wᵀ + b), bias and ReLU in the GEMM write-back.
   for (index_t l = 0; l < n_layers_; ++l) {
     const bool hidden = l < n_layers_ - 1;
-    const StridedMatrix<T> in = l == 0 ? StridedMatrix<T>{x, ld_x, 1}
+    const StridedMatrix<T> in = l == 0 ? StridedMatrix<T>{batch.x, batch.ld_x, 1}
                                        : StridedMatrix<T>{act_[l - 1], n[l], 1};
     dense_forward(act_[l], in, StridedMatrix<T>{params_.weights[l], n[l], 1}, params_.biases[l],
                   rows, n[l], n[l + 1],
@@ -155,38 +215,15 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
 
   // Loss, and its gradient w.r.t. the logits written straight into the first gradient buffer.
   T* grad_out = grad_[0];
-  const T* logits = act_[n_layers_ - 1];
-  double loss = 0.0;  // of this batch, before the L2 penalty
-  switch (cfg_.output) {
-    case OutputKind::softmax:
-      loss = softmax_nll(grad_out, logits, labels, weights, rows, n_logits);
-      break;
-    case OutputKind::sigmoid:
-      loss = sigmoid_bce(grad_out, logits, labels, weights, rows);
-      break;
-    case OutputKind::identity:
-      loss = squared_error(grad_out, logits, targets, weights, rows, n_logits);
-      break;
-  }
-  if (cfg_.alpha != 0.0) {
-    double squares = 0.0;
-    for (index_t l = 0; l < n_layers_; ++l) {
-      const T* w = params_.weights[l];
-      for (index_t i = 0; i < n[l + 1] * n[l]; ++i) squares += static_cast<double>(w[i]) * w[i];
-    }
-    loss += 0.5 * cfg_.alpha * squares / static_cast<double>(rows);
-  }
-  if (!std::isfinite(loss)) {
-    *nonfinite = true;
-    return loss;
-  }
+  const double loss = batch_loss(grad_out, act_[n_layers_ - 1], batch);
+  if (!std::isfinite(loss)) return loss;
 
   // Backward, last layer first. grad_out = dL/d(layer output); the ReLU of hidden layer l was
   // already folded in by the layer above (mask epilogue), so grad_out is dL/d(pre-activation).
   for (index_t l = n_layers_ - 1; l >= 0; --l) {
     const index_t n_in = n[l], n_out = n[l + 1];
-    const T* in = l == 0 ? x : act_[l - 1];
-    const index_t ld_in = l == 0 ? ld_x : n_in;
+    const T* in = l == 0 ? batch.x : act_[l - 1];
+    const index_t ld_in = l == 0 ? batch.ld_x : n_in;
     bias_gradient(grad_b_[l], grad_out, rows, n_out);  // while grad_out is hot in cache
     weight_gradient(grad_W_[l], grad_out, StridedMatrix<T>{in, ld_in, 1}, rows, n_in, n_out);
     T* grad_in = grad_[(n_layers_ - l) % 2];
@@ -199,13 +236,53 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
       if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
         activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
     }
-    if (cfg_.alpha != 0.0) {  // + alpha · W / rows
-      const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(rows));
-      const T* w = params_.weights[l];
-      T* gw_l = grad_W_[l];
-      for (index_t i = 0; i < n_out * n_in; ++i) gw_l[i] += scale * w[i];
-    }
+    add_l2_gradient(l, rows);
     grad_out = grad_in;
+  }
+  return loss;
+}
+
+template <class T>
+double Trainer<T>::narrow_gradients(const Batch& batch) {
+  // The same math as gemm_gradients with every activation and gradient feature-major
+  // (n_l, rows): see narrow.h. Only the loss kernels read row-major logits, so the logits are
+  // transposed into logits_rows_ (rows, n_L) and their gradient back into grad_[0].
+  const std::vector<index_t>& n = cfg_.sizes;
+  const index_t rows = batch.rows, n_logits = n.back();
+  for (index_t l = 0; l < n_layers_; ++l) {
+    const bool hidden = l < n_layers_ - 1;
+    narrow_forward(act_[l], l == 0 ? batch.x : act_[l - 1], params_.weights[l],
+                   params_.biases[l], rows, n[l], n[l + 1],
+                   hidden ? cfg_.hidden : Activation::identity);
+  }
+  transpose_into(logits_rows_, act_[n_layers_ - 1], n_logits, rows, rows);
+  T* dlogits_rows = grad_[1];
+  const double loss = batch_loss(dlogits_rows, logits_rows_, batch);
+  if (!std::isfinite(loss)) return loss;
+  T* grad_out = grad_[0];  // dL/d(pre-activation of layer l), (n_{l+1}, rows)
+  transpose_into(grad_out, dlogits_rows, rows, n_logits, n_logits);
+  for (index_t l = n_layers_ - 1; l >= 0; --l) {
+    const T* in = l == 0 ? batch.x : act_[l - 1];
+    narrow_parameter_gradients(grad_W_[l], grad_b_[l], grad_out, in, rows, n[l], n[l + 1]);
+    if (l > 0) {
+      T* grad_in = grad_[(n_layers_ - l) % 2];
+      narrow_input_gradient(grad_in, grad_out, params_.weights[l], rows, n[l], n[l + 1]);
+      activation_backward_inplace(grad_in, act_[l - 1], rows * n[l], cfg_.hidden);
+      grad_out = grad_in;
+    }
+    add_l2_gradient(l, rows);
+  }
+  return loss;
+}
+
+template <class T>
+double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite) {
+  const std::vector<index_t>& n = cfg_.sizes;
+  const Batch batch = gather(data, first, rows);
+  const double loss = narrow_ ? narrow_gradients(batch) : gemm_gradients(batch);
+  if (!std::isfinite(loss)) {
+    *nonfinite = true;
+    return loss;
   }
 
   // The update is all or nothing: each parameter's update pass also saves its old values and

@@ -72,7 +72,22 @@ class Trainer {
   const std::vector<std::int64_t>& order() const { return order_; }
 
  private:
+  // One mini-batch: its rows (gathered when shuffled), labels, targets and weights.
+  struct Batch {
+    const T* x = nullptr;  // (rows, n_0) rows ld_x apart; feature-major (n_0, rows) if narrow_
+    index_t ld_x = 0, rows = 0;
+    const std::int64_t* labels = nullptr;
+    const T* targets = nullptr;
+    const T* weights = nullptr;
+  };
+  Batch gather(const Data& data, index_t first, index_t rows);
   double step(const Data& data, index_t first, index_t rows, bool* nonfinite);
+  // Forward, loss and backward of one batch into grad_W_ / grad_b_; returns the batch loss
+  // (L2 penalty included), and stops after the loss if it is not finite.
+  double gemm_gradients(const Batch& batch);
+  double narrow_gradients(const Batch& batch);  // every layer feature-major (narrow.h)
+  double batch_loss(T* dlogits, const T* logits, const Batch& batch);
+  void add_l2_gradient(index_t layer, index_t rows);
   // One optimizer step on one parameter array; see sgd_update / adam_update for backup and
   // the result.
   bool update(int param_index, T* param, const T* grad, index_t count, T* backup);
@@ -81,6 +96,9 @@ class Trainer {
   TrainerConfig cfg_;
   TrainerParameters<T> params_;
   index_t max_batch_, n_layers_;
+  // Every layer at most narrow_max_width() wide: the step runs feature-major (narrow.h) and
+  // act_, grad_ and x_batch_ hold transposed (features, rows) matrices.
+  bool narrow_ = false;
   // Workspace, carved from one block: per layer l, act_[l] (max_batch, n_{l+1}) the layer's
   // output (ReLU applied; the last is the logits); grad_[0/1] (max_batch, max n) ping-pong
   // gradients w.r.t. layer outputs; grad_W_[l] (n_{l+1}, n_l), grad_b_[l] (n_{l+1});
@@ -94,6 +112,7 @@ class Trainer {
   T* targets_batch_ = nullptr;  // (max_batch, n_L), regression only
   T* weights_batch_ = nullptr;  // (max_batch)
   T* backup_ = nullptr;         // every parameter, before the step's update
+  T* logits_rows_ = nullptr;    // (max_batch, n_L), narrow path only: row-major logits
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
