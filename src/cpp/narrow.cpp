@@ -9,10 +9,10 @@ namespace fastmlp {
 
 namespace {
 
-// Widest layer run feature-major. Measured on the development VM (AVX-512 Xeon, batch 32 to
-// 256, float32, full training steps): at width 16 the feature-major step is 2–4× faster than
-// the GEMM path, at width 32 about even, at 64 the GEMM path wins.
-constexpr index_t kNarrowMaxWidthDefault = 24;
+// Widest layer run feature-major. Measured on the development VM (AVX-512 Xeon, float32,
+// one SGD epoch, samples/s feature-major ÷ GEMM path): [2,3,3] 2.0× at batch 32 and 128;
+// [8,8,4] 2.2× at batch 32, 0.95× at 128; [16,16,10] 0.5×; wider nets lose more.
+constexpr index_t kNarrowMaxWidthDefault = 8;
 std::atomic<index_t> g_narrow_max_width{kNarrowMaxWidthDefault};
 
 // Σ_i a[i] · b[i] (b null: Σ_i a[i]) with kLanes independent partial sums, so the compiler
