@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace fastmlp {
 
@@ -15,6 +16,44 @@ inline unsigned not_finite(T v) {
 }
 }  // namespace
 
+// The per-element loops are specialised on every flag (template parameters), so each
+// compiled loop is branch-free and vectorises; the pointers never alias (restrict). Before
+// this the flags were tested per element and the loop ran scalar: a tenth of a digits-sized
+// training step went to the SGD update.
+template <class T, bool kBackup, bool kDecay, bool kMomentum, bool kNesterov, bool kFirst>
+unsigned sgd_loop(T* __restrict__ param, const T* __restrict__ grad,
+                  T* __restrict__ momentum_buffer, T* __restrict__ backup, index_t n, T lr, T mu,
+                  T wd) {
+  unsigned bad = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const T p = param[i];
+    if (kBackup) backup[i] = p;
+    T g = grad[i];
+    if (kDecay) g = g + wd * p;
+    if (kMomentum) {
+      const T buf = kFirst ? g : mu * momentum_buffer[i] + g;
+      momentum_buffer[i] = buf;
+      g = kNesterov ? g + mu * buf : buf;
+    }
+    const T updated = p - lr * g;
+    bad |= not_finite(updated);
+    param[i] = updated;
+  }
+  return bad;
+}
+
+// Calls f(std::integral_constant<bool, flag>{}, ...) with each runtime flag turned into a
+// compile-time one.
+template <class F>
+auto with_flags(F&& f) {
+  return f();
+}
+template <class F, class... Flags>
+auto with_flags(F&& f, bool flag, Flags... rest) {
+  return flag ? with_flags([&](auto... known) { return f(std::true_type{}, known...); }, rest...)
+              : with_flags([&](auto... known) { return f(std::false_type{}, known...); }, rest...);
+}
+
 template <class T>
 bool sgd_update(T* param, const T* grad, T* momentum_buffer, index_t n, double lr,
                 double momentum, double weight_decay, bool nesterov, bool first_step,
@@ -22,22 +61,34 @@ bool sgd_update(T* param, const T* grad, T* momentum_buffer, index_t n, double l
   const T lr_t = static_cast<T>(lr), mu = static_cast<T>(momentum),
           wd = static_cast<T>(weight_decay);
   const bool use_momentum = momentum != 0.0;
+  const unsigned bad = with_flags(
+      [&](auto has_backup, auto decay, auto use_mu, auto nest, auto first) {
+        return sgd_loop<T, has_backup, decay, use_mu, use_mu && nest, use_mu && first>(
+            param, grad, momentum_buffer, backup, n, lr_t, mu, wd);
+      },
+      backup != nullptr, weight_decay != 0.0, use_momentum, nesterov, first_step);
+  return bad == 0;
+}
+
+template <class T, bool kBackup, bool kDecay>
+unsigned adam_loop(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
+                   T* __restrict__ exp_avg_sq, T* __restrict__ backup, index_t n, T step_size,
+                   T bc2_sqrt, T one_minus_b1, T b2, T one_minus_b2, T eps, T wd) {
   unsigned bad = 0;
   for (index_t i = 0; i < n; ++i) {
     const T p = param[i];
-    if (backup) backup[i] = p;
+    if (kBackup) backup[i] = p;
     T g = grad[i];
-    if (weight_decay != 0.0) g = g + wd * p;
-    if (use_momentum) {
-      const T buf = first_step ? g : mu * momentum_buffer[i] + g;
-      momentum_buffer[i] = buf;
-      g = nesterov ? g + mu * buf : buf;
-    }
-    const T updated = p - lr_t * g;
+    if (kDecay) g = g + wd * p;
+    const T m = exp_avg[i] + one_minus_b1 * (g - exp_avg[i]);
+    const T v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    const T updated = p - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps));
     bad |= not_finite(updated);
     param[i] = updated;
   }
-  return bad == 0;
+  return bad;
 }
 
 template <class T>
@@ -51,20 +102,13 @@ bool adam_update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t n, 
   const T one_minus_b1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2),
           one_minus_b2 = static_cast<T>(1.0 - beta2), eps_t = static_cast<T>(eps),
           wd = static_cast<T>(weight_decay);
-  unsigned bad = 0;
-  for (index_t i = 0; i < n; ++i) {
-    const T p = param[i];
-    if (backup) backup[i] = p;
-    T g = grad[i];
-    if (weight_decay != 0.0) g = g + wd * p;
-    const T m = exp_avg[i] + one_minus_b1 * (g - exp_avg[i]);
-    const T v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    const T updated = p - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps_t));
-    bad |= not_finite(updated);
-    param[i] = updated;
-  }
+  const unsigned bad = with_flags(
+      [&](auto has_backup, auto decay) {
+        return adam_loop<T, has_backup, decay>(param, grad, exp_avg, exp_avg_sq, backup, n,
+                                               step_size, bc2_sqrt, one_minus_b1, b2,
+                                               one_minus_b2, eps_t, wd);
+      },
+      backup != nullptr, weight_decay != 0.0);
   return bad == 0;
 }
 
