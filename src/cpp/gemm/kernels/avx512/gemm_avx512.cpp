@@ -187,7 +187,10 @@ inline void transpose16x16(__m512 r[16]) {
 }
 
 // pack_b for op(B) = Wᵀ (see PackTransposedKernel): 16 rows of W × 16 values of p are loaded,
-// transposed in registers and stored as 16 rows of a panel; edges fall back to scalar copies.
+// transposed in registers and stored as 16 rows of a panel. Edges use the same path: rows of
+// W past nc load as zeros (the panel's padding) and a last p block of fewer than 16 loads
+// masked and stores only its rows. (A scalar edge loop cost the digits net's 10-class output
+// layer as much as packing its 128-wide hidden layer.)
 template <int NR>
 void pack_b_transposed_avx512(float* packed, const float* w, index_t ldw, index_t kc,
                               index_t nc) {
@@ -195,19 +198,18 @@ void pack_b_transposed_avx512(float* packed, const float* w, index_t ldw, index_
     const index_t cols = nc - jr < NR ? nc - jr : NR;
     float* panel = packed + jr * kc;
     for (index_t j0 = 0; j0 < NR; j0 += 16) {
-      index_t p = 0;
-      if (j0 + 16 <= cols) {
-        const float* rows = w + (jr + j0) * ldw;
-        for (; p + 16 <= kc; p += 16) {
-          __m512 r[16];
-          for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows + i * ldw + p);
-          transpose16x16(r);
-          for (int i = 0; i < 16; ++i) _mm512_storeu_ps(panel + (p + i) * NR + j0, r[i]);
-        }
+      const index_t rows_here = cols - j0 < 0 ? 0 : (cols - j0 > 16 ? 16 : cols - j0);
+      const float* rows = w + (jr + j0) * ldw;
+      for (index_t p = 0; p < kc; p += 16) {
+        const index_t depth = kc - p < 16 ? kc - p : 16;
+        const __mmask16 valid = static_cast<__mmask16>((1u << depth) - 1u);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < rows_here ? _mm512_maskz_loadu_ps(valid, rows + i * ldw + p)
+                               : _mm512_setzero_ps();
+        transpose16x16(r);
+        for (int i = 0; i < depth; ++i) _mm512_storeu_ps(panel + (p + i) * NR + j0, r[i]);
       }
-      for (; p < kc; ++p)
-        for (index_t j = j0; j < j0 + 16; ++j)
-          panel[p * NR + j] = j < cols ? w[(jr + j) * ldw + p] : 0.0f;
     }
   }
 }
