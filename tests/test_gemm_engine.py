@@ -63,7 +63,9 @@ def edge_shapes(dtype):
     """(M, N, K): 1, primes, and one below / at / above every tile and block size."""
     cfg = ops.gemm_config(dtype)
     shapes = {(1, 1, 1), (1, 7, 1), (7, 13, 31), (1, 67, 131), (3, 1, 5), (13, 17, 0)}
-    for d in (cfg["MR"] - 1, cfg["MR"], cfg["MR"] + 1, 2 * cfg["MR"] + 1):
+    # MR + 3, + 4, + 7, + 8: last row blocks that the 4- and 8-row tiles take (where an ISA has them)
+    for d in (cfg["MR"] - 1, cfg["MR"], cfg["MR"] + 1, 2 * cfg["MR"] + 1, cfg["MR"] + 3,
+              cfg["MR"] + 4, cfg["MR"] + 7, cfg["MR"] + 8, 4, 8):
         shapes.add((d, 11, 9))
     half = cfg["NR"] // 2  # a last panel this narrow takes the half-width kernel
     for d in (half, half + 1, cfg["NR"] - 1, cfg["NR"], cfg["NR"] + 1, cfg["NR"] + half,

@@ -219,19 +219,31 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     const index_t m = std::min(MR, g.M - ir);
     const T* a = g.A + ir * g.rs_a;
     index_t a_rs = g.rs_a, a_cs = g.cs_a;
-    if (m < MR) {
-      // The kernel reads MR rows: copy the last, partial row block into a zero-padded panel.
-      T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, MR * g.K));
-      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, MR);
+    // A last, partial row block takes the shortest tile that covers it, if the ISA has one.
+    StridedKernel<T> rows_kernel = nullptr;
+    index_t rows_read = MR;
+    if (!one_row && m <= 4 && kern.rows4_kernel) {
+      rows_kernel = kern.rows4_kernel;
+      rows_read = 4;
+    } else if (!one_row && m <= 8 && kern.rows8_kernel) {
+      rows_kernel = kern.rows8_kernel;
+      rows_read = 8;
+    }
+    if (m < rows_read) {
+      // The kernel reads rows_read rows: copy the partial row block into a zero-padded panel.
+      T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, rows_read * g.K));
+      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read);
       a = panel;
       a_rs = 1;
-      a_cs = MR;
+      a_cs = rows_read;
     }
     for (index_t jr = 0; jr < g.N; jr += NR) {
       const index_t n = std::min(NR, g.N - jr);
       // A last panel at most half as wide (10 classes: 10 of 32 columns) runs the half-width
       // tile: half the FMAs, no masked-off lanes computed.
-      const StridedKernel<T> kernel = (!one_row && 2 * n <= NR) ? kern.narrow_kernel : tile_kernel;
+      const StridedKernel<T> kernel = rows_kernel                        ? rows_kernel
+                                      : (!one_row && 2 * n <= NR)         ? kern.narrow_kernel
+                                                                          : tile_kernel;
       kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
                   g.ldc, m, n, tile_epilogue(g, ir, jr));
     }

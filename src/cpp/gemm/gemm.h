@@ -89,6 +89,11 @@ struct GemmKernel {
   index_t row_NR = 0;
   GemvKernel<T> gemv = nullptr;
   PackTransposedKernel<T> pack_b_transposed = nullptr;
+  // In-place 4×NR and 8×NR tiles for a last row block of at most 4 or 8 rows (null: the MR×NR
+  // tile on zero-padded rows). A batch of 64 is 5 tiles of 12 rows and one of 4: computed
+  // as 12 rows, a ninth of the product would be padding.
+  StridedKernel<T> rows4_kernel = nullptr;
+  StridedKernel<T> rows8_kernel = nullptr;
 };
 
 // C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in

@@ -235,11 +235,13 @@ IsaKernels avx512_kernels() {
   k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 240, 768, 4096,
              &strided_kernel_avx512<float, 12, 2>,
              &strided_kernel_avx512<float, 12, 1>, &strided_kernel_avx512<float, 1, 4>, 64,
-             &gemv_simd<Zmm<float>, float>, &pack_b_transposed_avx512<32>};
+             &gemv_simd<Zmm<float>, float>, &pack_b_transposed_avx512<32>,
+             &strided_kernel_avx512<float, 4, 2>, &strided_kernel_avx512<float, 8, 2>};
   k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 120, 768, 2048,
              &strided_kernel_avx512<double, 12, 2>,
              &strided_kernel_avx512<double, 12, 1>, &strided_kernel_avx512<double, 1, 4>, 32,
-             &gemv_simd<Zmm<double>, double>};
+             &gemv_simd<Zmm<double>, double>, nullptr,
+             &strided_kernel_avx512<double, 4, 2>, &strided_kernel_avx512<double, 8, 2>};
   return k;
 }
 
