@@ -51,15 +51,26 @@ class Timing:
     spread: float  # (slowest - fastest repeat) / median: how noisy the measurement was
 
 
+# Seconds to wait before timing an implementation when several threads are in play. After a
+# call, OpenBLAS's idle workers keep spinning on their cores for ~0.1 s (blas_thread_server
+# in perf), and whoever runs next on two threads loses the second core to them: measured,
+# fastmlp's 2-thread 1024³ product right after NumPy's gave 122–139 GFLOP/s, after a 0.3 s
+# pause 187–269. The pause lets every implementation start on a quiet machine.
+SETTLE_SECONDS = 0.3
+
+
 def timed(runners: dict[str, Callable[[], object]], budget: Budget,
-          first_seconds: dict[str, float]) -> dict[str, Timing]:
+          first_seconds: dict[str, float], settle: float = 0.0) -> dict[str, Timing]:
     """Seconds per call of each runner. first_seconds: each one's warm-up call time, which
-    sets how many calls a repeat makes."""
+    sets how many calls a repeat makes; settle: seconds of sleep before each timed repeat
+    (SETTLE_SECONDS for multi-threaded runs)."""
     calls = {name: max(1, math.ceil(budget.min_time / max(first_seconds[name], 1e-9)))
              for name in runners}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(budget.repeats):
         for name, run in runners.items():
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             for _ in range(calls[name]):
                 run()
@@ -236,10 +247,12 @@ def threads_section(impls: list[str], dtype: str, budget: Budget) -> bool:
                       {impl: t.epoch for impl, t in trainers.items()}))
     for label, amount, runners in works:
         one = timed({"fastmlp": runners["fastmlp"]}, budget,
-                    first_calls({"fastmlp": runners["fastmlp"]})[1])["fastmlp"].seconds
+                    first_calls({"fastmlp": runners["fastmlp"]})[1],
+                    settle=SETTLE_SECONDS)["fastmlp"].seconds
         with threads(2, torch):
             first = first_calls(runners)[1]
-            two = {impl: t.seconds for impl, t in timed(runners, budget, first).items()}
+            two = {impl: t.seconds
+                   for impl, t in timed(runners, budget, first, settle=SETTLE_SECONDS).items()}
         row = [label, rate(amount / one / (1e9 if "gemm" in label else 1)),
                rate(amount / two["fastmlp"] / (1e9 if "gemm" in label else 1)),
                ratio(one, two["fastmlp"])]
