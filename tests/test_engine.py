@@ -152,7 +152,8 @@ def test_callbacks_run_after_every_epoch():
         MLP([3, 4, 2], seed=0).fit(X, y, callbacks=[1])
 
 
-@pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 200, 100, 10], [4, 9, 3]])
+# [300, 256, 100, 10]: the first weight array (76,800) is updated in parallel chunks.
+@pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 256, 100, 10], [4, 9, 3]])
 def test_training_is_bitwise_identical_for_any_thread_count(sizes):
     X, y = data(600, sizes[0], sizes[-1], dtype=np.float32)
     previous = fastmlp.get_num_threads()
@@ -217,3 +218,25 @@ def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
         np.testing.assert_allclose(narrow[0], gemm[0], rtol=rtol)
         for a, b in zip(narrow[1], gemm[1]):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+
+
+def test_a_refused_parallel_update_restores_every_chunk():
+    """A step whose update overflows in one chunk of a weight array that two threads update
+    in parallel: FloatingPointError, and every parameter as before that step. Feature 0 is
+    always 0 and the last unit's weight on it is 3e38: the forward pass stays finite, but
+    SGD(lr=3, weight_decay=1) computes p - 3·p, which overflows there and nowhere else."""
+    X, y = data(64, 300, 3, dtype=np.float32)
+    X[:, 0] = 0.0
+    previous = fastmlp.get_num_threads()
+    fastmlp.set_num_threads(2)
+    try:
+        model = MLP([300, 256, 3], seed=0)
+        model.weights[0][255, 0] = 3e38
+        before = [p.copy() for p in model.weights + model.biases]
+        with pytest.raises(FloatingPointError, match="diverged"):
+            model.fit(X, y, epochs=1, batch_size=64, optimizer=SGD(lr=3.0, weight_decay=1.0),
+                      shuffle=False)
+    finally:
+        fastmlp.set_num_threads(previous)
+    for got, want in zip(model.weights + model.biases, before):
+        np.testing.assert_array_equal(got, want)

@@ -2,6 +2,7 @@
 #include "trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -10,6 +11,7 @@
 #include "loss.h"
 #include "narrow.h"
 #include "optim.h"
+#include "threads.h"
 
 namespace fastmlp {
 
@@ -322,12 +324,32 @@ void Trainer<T>::restore_parameters() {
 
 template <class T>
 bool Trainer<T>::update(int i, T* param, const T* grad, index_t count, T* backup) {
-  if (cfg_.adam)
-    return adam_update(param, grad, params_.state_a[i], params_.state_b[i], count, cfg_.lr,
-                       cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
-                       params_.optimizer_steps + 1, backup);
-  return sgd_update(param, grad, params_.state_a[i], count, cfg_.lr, cfg_.momentum,
-                    cfg_.weight_decay, cfg_.nesterov, params_.sgd_first_step[i] != 0, backup);
+  auto update_range = [&](index_t first, index_t n) {
+    T* state_b = cfg_.adam ? params_.state_b[i] + first : nullptr;
+    if (cfg_.adam)
+      return adam_update(param + first, grad + first, params_.state_a[i] + first, state_b, n,
+                         cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
+                         params_.optimizer_steps + 1, backup + first);
+    return sgd_update(param + first, grad + first, params_.state_a[i] + first, n, cfg_.lr,
+                      cfg_.momentum, cfg_.weight_decay, cfg_.nesterov,
+                      params_.sgd_first_step[i] != 0, backup + first);
+  };
+  // The update streams each parameter, its gradient, state and backup once: memory-bound, and
+  // for a large layer (the wide net's 1024×1024: 4 MiB per array) a serial update left the
+  // second core idle for ~7 % of a two-thread step. Element-wise, so the split changes no
+  // result.
+  const int n_threads = get_num_threads();
+  constexpr index_t kParallelMinCount = index_t(1) << 16;
+  if (n_threads == 1 || count < kParallelMinCount) return update_range(0, count);
+  const int n_tasks = 2 * n_threads;
+  const index_t chunk = (count / n_tasks + 15) / 16 * 16;  // whole cache lines per task
+  std::atomic<bool> finite{true};
+  parallel_for(n_tasks, [&](int task) {
+    const index_t first = std::min(count, task * chunk);
+    const index_t n = task == n_tasks - 1 ? count - first : std::min(chunk, count - first);
+    if (n > 0 && !update_range(first, n)) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
 }
 
 template <class T>
