@@ -44,8 +44,11 @@ bool use_small_path(const GemmArgs<T>& g, double flops) {
 
 // Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
 //   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
+// An ISA's pack_a_rows kernel, if any, does the row-major case (cs = 1).
 template <class T>
-void pack_a(T* packed, const T* a, index_t rs, index_t cs, index_t mc, index_t kc, index_t MR) {
+void pack_a(T* packed, const T* a, index_t rs, index_t cs, index_t mc, index_t kc, index_t MR,
+            PackRowsKernel<T> rows_kernel = nullptr) {
+  if (cs == 1 && rows_kernel && MR <= 16) return rows_kernel(packed, a, rs, mc, kc, MR);
   for (index_t ir = 0; ir < mc; ir += MR) {
     const index_t rows = std::min(MR, mc - ir);
     T* panel = packed + ir * kc;
@@ -169,7 +172,8 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
              kern.pack_b_transposed);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
-        pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
+        pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR,
+               kern.pack_a_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
 
@@ -232,7 +236,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     if (m < rows_read) {
       // The kernel reads rows_read rows: copy the partial row block into a zero-padded panel.
       T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, rows_read * g.K));
-      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read);
+      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read, kern.pack_a_rows);
       a = panel;
       a_rs = 1;
       a_cs = rows_read;

@@ -77,6 +77,12 @@ using GemvKernel = void (*)(index_t k, index_t n, const T* x, const T* w, index_
 template <class T>
 using PackTransposedKernel = void (*)(T* packed, const T* w, index_t ldw, index_t kc, index_t nc);
 
+// Packs an mc×kc block of a row-major op(A) (row stride rs, columns contiguous) into MR-row
+// panels, as pack_a in gemm.cpp (MR ≤ 16): a transpose, which an ISA can do in registers.
+template <class T>
+using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, index_t kc,
+                                index_t MR);
+
 // One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
 template <class T>
 struct GemmKernel {
@@ -94,6 +100,7 @@ struct GemmKernel {
   // as 12 rows, a ninth of the product would be padding.
   StridedKernel<T> rows4_kernel = nullptr;
   StridedKernel<T> rows8_kernel = nullptr;
+  PackRowsKernel<T> pack_a_rows = nullptr;  // null: the portable scalar loop
 };
 
 // C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
