@@ -60,15 +60,19 @@ SETTLE_SECONDS = 0.3
 
 
 def timed(runners: dict[str, Callable[[], object]], budget: Budget,
-          first_seconds: dict[str, float], settle: float = 0.0) -> dict[str, Timing]:
+          first_seconds: dict[str, float], settle: float = 0.0,
+          setup: dict[str, Callable[[], object]] | None = None) -> dict[str, Timing]:
     """Seconds per call of each runner. first_seconds: each one's warm-up call time, which
     sets how many calls a repeat makes; settle: seconds of sleep before each timed repeat
-    (SETTLE_SECONDS for multi-threaded runs)."""
+    (SETTLE_SECONDS for multi-threaded runs); setup: per runner, called (untimed) before each
+    of its repeats."""
     calls = {name: max(1, math.ceil(budget.min_time / max(first_seconds[name], 1e-9)))
              for name in runners}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(budget.repeats):
         for name, run in runners.items():
+            if setup and name in setup:
+                setup[name]()
             if settle:
                 time.sleep(settle)
             start = time.perf_counter()
@@ -246,13 +250,20 @@ def threads_section(impls: list[str], dtype: str, budget: Budget) -> bool:
         works.append((f"train {name} samples/s", net.n_samples,
                       {impl: t.epoch for impl, t in trainers.items()}))
     for label, amount, runners in works:
-        one = timed({"fastmlp": runners["fastmlp"]}, budget,
-                    first_calls({"fastmlp": runners["fastmlp"]})[1],
-                    settle=SETTLE_SECONDS)["fastmlp"].seconds
         with threads(2, torch):
-            first = first_calls(runners)[1]
-            two = {impl: t.seconds
-                   for impl, t in timed(runners, budget, first, settle=SETTLE_SECONDS).items()}
+            # fastmlp on one thread is timed round-robin with the two-thread runs, so the
+            # speed-up compares measurements taken side by side (this VM drifts by ±30 %).
+            both = {"fastmlp 1 thread": runners["fastmlp"], **runners}
+            setup = {"fastmlp 1 thread": lambda: fastmlp.set_num_threads(1),
+                     "fastmlp": lambda: fastmlp.set_num_threads(2)}
+            setup["fastmlp 1 thread"]()
+            first = first_calls({"fastmlp 1 thread": runners["fastmlp"]})[1]
+            setup["fastmlp"]()
+            first.update(first_calls(runners)[1])
+            two = {impl: t.seconds for impl, t in
+                   timed(both, budget, first, settle=SETTLE_SECONDS, setup=setup).items()}
+            fastmlp.set_num_threads(2)
+        one = two.pop("fastmlp 1 thread")
         row = [label, rate(amount / one / (1e9 if "gemm" in label else 1)),
                rate(amount / two["fastmlp"] / (1e9 if "gemm" in label else 1)),
                ratio(one, two["fastmlp"])]
