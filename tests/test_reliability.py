@@ -178,3 +178,24 @@ def test_the_rss_stays_flat_over_many_steps_and_predictions():
         model.predict(x1)
     grown = rss_kib() - before
     assert grown < 2048, f"RSS grew by {grown} KiB over 10,000 steps and 10,000 predictions"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("position", [0, 4095, 4096, 4097, 3 * 4096 + 17, -1])
+def test_a_non_finite_feature_is_found_anywhere(dtype, bad, position):
+    """The one-pass finiteness check (blocks of 4096 values) finds a single NaN/inf at block
+    edges, first and last, and names its row; the same array in Fortran order (checked by
+    NumPy instead) gives the same message."""
+    from fastmlp import _core
+    X = np.random.default_rng(0).standard_normal((97, 131)).astype(dtype)
+    flat = X.reshape(-1)
+    index = position % flat.size
+    flat[index] = bad
+    assert _core.first_nonfinite(X) == index
+    model = MLP([131, 4, 2], dtype=dtype, seed=0)
+    for layout in (X, np.asfortranarray(X)):
+        with pytest.raises(ValueError, match=f"first at row {index // 131}\\)"):
+            model.predict(layout)
+    flat[index] = 0.0
+    assert _core.first_nonfinite(X) == -1

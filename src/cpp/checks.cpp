@@ -1,0 +1,29 @@
+// Input checks (see checks.h).
+#include "checks.h"
+
+#include <cmath>
+#include <limits>
+
+namespace fastmlp {
+
+template <class T>
+index_t first_nonfinite(const T* data, index_t n) {
+  // Blocks of 4096 values: a branch-free, vectorised OR over the block (|x| ≤ max is false
+  // exactly for NaN and ±inf), and an element search only in the block that failed.
+  constexpr index_t kBlock = 4096;
+  for (index_t start = 0; start < n; start += kBlock) {
+    const index_t end = start + kBlock < n ? start + kBlock : n;
+    unsigned bad = 0;
+    for (index_t i = start; i < end; ++i)
+      bad |= !(std::fabs(data[i]) <= std::numeric_limits<T>::max());
+    if (bad)
+      for (index_t i = start; i < end; ++i)
+        if (!(std::fabs(data[i]) <= std::numeric_limits<T>::max())) return i;
+  }
+  return -1;
+}
+
+template index_t first_nonfinite<float>(const float*, index_t);
+template index_t first_nonfinite<double>(const double*, index_t);
+
+}  // namespace fastmlp

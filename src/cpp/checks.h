@@ -1,0 +1,13 @@
+// Input checks that run over whole data sets, where NumPy's isfinite(a).all() would write and
+// re-read a boolean temporary as large as a quarter of the data.
+#pragma once
+
+#include "common.h"
+
+namespace fastmlp {
+
+// The index of the first NaN or ±infinity among data[0 … n-1], or -1 if all are finite.
+template <class T>
+index_t first_nonfinite(const T* data, index_t n);
+
+}  // namespace fastmlp
