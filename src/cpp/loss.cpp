@@ -54,10 +54,11 @@ inline float exp_nonpositive(float x_in) {
   const float p = ((((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
                       4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * r2 +
                    r) + 1.0f;
-  std::int32_t n_bits, magic_bits;
+  // Unsigned: wraps instead of overflowing when x is NaN (the result is NaN then anyway).
+  std::uint32_t n_bits, magic_bits;
   std::memcpy(&n_bits, &t, sizeof t);
   std::memcpy(&magic_bits, &magic, sizeof magic);
-  const std::int32_t scale_bits = (n_bits - magic_bits + 127) << 23;  // 2ⁿ
+  const std::uint32_t scale_bits = (n_bits - magic_bits + 127u) << 23;  // 2ⁿ
   float scale;
   std::memcpy(&scale, &scale_bits, sizeof scale);
   return x_in < -87.0f ? 0.0f : p * scale;
@@ -77,10 +78,10 @@ inline double exp_nonpositive(double x_in) {
   const double qx = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2 +
                      2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
   const double p = 1.0 + 2.0 * (px / (qx - px));
-  std::int64_t n_bits, magic_bits;
+  std::uint64_t n_bits, magic_bits;
   std::memcpy(&n_bits, &t, sizeof t);
   std::memcpy(&magic_bits, &magic, sizeof magic);
-  const std::int64_t scale_bits = (n_bits - magic_bits + 1023) << 52;  // 2ⁿ
+  const std::uint64_t scale_bits = (n_bits - magic_bits + 1023u) << 52;  // 2ⁿ
   double scale;
   std::memcpy(&scale, &scale_bits, sizeof scale);
   return x_in < -708.0 ? 0.0 : p * scale;
