@@ -240,3 +240,31 @@ def test_a_refused_parallel_update_restores_every_chunk():
         fastmlp.set_num_threads(previous)
     for got, want in zip(model.weights + model.biases, before):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("optimizer", ["sgd-momentum-wd", "sgd-nesterov", "adam-wd"])
+@pytest.mark.parametrize("sizes, batch_size", [
+    ([40, 300, 200, 5], 150),  # weight tiles handed to the optimizer by the packed GEMM
+    ([20, 200, 3], 800),       # a batch deeper than one packed K block: gradient whole
+    ([30, 100, 1], 64),        # one output: a row
+], ids=["packed", "deep-batch", "one-output"])
+def test_fused_weight_update_equals_step_by_step_path(sizes, batch_size, optimizer, n_threads):
+    """The GEMM path updates each weight tile as the weight-gradient product finishes it:
+    same weights as computing the whole gradient and then stepping, with an L2 penalty."""
+    output = "sigmoid" if sizes[-1] == 1 else "softmax"
+    X, y = data(2 * batch_size + 7, sizes[0], 2 if output == "sigmoid" else sizes[-1])
+    fused = MLP(sizes, output=output, dtype="float64", seed=3)
+    reference = MLP(sizes, output=output, dtype="float64", seed=3)
+    previous = fastmlp.get_num_threads()
+    fastmlp.set_num_threads(n_threads)
+    try:
+        history = fused.fit(X, y, epochs=2, batch_size=batch_size,
+                            optimizer=OPTIMIZERS[optimizer](), seed=4, alpha=0.3)
+    finally:
+        fastmlp.set_num_threads(previous)
+    losses = step_by_step(reference, X, y, 2, batch_size, OPTIMIZERS[optimizer](), True, 4,
+                          alpha=0.3)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)

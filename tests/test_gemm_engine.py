@@ -94,6 +94,36 @@ def test_matmul_at_blocking_edges(isa, path, threads, dtype):
                                        err_msg=f"{isa} {path} {m}x{n}x{k} t{trans_a:d}{trans_b:d}")
 
 
+def check_consumed(m, n, k, dtype, trans_a, trans_b, rng, label):
+    """The product through a tile consumer (the engine's fused optimizer update uses one):
+    every element handed over exactly once, with the value the stored product has."""
+    from fastmlp import _core
+    a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+    got, counts = _core.matmul(a, b, trans_a, trans_b, True)
+    np.testing.assert_array_equal(counts, 1, err_msg=label)
+    np.testing.assert_array_equal(got, ops.matmul(a, b, trans_a, trans_b), err_msg=label)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_a_tile_consumer_sees_every_element_once(isa, path, threads, dtype):
+    rng = np.random.default_rng(4)
+    for m, n, k in edge_shapes(dtype) + [(130, 70, 900), (300, 200, 64)]:
+        for trans_a, trans_b in TRANSPOSES:
+            check_consumed(m, n, k, dtype, trans_a, trans_b, rng,
+                           f"{isa} {path} {threads}t {m}x{n}x{k} t{trans_a:d}{trans_b:d}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("m, n, k", [(3, 2, 32), (1, 300, 50), (1, 5, 1), (40, 40, 40),
+                                     (256, 300, 800), (200, 20, 800), (3, 200, 800)])
+def test_a_tile_consumer_on_the_default_paths(threads, dtype, m, n, k):
+    """Tiny products (handed over whole), a row (GEMV), in-place and packed products, and a
+    K beyond one packed block (computed whole, then handed over)."""
+    rng = np.random.default_rng(5)
+    for trans_a, trans_b in TRANSPOSES:
+        check_consumed(m, n, k, dtype, trans_a, trans_b, rng, f"{m}x{n}x{k} t{trans_a:d}{trans_b:d}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_strided_and_negative_stride_operands(isa, path, dtype):
     rng = np.random.default_rng(1)

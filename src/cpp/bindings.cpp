@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -142,8 +143,11 @@ Activation parse_activation(const std::string& name) {
                         name + "'");
 }
 
-py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
-  return with_float_dtype(a, "a", [&](auto tag) -> py::array {
+// via_consumer (a test hook): the product goes through GemmArgs::consumer, whose tiles are
+// copied into the result; returns (result, how many times each element was handed over).
+py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b,
+                  bool via_consumer) {
+  return with_float_dtype(a, "a", [&](auto tag) -> py::object {
     using T = decltype(tag);
     StridedMatrix<T> A = strided<T>(a, "a"), B = strided<T>(b, "b");
     // op(A) = A or Aᵀ: a transpose is a swap of strides, never a copy.
@@ -174,9 +178,34 @@ py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool tran
     g.cs_b = B.col_stride;
     g.C = out.mutable_data();
     g.ldc = N;
-    py::gil_scoped_release release;
-    gemm(g);
-    return out;
+    if (!via_consumer) {
+      py::gil_scoped_release release;
+      gemm(g);
+      return std::move(out);
+    }
+    py::array_t<std::int32_t> counts({M, N});
+    std::fill_n(counts.mutable_data(), M * N, 0);
+    struct Sink {
+      T* out;
+      std::int32_t* counts;
+      index_t ld;
+    } sink{out.mutable_data(), counts.mutable_data(), N};
+    g.C = nullptr;
+    g.consumer.context = &sink;
+    g.consumer.consume = [](void* context, T* tile, index_t ld_tile, index_t row, index_t col,
+                            index_t m, index_t n) {
+      const Sink& to = *static_cast<const Sink*>(context);
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) {
+          to.out[(row + i) * to.ld + col + j] = tile[i * ld_tile + j];
+          to.counts[(row + i) * to.ld + col + j] += 1;
+        }
+    };
+    {
+      py::gil_scoped_release release;
+      gemm(g);
+    }
+    return py::make_tuple(out, counts);
   });
 }
 
@@ -624,7 +653,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   m.def("set_small_gemm_max_flops", &set_small_gemm_max_flops, py::arg("flops"));
   m.def("set_narrow_max_width", &set_narrow_max_width, py::arg("width"));
-  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"),
+        py::arg("via_consumer") = false);
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
         py::arg("activation"));
   m.def("dense_backward", &dense_backward_py, py::arg("x"), py::arg("W"), py::arg("out"),

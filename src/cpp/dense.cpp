@@ -59,7 +59,7 @@ void bias_gradient(T* grad_b, const T* grad_a, index_t B, index_t O) {
 
 template <class T>
 void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, index_t I,
-                     index_t O) {
+                     index_t O, const TileConsumer<T>* consumer) {
   GemmArgs<T> g;  // grad_W (O,I) = grad_aᵀ (O,B) · x (B,I)
   g.M = O;
   g.N = I;
@@ -72,6 +72,7 @@ void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, 
   g.cs_b = x.col_stride;
   g.C = grad_W;
   g.ldc = I;
+  if (consumer) g.consumer = *consumer;
   gemm(g);
 }
 
@@ -101,7 +102,8 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
   template void dense_backward<T>(T*, T*, T*, T*, StridedMatrix<T>, StridedMatrix<T>, const T*, \
                                   const T*, index_t, index_t, index_t, Activation);              \
   template void bias_gradient<T>(T*, const T*, index_t, index_t);                               \
-  template void weight_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t);  \
+  template void weight_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t,   \
+                                   const TileConsumer<T>*);                                     \
   template void input_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t,    \
                                   const T*);
 FASTMLP_INSTANTIATE(float)

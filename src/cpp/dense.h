@@ -8,6 +8,7 @@
 #pragma once
 
 #include "common.h"
+#include "gemm/gemm.h"
 
 namespace fastmlp {
 
@@ -39,9 +40,10 @@ void dense_backward(T* grad_x, T* grad_W, T* grad_b, T* scratch, StridedMatrix<T
 template <class T>
 void bias_gradient(T* grad_b, const T* grad_a, index_t B, index_t O);
 //   grad_W (O,I) = grad_aᵀ · x            (grad_a (B,O) contiguous)
+// With a consumer, grad_W is not written (may be null): its tiles go to the consumer (gemm.h).
 template <class T>
 void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, index_t I,
-                     index_t O);
+                     index_t O, const TileConsumer<T>* consumer = nullptr);
 //   grad_x (B,I) = (grad_a · W) · [relu_mask > 0]   (relu_mask (B,I) contiguous, or null: the
 //   ReLU backward of the layer below, applied in the product's write-back)
 template <class T>

@@ -58,8 +58,8 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
                   rounded(max_batch_ * cfg_.sizes.back()) + rounded(max_batch_);
   index_t n_parameters = 0;
   for (index_t l = 0; l < n_layers_; ++l) {
-    total += rounded(max_batch_ * cfg_.sizes[l + 1]) +
-             rounded(cfg_.sizes[l + 1] * cfg_.sizes[l]) + rounded(cfg_.sizes[l + 1]);
+    total += rounded(max_batch_ * cfg_.sizes[l + 1]) + rounded(cfg_.sizes[l + 1]);
+    if (narrow_) total += rounded(cfg_.sizes[l + 1] * cfg_.sizes[l]);
     n_parameters += cfg_.sizes[l + 1] * (cfg_.sizes[l] + 1);
   }
   total += rounded(n_parameters);
@@ -76,9 +76,16 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
   targets_batch_ = carve(max_batch_ * cfg_.sizes.back());
   weights_batch_ = carve(max_batch_);
   backup_ = carve(n_parameters);
+  // backup_ holds, per layer, W_l then b_l.
+  for (index_t l = 0, offset = 0; l < n_layers_; ++l) {
+    backup_weights_.push_back(backup_ + offset);
+    offset += cfg_.sizes[l + 1] * (cfg_.sizes[l] + 1);
+  }
   for (index_t l = 0; l < n_layers_; ++l) {
     act_.push_back(carve(max_batch_ * cfg_.sizes[l + 1]));
-    grad_W_.push_back(carve(cfg_.sizes[l + 1] * cfg_.sizes[l]));
+    // Weight gradients are stored only on the feature-major path; the GEMM path consumes
+    // them tile by tile.
+    grad_W_.push_back(narrow_ ? carve(cfg_.sizes[l + 1] * cfg_.sizes[l]) : nullptr);
     grad_b_.push_back(carve(cfg_.sizes[l + 1]));
   }
   if (narrow_) logits_rows_ = carve(max_batch_ * cfg_.sizes.back());
@@ -222,12 +229,16 @@ double Trainer<T>::gemm_gradients(const Batch& batch) {
 
   // Backward, last layer first. grad_out = dL/d(layer output); the ReLU of hidden layer l was
   // already folded in by the layer above (mask epilogue), so grad_out is dL/d(pre-activation).
+  //
+  // W_l is updated inside this loop, tile by tile as the weight-gradient GEMM finishes them
+  // (consume_weight_tile): the gradient never goes to memory. So the product that needs the
+  // old W_l, the input gradient, runs first. The biases are updated in step().
+  weights_finite_.store(true, std::memory_order_relaxed);
   for (index_t l = n_layers_ - 1; l >= 0; --l) {
     const index_t n_in = n[l], n_out = n[l + 1];
     const T* in = l == 0 ? batch.x : act_[l - 1];
     const index_t ld_in = l == 0 ? batch.ld_x : n_in;
     bias_gradient(grad_b_[l], grad_out, rows, n_out);  // while grad_out is hot in cache
-    weight_gradient(grad_W_[l], grad_out, StridedMatrix<T>{in, ld_in, 1}, rows, n_in, n_out);
     T* grad_in = grad_[(n_layers_ - l) % 2];
     if (l > 0) {
       // dL/d(pre-activation of layer l-1) = (grad_out · W_l) · act'(…): for ReLU the mask
@@ -238,10 +249,40 @@ double Trainer<T>::gemm_gradients(const Batch& batch) {
       if (cfg_.hidden == Activation::tanh || cfg_.hidden == Activation::logistic)
         activation_backward_inplace(grad_in, act_[l - 1], rows * n_in, cfg_.hidden);
     }
-    add_l2_gradient(l, rows);
+    WeightTileUpdate context{this, l, rows};
+    const TileConsumer<T> consumer{&Trainer::consume_weight_tile, &context};
+    weight_gradient(static_cast<T*>(nullptr), grad_out, StridedMatrix<T>{in, ld_in, 1}, rows,
+                    n_in, n_out, &consumer);
     grad_out = grad_in;
   }
   return loss;
+}
+
+template <class T>
+void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, index_t row,
+                                     index_t col, index_t m, index_t n) {
+  const WeightTileUpdate& u = *static_cast<const WeightTileUpdate*>(context);
+  Trainer& t = *u.trainer;
+  const index_t l = u.layer, n_in = t.cfg_.sizes[l];
+  const index_t offset = row * n_in + col;  // of the tile's first element in W_l (n_out, n_in)
+  T* param = t.params_.weights[l] + offset;
+  if (t.cfg_.alpha != 0.0) {  // + alpha · W / rows, from W before this step's update
+    const T scale = static_cast<T>(t.cfg_.alpha / static_cast<double>(u.rows));
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) grad[i * ld_grad + j] += scale * param[i * n_in + j];
+  }
+  T* backup = t.backup_weights_[l] + offset;
+  T* state_a = t.params_.state_a[l] + offset;
+  bool finite;
+  if (t.cfg_.adam) {
+    finite = adam_update_block(param, n_in, grad, ld_grad, state_a,
+                               t.params_.state_b[l] + offset, m, n, t.adam_, backup);
+  } else {
+    finite = sgd_update_block(param, n_in, grad, ld_grad, state_a, m, n, t.cfg_.lr,
+                              t.cfg_.momentum, t.cfg_.weight_decay, t.cfg_.nesterov,
+                              t.params_.sgd_first_step[l] != 0, backup);
+  }
+  if (!finite) t.weights_finite_.store(false, std::memory_order_relaxed);
 }
 
 template <class T>
@@ -281,6 +322,9 @@ template <class T>
 double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite) {
   const std::vector<index_t>& n = cfg_.sizes;
   const Batch batch = gather(data, first, rows);
+  if (cfg_.adam)
+    adam_ = adam_coefficients<T>(cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
+                                 params_.optimizer_steps + 1);
   const double loss = narrow_ ? narrow_gradients(batch) : gemm_gradients(batch);
   if (!std::isfinite(loss)) {
     *nonfinite = true;
@@ -291,14 +335,15 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   // checks the new ones, and if anything became NaN or infinite (overflowing gradients or an
   // overflowing step) the old values are put back, so the model always keeps its last finite
   // weights at the cost of one extra write per parameter.
-  bool finite = true;
-  T* backup = backup_;
+  // The GEMM path has updated the weights already, tile by tile (gemm_gradients).
+  bool finite = narrow_ || weights_finite_.load(std::memory_order_relaxed);
   for (index_t l = 0; l < n_layers_; ++l) {
     const index_t w_size = n[l + 1] * n[l], b_size = n[l + 1];
-    finite &= update(static_cast<int>(l), params_.weights[l], grad_W_[l], w_size, backup);
+    if (narrow_)
+      finite &= update(static_cast<int>(l), params_.weights[l], grad_W_[l], w_size,
+                       backup_weights_[l]);
     finite &= update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b_[l], b_size,
-                     backup + w_size);
-    backup += w_size + b_size;
+                     backup_weights_[l] + w_size);
   }
   if (!finite) {
     restore_parameters();

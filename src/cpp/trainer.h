@@ -7,10 +7,12 @@
 // Python MLP and optimizer, updated in place, so Python sees every step.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
 #include "common.h"
+#include "optim.h"
 
 namespace fastmlp {
 
@@ -87,6 +89,14 @@ class Trainer {
   double gemm_gradients(const Batch& batch);
   double narrow_gradients(const Batch& batch);  // every layer feature-major (narrow.h)
   double batch_loss(T* dlogits, const T* logits, const Batch& batch);
+  // The optimizer step of one finished tile of layer `layer`'s weight gradient (a
+  // TileConsumer, see gemm.h): tile (m, n) at (row, col) of W_layer; rows: the batch rows.
+  struct WeightTileUpdate {
+    Trainer* trainer;
+    index_t layer, rows;
+  };
+  static void consume_weight_tile(void* context, T* grad, index_t ld_grad, index_t row,
+                                  index_t col, index_t m, index_t n);
   void add_l2_gradient(index_t layer, index_t rows);
   // One optimizer step on one parameter array; see sgd_update / adam_update for backup and
   // the result.
@@ -112,6 +122,11 @@ class Trainer {
   T* targets_batch_ = nullptr;  // (max_batch, n_L), regression only
   T* weights_batch_ = nullptr;  // (max_batch)
   T* backup_ = nullptr;         // every parameter, before the step's update
+  std::vector<T*> backup_weights_;  // per layer, W_l's place in backup_ (b_l follows it)
+  // Whether every weight tile updated in this step stayed finite (tiles may be consumed on
+  // several threads at once).
+  std::atomic<bool> weights_finite_{true};
+  AdamCoefficients<T> adam_{};  // this step's, when cfg_.adam
   T* logits_rows_ = nullptr;    // (max_batch, n_L), narrow path only: row-major logits
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
   index_t n_samples_ = 0, next_sample_ = 0;

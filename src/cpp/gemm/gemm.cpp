@@ -152,6 +152,14 @@ AlignedBuffer<T>& packed_b_buffer() {
   return buffer;
 }
 
+// Where a product with a consumer writes each finished tile before handing it over (MR×NR,
+// or a row of N for the GEMV); per thread, like the packing buffers.
+template <class T>
+AlignedBuffer<T>& consumer_tile_buffer() {
+  static thread_local AlignedBuffer<T> buffer;
+  return buffer;
+}
+
 // One thread's blocked loop nest over the whole of g (M, N, K > 0).
 template <class T>
 void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
@@ -161,6 +169,11 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   const index_t MC = std::min(kern.MC, (g.M + MR - 1) / MR * MR);
   T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(kern, KC * NC));
   T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(kern, KC * MC));
+  // With a consumer, K fits one block (gemm_consumed sees to it): every tile is final as soon
+  // as the micro-kernel has written it.
+  T* consumer_tile = g.consumer.consume
+                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                         : nullptr;
 
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
@@ -179,6 +192,13 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
 
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
+            if (consumer_tile) {
+              kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc, consumer_tile, NR,
+                                m, n, TileEpilogue<T>{});
+              g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ic + ir,
+                                 g.col0 + jc + jr, m, n);
+              continue;
+            }
             kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
                               g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
                               tile_epilogue(g, ic + ir, jc + jr, first, last));
@@ -198,6 +218,12 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       T* copy = packed_a_buffer<T>().reserve(packed_a_size(kern, g.K));
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
+    }
+    if (g.consumer.consume) {
+      T* row = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N));
+      kern.gemv(g.K, g.N, x, g.B, g.cs_b, row, TileEpilogue<T>{});
+      g.consumer.consume(g.consumer.context, row, g.N, g.row0, g.col0, 1, g.N);
+      return;
     }
     kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
     return;
@@ -219,6 +245,9 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     panel_step = NR * g.K;
   }
   const index_t MR = one_row ? 1 : kern.MR;
+  T* consumer_tile = g.consumer.consume
+                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                         : nullptr;
   for (index_t ir = 0; ir < g.M; ir += MR) {
     const index_t m = std::min(MR, g.M - ir);
     const T* a = g.A + ir * g.rs_a;
@@ -248,6 +277,13 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       const StridedKernel<T> kernel = rows_kernel                        ? rows_kernel
                                       : (!one_row && 2 * n <= NR)         ? kern.narrow_kernel
                                                                           : tile_kernel;
+      if (consumer_tile) {
+        kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, consumer_tile, NR, m, n,
+               TileEpilogue<T>{});
+        g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ir, g.col0 + jr, m,
+                           n);
+        continue;
+      }
       kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
                   g.ldc, m, n, tile_epilogue(g, ir, jr));
     }
@@ -292,7 +328,9 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
     part.N = c1 - c0;
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
-    part.C = g.C + r0 * g.ldc + c0;
+    part.C = g.C ? g.C + r0 * g.ldc + c0 : nullptr;  // null with a consumer
+    part.row0 = g.row0 + r0;
+    part.col0 = g.col0 + c0;
     part.bias = g.bias ? g.bias + c0 : nullptr;
     part.mask = g.mask ? g.mask + r0 * g.ld_mask + c0 : nullptr;
     serial(part, kern);
@@ -304,10 +342,32 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
 template <class T>
 void gemm(const GemmArgs<T>& g) {
   if (g.M <= 0 || g.N <= 0) return;
-  if (g.K <= 0) return epilogue_only(g);
   const GemmKernel<T>& kern = active_gemm_kernel<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
+  if (g.consumer.consume) {
+    if (g.accumulate || g.bias || g.relu || g.mask)
+      throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
+    // Tiles are handed over as the kernels finish them, when every tile is final at once:
+    // the in-place path (the whole of K per tile) or the packed path with K in one block.
+    // Otherwise (tiny products, the reference loop, K > KC) the product goes to a per-thread
+    // buffer and is handed over whole.
+    const bool tiny = flops <= kTinyGemmMaxFlops &&
+                      g_small_gemm_max_flops.load(std::memory_order_relaxed) ==
+                          kSmallGemmMaxFlopsDefault;
+    const bool small = use_small_path(g, flops);
+    if (g.K <= 0 || tiny || (!small && g.K > kern.KC)) {
+      T* whole = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.M * g.N));
+      GemmArgs<T> plain = g;
+      plain.consumer = TileConsumer<T>{};
+      plain.C = whole;
+      plain.ldc = g.N;
+      gemm(plain);
+      g.consumer.consume(g.consumer.context, whole, g.N, g.row0, g.col0, g.M, g.N);
+      return;
+    }
+  }
+  if (g.K <= 0) return epilogue_only(g);
   // The path depends on the shape only, never on the thread count, so that results are
   // bitwise identical for any number of threads.
   // Tiny products (the lecture's [2, 3, 3] net: 32×3×2) cost less than any packing, tiling or

@@ -15,6 +15,20 @@
 
 namespace fastmlp {
 
+// Consumer of finished blocks of the product (GemmArgs::consumer). Instead of being stored in
+// C, each finished block is handed over in a scratch buffer that the consumer may modify:
+//   consume(context, tile, ld_tile, row, col, m, n):
+//     tile[i*ld_tile + j] = (op(A)·op(B))[row + i, col + j]   for i < m, j < n.
+// The blocks cover the product exactly once; with several threads, disjoint blocks are
+// consumed concurrently. Why: the training engine applies the optimizer to each tile of a
+// weight gradient while it is in L1, so the gradient never goes to memory and back.
+template <class T>
+struct TileConsumer {
+  void (*consume)(void* context, T* tile, index_t ld_tile, index_t row, index_t col, index_t m,
+                  index_t n) = nullptr;
+  void* context = nullptr;
+};
+
 template <class T>
 struct GemmArgs {
   index_t M = 0, N = 0, K = 0;
@@ -33,6 +47,10 @@ struct GemmArgs {
   // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
   const T* mask = nullptr;
   index_t ld_mask = 0;
+  // If set, C is not written (and may be null): finished blocks go to the consumer. No
+  // epilogue (accumulate, bias, relu, mask) may be set with it.
+  TileConsumer<T> consumer;
+  index_t row0 = 0, col0 = 0;  // where this product's C sits in the consumer's result
 };
 
 // The epilogue of one tile, its pointers already offset to the tile's first row and column:
