@@ -283,6 +283,23 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
                               t.params_.sgd_first_step[l] != 0, backup);
   }
   if (!finite) t.weights_finite_.store(false, std::memory_order_relaxed);
+#if defined(__GNUC__)
+  // The packed GEMM hands over a column panel's tiles top to bottom: ask for the next tile's
+  // rows of W, its optimizer state and its backup now, so that they arrive while the kernel
+  // computes that tile. (A wide layer's W is larger than L2 and its rows are 4 KiB apart,
+  // beyond the reach of the hardware prefetcher: without this the tile-by-tile update of the
+  // wide net waited on memory.)
+  const index_t next_end = std::min(row + 2 * m, t.cfg_.sizes[l + 1]);
+  constexpr index_t kLine = 64 / sizeof(T);
+  for (index_t i = row + m; i < next_end; ++i)
+    for (index_t j = 0; j < n; j += kLine) {
+      const index_t at = i * n_in + col + j;
+      __builtin_prefetch(t.params_.weights[l] + at, 1);
+      __builtin_prefetch(t.backup_weights_[l] + at, 1);
+      if (t.cfg_.adam || t.cfg_.momentum != 0.0) __builtin_prefetch(t.params_.state_a[l] + at, 1);
+      if (t.cfg_.adam) __builtin_prefetch(t.params_.state_b[l] + at, 1);
+    }
+#endif
 }
 
 template <class T>
