@@ -42,6 +42,20 @@ double weight_sum(const T* weights, index_t N) {
 // leave the normal range, the result is exactly 0 (the true value is under 1e-37 / 1e-307, and
 // a softmax entry e^-10000 must be exactly 0). exp(0) = 1 exactly. The selects vectorise only
 // without trapping-math: loss.cpp is compiled with -fno-trapping-math (CMakeLists.txt).
+// 2ⁿ, for the integer n that the rounding trick left in t = magic + n (n in the low mantissa
+// bits), built straight in the exponent field. Unsigned arithmetic: it wraps instead of
+// overflowing when x was NaN (the result is NaN then anyway).
+template <class T, class Bits, int kMantissaBits, int kExponentBias>
+inline T power_of_two(T t, T magic) {
+  Bits t_bits, magic_bits;
+  std::memcpy(&t_bits, &t, sizeof t);
+  std::memcpy(&magic_bits, &magic, sizeof magic);
+  const Bits bits = (t_bits - magic_bits + static_cast<Bits>(kExponentBias)) << kMantissaBits;
+  T out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
 inline float exp_nonpositive(float x_in) {
   const float x = x_in < -87.0f ? -87.0f : x_in;  // n ≥ -126
   // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick: n sits in the low
@@ -54,14 +68,7 @@ inline float exp_nonpositive(float x_in) {
   const float p = ((((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
                       4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * r2 +
                    r) + 1.0f;
-  // Unsigned: wraps instead of overflowing when x is NaN (the result is NaN then anyway).
-  std::uint32_t n_bits, magic_bits;
-  std::memcpy(&n_bits, &t, sizeof t);
-  std::memcpy(&magic_bits, &magic, sizeof magic);
-  const std::uint32_t scale_bits = (n_bits - magic_bits + 127u) << 23;  // 2ⁿ
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return x_in < -87.0f ? 0.0f : p * scale;
+  return x_in < -87.0f ? 0.0f : p * power_of_two<float, std::uint32_t, 23, 127>(t, magic);
 }
 
 inline double exp_nonpositive(double x_in) {
@@ -78,13 +85,7 @@ inline double exp_nonpositive(double x_in) {
   const double qx = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2 +
                      2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
   const double p = 1.0 + 2.0 * (px / (qx - px));
-  std::uint64_t n_bits, magic_bits;
-  std::memcpy(&n_bits, &t, sizeof t);
-  std::memcpy(&magic_bits, &magic, sizeof magic);
-  const std::uint64_t scale_bits = (n_bits - magic_bits + 1023u) << 52;  // 2ⁿ
-  double scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return x_in < -708.0 ? 0.0 : p * scale;
+  return x_in < -708.0 ? 0.0 : p * power_of_two<double, std::uint64_t, 52, 1023>(t, magic);
 }
 
 template <class T>
