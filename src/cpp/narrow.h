@@ -16,7 +16,7 @@
 namespace fastmlp {
 
 // Widest layer (inputs included) that the trainer runs feature-major by default; above it
-// the row-major GEMM path is faster (crossover measured in trainer.cpp). A test knob sets
+// the row-major GEMM path is faster (crossover measured in narrow.cpp). A test knob sets
 // it: a negative value restores the default, 0 turns the feature-major path off. Returns
 // the previous value.
 index_t set_narrow_max_width(index_t width);

@@ -111,8 +111,9 @@ class Trainer {
   bool narrow_ = false;
   // Workspace, carved from one block: per layer l, act_[l] (max_batch, n_{l+1}) the layer's
   // output (ReLU applied; the last is the logits); grad_[0/1] (max_batch, max n) ping-pong
-  // gradients w.r.t. layer outputs; grad_W_[l] (n_{l+1}, n_l), grad_b_[l] (n_{l+1});
-  // x_batch_ (max_batch, n_0) gathered rows.
+  // gradients w.r.t. layer outputs; grad_b_[l] (n_{l+1}); grad_W_[l] (n_{l+1}, n_l) on the
+  // feature-major path only (the GEMM path hands weight-gradient tiles straight to the
+  // optimizer); x_batch_ (max_batch, n_0) gathered rows.
   AlignedBuffer<T> block_;
   std::vector<T*> act_, grad_W_, grad_b_;
   T* grad_[2] = {nullptr, nullptr};
