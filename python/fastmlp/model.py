@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import (feature_matrix, integer_labels, model_dtype, positive_float,
+from fastmlp._validation import (cache_aligned, feature_matrix, integer_labels, model_dtype,
+                                 positive_float,
                                  positive_int, regression_targets, sample_weights)
 from fastmlp.optim import SGD, Optimizer
 
@@ -154,8 +155,8 @@ class MLP:
         weights, biases = [], []
         for fan_in, fan_out in zip(self._layer_sizes[:-1], self._layer_sizes[1:]):
             w = rng.standard_normal((fan_out, fan_in)) * math.sqrt(2.0 / fan_in)
-            weights.append(w.astype(self._dtype))
-            biases.append(np.zeros(fan_out, dtype=self._dtype))
+            weights.append(cache_aligned(w, self._dtype))
+            biases.append(cache_aligned(np.zeros(fan_out), self._dtype))
         self._weights = _ParameterList(weights, self._check_weight)
         self._biases = _ParameterList(biases, self._check_bias)
         # Held while the engine updates the parameters and while a prediction reads them.
@@ -237,7 +238,7 @@ class MLP:
             raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
         if a.shape != shape:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-        a = np.array(a, dtype=self._dtype, order="C", copy=True)
+        a = cache_aligned(a, self._dtype)  # always a copy: the model owns its parameters
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or infinity")
         return a
@@ -557,6 +558,12 @@ class MLP:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        # Unpickled arrays come back with NumPy's default alignment: realign those (a
+        # memory-mapped, aligned array is left as it is).
+        def realigned(a):
+            return a if a.ctypes.data % 64 == 0 else cache_aligned(a)
+        self._weights = _ParameterList([realigned(w) for w in self._weights], self._check_weight)
+        self._biases = _ParameterList([realigned(b) for b in self._biases], self._check_bias)
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None

@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import FLOAT_DTYPES, as_array, positive_float
+from fastmlp._validation import FLOAT_DTYPES, as_array, cache_aligned, positive_float
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -120,7 +120,7 @@ class SGD(Optimizer):
 
     def _new_state(self, p: np.ndarray) -> dict:
         state = super()._new_state(p)
-        state["momentum_buffer"] = np.zeros_like(p, order="C")
+        state["momentum_buffer"] = cache_aligned(np.zeros_like(p))
         state["first_step"] = True
         return state
 
@@ -170,8 +170,8 @@ class Adam(Optimizer):
 
     def _new_state(self, p: np.ndarray) -> dict:
         state = super()._new_state(p)
-        state["exp_avg"] = np.zeros_like(p, order="C")
-        state["exp_avg_sq"] = np.zeros_like(p, order="C")
+        state["exp_avg"] = cache_aligned(np.zeros_like(p))
+        state["exp_avg_sq"] = cache_aligned(np.zeros_like(p))
         return state
 
     def _engine_spec(self, params):
