@@ -66,8 +66,9 @@ def set_small_gemm_max_flops(flops: float | None) -> float:
 
 def set_narrow_max_width(width: int | None) -> int:
     """Networks whose layers are all at most ``width`` units wide (inputs included) train
-    feature-major, every loop running over the batch (see src/cpp/narrow.h); ``None`` restores
-    the measured default, 0 turns that path off. Returns the previous width. Read when ``fit``
+    feature-major, every loop running over the batch (see src/cpp/narrow.h) — if they have
+    at most 64 weights in all or train in batches of at most 64; ``None`` restores the
+    measured default (8), 0 turns that path off. Returns the previous width. Read when ``fit``
     starts. A tuning and testing knob: both paths give the same results to rounding."""
     return _core.set_narrow_max_width(-1 if width is None else int(width))
 

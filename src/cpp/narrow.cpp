@@ -1,6 +1,7 @@
 // Feature-major dense layers for narrow networks (see narrow.h).
 #include "narrow.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "activations.h"
@@ -10,8 +11,9 @@ namespace fastmlp {
 namespace {
 
 // Widest layer run feature-major. Measured on the development VM (AVX-512 Xeon, float32,
-// one SGD epoch, samples/s feature-major ÷ GEMM path): [2,3,3] 2.0× at batch 32 and 128;
-// [8,8,4] 2.2× at batch 32, 0.95× at 128; [16,16,10] 0.5×; wider nets lose more.
+// one SGD epoch, samples/s feature-major ÷ GEMM path, batches 32 / 64 / 128 / 512):
+// [2,3,3] 2.1 / 2.5 / 2.6 / 1.7×; [4,6,3] 2.9 / 3.0 / 2.2 / 1.4×; [8,8,4] 2.6 / 1.5 / 0.72 /
+// 0.80×; [16,16,10] 0.4× and wider nets lose more. Hence also use_narrow_path's batch rule.
 constexpr index_t kNarrowMaxWidthDefault = 8;
 std::atomic<index_t> g_narrow_max_width{kNarrowMaxWidthDefault};
 
@@ -44,6 +46,17 @@ index_t set_narrow_max_width(index_t width) {
 }
 
 index_t narrow_max_width() { return g_narrow_max_width.load(std::memory_order_relaxed); }
+
+bool use_narrow_path(const std::vector<index_t>& sizes, index_t max_batch) {
+  index_t widest = 0, weights = 0;
+  for (std::size_t l = 0; l < sizes.size(); ++l) {
+    widest = std::max(widest, sizes[l]);
+    if (l + 1 < sizes.size()) weights += sizes[l] * sizes[l + 1];
+  }
+  // Up to 64 weights the feature-major step wins at any batch measured; beyond, only up to
+  // batches of 64 ([8,8,4] at 128: the GEMM path's SIMD kernels take over).
+  return widest <= narrow_max_width() && (weights <= 64 || max_batch <= 64);
+}
 
 template <class T>
 void narrow_forward(T* outT, const T* xT, const T* W, const T* b, index_t B, index_t I,

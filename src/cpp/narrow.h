@@ -11,6 +11,8 @@
 // contiguous and as long as the batch, whatever I and O are.
 #pragma once
 
+#include <vector>
+
 #include "common.h"
 
 namespace fastmlp {
@@ -21,6 +23,9 @@ namespace fastmlp {
 // the previous value.
 index_t set_narrow_max_width(index_t width);
 index_t narrow_max_width();
+// Whether the trainer runs a net of these layer sizes feature-major: every layer at most
+// narrow_max_width() wide, and either at most 64 weights in all or batches of at most 64.
+bool use_narrow_path(const std::vector<index_t>& sizes, index_t max_batch);
 
 // outT[j,:] = act(Σ_p W[j,p] · xT[p,:] + b_j)   (sum over p in order, then the bias, as the
 // GEMM path does; act applied element-wise afterwards, see activation_forward_inplace)

@@ -51,7 +51,7 @@ Trainer<T>::Trainer(TrainerConfig config, TrainerParameters<T> params, index_t m
     : cfg_(std::move(config)), params_(std::move(params)), max_batch_(max_batch) {
   n_layers_ = static_cast<index_t>(cfg_.sizes.size()) - 1;
   const index_t widest = *std::max_element(cfg_.sizes.begin() + 1, cfg_.sizes.end());
-  narrow_ = *std::max_element(cfg_.sizes.begin(), cfg_.sizes.end()) <= narrow_max_width();
+  narrow_ = use_narrow_path(cfg_.sizes, max_batch_);
   // One block for every float buffer; each piece rounded to 16 elements (64 bytes).
   auto rounded = [](index_t n) { return (n + 15) / 16 * 16; };
   index_t total = 2 * rounded(max_batch_ * widest) + rounded(max_batch_ * cfg_.sizes[0]) +
