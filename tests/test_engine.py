@@ -152,7 +152,7 @@ def test_callbacks_run_after_every_epoch():
         MLP([3, 4, 2], seed=0).fit(X, y, callbacks=[1])
 
 
-# [300, 256, 100, 10]: the first weight array (76,800) is updated in parallel chunks.
+# [300, 256, 100, 10]: the weight tiles are updated on both threads as the GEMM finishes them.
 @pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 256, 100, 10], [4, 9, 3]])
 def test_training_is_bitwise_identical_for_any_thread_count(sizes):
     X, y = data(600, sizes[0], sizes[-1], dtype=np.float32)
@@ -220,9 +220,9 @@ def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
 
 
-def test_a_refused_parallel_update_restores_every_chunk():
-    """A step whose update overflows in one chunk of a weight array that two threads update
-    in parallel: FloatingPointError, and every parameter as before that step. Feature 0 is
+def test_a_refused_two_thread_update_restores_every_parameter():
+    """A step whose update overflows in one tile of a weight matrix whose tiles two threads
+    update: FloatingPointError, and every parameter as before that step. Feature 0 is
     always 0 and the last unit's weight on it is 3e38: the forward pass stays finite, but
     SGD(lr=3, weight_decay=1) computes p - 3·p, which overflows there and nowhere else."""
     X, y = data(64, 300, 3, dtype=np.float32)

@@ -2,7 +2,6 @@
 #include "trainer.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -11,7 +10,6 @@
 #include "loss.h"
 #include "narrow.h"
 #include "optim.h"
-#include "threads.h"
 
 namespace fastmlp {
 
@@ -198,17 +196,6 @@ double Trainer<T>::batch_loss(T* dlogits, const T* logits, const Batch& batch) {
 }
 
 template <class T>
-void Trainer<T>::add_l2_gradient(index_t l, index_t rows) {
-  if (cfg_.alpha == 0.0) return;
-  // grad_W += alpha · W / rows
-  const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(rows));
-  const T* w = params_.weights[l];
-  T* gw = grad_W_[l];
-  const index_t count = cfg_.sizes[l + 1] * cfg_.sizes[l];
-  for (index_t i = 0; i < count; ++i) gw[i] += scale * w[i];
-}
-
-template <class T>
 double Trainer<T>::gemm_gradients(const Batch& batch) {
   const std::vector<index_t>& n = cfg_.sizes;
   const index_t rows = batch.rows;
@@ -264,25 +251,9 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
   const WeightTileUpdate& u = *static_cast<const WeightTileUpdate*>(context);
   Trainer& t = *u.trainer;
   const index_t l = u.layer, n_in = t.cfg_.sizes[l];
-  const index_t offset = row * n_in + col;  // of the tile's first element in W_l (n_out, n_in)
-  T* param = t.params_.weights[l] + offset;
-  if (t.cfg_.alpha != 0.0) {  // + alpha · W / rows, from W before this step's update
-    const T scale = static_cast<T>(t.cfg_.alpha / static_cast<double>(u.rows));
-    for (index_t i = 0; i < m; ++i)
-      for (index_t j = 0; j < n; ++j) grad[i * ld_grad + j] += scale * param[i * n_in + j];
-  }
-  T* backup = t.backup_weights_[l] + offset;
-  T* state_a = t.params_.state_a[l] + offset;
-  bool finite;
-  if (t.cfg_.adam) {
-    finite = adam_update_block(param, n_in, grad, ld_grad, state_a,
-                               t.params_.state_b[l] + offset, m, n, t.adam_, backup);
-  } else {
-    finite = sgd_update_block(param, n_in, grad, ld_grad, state_a, m, n, t.cfg_.lr,
-                              t.cfg_.momentum, t.cfg_.weight_decay, t.cfg_.nesterov,
-                              t.params_.sgd_first_step[l] != 0, backup);
-  }
-  if (!finite) t.weights_finite_.store(false, std::memory_order_relaxed);
+  // The tile starts at element row · n_in + col of W_l (n_out, n_in).
+  if (!t.update_block(static_cast<int>(l), row * n_in + col, n_in, grad, ld_grad, m, n, u.rows))
+    t.weights_finite_.store(false, std::memory_order_relaxed);
 #if defined(__GNUC__)
   // The packed GEMM hands over a column panel's tiles top to bottom: ask for the next tile's
   // rows of W, its optimizer state and its backup now, so that they arrive while the kernel
@@ -330,7 +301,6 @@ double Trainer<T>::narrow_gradients(const Batch& batch) {
       activation_backward_inplace(grad_in, act_[l - 1], rows * n[l], cfg_.hidden);
       grad_out = grad_in;
     }
-    add_l2_gradient(l, rows);
   }
   return loss;
 }
@@ -357,10 +327,9 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   for (index_t l = 0; l < n_layers_; ++l) {
     const index_t w_size = n[l + 1] * n[l], b_size = n[l + 1];
     if (narrow_)
-      finite &= update(static_cast<int>(l), params_.weights[l], grad_W_[l], w_size,
-                       backup_weights_[l]);
-    finite &= update(static_cast<int>(n_layers_ + l), params_.biases[l], grad_b_[l], b_size,
-                     backup_weights_[l] + w_size);
+      finite &= update_block(static_cast<int>(l), 0, w_size, grad_W_[l], w_size, 1, w_size, rows);
+    finite &= update_block(static_cast<int>(n_layers_ + l), 0, b_size, grad_b_[l], b_size, 1,
+                           b_size, rows);
   }
   if (!finite) {
     restore_parameters();
@@ -385,33 +354,27 @@ void Trainer<T>::restore_parameters() {
 }
 
 template <class T>
-bool Trainer<T>::update(int i, T* param, const T* grad, index_t count, T* backup) {
-  auto update_range = [&](index_t first, index_t n) {
-    T* state_b = cfg_.adam ? params_.state_b[i] + first : nullptr;
-    if (cfg_.adam)
-      return adam_update(param + first, grad + first, params_.state_a[i] + first, state_b, n,
-                         cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
-                         params_.optimizer_steps + 1, backup + first);
-    return sgd_update(param + first, grad + first, params_.state_a[i] + first, n, cfg_.lr,
-                      cfg_.momentum, cfg_.weight_decay, cfg_.nesterov,
-                      params_.sgd_first_step[i] != 0, backup + first);
-  };
-  // The update streams each parameter, its gradient, state and backup once: memory-bound, and
-  // for a large layer (the wide net's 1024×1024: 4 MiB per array) a serial update left the
-  // second core idle for ~7 % of a two-thread step. Element-wise, so the split changes no
-  // result.
-  const int n_threads = get_num_threads();
-  constexpr index_t kParallelMinCount = index_t(1) << 16;
-  if (n_threads == 1 || count < kParallelMinCount) return update_range(0, count);
-  const int n_tasks = 2 * n_threads;
-  const index_t chunk = (count / n_tasks + 15) / 16 * 16;  // whole cache lines per task
-  std::atomic<bool> finite{true};
-  parallel_for(n_tasks, [&](int task) {
-    const index_t first = std::min(count, task * chunk);
-    const index_t n = task == n_tasks - 1 ? count - first : std::min(chunk, count - first);
-    if (n > 0 && !update_range(first, n)) finite.store(false, std::memory_order_relaxed);
-  });
-  return finite.load();
+bool Trainer<T>::update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad,
+                              index_t m, index_t n, index_t batch_rows) {
+  // Parameter array i: weights[i] for i < L, else biases[i - L]; its optimizer state and its
+  // place in backup_ have the same layout, so one offset finds the block in all of them.
+  const bool is_weight = i < n_layers_;
+  const index_t layer = is_weight ? i : i - n_layers_;
+  T* param = (is_weight ? params_.weights[layer] : params_.biases[layer]) + offset;
+  T* backup = backup_weights_[layer] + (is_weight ? 0 : cfg_.sizes[layer + 1] * cfg_.sizes[layer]) +
+              offset;
+  if (is_weight && cfg_.alpha != 0.0) {  // + alpha · W / rows, from W before this update
+    const T scale = static_cast<T>(cfg_.alpha / static_cast<double>(batch_rows));
+    for (index_t r = 0; r < m; ++r)
+      for (index_t j = 0; j < n; ++j) grad[r * ld_grad + j] += scale * param[r * ld + j];
+  }
+  T* state_a = params_.state_a[i] + offset;
+  if (cfg_.adam)
+    return adam_update_block(param, ld, grad, ld_grad, state_a, params_.state_b[i] + offset, m,
+                             n, adam_, backup);
+  return sgd_update_block(param, ld, grad, ld_grad, state_a, m, n, cfg_.lr, cfg_.momentum,
+                          cfg_.weight_decay, cfg_.nesterov, params_.sgd_first_step[i] != 0,
+                          backup);
 }
 
 template <class T>

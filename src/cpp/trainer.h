@@ -97,10 +97,12 @@ class Trainer {
   };
   static void consume_weight_tile(void* context, T* grad, index_t ld_grad, index_t row,
                                   index_t col, index_t m, index_t n);
-  void add_l2_gradient(index_t layer, index_t rows);
-  // One optimizer step on one parameter array; see sgd_update / adam_update for backup and
-  // the result.
-  bool update(int param_index, T* param, const T* grad, index_t count, T* backup);
+  // One optimizer step (SGD or Adam, with the L2 penalty for weights) on an (m, n) block of
+  // parameter array i (weights[0..L-1], then biases[0..L-1]) starting at `offset`, row stride
+  // ld; grad has row stride ld_grad and is modified. Saves the old values to backup_; returns
+  // whether the new ones are all finite.
+  bool update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad, index_t m,
+                    index_t n, index_t batch_rows);
   void restore_parameters();
 
   TrainerConfig cfg_;
