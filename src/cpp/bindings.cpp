@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "activations.h"
@@ -123,14 +124,35 @@ const std::int64_t* labels_view(const py::array& labels, py::ssize_t n) {
 
 // Runs f() with the GIL released; the kernels' std::invalid_argument (a bad label or weight
 // found mid-computation) becomes a Python ValueError.
+// A problem the thread pool met while starting (threads the OS refused, a capped
+// FASTMLP_NUM_THREADS), as a RuntimeWarning: the pool may start inside any call that runs a
+// product, with the GIL released, so every such call checks after it returns (an atomic load).
+void warn_thread_problems() {
+  const std::string message = take_thread_warning();
+  if (!message.empty() && PyErr_WarnEx(PyExc_RuntimeWarning, message.c_str(), 1) < 0)
+    throw py::error_already_set();
+}
+
 template <class F>
-auto without_gil(F&& f) {
+auto without_gil_unchecked(F&& f) {
   py::gil_scoped_release release;
   try {
     return f();
   } catch (const std::invalid_argument& e) {
     py::gil_scoped_acquire acquire;
     throw py::value_error(e.what());
+  }
+}
+
+template <class F>
+auto without_gil(F&& f) {
+  if constexpr (std::is_void_v<decltype(f())>) {
+    without_gil_unchecked(std::forward<F>(f));
+    warn_thread_problems();
+  } else {
+    auto result = without_gil_unchecked(std::forward<F>(f));
+    warn_thread_problems();
+    return result;
   }
 }
 
@@ -179,8 +201,7 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
     g.C = out.mutable_data();
     g.ldc = N;
     if (!via_consumer) {
-      py::gil_scoped_release release;
-      gemm(g);
+      without_gil([&] { gemm(g); });
       return std::move(out);
     }
     py::array_t<std::int32_t> counts({M, N});
@@ -201,10 +222,7 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
           to.counts[(row + i) * to.ld + col + j] += 1;
         }
     };
-    {
-      py::gil_scoped_release release;
-      gemm(g);
-    }
+    without_gil([&] { gemm(g); });
     return py::make_tuple(out, counts);
   });
 }
@@ -221,8 +239,7 @@ py::array dense_forward_py(const py::array& x, const py::array& W, const py::arr
     const T* bp = contiguous<T>(b, "b");
     py::array_t<T> out({B, O});
     T* op = out.mutable_data();
-    py::gil_scoped_release release;
-    dense_forward(op, xs, Ws, bp, B, I, O, act);
+    without_gil([&] { dense_forward(op, xs, Ws, bp, B, I, O, act); });
     return out;
   });
 }
@@ -250,15 +267,14 @@ py::tuple dense_backward_py(const py::array& x, const py::array& W, const py::ar
     }
     T* grad_W_p = grad_W.mutable_data();
     T* grad_b_p = grad_b.mutable_data();
-    {
-      py::gil_scoped_release release;
+    without_gil([&] {
       static thread_local AlignedBuffer<T> scratch;
       T* scratch_p = act != Activation::identity
                          ? scratch.reserve(static_cast<std::size_t>(B) * static_cast<std::size_t>(O))
                          : nullptr;
       dense_backward(grad_x_p, grad_W_p, grad_b_p, scratch_p, xs, Ws, out_p, grad_out_p, B, I, O,
                      act);
-    }
+    });
     return py::make_tuple(grad_x, grad_W, grad_b);
   });
 }
@@ -531,6 +547,9 @@ class PyTrainer {
     out["steps"] = r.steps;
     out["nonfinite"] = r.nonfinite;
     out["epoch_done"] = r.epoch_done;
+    out["parallel_steps"] = r.parallel_steps;
+    out["fell_back"] = r.fell_back;
+    out["wall_to_cpu"] = r.wall_to_cpu;
     return out;
   }
 
@@ -589,13 +608,31 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
     py::array_t<T> logits({X.shape(0), static_cast<py::ssize_t>(sizes.back())});
     T* out = logits.mutable_data();
     const index_t B = X.shape(0);
-    py::gil_scoped_release release;
-    mlp_forward(out, xs.data, xs.row_stride, xs.col_stride, B, sizes, w_ptrs, b_ptrs, hidden);
+    without_gil(
+        [&] { mlp_forward(out, xs.data, xs.row_stride, xs.col_stride, B, sizes, w_ptrs, b_ptrs, hidden); });
     return logits;
   });
 }
 
 }  // namespace
+
+// A C interface to the thread count, exported from the module: threadpoolctl finds fastmlp's
+// pool among the loaded libraries by these symbols (fastmlp._threadpool). The pybind11 build
+// hides every other symbol.
+extern "C" {
+__attribute__((visibility("default"))) int fastmlp_get_num_threads() {
+  return fastmlp::get_num_threads();
+}
+// Returns 0, or -1 if n is out of range (1 ≤ n ≤ 4 × the available CPUs).
+__attribute__((visibility("default"))) int fastmlp_set_num_threads(int n) {
+  try {
+    fastmlp::set_num_threads(n);
+    return 0;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+}
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastmlp's C++ kernels (use fastmlp.ops, which validates input)";
@@ -618,12 +655,42 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  m.def("get_num_threads", &get_num_threads);
-  m.def("default_num_threads", &default_num_threads);
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw py::value_error("the number of threads must be >= 1, got " + std::to_string(n));
-    set_num_threads(n);
+  // Threads. Asking how many starts the pool, so the answer is what really runs.
+  m.def("get_num_threads", [] {
+    const int n = without_gil_unchecked([] { return start_threads(); });
+    warn_thread_problems();
+    return n;
   });
+  m.def("default_num_threads", &default_num_threads);
+  m.def("available_cpus", &available_cpus);
+  m.def("max_num_threads", &max_num_threads);
+  m.def("set_num_threads", [](int n) {
+    without_gil([&] { set_num_threads(n); });
+  }, py::arg("n"));
+  m.def("cost_model", [](const std::string& dtype) {
+    auto describe = [](const GemmCostModel& c) {
+      py::dict d;
+      d["flops_per_second"] = c.flops_per_second;
+      d["region_seconds"] = c.region_seconds;
+      d["threads"] = c.threads;
+      d["risk_factor"] = kParallelRiskFactor;
+      return d;
+    };
+    if (dtype == "float32") return describe(without_gil([] { return gemm_cost_model<float>(); }));
+    if (dtype == "float64") return describe(without_gil([] { return gemm_cost_model<double>(); }));
+    throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+  }, py::arg("dtype") = "float32");
+
+  // Test hooks (fastmlp._testing): not part of the API.
+  py::module_ testing = m.def_submodule("testing", "hooks for fastmlp's own tests");
+  testing.def("stall_workers", [](int count) { without_gil([&] { testing_stall_workers(count); }); },
+              py::arg("count"));
+  testing.def("check_regions", [](int regions, int tasks) {
+    if (regions < 1 || tasks < 1) throw py::value_error("regions and tasks must be >= 1");
+    return without_gil([&] { return testing_check_regions(regions, tasks); });
+  }, py::arg("regions"), py::arg("tasks"));
+  testing.def("force_split", &testing_force_split, py::arg("force"));
+  testing.def("slow_regions", &testing_slow_regions, py::arg("seconds"));
 
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {

@@ -95,6 +95,7 @@ void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed
   n_samples_ = n_samples;
   next_sample_ = 0;
   shuffled_ = shuffle;
+  fell_back_this_epoch_ = false;
   if (shuffle) {
     order_.resize(static_cast<std::size_t>(n_samples));  // allocates on the first epoch only
     shuffled_indices(order_.data(), n_samples, seed);
@@ -108,7 +109,7 @@ StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_st
   while (result.steps < max_steps && next_sample_ < n_samples_) {
     const index_t rows = std::min(batch_size, n_samples_ - next_sample_);
     bool nonfinite = false;
-    const double loss = step(data, next_sample_, rows, &nonfinite);
+    const double loss = step(data, next_sample_, rows, &nonfinite, &result);
     if (nonfinite) {
       result.nonfinite = true;
       result.loss_sum = loss;
@@ -200,7 +201,11 @@ double Trainer<T>::gemm_gradients(const Batch& batch) {
   const std::vector<index_t>& n = cfg_.sizes;
   const index_t rows = batch.rows;
   // Forward: act[l] = act(in Wᵀ + b), bias and ReLU in the GEMM write-back.
+  auto layer_mode = [&](index_t l) {
+    return parallel_step_ ? layer_mode_[l] : ParallelMode::serial;
+  };
   for (index_t l = 0; l < n_layers_; ++l) {
+    const ParallelScope threads(layer_mode(l));
     const bool hidden = l < n_layers_ - 1;
     const StridedMatrix<T> in = l == 0 ? StridedMatrix<T>{batch.x, batch.ld_x, 1}
                                        : StridedMatrix<T>{act_[l - 1], n[l], 1};
@@ -222,6 +227,7 @@ double Trainer<T>::gemm_gradients(const Batch& batch) {
   // old W_l, the input gradient, runs first. The biases are updated in step().
   weights_finite_.store(true, std::memory_order_relaxed);
   for (index_t l = n_layers_ - 1; l >= 0; --l) {
+    const ParallelScope threads(layer_mode(l));
     const index_t n_in = n[l], n_out = n[l + 1];
     const T* in = l == 0 ? batch.x : act_[l - 1];
     const index_t ld_in = l == 0 ? batch.ld_x : n_in;
@@ -306,13 +312,56 @@ double Trainer<T>::narrow_gradients(const Batch& batch) {
 }
 
 template <class T>
-double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite) {
+void Trainer<T>::plan_parallelism(index_t rows) {
+  const int threads = get_num_threads();
+  if (rows == plan_rows_ && threads == plan_threads_) return;
+  plan_rows_ = rows;
+  plan_threads_ = threads;
+  const std::vector<index_t>& n = cfg_.sizes;
+  layer_mode_.assign(static_cast<std::size_t>(n_layers_), ParallelMode::serial);
+  any_parallel_layer_ = false;
+  if (narrow_ || threads <= 1) return;  // the feature-major path has no GEMM
+  for (index_t l = 0; l < n_layers_; ++l) {
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(n[l]) *
+                         static_cast<double>(n[l + 1]);
+    if (gemm_split_pays<T>(flops)) {
+      layer_mode_[l] = ParallelMode::parallel;
+      any_parallel_layer_ = true;
+    }
+  }
+}
+
+template <class T>
+double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* nonfinite,
+                        StepsResult* result) {
   const std::vector<index_t>& n = cfg_.sizes;
   const Batch batch = gather(data, first, rows);
   if (cfg_.adam)
     adam_ = adam_coefficients<T>(cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
                                  params_.optimizer_steps + 1);
-  const double loss = narrow_ ? narrow_gradients(batch) : gemm_gradients(batch);
+  // The contention guard: a step that uses the pool is measured; if its regions took longer
+  // than one thread would have (RegionStats), the rest of the epoch runs on one thread, and
+  // no engine in the process tries the pool again before the back-off time has passed.
+  // Either way every product is computed the same, so the results do not change.
+  plan_parallelism(rows);
+  parallel_step_ = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
+  RegionStats regions;
+  double loss;
+  {
+    const RegionStatsScope measure(parallel_step_ ? &regions : nullptr);
+    loss = narrow_ ? narrow_gradients(batch) : gemm_gradients(batch);
+  }
+  if (parallel_step_ && regions.regions > 0) {
+    const double wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
+    const bool won = wall_to_cpu <= kParallelWinRatio;
+    record_parallel_outcome(won);
+    result->parallel_steps += 1;
+    if (!won) {
+      fell_back_this_epoch_ = true;
+      result->fell_back = true;
+      result->wall_to_cpu = wall_to_cpu;
+    }
+  }
   if (!std::isfinite(loss)) {
     *nonfinite = true;
     return loss;

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "optim.h"
+#include "threads.h"
 
 namespace fastmlp {
 
@@ -47,7 +48,19 @@ struct StepsResult {
   bool nonfinite = false;  // the last batch's loss, gradients or update were not finite: that
                            // step was not applied (the parameters are as before it)
   bool epoch_done = false;
+  // The contention guard (threads.h): steps whose products were split over the pool, and
+  // whether one of them lost (its regions took more wall time than the CPU time of their
+  // tasks: wall_to_cpu > kParallelWinRatio), after which the rest of the epoch ran on one
+  // thread. wall_to_cpu is that step's ratio.
+  index_t parallel_steps = 0;
+  bool fell_back = false;
+  double wall_to_cpu = 0.0;
 };
+
+// A parallel step wins when its regions' wall time is at most this fraction of their tasks'
+// CPU time, i.e. parallelism saved at least 10 % of what one thread would have spent (the
+// margin covers what the estimate misses: packing done twice, the task split's imbalance).
+constexpr double kParallelWinRatio = 0.9;
 
 template <class T>
 class Trainer {
@@ -83,7 +96,13 @@ class Trainer {
     const T* weights = nullptr;
   };
   Batch gather(const Data& data, index_t first, index_t rows);
-  double step(const Data& data, index_t first, index_t rows, bool* nonfinite);
+  double step(const Data& data, index_t first, index_t rows, bool* nonfinite,
+              StepsResult* result);
+  // Which layers split their products over the pool for batches of `rows` rows: the cost
+  // model (gemm_split_pays) on one product of the layer, 2·rows·n_l·n_{l+1} FLOPs; each layer
+  // runs two or three such products per step. Recomputed when rows or the thread count
+  // change.
+  void plan_parallelism(index_t rows);
   // Forward, loss and backward of one batch into grad_W_ / grad_b_; returns the batch loss
   // (L2 penalty included), and stops after the loss if it is not finite.
   double gemm_gradients(const Batch& batch);
@@ -132,6 +151,13 @@ class Trainer {
   AdamCoefficients<T> adam_{};  // this step's, when cfg_.adam
   T* logits_rows_ = nullptr;    // (max_batch, n_L), narrow path only: row-major logits
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
+  // plan_parallelism's result: per layer, serial or parallel; and for this step, whether the
+  // plan is used (false: every product on the calling thread).
+  std::vector<ParallelMode> layer_mode_;
+  index_t plan_rows_ = -1;
+  int plan_threads_ = 0;
+  bool any_parallel_layer_ = false, parallel_step_ = false;
+  bool fell_back_this_epoch_ = false;
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
 };

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <vector>
 
 #include "../cpu.h"
 #include "tile.h"
@@ -13,11 +16,10 @@ namespace fastmlp {
 
 namespace {
 
-// Below this many FLOPs a product runs on the calling thread: handing half of it to a second
-// thread costs more than it saves. Measured (2-core Xeon, AVX-512, float32, medians of 200,
-// 1 vs 2 threads): 0.3 MFLOP (32×64×64) 4.0 vs 6.5 µs, 0.5 MFLOP 5.3 vs 6.8 µs, 1.0 MFLOP
-// (64×128×64) 10.7 vs 8.8 µs, 2.1 MFLOP 17.8 vs 11.9 µs, 8.4 MFLOP 80 vs 45 µs.
-constexpr double kParallelMinFlops = 8.0e5;
+// Tasks per thread of a split product: claimed one at a time, so a thread that starts late
+// (a worker waking up, tens of microseconds on a virtual machine) leaves its share to the
+// others instead of making everyone wait for its half.
+constexpr index_t kTasksPerThread = 2;
 
 // At most this many FLOPs: the direct triple loop (see gemm()).
 constexpr double kTinyGemmMaxFlops = 4096;
@@ -290,23 +292,24 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   }
 }
 
-// Splits C into tm × tn rectangles, aligned to the micro-tile, one per thread, each computed by
-// `serial` (the packed or the in-place path, chosen from the whole shape beforehand): threads share
-// no output and never split the K reduction, so every element is computed by exactly the same
-// sequence of micro-kernel operations whatever the thread count — results are bitwise
-// identical for 1, 2 or n threads. Each thread packs the A rows and B columns it needs, so A
-// is packed tn times and B tm times; (tm, tn) minimises the per-thread tile count, then that
-// duplicated packing.
+// Splits C into tm × tn rectangles aligned to the micro-tile (`parts` of them at most), each
+// computed by `serial` (the packed or the in-place path, chosen from the whole shape
+// beforehand) as one task of a parallel region: tasks share no output and never split the K
+// reduction, so every element is computed by exactly the same sequence of micro-kernel
+// operations whoever runs it and however many tasks there are — results are bitwise identical
+// for any thread count. Each task packs the A rows and B columns it needs, so A is packed tn
+// times and B tm times; (tm, tn) minimises the largest task's tile count, then that duplicated
+// packing. Every row part gets at least two row tiles (or all rows), so no part is a lone
+// one-row product, which the in-place path would compute with its row kernel.
 template <class T>
-void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_threads,
+void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t parts,
                    void (*serial)(const GemmArgs<T>&, const GemmKernel<T>&)) {
   const index_t row_tiles = (g.M + kern.MR - 1) / kern.MR;
   const index_t col_tiles = (g.N + kern.NR - 1) / kern.NR;
   index_t best_tm = 1, best_tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
-  for (index_t tm = 1; tm <= n_threads; ++tm) {
-    if (n_threads % tm != 0) continue;
-    const index_t tn = n_threads / tm;
-    if (tm > row_tiles || tn > col_tiles) continue;
+  for (index_t tm = 1; tm <= parts; ++tm) {
+    if (tm > 1 && 2 * tm > row_tiles) break;
+    const index_t tn = std::min(parts / tm, col_tiles);
     const index_t cost = ((row_tiles + tm - 1) / tm) * ((col_tiles + tn - 1) / tn);
     const index_t packing = (tn - 1) * g.M + (tm - 1) * g.N;  // elements packed twice, per K
     if (cost < best_cost || (cost == best_cost && packing < best_packing)) {
@@ -336,6 +339,87 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, int n_thread
     serial(part, kern);
   });
 }
+
+std::atomic<bool> g_force_split{false};
+
+}  // namespace
+
+template <class T>
+GemmCostModel gemm_cost_model() {
+  // Keyed by what it depends on; re-measured when the ISA or the thread count changes.
+  static std::mutex mutex;
+  static GemmCostModel model;
+  static int model_isa = -1;
+  const int isa = static_cast<int>(active_isa());
+  const int threads = get_num_threads();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (model_isa == isa && model.threads == threads && model.flops_per_second > 0) return model;
+
+  constexpr index_t M = 64, N = 256, K = 256;
+  std::vector<T> a(M * K, T(0.5)), b(K * N, T(0.25)), c(M * N);
+  GemmArgs<T> g;
+  g.M = M, g.N = N, g.K = K;
+  g.A = a.data(), g.rs_a = K, g.cs_a = 1;
+  g.B = b.data(), g.rs_b = N, g.cs_b = 1;
+  g.C = c.data(), g.ldc = N;
+  auto seconds = [&](ParallelMode mode) {
+    const ParallelScope scope(mode);
+    const auto started = std::chrono::steady_clock::now();
+    gemm(g);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  };
+  // Warm-up of both (packing buffers, workers awake), then the best of each, alternating,
+  // until eight splits have shown a gain (or 10 ms have passed: a busy machine, where the
+  // model then sees little gain and splits only very large products). A worker just woken
+  // can need tens of microseconds to move to a free core (threads.cpp), so early splits
+  // may run as slowly as one thread.
+  seconds(ParallelMode::serial);
+  if (threads > 1) seconds(ParallelMode::parallel);
+  // Each pair's overhead is split − serial / threads; the model takes the median of the pairs
+  // that gained (robust to a pair hit by an interrupt), or the best split if none did.
+  double serial = 1e30, split = 1e30;
+  std::vector<double> overheads;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(10);
+  for (int trial = 0;; ++trial) {
+    const double this_serial = seconds(ParallelMode::serial);
+    serial = std::min(serial, this_serial);
+    if (threads == 1) {
+      if (trial >= 4) break;
+      continue;
+    }
+    const double this_split = seconds(ParallelMode::parallel);
+    split = std::min(split, this_split);
+    if (this_split < 0.75 * this_serial) overheads.push_back(this_split - this_serial / threads);
+    if (overheads.size() >= 9 || std::chrono::steady_clock::now() > give_up) break;
+  }
+  serial = std::max(serial, 1e-9);
+  model.flops_per_second = 2.0 * M * N * K / serial;
+  model.threads = threads;
+  double overhead = split - serial / threads;
+  if (!overheads.empty()) {
+    std::nth_element(overheads.begin(), overheads.begin() + overheads.size() / 2, overheads.end());
+    overhead = overheads[overheads.size() / 2];
+  }
+  // At least 1 % of the product: a split can measure faster than a perfect one (two cores'
+  // caches), which would make every product look worth splitting.
+  model.region_seconds = threads > 1 ? std::max(overhead, 0.01 * serial) : 0.0;
+  model_isa = isa;
+  return model;
+}
+
+template <class T>
+bool gemm_split_pays(double flops) {
+  if (inside_parallel_task() || get_num_threads() <= 1) return false;
+  if (g_force_split.load(std::memory_order_relaxed)) return true;
+  const GemmCostModel model = gemm_cost_model<T>();
+  if (model.threads <= 1) return false;
+  const double saved = flops / model.flops_per_second * (1.0 - 1.0 / model.threads);
+  return saved >= kParallelRiskFactor * model.region_seconds;
+}
+
+void testing_force_split(bool force) { g_force_split.store(force); }
+
+namespace {
 
 }  // namespace
 
@@ -377,8 +461,10 @@ void gemm(const GemmArgs<T>& g) {
       g_small_gemm_max_flops.load(std::memory_order_relaxed) == kSmallGemmMaxFlopsDefault)
     return gemm_reference(g);
   auto* serial = use_small_path(g, flops) ? &gemm_small<T> : &gemm_serial<T>;
-  const int n_threads = get_num_threads();
-  if (n_threads > 1 && flops >= kParallelMinFlops) return gemm_parallel(g, kern, n_threads, serial);
+  const ParallelMode mode = current_parallel_mode();
+  const int n_threads = mode == ParallelMode::serial ? 1 : get_num_threads();
+  if (n_threads > 1 && (mode == ParallelMode::parallel || gemm_split_pays<T>(flops)))
+    return gemm_parallel(g, kern, kTasksPerThread * n_threads, serial);
   serial(g, kern);
 }
 
@@ -403,5 +489,9 @@ template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
 template void gemm_reference<float>(const GemmArgs<float>&);
 template void gemm_reference<double>(const GemmArgs<double>&);
+template GemmCostModel gemm_cost_model<float>();
+template GemmCostModel gemm_cost_model<double>();
+template bool gemm_split_pays<float>(double);
+template bool gemm_split_pays<double>(double);
 
 }  // namespace fastmlp

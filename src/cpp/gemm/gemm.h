@@ -122,14 +122,48 @@ struct GemmKernel {
 };
 
 // C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
-// place; larger ones are packed and, above a size threshold, split over the thread pool.
+// place; larger ones are packed. A product is split over the thread pool when the calling
+// thread's ParallelMode (threads.h) says so, or, in automatic mode, when gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
+
+// ---- the cost model: when splitting a product over the thread pool pays ----------------------
+//
+// Measured on first use, per ISA, dtype and thread count, on a 64×256×256 product (8.4 MFLOP):
+// one thread's speed, and the cost of a region — what a split product takes beyond its share
+// of the work, (split time) − (one-thread time) / threads, the median over nine pairs of runs
+// with the workers awake. A product of F FLOPs is split when the time it saves,
+// F / speed · (1 − 1/threads), is at least kParallelRiskFactor region costs: the measured
+// cost varies 3-5× between runs on a virtual machine, and a split that saves little is not
+// worth the chance of a worker being descheduled mid-task (a time slice, milliseconds; the
+// training engine's guard catches that one at run time). A worker asleep since the last region
+// costs nothing extra: the caller claims the tasks it has not reached (threads.h).
+// Measured (benchmarks/README.md, "Threads"): on the 2-vCPU AMD EPYC (Zen 5), one thread runs
+// the 64×256×256 product at ~245 GFLOP/s and a region costs 1-6 µs, so products from about
+// 3-20 MFLOP up are split: the mnist-shaped net's 17- and 51-MFLOP layers are, the 1-MFLOP
+// layers of the digits and [30,128,128,2] nets are not.
+constexpr double kParallelRiskFactor = 4.0;
+
+struct GemmCostModel {
+  double flops_per_second = 0.0;  // one thread
+  double region_seconds = 0.0;    // 0: a pool of one thread, nothing is ever split
+  int threads = 1;
+};
+template <class T>
+GemmCostModel gemm_cost_model();
+
+// Whether a product of `flops` FLOPs gains from being split over the thread pool (see above).
+// False with one thread and inside a task of a parallel region.
+template <class T>
+bool gemm_split_pays(double flops);
 
 // The small-matrix path's limit (2·M·N·K FLOPs; a negative value restores the default).
 // Returns the previous limit. For tests and crossover measurements.
 constexpr double kSmallGemmMaxFlopsDefault = 1.0e6;
 double set_small_gemm_max_flops(double flops);
+// Test hook (fastmlp._testing): gemm_split_pays says yes to every product while the pool has
+// more than one thread, so that tests reach the parallel paths with small shapes.
+void testing_force_split(bool force);
 
 // The plain triple loop in T arithmetic: the definition of the semantics, and the path of
 // tiny products, where it beats any tiling.
