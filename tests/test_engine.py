@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastmlp
+from fastmlp import _testing
 from fastmlp import MLP, SGD, Adam, ops
 from fastmlp.model import _epoch_order, _epoch_seeds
 
@@ -159,15 +160,19 @@ def test_training_is_bitwise_identical_for_any_thread_count(sizes):
     previous = fastmlp.get_num_threads()
     weights = {}
     try:
-        for n_threads in (1, 2):
-            fastmlp.set_num_threads(n_threads)
-            model = MLP(sizes, seed=3)
-            model.fit(X, y, epochs=2, batch_size=100, optimizer=SGD(lr=0.01, momentum=0.9), seed=4)
-            weights[n_threads] = model.weights + model.biases
+        # Every product split (the cost model would keep these small ones on one thread).
+        with _testing.split_every_product():
+            for n_threads in (1, 2, 3):
+                fastmlp.set_num_threads(n_threads)
+                model = MLP(sizes, seed=3)
+                model.fit(X, y, epochs=2, batch_size=100, optimizer=SGD(lr=0.01, momentum=0.9),
+                          seed=4)
+                weights[n_threads] = model.weights + model.biases
     finally:
         fastmlp.set_num_threads(previous)
-    for a, b in zip(weights[1], weights[2]):
-        np.testing.assert_array_equal(a, b)
+    for n_threads in (2, 3):
+        for a, b in zip(weights[1], weights[n_threads]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_ctrl_c_stops_at_a_step_boundary_with_consistent_weights():
@@ -233,7 +238,7 @@ def test_a_refused_two_thread_update_restores_every_parameter():
         model = MLP([300, 256, 3], seed=0)
         model.weights[0][255, 0] = 3e38
         before = [p.copy() for p in model.weights + model.biases]
-        with pytest.raises(FloatingPointError, match="diverged"):
+        with pytest.raises(FloatingPointError, match="diverged"), _testing.split_every_product():
             model.fit(X, y, epochs=1, batch_size=64, optimizer=SGD(lr=3.0, weight_decay=1.0),
                       shuffle=False)
     finally:
@@ -259,8 +264,9 @@ def test_fused_weight_update_equals_step_by_step_path(sizes, batch_size, optimiz
     previous = fastmlp.get_num_threads()
     fastmlp.set_num_threads(n_threads)
     try:
-        history = fused.fit(X, y, epochs=2, batch_size=batch_size,
-                            optimizer=OPTIMIZERS[optimizer](), seed=4, alpha=0.3)
+        with _testing.split_every_product():
+            history = fused.fit(X, y, epochs=2, batch_size=batch_size,
+                                optimizer=OPTIMIZERS[optimizer](), seed=4, alpha=0.3)
     finally:
         fastmlp.set_num_threads(previous)
     losses = step_by_step(reference, X, y, 2, batch_size, OPTIMIZERS[optimizer](), True, 4,

@@ -1,6 +1,6 @@
 """fastmlp: fast multilayer perceptrons on the CPU, on C++ kernels."""
 
-from fastmlp import ops
+from fastmlp import _threadpool, ops
 from fastmlp._core import __version__
 from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
@@ -8,6 +8,9 @@ from fastmlp.optim import SGD, Adam
 
 __all__ = ["MLP", "History", "SGD", "Adam", "ops", "get_num_threads", "set_num_threads",
            "__version__", "MLPClassifier", "MLPRegressor"]
+
+
+_threadpool.register()  # threadpoolctl sees and limits fastmlp's pool, when it is installed
 
 
 def __getattr__(name):

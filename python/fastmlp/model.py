@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastmlp import _core
+from fastmlp._threads import one_thread_fallback_message
 from fastmlp._validation import (cache_aligned, feature_matrix, integer_labels, model_dtype,
                                  positive_float,
                                  positive_int, regression_targets, sample_weights)
@@ -65,12 +66,16 @@ class History:
     loss: mean training loss over the epoch's samples (batch losses weighted by batch size),
     computed while training. val_loss / val_accuracy: on ``validation_data`` after each epoch
     (empty without it). samples_per_second: training throughput of each epoch.
+    one_thread_fallback: whether, in that epoch, a training step spread over several threads
+    measured slower than one thread would have been (another process held a core), so the
+    rest of the epoch ran on one thread (docs/threads.md). The results are the same either way.
     """
 
     loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     samples_per_second: list[float] = field(default_factory=list)
+    one_thread_fallback: list[bool] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -467,6 +472,7 @@ class MLP:
                 started = time.perf_counter()
                 trainer.begin_epoch(n, bool(shuffle), _draw_epoch_seed(rng) if rng else 0)
                 total = 0.0
+                fell_back = None  # the engine's wall/CPU ratio of the step that lost, if one did
                 while True:
                     call_started = time.perf_counter()
                     try:
@@ -482,6 +488,8 @@ class MLP:
                             "state may be corrupt, use a new one. Lower the learning rate or "
                             "scale the inputs.")
                     total += result["loss_sum"]
+                    if result["fell_back"]:
+                        fell_back = result["wall_to_cpu"]
                     if result["epoch_done"]:
                         break
                     # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
@@ -491,6 +499,7 @@ class MLP:
                 elapsed = time.perf_counter() - started
                 history.loss.append(total / n)
                 history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
+                history.one_thread_fallback.append(fell_back is not None)
                 if validation_data is not None:
                     logits = self._forward(X_val)
                     history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
@@ -498,7 +507,7 @@ class MLP:
                         history.val_accuracy.append(
                             float(np.mean(self._predict_logits(logits) == y_val)))
                 if verbose:
-                    self._print_epoch(history, epochs, verbose)
+                    self._print_epoch(history, epochs, verbose, fell_back)
                 done = epoch + 1
                 if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
                     self._save_checkpoint(checkpoint, optimizer, rng, history, done,
@@ -512,13 +521,15 @@ class MLP:
         finally:
             self._training = False
 
-    def _print_epoch(self, history: History, epochs: int, verbose) -> None:
+    def _print_epoch(self, history: History, epochs: int, verbose, fell_back) -> None:
         line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4f}"
         if history.val_loss:
             line += f"  val_loss {history.val_loss[-1]:.4f}"
         if history.val_accuracy:
             line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
         line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
+        if fell_back is not None:
+            line += "\n" + one_thread_fallback_message(fell_back)
         print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
 
     def _save_checkpoint(self, path, optimizer, rng, history, epochs_done, batch_size, shuffle):
@@ -543,7 +554,8 @@ class MLP:
         try:
             rng.bit_generator.state = meta["rng_state"]
             for key, values in meta["history"].items():
-                getattr(history, key).extend(float(v) for v in values)
+                kind = bool if key == "one_thread_fallback" else float
+                getattr(history, key).extend(kind(v) for v in values)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ValueError(f"checkpoint {os.fspath(path)!r} is malformed: {exc}") from None
         self.weights, self.biases = saved.weights, saved.biases

@@ -22,6 +22,7 @@ from fastmlp._validation import (contiguous, float_array, integer_labels, same_d
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
+    "cost_model",
     "set_narrow_max_width", "set_small_gemm_max_flops", "workspace_allocations",
 ]
 
@@ -55,6 +56,16 @@ def gemm_config(dtype="float32") -> dict:
     """The active GEMM's register tile (MR × NR, and row_NR for a single row) and cache blocks
     (MC, KC, NC) for ``dtype``: what the tests use to aim at the blocking edges."""
     return dict(_core.gemm_config(np.dtype(dtype).name))
+
+
+def cost_model(dtype="float32") -> dict:
+    """What decides whether a product is split over the thread pool (docs/threads.md), as
+    measured on first use for the current ISA, ``dtype`` and thread count:
+    ``flops_per_second`` (one thread), ``region_seconds`` (what a split costs beyond its
+    share of the work; 0 with one thread), ``threads`` and ``risk_factor``. A product of F
+    FLOPs is split when F / flops_per_second · (1 − 1/threads) ≥ risk_factor ·
+    region_seconds."""
+    return dict(_core.cost_model(np.dtype(dtype).name))
 
 
 def set_small_gemm_max_flops(flops: float | None) -> float:

@@ -690,6 +690,17 @@ PYBIND11_MODULE(_core, m) {
     return without_gil([&] { return testing_check_regions(regions, tasks); });
   }, py::arg("regions"), py::arg("tasks"));
   testing.def("force_split", &testing_force_split, py::arg("force"));
+  // Returns (RuntimeError message, tasks that ran) of a region whose task `failing` throws.
+  testing.def("failing_region", [](int tasks, int failing) -> py::tuple {
+    if (tasks < 1) throw py::value_error("tasks must be >= 1");
+    int ran = -1;
+    try {
+      without_gil([&] { testing_failing_region(tasks, failing, &ran); });
+    } catch (const std::runtime_error& e) {
+      return py::make_tuple(std::string(e.what()), ran);
+    }
+    return py::make_tuple(py::none(), ran);
+  }, py::arg("tasks"), py::arg("failing"));
   testing.def("slow_regions", &testing_slow_regions, py::arg("seconds"));
 
   m.def("gemm_config", [](const std::string& dtype) {

@@ -489,7 +489,27 @@ namespace {
 double testing_slow_regions_seconds() { return g_slow_regions.load(std::memory_order_relaxed); }
 }  // namespace
 
-void testing_slow_regions(double seconds) { g_slow_regions.store(seconds); }
+void testing_slow_regions(double seconds) {
+  g_slow_regions.store(seconds);
+  g_retry_at_ns.store(0);
+  g_backoff_seconds.store(kRetryFirstSeconds);
+}
+
+void testing_failing_region(int tasks, int failing, int* ran) {
+  std::atomic<int> count{0};
+  try {
+    parallel_for(tasks, [&](int i) {
+      if (i == failing) throw std::runtime_error("task " + std::to_string(i) + " failed");
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+      while (std::chrono::steady_clock::now() < until) cpu_relax();
+      count.fetch_add(1);
+    });
+  } catch (...) {
+    *ran = count.load();
+    throw;
+  }
+  *ran = count.load();
+}
 
 void testing_stall_workers(int count) { current_pool()->stall_workers(std::max(0, count)); }
 

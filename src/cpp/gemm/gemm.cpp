@@ -390,7 +390,7 @@ GemmCostModel gemm_cost_model() {
     const double this_split = seconds(ParallelMode::parallel);
     split = std::min(split, this_split);
     if (this_split < 0.75 * this_serial) overheads.push_back(this_split - this_serial / threads);
-    if (overheads.size() >= 9 || std::chrono::steady_clock::now() > give_up) break;
+    if (overheads.size() >= 15 || std::chrono::steady_clock::now() > give_up) break;
   }
   serial = std::max(serial, 1e-9);
   model.flops_per_second = 2.0 * M * N * K / serial;

@@ -1,0 +1,292 @@
+"""The thread pool under adversity: a worker that never runs, tasks that throw, threads the OS
+refuses, a busy machine (the engine's contention guard); and how the thread count is governed
+(FASTMLP_NUM_THREADS, OMP_NUM_THREADS, the cap, threadpoolctl, joblib)."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, SGD, Adam, _testing, ops
+from fastmlp._threads import available_cpus
+
+
+@pytest.fixture
+def threads():
+    """Sets the thread count for a test and restores it after."""
+    previous = fastmlp.get_num_threads()
+    yield fastmlp.set_num_threads
+    fastmlp.set_num_threads(previous)
+
+
+def run_python(code, env_updates=None, timeout=120, **kwargs):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTMLP_ISA", "FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(env_updates or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=timeout, **kwargs)
+
+
+def finishes(function, seconds=60):
+    """function() run on a Python thread: its result, or a test failure if it hangs."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"{function} did not return within {seconds} s: the pool hangs")
+    return result[0]
+
+
+# ---- regions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+def test_every_task_runs_once_in_its_own_region(threads, n_threads):
+    threads(n_threads)
+    assert _testing.check_regions(300, 7)
+    assert _testing.check_regions(300, 1)
+    assert _testing.check_regions(50, 64)
+
+
+@pytest.mark.parametrize("n_threads, stalled", [(2, 1), (3, 1), (4, 3)])
+def test_a_region_ends_when_its_work_is_done_though_workers_never_wake(threads, n_threads,
+                                                                       stalled):
+    """Workers the OS has not scheduled take nothing and hold no one up: the caller runs the
+    tasks they did not claim. When they do run, they find no stale task to take."""
+    threads(n_threads)
+    with _testing.stalled_workers(stalled):
+        assert finishes(lambda: _testing.check_regions(200, 5))
+    with _testing.stalled_workers(n_threads - 1):  # every worker stalled
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((300, 200)).astype(np.float32)
+        b = rng.standard_normal((200, 400)).astype(np.float32)
+        with _testing.split_every_product():
+            product = finishes(lambda: ops.matmul(a, b))
+    np.testing.assert_allclose(product, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_training_finishes_with_a_stalled_worker_and_the_same_weights(threads):
+    X = np.random.default_rng(1).standard_normal((300, 40)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    trained = {}
+    for stalled in (0, 1):
+        threads(2)
+        model = MLP([40, 64, 2], seed=0)
+        with _testing.stalled_workers(stalled), _testing.split_every_product():
+            finishes(lambda: model.fit(X, y, epochs=2, batch_size=50, optimizer=SGD(lr=0.1),
+                                       seed=0))
+        trained[stalled] = model.weights + model.biases
+    for a, b in zip(trained[0], trained[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("failing", [0, 5, 7])
+def test_an_exception_in_a_task_reaches_the_caller_after_the_other_tasks(threads, n_threads,
+                                                                         failing):
+    threads(n_threads)
+    message, ran = _testing.failing_region(8, failing)
+    assert message == f"task {failing} failed"
+    assert ran == 7
+    assert _testing.check_regions(20, 4)  # the pool goes on working
+
+
+# ---- the cost model and the contention guard ------------------------------------------------
+
+
+def test_the_cost_model_is_measured(threads):
+    threads(2)
+    model = ops.cost_model("float32")
+    assert model["threads"] == 2
+    assert model["flops_per_second"] > 1e8  # no CPU this runs on is slower
+    assert 0 < model["region_seconds"] < 0.01
+    threads(1)
+    assert ops.cost_model("float64")["region_seconds"] == 0.0
+
+
+@pytest.mark.parametrize("sizes, batch_size, parallel", [
+    ([30, 128, 128, 2], 32, False),   # 1-MFLOP products: a few microseconds each
+    ([64, 128, 10], 64, False),       # the digits net
+    ([1024, 1024, 10], 256, True),    # 537-MFLOP products
+])
+def test_small_and_mid_size_nets_train_on_one_thread(threads, sizes, batch_size, parallel):
+    """Which nets use the pool, seen through the contention guard: with every parallel
+    region made to look slow, a net whose steps use the pool reports a fallback, one whose
+    steps run on one thread (the cost model's choice) cannot."""
+    X = np.random.default_rng(4).standard_normal((2 * batch_size, sizes[0])).astype(np.float32)
+    y = np.arange(2 * batch_size) % sizes[-1]
+    threads(2)
+    with _testing.slow_regions(0.01):
+        history = MLP(sizes, seed=0).fit(X, y, epochs=1, batch_size=batch_size, seed=0)
+    assert history.one_thread_fallback == [parallel]
+
+
+@pytest.mark.parametrize("optimizer", [lambda: SGD(lr=0.05, momentum=0.9), lambda: Adam(lr=1e-3)])
+def test_parallel_steps_that_lose_fall_back_to_one_thread_with_the_same_results(threads,
+                                                                                optimizer):
+    """With every parallel region made to look 10 ms slow, the guard measures the first
+    parallel step as a loss, runs the rest of the epoch on one thread, says so at verbose,
+    and the weights are those of a one-thread run."""
+    X = np.random.default_rng(2).standard_normal((700, 50)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    threads(1)
+    alone = MLP([50, 96, 64, 2], seed=0)
+    plain = alone.fit(X, y, epochs=3, batch_size=64, optimizer=optimizer(), seed=0)
+    assert plain.one_thread_fallback == [False] * 3
+
+    threads(2)
+    model = MLP([50, 96, 64, 2], seed=0)
+    printed = io.StringIO()
+    with _testing.split_every_product(), _testing.slow_regions(0.01):
+        history = model.fit(X, y, epochs=3, batch_size=64, optimizer=optimizer(), seed=0,
+                            verbose=printed)
+    assert history.one_thread_fallback[0]
+    assert "the rest of this epoch runs on one thread" in printed.getvalue()
+    assert history.loss == plain.loss
+    for a, b in zip(model.weights + model.biases, alone.weights + alone.biases):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fallback_history_survives_a_checkpoint(tmp_path, threads):
+    X = np.random.default_rng(3).standard_normal((200, 30)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    threads(2)
+    path = tmp_path / "run.ckpt"
+    model = MLP([30, 32, 2], seed=0)
+    with _testing.split_every_product(), _testing.slow_regions(0.01):
+        model.fit(X, y, epochs=1, batch_size=50, checkpoint=path, seed=0)
+    resumed = MLP([30, 32, 2], seed=0).fit(X, y, epochs=2, batch_size=50, checkpoint=path,
+                                          resume=True, seed=0)
+    assert resumed.one_thread_fallback[0] is True
+    assert len(resumed.one_thread_fallback) == 2
+
+
+# ---- how many threads ------------------------------------------------------------------------
+
+
+def test_set_num_threads_refuses_absurd_values():
+    cap = 4 * available_cpus()
+    with pytest.raises(ValueError, match=f"at most {cap}"):
+        fastmlp.set_num_threads(cap + 1)
+    with pytest.raises(ValueError, match="positive"):
+        fastmlp.set_num_threads(-3)
+    with pytest.raises(TypeError, match="integer"):
+        fastmlp.set_num_threads(True)
+    with pytest.raises(TypeError, match="integer"):
+        fastmlp.set_num_threads(2.0)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"OMP_NUM_THREADS": "1"}, "1"),
+    ({"OMP_NUM_THREADS": "3,2"}, "3"),               # a nested list: the outer level
+    ({"OMP_NUM_THREADS": "1", "FASTMLP_NUM_THREADS": "3"}, "3"),  # fastmlp's own wins
+    ({"OMP_NUM_THREADS": "zero"}, "cpus"),            # not a count: ignored
+    ({"FASTMLP_NUM_THREADS": "0", "OMP_NUM_THREADS": "2"}, "2"),
+])
+def test_default_thread_count_from_the_environment(env, expected):
+    result = run_python("import fastmlp; print(fastmlp.get_num_threads())", env)
+    assert result.returncode == 0, result.stderr
+    cpus = str(available_cpus())
+    assert result.stdout.strip() == (cpus if expected == "cpus" else expected)
+
+
+def test_an_environment_value_above_the_cap_is_capped_with_a_warning():
+    code = """
+        import warnings
+        warnings.simplefilter("error")
+        import fastmlp
+        try:
+            fastmlp.get_num_threads()
+        except RuntimeWarning as w:
+            print("warned:", w)
+        print(fastmlp.get_num_threads())
+    """
+    result = run_python(code, {"FASTMLP_NUM_THREADS": "1024"})
+    assert result.returncode == 0, result.stderr
+    warned, count = result.stdout.strip().splitlines()
+    cap = 4 * available_cpus()
+    assert "FASTMLP_NUM_THREADS=1024" in warned and f"cap of {cap}" in warned
+    assert count == str(cap)
+
+
+# Thread creation fails: the pool runs with the threads it got, warns, and never hangs. The
+# kernel exempts root from RLIMIT_NPROC, so as root only the address-space variant can fail.
+THREADS_REFUSED = """
+    import resource, warnings
+    import numpy as np
+    import fastmlp
+    fastmlp.set_num_threads(1)
+    {limit}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastmlp.set_num_threads(4)
+    resource.setrlimit(LIMIT, before)  # room again for the product's buffers
+    print(fastmlp.get_num_threads())
+    print([str(w.message) for w in caught if w.category is RuntimeWarning])
+    a = np.arange(300 * 200, dtype=np.float32).reshape(300, 200) / 1e4
+    print(bool(np.allclose(fastmlp.ops.matmul(a, a.T), a.astype(np.float64) @ a.T, rtol=1e-4)))
+"""
+LIMITS = {
+    "RLIMIT_NPROC": """
+    LIMIT = resource.RLIMIT_NPROC
+    before = resource.getrlimit(LIMIT)
+    resource.setrlimit(LIMIT, (1, before[1]))""",
+    # Room for less than one 8 MiB thread stack.
+    "RLIMIT_AS": """
+    LIMIT = resource.RLIMIT_AS
+    before = resource.getrlimit(LIMIT)
+    size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(LIMIT, (size + (2 << 20), before[1]))""",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux resource limits")
+@pytest.mark.parametrize("limit", sorted(LIMITS))
+def test_threads_the_os_refuses_leave_a_smaller_pool_and_a_warning(limit):
+    if limit == "RLIMIT_NPROC" and os.geteuid() == 0:
+        pytest.skip("root is exempt from RLIMIT_NPROC (RLIMIT_AS covers the same path)")
+    result = run_python(THREADS_REFUSED.format(limit=textwrap.indent(
+        textwrap.dedent(LIMITS[limit]), "    ").strip()), timeout=60)
+    assert result.returncode == 0, result.stderr
+    count, warnings_, correct = result.stdout.strip().splitlines()
+    assert int(count) < 4
+    assert "could start only" in warnings_ and "of the 4 threads" in warnings_
+    assert correct == "True"
+
+
+# ---- governed like the other pools -----------------------------------------------------------
+
+
+def test_threadpoolctl_lists_and_limits_the_pool(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not hasattr(threadpoolctl, "register"):
+        pytest.skip("threadpoolctl < 3.5 has no register()")
+    threads(2)
+    ours = [info for info in threadpoolctl.threadpool_info() if info["internal_api"] == "fastmlp"]
+    assert len(ours) == 1
+    assert ours[0]["num_threads"] == 2 and ours[0]["version"] == fastmlp.__version__
+    with threadpoolctl.threadpool_limits(1):
+        assert fastmlp.get_num_threads() == 1
+    assert fastmlp.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(limits=1, user_api="fastmlp"):
+        assert fastmlp.get_num_threads() == 1
+    assert fastmlp.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(10_000):  # above the cap: no tighter than the cap
+        assert fastmlp.get_num_threads() == 4 * available_cpus()
+    assert fastmlp.get_num_threads() == 2
+
+
+def test_joblib_workers_get_their_share_of_the_cores():
+    """joblib sets OMP_NUM_THREADS in its worker processes to cpus // n_jobs; fastmlp honours
+    it, so GridSearchCV(n_jobs=2) on two cores runs one fastmlp thread per worker."""
+    joblib = pytest.importorskip("joblib")
+    cpus = available_cpus()
+    counts = joblib.Parallel(n_jobs=2)(joblib.delayed(fastmlp.get_num_threads)() for _ in range(2))
+    assert counts == [max(cpus // 2, 1)] * 2
