@@ -1,10 +1,12 @@
 """fastmlp against its peers (NumPy, PyTorch when installed): one process, single-threaded,
 medians; prints the machine and one table per section.
 
-    python benchmarks/compare.py [--quick] [--only gemm|train] [--dtype float32|float64]
+    python benchmarks/compare.py [--quick] [--only SECTION] [--dtype float32|float64]
 
-Sections: "gemm" (GFLOP/s of common.GEMM_CASES) and "train" (samples/s and GFLOP/s of one SGD
-epoch of each common.NETS net). Each peer gets a ratio column fastmlp ÷ peer (throughput; > 1
+Sections: "gemm" (GFLOP/s of common.GEMM_CASES), "sweep" (MLP-shaped products), "train"
+(samples/s and GFLOP/s of one SGD epoch of each common.NETS net), "threads" (two threads on an
+idle machine), "contention" (default threads while another process holds a core) and
+"latency" (one-sample predict). Each peer gets a ratio column fastmlp ÷ peer (throughput; > 1
 means fastmlp is faster). Before timing, each implementation's first result is checked
 against NumPy's on the same inputs (product, or epoch loss from the same initial weights);
 a mismatch is flagged in the table and makes the exit status 1.
@@ -21,6 +23,7 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from typing import Callable
 
 import common
 import fastmlp
+import fastmlp._threads
 import numpy as np
 
 
@@ -232,48 +236,81 @@ def sweep_section(impls: list[str], dtype: str, budget: Budget) -> bool:
 
 
 def threads_section(impls: list[str], dtype: str, budget: Budget) -> bool:
-    """Two threads: fastmlp against its own one-thread figure and against PyTorch (and NumPy's
-    OpenBLAS) on two threads, for the 1024³ product and the mnist and wide nets."""
-    torch = common.optional_torch()
-    columns = [Column("", "work", left=True), Column("fastmlp", "1 thread"),
-               Column("fastmlp", "2 threads"), Column("fastmlp", "2t/1t")]
-    peers = [impl for impl in impls if impl != "fastmlp"]
-    for impl in peers:
-        columns += [Column(impl, "2 threads"), Column(impl, "fastmlp/" + impl)]
-    rows = []
-    square = common.GEMM_CASES[0]
-    works = [(f"gemm {square.shape} GFLOP/s", square.flops,
-              {impl: common.gemm_runner(impl, square, dtype) for impl in impls})]
-    for name in ("mnist", "wide"):
-        net = common.NET_BY_NAME[name]
+    """Two threads on an idle machine: fastmlp against its own one-thread figure and against
+    PyTorch (and NumPy's OpenBLAS) on two threads, for the 1024³ product and every net."""
+    works = [(f"gemm {common.GEMM_CASES[0].shape} GFLOP/s", common.GEMM_CASES[0].flops / 1e9,
+              {impl: common.gemm_runner(impl, common.GEMM_CASES[0], dtype) for impl in impls})]
+    works += net_works(impls, dtype)
+    rows = two_thread_rows(impls, works, budget, n_threads=2)
+    print_table(f"Two threads, {dtype}, idle machine: fastmlp 2t/1t = its own speed-up; "
+                "fastmlp/peer with both on two threads",
+                two_thread_columns(impls, "2 threads", "2t/1t"), rows)
+    return True
+
+
+def contention_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """A busy machine: another process (a busy loop, `python -c 'while True: pass'`) holds one
+    core while every implementation runs at its default thread count (one per CPU this
+    process may use), and fastmlp also on one thread, every net. fastmlp default/1t is what a
+    user loses or gains by leaving the threads alone (target ≥ 0.9)."""
+    default = fastmlp._threads.available_cpus()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # the busy loop is running and the scheduler has placed it
+        rows = two_thread_rows(impls, net_works(impls, dtype), budget, n_threads=default)
+    finally:
+        hog.kill()
+        hog.wait()
+    print_table(f"Busy machine, {dtype}: one core held by another process; every "
+                f"implementation on its default {default} threads; fastmlp also on one thread",
+                two_thread_columns(impls, f"{default} threads", f"{default}t/1t"), rows)
+    return True
+
+
+def net_works(impls: list[str], dtype: str) -> list[tuple[str, float, dict]]:
+    """(label, samples per call, runners): one training epoch of every net, per implementation."""
+    works = []
+    for net in common.NETS:
         trainers = {impl: common.make_trainer(impl, net, dtype) for impl in impls}
-        works.append((f"train {name} samples/s", net.n_samples,
+        works.append((f"train {net.name} samples/s", net.n_samples,
                       {impl: t.epoch for impl, t in trainers.items()}))
+    return works
+
+
+def two_thread_columns(impls: list[str], many: str, speedup: str) -> list[Column]:
+    columns = [Column("", "work", left=True), Column("fastmlp", "1 thread"),
+               Column("fastmlp", many), Column("fastmlp", speedup)]
+    for impl in impls:
+        if impl != "fastmlp":
+            columns += [Column(impl, many), Column(impl, "fastmlp/" + impl)]
+    return columns
+
+
+def two_thread_rows(impls: list[str], works, budget: Budget, n_threads: int) -> list[list[str]]:
+    """Each work timed on n_threads for every implementation, and for fastmlp on one thread
+    too, round-robin (so its speed-up compares runs taken side by side: this VM drifts by
+    ±30 %); a row per work: rates, fastmlp's n_threads/1 ratio, fastmlp/peer ratios."""
+    torch = common.optional_torch()
+    rows = []
     for label, amount, runners in works:
-        with threads(2, torch):
-            # fastmlp on one thread is timed round-robin with the two-thread runs, so the
-            # speed-up compares measurements taken side by side (this VM drifts by ±30 %).
+        with threads(n_threads, torch):
             both = {"fastmlp 1 thread": runners["fastmlp"], **runners}
             setup = {"fastmlp 1 thread": lambda: fastmlp.set_num_threads(1),
-                     "fastmlp": lambda: fastmlp.set_num_threads(2)}
+                     "fastmlp": lambda: fastmlp.set_num_threads(n_threads)}
             setup["fastmlp 1 thread"]()
             first = first_calls({"fastmlp 1 thread": runners["fastmlp"]})[1]
             setup["fastmlp"]()
             first.update(first_calls(runners)[1])
-            two = {impl: t.seconds for impl, t in
-                   timed(both, budget, first, settle=SETTLE_SECONDS, setup=setup).items()}
-            fastmlp.set_num_threads(2)
-        one = two.pop("fastmlp 1 thread")
-        row = [label, rate(amount / one / (1e9 if "gemm" in label else 1)),
-               rate(amount / two["fastmlp"] / (1e9 if "gemm" in label else 1)),
-               ratio(one, two["fastmlp"])]
-        for impl in peers:
-            row += [rate(amount / two[impl] / (1e9 if "gemm" in label else 1)),
-                    ratio(two[impl], two["fastmlp"])]
+            many = {impl: t.seconds for impl, t in
+                    timed(both, budget, first, settle=SETTLE_SECONDS, setup=setup).items()}
+        one = many.pop("fastmlp 1 thread")
+        row = [label, rate(amount / one), rate(amount / many["fastmlp"]),
+               ratio(one, many["fastmlp"])]
+        for impl in impls:
+            if impl != "fastmlp":
+                row += [rate(amount / many[impl]), ratio(many[impl], many["fastmlp"])]
         rows.append(row)
-    print_table(f"Two threads, {dtype}: fastmlp 2t/1t = its own speed-up; fastmlp/peer with "
-                "both on two threads", columns, rows)
-    return True
+    return rows
 
 
 class threads:
@@ -326,7 +363,8 @@ def latency_section(impls: list[str], dtype: str, budget: Budget) -> bool:
 
 
 SECTIONS = {"gemm": gemm_section, "sweep": sweep_section, "train": training_section,
-            "threads": threads_section, "latency": latency_section}
+            "threads": threads_section, "contention": contention_section,
+            "latency": latency_section}
 
 
 class OtherLoad:

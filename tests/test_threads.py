@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -290,3 +291,16 @@ def test_joblib_workers_get_their_share_of_the_cores():
     cpus = available_cpus()
     counts = joblib.Parallel(n_jobs=2)(joblib.delayed(fastmlp.get_num_threads)() for _ in range(2))
     assert counts == [max(cpus // 2, 1)] * 2
+
+
+def test_estimators_say_so_at_verbose(threads, capsys):
+    from fastmlp import MLPClassifier
+    from fastmlp.estimators import ConvergenceWarning
+    X = np.random.default_rng(5).standard_normal((200, 20)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    threads(2)
+    with _testing.split_every_product(), _testing.slow_regions(0.01), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=2 does not converge
+        MLPClassifier(hidden_layer_sizes=(64,), max_iter=2, verbose=True, random_state=0,
+                      n_iter_no_change=100).fit(X, y)
+    assert "the rest of this epoch runs on one thread" in capsys.readouterr().out

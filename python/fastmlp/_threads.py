@@ -41,8 +41,10 @@ def available_cpus() -> int:
     return _core.available_cpus()
 
 
-def one_thread_fallback_message(wall_to_cpu: float) -> str:
+def one_thread_fallback_message(wall_to_cpu: float | None = None) -> str:
     """What ``verbose`` prints when the engine's contention guard fell back to one thread."""
-    return (f"  threads: a step spread over {get_num_threads()} threads took {wall_to_cpu:.2f}x "
-            "the CPU time of its work (another process holds a core?); the rest of this "
-            "epoch runs on one thread, with the same results")
+    took = (f"took {wall_to_cpu:.2f}x the CPU time of its work" if wall_to_cpu is not None
+            else "was slower than one thread")
+    return (f"  threads: a step spread over {get_num_threads()} threads {took} (another "
+            "process holds a core?); the rest of this epoch runs on one thread, with the same "
+            "results")

@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from fastmlp._threads import get_num_threads, set_num_threads
+from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp.model import MLP
 from fastmlp.optim import SGD, Adam
 
@@ -963,6 +963,8 @@ class _BaseMLP(_BaseEstimator):
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                if history.one_thread_fallback[-1]:
+                    print(one_thread_fallback_message())
             if self._record_epoch(validation):
                 self._no_improvement_count = 0
             else:

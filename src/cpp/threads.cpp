@@ -90,41 +90,51 @@ inline int index_of(std::uint64_t claim) { return static_cast<int>(claim & kInde
 
 class Pool {
  public:
-  // Starts up to n_threads - 1 workers. A thread the OS refuses ends the start-up: the pool
-  // runs with the ones it has (start_error() says why it has fewer).
-  explicit Pool(int n_threads) : requested_(n_threads) {
-#ifdef __linux__
-    caller_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
-#endif
-    try {
-      workers_.reserve(static_cast<std::size_t>(n_threads - 1));
-      for (int i = 1; i < n_threads; ++i) {
-        const int index = i - 1;
-        workers_.emplace_back([this, index] { worker_loop(index); });
-      }
-    } catch (const std::system_error& e) {
-      start_error_ = e.what();
-    } catch (const std::bad_alloc&) {
-      start_error_ = "out of memory";
-    }
-    // New threads start on this CPU as often as not: let them run now, to move elsewhere.
-    std::unique_lock<std::mutex> lock(mutex_);
-    started_cv_.wait_for(lock, std::chrono::milliseconds(10),
-                         [&] { return started_ == static_cast<int>(workers_.size()); });
-  }
-
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stop_.store(true);
     }
     wake_.notify_all();
+    idle_cv_.notify_all();
     for (std::thread& w : workers_) w.join();
   }
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
-  int requested() const { return requested_; }
-  const std::string& start_error() const { return start_error_; }
+  // Makes n_threads threads (the caller included) take part in regions, starting workers as
+  // needed; returns how many do. A thread the OS refuses ends the start-up: the pool runs
+  // with the ones it has, and *error says why. Workers are never ended: with a smaller count
+  // the extra ones sleep until needed again, so switching counts (an estimator's n_threads,
+  // threadpool_limits) costs no thread creation. Called under g_pool_mutex.
+  int resize(int n_threads, std::string* error) {
+    const int had = static_cast<int>(workers_.size());
+    if (n_threads - 1 > had) {
+#ifdef __linux__
+      caller_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
+#endif
+      try {
+        workers_.reserve(static_cast<std::size_t>(n_threads - 1));
+        for (int index = had; index < n_threads - 1; ++index)
+          workers_.emplace_back([this, index] { worker_loop(index); });
+      } catch (const std::system_error& e) {
+        *error = e.what();
+      } catch (const std::bad_alloc&) {
+        *error = "out of memory";
+      }
+      // New threads start on this CPU as often as not: let them run now, to move elsewhere.
+      std::unique_lock<std::mutex> lock(mutex_);
+      started_cv_.wait_for(lock, std::chrono::milliseconds(10),
+                           [&] { return started_ == static_cast<int>(workers_.size()); });
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      active_.store(std::min(n_threads, static_cast<int>(workers_.size()) + 1));
+    }
+    idle_cv_.notify_all();
+    return active_.load();
+  }
+
+  // Threads taking part in regions, the caller included.
+  int size() const { return active_.load(std::memory_order_relaxed); }
 
   void stall_workers(int count) {
     {
@@ -244,6 +254,7 @@ class Pool {
     t_inside_task = was_inside;
   }
 
+  // Worker `index` (0-based; the caller is thread 0 of a region, worker i is thread i + 1).
   void worker_loop(int index) {
     std::uint64_t seen = generation_of(claim_.load(std::memory_order_acquire));
     move_off_callers_cpu();
@@ -252,9 +263,17 @@ class Pool {
       started_ += 1;
     }
     started_cv_.notify_one();
+    auto inactive = [&] { return index + 1 >= active_.load(std::memory_order_seq_cst); };
     for (;;) {
+      if (inactive()) {  // not needed at the current thread count: sleep until it grows
+        std::unique_lock<std::mutex> lock(mutex_);
+        idle_cv_.wait(lock, [&] { return stop_.load() || !inactive(); });
+        if (stop_.load()) return;
+        seen = generation_of(claim_.load(std::memory_order_acquire));
+        continue;
+      }
       auto fresh = [&] {
-        return stop_.load(std::memory_order_seq_cst) ||
+        return stop_.load(std::memory_order_seq_cst) || inactive() ||
                generation_of(claim_.load(std::memory_order_seq_cst)) != seen;
       };
       if (!poll(fresh)) {
@@ -264,6 +283,7 @@ class Pool {
         sleepers_.fetch_sub(1, std::memory_order_relaxed);
       }
       if (stop_.load()) return;
+      if (inactive()) continue;
       seen = generation_of(claim_.load(std::memory_order_acquire));
       move_off_callers_cpu();
       if (index < stalled_.load()) {  // test hook: as if never scheduled
@@ -275,12 +295,11 @@ class Pool {
     }
   }
 
-  const int requested_;
-  std::vector<std::thread> workers_;
-  std::string start_error_;
+  std::vector<std::thread> workers_;  // grows under g_pool_mutex; never shrinks
+  std::atomic<int> active_{1};       // threads taking part in regions, the caller included
   std::mutex region_mutex_;  // one parallel region at a time
   std::mutex mutex_;         // sleeping and waking; error_
-  std::condition_variable wake_, done_cv_, started_cv_;
+  std::condition_variable wake_, done_cv_, started_cv_, idle_cv_;
   int started_ = 0;  // workers that have begun their loop; under mutex_
   std::atomic<std::uint64_t> claim_{0};
   std::atomic<const TaskRef*> task_{nullptr};
@@ -304,6 +323,7 @@ class Pool {
 std::mutex g_pool_mutex;
 std::shared_ptr<Pool> g_pool;      // under g_pool_mutex
 int g_requested = 0;               // under g_pool_mutex; 0: not decided yet
+int g_pool_requested = 0;          // under g_pool_mutex: the count g_pool was last sized for
 std::atomic<int> g_num_threads{0};  // what get_num_threads() reports; 0: not decided yet
 
 void prepare_fork() { g_pool_mutex.lock(); }
@@ -318,13 +338,18 @@ std::shared_ptr<Pool> pool_locked() {
   std::call_once(g_atfork_once,
                  [] { pthread_atfork(prepare_fork, parent_after_fork, child_after_fork); });
   if (g_requested == 0) g_requested = default_num_threads();
-  if (!g_pool || g_pool->requested() != g_requested) {
-    g_pool.reset();  // the old workers end first (unless a region still holds that pool)
-    g_pool = std::make_shared<Pool>(g_requested);
-    if (g_pool->size() < g_requested)
-      report("fastmlp could start only " + std::to_string(g_pool->size()) + " of the " +
-             std::to_string(g_requested) + " threads asked for (" + g_pool->start_error() +
-             "); it runs with " + std::to_string(g_pool->size()));
+  if (!g_pool) {
+    g_pool = std::make_shared<Pool>();
+    g_pool_requested = 0;
+  }
+  if (g_pool_requested != g_requested) {  // sized once per request: a refusal is not retried
+    g_pool_requested = g_requested;
+    std::string error;
+    const int got = g_pool->resize(g_requested, &error);
+    if (got < g_requested)
+      report("fastmlp could start only " + std::to_string(got) + " of the " +
+             std::to_string(g_requested) + " threads asked for (" + error + "); it runs with " +
+             std::to_string(got));
   }
   g_num_threads.store(g_pool->size());
   return g_pool;
