@@ -368,8 +368,9 @@ SECTIONS = {"gemm": gemm_section, "sweep": sweep_section, "train": training_sect
 
 
 class OtherLoad:
-    """CPU time other processes take while we run (Linux /proc/stat): on a small machine, a
-    busy neighbour slows every implementation and shows up as noise in the ratios."""
+    """CPU time other processes take while we run (Linux /proc/stat), this process and the
+    children it waited for excepted: on a small machine, a busy neighbour slows every
+    implementation and shows up as noise in the ratios."""
 
     def __init__(self) -> None:
         self._start = self._sample()
@@ -383,8 +384,9 @@ class OtherLoad:
             return None
         busy = sum(int(x) for i, x in enumerate(fields) if i not in (3, 4)) / os.sysconf(
             "SC_CLK_TCK")  # all but idle and iowait, in CPU-seconds
-        own = os.times()
-        return busy, own.user + own.system, time.perf_counter()
+        own = os.times()  # with finished children: the contention section's busy loop
+        return (busy, own.user + own.system + own.children_user + own.children_system,
+                time.perf_counter())
 
     def cpus(self) -> float | None:
         """Average number of CPUs kept busy by others since construction."""

@@ -518,7 +518,9 @@ _DOC_PARAMETERS = """
         Threads of fastmlp's kernels during ``fit``/``partial_fit``/``predict*``/``score``
         (``fastmlp.set_num_threads`` is set for the call and restored after; it is
         process-wide while the call runs). None leaves the current setting (by default every
-        core the process may use). Results do not depend on it.
+        core the process may use, or ``OMP_NUM_THREADS``, which joblib sets in its workers:
+        ``GridSearchCV(n_jobs=...)`` needs no setting). Results do not depend on it; see
+        docs/threads.md for when threads are used at all.
 """
 
 _DOC_ATTRIBUTES = """

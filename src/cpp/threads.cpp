@@ -464,6 +464,10 @@ std::int64_t steady_ns() {
 }
 }  // namespace
 
+bool parallel_on_probation() {
+  return g_backoff_seconds.load(std::memory_order_relaxed) > kRetryFirstSeconds;
+}
+
 bool parallel_retry_due() { return steady_ns() >= g_retry_at_ns.load(std::memory_order_relaxed); }
 
 void record_parallel_outcome(bool won) {

@@ -112,6 +112,9 @@ class RegionStatsScope {
 constexpr double kRetryFirstSeconds = 0.05, kRetryLongestSeconds = 2.0;
 bool parallel_retry_due();
 void record_parallel_outcome(bool won);
+// Whether the last outcome recorded was a loss (no win since): a retry after the back-off is
+// on probation, and one more loss is enough to fall back again.
+bool parallel_on_probation();
 
 // ---- running tasks --------------------------------------------------------------------------
 

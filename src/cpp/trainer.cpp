@@ -340,8 +340,9 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     adam_ = adam_coefficients<T>(cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
                                  params_.optimizer_steps + 1);
   // The contention guard: a step that uses the pool is measured; if its regions took longer
-  // than one thread would have (RegionStats), the rest of the epoch runs on one thread, and
-  // no engine in the process tries the pool again before the back-off time has passed.
+  // than one thread would have (RegionStats) in kLossesBeforeFallback steps in a row (one,
+  // when the last verdict in the process was a fallback), the rest of the epoch runs on one
+  // thread, and no engine in the process tries the pool again before the back-off time.
   // Either way every product is computed the same, so the results do not change.
   plan_parallelism(rows);
   parallel_step_ = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
@@ -353,10 +354,13 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   }
   if (parallel_step_ && regions.regions > 0) {
     const double wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
-    const bool won = wall_to_cpu <= kParallelWinRatio;
-    record_parallel_outcome(won);
     result->parallel_steps += 1;
-    if (!won) {
+    if (wall_to_cpu <= kParallelWinRatio) {
+      losses_in_a_row_ = 0;
+      record_parallel_outcome(true);
+    } else if (++losses_in_a_row_ >= (parallel_on_probation() ? 1 : kLossesBeforeFallback)) {
+      losses_in_a_row_ = 0;
+      record_parallel_outcome(false);
       fell_back_this_epoch_ = true;
       result->fell_back = true;
       result->wall_to_cpu = wall_to_cpu;
