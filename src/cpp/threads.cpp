@@ -57,7 +57,8 @@ bool poll(Pred pred) {
   }
 }
 
-double testing_slow_regions_seconds();
+// Test hook (testing_slow_regions): added to every measured region's wall time.
+std::atomic<double> g_slow_regions{0.0};
 
 std::int64_t thread_cpu_ns() {
   timespec ts;
@@ -186,7 +187,7 @@ class Pool {
     if (stats) {
       stats->wall_seconds +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() +
-          testing_slow_regions_seconds();
+          g_slow_regions.load(std::memory_order_relaxed);
       stats->task_cpu_seconds += 1e-9 * static_cast<double>(task_cpu_ns_.load());
       stats->regions += 1;
     }
@@ -453,9 +454,12 @@ RegionStatsScope::RegionStatsScope(RegionStats* into) : saved_(t_stats) { t_stat
 RegionStatsScope::~RegionStatsScope() { t_stats = saved_; }
 
 namespace {
-std::atomic<double> g_slow_regions{0.0};
+// The contention guard's ledger (see threads.h), under g_ledger_mutex (taken once per
+// measured training step).
+std::mutex g_ledger_mutex;
+double g_balance_seconds = 0.0;
+double g_backoff_seconds = kRetryFirstSeconds;
 std::atomic<std::int64_t> g_retry_at_ns{0};  // steady_clock time before which no retry
-std::atomic<double> g_backoff_seconds{kRetryFirstSeconds};
 
 std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -464,21 +468,19 @@ std::int64_t steady_ns() {
 }
 }  // namespace
 
-bool parallel_on_probation() {
-  return g_backoff_seconds.load(std::memory_order_relaxed) > kRetryFirstSeconds;
-}
-
 bool parallel_retry_due() { return steady_ns() >= g_retry_at_ns.load(std::memory_order_relaxed); }
 
-void record_parallel_outcome(bool won) {
-  if (won) {
-    g_backoff_seconds.store(kRetryFirstSeconds, std::memory_order_relaxed);
-    return;
-  }
-  const double backoff = g_backoff_seconds.load(std::memory_order_relaxed);
-  g_retry_at_ns.store(steady_ns() + static_cast<std::int64_t>(backoff * 1e9),
+bool record_parallel_run(double task_cpu_seconds, double wall_seconds) {
+  std::lock_guard<std::mutex> lock(g_ledger_mutex);
+  const double saved = kParallelWinRatio * task_cpu_seconds - wall_seconds;
+  g_balance_seconds = std::min(g_balance_seconds + saved, kBalanceCapSeconds);
+  if (g_balance_seconds >= kBalanceCapSeconds) g_backoff_seconds = kRetryFirstSeconds;
+  if (g_balance_seconds >= 0.0) return true;
+  g_balance_seconds = 0.0;
+  g_retry_at_ns.store(steady_ns() + static_cast<std::int64_t>(g_backoff_seconds * 1e9),
                       std::memory_order_relaxed);
-  g_backoff_seconds.store(std::min(2 * backoff, kRetryLongestSeconds), std::memory_order_relaxed);
+  g_backoff_seconds = std::min(2 * g_backoff_seconds, kRetryLongestSeconds);
+  return false;
 }
 
 void parallel_for(int n_tasks, TaskRef task) {
@@ -487,17 +489,8 @@ void parallel_for(int n_tasks, TaskRef task) {
       g_num_threads.load(std::memory_order_relaxed) != 1) {
     const std::shared_ptr<Pool> pool = current_pool();
     if (pool->size() > 1) {
-      if (n_tasks <= kMaxRegionTasks) {
-        if (pool->try_run(n_tasks, task, t_stats)) return;
-      } else {
-        // More tasks than the claim counter holds: each claim runs a contiguous range.
-        auto ranges = [&](int part) {
-          const long long first = static_cast<long long>(part) * n_tasks / kMaxRegionTasks;
-          const long long last = static_cast<long long>(part + 1) * n_tasks / kMaxRegionTasks;
-          for (long long i = first; i < last; ++i) task(static_cast<int>(i));
-        };
-        if (pool->try_run(kMaxRegionTasks, TaskRef(ranges), t_stats)) return;
-      }
+      // (More tasks than the claim counter holds never happen: products make one per thread.)
+      if (n_tasks <= kMaxRegionTasks && pool->try_run(n_tasks, task, t_stats)) return;
     }
   }
   const bool was_inside = t_inside_task;
@@ -514,14 +507,12 @@ void parallel_for(int n_tasks, TaskRef task) {
   if (error) std::rethrow_exception(error);
 }
 
-namespace {
-double testing_slow_regions_seconds() { return g_slow_regions.load(std::memory_order_relaxed); }
-}  // namespace
-
 void testing_slow_regions(double seconds) {
   g_slow_regions.store(seconds);
+  std::lock_guard<std::mutex> lock(g_ledger_mutex);
+  g_balance_seconds = 0.0;
+  g_backoff_seconds = kRetryFirstSeconds;
   g_retry_at_ns.store(0);
-  g_backoff_seconds.store(kRetryFirstSeconds);
 }
 
 void testing_failing_region(int tasks, int failing, int* ran) {

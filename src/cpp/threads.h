@@ -105,16 +105,28 @@ class RegionStatsScope {
 
 // ---- the contention guard ---------------------------------------------------------------
 
-// The contention guard's memory, shared by every caller in the process (a busy machine is
-// busy for every engine): after a parallel run that lost, parallel runs are not tried again
-// for a back-off time that doubles with each further loss, from kRetryFirst to kRetryLongest,
-// and starts over after a win.
+// The contention guard's ledger, shared by every caller in the process (a busy machine is busy
+// for every engine). A caller that splits work reports, after each measured run of regions,
+// the seconds parallelism saved: kParallelWinRatio × (their tasks' CPU time, what one thread
+// would have spent) − (their wall time); negative when it lost. The ledger keeps the running
+// balance, capped at kBalanceCapSeconds, and answers whether to go on: once the balance is
+// below zero the caller should fall back to one thread, and no caller is let back to the
+// pool for a back-off time that doubles with each fall-back, from kRetryFirstSeconds to
+// kRetryLongestSeconds, and starts over once the balance reaches the cap again.
+//
+// Why a balance of seconds rather than a count of lost runs: on a busy machine one lost run
+// (a worker descheduled mid-task: a time slice, 1-4 ms) can cost more than many won runs
+// save (0.1-0.3 ms each for the mnist-shaped net), and on an idle virtual machine an occasional
+// lost run (the host taking the second vCPU for a moment) is absorbed by what the runs before
+// it saved. Measured on the 2-vCPU VM (mnist-shaped net, another process on a core): falling
+// back at the first lost step lost 1 epoch in 10 to a needless fall-back when idle; falling
+// back at the second lost step in a row left 0.76-0.99x one thread's speed under load.
+constexpr double kParallelWinRatio = 0.9;
+constexpr double kBalanceCapSeconds = 0.005;
 constexpr double kRetryFirstSeconds = 0.05, kRetryLongestSeconds = 2.0;
 bool parallel_retry_due();
-void record_parallel_outcome(bool won);
-// Whether the last outcome recorded was a loss (no win since): a retry after the back-off is
-// on probation, and one more loss is enough to fall back again.
-bool parallel_on_probation();
+// Returns whether to keep using the pool (false: fall back now).
+bool record_parallel_run(double task_cpu_seconds, double wall_seconds);
 
 // ---- running tasks --------------------------------------------------------------------------
 

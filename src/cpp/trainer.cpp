@@ -339,10 +339,10 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
   if (cfg_.adam)
     adam_ = adam_coefficients<T>(cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
                                  params_.optimizer_steps + 1);
-  // The contention guard: a step that uses the pool is measured; if its regions took longer
-  // than one thread would have (RegionStats) in kLossesBeforeFallback steps in a row (one,
-  // when the last verdict in the process was a fallback), the rest of the epoch runs on one
-  // thread, and no engine in the process tries the pool again before the back-off time.
+  // The contention guard: a step that uses the pool is measured (RegionStats) and reported
+  // to the process's ledger (threads.h); once parallel steps have lost more time than they
+  // saved, the rest of the epoch runs on one thread, and no engine in the process tries the
+  // pool again before the back-off time.
   // Either way every product is computed the same, so the results do not change.
   plan_parallelism(rows);
   parallel_step_ = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
@@ -353,17 +353,11 @@ double Trainer<T>::step(const Data& data, index_t first, index_t rows, bool* non
     loss = narrow_ ? narrow_gradients(batch) : gemm_gradients(batch);
   }
   if (parallel_step_ && regions.regions > 0) {
-    const double wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
     result->parallel_steps += 1;
-    if (wall_to_cpu <= kParallelWinRatio) {
-      losses_in_a_row_ = 0;
-      record_parallel_outcome(true);
-    } else if (++losses_in_a_row_ >= (parallel_on_probation() ? 1 : kLossesBeforeFallback)) {
-      losses_in_a_row_ = 0;
-      record_parallel_outcome(false);
+    if (!record_parallel_run(regions.task_cpu_seconds, regions.wall_seconds)) {
       fell_back_this_epoch_ = true;
       result->fell_back = true;
-      result->wall_to_cpu = wall_to_cpu;
+      result->wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
     }
   }
   if (!std::isfinite(loss)) {

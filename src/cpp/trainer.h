@@ -49,25 +49,13 @@ struct StepsResult {
                            // step was not applied (the parameters are as before it)
   bool epoch_done = false;
   // The contention guard (threads.h): steps whose products were split over the pool, and
-  // whether one of them lost (its regions took more wall time than the CPU time of their
-  // tasks: wall_to_cpu > kParallelWinRatio), after which the rest of the epoch ran on one
-  // thread. wall_to_cpu is that step's ratio.
+  // whether parallel steps lost more time than they saved (the ledger's balance went below
+  // zero), after which the rest of the epoch ran on one thread. wall_to_cpu: the wall time of
+  // the last parallel step's regions over their tasks' CPU time (one thread's estimate).
   index_t parallel_steps = 0;
   bool fell_back = false;
   double wall_to_cpu = 0.0;
 };
-
-// A parallel step wins when its regions' wall time is at most this fraction of their tasks'
-// CPU time, i.e. parallelism saved at least 10 % of what one thread would have spent (the
-// margin covers what the estimate misses: packing done twice, the task split's imbalance).
-constexpr double kParallelWinRatio = 0.9;
-// Parallel steps that must lose in a row before the rest of the epoch runs on one thread. One
-// lost step is not enough: on an idle 2-vCPU VM about one epoch in ten of the mnist-shaped net
-// had a step that lost (the host took the second vCPU for a moment), and falling back for
-// the rest of those epochs cost more than the lost steps (2t/1t 1.2-1.36 instead of ~1.4).
-// With another process on a core, steps lose one after another: two cost one more slow step,
-// and a retry after the back-off falls back on its first loss (parallel_on_probation).
-constexpr int kLossesBeforeFallback = 2;
 
 template <class T>
 class Trainer {
@@ -165,7 +153,6 @@ class Trainer {
   int plan_threads_ = 0;
   bool any_parallel_layer_ = false, parallel_step_ = false;
   bool fell_back_this_epoch_ = false;
-  int losses_in_a_row_ = 0;  // parallel steps that lost since the last one that won
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
 };
