@@ -217,18 +217,19 @@ def test_an_environment_value_above_the_cap_is_capped_with_a_warning():
     assert count == str(cap)
 
 
-# Thread creation fails: the pool runs with the threads it got, warns, and never hangs. The
-# kernel exempts root from RLIMIT_NPROC, so as root only the address-space variant can fail.
+# Thread creation fails: the pool runs with the threads it got, warns, and never hangs. Three
+# ways a machine refuses threads: RLIMIT_NPROC (not applied to root), RLIMIT_AS (room for less
+# than one thread stack), a pids cgroup (needs a writable cgroup hierarchy: root, here).
 THREADS_REFUSED = """
-    import resource, warnings
+    import os, resource, warnings
     import numpy as np
     import fastmlp
     fastmlp.set_num_threads(1)
-    {limit}
+{limit}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fastmlp.set_num_threads(4)
-    resource.setrlimit(LIMIT, before)  # room again for the product's buffers
+    restore()  # room again for the product's buffers
     print(fastmlp.get_num_threads())
     print([str(w.message) for w in caught if w.category is RuntimeWarning])
     a = np.arange(300 * 200, dtype=np.float32).reshape(300, 200) / 1e4
@@ -236,30 +237,75 @@ THREADS_REFUSED = """
 """
 LIMITS = {
     "RLIMIT_NPROC": """
-    LIMIT = resource.RLIMIT_NPROC
-    before = resource.getrlimit(LIMIT)
-    resource.setrlimit(LIMIT, (1, before[1]))""",
-    # Room for less than one 8 MiB thread stack.
+    before = resource.getrlimit(resource.RLIMIT_NPROC)
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, before[1]))
+    restore = lambda: resource.setrlimit(resource.RLIMIT_NPROC, before)""",
     "RLIMIT_AS": """
-    LIMIT = resource.RLIMIT_AS
-    before = resource.getrlimit(LIMIT)
+    before = resource.getrlimit(resource.RLIMIT_AS)
     size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
-    resource.setrlimit(LIMIT, (size + (2 << 20), before[1]))""",
+    resource.setrlimit(resource.RLIMIT_AS, (size + (2 << 20), before[1]))
+    restore = lambda: resource.setrlimit(resource.RLIMIT_AS, before)""",
+    "pids cgroup": """
+    group = os.environ["FASTMLP_TEST_CGROUP"]
+    with open(os.path.join(group, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    def set_max(value):
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write(value)
+    set_max(str(len(os.listdir("/proc/self/task"))))  # no room for one more thread
+    restore = lambda: set_max("max")""",
 }
+PIDS_CGROUP_ROOT = "/sys/fs/cgroup/pids"  # cgroup v1's pids hierarchy, where mounted
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux resource limits")
 @pytest.mark.parametrize("limit", sorted(LIMITS))
-def test_threads_the_os_refuses_leave_a_smaller_pool_and_a_warning(limit):
+def test_threads_the_os_refuses_leave_a_smaller_pool_and_a_warning(limit, tmp_path):
+    env = {"OPENBLAS_NUM_THREADS": "1"}  # NumPy's own threads would be refused too
+    group = None
     if limit == "RLIMIT_NPROC" and os.geteuid() == 0:
-        pytest.skip("root is exempt from RLIMIT_NPROC (RLIMIT_AS covers the same path)")
-    result = run_python(THREADS_REFUSED.format(limit=textwrap.indent(
-        textwrap.dedent(LIMITS[limit]), "    ").strip()), timeout=60)
+        pytest.skip("root is exempt from RLIMIT_NPROC (the other limits cover the same path)")
+    if limit == "pids cgroup":
+        if not os.access(PIDS_CGROUP_ROOT, os.W_OK):
+            pytest.skip(f"no writable pids cgroup hierarchy at {PIDS_CGROUP_ROOT}")
+        group = os.path.join(PIDS_CGROUP_ROOT, f"fastmlp-test-{os.getpid()}-{tmp_path.name}")
+        os.mkdir(group)
+        env["FASTMLP_TEST_CGROUP"] = group
+    try:
+        code = THREADS_REFUSED.format(limit=textwrap.indent(textwrap.dedent(LIMITS[limit]),
+                                                            "    "))
+        result = run_python(code, env, timeout=60)
+    finally:
+        if group:
+            os.rmdir(group)
     assert result.returncode == 0, result.stderr
     count, warnings_, correct = result.stdout.strip().splitlines()
     assert int(count) < 4
     assert "could start only" in warnings_ and "of the 4 threads" in warnings_
     assert correct == "True"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux resource limits")
+def test_the_reported_hang_is_gone():
+    """FASTMLP_NUM_THREADS=1024 under a 4 GB address-space limit hung in the pool's
+    constructor: now the count is capped (with a warning) and training finishes."""
+    import resource
+    code = """
+        import warnings
+        import numpy as np
+        import fastmlp
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            X = np.random.default_rng(0).standard_normal((512, 300)).astype(np.float32)
+            model = fastmlp.MLP([300, 256, 2], seed=0)
+            model.fit(X, (X[:, 0] > 0).astype(int), epochs=2, batch_size=128, seed=0)
+        print(fastmlp.get_num_threads(), len(caught))
+    """
+    result = run_python(code, {"FASTMLP_NUM_THREADS": "1024"}, timeout=60,
+                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS,
+                                                              (4_000_000_000, 4_000_000_000)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(4 * available_cpus()), "1"]
 
 
 # ---- governed like the other pools -----------------------------------------------------------
