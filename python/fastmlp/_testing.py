@@ -45,11 +45,12 @@ def split_every_product():
 
 
 @contextlib.contextmanager
-def slow_regions(seconds: float):
-    """Every measured parallel region looks ``seconds`` slower to the engine's contention
-    guard: a simulated busy machine. The guard's back-off starts afresh on entry and exit."""
-    _hooks.slow_regions(seconds)
+def slow_regions(factor: float = 3.0):
+    """Every measured parallel region looks ``factor`` times slower to the engine's contention
+    guard (3: slower than one thread even for a perfect split): a simulated busy machine. The
+    guard's ledger and back-off start afresh on entry and exit."""
+    _hooks.slow_regions(factor)
     try:
         yield
     finally:
-        _hooks.slow_regions(0.0)
+        _hooks.slow_regions(1.0)

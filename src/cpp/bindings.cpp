@@ -701,7 +701,7 @@ PYBIND11_MODULE(_core, m) {
     }
     return py::make_tuple(py::none(), ran);
   }, py::arg("tasks"), py::arg("failing"));
-  testing.def("slow_regions", &testing_slow_regions, py::arg("seconds"));
+  testing.def("slow_regions", &testing_slow_regions, py::arg("factor"));
 
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {

@@ -57,8 +57,8 @@ bool poll(Pred pred) {
   }
 }
 
-// Test hook (testing_slow_regions): added to every measured region's wall time.
-std::atomic<double> g_slow_regions{0.0};
+// Test hook (testing_slow_regions): every measured region's wall time is multiplied by it.
+std::atomic<double> g_slow_regions{1.0};
 
 std::int64_t thread_cpu_ns() {
   timespec ts;
@@ -186,7 +186,7 @@ class Pool {
     }
     if (stats) {
       stats->wall_seconds +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() +
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() *
           g_slow_regions.load(std::memory_order_relaxed);
       stats->task_cpu_seconds += 1e-9 * static_cast<double>(task_cpu_ns_.load());
       stats->regions += 1;
@@ -507,8 +507,8 @@ void parallel_for(int n_tasks, TaskRef task) {
   if (error) std::rethrow_exception(error);
 }
 
-void testing_slow_regions(double seconds) {
-  g_slow_regions.store(seconds);
+void testing_slow_regions(double factor) {
+  g_slow_regions.store(factor);
   std::lock_guard<std::mutex> lock(g_ledger_mutex);
   g_balance_seconds = 0.0;
   g_backoff_seconds = kRetryFirstSeconds;

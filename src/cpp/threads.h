@@ -164,8 +164,9 @@ bool testing_check_regions(int regions, int tasks);
 // Runs a region of `tasks` tasks in which task `failing` throws std::runtime_error; the
 // exception reaches the caller once every other task has run (and `ran` counts them).
 void testing_failing_region(int tasks, int failing, int* ran);
-// Adds `seconds` to the wall time RegionStats records per region: a simulated busy machine.
-// Also forgets the contention guard's back-off, so the next parallel step is tried at once.
-void testing_slow_regions(double seconds);
+// Multiplies the wall time RegionStats records per region by `factor` (1: off): a simulated
+// busy machine. Also clears the contention guard's ledger and back-off, so the next parallel
+// step is tried at once.
+void testing_slow_regions(double factor);
 
 }  // namespace fastmlp
