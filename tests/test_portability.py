@@ -2,6 +2,7 @@
 under QEMU's user-mode emulation of a Westmere CPU (SSE4.2, no AVX), which raises SIGILL on
 any AVX instruction. Skipped where qemu-x86_64 is not installed (Debian: qemu-user)."""
 
+import os
 import platform
 import shutil
 import subprocess
@@ -35,7 +36,11 @@ print("ok")
 @pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
                     reason="needs qemu-x86_64 (Debian: qemu-user) on x86-64")
 def test_runs_on_a_cpu_without_avx():
+    # OPENBLAS_CORETYPE (set on some machines, e.g. =Haswell) forces NumPy's OpenBLAS to an
+    # AVX2 kernel, which dies on the emulated CPU before fastmlp is even imported.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "FASTMLP_ISA")}
     result = subprocess.run([QEMU, "-cpu", "Westmere", sys.executable, "-c", SCRIPT],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
         result.returncode, result.stderr[-3000:])
