@@ -6,8 +6,10 @@ cores / n_jobs threads (OMP_NUM_THREADS), which fastmlp honours like OpenBLAS do
     python benchmarks/gridsearch_vs_sklearn.py [--runs 3] [--max-iter 200]
 
 Both searches run once untimed first (joblib's worker processes start and import scikit-learn
-and fastmlp: about a second, the same for both), then `runs` times each, alternating; the
-medians and their ratio are printed, with both searches' best parameters and scores.
+and fastmlp: about a second, the same for both), then `runs` times each, alternating, each
+after a 0.3 s pause (compare.SETTLE_SECONDS: spinning OpenBLAS threads left by the previous
+search); the medians and their ratio are printed, with both searches' best parameters and
+scores.
 bench_gridsearch.py runs the same searches under pytest-benchmark.
 """
 
@@ -20,6 +22,8 @@ import time
 import warnings
 
 from estimators_vs_sklearn import digits_split
+
+from compare import SETTLE_SECONDS
 
 # Four candidates × three folds = 12 fits per search, plus the refit of the best one.
 PARAM_GRID = {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(64,), (128,)]}
@@ -51,6 +55,9 @@ def compare(runs: int = 3, max_iter: int = 200) -> dict:
         search(implementation, X_train[:300], y_train[:300], max_iter=5)
     for _ in range(runs):
         for implementation in seconds:
+            # After a call, OpenBLAS's idle threads in this process (scikit-learn's refit ran
+            # here) spin for ~0.1 s and would take a core from the next search's workers.
+            time.sleep(SETTLE_SECONDS)
             started = time.perf_counter()
             searches[implementation] = search(implementation, X_train, y_train, max_iter)
             seconds[implementation].append(time.perf_counter() - started)
