@@ -50,8 +50,8 @@ struct StepsResult {
   bool epoch_done = false;
   // The contention guard (threads.h): steps whose products were split over the pool, and
   // whether parallel steps lost more time than they saved (the ledger's balance went below
-  // zero), after which the rest of the epoch ran on one thread. wall_to_cpu: the wall time of
-  // the last parallel step's regions over their tasks' CPU time (one thread's estimate).
+  // zero), after which the rest of the epoch ran on one thread. wall_to_cpu: for the step
+  // that fell back, its regions' wall time over their tasks' CPU time (one thread's estimate).
   index_t parallel_steps = 0;
   bool fell_back = false;
   double wall_to_cpu = 0.0;
