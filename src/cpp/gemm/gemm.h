@@ -139,9 +139,9 @@ void gemm(const GemmArgs<T>& args);
 // training engine's guard catches that one at run time). A worker asleep since the last region
 // costs nothing extra: the caller claims the tasks it has not reached (threads.h).
 // Measured (benchmarks/README.md, "Threads"): on the 2-vCPU AMD EPYC (Zen 5), one thread runs
-// the 64×256×256 product at ~245 GFLOP/s and a region costs 1-6 µs, so products from about
-// 3-20 MFLOP up are split: the mnist-shaped net's 17- and 51-MFLOP layers are, the 1-MFLOP
-// layers of the digits and [30,128,128,2] nets are not.
+// the 64×256×256 product at ~245 GFLOP/s and a region costs 1-7 µs, so products from about
+// 2-14 MFLOP up (8 · cost · speed, two threads) are split: the mnist-shaped net's 17- and
+// 51-MFLOP layers are, the 1-MFLOP layers of the digits and [30,128,128,2] nets are not.
 constexpr double kParallelRiskFactor = 4.0;
 
 struct GemmCostModel {
