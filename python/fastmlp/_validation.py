@@ -17,6 +17,16 @@ from fastmlp import _core
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Hidden-layer activations: the core's one list (common.h), in its order.
+ACTIVATIONS: tuple[str, ...] = tuple(_core.ACTIVATIONS)
+
+
+def check_activation(value, name: str = "activation") -> str:
+    """``value`` if it names an activation the core implements, else ``ValueError``."""
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {value!r}")
+    return value
+
 
 def describe_dtype(a: np.ndarray) -> str:
     return str(a.dtype) if a.dtype.kind != "O" else "object"

@@ -22,7 +22,8 @@ import numpy as np
 
 from fastmlp import _core
 from fastmlp._threads import one_thread_fallback_message
-from fastmlp._validation import (cache_aligned, feature_matrix, integer_labels, model_dtype,
+from fastmlp._validation import (cache_aligned, check_activation, feature_matrix, integer_labels,
+                                 model_dtype,
                                  positive_float,
                                  positive_int, regression_targets, sample_weights)
 from fastmlp.optim import SGD, Optimizer
@@ -55,7 +56,6 @@ def _new_trainer(model, optimizer, batch_size: int, alpha: float):
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
                         spec, batch_size)
 
-_ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 _OUTPUTS = ("softmax", "sigmoid", "identity")
 
 
@@ -139,8 +139,7 @@ class MLP:
         if len(sizes) < 2:
             raise ValueError(f"layer_sizes needs at least 2 entries (inputs, outputs), got {sizes}")
         self._layer_sizes = tuple(positive_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        check_activation(activation)
         if output not in _OUTPUTS:
             raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
         if output == "sigmoid" and self._layer_sizes[-1] != 1:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import (contiguous, float_array, integer_labels, same_dtype,
+from fastmlp._validation import (check_activation, contiguous, float_array, integer_labels,
+                                 same_dtype,
                                  sample_weights, strided_ok)
 
 __all__ = [
@@ -25,8 +26,6 @@ __all__ = [
     "cost_model",
     "set_narrow_max_width", "set_small_gemm_max_flops", "workspace_allocations",
 ]
-
-_ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 
 
 def isa() -> str:
@@ -210,12 +209,6 @@ def squared_error(pred, target, sample_weight=None) -> tuple[float, np.ndarray]:
     return _core.squared_error(contiguous(pred), contiguous(target), weights)
 
 
-def _check_activation(activation: str) -> str:
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    return activation
-
-
 def _check_dense(x, W, name_x: str = "x") -> tuple[np.ndarray, np.ndarray]:
     x = float_array(x, name_x, ndim=2)
     W = float_array(W, "W", ndim=2)
@@ -233,7 +226,7 @@ def dense_forward(x, W, b=None, activation: str = "identity") -> np.ndarray:
     ``'logistic'`` or ``'identity'``.
     """
     x, W = _check_dense(x, W)
-    _check_activation(activation)
+    check_activation(activation)
     b = _bias(b, W)
     return _core.dense_forward(x, W, b, activation)
 
@@ -247,7 +240,7 @@ def dense_backward(x, W, out, grad_out, activation: str = "identity"):
     ``grad_x = grad_a @ W``.
     """
     x, W = _check_dense(x, W)
-    _check_activation(activation)
+    check_activation(activation)
     out = float_array(out, "out", ndim=2)
     grad_out = float_array(grad_out, "grad_out", ndim=2)
     same_dtype(("x", x), ("out", out), ("grad_out", grad_out))

@@ -157,12 +157,12 @@ auto without_gil(F&& f) {
 }
 
 Activation parse_activation(const std::string& name) {
-  if (name == "relu") return Activation::relu;
-  if (name == "identity") return Activation::identity;
-  if (name == "tanh") return Activation::tanh;
-  if (name == "logistic") return Activation::logistic;
-  throw py::value_error("activation must be 'relu', 'tanh', 'logistic' or 'identity', got '" +
-                        name + "'");
+  std::string choices;
+  for (int i = 0; i < kActivationCount; ++i) {
+    if (name == kActivationNames[i]) return static_cast<Activation>(i);
+    choices += std::string(i ? ", '" : "'") + kActivationNames[i] + "'";
+  }
+  throw py::value_error("activation must be one of " + choices + ", got '" + name + "'");
 }
 
 // via_consumer (a test hook): the product goes through GemmArgs::consumer, whose tiles are
@@ -637,6 +637,9 @@ __attribute__((visibility("default"))) int fastmlp_set_num_threads(int n) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastmlp's C++ kernels (use fastmlp.ops, which validates input)";
   m.attr("__version__") = FASTMLP_VERSION;
+  py::tuple activation_names(kActivationCount);
+  for (int i = 0; i < kActivationCount; ++i) activation_names[i] = kActivationNames[i];
+  m.attr("ACTIVATIONS") = activation_names;
   init_isa();  // FASTMLP_ISA errors surface as an ImportError here, not mid-computation.
 
   m.def("isa", [] { return std::string(isa_name(active_isa())); },

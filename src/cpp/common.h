@@ -14,8 +14,13 @@ namespace fastmlp {
 // Signed, pointer-sized: strides may be negative (NumPy views such as a[::-1]).
 using index_t = std::ptrdiff_t;
 
-// Hidden-layer activations (scikit-learn names: logistic is the sigmoid).
+// Hidden-layer activations (scikit-learn names: logistic is the sigmoid). The one list of
+// them: kActivationNames gives each its name, in enum order; the bindings export it
+// (fastmlp._core.ACTIVATIONS) and every Python module checks names against that. Adding an
+// activation: the enum and its name here, its forward and derivative in activations.cpp.
 enum class Activation { identity, relu, tanh, logistic };
+inline constexpr const char* kActivationNames[] = {"identity", "relu", "tanh", "logistic"};
+inline constexpr int kActivationCount = sizeof(kActivationNames) / sizeof(kActivationNames[0]);
 
 // Counts every heap allocation of the engine's work buffers (AlignedBuffer growths). A steady
 // state that allocates nothing shows as a counter that stops moving; tests read it.
