@@ -4,9 +4,9 @@ from fastmlp import _threadpool, ops
 from fastmlp._core import __version__
 from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
-from fastmlp.optim import SGD, Adam
+from fastmlp.optim import SGD, Adam, AdamW
 
-__all__ = ["MLP", "History", "SGD", "Adam", "ops", "get_num_threads", "set_num_threads",
+__all__ = ["MLP", "History", "SGD", "Adam", "AdamW", "ops", "get_num_threads", "set_num_threads",
            "__version__", "MLPClassifier", "MLPRegressor"]
 
 

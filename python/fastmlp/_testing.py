@@ -54,3 +54,8 @@ def slow_regions(factor: float = 3.0):
         yield
     finally:
         _hooks.slow_regions(1.0)
+
+
+def optimizer_state_addresses(optimizer) -> list[int]:
+    """The addresses of a fastmlp optimizer's state arrays, every parameter's, in order."""
+    return list(_hooks.optimizer_state_addresses(optimizer._rule))

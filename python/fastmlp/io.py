@@ -175,27 +175,50 @@ def load_model(path):
 # ---- training checkpoints ----------------------------------------------------------------
 #
 # A checkpoint is a model archive plus: "checkpoint" (a JSON string: epochs done, the epoch
-# seed generator's state, the history so far, batch size, shuffle, the optimizer's rule,
-# hyper-parameters and step count) and the optimizer's state arrays "opt_a{i}" / "opt_b{i}"
-# (momentum buffers, or Adam's two moments), one per parameter array (weights, then biases).
+# seed generator's state, the history so far, batch size, shuffle, and the optimizer's
+# state_dict without its arrays) and the optimizer's state arrays "optim.{i}.{name}" (e.g.
+# "optim.0.exp_avg"), one set per parameter array (weights, then biases).
+# Checkpoints of fastmlp 0.1 (optimizer "kind" sgd/adam, arrays "opt_a{i}"/"opt_b{i}") load too.
 
 
 def save_checkpoint(path, model, optimizer, progress: dict) -> None:
     arrays = _model_arrays(model)
-    spec = optimizer._engine_spec(list(model.weights) + list(model.biases))
-    meta = dict(progress, optimizer={
-        key: value for key, value in spec.items() if key not in ("state_a", "state_b")})
-    arrays["checkpoint"] = np.array(json.dumps(meta))
-    for i, a in enumerate(spec["state_a"]):
-        arrays[f"opt_a{i}"] = a
-    for i, b in enumerate(spec["state_b"]):
-        arrays[f"opt_b{i}"] = b
+    state = optimizer.state_dict()
+    per_parameter = state.pop("state")
+    arrays["checkpoint"] = np.array(json.dumps(dict(progress, optimizer=state)))
+    for i, entry in enumerate(per_parameter):
+        for name, value in entry.items():
+            arrays[f"optim.{i}.{name}"] = value
     write_npz_atomically(path, arrays)
+
+
+def _optimizer_state_v1(opt: dict, arrays, n_params: int, meta: dict) -> tuple[dict, list[str]]:
+    """A fastmlp 0.1 checkpoint's optimizer entry as a state_dict, and its array names."""
+    kind = opt.get("kind")
+    if kind == "sgd":
+        names = ["momentum_buffer"]
+        state = {"optimizer": "SGD", "steps": int(meta["steps"]),
+                 "hyperparameters": {"lr": opt["lr"], "momentum": opt["momentum"],
+                                     "weight_decay": opt["weight_decay"],
+                                     "nesterov": opt["nesterov"]},
+                 "started": [not first for first in opt["first_step"]]}
+    elif kind == "adam":
+        names = ["exp_avg", "exp_avg_sq"]
+        state = {"optimizer": "Adam", "steps": int(opt["steps"]),
+                 "hyperparameters": {"lr": opt["lr"], "betas": [opt["beta1"], opt["beta2"]],
+                                     "eps": opt["eps"], "weight_decay": opt["weight_decay"]},
+                 "started": [True] * n_params}
+    else:
+        raise ValueError(f"unknown optimizer kind {kind!r}")
+    keys = [[f"opt_{ab}{i}" for ab in "ab"[:len(names)]] for i in range(n_params)]
+    state["state"] = [{name: arrays[key] for name, key in zip(names, keys[i]) if key in arrays}
+                      for i in range(n_params)]
+    return state, [key for row in keys for key in row]
 
 
 def load_checkpoint(path):
     """(model, optimizer, progress) from a checkpoint written by ``fit(checkpoint=...)``."""
-    from fastmlp.optim import SGD, Adam
+    from fastmlp.optim import Optimizer
 
     arrays = read_npz(path)
     try:
@@ -206,33 +229,29 @@ def load_checkpoint(path):
             raise ValueError("malformed checkpoint metadata")
         opt = meta["optimizer"]
         n_params = 2 * (len(arrays["layer_sizes"]) - 1)
-        kind = opt.get("kind")
-        if kind == "sgd":
-            optimizer = SGD(lr=opt["lr"], momentum=opt["momentum"],
-                            weight_decay=opt["weight_decay"], nesterov=opt["nesterov"])
-            state_keys = [f"opt_a{i}" for i in range(n_params)]
-        elif kind == "adam":
-            optimizer = Adam(lr=opt["lr"], betas=(opt["beta1"], opt["beta2"]), eps=opt["eps"],
-                             weight_decay=opt["weight_decay"])
-            state_keys = [f"opt_{ab}{i}" for ab in "ab" for i in range(n_params)]
+        if "kind" in opt:
+            state, state_keys = _optimizer_state_v1(opt, arrays, n_params, meta)
         else:
-            raise ValueError(f"unknown optimizer kind {kind!r}")
+            state = dict(opt)
+            state_keys = [key for key in arrays if key.startswith("optim.")]
+            state["state"] = [{} for _ in range(n_params)]
+            for key in state_keys:
+                _, index, name = key.split(".", 2)
+                if not index.isdigit() or int(index) >= n_params:
+                    raise ValueError(f"optimizer state {key!r} names no parameter")
+                state["state"][int(index)][name] = arrays[key]
         model = _model_from_arrays(arrays, extra_keys={"checkpoint", *state_keys})
         params = list(model.weights) + list(model.biases)
-        state = optimizer._prepare(params)
-        for i, (p, s) in enumerate(zip(params, state)):
-            names = ["momentum_buffer"] if kind == "sgd" else ["exp_avg", "exp_avg_sq"]
-            for ab, name in zip("ab", names):
-                a = arrays[f"opt_{ab}{i}"]
-                if a.shape != p.shape or a.dtype != p.dtype or not np.isfinite(a).all():
-                    raise ValueError(f"optimizer state opt_{ab}{i} does not match parameter {i}")
-                s[name][...] = a
-            if kind == "sgd":
-                s["first_step"] = bool(opt["first_step"][i])
-        optimizer.steps = int(opt["steps"]) if kind == "adam" else int(meta["steps"])
+        for i, (p, entry) in enumerate(zip(params, state["state"])):
+            for name, value in entry.items():
+                if value.shape != p.shape or value.dtype != p.dtype:
+                    raise ValueError(f"optimizer state {name!r} of parameter {i} does not "
+                                     "match the parameter")
+        optimizer = Optimizer.from_state_dict(state)
         for key in ("epochs_done", "rng_state", "history", "batch_size", "shuffle"):
             if key not in meta:
                 raise ValueError(f"checkpoint metadata lacks {key!r}")
-    except (ValueError, TypeError, KeyError, IndexError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+            json.JSONDecodeError) as exc:
         raise ValueError(f"{os.fspath(path)!r} is not a valid fastmlp checkpoint: {exc}") from None
     return model, optimizer, meta

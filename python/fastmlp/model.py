@@ -50,11 +50,11 @@ def _epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
 
 
 def _new_trainer(model, optimizer, batch_size: int, alpha: float):
+    """The C++ engine for model's parameters, updated in place by optimizer's rule."""
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
-    params = list(model.weights) + list(model.biases)
-    spec = dict(optimizer._engine_spec(params), alpha=alpha)
+    optimizer._prepare(list(model.weights) + list(model.biases))
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
-                        spec, batch_size)
+                        optimizer._rule, alpha, batch_size)
 
 _OUTPUTS = ("softmax", "sigmoid", "identity")
 
@@ -271,16 +271,6 @@ class MLP:
         return integer_labels(y, "y", self.n_classes, n_samples,
                               allow_bool=self._output == "sigmoid", allow_integral_float=True)
 
-    def _layer_activation(self, layer: int) -> str:
-        return self._activation if layer < len(self._weights) - 1 else "identity"
-
-    def _layer_outputs(self, X: np.ndarray) -> list[np.ndarray]:
-        """All layer outputs [X, h_1, ..., logits] of a validated X (for backpropagation)."""
-        outputs = [X]
-        for layer, (W, b) in enumerate(zip(self._weights, self._biases)):
-            outputs.append(_core.dense_forward(outputs[-1], W, b, self._layer_activation(layer)))
-        return outputs
-
     def _forward(self, X: np.ndarray) -> np.ndarray:
         """Logits of a validated X: all layers in one call into the core."""
         with self._lock:
@@ -377,16 +367,9 @@ class MLP:
             return self._loss_and_grad_locked(X, y, weights)
 
     def _loss_and_grad_locked(self, X: np.ndarray, y: np.ndarray, weights):
-        outputs = self._layer_outputs(X)
-        loss, grad = self._loss_and_dlogits(outputs[-1], y, weights)
-        n_layers = len(self._weights)
-        grad_weights: list = [None] * n_layers
-        grad_biases: list = [None] * n_layers
-        for layer in range(n_layers - 1, -1, -1):
-            grad, grad_weights[layer], grad_biases[layer] = _core.dense_backward(
-                outputs[layer], self._weights[layer], outputs[layer + 1], grad,
-                self._layer_activation(layer), layer > 0)
-        return loss, grad_weights, grad_biases
+        # The network's forward and backward in the core (network.h), as the engine runs them.
+        return _core.network_gradients(X, y, weights, self._weights, self._biases,
+                                       self._activation, self._output)
 
     # ---- training -----------------------------------------------------------------------
 
@@ -460,7 +443,6 @@ class MLP:
                 optimizer, start_epoch = self._resume(checkpoint, rng, history, batch_size,
                                                       bool(shuffle))
             trainer = _new_trainer(self, optimizer, batch_size, alpha)
-            steps_before = optimizer.steps
             n = X.shape[0]
             # The first engine call runs about 0.5 GFLOP (a few ms), then the count adapts so
             # that Python regains control about every 50 ms (Ctrl-C, progress).
@@ -474,22 +456,19 @@ class MLP:
                 fell_back = None  # the engine's wall/CPU ratio of the step that lost, if one did
                 while True:
                     call_started = time.perf_counter()
-                    try:
-                        with self._lock:
-                            result = trainer.run(X, y, weights, batch_size, steps_per_call)
-                    finally:  # also on Ctrl-C: the steps the engine completed count
-                        optimizer._engine_sync(trainer, steps_before)
-                    if result["nonfinite"]:
+                    with self._lock:
+                        result = trainer.run(X, y, weights, batch_size, steps_per_call)
+                    if result.nonfinite:
                         raise FloatingPointError(
                             f"training diverged at epoch {epoch + 1}: the loss, the gradients "
                             "or the updated weights were not finite (NaN or infinity). The "
                             "model keeps its weights from before that step; the optimizer's "
                             "state may be corrupt, use a new one. Lower the learning rate or "
                             "scale the inputs.")
-                    total += result["loss_sum"]
-                    if result["fell_back"]:
-                        fell_back = result["wall_to_cpu"]
-                    if result["epoch_done"]:
+                    total += result.data_loss_sum + result.penalty_sum
+                    if result.fell_back:
+                        fell_back = result.wall_to_cpu
+                    if result.epoch_done:
                         break
                     # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
                     elapsed = max(time.perf_counter() - call_started, 1e-6)

@@ -1,8 +1,18 @@
-"""Optimizers with the update rules documented for ``torch.optim.SGD`` and ``torch.optim.Adam``.
+"""Optimizers with the update rules documented for ``torch.optim.SGD``, ``torch.optim.Adam``
+and ``torch.optim.AdamW``.
+
+Each is a thin wrapper over its rule in the C++ core (``optim.h``), which owns the state (momentum
+buffers, Adam's moments) and the step count; ``MLP.fit`` hands that same object to the training
+engine, so the learning rate can change between engine calls (``optimizer.lr = ...``) and every
+step shows in the optimizer.
 
 ``step(params, grads)`` updates each array of ``params`` in place from the array at the same
-position of ``grads``. State (momentum buffers, Adam's moments) is kept per position, so pass
-the parameters in the same order at every step; the arithmetic runs in the C++ core.
+position of ``grads``. State is kept per position, so pass the parameters in the same order at
+every step. ``state_dict()`` / ``load_state_dict()`` save and restore everything (checkpoints use
+them).
+
+Adding an optimizer: its rule in ``optim.h``, its binding line, and a subclass here naming its
+hyper-parameters.
 """
 
 from __future__ import annotations
@@ -12,22 +22,123 @@ import numbers
 import numpy as np
 
 from fastmlp import _core
-from fastmlp._validation import FLOAT_DTYPES, as_array, cache_aligned, positive_float
+from fastmlp._validation import FLOAT_DTYPES, as_array, positive_float
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+_RULES: dict[str, type] = {}  # name -> wrapper class, for state_dict / checkpoints
 
 
 class Optimizer:
-    """Shared bookkeeping: argument checks, per-parameter state, the step counter."""
+    """Shared bookkeeping: argument checks, the core rule, its state and step counter."""
 
-    def __init__(self) -> None:
-        self._state: list[dict[str, np.ndarray]] = []
-        self.steps = 0
+    _hyper: tuple[str, ...] = ()  # the constructor's hyper-parameters, in order
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _RULES[cls.__name__] = cls
+
+    def __init__(self, rule) -> None:
+        self._rule = rule
+
+    # ---- hyper-parameters and counters ----------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; may be changed at any time, also between a fit's epochs."""
+        return self._rule.lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._rule.lr = positive_float(value, "lr")
+
+    @property
+    def steps(self) -> int:
+        """Steps taken (Adam's t)."""
+        return self._rule.steps
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self._rule.state_names)
+
+    def hyperparameters(self) -> dict:
+        return {name: getattr(self, name) for name in self._hyper}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
 
     def reset(self) -> None:
         """Forget all state, as if newly constructed."""
-        self._state = []
-        self.steps = 0
+        self._rule.reset()
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue: rule, hyper-parameters, step count, and per parameter
+        array whether it was updated yet and a copy of each state array."""
+        rule = self._rule
+        n = len(rule.shapes)
+        return {
+            "optimizer": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "steps": rule.steps,
+            "dtype": rule.dtype,
+            "started": [rule.started(i) for i in range(n)],
+            "state": [{name: rule.state(i, name) for name in rule.state_names}
+                      for i in range(n)],
+        }
+
+    @staticmethod
+    def from_state_dict(state: dict) -> Optimizer:
+        """A new optimizer of the saved rule, hyper-parameters and state."""
+        try:
+            cls = _RULES[state["optimizer"]]
+        except KeyError:
+            raise ValueError(f"unknown optimizer {state.get('optimizer')!r}; "
+                             f"known: {sorted(_RULES)}") from None
+        hyper = state["hyperparameters"]
+        if not isinstance(hyper, dict) or set(hyper) != set(cls._hyper):
+            raise ValueError(f"{cls.__name__} takes hyper-parameters {cls._hyper}, "
+                             f"got {sorted(hyper) if isinstance(hyper, dict) else hyper!r}")
+        optimizer = cls(**hyper)
+        optimizer.load_state_dict(state)
+        return optimizer
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the step count and the state arrays saved by ``state_dict`` (of this rule)."""
+        if state.get("optimizer") != type(self).__name__:
+            raise ValueError(f"the state is of {state.get('optimizer')!r}, not {type(self).__name__}")
+        arrays = state["state"]
+        started = state["started"]
+        if not isinstance(arrays, list) or not isinstance(started, list) or \
+                len(arrays) != len(started):
+            raise ValueError("state and started must be lists of one entry per parameter")
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if not arrays:
+            self.reset()
+            return
+        shapes = []
+        for i, entry in enumerate(arrays):
+            if not isinstance(entry, dict) or set(entry) != set(self.state_names):
+                raise ValueError(f"state of parameter {i} must hold {self.state_names}")
+            shapes.append({np.shape(a) for a in entry.values()})
+            if len(shapes[-1]) != 1:
+                raise ValueError(f"the state arrays of parameter {i} differ in shape")
+        dtype = state.get("dtype") or np.asarray(next(iter(arrays[0].values()))).dtype.name
+        self._rule.bind([next(iter(s)) for s in shapes], str(dtype))
+        for i, entry in enumerate(arrays):
+            for name, value in entry.items():
+                value = np.ascontiguousarray(value, dtype=dtype)
+                if not np.isfinite(value).all():
+                    raise ValueError(f"state {name!r} of parameter {i} is not finite")
+                self._rule.set_state(i, name, value)
+            self._rule.set_started(i, bool(started[i]))
+        self._rule.steps = int(steps)
+
+    # ---- stepping ---------------------------------------------------------------------------
 
     def step(self, params, grads) -> None:
         params = list(params)
@@ -36,42 +147,30 @@ class Optimizer:
             raise ValueError(f"step got {len(params)} parameters but {len(grads)} gradients")
         checked = [self._check_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
         self._prepare([p for p, _ in checked])
-        self.steps += 1
-        for i, (p, g) in enumerate(checked):
-            if p.flags.c_contiguous:
-                self._update(p, g, self._state[i])
-            else:
-                # The core updates contiguous memory; update a copy and write it back.
-                work = np.ascontiguousarray(p)
-                self._update(work, g, self._state[i])
-                p[...] = work
+        # The core updates contiguous memory; a non-contiguous parameter is updated in a copy
+        # that is written back.
+        work = [p if p.flags.c_contiguous else np.ascontiguousarray(p) for p, _ in checked]
+        self._rule.step(work, [g for _, g in checked])
+        for (p, _), w in zip(checked, work):
+            if w is not p:
+                p[...] = w
 
-    def _prepare(self, params: list[np.ndarray]) -> list[dict]:
-        """The per-parameter state, created on first use and checked against params after."""
-        if self._state and len(self._state) != len(params):
+    def _prepare(self, params: list[np.ndarray]) -> None:
+        """Binds the state to these parameters on first use; checks them after."""
+        rule = self._rule
+        if not rule.bound:
+            rule.bind([p.shape for p in params], params[0].dtype.name if params else "float32")
+            return
+        shapes = [tuple(s) for s in rule.shapes]
+        if len(shapes) != len(params):
             raise ValueError(
-                f"this optimizer holds state for {len(self._state)} parameters but got "
-                f"{len(params)}; use a new optimizer (or reset()) for another model"
-            )
-        if not self._state:
-            self._state = [self._new_state(p) for p in params]
-        for i, (p, state) in enumerate(zip(params, self._state)):
-            if state["shape"] != p.shape or state["dtype"] != p.dtype:
+                f"this optimizer holds state for {len(shapes)} parameters but got "
+                f"{len(params)}; use a new optimizer (or reset()) for another model")
+        for i, (p, shape) in enumerate(zip(params, shapes)):
+            if p.shape != shape or p.dtype.name != rule.dtype:
                 raise ValueError(
                     f"parameter {i} has shape {p.shape} and dtype {p.dtype} but this optimizer's "
-                    f"state was made for {state['shape']} {state['dtype']}; use a new optimizer"
-                )
-        return self._state
-
-    def _engine_spec(self, params: list[np.ndarray]) -> dict:
-        """What the C++ training engine needs: the rule, its hyper-parameters and the state
-        arrays (updated in place by the engine, so this optimizer stays current)."""
-        raise NotImplementedError
-
-    def _engine_sync(self, trainer, steps_before: int) -> None:
-        """Takes back the scalar state the engine advanced (step counts, first-step flags);
-        steps_before: this optimizer's step count when the engine was made."""
-        raise NotImplementedError
+                    f"state was made for {shape} {rule.dtype}; use a new optimizer")
 
     @staticmethod
     def _check_pair(i: int, p, g) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +188,35 @@ class Optimizer:
             raise ValueError(f"gradient {i} has shape {g.shape} but its parameter has {p.shape}")
         return p, np.ascontiguousarray(g)
 
-    def _new_state(self, p: np.ndarray) -> dict:
-        return {"shape": p.shape, "dtype": p.dtype}
+    def __getstate__(self):
+        return self.state_dict()
 
-    def _update(self, p: np.ndarray, g: np.ndarray, state: dict) -> None:
-        raise NotImplementedError
+    def __setstate__(self, state):
+        self.__dict__.update(Optimizer.from_state_dict(state).__dict__)
+
+
+def _hyper_property(name: str, check=None):
+    def get(self):
+        return getattr(self._rule, name)
+
+    def set_(self, value):
+        setattr(self._rule, name, check(value, name) if check else value)
+    return property(get, set_)
+
+
+def _betas(betas) -> tuple[float, float]:
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
+    return float(beta1), float(beta2)
+
+
+def _non_negative(value, name):
+    return positive_float(value, name, allow_zero=True)
 
 
 class SGD(Optimizer):
@@ -104,42 +227,19 @@ class SGD(Optimizer):
     finally ``p -= lr * g``.
     """
 
+    _hyper = ("lr", "momentum", "weight_decay", "nesterov")
+
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
-        super().__init__()
-        self.lr = positive_float(lr, "lr")
-        self.momentum = positive_float(momentum, "momentum", allow_zero=True)
-        self.weight_decay = positive_float(weight_decay, "weight_decay", allow_zero=True)
-        if nesterov and self.momentum == 0.0:
+        momentum = _non_negative(momentum, "momentum")
+        if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True requires momentum > 0")
-        self.nesterov = bool(nesterov)
+        super().__init__(_core.SGD(positive_float(lr, "lr"), momentum,
+                                   _non_negative(weight_decay, "weight_decay"), bool(nesterov)))
 
-    def __repr__(self) -> str:
-        return (f"SGD(lr={self.lr}, momentum={self.momentum}, "
-                f"weight_decay={self.weight_decay}, nesterov={self.nesterov})")
-
-    def _new_state(self, p: np.ndarray) -> dict:
-        state = super()._new_state(p)
-        state["momentum_buffer"] = cache_aligned(np.zeros_like(p))
-        state["first_step"] = True
-        return state
-
-    def _engine_spec(self, params):
-        state = self._prepare(params)
-        return {"kind": "sgd", "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov,
-                "state_a": [s["momentum_buffer"] for s in state], "state_b": [],
-                "first_step": [s["first_step"] for s in state]}
-
-    def _engine_sync(self, trainer, steps_before):
-        self.steps = steps_before + trainer.total_steps
-        for state, first in zip(self._state, trainer.sgd_first_step):
-            state["first_step"] = first
-
-    def _update(self, p, g, state) -> None:
-        _core.sgd_update(p, g, state["momentum_buffer"], self.lr, self.momentum,
-                         self.weight_decay, self.nesterov, state["first_step"])
-        state["first_step"] = False
+    momentum = _hyper_property("momentum", _non_negative)
+    weight_decay = _hyper_property("weight_decay", _non_negative)
+    nesterov = _hyper_property("nesterov", lambda value, name: bool(value))
 
 
 class Adam(Optimizer):
@@ -149,41 +249,35 @@ class Adam(Optimizer):
     ``p -= lr / (1-β1^t) * m / (sqrt(v) / sqrt(1-β2^t) + eps)`` at step t = 1, 2, ...
     """
 
+    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _core_rule = _core.Adam
+
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
-        super().__init__()
-        self.lr = positive_float(lr, "lr")
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
-        self.betas = (float(beta1), float(beta2))
-        self.eps = positive_float(eps, "eps", allow_zero=True)
-        self.weight_decay = positive_float(weight_decay, "weight_decay", allow_zero=True)
+        beta1, beta2 = _betas(betas)
+        super().__init__(self._core_rule(positive_float(lr, "lr"), beta1, beta2,
+                                         _non_negative(eps, "eps"),
+                                         _non_negative(weight_decay, "weight_decay")))
 
-    def __repr__(self) -> str:
-        return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
-                f"weight_decay={self.weight_decay})")
+    @property
+    def betas(self) -> tuple[float, float]:
+        return (self._rule.beta1, self._rule.beta2)
 
-    def _new_state(self, p: np.ndarray) -> dict:
-        state = super()._new_state(p)
-        state["exp_avg"] = cache_aligned(np.zeros_like(p))
-        state["exp_avg_sq"] = cache_aligned(np.zeros_like(p))
-        return state
+    @betas.setter
+    def betas(self, value) -> None:
+        self._rule.beta1, self._rule.beta2 = _betas(value)
 
-    def _engine_spec(self, params):
-        state = self._prepare(params)
-        return {"kind": "adam", "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
-                "eps": self.eps, "weight_decay": self.weight_decay, "steps": self.steps,
-                "state_a": [s["exp_avg"] for s in state],
-                "state_b": [s["exp_avg_sq"] for s in state], "first_step": []}
+    eps = _hyper_property("eps", _non_negative)
+    weight_decay = _hyper_property("weight_decay", _non_negative)
 
-    def _engine_sync(self, trainer, steps_before):
-        self.steps = trainer.optimizer_steps
 
-    def _update(self, p, g, state) -> None:
-        _core.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], self.lr, self.betas[0],
-                          self.betas[1], self.eps, self.weight_decay, self.steps)
+class AdamW(Adam):
+    """AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay,
+    ``p = p * (1 - lr * weight_decay)`` before the Adam step (whose gradient has no decay term).
+    """
+
+    _core_rule = _core.AdamW
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -6,8 +6,10 @@
 // crash the process; the GIL is released while a kernel runs.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -21,6 +23,7 @@
 #include "optim.h"
 #include "threads.h"
 #include "narrow.h"
+#include "network.h"
 #include "trainer.h"
 
 namespace py = pybind11;
@@ -383,51 +386,155 @@ py::tuple squared_error_py(const py::array& pred, const py::array& target,
   });
 }
 
-template <class T>
-index_t require_same_size(const py::array& param, std::initializer_list<const py::array*> others,
-                          std::initializer_list<const char*> names) {
-  auto name = names.begin();
-  for (const py::array* other : others) {
-    contiguous<T>(*other, *name);
-    if (other->size() != param.size())
-      throw py::value_error(std::string(*name) + " has " + std::to_string(other->size()) +
-                            " elements but the parameter has " + std::to_string(param.size()));
-    ++name;
-  }
-  return param.size();
+// ---- optimizers ------------------------------------------------------------------------------
+
+const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
+
+DType parse_dtype(const std::string& name) {
+  if (name == "float32") return DType::float32;
+  if (name == "float64") return DType::float64;
+  throw py::value_error("dtype must be 'float32' or 'float64', got '" + name + "'");
 }
 
-void sgd_update_py(py::array& param, const py::array& grad, py::array& buf, double lr,
-                   double momentum, double weight_decay, bool nesterov, bool first_step) {
-  with_float_dtype(param, "param", [&](auto tag) {
-    using T = decltype(tag);
-    T* p = writable_contiguous<T>(param, "param");
-    T* b = writable_contiguous<T>(buf, "momentum_buffer");
-    const index_t n = require_same_size<T>(param, {&grad, &buf}, {"grad", "momentum_buffer"});
-    const T* g = static_cast<const T*>(grad.data());
+std::vector<index_t> shape_of(const py::array& a) {
+  return std::vector<index_t>(a.shape(), a.shape() + a.ndim());
+}
+
+void require_idle(const Optimizer& o) {
+  if (o.users > 0)
+    throw std::runtime_error("the optimizer is in use by a running fit; wait for it to finish");
+}
+
+// Which state array of the rule `name` is, or ValueError.
+int state_index(const Optimizer& o, const std::string& name) {
+  const auto& names = o.state_names();
+  for (std::size_t k = 0; k < names.size(); ++k)
+    if (names[k] == name) return static_cast<int>(k);
+  throw py::value_error(std::string(o.name()) + " has no state '" + name + "'");
+}
+
+int param_index(const Optimizer& o, py::ssize_t param) {
+  if (param < 0 || param >= static_cast<py::ssize_t>(o.shapes().size()))
+    throw py::index_error("parameter index " + std::to_string(param) + " out of range (" +
+                          std::to_string(o.shapes().size()) + " parameters)");
+  return static_cast<int>(param);
+}
+
+// A copy of state array `name` of parameter `param`, in the parameter's shape.
+py::array state_copy(const Optimizer& o, py::ssize_t param, const std::string& name) {
+  const int i = param_index(o, param), k = state_index(o, name);
+  const std::vector<index_t>& shape = o.shapes()[static_cast<std::size_t>(i)];
+  auto copy = [&](auto zero) -> py::array {
+    using T = decltype(zero);
+    py::array_t<T> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    std::copy_n(o.state<T>(i, k), o.numel(i), out.mutable_data());
+    return std::move(out);
+  };
+  return o.dtype() == DType::float32 ? copy(float{}) : copy(double{});
+}
+
+void set_state(Optimizer& o, py::ssize_t param, const std::string& name, const py::array& value) {
+  require_idle(o);
+  const int i = param_index(o, param), k = state_index(o, name);
+  const std::vector<index_t>& shape = o.shapes()[static_cast<std::size_t>(i)];
+  if (shape_of(value) != shape)
+    throw py::value_error("state '" + name + "' of parameter " + std::to_string(param) +
+                          " has shape " + shape_str(value) + ", not the parameter's");
+  auto assign = [&](auto zero) {
+    using T = decltype(zero);
+    std::copy_n(contiguous<T>(value, name.c_str()), o.numel(i), o.state<T>(i, k));
+  };
+  o.dtype() == DType::float32 ? assign(float{}) : assign(double{});
+}
+
+// One step over whole arrays: params[i] -= rule(grads[i]), in place.
+void optimizer_step(Optimizer& o, py::list params, py::list grads) {
+  require_idle(o);
+  const std::size_t n = params.size();
+  if (!o.bound() || grads.size() != n || o.shapes().size() != n)
+    throw py::value_error("step needs one gradient per parameter, of the shapes bound");
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T*> p(n);
+    std::vector<const T*> g(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      py::array pa = params[i], ga = grads[i];
+      const std::string name = "params[" + std::to_string(i) + "]";
+      p[i] = writable_contiguous<T>(pa, name.c_str());
+      g[i] = contiguous<T>(ga, ("grads[" + std::to_string(i) + "]").c_str());
+      if (shape_of(pa) != o.shapes()[i] || shape_of(ga) != o.shapes()[i])
+        throw py::value_error(name + " or its gradient does not have the shape bound");
+    }
     py::gil_scoped_release release;
-    sgd_update(p, g, b, n, lr, momentum, weight_decay, nesterov, first_step);
-  });
+    o.begin_step();
+    for (std::size_t i = 0; i < n; ++i) {
+      const int param = static_cast<int>(i);
+      const index_t numel = o.numel(param);
+      // The rule may overwrite the gradient it is given: the caller's stays as it was.
+      static thread_local AlignedBuffer<T> scratch;
+      T* grad = scratch.reserve(static_cast<std::size_t>(std::max<index_t>(numel, 1)));
+      std::copy_n(g[i], numel, grad);
+      ParamBlock<T> block = o.block(param, 0, p[i], numel, grad, numel, 1, numel,
+                                    static_cast<T*>(nullptr));
+      o.update(block);
+    }
+    o.end_step();
+  };
+  o.dtype() == DType::float32 ? run(float{}) : run(double{});
 }
 
-void adam_update_py(py::array& param, const py::array& grad, py::array& exp_avg,
-                    py::array& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                    double weight_decay, std::int64_t step) {
-  if (step < 1) throw py::value_error("Adam step count must be >= 1");
-  with_float_dtype(param, "param", [&](auto tag) {
-    using T = decltype(tag);
-    T* p = writable_contiguous<T>(param, "param");
-    T* m = writable_contiguous<T>(exp_avg, "exp_avg");
-    T* v = writable_contiguous<T>(exp_avg_sq, "exp_avg_sq");
-    const index_t n = require_same_size<T>(param, {&grad, &exp_avg, &exp_avg_sq},
-                                           {"grad", "exp_avg", "exp_avg_sq"});
-    const T* g = static_cast<const T*>(grad.data());
-    py::gil_scoped_release release;
-    adam_update(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
-  });
+void bind_optimizers(py::module_& m) {
+  py::class_<Optimizer>(m, "Optimizer", "an update rule, its state and its step count")
+      .def_property_readonly("name", &Optimizer::name)
+      .def_property_readonly("state_names", &Optimizer::state_names)
+      .def_readwrite("lr", &Optimizer::lr)
+      .def_readwrite("steps", &Optimizer::steps)
+      .def_property_readonly("bound", &Optimizer::bound)
+      .def_property_readonly("shapes", &Optimizer::shapes)
+      .def_property_readonly("dtype", [](const Optimizer& o) -> py::object {
+        if (!o.bound()) return py::none();
+        return py::str(dtype_name(o.dtype()));
+      })
+      .def("bind", [](Optimizer& o, const std::vector<std::vector<index_t>>& shapes,
+                      const std::string& dtype) {
+        require_idle(o);
+        try {
+          o.bind(shapes, parse_dtype(dtype));
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      }, py::arg("shapes"), py::arg("dtype"))
+      .def("reset", [](Optimizer& o) { require_idle(o); o.reset(); })
+      .def("state", &state_copy, py::arg("param"), py::arg("name"))
+      .def("set_state", &set_state, py::arg("param"), py::arg("name"), py::arg("value"))
+      .def("started", [](const Optimizer& o, py::ssize_t param) {
+        return o.started(param_index(o, param));
+      }, py::arg("param"))
+      .def("set_started", [](Optimizer& o, py::ssize_t param, bool started) {
+        require_idle(o);
+        o.set_started(param_index(o, param), started);
+      }, py::arg("param"), py::arg("started"))
+      .def("step", &optimizer_step, py::arg("params"), py::arg("grads"));
+  // One line per rule: its constructor and its hyper-parameters.
+  py::class_<Sgd, Optimizer>(m, "SGD")
+      .def(py::init<double, double, double, bool>(), py::arg("lr"), py::arg("momentum"),
+           py::arg("weight_decay"), py::arg("nesterov"))
+      .def_readwrite("momentum", &Sgd::momentum)
+      .def_readwrite("weight_decay", &Sgd::weight_decay)
+      .def_readwrite("nesterov", &Sgd::nesterov);
+  py::class_<Adam, Optimizer>(m, "Adam")
+      .def(py::init<double, double, double, double, double>(), py::arg("lr"), py::arg("beta1"),
+           py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"))
+      .def_readwrite("beta1", &Adam::beta1)
+      .def_readwrite("beta2", &Adam::beta2)
+      .def_readwrite("eps", &Adam::eps)
+      .def_readwrite("weight_decay", &Adam::weight_decay);
+  py::class_<AdamW, Adam>(m, "AdamW")
+      .def(py::init<double, double, double, double, double>(), py::arg("lr"), py::arg("beta1"),
+           py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"));
 }
 
-// ---- the fused training engine ---------------------------------------------------------------
+// ---- the network: training engine, gradients, inference -------------------------------------
 
 template <class T>
 T* parameter_pointer(const py::handle& item, const std::string& name,
@@ -437,78 +544,104 @@ T* parameter_pointer(const py::handle& item, const std::string& name,
   return writable_contiguous<T>(a, name.c_str());
 }
 
-// The Python side of Trainer<T>: validates and keeps alive every array the engine points into.
+OutputKind parse_output(const std::string& output) {
+  if (output == "softmax") return OutputKind::softmax;
+  if (output == "sigmoid") return OutputKind::sigmoid;
+  if (output == "identity") return OutputKind::identity;
+  throw py::value_error("output must be 'softmax', 'sigmoid' or 'identity', got '" + output + "'");
+}
+
+// The network's shape and parameter pointers from Python lists, every array checked: T,
+// contiguous, chained shapes; writable when the caller updates them.
+template <class T>
+struct NetworkArgs {
+  NetworkShape shape;
+  std::vector<T*> weights, biases;
+  std::vector<const T*> const_weights() const { return {weights.begin(), weights.end()}; }
+  std::vector<const T*> const_biases() const { return {biases.begin(), biases.end()}; }
+};
+
+template <class T>
+NetworkArgs<T> network_args(py::list weights, py::list biases, const std::string& activation,
+                            const std::string& output, bool writable) {
+  NetworkArgs<T> net;
+  net.shape.hidden = parse_activation(activation);
+  net.shape.output = parse_output(output);
+  const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
+  if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
+    throw py::value_error("weights and biases must be non-empty lists of equal length");
+  for (py::ssize_t l = 0; l < n_layers; ++l) {
+    py::array w = weights[l], b = biases[l];
+    const std::string w_name = "weights[" + std::to_string(l) + "]";
+    const std::string b_name = "biases[" + std::to_string(l) + "]";
+    require_ndim(w, w_name.c_str(), 2);
+    if (l == 0) net.shape.sizes.push_back(w.shape(1));
+    if (w.shape(1) != net.shape.sizes.back())
+      throw py::value_error(w_name + " does not chain: its in-size " + std::to_string(w.shape(1)) +
+                            " differs from the layer below's " +
+                            std::to_string(net.shape.sizes.back()));
+    net.shape.sizes.push_back(w.shape(0));
+    require_shape(b, b_name.c_str(), {w.shape(0)});
+    if (writable) {
+      net.weights.push_back(writable_contiguous<T>(w, w_name.c_str()));
+      net.biases.push_back(writable_contiguous<T>(b, b_name.c_str()));
+    } else {
+      net.weights.push_back(const_cast<T*>(contiguous<T>(w, w_name.c_str())));
+      net.biases.push_back(const_cast<T*>(contiguous<T>(b, b_name.c_str())));
+    }
+  }
+  if (net.shape.output == OutputKind::sigmoid && net.shape.sizes.back() != 1)
+    throw py::value_error("a sigmoid output needs one logit");
+  return net;
+}
+
+// The targets of a batch of n rows: int64 labels (n,) for classifiers, (n, n_L) of T for
+// regression; and sample weights (n,) or None.
+template <class T>
+void batch_targets(Batch<T>* batch, const NetworkShape& shape, const py::array& y,
+                   const py::object& sample_weight, py::ssize_t n) {
+  if (shape.output == OutputKind::identity) {
+    require_shape(y, "targets", {n, static_cast<py::ssize_t>(shape.sizes.back())});
+    batch->targets = contiguous<T>(y, "targets");
+  } else {
+    batch->labels = labels_view(y, n);
+  }
+  batch->weights = weights_view<T>(sample_weight, n);
+}
+
+// The Python side of Trainer<T>: validates and keeps alive every array the engine points into,
+// and the optimizer.
 template <class T>
 class PyTrainer {
  public:
   PyTrainer(py::list weights, py::list biases, const std::string& activation,
-            const std::string& output, py::dict optimizer, py::ssize_t max_batch)
+            const std::string& output, py::object optimizer, double alpha, py::ssize_t max_batch)
       : keep_alive_(py::make_tuple(weights, biases, optimizer)) {
-    TrainerConfig cfg;
-    cfg.hidden = parse_activation(activation);
-    if (output == "softmax") cfg.output = OutputKind::softmax;
-    else if (output == "sigmoid") cfg.output = OutputKind::sigmoid;
-    else if (output == "identity") cfg.output = OutputKind::identity;
-    else throw py::value_error("output must be 'softmax', 'sigmoid' or 'identity'");
-    const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
-    if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
-      throw py::value_error("weights and biases must be non-empty lists of equal length");
+    NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, true);
     if (max_batch < 1) throw py::value_error("max_batch must be >= 1");
-    TrainerParameters<T> params;
-    for (py::ssize_t l = 0; l < n_layers; ++l) {
-      py::array w = weights[l];
-      require_ndim(w, "weight", 2);
-      if (l == 0) cfg.sizes.push_back(w.shape(1));
-      if (w.shape(1) != cfg.sizes.back())
-        throw py::value_error("weights[" + std::to_string(l) + "] does not chain: its in-size " +
-                              std::to_string(w.shape(1)) + " differs from the layer below's " +
-                              std::to_string(cfg.sizes.back()));
-      cfg.sizes.push_back(w.shape(0));
-      params.weights.push_back(parameter_pointer<T>(weights[l], "weights[" + std::to_string(l) + "]",
-                                                    {w.shape(0), w.shape(1)}));
-      params.biases.push_back(parameter_pointer<T>(biases[l], "biases[" + std::to_string(l) + "]",
-                                                   {w.shape(0)}));
-    }
-    if (cfg.output == OutputKind::sigmoid && cfg.sizes.back() != 1)
-      throw py::value_error("a sigmoid output needs one logit");
-    const std::string kind = optimizer["kind"].cast<std::string>();
-    if (kind != "sgd" && kind != "adam") throw py::value_error("optimizer kind must be sgd or adam");
-    cfg.adam = kind == "adam";
-    cfg.lr = optimizer["lr"].cast<double>();
-    cfg.alpha = optimizer.contains("alpha") ? optimizer["alpha"].cast<double>() : 0.0;
-    cfg.weight_decay = optimizer["weight_decay"].cast<double>();
-    if (cfg.adam) {
-      cfg.beta1 = optimizer["beta1"].cast<double>();
-      cfg.beta2 = optimizer["beta2"].cast<double>();
-      cfg.eps = optimizer["eps"].cast<double>();
-      params.optimizer_steps = optimizer["steps"].cast<std::int64_t>();
-    } else {
-      cfg.momentum = optimizer["momentum"].cast<double>();
-      cfg.nesterov = optimizer["nesterov"].cast<bool>();
-    }
-    py::list state_a = optimizer["state_a"], state_b = optimizer["state_b"];
-    py::list first_step = optimizer["first_step"];
-    const py::ssize_t n_params = 2 * n_layers;
-    if (static_cast<py::ssize_t>(state_a.size()) != n_params ||
-        (cfg.adam && static_cast<py::ssize_t>(state_b.size()) != n_params) ||
-        (!cfg.adam && static_cast<py::ssize_t>(first_step.size()) != n_params))
-      throw py::value_error("optimizer state does not match the parameters");
-    for (py::ssize_t i = 0; i < n_params; ++i) {
-      const py::ssize_t l = i % n_layers;
-      const bool is_weight = i < n_layers;
-      const py::ssize_t out = cfg.sizes[l + 1], in = cfg.sizes[l];
-      auto state_pointer = [&](const py::handle& item) {
-        return is_weight ? parameter_pointer<T>(item, "optimizer state", {out, in})
-                         : parameter_pointer<T>(item, "optimizer state", {out});
-      };
-      params.state_a.push_back(state_pointer(state_a[i]));
-      if (cfg.adam) params.state_b.push_back(state_pointer(state_b[i]));
-      else params.sgd_first_step.push_back(first_step[i].cast<bool>() ? 1 : 0);
-    }
-    n_features_ = cfg.sizes[0];
-    n_outputs_ = cfg.sizes.back();
-    regression_ = cfg.output == OutputKind::identity;
-    trainer_ = std::make_unique<Trainer<T>>(std::move(cfg), std::move(params), max_batch);
+    if (!(alpha >= 0.0)) throw py::value_error("alpha must be >= 0");
+    Optimizer& rule = optimizer.cast<Optimizer&>();
+    const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
+    std::vector<std::vector<index_t>> shapes;
+    for (py::ssize_t i = 0; i < 2 * n_layers; ++i)
+      shapes.push_back(shape_of(py::array(i < n_layers ? weights[i] : biases[i - n_layers])));
+    if (!rule.bound() || rule.dtype() != dtype_of<T>() || rule.shapes() != shapes)
+      throw py::value_error("the optimizer's state does not match the parameters (bind it first)");
+    n_features_ = net.shape.sizes[0];
+    n_outputs_ = net.shape.sizes.back();
+    shape_ = net.shape;
+    TrainerConfig cfg;
+    cfg.shape = net.shape;
+    cfg.alpha = alpha;
+    // The workspace is sized by max_batch: refuse what no memory holds before allocating.
+    index_t widest = 0;
+    for (const index_t s : cfg.shape.sizes) widest = std::max(widest, s);
+    if (max_batch > (std::numeric_limits<index_t>::max() / 16) / std::max<index_t>(widest, 1) /
+                        static_cast<index_t>(cfg.shape.sizes.size() + 4))
+      throw py::value_error("max_batch " + std::to_string(max_batch) +
+                            " needs a workspace larger than any memory");
+    trainer_ = std::make_unique<Trainer<T>>(std::move(cfg), std::move(net.weights),
+                                            std::move(net.biases), rule, max_batch);
   }
 
   void begin_epoch(py::ssize_t n_samples, bool shuffle, std::uint64_t seed) {
@@ -519,97 +652,100 @@ class PyTrainer {
 
   // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
   // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
-  py::dict run(const py::array& X, const py::array& y, const py::object& sample_weight,
-               py::ssize_t batch_size, py::ssize_t max_steps) {
+  StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
+                  py::ssize_t batch_size, py::ssize_t max_steps) {
+    if (n_samples_ < 1) throw py::value_error("call begin_epoch before run");
     const StridedMatrix<T> xs = strided<T>(X, "X");
     if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
       throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
                             ") with contiguous rows, got shape " + shape_str(X));
+    Batch<T> targets;
+    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
     typename Trainer<T>::Data data;
     data.X = xs.data;
     data.ldx = xs.row_stride;
-    if (regression_) {
-      require_shape(y, "targets", {n_samples_, n_outputs_});
-      data.targets = contiguous<T>(y, "targets");
-    } else {
-      data.labels = labels_view(y, n_samples_);
-    }
-    data.weights = weights_view<T>(sample_weight, n_samples_);
+    data.labels = targets.labels;
+    data.targets = targets.targets;
+    data.weights = targets.weights;
     if (batch_size < 1 || max_steps < 1) throw py::value_error("batch_size and max_steps must be >= 1");
-    const StepsResult r = without_gil([&] {
-      StepsResult steps = trainer_->run(data, batch_size, max_steps);
-      total_steps_ += steps.steps;  // counted here, so Python reads it even if interrupted
-      return steps;
-    });
-    py::dict out;
-    out["loss_sum"] = r.loss_sum;
-    out["samples"] = r.samples;
-    out["steps"] = r.steps;
-    out["nonfinite"] = r.nonfinite;
-    out["epoch_done"] = r.epoch_done;
-    out["parallel_steps"] = r.parallel_steps;
-    out["fell_back"] = r.fell_back;
-    out["wall_to_cpu"] = r.wall_to_cpu;
-    return out;
-  }
-
-  std::int64_t optimizer_steps() const { return trainer_->parameters().optimizer_steps; }
-  std::int64_t total_steps() const { return total_steps_; }
-  py::list sgd_first_step() const {
-    py::list out;
-    for (char f : trainer_->parameters().sgd_first_step) out.append(f != 0);
-    return out;
+    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
   }
 
  private:
   py::tuple keep_alive_;
   std::unique_ptr<Trainer<T>> trainer_;
+  NetworkShape shape_;
   py::ssize_t n_samples_ = 0, n_features_ = 0, n_outputs_ = 0;
-  std::int64_t total_steps_ = 0;
-  bool regression_ = false;
 };
 
 template <class T>
 void bind_trainer(py::module_& m, const char* name) {
   py::class_<PyTrainer<T>>(m, name)
-      .def(py::init<py::list, py::list, const std::string&, const std::string&, py::dict,
-                    py::ssize_t>(),
+      .def(py::init<py::list, py::list, const std::string&, const std::string&, py::object,
+                    double, py::ssize_t>(),
            py::arg("weights"), py::arg("biases"), py::arg("activation"), py::arg("output"),
-           py::arg("optimizer"), py::arg("max_batch"))
+           py::arg("optimizer"), py::arg("alpha"), py::arg("max_batch"))
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
            py::arg("seed"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
-           py::arg("batch_size"), py::arg("max_steps"))
-      .def_property_readonly("optimizer_steps", &PyTrainer<T>::optimizer_steps)
-      .def_property_readonly("total_steps", &PyTrainer<T>::total_steps)
-      .def_property_readonly("sgd_first_step", &PyTrainer<T>::sgd_first_step);
+           py::arg("batch_size"), py::arg("max_steps"));
+}
+
+// Forward and backward of one batch: (data loss, weight gradients, bias gradients).
+py::tuple network_gradients_py(const py::array& X, const py::array& y,
+                               const py::object& sample_weight, py::list weights,
+                               py::list biases, const std::string& activation,
+                               const std::string& output) {
+  return with_float_dtype(X, "X", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, false);
+    const StridedMatrix<T> xs = strided<T>(X, "X");
+    const index_t B = X.shape(0), L = net.shape.layers();
+    if (X.shape(1) != net.shape.sizes[0] || B < 1)
+      throw py::value_error("X must be (n >= 1, " + std::to_string(net.shape.sizes[0]) +
+                            "), got shape " + shape_str(X));
+    Batch<T> batch;
+    batch.x = xs;
+    batch.rows = B;
+    batch_targets<T>(&batch, net.shape, y, sample_weight, B);
+    GradientSink<T> sink;
+    py::list grad_W, grad_b;
+    for (index_t l = 0; l < L; ++l) {
+      py::array_t<T> gw({net.shape.sizes[l + 1], net.shape.sizes[l]}), gb(net.shape.sizes[l + 1]);
+      sink.grad_W.push_back(gw.mutable_data());
+      sink.grad_b.push_back(gb.mutable_data());
+      grad_W.append(gw);
+      grad_b.append(gb);
+    }
+    const double loss = without_gil([&] {
+      static thread_local AlignedBuffer<T> block;
+      const Workspace<T> ws = Network<T>::carve_workspace(
+          block.reserve(static_cast<std::size_t>(
+              Network<T>::workspace_elements(net.shape, B, Layout::rows))),
+          net.shape, B, Layout::rows);
+      return Network<T>(net.shape, net.const_weights(), net.const_biases())
+          .template gradients<Layout::rows>(batch, ws, sink);
+    });
+    return py::make_tuple(loss, grad_W, grad_b);
+  });
 }
 
 py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
                          const std::string& activation) {
-  const Activation hidden = parse_activation(activation);
   return with_float_dtype(X, "X", [&](auto tag) -> py::array {
     using T = decltype(tag);
+    // The output kind does not change the logits.
+    const NetworkArgs<T> net = network_args<T>(weights, biases, activation, "identity", false);
     const StridedMatrix<T> xs = strided<T>(X, "X");
-    const py::ssize_t n_layers = static_cast<py::ssize_t>(weights.size());
-    if (n_layers < 1 || static_cast<py::ssize_t>(biases.size()) != n_layers)
-      throw py::value_error("weights and biases must be non-empty lists of equal length");
-    std::vector<index_t> sizes{X.shape(1)};
-    std::vector<const T*> w_ptrs, b_ptrs;
-    for (py::ssize_t l = 0; l < n_layers; ++l) {
-      py::array w = weights[l], b = biases[l];
-      require_ndim(w, "weight", 2);
-      require_shape(w, "weight", {w.shape(0), sizes.back()});
-      require_shape(b, "bias", {w.shape(0)});
-      w_ptrs.push_back(contiguous<T>(w, "weight"));
-      b_ptrs.push_back(contiguous<T>(b, "bias"));
-      sizes.push_back(w.shape(0));
-    }
-    py::array_t<T> logits({X.shape(0), static_cast<py::ssize_t>(sizes.back())});
-    T* out = logits.mutable_data();
+    if (X.shape(1) != net.shape.sizes[0])
+      throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
+                            std::to_string(net.shape.sizes[0]));
     const index_t B = X.shape(0);
-    without_gil(
-        [&] { mlp_forward(out, xs.data, xs.row_stride, xs.col_stride, B, sizes, w_ptrs, b_ptrs, hidden); });
+    py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
+    T* out = logits.mutable_data();
+    without_gil([&] {
+      mlp_forward(out, xs, B, net.shape, net.const_weights(), net.const_biases());
+    });
     return logits;
   });
 }
@@ -705,6 +841,14 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(py::none(), ran);
   }, py::arg("tasks"), py::arg("failing"));
   testing.def("slow_regions", &testing_slow_regions, py::arg("factor"));
+  // The addresses of an optimizer's state arrays (their alignment is tested).
+  testing.def("optimizer_state_addresses", [](const Optimizer& o) {
+    std::vector<std::uintptr_t> out;
+    for (int i = 0; i < static_cast<int>(o.shapes().size()); ++i)
+      for (int k = 0; k < static_cast<int>(o.state_names().size()); ++k)
+        out.push_back(reinterpret_cast<std::uintptr_t>(o.state(i, k)));
+    return out;
+  }, py::arg("optimizer"));
 
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {
@@ -721,10 +865,23 @@ PYBIND11_MODULE(_core, m) {
     if (dtype == "float64") return describe(active_kernels().dgemm);
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   });
+  bind_optimizers(m);
+  py::class_<StepsResult>(m, "StepsResult", "what one call of a trainer's run did")
+      .def_readonly("data_loss_sum", &StepsResult::data_loss_sum)
+      .def_readonly("penalty_sum", &StepsResult::penalty_sum)
+      .def_readonly("samples", &StepsResult::samples)
+      .def_readonly("steps", &StepsResult::steps)
+      .def_readonly("nonfinite", &StepsResult::nonfinite)
+      .def_readonly("epoch_done", &StepsResult::epoch_done)
+      .def_readonly("fell_back", &StepsResult::fell_back)
+      .def_readonly("wall_to_cpu", &StepsResult::wall_to_cpu);
   bind_trainer<float>(m, "TrainerFloat32");
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
         py::arg("activation"));
+  m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),
+        py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
+        py::arg("output"));
   m.def("shuffled_indices", [](py::ssize_t n, std::uint64_t seed) {
     if (n < 0) throw py::value_error("n must be >= 0");
     py::array_t<std::int64_t> out(n);
@@ -765,10 +922,4 @@ PYBIND11_MODULE(_core, m) {
         py::arg("sample_weight") = py::none());
   m.def("squared_error", &squared_error_py, py::arg("pred"), py::arg("target"),
         py::arg("sample_weight") = py::none());
-  m.def("sgd_update", &sgd_update_py, py::arg("param"), py::arg("grad"),
-        py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"),
-        py::arg("nesterov"), py::arg("first_step"));
-  m.def("adam_update", &adam_update_py, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
-        py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-        py::arg("weight_decay"), py::arg("step"));
 }

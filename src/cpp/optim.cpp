@@ -1,9 +1,12 @@
-// Optimizer update rules (see optim.h). Hyper-parameters arrive as double and are rounded to
-// the parameter dtype once, as PyTorch does when it multiplies a tensor by a Python float.
+// Optimizers (see optim.h).
 #include "optim.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <new>
+#include <stdexcept>
 #include <type_traits>
 
 namespace fastmlp {
@@ -14,12 +17,90 @@ template <class T>
 inline unsigned not_finite(T v) {
   return !(std::fabs(v) <= std::numeric_limits<T>::max());
 }
+
+// Calls f(std::integral_constant<bool, flag>{}, ...) with each runtime flag turned into a
+// compile-time one.
+template <class F>
+auto with_flags(F&& f) {
+  return f();
+}
+template <class F, class... Flags>
+auto with_flags(F&& f, bool flag, Flags... rest) {
+  return flag ? with_flags([&](auto... known) { return f(std::true_type{}, known...); }, rest...)
+              : with_flags([&](auto... known) { return f(std::false_type{}, known...); }, rest...);
+}
 }  // namespace
 
-// The per-element loops are specialised on every flag (template parameters), so each
-// compiled loop is branch-free and vectorises; the pointers never alias (restrict). Before
-// this the flags were tested per element and the loop ran scalar: a tenth of a digits-sized
-// training step went to the SGD update.
+// ---- state ---------------------------------------------------------------------------------
+
+Optimizer::Optimizer(std::vector<std::string> state_names) : state_names_(std::move(state_names)) {}
+Optimizer::~Optimizer() = default;
+
+void Optimizer::Free::operator()(void* p) const { std::free(p); }
+
+void Optimizer::bind(const std::vector<std::vector<index_t>>& shapes, DType dtype) {
+  if (users > 0) throw std::logic_error("the optimizer is in use by a training engine");
+  if (shapes.empty()) throw std::invalid_argument("an optimizer needs at least one parameter");
+  const std::size_t item = dtype == DType::float32 ? 4 : 8;
+  std::vector<index_t> numel;
+  for (const auto& shape : shapes) {
+    index_t n = 1;
+    for (const index_t d : shape) {
+      if (d < 0) throw std::invalid_argument("a parameter shape has a negative dimension");
+      if (d != 0 && n > std::numeric_limits<index_t>::max() / static_cast<index_t>(item) / d)
+        throw std::invalid_argument("a parameter is larger than any memory");
+      n *= d;
+    }
+    numel.push_back(n);
+  }
+  std::vector<std::unique_ptr<void, Free>> state;
+  for (const index_t n : numel)
+    for (int k = 0; k < kMaxOptimizerState; ++k) {
+      if (k >= static_cast<int>(state_names_.size())) {
+        state.emplace_back(nullptr);
+        continue;
+      }
+      // 64-byte aligned and zeroed; at least one line, so an empty parameter has a pointer.
+      const std::size_t bytes = (static_cast<std::size_t>(n) * item + 63) / 64 * 64 + 64;
+      void* p = std::aligned_alloc(64, bytes);
+      if (!p) throw std::bad_alloc();
+      std::memset(p, 0, bytes);
+      state.emplace_back(p);
+    }
+  shapes_ = shapes;
+  numel_ = std::move(numel);
+  dtype_ = dtype;
+  state_ = std::move(state);
+  started_.assign(shapes.size(), 0);
+  steps = 0;
+}
+
+void Optimizer::reset() {
+  if (users > 0) throw std::logic_error("the optimizer is in use by a training engine");
+  shapes_.clear();
+  numel_.clear();
+  state_.clear();
+  started_.clear();
+  steps = 0;
+}
+
+void Optimizer::end_step() {
+  steps += 1;
+  std::fill(started_.begin(), started_.end(), 1);
+}
+
+// ---- SGD -----------------------------------------------------------------------------------
+
+Sgd::Sgd(double lr_, double momentum_, double weight_decay_, bool nesterov_)
+    : OptimizerRule({"momentum_buffer"}), momentum(momentum_), weight_decay(weight_decay_),
+      nesterov(nesterov_) {
+  lr = lr_;
+}
+
+// The per-element loop is specialised on every flag (template parameters), so each compiled
+// loop is branch-free and vectorises; the pointers never alias (restrict). With the flags
+// tested per element the loop ran scalar: a tenth of a digits-sized training step went to the
+// SGD update.
 template <class T, bool kBackup, bool kDecay, bool kMomentum, bool kNesterov, bool kFirst>
 unsigned sgd_loop(T* __restrict__ param, const T* __restrict__ grad,
                   T* __restrict__ momentum_buffer, T* __restrict__ backup, index_t n, T lr, T mu,
@@ -42,70 +123,40 @@ unsigned sgd_loop(T* __restrict__ param, const T* __restrict__ grad,
   return bad;
 }
 
-// Calls f(std::integral_constant<bool, flag>{}, ...) with each runtime flag turned into a
-// compile-time one.
-template <class F>
-auto with_flags(F&& f) {
-  return f();
-}
-template <class F, class... Flags>
-auto with_flags(F&& f, bool flag, Flags... rest) {
-  return flag ? with_flags([&](auto... known) { return f(std::true_type{}, known...); }, rest...)
-              : with_flags([&](auto... known) { return f(std::false_type{}, known...); }, rest...);
-}
-
 template <class T>
-bool sgd_update_block(T* param, index_t ld, const T* grad, index_t ld_grad, T* momentum_buffer,
-                      index_t rows, index_t cols, double lr, double momentum,
-                      double weight_decay, bool nesterov, bool first_step, T* backup) {
+bool Sgd::apply(ParamBlock<T>& b) const {
   const T lr_t = static_cast<T>(lr), mu = static_cast<T>(momentum),
           wd = static_cast<T>(weight_decay);
   const bool use_momentum = momentum != 0.0;
   const unsigned bad = with_flags(
       [&](auto has_backup, auto decay, auto use_mu, auto nest, auto first) {
         unsigned block_bad = 0;
-        for (index_t r = 0; r < rows; ++r)
+        for (index_t r = 0; r < b.rows; ++r)
           block_bad |= sgd_loop<T, has_backup, decay, use_mu, use_mu && nest, use_mu && first>(
-              param + r * ld, grad + r * ld_grad, use_mu ? momentum_buffer + r * ld : nullptr,
-              has_backup ? backup + r * ld : nullptr, cols, lr_t, mu, wd);
+              b.param + r * b.ld, b.grad + r * b.ld_grad, use_mu ? b.state[0] + r * b.ld : nullptr,
+              has_backup ? b.backup + r * b.ld : nullptr, b.cols, lr_t, mu, wd);
         return block_bad;
       },
-      backup != nullptr, weight_decay != 0.0, use_momentum, nesterov, first_step);
+      b.backup != nullptr, weight_decay != 0.0, use_momentum, nesterov, b.first_update);
   return bad == 0;
 }
 
-template <class T>
-bool sgd_update(T* param, const T* grad, T* momentum_buffer, index_t n, double lr,
-                double momentum, double weight_decay, bool nesterov, bool first_step,
-                T* backup) {
-  return sgd_update_block(param, n, grad, n, momentum_buffer, 1, n, lr, momentum, weight_decay,
-                          nesterov, first_step, backup);
+// ---- Adam, AdamW ---------------------------------------------------------------------------
+
+Adam::Adam(double lr_, double beta1_, double beta2_, double eps_, double weight_decay_)
+    : OptimizerRule({"exp_avg", "exp_avg_sq"}), beta1(beta1_), beta2(beta2_), eps(eps_),
+      weight_decay(weight_decay_) {
+  lr = lr_;
 }
 
-template <class T, bool kBackup, bool kDecay>
-unsigned adam_loop(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
-                   T* __restrict__ exp_avg_sq, T* __restrict__ backup, index_t n, T step_size,
-                   T bc2_sqrt, T one_minus_b1, T b2, T one_minus_b2, T eps, T wd) {
-  unsigned bad = 0;
-  for (index_t i = 0; i < n; ++i) {
-    const T p = param[i];
-    if (kBackup) backup[i] = p;
-    T g = grad[i];
-    if (kDecay) g = g + wd * p;
-    const T m = exp_avg[i] + one_minus_b1 * (g - exp_avg[i]);
-    const T v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    const T updated = p - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps));
-    bad |= not_finite(updated);
-    param[i] = updated;
-  }
-  return bad;
+AdamW::AdamW(double lr_, double beta1_, double beta2_, double eps_, double weight_decay_)
+    : Adam(lr_, beta1_, beta2_, eps_, weight_decay_) {
+  decoupled_ = true;
 }
 
 template <class T>
 AdamCoefficients<T> adam_coefficients(double lr, double beta1, double beta2, double eps,
-                                      double weight_decay, std::int64_t step) {
+                                      double weight_decay, bool decoupled, std::int64_t step) {
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step));
   AdamCoefficients<T> c;
@@ -115,55 +166,65 @@ AdamCoefficients<T> adam_coefficients(double lr, double beta1, double beta2, dou
   c.b2 = static_cast<T>(beta2);
   c.one_minus_b2 = static_cast<T>(1.0 - beta2);
   c.eps = static_cast<T>(eps);
-  c.weight_decay = static_cast<T>(weight_decay);
-  c.decay = weight_decay != 0.0;
+  c.weight_decay = decoupled ? T(0) : static_cast<T>(weight_decay);
+  // torch.optim.AdamW: param.mul_(1 - lr * weight_decay), the factor computed in double.
+  c.decay_factor = decoupled ? static_cast<T>(1.0 - lr * weight_decay) : T(1);
   return c;
 }
 
+void Adam::begin_step() {
+  coefficients_f_ =
+      adam_coefficients<float>(lr, beta1, beta2, eps, weight_decay, decoupled_, steps + 1);
+  coefficients_d_ =
+      adam_coefficients<double>(lr, beta1, beta2, eps, weight_decay, decoupled_, steps + 1);
+}
+
+template <class T, bool kBackup, bool kDecay, bool kDecoupled>
+unsigned adam_loop(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
+                   T* __restrict__ exp_avg_sq, T* __restrict__ backup, index_t n,
+                   const AdamCoefficients<T> c) {
+  unsigned bad = 0;
+  for (index_t i = 0; i < n; ++i) {
+    T p = param[i];
+    if (kBackup) backup[i] = p;
+    if (kDecoupled) p = p * c.decay_factor;
+    T g = grad[i];
+    if (kDecay) g = g + c.weight_decay * p;
+    const T m = exp_avg[i] + c.one_minus_b1 * (g - exp_avg[i]);
+    const T v = c.b2 * exp_avg_sq[i] + c.one_minus_b2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    const T updated = p - c.step_size * (m / (std::sqrt(v) / c.bc2_sqrt + c.eps));
+    bad |= not_finite(updated);
+    param[i] = updated;
+  }
+  return bad;
+}
+
 template <class T>
-bool adam_update_block(T* param, index_t ld, const T* grad, index_t ld_grad, T* exp_avg,
-                       T* exp_avg_sq, index_t rows, index_t cols,
-                       const AdamCoefficients<T>& c, T* backup) {
+bool Adam::apply(ParamBlock<T>& b) const {
+  const AdamCoefficients<T>& c = [this]() -> const AdamCoefficients<T>& {
+    if constexpr (std::is_same_v<T, float>) return coefficients_f_;
+    else return coefficients_d_;
+  }();
+  const bool decoupled_decay = decoupled_ && weight_decay != 0.0;
+  const bool coupled_decay = !decoupled_ && weight_decay != 0.0;
   const unsigned bad = with_flags(
-      [&](auto has_backup, auto decay) {
+      [&](auto has_backup, auto decay, auto decoupled) {
         unsigned block_bad = 0;
-        for (index_t r = 0; r < rows; ++r)
-          block_bad |= adam_loop<T, has_backup, decay>(
-              param + r * ld, grad + r * ld_grad, exp_avg + r * ld, exp_avg_sq + r * ld,
-              has_backup ? backup + r * ld : nullptr, cols, c.step_size, c.bc2_sqrt,
-              c.one_minus_b1, c.b2, c.one_minus_b2, c.eps, c.weight_decay);
+        for (index_t r = 0; r < b.rows; ++r)
+          block_bad |= adam_loop<T, has_backup, decay, decoupled>(
+              b.param + r * b.ld, b.grad + r * b.ld_grad, b.state[0] + r * b.ld,
+              b.state[1] + r * b.ld, has_backup ? b.backup + r * b.ld : nullptr, b.cols, c);
         return block_bad;
       },
-      backup != nullptr, c.decay);
+      b.backup != nullptr, coupled_decay, decoupled_decay);
   return bad == 0;
 }
 
-template <class T>
-bool adam_update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, index_t n, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, std::int64_t step,
-                 T* backup) {
-  return adam_update_block(param, n, grad, n, exp_avg, exp_avg_sq, 1, n,
-                           adam_coefficients<T>(lr, beta1, beta2, eps, weight_decay, step),
-                           backup);
-}
-
-template bool sgd_update<float>(float*, const float*, float*, index_t, double, double, double,
-                                bool, bool, float*);
-template bool sgd_update<double>(double*, const double*, double*, index_t, double, double, double,
-                                 bool, bool, double*);
-template bool adam_update<float>(float*, const float*, float*, float*, index_t, double, double,
-                                 double, double, double, std::int64_t, float*);
-template bool adam_update<double>(double*, const double*, double*, double*, index_t, double,
-                                  double, double, double, double, std::int64_t, double*);
-#define FASTMLP_INSTANTIATE(T)                                                                  \
-  template bool sgd_update_block<T>(T*, index_t, const T*, index_t, T*, index_t, index_t,      \
-                                    double, double, double, bool, bool, T*);                   \
-  template AdamCoefficients<T> adam_coefficients<T>(double, double, double, double, double,    \
-                                                    std::int64_t);                             \
-  template bool adam_update_block<T>(T*, index_t, const T*, index_t, T*, T*, index_t, index_t, \
-                                     const AdamCoefficients<T>&, T*);
-FASTMLP_INSTANTIATE(float)
-FASTMLP_INSTANTIATE(double)
-#undef FASTMLP_INSTANTIATE
+template bool Sgd::apply<float>(ParamBlock<float>&) const;
+template bool Sgd::apply<double>(ParamBlock<double>&) const;
+template bool Adam::apply<float>(ParamBlock<float>&) const;
+template bool Adam::apply<double>(ParamBlock<double>&) const;
 
 }  // namespace fastmlp

@@ -1,0 +1,215 @@
+// An MLP's forward and backward pass (see network.h).
+#include "network.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "activations.h"
+#include "loss.h"
+#include "narrow.h"
+#include "threads.h"
+
+namespace fastmlp {
+
+index_t NetworkShape::widest_hidden() const {
+  index_t widest = 0;
+  for (index_t l = 1; l < layers(); ++l) widest = std::max(widest, sizes[l]);
+  return widest;
+}
+
+index_t NetworkShape::widest() const {
+  return *std::max_element(sizes.begin() + 1, sizes.end());
+}
+
+template <class T>
+Network<T>::Network(NetworkShape shape, std::vector<const T*> weights,
+                    std::vector<const T*> biases)
+    : shape_(std::move(shape)), weights_(std::move(weights)), biases_(std::move(biases)) {}
+
+namespace {
+// The ParallelMode of layer l's products: the caller's plan, or the calling thread's mode.
+ParallelMode mode_of(const ParallelMode* plan, index_t l) {
+  return plan ? plan[l] : current_parallel_mode();
+}
+}  // namespace
+
+template <class T>
+template <Layout layout>
+const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) const {
+  const std::vector<index_t>& n = shape_.sizes;
+  const index_t L = shape_.layers(), B = batch.rows;
+  for (index_t l = 0; l < L; ++l) {
+    const ParallelScope threads(mode_of(ws.layer_mode, l));
+    const Activation act = l < L - 1 ? shape_.hidden : Activation::identity;
+    if constexpr (layout == Layout::rows) {
+      const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
+      dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
+                    n[l + 1], act);
+    } else {
+      narrow_forward(ws.act[l], l == 0 ? batch.x.data : ws.act[l - 1], weights_[l], biases_[l],
+                     B, n[l], n[l + 1], act);
+    }
+  }
+  return ws.act[L - 1];
+}
+
+template <class T>
+template <Layout layout>
+double Network<T>::loss(const Batch<T>& batch, const Workspace<T>& ws) const {
+  const index_t B = batch.rows, K = shape_.sizes.back();
+  const T* logits = ws.act[shape_.layers() - 1];
+  T* dlogits = ws.grad[0];
+  if constexpr (layout == Layout::features) {  // the losses read and write (B, K)
+    transpose_into(ws.logits_rows, logits, K, B, B);
+    logits = ws.logits_rows;
+    dlogits = ws.grad[1];
+  }
+  double value = 0.0;
+  switch (shape_.output) {
+    case OutputKind::softmax:
+      value = softmax_nll(dlogits, logits, batch.labels, batch.weights, B, K);
+      break;
+    case OutputKind::sigmoid:
+      value = sigmoid_bce(dlogits, logits, batch.labels, batch.weights, B);
+      break;
+    case OutputKind::identity:
+      value = squared_error(dlogits, logits, batch.targets, batch.weights, B, K);
+      break;
+  }
+  if constexpr (layout == Layout::features)
+    if (std::isfinite(value)) transpose_into(ws.grad[0], dlogits, B, K, K);
+  return value;
+}
+
+template <class T>
+template <Layout layout>
+void Network<T>::backward(const Batch<T>& batch, const Workspace<T>& ws,
+                          const GradientSink<T>& sink) const {
+  const std::vector<index_t>& n = shape_.sizes;
+  const index_t L = shape_.layers(), B = batch.rows;
+  const Activation hidden = shape_.hidden;
+  // grad_out = dL/da_l. For a hidden layer the activation's derivative was applied by the
+  // layer above (for ReLU in its input-gradient product's write-back: the mask epilogue).
+  T* grad_out = ws.grad[0];
+  for (index_t l = L - 1; l >= 0; --l) {
+    const ParallelScope threads(mode_of(ws.layer_mode, l));
+    const index_t n_in = n[l], n_out = n[l + 1];
+    T* grad_in = l > 0 ? ws.grad[(L - l) % 2] : nullptr;
+    if constexpr (layout == Layout::rows) {
+      const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n_in, 1};
+      bias_gradient(sink.grad_b[l], grad_out, B, n_out);  // while grad_out is hot in cache
+      if (grad_in) {
+        // The product that reads W_l runs before W_l's gradient goes to the sink, which may
+        // update W_l.
+        input_gradient(grad_in, grad_out, StridedMatrix<T>{weights_[l], n_in, 1}, B, n_in, n_out,
+                       hidden == Activation::relu ? ws.act[l - 1] : nullptr);
+        if (hidden == Activation::tanh || hidden == Activation::logistic)
+          activation_backward_inplace(grad_in, ws.act[l - 1], B * n_in, hidden);
+      }
+      if (sink.consumer_for_layer) {
+        const TileConsumer<T> consumer = sink.consumer_for_layer(sink.context, l);
+        weight_gradient(static_cast<T*>(nullptr), grad_out, in, B, n_in, n_out, &consumer);
+      } else {
+        weight_gradient(sink.grad_W[l], grad_out, in, B, n_in, n_out);
+      }
+    } else {
+      const T* in = l == 0 ? batch.x.data : ws.act[l - 1];
+      narrow_parameter_gradients(sink.grad_W[l], sink.grad_b[l], grad_out, in, B, n_in, n_out);
+      if (grad_in) {
+        narrow_input_gradient(grad_in, grad_out, weights_[l], B, n_in, n_out);
+        activation_backward_inplace(grad_in, ws.act[l - 1], B * n_in, hidden);
+      }
+    }
+    grad_out = grad_in;
+  }
+}
+
+namespace {
+index_t rounded(index_t n) { return (n + 15) / 16 * 16; }  // 16 elements: ≥ 64 bytes
+}  // namespace
+
+template <class T>
+index_t Network<T>::workspace_elements(const NetworkShape& shape, index_t max_batch,
+                                       Layout layout) {
+  index_t total = 2 * rounded(max_batch * shape.widest());
+  for (index_t l = 0; l < shape.layers(); ++l) total += rounded(max_batch * shape.sizes[l + 1]);
+  if (layout == Layout::features) total += rounded(max_batch * shape.sizes.back());
+  return total;
+}
+
+template <class T>
+Workspace<T> Network<T>::carve_workspace(T* block, const NetworkShape& shape, index_t max_batch,
+                                         Layout layout) {
+  Workspace<T> ws;
+  auto carve = [&](index_t n) {
+    T* piece = block;
+    block += rounded(n);
+    return piece;
+  };
+  ws.grad[0] = carve(max_batch * shape.widest());
+  ws.grad[1] = carve(max_batch * shape.widest());
+  for (index_t l = 0; l < shape.layers(); ++l) ws.act.push_back(carve(max_batch * shape.sizes[l + 1]));
+  if (layout == Layout::features) ws.logits_rows = carve(max_batch * shape.sizes.back());
+  return ws;
+}
+
+template <class T>
+void add_l2_gradient(T* grad, index_t ld_grad, const T* W, index_t ld, index_t rows,
+                     index_t cols, T scale) {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t j = 0; j < cols; ++j) grad[r * ld_grad + j] += scale * W[r * ld + j];
+}
+
+template <class T>
+double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols) {
+  double partial[8] = {};
+  double total = 0.0;
+  for (index_t r = 0; r < rows; ++r) {
+    const T* row = w + r * ld;
+    index_t i = 0;
+    for (; i + 8 <= cols; i += 8)
+      for (int j = 0; j < 8; ++j) partial[j] += static_cast<double>(row[i + j]) * row[i + j];
+    for (; i < cols; ++i) total += static_cast<double>(row[i]) * row[i];
+  }
+  for (const double p : partial) total += p;
+  return total;
+}
+
+template <class T>
+void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
+                 const std::vector<const T*>& weights, const std::vector<const T*>& biases) {
+  // Hidden activations ping-pong between two (B, widest hidden) buffers.
+  static thread_local AlignedBuffer<T> ping_pong;
+  const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
+  T* buffers = ping_pong.reserve(static_cast<std::size_t>(2 * B * widest));
+  Workspace<T> ws;
+  for (index_t l = 0; l < L; ++l)
+    ws.act.push_back(l == L - 1 ? logits : buffers + (l % 2) * B * widest);
+  Batch<T> batch;
+  batch.x = X;
+  batch.rows = B;
+  Network<T>(shape, weights, biases).template forward<Layout::rows>(batch, ws);
+}
+
+#define FASTMLP_INSTANTIATE(T)                                                                 \
+  template class Network<T>;                                                                   \
+  template const T* Network<T>::forward<Layout::rows>(const Batch<T>&, const Workspace<T>&)    \
+      const;                                                                                   \
+  template const T* Network<T>::forward<Layout::features>(const Batch<T>&,                     \
+                                                          const Workspace<T>&) const;          \
+  template double Network<T>::loss<Layout::rows>(const Batch<T>&, const Workspace<T>&) const;  \
+  template double Network<T>::loss<Layout::features>(const Batch<T>&, const Workspace<T>&)     \
+      const;                                                                                   \
+  template void Network<T>::backward<Layout::rows>(const Batch<T>&, const Workspace<T>&,       \
+                                                   const GradientSink<T>&) const;              \
+  template void Network<T>::backward<Layout::features>(const Batch<T>&, const Workspace<T>&,   \
+                                                       const GradientSink<T>&) const;          \
+  template void add_l2_gradient<T>(T*, index_t, const T*, index_t, index_t, index_t, T);       \
+  template double sum_of_squares<T>(const T*, index_t, index_t, index_t);                      \
+  template void mlp_forward<T>(T*, StridedMatrix<T>, index_t, const NetworkShape&,             \
+                               const std::vector<const T*>&, const std::vector<const T*>&);
+FASTMLP_INSTANTIATE(float)
+FASTMLP_INSTANTIATE(double)
+#undef FASTMLP_INSTANTIATE
+
+}  // namespace fastmlp

@@ -1,0 +1,142 @@
+// An MLP's forward and backward pass, written once. The training engine (trainer.h), inference
+// (mlp_forward) and loss_and_grad all run this loop.
+//
+// Legend: L layers, sizes n_0 … n_L (n_0 inputs, n_L logits), B batch rows. Layer l (0-based)
+// maps n_l to n_{l+1}: W_l (n_{l+1}, n_l), b_l (n_{l+1}) (the torch.nn.Linear layout);
+// a_l = in_l W_lᵀ + b_l; out_l = act(a_l) for hidden layers, and a_{L-1} are the logits.
+//
+// Two layouts of the activations, policies of the one loop:
+//   Layout::rows      (B, n) row-major; products on the GEMM (dense.h), the bias and the ReLU
+//                     (and, backward, the ReLU's derivative) in the products' write-back.
+//   Layout::features  (n, B) feature-major, for nets whose every layer is narrow (narrow.h);
+//                     only the losses read row-major logits, transposed in and out.
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+#include "dense.h"
+#include "gemm/gemm.h"
+#include "threads.h"
+
+namespace fastmlp {
+
+// softmax + NLL (labels), one logit + sigmoid + BCE (labels 0/1), identity + ½ squared error
+// (regression targets).
+enum class OutputKind { softmax, sigmoid, identity };
+
+enum class Layout { rows, features };
+
+struct NetworkShape {
+  std::vector<index_t> sizes;  // n_0 … n_L
+  Activation hidden = Activation::relu;
+  OutputKind output = OutputKind::softmax;
+  index_t layers() const { return static_cast<index_t>(sizes.size()) - 1; }
+  index_t widest_hidden() const;  // max n_1 … n_{L-1} (0 without hidden layers)
+  index_t widest() const;         // max n_1 … n_L
+};
+
+// One mini-batch. x: (rows, n_0) strided for Layout::rows; (n_0, rows) contiguous for
+// Layout::features. labels (rows) for softmax/sigmoid outputs, targets (rows, n_L) for
+// regression; weights (rows) or null.
+template <class T>
+struct Batch {
+  StridedMatrix<T> x{nullptr, 0, 1};
+  index_t rows = 0;
+  const std::int64_t* labels = nullptr;
+  const T* targets = nullptr;
+  const T* weights = nullptr;
+};
+
+// Where the activations and the gradients live, carved by the caller (sizes below).
+//   act[l]: out_l, (B, n_{l+1}) or (n_{l+1}, B); act[L-1] the logits. Inference may let
+//           act[l] and act[l+2] share memory: forward reads only the layer below.
+//   grad[0], grad[1]: (B, widest) ping-pong, dL/da of the layer being differentiated.
+//   logits_rows: (B, n_L), Layout::features only (the losses' row-major logits).
+// layer_mode: the thread plan, per layer how its products use the pool (threads.h); null:
+// the calling thread's mode.
+template <class T>
+struct Workspace {
+  std::vector<T*> act;
+  T* grad[2] = {nullptr, nullptr};
+  T* logits_rows = nullptr;
+  const ParallelMode* layer_mode = nullptr;
+};
+
+// What backward does with each layer's weight gradient dL/dW_l (n_{l+1}, n_l): writes it to
+// grad_W[l] (row stride n_l), or, on Layout::rows when consumer_for_layer is set, hands its
+// finished tiles to consumer_for_layer(context, l) (gemm.h: the engine updates W_l tile by
+// tile while the tile is in L1). The bias gradient always goes to grad_b[l] (n_{l+1}).
+// W_l is read by backward before its weight gradient is produced, so a consumer may update it.
+template <class T>
+struct GradientSink {
+  std::vector<T*> grad_W, grad_b;
+  TileConsumer<T> (*consumer_for_layer)(void* context, index_t layer) = nullptr;
+  void* context = nullptr;
+};
+
+template <class T>
+class Network {
+ public:
+  // Pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous; not owned.
+  Network(NetworkShape shape, std::vector<const T*> weights, std::vector<const T*> biases);
+
+  const NetworkShape& shape() const { return shape_; }
+
+  // act[l] = act(in_l W_lᵀ + b_l) for every layer; in_0 = batch.x. Returns the logits.
+  template <Layout layout>
+  const T* forward(const Batch<T>& batch, const Workspace<T>& ws) const;
+
+  // The data loss of the batch (its (weighted) mean over rows; no L2 penalty) and its
+  // gradient w.r.t. the logits, (softmax(o) − onehot(y)) · w_r / Σw etc. (loss.h), into
+  // ws.grad[0], in the layout's orientation. Non-finite: returned as is, gradient unspecified.
+  template <Layout layout>
+  double loss(const Batch<T>& batch, const Workspace<T>& ws) const;
+
+  // Backpropagation from dL/d logits in ws.grad[0] (after loss()), last layer first:
+  //   grad_b_l = Σ_rows grad_a_l,  dL/dW_l = grad_a_lᵀ in_l  (to the sink),
+  //   grad_a_{l-1} = (grad_a_l W_l) · act'(a_{l-1})   (from out_{l-1}: activations.h)
+  // The input gradient of layer 0 is not computed.
+  template <Layout layout>
+  void backward(const Batch<T>& batch, const Workspace<T>& ws, const GradientSink<T>& sink) const;
+
+  // forward, loss and, when the loss is finite, backward. Returns the data loss.
+  template <Layout layout>
+  double gradients(const Batch<T>& batch, const Workspace<T>& ws,
+                   const GradientSink<T>& sink) const {
+    forward<layout>(batch, ws);
+    const double value = loss<layout>(batch, ws);
+    if (std::isfinite(value)) backward<layout>(batch, ws, sink);
+    return value;
+  }
+
+  // Elements a training Workspace needs for batches of up to max_batch rows (each piece
+  // rounded to a cache line), and the carving of such a block.
+  static index_t workspace_elements(const NetworkShape& shape, index_t max_batch, Layout layout);
+  static Workspace<T> carve_workspace(T* block, const NetworkShape& shape, index_t max_batch,
+                                      Layout layout);
+
+ private:
+  NetworkShape shape_;
+  std::vector<const T*> weights_, biases_;
+};
+
+// The L2 penalty's gradient on a block of W (scikit-learn's alpha): grad += scale · W,
+// scale = alpha / batch rows. grad (rows, cols) row stride ld_grad, W row stride ld.
+template <class T>
+void add_l2_gradient(T* grad, index_t ld_grad, const T* W, index_t ld, index_t rows,
+                     index_t cols, T scale);
+
+// Σ w² in double, in a fixed order (eight partial sums, so that the loop runs at the adders'
+// throughput instead of one add's latency per element).
+template <class T>
+double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
+
+// Inference: logits (B, n_L) of X (B, n_0) through all layers in one call; the hidden
+// activations live in a reused per-thread buffer.
+template <class T>
+void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
+                 const std::vector<const T*>& weights, const std::vector<const T*>& biases);
+
+}  // namespace fastmlp
