@@ -10,7 +10,7 @@ import pytest
 
 import fastmlp
 from fastmlp import _testing
-from fastmlp import MLP, SGD, Adam, ops
+from fastmlp import MLP, SGD, Adam, AdamW, ops
 from fastmlp.model import _epoch_order, _epoch_seeds
 
 
@@ -56,6 +56,7 @@ OPTIMIZERS = {
     "sgd-nesterov": lambda: SGD(lr=0.05, momentum=0.8, nesterov=True),
     "adam": lambda: Adam(lr=1e-2),
     "adam-wd": lambda: Adam(lr=3e-3, betas=(0.8, 0.99), weight_decay=1e-2),
+    "adamw": lambda: AdamW(lr=3e-3, weight_decay=0.1),
 }
 
 
@@ -154,23 +155,28 @@ def test_callbacks_run_after_every_epoch():
 
 
 # [300, 256, 100, 10]: the weight tiles are updated on both threads as the GEMM finishes them.
+# alpha > 0: the L2 penalty's running sum of squares is added from tiles finished on any
+# thread, in any order; the reported loss must not depend on it either.
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
 @pytest.mark.parametrize("sizes", [[20, 64, 3], [300, 256, 100, 10], [4, 9, 3]])
-def test_training_is_bitwise_identical_for_any_thread_count(sizes):
+def test_training_is_bitwise_identical_for_any_thread_count(sizes, alpha):
     X, y = data(600, sizes[0], sizes[-1], dtype=np.float32)
     previous = fastmlp.get_num_threads()
-    weights = {}
+    weights, losses = {}, {}
     try:
         # Every product split (the cost model would keep these small ones on one thread).
         with _testing.split_every_product():
             for n_threads in (1, 2, 3):
                 fastmlp.set_num_threads(n_threads)
                 model = MLP(sizes, seed=3)
-                model.fit(X, y, epochs=2, batch_size=100, optimizer=SGD(lr=0.01, momentum=0.9),
-                          seed=4)
+                history = model.fit(X, y, epochs=2, batch_size=100, alpha=alpha,
+                                    optimizer=SGD(lr=0.01, momentum=0.9), seed=4)
                 weights[n_threads] = model.weights + model.biases
+                losses[n_threads] = history.loss
     finally:
         fastmlp.set_num_threads(previous)
     for n_threads in (2, 3):
+        assert losses[n_threads] == losses[1]
         for a, b in zip(weights[1], weights[n_threads]):
             np.testing.assert_array_equal(a, b)
 
@@ -274,3 +280,55 @@ def test_fused_weight_update_equals_step_by_step_path(sizes, batch_size, optimiz
     np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
     for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd-momentum-wd", "adam", "adamw"])
+def test_learning_rate_changed_between_epochs_takes_effect_without_a_new_engine(optimizer,
+                                                                               engine_path):
+    """The engine reads the optimizer's lr at every step: a callback that lowers it after
+    each epoch (scikit-learn's invscaling) trains exactly like the step-by-step path."""
+    X, y = data(90, 6, 3)
+    fused, reference = MLP([6, 11, 3], dtype="float64", seed=2), MLP([6, 11, 3], dtype="float64",
+                                                                      seed=2)
+    opt = OPTIMIZERS[optimizer]()
+
+    def decay(model, history):
+        opt.lr = opt.lr / 2
+
+    history = fused.fit(X, y, epochs=3, batch_size=20, optimizer=opt, seed=3, callbacks=[decay])
+    ref_opt = OPTIMIZERS[optimizer]()
+    seeds = _epoch_seeds(3)
+    losses = []
+    for _ in range(3):
+        order = _epoch_order(len(y), next(seeds))
+        total = 0.0
+        for start in range(0, len(y), 20):
+            rows = order[start:start + 20]
+            loss, gw, gb = reference.loss_and_grad(X[rows], y[rows])
+            ref_opt.step(reference.weights + reference.biases, gw + gb)
+            total += loss * len(rows)
+        losses.append(total / len(y))
+        ref_opt.lr = ref_opt.lr / 2
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    for got, want in zip(fused.weights + fused.biases, reference.weights + reference.biases):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert opt.steps == ref_opt.steps == 15
+
+
+def test_an_optimizer_in_use_by_a_fit_refuses_to_step_or_rebind():
+    X, y = data(40, 4, 2)
+    model = MLP([4, 5, 2], seed=0)
+    opt = SGD(lr=0.1, momentum=0.5)
+    errors = []
+
+    def meddle(m, history):
+        for action in (lambda: opt.step(m.weights + m.biases, [np.zeros_like(a) for a in
+                                                                m.weights + m.biases]),
+                       opt.reset, lambda: opt.load_state_dict(opt.state_dict())):
+            with pytest.raises(RuntimeError, match="in use by a running fit"):
+                action()
+            errors.append(action)
+
+    model.fit(X, y, epochs=1, optimizer=opt, callbacks=[meddle])
+    assert len(errors) == 3
+    opt.reset()  # free again once fit returned

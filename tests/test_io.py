@@ -123,3 +123,52 @@ def test_archive_is_a_plain_npz(tmp_path, model):
     model.save(path)
     with zipfile.ZipFile(path) as z:
         assert sorted(z.namelist()) == sorted(f"{k}.npy" for k in archive_entries(model))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_checkpoints_of_fastmlp_0_1_still_resume(tmp_path, kind):
+    """0.1 wrote the optimizer as {"kind": ..., hyper-parameters} and arrays opt_a{i}/opt_b{i};
+    such a checkpoint resumes to the same weights as one written today."""
+    import json
+
+    from fastmlp import SGD, Adam
+    from fastmlp.io import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), rng.integers(0, 3, size=60)
+    make = (lambda: SGD(lr=0.05, momentum=0.9)) if kind == "sgd" else (lambda: Adam(lr=1e-2))
+    new = tmp_path / "new.npz"
+    MLP([4, 6, 3], seed=0, dtype="float64").fit(X, y, epochs=2, optimizer=make(), seed=1,
+                                                checkpoint=new)
+    with np.load(new) as archive:
+        arrays = dict(archive)
+    meta = json.loads(str(arrays.pop("checkpoint")))
+    state = meta.pop("optimizer")
+    hyper = state["hyperparameters"]
+    if kind == "sgd":
+        old = {"kind": "sgd", "lr": hyper["lr"], "momentum": hyper["momentum"],
+               "weight_decay": hyper["weight_decay"], "nesterov": hyper["nesterov"],
+               "first_step": [not s for s in state["started"]]}
+        names = ["momentum_buffer"]
+    else:
+        old = {"kind": "adam", "lr": hyper["lr"], "beta1": hyper["betas"][0],
+               "beta2": hyper["betas"][1], "eps": hyper["eps"],
+               "weight_decay": hyper["weight_decay"], "steps": state["steps"], "first_step": []}
+        names = ["exp_avg", "exp_avg_sq"]
+    for i in range(4):
+        for ab, name in zip("ab", names):
+            arrays[f"opt_{ab}{i}"] = arrays.pop(f"optim.{i}.{name}")
+    arrays["checkpoint"] = np.array(json.dumps(dict(meta, optimizer=old)))
+    legacy = tmp_path / "legacy.npz"
+    np.savez(legacy, **arrays)
+    _, optimizer, _ = load_checkpoint(legacy)
+    _, current, _ = load_checkpoint(new)
+    assert repr(optimizer) == repr(current) and optimizer.steps == current.steps
+    for a, b in zip(optimizer.state_dict()["state"], current.state_dict()["state"]):
+        for name in names:
+            np.testing.assert_array_equal(a[name], b[name])
+    resumed = [MLP([4, 6, 3], seed=0, dtype="float64") for _ in range(2)]
+    for model, path in zip(resumed, (legacy, new)):
+        model.fit(X, y, epochs=4, optimizer=make(), seed=1, checkpoint=path, resume=True)
+    for a, b in zip(resumed[0].weights, resumed[1].weights):
+        np.testing.assert_array_equal(a, b)

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fastmlp import SGD, Adam
+from fastmlp import SGD, Adam, AdamW
+from fastmlp.optim import Optimizer
 
 
 def run(optimizer, p0, grads, dtype=np.float64):
@@ -130,3 +131,97 @@ def test_matches_torch(name, ours, theirs, dtype):
         ref_opt.step()
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=tol, atol=tol)
+
+
+def test_adamw_decays_the_weights_before_the_adam_step():
+    # p = 2 · (1 - 0.1 · 0.5) = 1.9, then a zero gradient: m = v = 0, so the Adam step is 0.
+    np.testing.assert_allclose(run(AdamW(lr=0.1, weight_decay=0.5), [2.0], [[0.0]]), [1.9],
+                               rtol=1e-12)
+    # Unlike Adam's coupled decay, the decay does not enter the moments: with a gradient the
+    # step is the plain Adam step (≈ lr on the first) after the decay.
+    got = run(AdamW(lr=0.1, weight_decay=0.5), [2.0], [[3.0]])
+    np.testing.assert_allclose(got, [1.9 - 0.1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_matches_torch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    p0 = rng.normal(size=(4, 6)).astype(dtype)
+    mine = p0.copy()
+    opt = AdamW(lr=3e-3, betas=(0.85, 0.99), eps=1e-6, weight_decay=0.2)
+    ref = torch.tensor(p0.copy(), requires_grad=True)
+    ref_opt = torch.optim.AdamW([ref], lr=3e-3, betas=(0.85, 0.99), eps=1e-6, weight_decay=0.2)
+    for _ in range(25):
+        g = rng.normal(size=(4, 6)).astype(dtype)
+        opt.step([mine], [g])
+        ref.grad = torch.tensor(g)
+        ref_opt.step()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+                                  lambda: Adam(lr=0.01, betas=(0.8, 0.9)),
+                                  lambda: AdamW(lr=0.01)], ids=["sgd", "adam", "adamw"])
+def test_state_dict_round_trip_continues_exactly(make):
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=(3, 2)), rng.normal(size=2)] for _ in range(6)]
+    p_once = [np.ones((3, 2)), np.zeros(2)]
+    once = make()
+    for g in grads:
+        once.step(p_once, g)
+    p_split = [np.ones((3, 2)), np.zeros(2)]
+    first = make()
+    for g in grads[:3]:
+        first.step(p_split, g)
+    state = first.state_dict()
+    assert state["steps"] == 3 and state["started"] == [True, True]
+    assert set(state["state"][0]) == set(first.state_names)
+    second = Optimizer.from_state_dict(state)
+    assert repr(second) == repr(first) and second.steps == 3
+    for g in grads[3:]:
+        second.step(p_split, g)
+    for a, b in zip(p_once, p_split):
+        np.testing.assert_array_equal(a, b)
+    # The state is a copy: changing it changes nothing in the optimizer.
+    state["state"][0][first.state_names[0]][...] = 99.0
+    assert not (first.state_dict()["state"][0][first.state_names[0]] == 99.0).any()
+    # Pickling goes through the same state.
+    import pickle
+    clone = pickle.loads(pickle.dumps(second))
+    assert clone.state_dict()["steps"] == second.steps
+
+
+def test_load_state_dict_rejects_malformed_state():
+    opt = Adam()
+    opt.step([np.ones(3)], [np.ones(3)])
+    good = opt.state_dict()
+    with pytest.raises(ValueError, match="not Adam"):
+        Adam().load_state_dict(SGD().state_dict())
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        Optimizer.from_state_dict(dict(good, optimizer="Lion"))
+    with pytest.raises(ValueError, match="must hold"):
+        Adam().load_state_dict(dict(good, state=[{"exp_avg": np.zeros(3)}]))
+    with pytest.raises(ValueError, match="not finite"):
+        Adam().load_state_dict(dict(good, state=[{"exp_avg": np.zeros(3),
+                                                  "exp_avg_sq": np.full(3, np.nan)}]))
+    with pytest.raises(ValueError, match="steps"):
+        Adam().load_state_dict(dict(good, steps=-1))
+    with pytest.raises(ValueError, match="hyper-parameters"):
+        Optimizer.from_state_dict(dict(good, hyperparameters={"lr": 0.1}))
+
+
+def test_hyperparameters_are_validated_when_set_too():
+    opt = SGD(lr=0.1, momentum=0.9)
+    opt.lr = 0.5
+    assert opt.lr == 0.5
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = -1.0
+    with pytest.raises(ValueError, match="momentum"):
+        opt.momentum = float("nan")
+    adam = Adam()
+    adam.betas = (0.5, 0.6)
+    assert adam.betas == (0.5, 0.6)
+    with pytest.raises(ValueError, match="beta2"):
+        adam.betas = (0.5, 1.0)
