@@ -11,7 +11,7 @@ import pytest
 import fastmlp
 from fastmlp import _testing
 from fastmlp import MLP, SGD, Adam, AdamW, ops
-from fastmlp.model import _epoch_order, _epoch_seeds
+from fastmlp._training import epoch_order as _epoch_order, epoch_seeds as _epoch_seeds
 
 
 def data(n, n_features, n_classes, seed=0, dtype=np.float64):

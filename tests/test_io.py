@@ -132,7 +132,7 @@ def test_checkpoints_of_fastmlp_0_1_still_resume(tmp_path, kind):
     import json
 
     from fastmlp import SGD, Adam
-    from fastmlp.io import load_checkpoint
+    from fastmlp.io import read_checkpoint
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 4)), rng.integers(0, 3, size=60)
@@ -161,8 +161,8 @@ def test_checkpoints_of_fastmlp_0_1_still_resume(tmp_path, kind):
     arrays["checkpoint"] = np.array(json.dumps(dict(meta, optimizer=old)))
     legacy = tmp_path / "legacy.npz"
     np.savez(legacy, **arrays)
-    _, optimizer, _ = load_checkpoint(legacy)
-    _, current, _ = load_checkpoint(new)
+    _, optimizer, _ = read_checkpoint(legacy)
+    _, current, _ = read_checkpoint(new)
     assert repr(optimizer) == repr(current) and optimizer.steps == current.steps
     for a, b in zip(optimizer.state_dict()["state"], current.state_dict()["state"]):
         for name in names:

@@ -362,7 +362,7 @@ def test_parameters_and_optimizer_state_start_on_a_cache_line():
     import pickle
     import tempfile
 
-    from fastmlp.io import load_model, save_model
+    from fastmlp.io import save_model
 
     def aligned(arrays):
         return [a.ctypes.data % 64 for a in arrays] == [0] * len(arrays)
@@ -381,5 +381,5 @@ def test_parameters_and_optimizer_state_start_on_a_cache_line():
     assert len(addresses) == 2 * 4 and all(address % 64 == 0 for address in addresses)
     with tempfile.TemporaryDirectory() as folder:
         save_model(model, os.path.join(folder, "m.npz"))
-        loaded = load_model(os.path.join(folder, "m.npz"))
+        loaded = MLP.load(os.path.join(folder, "m.npz"))
     assert aligned(loaded.weights + loaded.biases)

@@ -60,12 +60,12 @@ def test_resume_without_a_checkpoint_starts_fresh_and_mismatches_are_refused(tmp
                                              resume=True)
 
 
-def test_a_checkpoint_is_a_loadable_model_archive_only_through_load_checkpoint(tmp_path):
-    from fastmlp.io import load_checkpoint
+def test_a_checkpoint_is_a_loadable_model_archive_only_through_read_checkpoint(tmp_path):
+    from fastmlp.io import read_checkpoint
     X, y = data()
     path = tmp_path / "c.npz"
     MLP([6, 8, 3], seed=0).fit(X, y, epochs=2, checkpoint=path, optimizer=Adam())
-    model, optimizer, meta = load_checkpoint(path)
+    model, optimizer, meta = read_checkpoint(path)
     assert meta["epochs_done"] == 2 and isinstance(optimizer, Adam) and optimizer.steps == 16
     with pytest.raises(ValueError, match="unexpected entries"):
         MLP.load(path)  # a model file has no optimizer state: refused, not half-read

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP
-from fastmlp.torch_interop import mlp_from_torch, mlp_to_torch
+from fastmlp.torch_interop import mlp_to_torch
+
+mlp_from_torch = MLP.from_torch
 
 TOLERANCE = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
 

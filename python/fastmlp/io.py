@@ -23,13 +23,18 @@ import os
 import tempfile
 import zipfile
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from fastmlp._validation import check_activation, model_dtype
+from fastmlp.optim import Optimizer
 
 FORMAT_NAME = "fastmlp.MLP"
 FORMAT_VERSION = 1
 
-__all__ = ["save_model", "load_model", "save_checkpoint", "load_checkpoint", "write_atomically",
-           "FORMAT_VERSION"]
+__all__ = ["ModelRecord", "save_model", "read_model", "save_checkpoint", "read_checkpoint",
+           "write_atomically", "FORMAT_VERSION"]
 
 
 def _model_arrays(model) -> dict[str, np.ndarray]:
@@ -119,11 +124,26 @@ def read_npz(path) -> dict[str, np.ndarray]:
 _HEADER = ("format", "format_version", "layer_sizes", "activation", "output", "dtype")
 
 
-def _model_from_arrays(arrays: dict[str, np.ndarray], extra_keys: set[str] = frozenset()):
-    """The MLP the arrays describe; ValueError for any inconsistency. `extra_keys`: other
-    entries the caller expects (a checkpoint's), which must all be present."""
-    from fastmlp.model import MLP
+@dataclass
+class ModelRecord:
+    """What a model archive holds, validated: enough to build the MLP (``MLP.from_record``)."""
 
+    layer_sizes: list[int]
+    activation: str
+    output: str
+    dtype: np.dtype
+    weights: list[np.ndarray]  # W_l (n_{l+1}, n_l)
+    biases: list[np.ndarray]   # b_l (n_{l+1},)
+
+    def describe(self) -> str:
+        return (f"MLP({self.layer_sizes}, activation={self.activation!r}, "
+                f"output={self.output!r}, dtype={self.dtype.name!r})")
+
+
+def _record_from_arrays(arrays: dict[str, np.ndarray],
+                        extra_keys: set[str] = frozenset()) -> ModelRecord:
+    """The model the arrays describe; ValueError for any inconsistency. `extra_keys`: other
+    entries the caller expects (a checkpoint's), which must all be present."""
     missing = [key for key in _HEADER if key not in arrays]
     if missing:
         raise ValueError(f"missing entries {missing}")
@@ -152,22 +172,23 @@ def _model_from_arrays(arrays: dict[str, np.ndarray], extra_keys: set[str] = fro
         for key, shape in shapes.items():
             if arrays[key].shape != shape:
                 raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
-    dtype = _string(arrays, "dtype")
-    model = MLP([int(s) for s in sizes], activation=_string(arrays, "activation"),
-                output=_string(arrays, "output"), dtype=dtype)
+    dtype = model_dtype(_string(arrays, "dtype"))
     for i in range(n_layers):
         for key in (f"W{i}", f"b{i}"):
-            if arrays[key].dtype != model.dtype:
-                raise ValueError(f"{key} has dtype {arrays[key].dtype}, expected {model.dtype}")
-    model.weights = [arrays[f"W{i}"] for i in range(n_layers)]
-    model.biases = [arrays[f"b{i}"] for i in range(n_layers)]
-    return model
+            if arrays[key].dtype != dtype:
+                raise ValueError(f"{key} has dtype {arrays[key].dtype}, expected {dtype}")
+    return ModelRecord([int(s) for s in sizes], check_activation(_string(arrays, "activation")),
+                       _string(arrays, "output"), dtype,
+                       [arrays[f"W{i}"] for i in range(n_layers)],
+                       [arrays[f"b{i}"] for i in range(n_layers)])
 
 
-def load_model(path):
+def read_model(path) -> ModelRecord:
+    """The validated contents of a model archive written by ``save_model``; ValueError for
+    anything malformed (``MLP.load`` builds the model from it)."""
     arrays = read_npz(path)
     try:
-        return _model_from_arrays(arrays)
+        return _record_from_arrays(arrays)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{os.fspath(path)!r} is not a valid fastmlp model: {exc}") from None
 
@@ -216,10 +237,9 @@ def _optimizer_state_v1(opt: dict, arrays, n_params: int, meta: dict) -> tuple[d
     return state, [key for row in keys for key in row]
 
 
-def load_checkpoint(path):
-    """(model, optimizer, progress) from a checkpoint written by ``fit(checkpoint=...)``."""
-    from fastmlp.optim import Optimizer
-
+def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
+    """(model record, optimizer, progress) from a checkpoint written by
+    ``fit(checkpoint=...)``."""
     arrays = read_npz(path)
     try:
         if "checkpoint" not in arrays:
@@ -240,8 +260,8 @@ def load_checkpoint(path):
                 if not index.isdigit() or int(index) >= n_params:
                     raise ValueError(f"optimizer state {key!r} names no parameter")
                 state["state"][int(index)][name] = arrays[key]
-        model = _model_from_arrays(arrays, extra_keys={"checkpoint", *state_keys})
-        params = list(model.weights) + list(model.biases)
+        model = _record_from_arrays(arrays, extra_keys={"checkpoint", *state_keys})
+        params = model.weights + model.biases
         for i, (p, entry) in enumerate(zip(params, state["state"])):
             for name, value in entry.items():
                 if value.shape != p.shape or value.dtype != p.dtype:

@@ -1,4 +1,7 @@
-"""The multilayer perceptron: parameters, forward, loss and gradients, training loop.
+"""The multilayer perceptron: parameters, forward, loss and gradients; ``fit`` runs the loop
+of ``fastmlp._training``, ``save``/``load`` the archive format of ``fastmlp.io``,
+``from_torch``/``to_torch`` the conversions of ``fastmlp.torch_interop`` (none of which import
+this module).
 
 Legend: N samples, L layers, ``layer_sizes = [n_0, ..., n_L]``; layer l maps n_{l-1}
 features to n_l with ``W_l`` of shape (n_l, n_{l-1}) (the ``torch.nn.Linear`` layout: row =
@@ -10,82 +13,23 @@ classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (lab
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import sys
 import threading
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastmlp import _core
-from fastmlp._threads import one_thread_fallback_message
+from fastmlp import _core, _training, io, torch_interop
+from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, feature_matrix, integer_labels,
-                                 model_dtype,
-                                 positive_float,
-                                 positive_int, regression_targets, sample_weights)
-from fastmlp.optim import SGD, Optimizer
+                                 model_dtype, positive_float, positive_int, regression_targets,
+                                 sample_weights)
+from fastmlp.optim import Optimizer
 
-__all__ = ["MLP", "History"]
+__all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
-
-def _draw_epoch_seed(rng: np.random.Generator) -> int:
-    """The next epoch's shuffling seed, drawn from fit's generator (default_rng(seed))."""
-    return int(rng.integers(0, 2**63))
-
-
-def _epoch_seeds(seed):
-    """The seed of each epoch's shuffle, as fit draws them from ``seed`` (None: fresh
-    entropy)."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield _draw_epoch_seed(rng)
-
-
-def _epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
-    """The sample order of an epoch, as the engine draws it (for reproducing its batches)."""
-    return _core.shuffled_indices(n_samples, epoch_seed)
-
-
-def _new_trainer(model, optimizer, batch_size: int, alpha: float):
-    """The C++ engine for model's parameters, updated in place by optimizer's rule."""
-    trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
-    optimizer._prepare(list(model.weights) + list(model.biases))
-    return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
-                        optimizer._rule, alpha, batch_size)
 
 _OUTPUTS = ("softmax", "sigmoid", "identity")
-
-
-@dataclass
-class History:
-    """What ``MLP.fit`` measured, one entry per epoch.
-
-    loss: mean training loss over the epoch's samples (batch losses weighted by batch size),
-    computed while training. val_loss / val_accuracy: on ``validation_data`` after each epoch
-    (empty without it). samples_per_second: training throughput of each epoch.
-    one_thread_fallback: whether, in that epoch, a training step spread over several threads
-    measured slower than one thread would have been (another process held a core), so the
-    rest of the epoch ran on one thread (docs/threads.md). The results are the same either way.
-    """
-
-    loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    samples_per_second: list[float] = field(default_factory=list)
-    one_thread_fallback: list[bool] = field(default_factory=list)
-
-    @property
-    def epochs(self) -> int:
-        return len(self.loss)
-
-    def plot(self, path=None, ax=None):
-        """Loss (and validation accuracy) curves with matplotlib (the ``plot`` extra); saved
-        to ``path`` when given. Returns the matplotlib Figure."""
-        from fastmlp.plot import plot_history
-        return plot_history(self, path=path, ax=ax)
 
 
 class _ParameterList(list):
@@ -402,142 +346,12 @@ class MLP:
         prediction from another thread waits for the current engine call (≤ ~50 ms), so it
         never sees half-updated weights.
         """
-        X = self._features(X)
-        y = self._labels(y, X.shape[0])
-        weights = sample_weights(sample_weight, X.shape[0], self._dtype)
-        alpha = positive_float(alpha, "alpha", allow_zero=True)
-        epochs = positive_int(epochs, "epochs")
-        batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
-        checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
-        if optimizer is None:
-            optimizer = SGD(lr=0.01)
-        elif not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a fastmlp optimizer (SGD, Adam), got {optimizer!r}")
-        callbacks = list(callbacks or [])
-        if not all(callable(c) for c in callbacks):
-            raise TypeError("callbacks must be callables taking (model, history)")
-        if validation_data is not None:
-            try:
-                X_val, y_val = validation_data
-            except (TypeError, ValueError):
-                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-            X_val = feature_matrix(X_val, "validation X", self._dtype, self.n_features)
-            y_val = self._labels(y_val, X_val.shape[0])
-        X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
-
-        with self._lock:
-            if self._training:
-                raise RuntimeError("this model is already being trained (fit is running in "
-                                   "another thread); wait for it or train a copy")
-            self._training = True
-            self._trainer_thread = threading.get_ident()
-        try:
-            # Draws each epoch's shuffling seed. Without shuffling the seeds are unused: no
-            # generator is made (it costs ~10 µs, a lot for a fit of a few small batches),
-            # unless a checkpoint will store its state.
-            rng = (np.random.default_rng(seed) if shuffle or checkpoint is not None
-                   else None)
-            history = History()
-            start_epoch = 0
-            if checkpoint is not None and resume and os.path.exists(checkpoint):
-                optimizer, start_epoch = self._resume(checkpoint, rng, history, batch_size,
-                                                      bool(shuffle))
-            trainer = _new_trainer(self, optimizer, batch_size, alpha)
-            n = X.shape[0]
-            # The first engine call runs about 0.5 GFLOP (a few ms), then the count adapts so
-            # that Python regains control about every 50 ms (Ctrl-C, progress).
-            flops_per_step = 6 * batch_size * sum(
-                i * o for i, o in zip(self._layer_sizes, self._layer_sizes[1:]))
-            steps_per_call = max(1, int(5e8 // flops_per_step))
-            for epoch in range(start_epoch, epochs):
-                started = time.perf_counter()
-                trainer.begin_epoch(n, bool(shuffle), _draw_epoch_seed(rng) if rng else 0)
-                total = 0.0
-                fell_back = None  # the engine's wall/CPU ratio of the step that lost, if one did
-                while True:
-                    call_started = time.perf_counter()
-                    with self._lock:
-                        result = trainer.run(X, y, weights, batch_size, steps_per_call)
-                    if result.nonfinite:
-                        raise FloatingPointError(
-                            f"training diverged at epoch {epoch + 1}: the loss, the gradients "
-                            "or the updated weights were not finite (NaN or infinity). The "
-                            "model keeps its weights from before that step; the optimizer's "
-                            "state may be corrupt, use a new one. Lower the learning rate or "
-                            "scale the inputs.")
-                    total += result.data_loss_sum + result.penalty_sum
-                    if result.fell_back:
-                        fell_back = result.wall_to_cpu
-                    if result.epoch_done:
-                        break
-                    # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
-                    elapsed = max(time.perf_counter() - call_started, 1e-6)
-                    steps_per_call = max(1, min(steps_per_call * 4,
-                                                int(steps_per_call * 0.05 / elapsed)))
-                elapsed = time.perf_counter() - started
-                history.loss.append(total / n)
-                history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
-                history.one_thread_fallback.append(fell_back is not None)
-                if validation_data is not None:
-                    logits = self._forward(X_val)
-                    history.val_loss.append(self._loss_and_dlogits(logits, y_val)[0])
-                    if self.is_classifier:
-                        history.val_accuracy.append(
-                            float(np.mean(self._predict_logits(logits) == y_val)))
-                if verbose:
-                    self._print_epoch(history, epochs, verbose, fell_back)
-                done = epoch + 1
-                if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
-                    self._save_checkpoint(checkpoint, optimizer, rng, history, done,
-                                          batch_size, bool(shuffle))
-                stop = False
-                for callback in callbacks:
-                    stop = bool(callback(self, history)) or stop
-                if stop:
-                    break
-            return history
-        finally:
-            self._training = False
-
-    def _print_epoch(self, history: History, epochs: int, verbose, fell_back) -> None:
-        line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4f}"
-        if history.val_loss:
-            line += f"  val_loss {history.val_loss[-1]:.4f}"
-        if history.val_accuracy:
-            line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
-        line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
-        if fell_back is not None:
-            line += "\n" + one_thread_fallback_message(fell_back)
-        print(line, file=verbose if hasattr(verbose, "write") else sys.stdout, flush=True)
-
-    def _save_checkpoint(self, path, optimizer, rng, history, epochs_done, batch_size, shuffle):
-        from fastmlp.io import save_checkpoint
-        save_checkpoint(path, self, optimizer, {
-            "epochs_done": epochs_done, "rng_state": rng.bit_generator.state,
-            "history": dataclasses.asdict(history), "batch_size": batch_size,
-            "shuffle": shuffle, "steps": optimizer.steps})
-
-    def _resume(self, path, rng, history: History, batch_size: int, shuffle: bool):
-        """Loads a checkpoint into this model, rng and history; returns (optimizer, epoch)."""
-        from fastmlp.io import load_checkpoint
-        saved, optimizer, meta = load_checkpoint(path)
-        mine = (self.layer_sizes, self.activation, self.output, self.dtype)
-        theirs = (saved.layer_sizes, saved.activation, saved.output, saved.dtype)
-        if mine != theirs:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} holds a {saved!r}, not this {self!r}")
-        if (meta["batch_size"], meta["shuffle"]) != (batch_size, shuffle):
-            raise ValueError(
-                f"checkpoint {os.fspath(path)!r} was written with batch_size="
-                f"{meta['batch_size']}, shuffle={meta['shuffle']}; resume with the same values")
-        try:
-            rng.bit_generator.state = meta["rng_state"]
-            for key, values in meta["history"].items():
-                kind = bool if key == "one_thread_fallback" else float
-                getattr(history, key).extend(kind(v) for v in values)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} is malformed: {exc}") from None
-        self.weights, self.biases = saved.weights, saved.biases
-        return optimizer, int(meta["epochs_done"])
+        return _training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
+                             optimizer=optimizer, shuffle=shuffle, seed=seed,
+                             validation_data=validation_data, verbose=verbose,
+                             callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                             resume=resume)
 
     # ---- concurrency and pickling -------------------------------------------------------
 
@@ -564,23 +378,32 @@ class MLP:
     def from_torch(cls, module, dtype=None) -> "MLP":
         """An MLP with the weights of a ``torch.nn.Sequential`` of ``Linear`` layers and one
         activation kind (see fastmlp.torch_interop)."""
-        from fastmlp.torch_interop import mlp_from_torch
-        return mlp_from_torch(module, dtype=dtype)
+        return cls.from_record(torch_interop.record_from_torch(module, dtype=dtype))
 
     def to_torch(self):
         """The equivalent ``torch.nn.Sequential`` (same weights, same logits)."""
-        from fastmlp.torch_interop import mlp_to_torch
-        return mlp_to_torch(self)
+        return torch_interop.mlp_to_torch(self)
 
     # ---- persistence --------------------------------------------------------------------
 
     def save(self, path) -> None:
         """Write the model to ``path`` as a ``.npz`` (no pickle), atomically."""
-        from fastmlp.io import save_model
-        save_model(self, path)
+        io.save_model(self, path)
 
     @classmethod
     def load(cls, path) -> "MLP":
         """Read a model written by ``save``; raises ``ValueError`` for anything malformed."""
-        from fastmlp.io import load_model
-        return load_model(path)
+        record = io.read_model(path)
+        try:
+            return cls.from_record(record)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid fastmlp model: {exc}") from None
+
+    @classmethod
+    def from_record(cls, record: io.ModelRecord) -> "MLP":
+        """The MLP a ``fastmlp.io.ModelRecord`` describes (its parameters copied)."""
+        model = cls(record.layer_sizes, activation=record.activation, output=record.output,
+                    dtype=record.dtype)
+        model.weights = record.weights
+        model.biases = record.biases
+        return model

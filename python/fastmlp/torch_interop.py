@@ -1,5 +1,6 @@
 """Converting between ``fastmlp.MLP`` and ``torch.nn.Sequential`` (PyTorch is optional:
-it is imported only when these functions are called).
+it is imported only when these functions are called). ``MLP.from_torch`` and ``MLP.to_torch``
+call these.
 
 Both sides store a layer as W (O, I) and b (O,) — ``torch.nn.Linear``'s layout is fastmlp's —
 so parameters are copied without transposing, and both give the same logits for the same
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mlp_from_torch", "mlp_to_torch"]
+from fastmlp.io import ModelRecord
+from fastmlp._validation import model_dtype
+
+__all__ = ["record_from_torch", "mlp_to_torch"]
 
 
 def _torch():
@@ -52,8 +56,9 @@ def _trailing_output(layers: list, nn) -> tuple[list, str | None]:
     return layers, None
 
 
-def mlp_from_torch(module, dtype=None):
-    """A ``fastmlp.MLP`` with the parameters (copied) of a PyTorch MLP.
+def record_from_torch(module, dtype=None) -> ModelRecord:
+    """The architecture and parameters (copied) of a PyTorch MLP, as ``MLP.from_torch`` builds
+    a ``fastmlp.MLP`` from them.
 
     ``module`` is an ``nn.Sequential`` of ``nn.Linear`` layers joined by one activation kind:
     ``nn.ReLU`` between every pair (→ ``activation="relu"``), or ``nn.Identity`` / nothing
@@ -74,8 +79,6 @@ def mlp_from_torch(module, dtype=None):
     """
     torch = _torch()
     from torch import nn
-
-    from fastmlp.model import MLP
 
     if isinstance(module, nn.Linear):
         module = nn.Sequential(module)
@@ -146,11 +149,10 @@ def mlp_from_torch(module, dtype=None):
             raise ValueError("the module's parameters are on the meta device (no values)")
         return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
 
-    model = MLP(sizes, activation=activation, output=output, dtype=dtype)
-    model.weights = [array(linear.weight) for linear in linears]
-    model.biases = [array(linear.bias) if linear.bias is not None
-                    else np.zeros(linear.out_features) for linear in linears]
-    return model
+    return ModelRecord(sizes, activation, output, model_dtype(dtype),
+                       [array(linear.weight) for linear in linears],
+                       [array(linear.bias) if linear.bias is not None
+                        else np.zeros(linear.out_features) for linear in linears])
 
 
 def mlp_to_torch(model):
