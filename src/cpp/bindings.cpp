@@ -556,9 +556,7 @@ OutputKind parse_output(const std::string& output) {
 template <class T>
 struct NetworkArgs {
   NetworkShape shape;
-  std::vector<T*> weights, biases;
-  std::vector<const T*> const_weights() const { return {weights.begin(), weights.end()}; }
-  std::vector<const T*> const_biases() const { return {biases.begin(), biases.end()}; }
+  std::vector<T*> weights, biases;  // read-only unless network_args was asked for writable
 };
 
 template <class T>
@@ -723,7 +721,7 @@ py::tuple network_gradients_py(const py::array& X, const py::array& y,
           block.reserve(static_cast<std::size_t>(
               Network<T>::workspace_elements(net.shape, B, Layout::rows))),
           net.shape, B, Layout::rows);
-      return Network<T>(net.shape, net.const_weights(), net.const_biases())
+      return Network<T>(net.shape, net.weights.data(), net.biases.data())
           .template gradients<Layout::rows>(batch, ws, sink);
     });
     return py::make_tuple(loss, grad_W, grad_b);
@@ -744,7 +742,7 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
-      mlp_forward(out, xs, B, net.shape, net.const_weights(), net.const_biases());
+      mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data());
     });
     return logits;
   });

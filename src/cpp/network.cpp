@@ -21,11 +21,6 @@ index_t NetworkShape::widest() const {
   return *std::max_element(sizes.begin() + 1, sizes.end());
 }
 
-template <class T>
-Network<T>::Network(NetworkShape shape, std::vector<const T*> weights,
-                    std::vector<const T*> biases)
-    : shape_(std::move(shape)), weights_(std::move(weights)), biases_(std::move(biases)) {}
-
 namespace {
 // The ParallelMode of layer l's products: the caller's plan, or the calling thread's mode.
 ParallelMode mode_of(const ParallelMode* plan, index_t l) {
@@ -177,12 +172,13 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols) {
 
 template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
-                 const std::vector<const T*>& weights, const std::vector<const T*>& biases) {
+                 const T* const* weights, const T* const* biases) {
   // Hidden activations ping-pong between two (B, widest hidden) buffers.
   static thread_local AlignedBuffer<T> ping_pong;
+  static thread_local Workspace<T> ws;  // its act vector keeps its capacity between calls
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
   T* buffers = ping_pong.reserve(static_cast<std::size_t>(2 * B * widest));
-  Workspace<T> ws;
+  ws.act.clear();
   for (index_t l = 0; l < L; ++l)
     ws.act.push_back(l == L - 1 ? logits : buffers + (l % 2) * B * widest);
   Batch<T> batch;
@@ -207,7 +203,7 @@ void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& s
   template void add_l2_gradient<T>(T*, index_t, const T*, index_t, index_t, index_t, T);       \
   template double sum_of_squares<T>(const T*, index_t, index_t, index_t);                      \
   template void mlp_forward<T>(T*, StridedMatrix<T>, index_t, const NetworkShape&,             \
-                               const std::vector<const T*>&, const std::vector<const T*>&);
+                               const T* const*, const T* const*);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

@@ -79,8 +79,10 @@ struct GradientSink {
 template <class T>
 class Network {
  public:
-  // Pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous; not owned.
-  Network(NetworkShape shape, std::vector<const T*> weights, std::vector<const T*> biases);
+  // A view, owning nothing (built per call by inference): the shape and the arrays of
+  // pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous, must outlive it.
+  Network(const NetworkShape& shape, const T* const* weights, const T* const* biases)
+      : shape_(shape), weights_(weights), biases_(biases) {}
 
   const NetworkShape& shape() const { return shape_; }
 
@@ -118,8 +120,9 @@ class Network {
                                       Layout layout);
 
  private:
-  NetworkShape shape_;
-  std::vector<const T*> weights_, biases_;
+  const NetworkShape& shape_;
+  const T* const* weights_;
+  const T* const* biases_;
 };
 
 // The L2 penalty's gradient on a block of W (scikit-learn's alpha): grad += scale · W,
@@ -137,6 +140,6 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
 // activations live in a reused per-thread buffer.
 template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
-                 const std::vector<const T*>& weights, const std::vector<const T*>& biases);
+                 const T* const* weights, const T* const* biases);
 
 }  // namespace fastmlp

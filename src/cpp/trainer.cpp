@@ -54,8 +54,7 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     : cfg_(std::move(config)),
       weights_(std::move(weights)),
       biases_(std::move(biases)),
-      network_(cfg_.shape, std::vector<const T*>(weights_.begin(), weights_.end()),
-               std::vector<const T*>(biases_.begin(), biases_.end())),
+      network_(cfg_.shape, weights_.data(), biases_.data()),
       optimizer_(optimizer),
       max_batch_(max_batch) {
   const std::vector<index_t>& n = cfg_.shape.sizes;
