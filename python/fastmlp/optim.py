@@ -40,6 +40,9 @@ class Optimizer:
 
     def __init__(self, rule) -> None:
         self._rule = rule
+        # (shapes, dtype) the state is bound to, or None: a copy of the rule's, so that the
+        # check of every fit and step costs a tuple comparison, not a conversion from C++.
+        self._bound: tuple[tuple[tuple[int, ...], ...], np.dtype] | None = None
 
     # ---- hyper-parameters and counters ----------------------------------------------------
 
@@ -71,6 +74,7 @@ class Optimizer:
     def reset(self) -> None:
         """Forget all state, as if newly constructed."""
         self._rule.reset()
+        self._bound = None
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class Optimizer:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if not arrays:
             self.reset()
+            self._rule.steps = int(steps)
             return
         shapes = []
         for i, entry in enumerate(arrays):
@@ -127,8 +132,12 @@ class Optimizer:
             shapes.append({np.shape(a) for a in entry.values()})
             if len(shapes[-1]) != 1:
                 raise ValueError(f"the state arrays of parameter {i} differ in shape")
-        dtype = state.get("dtype") or np.asarray(next(iter(arrays[0].values()))).dtype.name
-        self._rule.bind([next(iter(s)) for s in shapes], str(dtype))
+        dtype = np.dtype(state.get("dtype") or np.asarray(next(iter(arrays[0].values()))).dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"optimizer state must be float32 or float64, got {dtype}")
+        shapes = tuple(tuple(next(iter(s))) for s in shapes)
+        self._rule.bind(list(shapes), dtype.name)
+        self._bound = (shapes, dtype)
         for i, entry in enumerate(arrays):
             for name, value in entry.items():
                 value = np.ascontiguousarray(value, dtype=dtype)
@@ -157,20 +166,23 @@ class Optimizer:
 
     def _prepare(self, params: list[np.ndarray]) -> None:
         """Binds the state to these parameters on first use; checks them after."""
-        rule = self._rule
-        if not rule.bound:
-            rule.bind([p.shape for p in params], params[0].dtype.name if params else "float32")
+        if self._bound is None:
+            if not params:
+                raise ValueError("an optimizer needs at least one parameter")
+            shapes = tuple(p.shape for p in params)
+            self._rule.bind(list(shapes), params[0].dtype.name)
+            self._bound = (shapes, params[0].dtype)
             return
-        shapes = [tuple(s) for s in rule.shapes]
+        shapes, dtype = self._bound
         if len(shapes) != len(params):
             raise ValueError(
                 f"this optimizer holds state for {len(shapes)} parameters but got "
                 f"{len(params)}; use a new optimizer (or reset()) for another model")
         for i, (p, shape) in enumerate(zip(params, shapes)):
-            if p.shape != shape or p.dtype.name != rule.dtype:
+            if p.shape != shape or p.dtype != dtype:
                 raise ValueError(
                     f"parameter {i} has shape {p.shape} and dtype {p.dtype} but this optimizer's "
-                    f"state was made for {shape} {rule.dtype}; use a new optimizer")
+                    f"state was made for {shape} {dtype}; use a new optimizer")
 
     @staticmethod
     def _check_pair(i: int, p, g) -> tuple[np.ndarray, np.ndarray]:

@@ -34,9 +34,9 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
   const std::vector<index_t>& n = shape_.sizes;
   const index_t L = shape_.layers(), B = batch.rows;
   for (index_t l = 0; l < L; ++l) {
-    const ParallelScope threads(mode_of(ws.layer_mode, l));
     const Activation act = l < L - 1 ? shape_.hidden : Activation::identity;
     if constexpr (layout == Layout::rows) {
+      const ParallelScope threads(mode_of(ws.layer_mode, l));
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
                     n[l + 1], act);
@@ -87,10 +87,10 @@ void Network<T>::backward(const Batch<T>& batch, const Workspace<T>& ws,
   // layer above (for ReLU in its input-gradient product's write-back: the mask epilogue).
   T* grad_out = ws.grad[0];
   for (index_t l = L - 1; l >= 0; --l) {
-    const ParallelScope threads(mode_of(ws.layer_mode, l));
     const index_t n_in = n[l], n_out = n[l + 1];
     T* grad_in = l > 0 ? ws.grad[(L - l) % 2] : nullptr;
     if constexpr (layout == Layout::rows) {
+      const ParallelScope threads(mode_of(ws.layer_mode, l));
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n_in, 1};
       bias_gradient(sink.grad_b[l], grad_out, B, n_out);  // while grad_out is hot in cache
       if (grad_in) {

@@ -55,7 +55,7 @@ struct Batch {
 //   grad[0], grad[1]: (B, widest) ping-pong, dL/da of the layer being differentiated.
 //   logits_rows: (B, n_L), Layout::features only (the losses' row-major logits).
 // layer_mode: the thread plan, per layer how its products use the pool (threads.h); null:
-// the calling thread's mode.
+// the calling thread's mode. (Layout::features runs no GEMM and no thread.)
 template <class T>
 struct Workspace {
   std::vector<T*> act;

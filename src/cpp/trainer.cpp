@@ -273,10 +273,13 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   plan_parallelism(rows);
   const bool parallel = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
   ws_.layer_mode = parallel ? layer_mode_.data() : serial_plan_.data();
-  *penalty = cfg_.alpha != 0.0 ? 0.5 * cfg_.alpha * squares_ / static_cast<double>(rows) : 0.0;
-  squares_unit_ = squares_ > 0.0 ? squares_ / kSquaresScale : 0.0;
-  new_squares_.store(0, std::memory_order_relaxed);
-  squares_overflow_.store(false, std::memory_order_relaxed);
+  *penalty = 0.0;
+  if (cfg_.alpha != 0.0) {
+    *penalty = 0.5 * cfg_.alpha * squares_ / static_cast<double>(rows);
+    squares_unit_ = squares_ > 0.0 ? squares_ / kSquaresScale : 0.0;
+    new_squares_.store(0, std::memory_order_relaxed);
+    squares_overflow_.store(false, std::memory_order_relaxed);
+  }
   weights_finite_.store(true, std::memory_order_relaxed);
   tile_context_.trainer = this;
   tile_context_.rows = rows;
