@@ -39,8 +39,10 @@ def class_labels(y) -> np.ndarray:
             "Use 1-D class labels, or one classifier per output "
             "(sklearn.multioutput.MultiOutputClassifier).")
     if y.dtype.kind in "iubU":
-        # 1-D ints, bools and strings are always "binary" or "multiclass": the check would
-        # pass, after ~150 µs (a quarter of a small fit).
+        # 1-D ints, bools and strings are always "binary" or "multiclass", which the check
+        # accepts. Skipping it saves 0.12 ms on 50 int labels, 0.2 ms on digits' 1797 and
+        # 0.8 ms on 1797 strings (a digits fit takes 7 ms), and skips the warning of
+        # scikit-learn >= 1.7 when over half the samples have a class of their own.
         return y
     try:
         check_classification_targets(y)
