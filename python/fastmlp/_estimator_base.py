@@ -71,6 +71,7 @@ class _Parameters(list):
 
     def __init__(self, model: MLP, kind: str):
         self._model, self._kind = model, kind
+        self._name = "coefs_" if kind == "weights" else "intercepts_"
         super().__init__(self._view(a) for a in getattr(model, kind))
 
     def _view(self, a: np.ndarray) -> np.ndarray:
@@ -81,8 +82,8 @@ class _Parameters(list):
     def _for_model(self, i: int, value) -> np.ndarray:
         value = np.asarray(value)
         if value.shape != self[i].shape:
-            name = "coefs_" if self._kind == "weights" else "intercepts_"
-            raise ValueError(f"{name}[{i}] has shape {value.shape}, expected {self[i].shape}")
+            raise ValueError(f"{self._name}[{i}] has shape {value.shape}, expected "
+                             f"{self[i].shape}")
         return value.T if self._kind == "weights" else value
 
     def __setitem__(self, index, value):
@@ -97,7 +98,8 @@ class _Parameters(list):
         """Replaces every layer's array (all or none)."""
         values = list(values)
         if len(values) != len(self):
-            raise ValueError(f"{len(self)} arrays expected (one per layer), got {len(values)}")
+            raise ValueError(f"{self._name} needs {len(self)} arrays (one per layer), got "
+                             f"{len(values)}")
         setattr(self._model, self._kind, [self._for_model(i, v) for i, v in enumerate(values)])
 
 
