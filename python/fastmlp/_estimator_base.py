@@ -1,0 +1,494 @@
+"""The shared base of fastmlp's scikit-learn estimators (``estimators.py``): parameters and
+their constraints, the fitted state (``coefs_``/``intercepts_`` as views of the ``MLP``), the
+fit path shared by ``fit`` and ``partial_fit``, and the training loop around the engine.
+
+Legend: N samples, F features, K classes or regression outputs,
+``layer_units = [F, *hidden_layer_sizes, K]``; ``coefs_[i]`` (layer_units[i],
+layer_units[i+1]) is ``MLP.weights[i].T``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from fastmlp import _estimator_data as data
+from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
+from fastmlp._validation import ACTIVATIONS
+from fastmlp.model import MLP
+from fastmlp.optim import SGD, Adam
+
+
+_MODULES = {__name__, "fastmlp.estimators", "fastmlp._estimator_data"}
+
+
+def _warn(message: str, category) -> None:
+    """warnings.warn attributed to the user's line: the first caller outside fastmlp's
+    estimator modules and scikit-learn's ``_fit_context`` wrapper around ``fit``."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and _internal(frame):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _internal(frame) -> bool:
+    module = frame.f_globals.get("__name__")
+    return module in _MODULES or (module == "sklearn.base" and frame.f_code.co_name == "wrapper")
+
+
+@contextlib.contextmanager
+def _num_threads(n):
+    """fastmlp's thread count set to n for the block (n None: left as it is)."""
+    if n is None:
+        yield
+        return
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
+def _squared_norm(arrays) -> float:
+    return float(sum(np.dot(a.ravel(), a.ravel()) for a in arrays))
+
+
+class _Parameters(list):
+    """``coefs_`` or ``intercepts_``: read-only views of the model's weights, transposed to
+    (in, out), or of its biases. Assigned arrays are shape-checked, then the model checks
+    their values and copies them in."""
+
+    def __init__(self, model: MLP, kind: str):
+        self._model, self._kind = model, kind
+        self._name = "coefs_" if kind == "weights" else "intercepts_"
+        super().__init__(self._view(a) for a in getattr(model, kind))
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        view = (a.T if self._kind == "weights" else a).view()
+        view.flags.writeable = False
+        return view
+
+    def _for_model(self, i: int, value) -> np.ndarray:
+        value = np.asarray(value)
+        if value.shape != self[i].shape:
+            raise ValueError(f"{self._name}[{i}] has shape {value.shape}, expected "
+                             f"{self[i].shape}")
+        return value.T if self._kind == "weights" else value
+
+    def __setitem__(self, index, value):
+        if isinstance(index, slice):
+            raise TypeError("assign parameters one at a time, or replace the whole list")
+        i = range(len(self))[index]
+        params = getattr(self._model, self._kind)
+        params[i] = self._for_model(i, value)
+        super().__setitem__(i, self._view(params[i]))
+
+    def assign(self, values) -> None:
+        """Replaces every layer's array (all or none)."""
+        values = list(values)
+        if len(values) != len(self):
+            raise ValueError(f"{self._name} needs {len(self)} arrays (one per layer), got "
+                             f"{len(values)}")
+        setattr(self._model, self._kind, [self._for_model(i, v) for i, v in enumerate(values)])
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: parameters, validation, the training loop."""
+
+    _is_classifier = False
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "solver": [StrOptions({"adam", "sgd"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
+                  Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 dtype="float32", n_threads=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    def _validate_params(self) -> None:
+        # scikit-learn's options the engine lacks are refused with the reason, before the
+        # generic message of the constraints.
+        if isinstance(self.solver, str) and self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not supported by fastmlp (its engine trains "
+                             "with mini-batches): use solver='adam' or solver='sgd'")
+        super()._validate_params()
+
+    # ---- fitted state --------------------------------------------------------------------
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "_model")
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        check_is_fitted(self)
+        return _Parameters(self._model, "weights")
+
+    @coefs_.setter
+    def coefs_(self, values) -> None:
+        self.coefs_.assign(values)
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        check_is_fitted(self)
+        return _Parameters(self._model, "biases")
+
+    @intercepts_.setter
+    def intercepts_(self, values) -> None:
+        self.intercepts_.assign(values)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if hasattr(self, "_model"):
+            optimizer = getattr(self, "_optimizer", None)
+            state = [a for entry in getattr(optimizer, "_state", []) for a in entry.values()
+                     if isinstance(a, np.ndarray)]
+            if not all(a.flags.writeable
+                       for a in (*self._model.weights, *self._model.biases, *state)):
+                # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
+                self._model = copy.deepcopy(self._model)
+                self._optimizer = copy.deepcopy(getattr(self, "_optimizer", None))
+                self._best = copy.deepcopy(getattr(self, "_best", None))
+
+    # ---- subclass hooks ------------------------------------------------------------------
+
+    def _encode_targets(self, y, *, first_pass, incremental, classes=None,
+                        sample_weight=None, validation=False):
+        """(targets for the engine, n_outputs, per-sample class weights or None) of y as
+        ``validate_data`` returns it; with ``validation`` the targets of y_val."""
+        raise NotImplementedError
+
+    def _output_kind(self) -> str:
+        raise NotImplementedError
+
+    def _validation_metrics(self, logits, targets, weights) -> tuple[float, float]:
+        raise NotImplementedError
+
+    # ---- training ------------------------------------------------------------------------
+
+    def _init_model(self, layer_units, rng: np.random.RandomState) -> None:
+        """A new MLP with scikit-learn's Glorot-uniform initial weights and biases, drawn from
+        rng in scikit-learn's order (coefs then intercepts, layer by layer)."""
+        model = MLP(layer_units, activation=self.activation, output=self._output_kind(),
+                    dtype=self._dtype, seed=0)
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights, biases = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).T)
+            biases.append(rng.uniform(-bound, bound, fan_out))
+        model.weights = weights
+        model.biases = biases
+        self._model = model
+        self.n_layers_ = len(layer_units)
+        self.n_outputs_ = layer_units[-1]
+        self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
+                                "identity": "identity"}[self._output_kind()]
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self.best_loss_ = None if self.early_stopping else np.inf
+        self.validation_scores_ = None
+        self.validation_loss_curve_ = None
+        self.best_validation_score_ = None
+        self._best = None
+        if hasattr(self, "_optimizer"):
+            del self._optimizer
+
+    def _new_optimizer(self):
+        if self.solver == "sgd":
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
+        return Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
+                    eps=self.epsilon)
+
+    def _fit(self, X, y, sample_weight=None, *, incremental: bool, classes=None, X_val=None,
+             y_val=None, sample_weight_val=None):
+        """fit (incremental=False) and partial_fit (True): validate, initialise on the first
+        pass, split off the validation set, then train for max_iter epochs (1 for partial_fit).
+        """
+        with _num_threads(self.n_threads):
+            before = dict(self.__dict__)
+            try:
+                prepared = self._prepare(X, y, sample_weight, incremental, classes, X_val,
+                                         y_val, sample_weight_val)
+            except BaseException:
+                # Invalid input leaves a fitted estimator as it was (classes_, n_features_in_,
+                # feature_names_in_ and the model belong together).
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                raise
+            self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
+                        incremental=incremental)
+        return self
+
+    def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
+            return validate_data(self, X, y, reset=reset, dtype=dtype, order="C",
+                                 multi_output=True, y_numeric=not self._is_classifier)
+
+    def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
+                 sample_weight_val):
+        """Validates everything and sets up the model, optimizer and validation set; returns
+        the arguments of _train (all before any weight changes)."""
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True: early stopping "
+                             "needs whole passes over a fixed training set; use fit, or keep "
+                             "early_stopping=False and score your own validation set between "
+                             "partial_fit calls")
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val must be given together")
+        if sample_weight_val is not None and X_val is None:
+            raise ValueError("sample_weight_val needs X_val and y_val")
+        sizes = self.hidden_layer_sizes
+        hidden = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if not all(isinstance(h, Integral) and not isinstance(h, (bool, np.bool_))
+                   and h >= 1 for h in hidden):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        self._dtype = np.dtype(self.dtype)
+        first_pass = not hasattr(self, "_model") or (not self.warm_start and not incremental)
+        X, y = self._check_X_y(X, y, reset=first_pass, dtype=self._dtype)
+        n = X.shape[0]
+        sw = data.sample_weights(sample_weight, X)
+        targets, n_outputs, class_weights = self._encode_targets(
+            y, first_pass=first_pass, incremental=incremental, classes=classes,
+            sample_weight=sw)
+        if class_weights is not None:
+            sw = class_weights if sw is None else sw * class_weights
+        if sw is not None and self._is_classifier and not incremental:
+            present = np.unique(targets[sw > 0])
+            if present.size < 2:
+                found = (f"only one such class: {self.classes_[present[0]]!r}" if present.size
+                         else "no such class")
+                raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes "
+                                 f"with a positive weight, but the data contains {found}")
+
+        rng = check_random_state(self.random_state)
+        layer_units = [X.shape[1], *[int(h) for h in hidden], n_outputs]
+        if first_pass:
+            self._init_model(layer_units, rng)
+        else:
+            model = self._model
+            if (list(model.layer_sizes) != layer_units or model.activation != self.activation
+                    or model.dtype != self._dtype):
+                raise ValueError(
+                    f"warm_start/partial_fit need the architecture of the fitted model: layers "
+                    f"{list(model.layer_sizes)}, activation {model.activation!r}, dtype "
+                    f"{model.dtype.name}; got layers {layer_units}, activation "
+                    f"{self.activation!r}, dtype {self._dtype.name}")
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer()
+        if not incremental:
+            self._no_improvement_count = 0
+
+        validation = None
+        if X_val is not None:
+            X_val, y_val = self._check_X_y(X_val, y_val, reset=False, dtype=self._dtype)
+            val_targets, _, _ = self._encode_targets(y_val, first_pass=False, incremental=True,
+                                                     validation=True)
+            validation = (X_val, val_targets, data.sample_weights(sample_weight_val, X_val))
+        elif self.early_stopping:
+            train, val = data.split_indices(n, self.validation_fraction, rng,
+                                            targets if self._is_classifier else None)
+            validation = (X[val], targets[val], None if sw is None else sw[val])
+            X, targets, sw = X[train], targets[train], None if sw is None else sw[train]
+            n = X.shape[0]
+        if validation is not None and self.validation_scores_ is None:
+            self.validation_scores_ = []
+            self.validation_loss_curve_ = []
+            self.best_validation_score_ = -np.inf
+
+        if self.batch_size == "auto":
+            batch_size = min(200, n)
+        else:
+            if self.batch_size > n:
+                _warn("Got `batch_size` less than 1 or larger than sample size. It is going "
+                      "to be clipped", UserWarning)
+            batch_size = min(int(self.batch_size), n)
+        # Weights act as repetition counts: the L2 penalty is relative to their total.
+        alpha = float(self.alpha) * (1.0 if sw is None else n / float(sw.sum()))
+        if sw is not None:
+            sw = sw.astype(self._dtype)
+        return X, targets, sw, validation, batch_size, alpha, rng
+
+    def _train(self, X, targets, sw, validation, batch_size, alpha, rng, epochs, incremental):
+        """Up to ``epochs`` epochs in the engine, in as few ``MLP.fit`` calls as the schedule
+        allows (one, unless the learning rate changes); between epochs (in the callback) it
+        records the loss, scores the validation set and applies the stopping rule."""
+        model, optimizer = self._model, self._optimizer
+        n = X.shape[0]
+        n_batches = -(-n // batch_size)
+        # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
+        # divided by the number of outputs (not the L2 penalty), and so does loss_. The
+        # penalty's share of the epoch loss, Σ_batches ½ alpha ‖W_b‖² / N, is interpolated
+        # linearly between ‖W‖² at the epoch's start and end (exact with one batch per epoch,
+        # one output or alpha = 0).
+        outputs = 1 if self._is_classifier else self.n_outputs_
+        track_penalty = outputs > 1 and alpha > 0
+        sgd_schedule = self.learning_rate if self.solver == "sgd" else "constant"
+        state = {"epochs": 0, "action": None, "stop": None,
+                 "w2": _squared_norm(model.weights) if track_penalty else 0.0}
+
+        def after_epoch(_model, history) -> bool:
+            state["epochs"] += 1
+            loss = history.loss[-1]
+            if outputs > 1:
+                penalty = 0.0
+                if track_penalty:
+                    w2 = _squared_norm(model.weights)
+                    start, end = state["w2"], w2
+                    squares = n_batches * start + (end - start) * (n_batches - 1) / 2
+                    penalty = 0.5 * alpha * squares / n
+                    state["w2"] = w2
+                loss = (loss - penalty) / outputs + penalty
+            self.n_iter_ += 1
+            self.t_ += n
+            self.loss_ = float(loss)
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                if history.one_thread_fallback[-1]:
+                    print(one_thread_fallback_message())
+            if self._record_epoch(validation):
+                self._no_improvement_count = 0
+            else:
+                self._no_improvement_count += 1
+            if sgd_schedule == "invscaling":
+                optimizer.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+                state["action"] = "restart"  # the engine reads lr when MLP.fit starts
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if self.early_stopping else "Training loss"
+                message = (f"{what} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                if sgd_schedule == "adaptive" and optimizer.lr > 1e-6:
+                    optimizer.lr /= 5.0
+                    self._no_improvement_count = 0
+                    state["action"] = "restart"
+                    if self.verbose:
+                        print(f"{message} Setting learning rate to {optimizer.lr:f}")
+                else:
+                    state["action"] = state["stop"] = "stop"
+                    if self.verbose:
+                        small = " Learning rate too small." if sgd_schedule == "adaptive" else ""
+                        print(f"{message}{small} Stopping.")
+            return state["action"] is not None
+
+        self.n_iter_ = 0
+        try:
+            while state["epochs"] < epochs and state["stop"] is None:
+                state["action"] = None
+                try:
+                    model.fit(X, targets, epochs=epochs - state["epochs"], batch_size=batch_size,
+                              optimizer=optimizer, shuffle=bool(self.shuffle),
+                              seed=int(rng.randint(np.iinfo(np.int32).max)),
+                              callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
+                except FloatingPointError as exc:
+                    raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
+                                     "input data may contain large values and need to be "
+                                     "preprocessed.") from exc
+            if not incremental and state["stop"] is None:
+                _warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
+                      "optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            _warn("Training interrupted by user.", UserWarning)
+        finally:
+            if self.early_stopping and self._best is not None:
+                model.weights, model.biases = self._best
+
+    def _record_epoch(self, validation) -> bool:
+        """Scores the validation set (when there is one), keeps the best values (and, with
+        early stopping, the best weights); True when the epoch counts as an improvement."""
+        if validation is not None:
+            X_val, val_targets, sw_val = validation
+            score, loss = self._validation_metrics(self._model.forward(X_val), val_targets,
+                                                   sw_val)
+            self.validation_scores_.append(score)
+            self.validation_loss_curve_.append(loss)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            best = self.best_validation_score_
+            if score > best:
+                self.best_validation_score_ = score
+                if self.early_stopping:
+                    self._best = ([w.copy() for w in self._model.weights],
+                                  [b.copy() for b in self._model.biases])
+            if self.early_stopping:
+                return not score < best + self.tol
+        if self.best_loss_ is None:  # early stopping was on in an earlier warm-started fit
+            self.best_loss_ = np.inf
+        last, best = self.loss_curve_[-1], self.best_loss_
+        self.best_loss_ = min(best, last)
+        return not last > best - self.tol
+
+    def _check_X(self, X) -> np.ndarray:
+        """X (N, F) for prediction, checked against the fitted estimator."""
+        check_is_fitted(self)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
+            return validate_data(self, X, reset=False, dtype=self._model.dtype, order="C")
+
+    def _predict_logits(self, X) -> np.ndarray:
+        X = self._check_X(X)
+        return self._model.forward(X)

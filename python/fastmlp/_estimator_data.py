@@ -1,0 +1,187 @@
+"""Targets, weights and validation data of the scikit-learn estimators (``estimators.py``).
+
+Input checking itself is scikit-learn's (``validate_data``, ``check_classification_targets``,
+``_check_sample_weight``); this module turns checked inputs into what the engine trains on:
+class indices, per-sample class weights, regression targets in the model's dtype, the
+(stratified) early-stopping split, and the validation metrics.
+
+Legend: N samples, K classes or regression outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
+
+
+def sample_weights(sample_weight, X) -> np.ndarray | None:
+    """None, or float64 (N,) weights: finite, >= 0, not all zero."""
+    if sample_weight is None:
+        return None
+    w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    if not w.any():  # scikit-learn checks this itself from 1.9 on
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return w
+
+
+def class_labels(y) -> np.ndarray:
+    """Labels (N,) of a single-output classification target (y as ``validate_data`` returns
+    it with ``multi_output=True``)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    if y.ndim != 1:
+        raise ValueError(
+            f"multilabel and multi-output targets are not supported: y has shape {y.shape}. "
+            "Use 1-D class labels, or one classifier per output "
+            "(sklearn.multioutput.MultiOutputClassifier).")
+    if y.dtype.kind in "iubU":
+        # 1-D ints, bools and strings are always "binary" or "multiclass", which the check
+        # accepts. Skipping it saves 0.12 ms on 50 int labels, 0.2 ms on digits' 1797 and
+        # 0.8 ms on 1797 strings (a digits fit takes 7 ms), and skips the warning of
+        # scikit-learn >= 1.7 when over half the samples have a class of their own.
+        return y
+    try:
+        check_classification_targets(y)
+    except TypeError as exc:  # labels that do not sort, e.g. strings among numbers
+        raise ValueError(f"Mix of label input types: {exc}") from None
+    return y
+
+
+def encode_labels(classes: np.ndarray, y: np.ndarray, name: str = "y") -> np.ndarray:
+    """int64 (N,) indices into the sorted ``classes`` of labels y; ValueError for others."""
+    try:
+        index = np.searchsorted(classes, y)
+        known = classes.take(np.minimum(index, len(classes) - 1)) == y
+    except TypeError:  # labels of another kind than classes (e.g. str vs int)
+        known = np.zeros(len(y), dtype=bool)
+        index = None
+    if not np.all(known):
+        unknown = np.unique(np.asarray(y)[~np.asarray(known, dtype=bool)])
+        raise ValueError(f"{name} has classes not in `self.classes_`. `self.classes_` has "
+                         f"{classes}. {name!r} has unknown labels {unknown}.")
+    return np.ascontiguousarray(index, dtype=np.int64)
+
+
+def class_weights(class_weight, classes: np.ndarray, encoded: np.ndarray, sample_weight,
+                  incremental: bool) -> np.ndarray | None:
+    """Per-sample weights (N,) of ``class_weight`` (None without it). "balanced" is
+    ``n / (n_classes · count)`` over the classes present, counts weighted by sample_weight
+    (``compute_class_weight``'s rule; it takes sample_weight from scikit-learn 1.7 on, and
+    gives a class whose samples all weigh 0 an infinite weight where this gives 0)."""
+    if class_weight is None:
+        return None
+    k = len(classes)
+    if isinstance(class_weight, str):  # "balanced", the one string the constraints allow
+        if incremental:
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit: each call sees "
+                "only a part of the data. Pass a dict computed on all of it instead, e.g. "
+                "dict(zip(classes, sklearn.utils.class_weight.compute_class_weight("
+                "'balanced', classes=classes, y=y_all))).")
+        counts = np.bincount(encoded, weights=sample_weight, minlength=k).astype(np.float64)
+        present = counts > 0
+        per_class = np.zeros(k)
+        per_class[present] = counts.sum() / (np.count_nonzero(present) * counts[present])
+        return per_class[encoded]
+    per_class = np.ones(k)
+    unweighted = []
+    for i, label in enumerate(classes):
+        key = label.item() if hasattr(label, "item") else label
+        if key in class_weight:
+            value = class_weight[key]
+            if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                    or not np.isfinite(value) or value < 0):
+                raise ValueError(f"class_weight[{key!r}] must be a finite number >= 0, "
+                                 f"got {value!r}")
+            per_class[i] = float(value)
+        else:
+            unweighted.append(key)
+    if unweighted and k - len(unweighted) != len(class_weight):
+        raise ValueError(f"The classes, {unweighted}, are not in class_weight")
+    return per_class[encoded]
+
+
+def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.ndarray:
+    """Finite C-contiguous (N, K) targets of ``dtype`` from a checked y (N,) or (N, K);
+    a column vector (N, 1) warns, as scikit-learn."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused by the check
+        return check_array(y.reshape(len(y), -1), dtype=dtype, order="C", input_name=name)
+
+
+def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=None):
+    """(train, validation) row indices, both sorted: ``ceil(fraction · n)`` rows held out at
+    random; with ``classes`` (encoded labels) stratified: each class keeps its share of the
+    validation rows (largest remainders round) and at least one training row."""
+    n_val = int(math.ceil(fraction * n))
+    if n_val < 2 or n - n_val < 1:
+        raise ValueError("The validation set is too small. Increase 'validation_fraction' or "
+                         f"the size of your dataset (got {n} samples, {n_val} held out).")
+    if classes is None:
+        order = rng.permutation(n)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    counts = np.bincount(classes)
+    exact = n_val * counts / n
+    take = np.minimum(np.floor(exact).astype(np.int64), np.maximum(counts - 1, 0))
+    # Hand out the rest by largest remainder (ties at random), one per class per round.
+    remainder = exact - take + rng.uniform(0, 1e-9, size=counts.size)
+    for cap in (np.maximum(counts - 1, 0), counts):
+        while take.sum() < n_val and (take < cap).any():
+            room = np.where(take < cap, remainder, -np.inf)
+            k = int(np.argmax(room))
+            take[k] += 1
+            remainder[k] -= 1.0
+    val = []
+    for k in np.flatnonzero(take):
+        members = np.flatnonzero(classes == k)
+        val.append(members[rng.permutation(members.size)[:take[k]]])
+    val = np.sort(np.concatenate(val))
+    mask = np.ones(n, dtype=bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def classification_metrics(logits, targets, weights) -> tuple[float, float]:
+    """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,)."""
+    logits = logits.astype(np.float64)
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+        predicted = (z > 0).astype(np.int64)
+        # -log σ(z) = softplus(-z), -log(1 - σ(z)) = softplus(z)
+        losses = np.logaddexp(0.0, np.where(targets == 1, -z, z))
+    else:
+        predicted = np.argmax(logits, axis=1)
+        losses = -log_softmax(logits)[np.arange(len(targets)), targets]
+    accuracy = float(np.average(predicted == targets, weights=weights))
+    return accuracy, float(np.average(losses, weights=weights))
+
+
+def regression_metrics(outputs, targets, weights) -> tuple[float, float]:
+    """(R², ½ mean squared error per output) of outputs (N, K) against targets (N, K)."""
+    error = outputs.astype(np.float64) - targets
+    loss = 0.5 * np.average(np.mean(error * error, axis=1), weights=weights)
+    return r2(targets, outputs, weights), float(loss)
+
+
+def r2(y: np.ndarray, pred: np.ndarray, weights=None) -> float:
+    """R² per output (columns), averaged: ``r2_score`` (force_finite) at a fraction of its
+    cost, for scoring the validation set after every epoch."""
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    w = np.ones((len(y), 1)) if weights is None else np.asarray(weights).reshape(-1, 1)
+    numerator = (w * (y - pred) ** 2).sum(axis=0)
+    denominator = (w * (y - np.average(y, axis=0, weights=w[:, 0])) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(denominator > 0, 1.0 - numerator / denominator,
+                      np.where(numerator > 0, 0.0, 1.0))
+    return float(r2.mean())
