@@ -60,10 +60,6 @@ def _num_threads(n):
         set_num_threads(previous)
 
 
-def _squared_norm(arrays) -> float:
-    return float(sum(np.dot(a.ravel(), a.ravel()) for a in arrays))
-
-
 class _Parameters(list):
     """``coefs_`` or ``intercepts_``: read-only views of the model's weights, transposed to
     (in, out), or of its biases. Assigned arrays are shape-checked, then the model checks
@@ -375,35 +371,22 @@ class _BaseMLP(BaseEstimator):
         return X, targets, sw, validation, batch_size, alpha, rng
 
     def _train(self, X, targets, sw, validation, batch_size, alpha, rng, epochs, incremental):
-        """Up to ``epochs`` epochs in the engine, in as few ``MLP.fit`` calls as the schedule
-        allows (one, unless the learning rate changes); between epochs (in the callback) it
-        records the loss, scores the validation set and applies the stopping rule."""
+        """Up to ``epochs`` epochs in one ``MLP.fit`` call; after each epoch (in the callback)
+        it records the loss, scores the validation set, applies the learning-rate schedule
+        (the engine reads the optimizer's lr at every step) and the stopping rule."""
         model, optimizer = self._model, self._optimizer
         n = X.shape[0]
-        n_batches = -(-n // batch_size)
         # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
-        # divided by the number of outputs (not the L2 penalty), and so does loss_. The
-        # penalty's share of the epoch loss, Σ_batches ½ alpha ‖W_b‖² / N, is interpolated
-        # linearly between ‖W‖² at the epoch's start and end (exact with one batch per epoch,
-        # one output or alpha = 0).
+        # divided by the number of outputs (not the L2 penalty, whose share the engine
+        # reports apart: History.l2_penalty), and so does loss_.
         outputs = 1 if self._is_classifier else self.n_outputs_
-        track_penalty = outputs > 1 and alpha > 0
         sgd_schedule = self.learning_rate if self.solver == "sgd" else "constant"
-        state = {"epochs": 0, "action": None, "stop": None,
-                 "w2": _squared_norm(model.weights) if track_penalty else 0.0}
+        stopped = False
 
         def after_epoch(_model, history) -> bool:
-            state["epochs"] += 1
-            loss = history.loss[-1]
-            if outputs > 1:
-                penalty = 0.0
-                if track_penalty:
-                    w2 = _squared_norm(model.weights)
-                    start, end = state["w2"], w2
-                    squares = n_batches * start + (end - start) * (n_batches - 1) / 2
-                    penalty = 0.5 * alpha * squares / n
-                    state["w2"] = w2
-                loss = (loss - penalty) / outputs + penalty
+            nonlocal stopped
+            penalty = history.l2_penalty[-1]
+            loss = (history.loss[-1] - penalty) / outputs + penalty
             self.n_iter_ += 1
             self.t_ += n
             self.loss_ = float(loss)
@@ -418,7 +401,6 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count += 1
             if sgd_schedule == "invscaling":
                 optimizer.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
-                state["action"] = "restart"  # the engine reads lr when MLP.fit starts
             if self._no_improvement_count > self.n_iter_no_change:
                 what = "Validation score" if self.early_stopping else "Training loss"
                 message = (f"{what} did not improve more than tol={self.tol:f} for "
@@ -426,30 +408,26 @@ class _BaseMLP(BaseEstimator):
                 if sgd_schedule == "adaptive" and optimizer.lr > 1e-6:
                     optimizer.lr /= 5.0
                     self._no_improvement_count = 0
-                    state["action"] = "restart"
                     if self.verbose:
                         print(f"{message} Setting learning rate to {optimizer.lr:f}")
                 else:
-                    state["action"] = state["stop"] = "stop"
+                    stopped = True
                     if self.verbose:
                         small = " Learning rate too small." if sgd_schedule == "adaptive" else ""
                         print(f"{message}{small} Stopping.")
-            return state["action"] is not None
+            return stopped
 
         self.n_iter_ = 0
         try:
-            while state["epochs"] < epochs and state["stop"] is None:
-                state["action"] = None
-                try:
-                    model.fit(X, targets, epochs=epochs - state["epochs"], batch_size=batch_size,
-                              optimizer=optimizer, shuffle=bool(self.shuffle),
-                              seed=int(rng.randint(np.iinfo(np.int32).max)),
-                              callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
-                except FloatingPointError as exc:
-                    raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
-                                     "input data may contain large values and need to be "
-                                     "preprocessed.") from exc
-            if not incremental and state["stop"] is None:
+            try:
+                model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                          shuffle=bool(self.shuffle), seed=int(rng.randint(np.iinfo(np.int32).max)),
+                          callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
+            except FloatingPointError as exc:
+                raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
+                                 "input data may contain large values and need to be "
+                                 "preprocessed.") from exc
+            if not incremental and not stopped:
                 _warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
                       "optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
