@@ -16,6 +16,7 @@
 #include "checks.h"
 #include "cpu.h"
 #include "dense.h"
+#include "gemm/context.h"
 #include "gemm/gemm.h"
 #include "loss.h"
 #include "optim.h"
@@ -717,8 +718,8 @@ PYBIND11_MODULE(_core, m) {
       d["row_NR"] = k.row_NR;
       return d;
     };
-    if (dtype == "float32") return describe(active_kernels().sgemm);
-    if (dtype == "float64") return describe(active_kernels().dgemm);
+    if (dtype == "float32") return describe(active_gemm_context<float>());
+    if (dtype == "float64") return describe(active_gemm_context<double>());
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   });
   bind_trainer<float>(m, "TrainerFloat32");

@@ -1,5 +1,5 @@
 // The portable GEMM framework: cache blocking and packing around the active ISA's
-// micro-kernel (see gemm.h for the operand conventions).
+// kernels (gemm.h: the operand conventions; context.h: the kernel contract).
 #include "gemm.h"
 
 #include <algorithm>
@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "../cpu.h"
-#include "tile.h"
 #include "../threads.h"
+#include "context.h"
+#include "tile.h"
 
 namespace fastmlp {
 
@@ -126,18 +126,18 @@ void epilogue_only(const GemmArgs<T>& g) {
 // Small-matrix path: operands read in place, no packing of A (edge rows aside) and none of B
 // when its rows are contiguous. Every tile runs over the whole of K at once.
 template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern);
+void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx);
 
 // Each thread's packing buffers are sized for a full cache block the first time they are used,
 // whatever the first product's size: a thread then never allocates again, whichever tasks of
 // a parallel region it happens to pick up (the in-place path's larger packs aside).
 template <class T>
-std::size_t packed_a_size(const GemmKernel<T>& kern, index_t needed) {
-  return static_cast<std::size_t>(std::max(needed, kern.MC * kern.KC));
+std::size_t packed_a_size(const GemmContext<T>& cntx, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, cntx.MC * cntx.KC));
 }
 template <class T>
-std::size_t packed_b_size(const GemmKernel<T>& kern, index_t needed) {
-  return static_cast<std::size_t>(std::max(needed, kern.KC * kern.NC));
+std::size_t packed_b_size(const GemmContext<T>& cntx, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, cntx.KC * cntx.NC));
 }
 
 template <class T>
@@ -161,13 +161,13 @@ AlignedBuffer<T>& consumer_tile_buffer() {
 
 // One thread's blocked loop nest over the whole of g (M, N, K > 0).
 template <class T>
-void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
-  const index_t MR = kern.MR, NR = kern.NR;
-  const index_t KC = std::min(kern.KC, g.K);
-  const index_t NC = std::min(kern.NC, (g.N + NR - 1) / NR * NR);
-  const index_t MC = std::min(kern.MC, (g.M + MR - 1) / MR * MR);
-  T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(kern, KC * NC));
-  T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(kern, KC * MC));
+void gemm_serial(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+  const index_t MR = cntx.MR, NR = cntx.NR;
+  const index_t KC = std::min(cntx.KC, g.K);
+  const index_t NC = std::min(cntx.NC, (g.N + NR - 1) / NR * NR);
+  const index_t MC = std::min(cntx.MC, (g.M + MR - 1) / MR * MR);
+  T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(cntx, KC * NC));
+  T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(cntx, KC * MC));
   // With a consumer, K fits one block (gemm_consumed sees to it): every tile is final as soon
   // as the micro-kernel has written it.
   T* consumer_tile = g.consumer.consume
@@ -181,24 +181,24 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       // The first K block applies beta and the bias, the last one the activation.
       const bool first = pc == 0, last = pc + kc == g.K;
       pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
-             kern.pack_b_transposed);
+             cntx.pack_b_transposed);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR,
-               kern.pack_a_rows);
+               cntx.pack_a_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
 
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             if (consumer_tile) {
-              kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc, consumer_tile, NR,
+              cntx.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc, consumer_tile, NR,
                                 m, n, TileEpilogue<T>{});
               g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ic + ir,
                                  g.col0 + jc + jr, m, n);
               continue;
             }
-            kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
+            cntx.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
                               g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
                               tile_epilogue(g, ic + ir, jc + jr, first, last));
           }
@@ -209,41 +209,41 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
 }
 
 template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
+void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
   // A batch of one against op(B) = Wᵀ: n dot products over contiguous rows of W.
   if (g.M == 1 && g.rs_b == 1) {
     const T* x = g.A;
     if (g.cs_a != 1) {
-      T* copy = packed_a_buffer<T>().reserve(packed_a_size(kern, g.K));
+      T* copy = packed_a_buffer<T>().reserve(packed_a_size(cntx, g.K));
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
     }
     if (g.consumer.consume) {
       T* row = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N));
-      kern.gemv(g.K, g.N, x, g.B, g.cs_b, row, TileEpilogue<T>{});
+      cntx.gemv(g.K, g.N, x, g.B, g.cs_b, row, TileEpilogue<T>{});
       g.consumer.consume(g.consumer.context, row, g.N, g.row0, g.col0, 1, g.N);
       return;
     }
-    kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
+    cntx.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
     return;
   }
   const bool one_row = g.M == 1;
-  const index_t NR = one_row ? kern.row_NR : kern.NR;
-  const StridedKernel<T> tile_kernel = one_row ? kern.row_kernel : kern.small_kernel;
+  const index_t NR = one_row ? cntx.row_NR : cntx.NR;
+  const StridedKernel<T> tile_kernel = one_row ? cntx.row_kernel : cntx.small_kernel;
   // op(B) in place when its rows are contiguous; otherwise packed once into NR-column panels
   // (row stride NR, panels K·NR apart), which is the same access pattern.
   const T* b = g.B;
   index_t b_rs = g.rs_b, panel_step = NR;
   if (g.cs_b != 1) {
     const index_t padded_n = (g.N + NR - 1) / NR * NR;
-    T* packed = packed_b_buffer<T>().reserve(packed_b_size(kern, g.K * padded_n));
+    T* packed = packed_b_buffer<T>().reserve(packed_b_size(cntx, g.K * padded_n));
     pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR,
-           one_row ? nullptr : kern.pack_b_transposed);
+           one_row ? nullptr : cntx.pack_b_transposed);
     b = packed;
     b_rs = NR;
     panel_step = NR * g.K;
   }
-  const index_t MR = one_row ? 1 : kern.MR;
+  const index_t MR = one_row ? 1 : cntx.MR;
   T* consumer_tile = g.consumer.consume
                          ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
                          : nullptr;
@@ -254,17 +254,17 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     // A last, partial row block takes the shortest tile that covers it, if the ISA has one.
     StridedKernel<T> rows_kernel = nullptr;
     index_t rows_read = MR;
-    if (!one_row && m <= 4 && kern.rows4_kernel) {
-      rows_kernel = kern.rows4_kernel;
+    if (!one_row && m <= 4 && cntx.rows4_kernel) {
+      rows_kernel = cntx.rows4_kernel;
       rows_read = 4;
-    } else if (!one_row && m <= 8 && kern.rows8_kernel) {
-      rows_kernel = kern.rows8_kernel;
+    } else if (!one_row && m <= 8 && cntx.rows8_kernel) {
+      rows_kernel = cntx.rows8_kernel;
       rows_read = 8;
     }
     if (m < rows_read) {
       // The kernel reads rows_read rows: copy the partial row block into a zero-padded panel.
-      T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, rows_read * g.K));
-      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read, kern.pack_a_rows);
+      T* panel = packed_a_buffer<T>().reserve(packed_a_size(cntx, rows_read * g.K));
+      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read, cntx.pack_a_rows);
       a = panel;
       a_rs = 1;
       a_cs = rows_read;
@@ -274,7 +274,7 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       // A last panel at most half as wide (10 classes: 10 of 32 columns) runs the half-width
       // tile: half the FMAs, no masked-off lanes computed.
       const StridedKernel<T> kernel = rows_kernel                        ? rows_kernel
-                                      : (!one_row && 2 * n <= NR)         ? kern.narrow_kernel
+                                      : (!one_row && 2 * n <= NR)         ? cntx.narrow_kernel
                                                                           : tile_kernel;
       if (consumer_tile) {
         kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, consumer_tile, NR, m, n,
@@ -299,10 +299,10 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
 // packing. Every row part gets at least two row tiles (or all rows), so no part is a lone
 // one-row product, which the in-place path would compute with its row kernel.
 template <class T>
-void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t parts,
-                   void (*serial)(const GemmArgs<T>&, const GemmKernel<T>&)) {
-  const index_t row_tiles = (g.M + kern.MR - 1) / kern.MR;
-  const index_t col_tiles = (g.N + kern.NR - 1) / kern.NR;
+void gemm_parallel(const GemmArgs<T>& g, const GemmContext<T>& cntx, index_t parts,
+                   void (*serial)(const GemmArgs<T>&, const GemmContext<T>&)) {
+  const index_t row_tiles = (g.M + cntx.MR - 1) / cntx.MR;
+  const index_t col_tiles = (g.N + cntx.NR - 1) / cntx.NR;
   index_t best_tm = 1, best_tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
   for (index_t tm = 1; tm <= parts; ++tm) {
     if (tm > 1 && 2 * tm > row_tiles) break;
@@ -314,14 +314,14 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t part
     }
   }
   const index_t tm = best_tm, tn = best_tn;
-  if (tm * tn == 1) return serial(g, kern);
+  if (tm * tn == 1) return serial(g, cntx);
   parallel_for(static_cast<int>(tm * tn), [&](int task) {
     const index_t ti = task / tn, tj = task % tn;
     // Tiles [t·count/parts, (t+1)·count/parts): sizes differ by at most one tile.
-    const index_t r0 = ti * row_tiles / tm * kern.MR;
-    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * kern.MR);
-    const index_t c0 = tj * col_tiles / tn * kern.NR;
-    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * kern.NR);
+    const index_t r0 = ti * row_tiles / tm * cntx.MR;
+    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * cntx.MR);
+    const index_t c0 = tj * col_tiles / tn * cntx.NR;
+    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * cntx.NR);
     if (r0 >= r1 || c0 >= c1) return;
     GemmArgs<T> part = g;
     part.M = r1 - r0;
@@ -333,7 +333,7 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t part
     part.col0 = g.col0 + c0;
     part.bias = g.bias ? g.bias + c0 : nullptr;
     part.mask = g.mask ? g.mask + r0 * g.ld_mask + c0 : nullptr;
-    serial(part, kern);
+    serial(part, cntx);
   });
 }
 
@@ -422,7 +422,7 @@ namespace {
 template <class T>
 void gemm(const GemmArgs<T>& g) {
   if (g.M <= 0 || g.N <= 0) return;
-  const GemmKernel<T>& kern = active_gemm_kernel<T>();
+  const GemmContext<T>& cntx = active_gemm_context<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
   if (g.consumer.consume) {
@@ -436,7 +436,7 @@ void gemm(const GemmArgs<T>& g) {
                       g_small_gemm_max_flops.load(std::memory_order_relaxed) ==
                           kSmallGemmMaxFlopsDefault;
     const bool small = use_small_path(g, flops);
-    if (g.K <= 0 || tiny || (!small && g.K > kern.KC)) {
+    if (g.K <= 0 || tiny || (!small && g.K > cntx.KC)) {
       T* whole = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.M * g.N));
       GemmArgs<T> plain = g;
       plain.consumer = TileConsumer<T>{};
@@ -463,8 +463,8 @@ void gemm(const GemmArgs<T>& g) {
     // One task per thread: finer splits let a late worker's share go to the others, but each
     // task re-reads or re-packs its operands. Measured (mnist-shaped net, 2 threads, 2-vCPU
     // Zen 5): 2t/1t 1.40 with one task per thread, 1.25 with two, 1.12 with four.
-    return gemm_parallel(g, kern, n_threads, serial);
-  serial(g, kern);
+    return gemm_parallel(g, cntx, n_threads, serial);
+  serial(g, cntx);
 }
 
 template <class T>
