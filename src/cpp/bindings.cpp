@@ -166,7 +166,7 @@ Activation parse_activation(const std::string& name) {
   throw py::value_error("activation must be one of " + choices + ", got '" + name + "'");
 }
 
-// via_consumer (a test hook): the product goes through GemmArgs::consumer, whose tiles are
+// via_consumer (a test hook): the product goes through TileSink::consumer, whose tiles are
 // copied into the result; returns (result, how many times each element was handed over).
 py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b,
                   bool via_consumer) {
@@ -199,8 +199,8 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
     g.B = B.data;
     g.rs_b = B.row_stride;
     g.cs_b = B.col_stride;
-    g.C = out.mutable_data();
-    g.ldc = N;
+    g.sink.C = out.mutable_data();
+    g.sink.ldc = N;
     if (!via_consumer) {
       without_gil([&] { gemm(g); });
       return std::move(out);
@@ -212,10 +212,10 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
       std::int32_t* counts;
       index_t ld;
     } sink{out.mutable_data(), counts.mutable_data(), N};
-    g.C = nullptr;
-    g.consumer.context = &sink;
-    g.consumer.consume = [](void* context, T* tile, index_t ld_tile, index_t row, index_t col,
-                            index_t m, index_t n) {
+    g.sink.C = nullptr;
+    g.sink.consumer.context = &sink;
+    g.sink.consumer.consume = [](void* context, T* tile, index_t ld_tile, index_t row,
+                                 index_t col, index_t m, index_t n) {
       const Sink& to = *static_cast<const Sink*>(context);
       for (index_t i = 0; i < m; ++i)
         for (index_t j = 0; j < n; ++j) {

@@ -98,35 +98,18 @@ void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t n
   }
 }
 
-// The epilogue of the tile at (row, col) of C: bias and mask offset to it. `first`/`last`: is
-// this the first / last K block (beta and bias apply once, first; ReLU and mask once, last).
-template <class T>
-TileEpilogue<T> tile_epilogue(const GemmArgs<T>& g, index_t row, index_t col, bool first = true,
-                              bool last = true) {
-  TileEpilogue<T> ep;
-  ep.accumulate = g.accumulate || !first;
-  ep.bias = (first && g.bias) ? g.bias + col : nullptr;
-  ep.relu = g.relu && last;
-  ep.mask = (last && g.mask) ? g.mask + row * g.ld_mask + col : nullptr;
-  ep.ld_mask = g.ld_mask;
-  return ep;
-}
-
-// K = 0: the product is empty, only the epilogue remains.
+// K = 0: the product is empty, only the epilogue remains (into C: gemm() hands a consumer
+// a zero product through a buffer).
 template <class T>
 void epilogue_only(const GemmArgs<T>& g) {
-  const TileEpilogue<T> ep = tile_epilogue(g, 0, 0);
+  const TileSink<T>& out = g.sink;
+  const TileEpilogue<T> ep = out.epilogue(0, 0);
   for (index_t i = 0; i < g.M; ++i) {
-    T* c = g.C + i * g.ldc;
+    T* c = out.C + i * out.ldc;
     for (index_t j = 0; j < g.N; ++j)
-      c[j] = apply_epilogue(T(0), c[j], ep, j, g.mask ? g.mask[i * g.ld_mask + j] : T(0));
+      c[j] = apply_epilogue(T(0), c[j], ep, j, out.mask ? out.mask[i * out.ld_mask + j] : T(0));
   }
 }
-
-// Small-matrix path: operands read in place, no packing of A (edge rows aside) and none of B
-// when its rows are contiguous. Every tile runs over the whole of K at once.
-template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx);
 
 // Each thread's packing buffers are sized for a full cache block the first time they are used,
 // whatever the first product's size: a thread then never allocates again, whichever tasks of
@@ -152,27 +135,28 @@ AlignedBuffer<T>& packed_b_buffer() {
 }
 
 // Where a product with a consumer writes each finished tile before handing it over (MR×NR,
-// or a row of N for the GEMV); per thread, like the packing buffers.
+// a row of N for the GEMV, or the whole product); per thread, like the packing buffers.
 template <class T>
 AlignedBuffer<T>& consumer_tile_buffer() {
   static thread_local AlignedBuffer<T> buffer;
   return buffer;
 }
 
-// One thread's blocked loop nest over the whole of g (M, N, K > 0).
+// The packed path: one thread's blocked loop nest over the whole of g (M, N, K > 0).
 template <class T>
-void gemm_serial(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+void gemm_packed(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
   const index_t MR = cntx.MR, NR = cntx.NR;
   const index_t KC = std::min(cntx.KC, g.K);
   const index_t NC = std::min(cntx.NC, (g.N + NR - 1) / NR * NR);
   const index_t MC = std::min(cntx.MC, (g.M + MR - 1) / MR * MR);
   T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(cntx, KC * NC));
   T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(cntx, KC * MC));
-  // With a consumer, K fits one block (gemm_consumed sees to it): every tile is final as soon
-  // as the micro-kernel has written it.
-  T* consumer_tile = g.consumer.consume
-                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
-                         : nullptr;
+  // With a consumer, K fits one block (gemm() sees to it): every tile is final as soon as the
+  // micro-kernel has written it.
+  const TileSink<T>& out = g.sink;
+  T* scratch = out.consumes()
+                   ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                   : nullptr;
 
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
@@ -188,19 +172,14 @@ void gemm_serial(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
                cntx.pack_a_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
-
+          const T* b_panel = packed_b + jr * kc;
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
-            if (consumer_tile) {
-              cntx.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc, consumer_tile, NR,
-                                m, n, TileEpilogue<T>{});
-              g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ic + ir,
-                                 g.col0 + jc + jr, m, n);
-              continue;
-            }
-            cntx.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
-                              g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
-                              tile_epilogue(g, ic + ir, jc + jr, first, last));
+            const T* a_panel = packed_a + ir * kc;
+            out.put(ic + ir, jc + jr, m, n, first, last, scratch, NR,
+                    [&](T* c, index_t ldc, const TileEpilogue<T>& ep) {
+                      cntx.micro_kernel(kc, a_panel, b_panel, c, ldc, m, n, ep);
+                    });
           }
         }
       }
@@ -208,8 +187,11 @@ void gemm_serial(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
   }
 }
 
+// The in-place path: operands read in place, no packing of A (edge rows aside) and none of B
+// when its rows are contiguous. Every tile runs over the whole of K at once.
 template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+void gemm_in_place(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+  const TileSink<T>& out = g.sink;
   // A batch of one against op(B) = Wᵀ: n dot products over contiguous rows of W.
   if (g.M == 1 && g.rs_b == 1) {
     const T* x = g.A;
@@ -218,13 +200,13 @@ void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
     }
-    if (g.consumer.consume) {
-      T* row = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N));
-      cntx.gemv(g.K, g.N, x, g.B, g.cs_b, row, TileEpilogue<T>{});
-      g.consumer.consume(g.consumer.context, row, g.N, g.row0, g.col0, 1, g.N);
-      return;
-    }
-    cntx.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
+    T* scratch = out.consumes()
+                     ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N))
+                     : nullptr;
+    out.put(0, 0, 1, g.N, true, true, scratch, g.N,
+            [&](T* c, index_t, const TileEpilogue<T>& ep) {
+              cntx.gemv(g.K, g.N, x, g.B, g.cs_b, c, ep);
+            });
     return;
   }
   const bool one_row = g.M == 1;
@@ -244,9 +226,9 @@ void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
     panel_step = NR * g.K;
   }
   const index_t MR = one_row ? 1 : cntx.MR;
-  T* consumer_tile = g.consumer.consume
-                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
-                         : nullptr;
+  T* scratch = out.consumes()
+                   ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                   : nullptr;
   for (index_t ir = 0; ir < g.M; ir += MR) {
     const index_t m = std::min(MR, g.M - ir);
     const T* a = g.A + ir * g.rs_a;
@@ -276,22 +258,18 @@ void gemm_small(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
       const StridedKernel<T> kernel = rows_kernel                        ? rows_kernel
                                       : (!one_row && 2 * n <= NR)         ? cntx.narrow_kernel
                                                                           : tile_kernel;
-      if (consumer_tile) {
-        kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, consumer_tile, NR, m, n,
-               TileEpilogue<T>{});
-        g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ir, g.col0 + jr, m,
-                           n);
-        continue;
-      }
-      kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
-                  g.ldc, m, n, tile_epilogue(g, ir, jr));
+      const T* b_panel = b + (jr / NR) * panel_step;
+      out.put(ir, jr, m, n, true, true, scratch, NR,
+              [&](T* c, index_t ldc, const TileEpilogue<T>& ep) {
+                kernel(g.K, a, a_rs, a_cs, b_panel, b_rs, c, ldc, m, n, ep);
+              });
     }
   }
 }
 
 // Splits C into tm × tn rectangles aligned to the micro-tile (`parts` of them at most), each
 // computed by `serial` (the packed or the in-place path, chosen from the whole shape
-// beforehand) as one task of a parallel region: tasks share no output and never split the K
+// beforehand) into its block of the sink as one task of a parallel region: tasks share no output and never split the K
 // reduction, so every element is computed by exactly the same sequence of micro-kernel
 // operations whoever runs it and however many tasks there are — results are bitwise identical
 // for any thread count. Each task packs the A rows and B columns it needs, so A is packed tn
@@ -328,11 +306,7 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmContext<T>& cntx, index_t par
     part.N = c1 - c0;
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
-    part.C = g.C ? g.C + r0 * g.ldc + c0 : nullptr;  // null with a consumer
-    part.row0 = g.row0 + r0;
-    part.col0 = g.col0 + c0;
-    part.bias = g.bias ? g.bias + c0 : nullptr;
-    part.mask = g.mask ? g.mask + r0 * g.ld_mask + c0 : nullptr;
+    part.sink = g.sink.block(r0, c0);
     serial(part, cntx);
   });
 }
@@ -358,7 +332,7 @@ GemmCostModel gemm_cost_model() {
   g.M = M, g.N = N, g.K = K;
   g.A = a.data(), g.rs_a = K, g.cs_a = 1;
   g.B = b.data(), g.rs_b = N, g.cs_b = 1;
-  g.C = c.data(), g.ldc = N;
+  g.sink.C = c.data(), g.sink.ldc = N;
   auto seconds = [&](ParallelMode mode) {
     const ParallelScope scope(mode);
     const auto started = std::chrono::steady_clock::now();
@@ -425,8 +399,8 @@ void gemm(const GemmArgs<T>& g) {
   const GemmContext<T>& cntx = active_gemm_context<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
-  if (g.consumer.consume) {
-    if (g.accumulate || g.bias || g.relu || g.mask)
+  if (g.sink.consumes()) {
+    if (g.sink.has_epilogue())
       throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
     // Tiles are handed over as the kernels finish them, when every tile is final at once:
     // the in-place path (the whole of K per tile) or the packed path with K in one block.
@@ -439,11 +413,12 @@ void gemm(const GemmArgs<T>& g) {
     if (g.K <= 0 || tiny || (!small && g.K > cntx.KC)) {
       T* whole = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.M * g.N));
       GemmArgs<T> plain = g;
-      plain.consumer = TileConsumer<T>{};
-      plain.C = whole;
-      plain.ldc = g.N;
+      plain.sink = TileSink<T>{};
+      plain.sink.C = whole;
+      plain.sink.ldc = g.N;
       gemm(plain);
-      g.consumer.consume(g.consumer.context, whole, g.N, g.row0, g.col0, g.M, g.N);
+      g.sink.consumer.consume(g.sink.consumer.context, whole, g.N, g.sink.row0, g.sink.col0,
+                              g.M, g.N);
       return;
     }
   }
@@ -456,7 +431,7 @@ void gemm(const GemmArgs<T>& g) {
   if (flops <= kTinyGemmMaxFlops &&
       g_small_gemm_max_flops.load(std::memory_order_relaxed) == kSmallGemmMaxFlopsDefault)
     return gemm_reference(g);
-  auto* serial = use_small_path(g, flops) ? &gemm_small<T> : &gemm_serial<T>;
+  auto* serial = use_small_path(g, flops) ? &gemm_in_place<T> : &gemm_packed<T>;
   const ParallelMode mode = current_parallel_mode();
   const int n_threads = mode == ParallelMode::serial ? 1 : get_num_threads();
   if (n_threads > 1 && (mode == ParallelMode::parallel || gemm_split_pays<T>(flops)))
@@ -469,14 +444,15 @@ void gemm(const GemmArgs<T>& g) {
 
 template <class T>
 void gemm_reference(const GemmArgs<T>& g) {
+  const TileSink<T>& out = g.sink;
+  const TileEpilogue<T> ep = out.epilogue(0, 0);
   for (index_t i = 0; i < g.M; ++i)
     for (index_t j = 0; j < g.N; ++j) {
       T sum = 0;
       for (index_t p = 0; p < g.K; ++p)
         sum += g.A[i * g.rs_a + p * g.cs_a] * g.B[p * g.rs_b + j * g.cs_b];
-      T* c = g.C + i * g.ldc + j;
-      *c = apply_epilogue(sum, *c, tile_epilogue(g, 0, 0), j,
-                          g.mask ? g.mask[i * g.ld_mask + j] : T(0));
+      T* c = out.C + i * out.ldc + j;
+      *c = apply_epilogue(sum, *c, ep, j, out.mask ? out.mask[i * out.ld_mask + j] : T(0));
     }
 }
 

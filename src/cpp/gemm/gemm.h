@@ -16,7 +16,7 @@
 
 namespace fastmlp {
 
-// Consumer of finished blocks of the product (GemmArgs::consumer). Instead of being stored in
+// Consumer of finished blocks of the product (TileSink::consumer). Instead of being stored in
 // C, each finished block is handed over in a scratch buffer that the consumer may modify:
 //   consume(context, tile, ld_tile, row, col, m, n):
 //     tile[i*ld_tile + j] = (op(A)·op(B))[row + i, col + j]   for i < m, j < n.
@@ -30,30 +30,6 @@ struct TileConsumer {
   void* context = nullptr;
 };
 
-template <class T>
-struct GemmArgs {
-  index_t M = 0, N = 0, K = 0;
-  const T* A = nullptr;
-  index_t rs_a = 0, cs_a = 0;
-  const T* B = nullptr;
-  index_t rs_b = 0, cs_b = 0;
-  T* C = nullptr;
-  index_t ldc = 0;
-  // Epilogue, applied as tiles are written back:
-  //   C := [mask > 0] · relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
-  bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
-  const T* bias = nullptr;  // (N), broadcast over rows; may be null
-  bool relu = false;
-  // (M,N) with row stride ld_mask, or null. Backprop through a ReLU: with mask = the ReLU's
-  // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
-  const T* mask = nullptr;
-  index_t ld_mask = 0;
-  // If set, C is not written (and may be null): finished blocks go to the consumer. No
-  // epilogue (accumulate, bias, relu, mask) may be set with it.
-  TileConsumer<T> consumer;
-  index_t row0 = 0, col0 = 0;  // where this product's C sits in the consumer's result
-};
-
 // The epilogue of one tile, its pointers already offset to the tile's first row and column:
 //   tile := [mask > 0] · relu?( (accumulate ? C : 0) + product + bias )
 template <class T>
@@ -65,9 +41,82 @@ struct TileEpilogue {
   index_t ld_mask = 0;
 };
 
-// C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
-// place; larger ones are packed. A product is split over the thread pool when the calling
-// thread's ParallelMode (threads.h) says so, or, in automatic mode, when gemm_split_pays.
+// Where the finished tiles of a product (M,N) go: into C through the epilogue, or, when
+// consumer.consume is set, to the consumer (C is then not written and may be null, and no
+// epilogue may be set). The framework passes this one object down and delivers every tile
+// through put(); a block of the product has the sink block(row, col).
+template <class T>
+struct TileSink {
+  // C (M,N) row-major with leading dimension ldc, written as
+  //   C := [mask > 0] · relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
+  T* C = nullptr;
+  index_t ldc = 0;
+  bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
+  const T* bias = nullptr;  // (N), broadcast over rows; may be null
+  bool relu = false;
+  // (M,N) with row stride ld_mask, or null. Backprop through a ReLU: with mask = the ReLU's
+  // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
+  const T* mask = nullptr;
+  index_t ld_mask = 0;
+  TileConsumer<T> consumer;
+  index_t row0 = 0, col0 = 0;  // where this product's C sits in the consumer's result
+
+  bool consumes() const { return consumer.consume != nullptr; }
+  bool has_epilogue() const { return accumulate || bias || relu || mask; }
+
+  // The sink of the block of C that starts at (row, col).
+  TileSink block(index_t row, index_t col) const {
+    TileSink part = *this;
+    part.C = C ? C + row * ldc + col : nullptr;  // null with a consumer
+    part.bias = bias ? bias + col : nullptr;
+    part.mask = mask ? mask + row * ld_mask + col : nullptr;
+    part.row0 = row0 + row;
+    part.col0 = col0 + col;
+    return part;
+  }
+
+  // The epilogue of the tile at (row, col) of C. `first`/`last`: is this the first / last K
+  // block (beta and bias apply once, first; ReLU and mask once, last).
+  TileEpilogue<T> epilogue(index_t row, index_t col, bool first = true, bool last = true) const {
+    TileEpilogue<T> ep;
+    ep.accumulate = accumulate || !first;
+    ep.bias = (first && bias) ? bias + col : nullptr;
+    ep.relu = relu && last;
+    ep.mask = (last && mask) ? mask + row * ld_mask + col : nullptr;
+    ep.ld_mask = ld_mask;
+    return ep;
+  }
+
+  // Delivers the m×n tile at (row, col): compute(c, ldc, epilogue) writes it either straight
+  // into C with the epilogue, or (with a consumer) into `scratch` (row stride ld_scratch, the
+  // calling thread's buffer) with no epilogue, and the consumer gets it. Inlined into each
+  // loop nest: one predictable branch per tile.
+  template <class Compute>
+  void put(index_t row, index_t col, index_t m, index_t n, bool first, bool last, T* scratch,
+           index_t ld_scratch, Compute&& compute) const {
+    if (consumer.consume) {
+      compute(scratch, ld_scratch, TileEpilogue<T>{});
+      consumer.consume(consumer.context, scratch, ld_scratch, row0 + row, col0 + col, m, n);
+    } else {
+      compute(C + row * ldc + col, ldc, epilogue(row, col, first, last));
+    }
+  }
+};
+
+template <class T>
+struct GemmArgs {
+  index_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;
+  index_t rs_a = 0, cs_a = 0;
+  const T* B = nullptr;
+  index_t rs_b = 0, cs_b = 0;
+  TileSink<T> sink;  // C and its epilogue, or a consumer
+};
+
+// The product into args.sink (see TileSink): C := epilogue(op(A) op(B)), or the consumer gets
+// its tiles. Small products read the operands in place; larger ones are packed. A product is
+// split over the thread pool when the calling thread's ParallelMode (threads.h) says so, or,
+// in automatic mode, when gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
 
@@ -110,7 +159,7 @@ double set_small_gemm_max_flops(double flops);
 void testing_force_split(bool force);
 
 // The plain triple loop in T arithmetic: the definition of the semantics, and the path of
-// tiny products, where it beats any tiling.
+// tiny products, where it beats any tiling. Into C only (args.sink without a consumer).
 template <class T>
 void gemm_reference(const GemmArgs<T>& args);
 
