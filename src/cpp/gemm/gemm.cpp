@@ -1,5 +1,5 @@
-// The portable GEMM framework: cache blocking and packing around the active ISA's
-// kernels (gemm.h: the operand conventions; context.h: the kernel contract).
+// The portable GEMM framework: the choice of path, cache blocking and packing around the
+// active ISA's kernels (gemm.h: the operand conventions; context.h: the kernel contract).
 #include "gemm.h"
 
 #include <algorithm>
@@ -21,10 +21,10 @@ namespace {
 // At most this many FLOPs: the direct triple loop (see gemm()).
 constexpr double kTinyGemmMaxFlops = 4096;
 
-// Products of at most this many FLOPs skip packing (tests move the limit to cover both paths).
-std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
+// At most this many FLOPs: the in-place path, whatever the shape.
+constexpr double kSmallGemmMaxFlops = 1.0e6;
 
-// The small path re-reads op(B) once per MR-row block of A instead of packing it once. Measured
+// The in-place path re-reads op(B) once per MR-row block of A instead of packing it once. Measured
 // (benchmarks/README.md, "GEMM crossover"; Xeon with AVX-512, 1 thread, float32): in-place wins
 // for every product up to 1 MFLOP (packing a 256×784 B for one row costs 10× the product), and
 // for batches up to 128 rows whenever op(B) fits in about 1 MiB of L2 (32×1024×256: 131 µs in
@@ -32,14 +32,20 @@ std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
 constexpr index_t kSmallPathMaxRows = 128;
 constexpr double kSmallPathMaxBBytes = 1 << 20;
 
+// The path of a product, from its shape alone (never the thread count, so that results are
+// bitwise identical for any number of threads). Tiny products (the lecture's [2, 3, 3] net:
+// 32×3×2) cost less than any packing, tiling or dispatch: a plain loop over C is fastest.
 template <class T>
-bool use_small_path(const GemmArgs<T>& g, double flops) {
-  const double limit = g_small_gemm_max_flops.load(std::memory_order_relaxed);
-  if (flops <= limit) return true;
-  if (limit != kSmallGemmMaxFlopsDefault) return false;  // a test forcing one path
+GemmPath choose_path(const GemmArgs<T>& g, double flops) {
+  if (flops <= kTinyGemmMaxFlops) return GemmPath::reference;
+  if (flops <= kSmallGemmMaxFlops) return GemmPath::in_place;
   const double b_bytes = static_cast<double>(g.K) * static_cast<double>(g.N) * sizeof(T);
-  return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes;
+  return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes ? GemmPath::in_place
+                                                                     : GemmPath::packed;
 }
+
+// testing_force_gemm_path's override; GemmPath::automatic: choose_path decides.
+std::atomic<GemmPath> g_forced_path{GemmPath::automatic};
 
 // Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
 //   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
@@ -389,9 +395,7 @@ bool gemm_split_pays(double flops) {
 
 void testing_force_split(bool force) { g_force_split.store(force); }
 
-namespace {
-
-}  // namespace
+GemmPath testing_force_gemm_path(GemmPath path) { return g_forced_path.exchange(path); }
 
 template <class T>
 void gemm(const GemmArgs<T>& g) {
@@ -399,18 +403,16 @@ void gemm(const GemmArgs<T>& g) {
   const GemmContext<T>& cntx = active_gemm_context<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
+  const GemmPath forced = g_forced_path.load(std::memory_order_relaxed);
+  const GemmPath path = forced == GemmPath::automatic ? choose_path(g, flops) : forced;
   if (g.sink.consumes()) {
     if (g.sink.has_epilogue())
       throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
     // Tiles are handed over as the kernels finish them, when every tile is final at once:
     // the in-place path (the whole of K per tile) or the packed path with K in one block.
-    // Otherwise (tiny products, the reference loop, K > KC) the product goes to a per-thread
-    // buffer and is handed over whole.
-    const bool tiny = flops <= kTinyGemmMaxFlops &&
-                      g_small_gemm_max_flops.load(std::memory_order_relaxed) ==
-                          kSmallGemmMaxFlopsDefault;
-    const bool small = use_small_path(g, flops);
-    if (g.K <= 0 || tiny || (!small && g.K > cntx.KC)) {
+    // Otherwise (the reference loop, K = 0, K > KC) the product goes to a per-thread buffer
+    // and is handed over whole.
+    if (g.K <= 0 || path == GemmPath::reference || (path == GemmPath::packed && g.K > cntx.KC)) {
       T* whole = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.M * g.N));
       GemmArgs<T> plain = g;
       plain.sink = TileSink<T>{};
@@ -423,15 +425,9 @@ void gemm(const GemmArgs<T>& g) {
     }
   }
   if (g.K <= 0) return epilogue_only(g);
-  // The path depends on the shape only, never on the thread count, so that results are
-  // bitwise identical for any number of threads.
-  // Tiny products (the lecture's [2, 3, 3] net: 32×3×2) cost less than any packing, tiling or
-  // dispatch: a plain loop over C is fastest, and never worth a second thread.
-  // (Unless a test forces one of the other paths for every size.)
-  if (flops <= kTinyGemmMaxFlops &&
-      g_small_gemm_max_flops.load(std::memory_order_relaxed) == kSmallGemmMaxFlopsDefault)
-    return gemm_reference(g);
-  auto* serial = use_small_path(g, flops) ? &gemm_in_place<T> : &gemm_packed<T>;
+  // The reference loop is never worth a second thread.
+  if (path == GemmPath::reference) return gemm_reference(g);
+  auto* serial = path == GemmPath::in_place ? &gemm_in_place<T> : &gemm_packed<T>;
   const ParallelMode mode = current_parallel_mode();
   const int n_threads = mode == ParallelMode::serial ? 1 : get_num_threads();
   if (n_threads > 1 && (mode == ParallelMode::parallel || gemm_split_pays<T>(flops)))
@@ -454,10 +450,6 @@ void gemm_reference(const GemmArgs<T>& g) {
       T* c = out.C + i * out.ldc + j;
       *c = apply_epilogue(sum, *c, ep, j, out.mask ? out.mask[i * out.ld_mask + j] : T(0));
     }
-}
-
-double set_small_gemm_max_flops(double flops) {
-  return g_small_gemm_max_flops.exchange(flops < 0 ? kSmallGemmMaxFlopsDefault : flops);
 }
 
 template void gemm<float>(const GemmArgs<float>&);

@@ -113,10 +113,20 @@ struct GemmArgs {
   TileSink<T> sink;  // C and its epilogue, or a consumer
 };
 
+// The ways gemm() can compute a product. The automatic choice depends on the shape only
+// (gemm.cpp): the reference loop for tiny products, the in-place path for small ones and
+// batches whose op(B) fits in L2, the packed path for the rest.
+enum class GemmPath {
+  automatic,  // chosen from the shape
+  reference,  // gemm_reference: the plain triple loop
+  in_place,   // operands read in place (no packing of B when its rows are contiguous)
+  packed,     // cache blocks of A and B packed into panels around the micro-kernel
+};
+
 // The product into args.sink (see TileSink): C := epilogue(op(A) op(B)), or the consumer gets
-// its tiles. Small products read the operands in place; larger ones are packed. A product is
-// split over the thread pool when the calling thread's ParallelMode (threads.h) says so, or,
-// in automatic mode, when gemm_split_pays.
+// its tiles. The path is chosen from the shape (GemmPath). A product is split over the thread
+// pool when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode,
+// when gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
 
@@ -150,17 +160,18 @@ GemmCostModel gemm_cost_model();
 template <class T>
 bool gemm_split_pays(double flops);
 
-// The small-matrix path's limit (2·M·N·K FLOPs; a negative value restores the default).
-// Returns the previous limit. For tests and crossover measurements.
-constexpr double kSmallGemmMaxFlopsDefault = 1.0e6;
-double set_small_gemm_max_flops(double flops);
-// Test hook (fastmlp._testing): gemm_split_pays says yes to every product while the pool has
-// more than one thread, so that tests reach the parallel paths with small shapes.
-void testing_force_split(bool force);
-
 // The plain triple loop in T arithmetic: the definition of the semantics, and the path of
 // tiny products, where it beats any tiling. Into C only (args.sink without a consumer).
 template <class T>
 void gemm_reference(const GemmArgs<T>& args);
+
+// ---- test hooks (fastmlp._testing) ----------------------------------------------------------
+
+// Every product takes `path` (GemmPath::automatic: the choice from the shape again), so that
+// tests and crossover measurements reach each path with any shape. Returns the previous one.
+GemmPath testing_force_gemm_path(GemmPath path);
+// gemm_split_pays says yes to every product while the pool has more than one thread, so that
+// tests reach the parallel paths with small shapes.
+void testing_force_split(bool force);
 
 }  // namespace fastmlp
