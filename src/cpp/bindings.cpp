@@ -720,7 +720,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("dtype") = "float32");
 
   // Test hooks (fastmlp._testing wraps them): not part of the API. Also importable as
-  // fastmlp._core._testing, so that stubtest can check them.
+  // fastmlp._core._testing, so that stubtest checks them against _core/_testing.pyi.
   py::module_ testing = m.def_submodule("_testing", "hooks for fastmlp's own tests");
   py::module_::import("sys").attr("modules")[testing.attr("__name__")] = testing;
   testing.def("stall_workers", [](int count) { without_gil([&] { testing_stall_workers(count); }); },
