@@ -252,8 +252,8 @@ constexpr std::pair<GemmPath, const char*> kGemmPathNames[] = {
 GemmPath parse_gemm_path(const std::string& name) {
   for (const auto& [path, path_name] : kGemmPathNames)
     if (name == path_name) return path;
-  throw py::value_error("GEMM path must be 'automatic', 'reference', 'in-place' or 'packed', got '" +
-                        name + "'");
+  throw py::value_error(
+      "GEMM path must be 'automatic', 'reference', 'in-place' or 'packed', got '" + name + "'");
 }
 
 const char* gemm_path_name(GemmPath path) {

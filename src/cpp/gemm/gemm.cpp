@@ -274,14 +274,14 @@ void gemm_in_place(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
 }
 
 // Splits C into tm × tn rectangles aligned to the micro-tile (`parts` of them at most), each
-// computed by `serial` (the packed or the in-place path, chosen from the whole shape
-// beforehand) into its block of the sink as one task of a parallel region: tasks share no output and never split the K
-// reduction, so every element is computed by exactly the same sequence of micro-kernel
-// operations whoever runs it and however many tasks there are — results are bitwise identical
-// for any thread count. Each task packs the A rows and B columns it needs, so A is packed tn
-// times and B tm times; (tm, tn) minimises the largest task's tile count, then that duplicated
-// packing. Every row part gets at least two row tiles (or all rows), so no part is a lone
-// one-row product, which the in-place path would compute with its row kernel.
+// computed by `serial` (the packed or the in-place path, chosen from the whole shape beforehand)
+// into its block of the sink as one task of a parallel region: tasks share no output and never
+// split the K reduction, so every element is computed by exactly the same sequence of micro-kernel
+// operations whoever runs it and however many tasks there are — results are bitwise identical for
+// any thread count. Each task packs the A rows and B columns it needs, so A is packed tn times and
+// B tm times; (tm, tn) minimises the largest task's tile count, then that duplicated packing. Every
+// row part gets at least two row tiles (or all rows), so no part is a lone one-row product, which
+// the in-place path would compute with its row kernel.
 template <class T>
 void gemm_parallel(const GemmArgs<T>& g, const GemmContext<T>& cntx, index_t parts,
                    void (*serial)(const GemmArgs<T>&, const GemmContext<T>&)) {
