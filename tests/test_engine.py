@@ -10,7 +10,7 @@ import pytest
 
 import fastmlp
 from fastmlp import _testing
-from fastmlp import MLP, SGD, Adam, AdamW, ops
+from fastmlp import MLP, SGD, Adam, AdamW
 from fastmlp._training import epoch_order as _epoch_order, epoch_seeds as _epoch_seeds
 
 
@@ -45,9 +45,9 @@ def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weig
 def engine_path(request):
     """Both ways the engine can run a step: feature-major for narrow nets, or the row-major
     GEMM path (every net of these tests is narrow enough for the first by default)."""
-    previous = ops.set_narrow_max_width(10_000 if request.param == "narrow" else 0)
+    previous = _testing.set_narrow_max_width(10_000 if request.param == "narrow" else 0)
     yield request.param
-    ops.set_narrow_max_width(previous)
+    _testing.set_narrow_max_width(previous)
 
 
 OPTIMIZERS = {
@@ -141,7 +141,7 @@ def test_training_steps_allocate_nothing_after_the_first_epoch(sizes):
     counts = []
     model = MLP(sizes, seed=0)
     model.fit(X, y, epochs=4, batch_size=64, optimizer=Adam(), seed=0,
-              callbacks=[lambda m, h: counts.append(ops.workspace_allocations())])
+              callbacks=[lambda m, h: counts.append(_testing.workspace_allocations())])
     assert counts[1:] == [counts[0]] * 3, counts
 
 
@@ -214,7 +214,7 @@ def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
     X, y = data(69, 7, 5, dtype=dtype)
     results = {}
     for width in (10_000, 0):
-        previous = ops.set_narrow_max_width(width)
+        previous = _testing.set_narrow_max_width(width)
         try:
             for batch_size in (1, 17, 64):
                 model = MLP([7, 13, 11, 5], dtype=dtype, seed=5)
@@ -222,7 +222,7 @@ def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
                                     optimizer=Adam(lr=1e-2), seed=1)
                 results[width, batch_size] = (history.loss, model.weights + model.biases)
         finally:
-            ops.set_narrow_max_width(previous)
+            _testing.set_narrow_max_width(previous)
     rtol = 1e-11 if dtype == "float64" else 1e-4
     for batch_size in (1, 17, 64):
         narrow, gemm = results[10_000, batch_size], results[0, batch_size]

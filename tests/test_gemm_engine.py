@@ -29,9 +29,9 @@ def isa(request):
 
 @pytest.fixture(params=["in-place", "packed"])
 def path(request):
-    ops.set_small_gemm_max_flops(1e30 if request.param == "in-place" else 0)
-    yield request.param
-    ops.set_small_gemm_max_flops(None)
+    """Every product through the in-place or the packed path, whatever its size."""
+    with _testing.gemm_path(request.param):
+        yield request.param
 
 
 @pytest.fixture(params=[1, 2])
@@ -100,9 +100,8 @@ def test_matmul_at_blocking_edges(isa, path, threads, dtype):
 def check_consumed(m, n, k, dtype, trans_a, trans_b, rng, label):
     """The product through a tile consumer (the engine's fused optimizer update uses one):
     every element handed over exactly once, with the value the stored product has."""
-    from fastmlp import _core
     a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
-    got, counts = _core.matmul(a, b, trans_a, trans_b, True)
+    got, counts = _testing.matmul_via_consumer(a, b, trans_a, trans_b)
     np.testing.assert_array_equal(counts, 1, err_msg=label)
     np.testing.assert_array_equal(got, ops.matmul(a, b, trans_a, trans_b), err_msg=label)
 
@@ -125,6 +124,26 @@ def test_a_tile_consumer_on_the_default_paths(threads, dtype, m, n, k):
     rng = np.random.default_rng(5)
     for trans_a, trans_b in TRANSPOSES:
         check_consumed(m, n, k, dtype, trans_a, trans_b, rng, f"{m}x{n}x{k} t{trans_a:d}{trans_b:d}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("forced", ["reference", "in-place", "packed", "automatic"])
+def test_every_path_the_override_forces(forced, dtype):
+    """Each path of the GEMM's dispatch, forced for every shape (the reference loop too, which
+    the automatic choice keeps for tiny products), into C and through a tile consumer."""
+    rng = np.random.default_rng(6)
+    with _testing.gemm_path(forced):
+        for m, n, k in [(3, 2, 32), (1, 300, 50), (1, 5, 0), (40, 40, 40), (13, 70, 900)]:
+            for trans_a, trans_b in TRANSPOSES:
+                a, b = operands(rng, m, n, k, dtype, trans_a, trans_b)
+                np.testing.assert_allclose(ops.matmul(a, b, trans_a, trans_b),
+                                           reference(a, b, trans_a, trans_b), rtol=0,
+                                           atol=tolerance(k, dtype))
+                check_consumed(m, n, k, dtype, trans_a, trans_b, rng,
+                               f"{forced} {m}x{n}x{k} t{trans_a:d}{trans_b:d}")
+    assert _testing.force_gemm_path("automatic") == "automatic"
+    with pytest.raises(ValueError, match="GEMM path"):
+        _testing.force_gemm_path("blocked")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -163,8 +182,8 @@ def test_fused_bias_relu_epilogue(isa, path, threads, dtype):
 def test_results_are_bitwise_identical_for_any_thread_count(shape, use_path, dtype):
     m, n, k = shape
     rng = np.random.default_rng(3)
-    ops.set_small_gemm_max_flops(1e30 if use_path == "in-place" else 0)
     previous = fastmlp.get_num_threads()
+    previous_path = _testing.force_gemm_path(use_path)
     try:
         results = {}
         for trans_a, trans_b in TRANSPOSES:
@@ -177,7 +196,7 @@ def test_results_are_bitwise_identical_for_any_thread_count(shape, use_path, dty
             np.testing.assert_array_equal(results[1], results[3])
     finally:
         fastmlp.set_num_threads(previous)
-        ops.set_small_gemm_max_flops(None)
+        _testing.force_gemm_path(previous_path)
 
 
 def test_num_threads_api():

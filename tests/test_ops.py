@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import ops
+from fastmlp import _testing, ops
 
 F32, F64 = np.float32, np.float64
 DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
@@ -226,7 +226,7 @@ def test_isa_is_known_and_supported():
 _FORCED_ISA_SCRIPT = r"""
 import os, sys
 import numpy as np
-from fastmlp import ops
+from fastmlp import _testing, ops
 assert ops.isa() == os.environ["FASTMLP_ISA"], (ops.isa(), os.environ["FASTMLP_ISA"])
 rng = np.random.default_rng(0)
 shapes = [(1, 1, 1), (1, 255, 257), (1, 513, 17), (7, 13, 31), (17, 257, 9), (130, 300, 67),
@@ -395,11 +395,9 @@ def edge_shapes(c):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_block_edges_of_active_kernel(dtype, path):
     """Shapes aimed at the active ISA's blocks (ops.gemm_config), through the packed path and
-    through the in-place small path wherever it applies (ops.set_small_gemm_max_flops)."""
-    if not hasattr(ops, "gemm_config") or not hasattr(ops, "set_small_gemm_max_flops"):
-        pytest.skip("this build has no gemm_config / set_small_gemm_max_flops")
+    through the in-place small path (fastmlp._testing.force_gemm_path)."""
     shapes = edge_shapes(ops.gemm_config(np.dtype(dtype).name))
-    previous = ops.set_small_gemm_max_flops(0.0 if path == "packed" else 1e12)
+    previous = _testing.force_gemm_path("packed" if path == "packed" else "in-place")
     try:
         for m, k, n in shapes:
             for trans_a, trans_b in TRANS:
@@ -412,7 +410,7 @@ def test_matmul_block_edges_of_active_kernel(dtype, path):
                                            atol=gemm_atol(k, dtype, a, b),
                                            err_msg=f"{(m, k, n)} trans={trans_a, trans_b}")
     finally:
-        ops.set_small_gemm_max_flops(previous)
+        _testing.force_gemm_path(previous)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,13 +1,57 @@
-"""Hooks for fastmlp's own tests, not part of the API: they reach into the thread pool and
-the GEMM's cost model to make rare situations happen on demand."""
+"""Hooks for fastmlp's own tests, not part of the API: they reach into the thread pool, the
+GEMM's dispatch and the training engine's choice of path to make rare situations happen on
+demand, and count the engine's allocations."""
 
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from fastmlp import _core
 
-_hooks = _core.testing
+_hooks = _core._testing
+
+
+def force_gemm_path(path: str) -> str:
+    """Every product takes ``path``: ``'reference'`` (the plain triple loop), ``'in-place'``
+    (operands read in place), ``'packed'`` (packed panels around the micro-kernel), or
+    ``'automatic'`` (the choice from the shape, the default). Returns the previous path. All
+    paths give the same results to rounding."""
+    return _hooks.force_gemm_path(path)
+
+
+@contextlib.contextmanager
+def gemm_path(path: str):
+    """Every product takes ``path`` (see ``force_gemm_path``) until the block ends."""
+    previous = force_gemm_path(path)
+    try:
+        yield
+    finally:
+        force_gemm_path(previous)
+
+
+def matmul_via_consumer(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
+                        trans_b: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``op(a) @ op(b)`` computed through a tile consumer (as the engine's fused optimizer
+    update receives a weight gradient), and how many times each element was handed over."""
+    return _hooks.matmul_via_consumer(a, b, bool(trans_a), bool(trans_b))
+
+
+def set_narrow_max_width(width: int | None) -> int:
+    """Networks whose layers are all at most ``width`` units wide (inputs included) train
+    feature-major, every loop running over the batch (see src/cpp/narrow.h) — if they have
+    at most 64 weights in all or train in batches of at most 64; ``None`` restores the
+    measured default (8), 0 turns that path off. Returns the previous width. Read when ``fit``
+    starts. Both paths give the same results to rounding."""
+    return _hooks.set_narrow_max_width(-1 if width is None else int(width))
+
+
+def workspace_allocations() -> int:
+    """How many times the C++ engine's work buffers (packing panels, training workspace) have
+    been allocated or grown in this process. In steady-state training it stops moving, which
+    is how the tests prove a training step allocates nothing."""
+    return _hooks.workspace_allocations()
 
 
 def check_regions(regions: int, tasks: int) -> bool:

@@ -24,7 +24,6 @@ __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
     "cost_model",
-    "set_narrow_max_width", "set_small_gemm_max_flops", "workspace_allocations",
 ]
 
 
@@ -65,29 +64,6 @@ def cost_model(dtype="float32") -> dict:
     FLOPs is split when F / flops_per_second · (1 − 1/threads) ≥ risk_factor ·
     region_seconds."""
     return dict(_core.cost_model(np.dtype(dtype).name))
-
-
-def set_small_gemm_max_flops(flops: float | None) -> float:
-    """Products of at most ``flops`` (2·M·N·K) read their operands in place instead of packing
-    them; ``None`` restores the measured default rule. Returns the previous limit. A tuning and
-    testing knob: both paths give the same results to rounding."""
-    return _core.set_small_gemm_max_flops(-1.0 if flops is None else float(flops))
-
-
-def set_narrow_max_width(width: int | None) -> int:
-    """Networks whose layers are all at most ``width`` units wide (inputs included) train
-    feature-major, every loop running over the batch (see src/cpp/narrow.h) — if they have
-    at most 64 weights in all or train in batches of at most 64; ``None`` restores the
-    measured default (8), 0 turns that path off. Returns the previous width. Read when ``fit``
-    starts. A tuning and testing knob: both paths give the same results to rounding."""
-    return _core.set_narrow_max_width(-1 if width is None else int(width))
-
-
-def workspace_allocations() -> int:
-    """How many times the C++ engine's work buffers (packing panels, training workspace) have
-    been allocated or grown in this process. A diagnostic: in steady-state training it stops
-    moving, which is how the tests prove a training step allocates nothing."""
-    return _core.workspace_allocations()
 
 
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:

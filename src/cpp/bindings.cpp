@@ -18,6 +18,7 @@
 #include "checks.h"
 #include "cpu.h"
 #include "dense.h"
+#include "gemm/context.h"
 #include "gemm/gemm.h"
 #include "loss.h"
 #include "optim.h"
@@ -168,45 +169,59 @@ Activation parse_activation(const std::string& name) {
   throw py::value_error("activation must be one of " + choices + ", got '" + name + "'");
 }
 
-// via_consumer (a test hook): the product goes through GemmArgs::consumer, whose tiles are
-// copied into the result; returns (result, how many times each element was handed over).
-py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b,
-                  bool via_consumer) {
-  return with_float_dtype(a, "a", [&](auto tag) -> py::object {
+// op(a) @ op(b) as GemmArgs, op(m) = m or mᵀ (a transpose is a swap of strides, never a copy);
+// the sink is left to the caller.
+template <class T>
+GemmArgs<T> matmul_operands(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  StridedMatrix<T> A = strided<T>(a, "a"), B = strided<T>(b, "b");
+  index_t M = a.shape(0), K = a.shape(1);
+  if (trans_a) {
+    std::swap(M, K);
+    std::swap(A.row_stride, A.col_stride);
+  }
+  index_t Kb = b.shape(0), N = b.shape(1);
+  if (trans_b) {
+    std::swap(Kb, N);
+    std::swap(B.row_stride, B.col_stride);
+  }
+  if (K != Kb)
+    throw py::value_error("matmul: op(a) has shape (" + std::to_string(M) + ", " +
+                          std::to_string(K) + ") and op(b) has shape (" + std::to_string(Kb) +
+                          ", " + std::to_string(N) + "): inner dimensions differ");
+  GemmArgs<T> g;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.A = A.data;
+  g.rs_a = A.row_stride;
+  g.cs_a = A.col_stride;
+  g.B = B.data;
+  g.rs_b = B.row_stride;
+  g.cs_b = B.col_stride;
+  return g;
+}
+
+py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  return with_float_dtype(a, "a", [&](auto tag) -> py::array {
     using T = decltype(tag);
-    StridedMatrix<T> A = strided<T>(a, "a"), B = strided<T>(b, "b");
-    // op(A) = A or Aᵀ: a transpose is a swap of strides, never a copy.
-    index_t M = a.shape(0), K = a.shape(1);
-    if (trans_a) {
-      std::swap(M, K);
-      std::swap(A.row_stride, A.col_stride);
-    }
-    index_t Kb = b.shape(0), N = b.shape(1);
-    if (trans_b) {
-      std::swap(Kb, N);
-      std::swap(B.row_stride, B.col_stride);
-    }
-    if (K != Kb)
-      throw py::value_error("matmul: op(a) has shape (" + std::to_string(M) + ", " +
-                            std::to_string(K) + ") and op(b) has shape (" + std::to_string(Kb) +
-                            ", " + std::to_string(N) + "): inner dimensions differ");
+    GemmArgs<T> g = matmul_operands<T>(a, b, trans_a, trans_b);
+    py::array_t<T> out({g.M, g.N});
+    g.sink.C = out.mutable_data();
+    g.sink.ldc = g.N;
+    without_gil([&] { gemm(g); });
+    return std::move(out);
+  });
+}
+
+// Test hook: the product through a tile consumer (TileSink::consumer), whose tiles are copied
+// into the result; returns (result, how many times each element was handed over).
+py::tuple matmul_via_consumer(const py::array& a, const py::array& b, bool trans_a,
+                              bool trans_b) {
+  return with_float_dtype(a, "a", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    GemmArgs<T> g = matmul_operands<T>(a, b, trans_a, trans_b);
+    const index_t M = g.M, N = g.N;
     py::array_t<T> out({M, N});
-    GemmArgs<T> g;
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.A = A.data;
-    g.rs_a = A.row_stride;
-    g.cs_a = A.col_stride;
-    g.B = B.data;
-    g.rs_b = B.row_stride;
-    g.cs_b = B.col_stride;
-    g.C = out.mutable_data();
-    g.ldc = N;
-    if (!via_consumer) {
-      without_gil([&] { gemm(g); });
-      return std::move(out);
-    }
     py::array_t<std::int32_t> counts({M, N});
     std::fill_n(counts.mutable_data(), M * N, 0);
     struct Sink {
@@ -214,10 +229,9 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
       std::int32_t* counts;
       index_t ld;
     } sink{out.mutable_data(), counts.mutable_data(), N};
-    g.C = nullptr;
-    g.consumer.context = &sink;
-    g.consumer.consume = [](void* context, T* tile, index_t ld_tile, index_t row, index_t col,
-                            index_t m, index_t n) {
+    g.sink.consumer.context = &sink;
+    g.sink.consumer.consume = [](void* context, T* tile, index_t ld_tile, index_t row,
+                                 index_t col, index_t m, index_t n) {
       const Sink& to = *static_cast<const Sink*>(context);
       for (index_t i = 0; i < m; ++i)
         for (index_t j = 0; j < n; ++j) {
@@ -228,6 +242,27 @@ py::object matmul(const py::array& a, const py::array& b, bool trans_a, bool tra
     without_gil([&] { gemm(g); });
     return py::make_tuple(out, counts);
   });
+}
+
+// The names of GemmPath in fastmlp._testing.
+constexpr std::pair<GemmPath, const char*> kGemmPathNames[] = {
+    {GemmPath::automatic, "automatic"},
+    {GemmPath::reference, "reference"},
+    {GemmPath::in_place, "in-place"},
+    {GemmPath::packed, "packed"},
+};
+
+GemmPath parse_gemm_path(const std::string& name) {
+  for (const auto& [path, path_name] : kGemmPathNames)
+    if (name == path_name) return path;
+  throw py::value_error(
+      "GEMM path must be 'automatic', 'reference', 'in-place' or 'packed', got '" + name + "'");
+}
+
+const char* gemm_path_name(GemmPath path) {
+  for (const auto& [known, name] : kGemmPathNames)
+    if (path == known) return name;
+  return "unknown";
 }
 
 py::array dense_forward_py(const py::array& x, const py::array& W, const py::array& b,
@@ -818,8 +853,10 @@ PYBIND11_MODULE(_core, m) {
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   }, py::arg("dtype") = "float32");
 
-  // Test hooks (fastmlp._testing): not part of the API.
-  py::module_ testing = m.def_submodule("testing", "hooks for fastmlp's own tests");
+  // Test hooks (fastmlp._testing wraps them): not part of the API. Also importable as
+  // fastmlp._core._testing, so that stubtest checks them against _core/_testing.pyi.
+  py::module_ testing = m.def_submodule("_testing", "hooks for fastmlp's own tests");
+  py::module_::import("sys").attr("modules")[testing.attr("__name__")] = testing;
   testing.def("stall_workers", [](int count) { without_gil([&] { testing_stall_workers(count); }); },
               py::arg("count"));
   testing.def("check_regions", [](int regions, int tasks) {
@@ -847,6 +884,15 @@ PYBIND11_MODULE(_core, m) {
         out.push_back(reinterpret_cast<std::uintptr_t>(o.state(i, k)));
     return out;
   }, py::arg("optimizer"));
+  // Returns the previous path's name.
+  testing.def("force_gemm_path", [](const std::string& path) {
+    return std::string(gemm_path_name(testing_force_gemm_path(parse_gemm_path(path))));
+  }, py::arg("path"));
+  testing.def("set_narrow_max_width", &set_narrow_max_width, py::arg("width"));
+  testing.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
+  testing.def("matmul_via_consumer", &matmul_via_consumer, py::arg("a"), py::arg("b"),
+              py::arg("trans_a"), py::arg("trans_b"));
+
 
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {
@@ -859,8 +905,8 @@ PYBIND11_MODULE(_core, m) {
       d["row_NR"] = k.row_NR;
       return d;
     };
-    if (dtype == "float32") return describe(active_kernels().sgemm);
-    if (dtype == "float64") return describe(active_kernels().dgemm);
+    if (dtype == "float32") return describe(active_gemm_context<float>());
+    if (dtype == "float64") return describe(active_gemm_context<double>());
     throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
   });
   bind_optimizers(m);
@@ -886,11 +932,7 @@ PYBIND11_MODULE(_core, m) {
     shuffled_indices(out.mutable_data(), n, seed);
     return out;
   }, py::arg("n"), py::arg("seed"));
-  m.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
-  m.def("set_small_gemm_max_flops", &set_small_gemm_max_flops, py::arg("flops"));
-  m.def("set_narrow_max_width", &set_narrow_max_width, py::arg("width"));
-  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"),
-        py::arg("via_consumer") = false);
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
         py::arg("activation"));
   m.def("dense_backward", &dense_backward_py, py::arg("x"), py::arg("W"), py::arg("out"),

@@ -1,4 +1,4 @@
-// CPU detection and ISA dispatch (see cpu.h).
+// CPU feature detection and the choice of the active ISA (see cpu.h).
 #include "cpu.h"
 
 #include <atomic>
@@ -12,15 +12,6 @@ namespace {
 
 std::atomic<int> g_active{-1};
 std::once_flag g_init_once;
-IsaKernels g_tables[3];
-
-void fill_tables() {
-  g_tables[0] = generic_kernels();
-#ifdef FASTMLP_X86
-  if (isa_supported(Isa::avx2)) g_tables[1] = avx2_kernels();
-  if (isa_supported(Isa::avx512)) g_tables[2] = avx512_kernels();
-#endif
-}
 
 }  // namespace
 
@@ -64,7 +55,6 @@ Isa best_supported_isa() {
 
 void init_isa() {
   std::call_once(g_init_once, [] {
-    fill_tables();
     Isa chosen = best_supported_isa();
     if (const char* forced = std::getenv("FASTMLP_ISA"); forced && *forced) {
       Isa wanted;
@@ -95,12 +85,5 @@ void set_active_isa(Isa isa) {
                                 " is not supported by this CPU");
   g_active.store(static_cast<int>(isa));
 }
-
-const IsaKernels& active_kernels() { return g_tables[static_cast<int>(active_isa())]; }
-
-template <>
-const GemmKernel<float>& active_gemm_kernel<float>() { return active_kernels().sgemm; }
-template <>
-const GemmKernel<double>& active_gemm_kernel<double>() { return active_kernels().dgemm; }
 
 }  // namespace fastmlp

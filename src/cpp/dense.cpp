@@ -21,10 +21,10 @@ void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, i
   g.B = W.data;  // Wᵀ (I,O): element (p,j) = W[j,p]
   g.rs_b = W.col_stride;
   g.cs_b = W.row_stride;
-  g.C = out;
-  g.ldc = O;
-  g.bias = b;
-  g.relu = act == Activation::relu;
+  g.sink.C = out;
+  g.sink.ldc = O;
+  g.sink.bias = b;
+  g.sink.relu = act == Activation::relu;
   gemm(g);
   // tanh / logistic: one pass over the (B,O) output while it is still in cache.
   if (act == Activation::tanh || act == Activation::logistic)
@@ -70,9 +70,9 @@ void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, 
   g.B = x.data;
   g.rs_b = x.row_stride;
   g.cs_b = x.col_stride;
-  g.C = grad_W;
-  g.ldc = I;
-  if (consumer) g.consumer = *consumer;
+  g.sink.C = grad_W;
+  g.sink.ldc = I;
+  if (consumer) g.sink.consumer = *consumer;
   gemm(g);
 }
 
@@ -89,10 +89,10 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
   g.B = W.data;
   g.rs_b = W.row_stride;
   g.cs_b = W.col_stride;
-  g.C = grad_x;
-  g.ldc = I;
-  g.mask = relu_mask;
-  g.ld_mask = I;
+  g.sink.C = grad_x;
+  g.sink.ldc = I;
+  g.sink.mask = relu_mask;
+  g.sink.ld_mask = I;
   gemm(g);
 }
 

@@ -1,5 +1,5 @@
-// The portable GEMM framework: cache blocking and packing around the active ISA's
-// micro-kernel (see gemm.h for the operand conventions).
+// The portable GEMM framework: the choice of path, cache blocking and packing around the
+// active ISA's kernels (gemm.h: the operand conventions; context.h: the kernel contract).
 #include "gemm.h"
 
 #include <algorithm>
@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "../cpu.h"
-#include "tile.h"
 #include "../threads.h"
+#include "context.h"
+#include "tile.h"
 
 namespace fastmlp {
 
@@ -21,10 +21,10 @@ namespace {
 // At most this many FLOPs: the direct triple loop (see gemm()).
 constexpr double kTinyGemmMaxFlops = 4096;
 
-// Products of at most this many FLOPs skip packing (tests move the limit to cover both paths).
-std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
+// At most this many FLOPs: the in-place path, whatever the shape.
+constexpr double kSmallGemmMaxFlops = 1.0e6;
 
-// The small path re-reads op(B) once per MR-row block of A instead of packing it once. Measured
+// The in-place path re-reads op(B) once per MR-row block of A instead of packing it once. Measured
 // (benchmarks/README.md, "GEMM crossover"; Xeon with AVX-512, 1 thread, float32): in-place wins
 // for every product up to 1 MFLOP (packing a 256×784 B for one row costs 10× the product), and
 // for batches up to 128 rows whenever op(B) fits in about 1 MiB of L2 (32×1024×256: 131 µs in
@@ -32,14 +32,20 @@ std::atomic<double> g_small_gemm_max_flops{kSmallGemmMaxFlopsDefault};
 constexpr index_t kSmallPathMaxRows = 128;
 constexpr double kSmallPathMaxBBytes = 1 << 20;
 
+// The path of a product, from its shape alone (never the thread count, so that results are
+// bitwise identical for any number of threads). Tiny products (the lecture's [2, 3, 3] net:
+// 32×3×2) cost less than any packing, tiling or dispatch: a plain loop over C is fastest.
 template <class T>
-bool use_small_path(const GemmArgs<T>& g, double flops) {
-  const double limit = g_small_gemm_max_flops.load(std::memory_order_relaxed);
-  if (flops <= limit) return true;
-  if (limit != kSmallGemmMaxFlopsDefault) return false;  // a test forcing one path
+GemmPath choose_path(const GemmArgs<T>& g, double flops) {
+  if (flops <= kTinyGemmMaxFlops) return GemmPath::reference;
+  if (flops <= kSmallGemmMaxFlops) return GemmPath::in_place;
   const double b_bytes = static_cast<double>(g.K) * static_cast<double>(g.N) * sizeof(T);
-  return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes;
+  return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes ? GemmPath::in_place
+                                                                     : GemmPath::packed;
 }
+
+// testing_force_gemm_path's override; GemmPath::automatic: choose_path decides.
+std::atomic<GemmPath> g_forced_path{GemmPath::automatic};
 
 // Packs the mc×kc block of op(A) starting at `a` into MR-row panels:
 //   packed[(ir/MR)*MR*kc + p*MR + i] = op(A)[ir+i, p], zero-padded to a multiple of MR rows.
@@ -98,46 +104,29 @@ void pack_b(T* packed, const T* b, index_t rs, index_t cs, index_t kc, index_t n
   }
 }
 
-// The epilogue of the tile at (row, col) of C: bias and mask offset to it. `first`/`last`: is
-// this the first / last K block (beta and bias apply once, first; ReLU and mask once, last).
-template <class T>
-TileEpilogue<T> tile_epilogue(const GemmArgs<T>& g, index_t row, index_t col, bool first = true,
-                              bool last = true) {
-  TileEpilogue<T> ep;
-  ep.accumulate = g.accumulate || !first;
-  ep.bias = (first && g.bias) ? g.bias + col : nullptr;
-  ep.relu = g.relu && last;
-  ep.mask = (last && g.mask) ? g.mask + row * g.ld_mask + col : nullptr;
-  ep.ld_mask = g.ld_mask;
-  return ep;
-}
-
-// K = 0: the product is empty, only the epilogue remains.
+// K = 0: the product is empty, only the epilogue remains (into C: gemm() hands a consumer
+// a zero product through a buffer).
 template <class T>
 void epilogue_only(const GemmArgs<T>& g) {
-  const TileEpilogue<T> ep = tile_epilogue(g, 0, 0);
+  const TileSink<T>& out = g.sink;
+  const TileEpilogue<T> ep = out.epilogue(0, 0);
   for (index_t i = 0; i < g.M; ++i) {
-    T* c = g.C + i * g.ldc;
+    T* c = out.C + i * out.ldc;
     for (index_t j = 0; j < g.N; ++j)
-      c[j] = apply_epilogue(T(0), c[j], ep, j, g.mask ? g.mask[i * g.ld_mask + j] : T(0));
+      c[j] = apply_epilogue(T(0), c[j], ep, j, out.mask ? out.mask[i * out.ld_mask + j] : T(0));
   }
 }
-
-// Small-matrix path: operands read in place, no packing of A (edge rows aside) and none of B
-// when its rows are contiguous. Every tile runs over the whole of K at once.
-template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern);
 
 // Each thread's packing buffers are sized for a full cache block the first time they are used,
 // whatever the first product's size: a thread then never allocates again, whichever tasks of
 // a parallel region it happens to pick up (the in-place path's larger packs aside).
 template <class T>
-std::size_t packed_a_size(const GemmKernel<T>& kern, index_t needed) {
-  return static_cast<std::size_t>(std::max(needed, kern.MC * kern.KC));
+std::size_t packed_a_size(const GemmContext<T>& cntx, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, cntx.MC * cntx.KC));
 }
 template <class T>
-std::size_t packed_b_size(const GemmKernel<T>& kern, index_t needed) {
-  return static_cast<std::size_t>(std::max(needed, kern.KC * kern.NC));
+std::size_t packed_b_size(const GemmContext<T>& cntx, index_t needed) {
+  return static_cast<std::size_t>(std::max(needed, cntx.KC * cntx.NC));
 }
 
 template <class T>
@@ -152,27 +141,28 @@ AlignedBuffer<T>& packed_b_buffer() {
 }
 
 // Where a product with a consumer writes each finished tile before handing it over (MR×NR,
-// or a row of N for the GEMV); per thread, like the packing buffers.
+// a row of N for the GEMV, or the whole product); per thread, like the packing buffers.
 template <class T>
 AlignedBuffer<T>& consumer_tile_buffer() {
   static thread_local AlignedBuffer<T> buffer;
   return buffer;
 }
 
-// One thread's blocked loop nest over the whole of g (M, N, K > 0).
+// The packed path: one thread's blocked loop nest over the whole of g (M, N, K > 0).
 template <class T>
-void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
-  const index_t MR = kern.MR, NR = kern.NR;
-  const index_t KC = std::min(kern.KC, g.K);
-  const index_t NC = std::min(kern.NC, (g.N + NR - 1) / NR * NR);
-  const index_t MC = std::min(kern.MC, (g.M + MR - 1) / MR * MR);
-  T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(kern, KC * NC));
-  T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(kern, KC * MC));
-  // With a consumer, K fits one block (gemm_consumed sees to it): every tile is final as soon
-  // as the micro-kernel has written it.
-  T* consumer_tile = g.consumer.consume
-                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
-                         : nullptr;
+void gemm_packed(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+  const index_t MR = cntx.MR, NR = cntx.NR;
+  const index_t KC = std::min(cntx.KC, g.K);
+  const index_t NC = std::min(cntx.NC, (g.N + NR - 1) / NR * NR);
+  const index_t MC = std::min(cntx.MC, (g.M + MR - 1) / MR * MR);
+  T* packed_b = packed_b_buffer<T>().reserve(packed_b_size(cntx, KC * NC));
+  T* packed_a = packed_a_buffer<T>().reserve(packed_a_size(cntx, KC * MC));
+  // With a consumer, K fits one block (gemm() sees to it): every tile is final as soon as the
+  // micro-kernel has written it.
+  const TileSink<T>& out = g.sink;
+  T* scratch = out.consumes()
+                   ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                   : nullptr;
 
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
@@ -181,26 +171,21 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       // The first K block applies beta and the bias, the last one the activation.
       const bool first = pc == 0, last = pc + kc == g.K;
       pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
-             kern.pack_b_transposed);
+             cntx.pack_b_transposed);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR,
-               kern.pack_a_rows);
+               cntx.pack_a_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
-
+          const T* b_panel = packed_b + jr * kc;
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
-            if (consumer_tile) {
-              kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc, consumer_tile, NR,
-                                m, n, TileEpilogue<T>{});
-              g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ic + ir,
-                                 g.col0 + jc + jr, m, n);
-              continue;
-            }
-            kern.micro_kernel(kc, packed_a + ir * kc, packed_b + jr * kc,
-                              g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, m, n,
-                              tile_epilogue(g, ic + ir, jc + jr, first, last));
+            const T* a_panel = packed_a + ir * kc;
+            out.put(ic + ir, jc + jr, m, n, first, last, scratch, NR,
+                    [&](T* c, index_t ldc, const TileEpilogue<T>& ep) {
+                      cntx.micro_kernel(kc, a_panel, b_panel, c, ldc, m, n, ep);
+                    });
           }
         }
       }
@@ -208,45 +193,48 @@ void gemm_serial(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
   }
 }
 
+// The in-place path: operands read in place, no packing of A (edge rows aside) and none of B
+// when its rows are contiguous. Every tile runs over the whole of K at once.
 template <class T>
-void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
+void gemm_in_place(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
+  const TileSink<T>& out = g.sink;
   // A batch of one against op(B) = Wᵀ: n dot products over contiguous rows of W.
   if (g.M == 1 && g.rs_b == 1) {
     const T* x = g.A;
     if (g.cs_a != 1) {
-      T* copy = packed_a_buffer<T>().reserve(packed_a_size(kern, g.K));
+      T* copy = packed_a_buffer<T>().reserve(packed_a_size(cntx, g.K));
       for (index_t p = 0; p < g.K; ++p) copy[p] = g.A[p * g.cs_a];
       x = copy;
     }
-    if (g.consumer.consume) {
-      T* row = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N));
-      kern.gemv(g.K, g.N, x, g.B, g.cs_b, row, TileEpilogue<T>{});
-      g.consumer.consume(g.consumer.context, row, g.N, g.row0, g.col0, 1, g.N);
-      return;
-    }
-    kern.gemv(g.K, g.N, x, g.B, g.cs_b, g.C, tile_epilogue(g, 0, 0));
+    T* scratch = out.consumes()
+                     ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.N))
+                     : nullptr;
+    out.put(0, 0, 1, g.N, true, true, scratch, g.N,
+            [&](T* c, index_t, const TileEpilogue<T>& ep) {
+              cntx.gemv(g.K, g.N, x, g.B, g.cs_b, c, ep);
+            });
     return;
   }
   const bool one_row = g.M == 1;
-  const index_t NR = one_row ? kern.row_NR : kern.NR;
-  const StridedKernel<T> tile_kernel = one_row ? kern.row_kernel : kern.small_kernel;
+  const index_t NR = one_row ? cntx.row_NR : cntx.NR;
+  const StridedKernel<T> tile_kernel = one_row ? cntx.row_kernel : cntx.small_kernel;
   // op(B) in place when its rows are contiguous; otherwise packed once into NR-column panels
   // (row stride NR, panels K·NR apart), which is the same access pattern.
   const T* b = g.B;
   index_t b_rs = g.rs_b, panel_step = NR;
   if (g.cs_b != 1) {
     const index_t padded_n = (g.N + NR - 1) / NR * NR;
-    T* packed = packed_b_buffer<T>().reserve(packed_b_size(kern, g.K * padded_n));
+    T* packed = packed_b_buffer<T>().reserve(packed_b_size(cntx, g.K * padded_n));
     pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR,
-           one_row ? nullptr : kern.pack_b_transposed);
+           one_row ? nullptr : cntx.pack_b_transposed);
     b = packed;
     b_rs = NR;
     panel_step = NR * g.K;
   }
-  const index_t MR = one_row ? 1 : kern.MR;
-  T* consumer_tile = g.consumer.consume
-                         ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
-                         : nullptr;
+  const index_t MR = one_row ? 1 : cntx.MR;
+  T* scratch = out.consumes()
+                   ? consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(MR * NR))
+                   : nullptr;
   for (index_t ir = 0; ir < g.M; ir += MR) {
     const index_t m = std::min(MR, g.M - ir);
     const T* a = g.A + ir * g.rs_a;
@@ -254,17 +242,17 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
     // A last, partial row block takes the shortest tile that covers it, if the ISA has one.
     StridedKernel<T> rows_kernel = nullptr;
     index_t rows_read = MR;
-    if (!one_row && m <= 4 && kern.rows4_kernel) {
-      rows_kernel = kern.rows4_kernel;
+    if (!one_row && m <= 4 && cntx.rows4_kernel) {
+      rows_kernel = cntx.rows4_kernel;
       rows_read = 4;
-    } else if (!one_row && m <= 8 && kern.rows8_kernel) {
-      rows_kernel = kern.rows8_kernel;
+    } else if (!one_row && m <= 8 && cntx.rows8_kernel) {
+      rows_kernel = cntx.rows8_kernel;
       rows_read = 8;
     }
     if (m < rows_read) {
       // The kernel reads rows_read rows: copy the partial row block into a zero-padded panel.
-      T* panel = packed_a_buffer<T>().reserve(packed_a_size(kern, rows_read * g.K));
-      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read, kern.pack_a_rows);
+      T* panel = packed_a_buffer<T>().reserve(packed_a_size(cntx, rows_read * g.K));
+      pack_a(panel, a, g.rs_a, g.cs_a, m, g.K, rows_read, cntx.pack_a_rows);
       a = panel;
       a_rs = 1;
       a_cs = rows_read;
@@ -274,35 +262,31 @@ void gemm_small(const GemmArgs<T>& g, const GemmKernel<T>& kern) {
       // A last panel at most half as wide (10 classes: 10 of 32 columns) runs the half-width
       // tile: half the FMAs, no masked-off lanes computed.
       const StridedKernel<T> kernel = rows_kernel                        ? rows_kernel
-                                      : (!one_row && 2 * n <= NR)         ? kern.narrow_kernel
+                                      : (!one_row && 2 * n <= NR)         ? cntx.narrow_kernel
                                                                           : tile_kernel;
-      if (consumer_tile) {
-        kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, consumer_tile, NR, m, n,
-               TileEpilogue<T>{});
-        g.consumer.consume(g.consumer.context, consumer_tile, NR, g.row0 + ir, g.col0 + jr, m,
-                           n);
-        continue;
-      }
-      kernel(g.K, a, a_rs, a_cs, b + (jr / NR) * panel_step, b_rs, g.C + ir * g.ldc + jr,
-                  g.ldc, m, n, tile_epilogue(g, ir, jr));
+      const T* b_panel = b + (jr / NR) * panel_step;
+      out.put(ir, jr, m, n, true, true, scratch, NR,
+              [&](T* c, index_t ldc, const TileEpilogue<T>& ep) {
+                kernel(g.K, a, a_rs, a_cs, b_panel, b_rs, c, ldc, m, n, ep);
+              });
     }
   }
 }
 
 // Splits C into tm × tn rectangles aligned to the micro-tile (`parts` of them at most), each
-// computed by `serial` (the packed or the in-place path, chosen from the whole shape
-// beforehand) as one task of a parallel region: tasks share no output and never split the K
-// reduction, so every element is computed by exactly the same sequence of micro-kernel
-// operations whoever runs it and however many tasks there are — results are bitwise identical
-// for any thread count. Each task packs the A rows and B columns it needs, so A is packed tn
-// times and B tm times; (tm, tn) minimises the largest task's tile count, then that duplicated
-// packing. Every row part gets at least two row tiles (or all rows), so no part is a lone
-// one-row product, which the in-place path would compute with its row kernel.
+// computed by `serial` (the packed or the in-place path, chosen from the whole shape beforehand)
+// into its block of the sink as one task of a parallel region: tasks share no output and never
+// split the K reduction, so every element is computed by exactly the same sequence of micro-kernel
+// operations whoever runs it and however many tasks there are — results are bitwise identical for
+// any thread count. Each task packs the A rows and B columns it needs, so A is packed tn times and
+// B tm times; (tm, tn) minimises the largest task's tile count, then that duplicated packing. Every
+// row part gets at least two row tiles (or all rows), so no part is a lone one-row product, which
+// the in-place path would compute with its row kernel.
 template <class T>
-void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t parts,
-                   void (*serial)(const GemmArgs<T>&, const GemmKernel<T>&)) {
-  const index_t row_tiles = (g.M + kern.MR - 1) / kern.MR;
-  const index_t col_tiles = (g.N + kern.NR - 1) / kern.NR;
+void gemm_parallel(const GemmArgs<T>& g, const GemmContext<T>& cntx, index_t parts,
+                   void (*serial)(const GemmArgs<T>&, const GemmContext<T>&)) {
+  const index_t row_tiles = (g.M + cntx.MR - 1) / cntx.MR;
+  const index_t col_tiles = (g.N + cntx.NR - 1) / cntx.NR;
   index_t best_tm = 1, best_tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
   for (index_t tm = 1; tm <= parts; ++tm) {
     if (tm > 1 && 2 * tm > row_tiles) break;
@@ -314,26 +298,22 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmKernel<T>& kern, index_t part
     }
   }
   const index_t tm = best_tm, tn = best_tn;
-  if (tm * tn == 1) return serial(g, kern);
+  if (tm * tn == 1) return serial(g, cntx);
   parallel_for(static_cast<int>(tm * tn), [&](int task) {
     const index_t ti = task / tn, tj = task % tn;
     // Tiles [t·count/parts, (t+1)·count/parts): sizes differ by at most one tile.
-    const index_t r0 = ti * row_tiles / tm * kern.MR;
-    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * kern.MR);
-    const index_t c0 = tj * col_tiles / tn * kern.NR;
-    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * kern.NR);
+    const index_t r0 = ti * row_tiles / tm * cntx.MR;
+    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * cntx.MR);
+    const index_t c0 = tj * col_tiles / tn * cntx.NR;
+    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * cntx.NR);
     if (r0 >= r1 || c0 >= c1) return;
     GemmArgs<T> part = g;
     part.M = r1 - r0;
     part.N = c1 - c0;
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
-    part.C = g.C ? g.C + r0 * g.ldc + c0 : nullptr;  // null with a consumer
-    part.row0 = g.row0 + r0;
-    part.col0 = g.col0 + c0;
-    part.bias = g.bias ? g.bias + c0 : nullptr;
-    part.mask = g.mask ? g.mask + r0 * g.ld_mask + c0 : nullptr;
-    serial(part, kern);
+    part.sink = g.sink.block(r0, c0);
+    serial(part, cntx);
   });
 }
 
@@ -358,7 +338,7 @@ GemmCostModel gemm_cost_model() {
   g.M = M, g.N = N, g.K = K;
   g.A = a.data(), g.rs_a = K, g.cs_a = 1;
   g.B = b.data(), g.rs_b = N, g.cs_b = 1;
-  g.C = c.data(), g.ldc = N;
+  g.sink.C = c.data(), g.sink.ldc = N;
   auto seconds = [&](ParallelMode mode) {
     const ParallelScope scope(mode);
     const auto started = std::chrono::steady_clock::now();
@@ -415,73 +395,61 @@ bool gemm_split_pays(double flops) {
 
 void testing_force_split(bool force) { g_force_split.store(force); }
 
-namespace {
-
-}  // namespace
+GemmPath testing_force_gemm_path(GemmPath path) { return g_forced_path.exchange(path); }
 
 template <class T>
 void gemm(const GemmArgs<T>& g) {
   if (g.M <= 0 || g.N <= 0) return;
-  const GemmKernel<T>& kern = active_gemm_kernel<T>();
+  const GemmContext<T>& cntx = active_gemm_context<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
-  if (g.consumer.consume) {
-    if (g.accumulate || g.bias || g.relu || g.mask)
+  const GemmPath forced = g_forced_path.load(std::memory_order_relaxed);
+  const GemmPath path = forced == GemmPath::automatic ? choose_path(g, flops) : forced;
+  if (g.sink.consumes()) {
+    if (g.sink.has_epilogue())
       throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
     // Tiles are handed over as the kernels finish them, when every tile is final at once:
     // the in-place path (the whole of K per tile) or the packed path with K in one block.
-    // Otherwise (tiny products, the reference loop, K > KC) the product goes to a per-thread
-    // buffer and is handed over whole.
-    const bool tiny = flops <= kTinyGemmMaxFlops &&
-                      g_small_gemm_max_flops.load(std::memory_order_relaxed) ==
-                          kSmallGemmMaxFlopsDefault;
-    const bool small = use_small_path(g, flops);
-    if (g.K <= 0 || tiny || (!small && g.K > kern.KC)) {
+    // Otherwise (the reference loop, K = 0, K > KC) the product goes to a per-thread buffer
+    // and is handed over whole.
+    if (g.K <= 0 || path == GemmPath::reference || (path == GemmPath::packed && g.K > cntx.KC)) {
       T* whole = consumer_tile_buffer<T>().reserve(static_cast<std::size_t>(g.M * g.N));
       GemmArgs<T> plain = g;
-      plain.consumer = TileConsumer<T>{};
-      plain.C = whole;
-      plain.ldc = g.N;
+      plain.sink = TileSink<T>{};
+      plain.sink.C = whole;
+      plain.sink.ldc = g.N;
       gemm(plain);
-      g.consumer.consume(g.consumer.context, whole, g.N, g.row0, g.col0, g.M, g.N);
+      g.sink.consumer.consume(g.sink.consumer.context, whole, g.N, g.sink.row0, g.sink.col0,
+                              g.M, g.N);
       return;
     }
   }
   if (g.K <= 0) return epilogue_only(g);
-  // The path depends on the shape only, never on the thread count, so that results are
-  // bitwise identical for any number of threads.
-  // Tiny products (the lecture's [2, 3, 3] net: 32×3×2) cost less than any packing, tiling or
-  // dispatch: a plain loop over C is fastest, and never worth a second thread.
-  // (Unless a test forces one of the other paths for every size.)
-  if (flops <= kTinyGemmMaxFlops &&
-      g_small_gemm_max_flops.load(std::memory_order_relaxed) == kSmallGemmMaxFlopsDefault)
-    return gemm_reference(g);
-  auto* serial = use_small_path(g, flops) ? &gemm_small<T> : &gemm_serial<T>;
+  // The reference loop is never worth a second thread.
+  if (path == GemmPath::reference) return gemm_reference(g);
+  auto* serial = path == GemmPath::in_place ? &gemm_in_place<T> : &gemm_packed<T>;
   const ParallelMode mode = current_parallel_mode();
   const int n_threads = mode == ParallelMode::serial ? 1 : get_num_threads();
   if (n_threads > 1 && (mode == ParallelMode::parallel || gemm_split_pays<T>(flops)))
     // One task per thread: finer splits let a late worker's share go to the others, but each
     // task re-reads or re-packs its operands. Measured (mnist-shaped net, 2 threads, 2-vCPU
     // Zen 5): 2t/1t 1.40 with one task per thread, 1.25 with two, 1.12 with four.
-    return gemm_parallel(g, kern, n_threads, serial);
-  serial(g, kern);
+    return gemm_parallel(g, cntx, n_threads, serial);
+  serial(g, cntx);
 }
 
 template <class T>
 void gemm_reference(const GemmArgs<T>& g) {
+  const TileSink<T>& out = g.sink;
+  const TileEpilogue<T> ep = out.epilogue(0, 0);
   for (index_t i = 0; i < g.M; ++i)
     for (index_t j = 0; j < g.N; ++j) {
       T sum = 0;
       for (index_t p = 0; p < g.K; ++p)
         sum += g.A[i * g.rs_a + p * g.cs_a] * g.B[p * g.rs_b + j * g.cs_b];
-      T* c = g.C + i * g.ldc + j;
-      *c = apply_epilogue(sum, *c, tile_epilogue(g, 0, 0), j,
-                          g.mask ? g.mask[i * g.ld_mask + j] : T(0));
+      T* c = out.C + i * out.ldc + j;
+      *c = apply_epilogue(sum, *c, ep, j, out.mask ? out.mask[i * out.ld_mask + j] : T(0));
     }
-}
-
-double set_small_gemm_max_flops(double flops) {
-  return g_small_gemm_max_flops.exchange(flops < 0 ? kSmallGemmMaxFlopsDefault : flops);
 }
 
 template void gemm<float>(const GemmArgs<float>&);

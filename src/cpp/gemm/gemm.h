@@ -7,15 +7,16 @@
 // leading dimension ldc.
 //
 // Structure (BLIS/GotoBLAS): blocks of op(B) (KC×NC) and op(A) (MC×KC) are packed into
-// contiguous panels and a register-blocked micro-kernel computes MR×NR tiles of C. The
-// micro-kernels live per ISA under kernels/; this file is the portable framework around them.
+// contiguous panels and a register-blocked micro-kernel computes MR×NR tiles of C. This file
+// is the API; gemm.cpp the portable framework; context.h the micro-kernel contract and each
+// ISA's context (its kernels and block sizes), whose kernels live under kernels/<isa>/.
 #pragma once
 
 #include "common.h"
 
 namespace fastmlp {
 
-// Consumer of finished blocks of the product (GemmArgs::consumer). Instead of being stored in
+// Consumer of finished blocks of the product (TileSink::consumer). Instead of being stored in
 // C, each finished block is handed over in a scratch buffer that the consumer may modify:
 //   consume(context, tile, ld_tile, row, col, m, n):
 //     tile[i*ld_tile + j] = (op(A)·op(B))[row + i, col + j]   for i < m, j < n.
@@ -29,30 +30,6 @@ struct TileConsumer {
   void* context = nullptr;
 };
 
-template <class T>
-struct GemmArgs {
-  index_t M = 0, N = 0, K = 0;
-  const T* A = nullptr;
-  index_t rs_a = 0, cs_a = 0;
-  const T* B = nullptr;
-  index_t rs_b = 0, cs_b = 0;
-  T* C = nullptr;
-  index_t ldc = 0;
-  // Epilogue, applied as tiles are written back:
-  //   C := [mask > 0] · relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
-  bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
-  const T* bias = nullptr;  // (N), broadcast over rows; may be null
-  bool relu = false;
-  // (M,N) with row stride ld_mask, or null. Backprop through a ReLU: with mask = the ReLU's
-  // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
-  const T* mask = nullptr;
-  index_t ld_mask = 0;
-  // If set, C is not written (and may be null): finished blocks go to the consumer. No
-  // epilogue (accumulate, bias, relu, mask) may be set with it.
-  TileConsumer<T> consumer;
-  index_t row0 = 0, col0 = 0;  // where this product's C sits in the consumer's result
-};
-
 // The epilogue of one tile, its pointers already offset to the tile's first row and column:
 //   tile := [mask > 0] · relu?( (accumulate ? C : 0) + product + bias )
 template <class T>
@@ -64,66 +41,92 @@ struct TileEpilogue {
   index_t ld_mask = 0;
 };
 
-// The micro-kernel contract, identical for every ISA:
-//   tile := epilogue( Σ_p a_panel[p] ⊗ b_panel[p] )   (see TileEpilogue)
-// over a packed MR×k panel of A (a_panel[p*MR + i]) and a packed k×NR panel of B
-// (b_panel[p*NR + j]), written to the m×n top-left corner (m ≤ MR, n ≤ NR) of C at c (row
-// stride ldc). Panels are zero-padded to MR/NR, so the kernel may always compute a full tile.
-// k may be 0.
+// Where the finished tiles of a product (M,N) go: into C through the epilogue, or, when
+// consumer.consume is set, to the consumer (C is then not written and may be null, and no
+// epilogue may be set). The framework passes this one object down and delivers every tile
+// through put(); a block of the product has the sink block(row, col).
 template <class T>
-using MicroKernel = void (*)(index_t k, const T* a_panel, const T* b_panel, T* c, index_t ldc,
-                             index_t m, index_t n, const TileEpilogue<T>& ep);
+struct TileSink {
+  // C (M,N) row-major with leading dimension ldc, written as
+  //   C := [mask > 0] · relu?( (accumulate ? C : 0) + op(A) op(B) + bias )
+  T* C = nullptr;
+  index_t ldc = 0;
+  bool accumulate = false;  // beta = 1: gradient accumulation without an extra pass
+  const T* bias = nullptr;  // (N), broadcast over rows; may be null
+  bool relu = false;
+  // (M,N) with row stride ld_mask, or null. Backprop through a ReLU: with mask = the ReLU's
+  // output h, (G W) · [h > 0] is the gradient w.r.t. the ReLU's input, in the same pass.
+  const T* mask = nullptr;
+  index_t ld_mask = 0;
+  TileConsumer<T> consumer;
+  index_t row0 = 0, col0 = 0;  // where this product's C sits in the consumer's result
 
-// The small-matrix path's kernel: the same tile computation, but reading operands in place.
-// Element (i,p) of op(A) is a[i*a_rs + p*a_cs] for all MR rows (the caller guarantees MR valid
-// rows); row p of op(B) is b[p*b_rs + j] for j < n, columns contiguous (only the n valid
-// columns are read: masked at the edge).
-template <class T>
-using StridedKernel = void (*)(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
-                               index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
-                               const TileEpilogue<T>& ep);
+  bool consumes() const { return consumer.consume != nullptr; }
+  bool has_epilogue() const { return accumulate || bias || relu || mask; }
 
-// Batch of one with op(B) = Wᵀ (columns of op(B) contiguous in p, i.e. rows of W):
-//   c[j] = epilogue(Σ_p x[p] w[j*ldw + p]),  x contiguous (K), the epilogue of a 1×n tile.
-template <class T>
-using GemvKernel = void (*)(index_t k, index_t n, const T* x, const T* w, index_t ldw, T* c,
-                            const TileEpilogue<T>& ep);
+  // The sink of the block of C that starts at (row, col).
+  TileSink block(index_t row, index_t col) const {
+    TileSink part = *this;
+    part.C = C ? C + row * ldc + col : nullptr;  // null with a consumer
+    part.bias = bias ? bias + col : nullptr;
+    part.mask = mask ? mask + row * ld_mask + col : nullptr;
+    part.row0 = row0 + row;
+    part.col0 = col0 + col;
+    return part;
+  }
 
-// Packs a kc×nc block of op(B) whose columns are contiguous (op(B) = Wᵀ, W row-major with
-// row stride ldw) into NR-column panels, as pack_b in gemm.cpp: a transpose, which an ISA can
-// do in registers. Null: the portable scalar loop is used.
-template <class T>
-using PackTransposedKernel = void (*)(T* packed, const T* w, index_t ldw, index_t kc, index_t nc);
+  // The epilogue of the tile at (row, col) of C. `first`/`last`: is this the first / last K
+  // block (beta and bias apply once, first; ReLU and mask once, last).
+  TileEpilogue<T> epilogue(index_t row, index_t col, bool first = true, bool last = true) const {
+    TileEpilogue<T> ep;
+    ep.accumulate = accumulate || !first;
+    ep.bias = (first && bias) ? bias + col : nullptr;
+    ep.relu = relu && last;
+    ep.mask = (last && mask) ? mask + row * ld_mask + col : nullptr;
+    ep.ld_mask = ld_mask;
+    return ep;
+  }
 
-// Packs an mc×kc block of a row-major op(A) (row stride rs, columns contiguous) into MR-row
-// panels, as pack_a in gemm.cpp (MR ≤ 16): a transpose, which an ISA can do in registers.
-template <class T>
-using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, index_t kc,
-                                index_t MR);
-
-// One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
-template <class T>
-struct GemmKernel {
-  MicroKernel<T> micro_kernel = nullptr;
-  index_t MR = 0, NR = 0;          // register tile
-  index_t MC = 0, KC = 0, NC = 0;  // cache blocks (A block MC×KC, B block KC×NC); see each ISA
-  StridedKernel<T> small_kernel = nullptr;  // MR×NR tile, operands in place
-  StridedKernel<T> narrow_kernel = nullptr; // MR×(NR/2) tile, in place: a narrow last panel
-  StridedKernel<T> row_kernel = nullptr;    // 1×row_NR tile, operands in place (one row of C)
-  index_t row_NR = 0;
-  GemvKernel<T> gemv = nullptr;
-  PackTransposedKernel<T> pack_b_transposed = nullptr;
-  // In-place 4×NR and 8×NR tiles for a last row block of at most 4 or 8 rows (null: the MR×NR
-  // tile on zero-padded rows). A batch of 64 is 5 tiles of 12 rows and one of 4: computed
-  // as 12 rows, a ninth of the product would be padding.
-  StridedKernel<T> rows4_kernel = nullptr;
-  StridedKernel<T> rows8_kernel = nullptr;
-  PackRowsKernel<T> pack_a_rows = nullptr;  // null: the portable scalar loop
+  // Delivers the m×n tile at (row, col): compute(c, ldc, epilogue) writes it either straight
+  // into C with the epilogue, or (with a consumer) into `scratch` (row stride ld_scratch, the
+  // calling thread's buffer) with no epilogue, and the consumer gets it. Inlined into each
+  // loop nest: one predictable branch per tile.
+  template <class Compute>
+  void put(index_t row, index_t col, index_t m, index_t n, bool first, bool last, T* scratch,
+           index_t ld_scratch, Compute&& compute) const {
+    if (consumer.consume) {
+      compute(scratch, ld_scratch, TileEpilogue<T>{});
+      consumer.consume(consumer.context, scratch, ld_scratch, row0 + row, col0 + col, m, n);
+    } else {
+      compute(C + row * ldc + col, ldc, epilogue(row, col, first, last));
+    }
+  }
 };
 
-// C := [mask > 0] · relu?((accumulate ? C : 0) + op(A) op(B) + bias). Small products read the operands in
-// place; larger ones are packed. A product is split over the thread pool when the calling
-// thread's ParallelMode (threads.h) says so, or, in automatic mode, when gemm_split_pays.
+template <class T>
+struct GemmArgs {
+  index_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;
+  index_t rs_a = 0, cs_a = 0;
+  const T* B = nullptr;
+  index_t rs_b = 0, cs_b = 0;
+  TileSink<T> sink;  // C and its epilogue, or a consumer
+};
+
+// The ways gemm() can compute a product. The automatic choice depends on the shape only
+// (gemm.cpp): the reference loop for tiny products, the in-place path for small ones and
+// batches whose op(B) fits in L2, the packed path for the rest.
+enum class GemmPath {
+  automatic,  // chosen from the shape
+  reference,  // gemm_reference: the plain triple loop
+  in_place,   // operands read in place (no packing of B when its rows are contiguous)
+  packed,     // cache blocks of A and B packed into panels around the micro-kernel
+};
+
+// The product into args.sink (see TileSink): C := epilogue(op(A) op(B)), or the consumer gets
+// its tiles. The path is chosen from the shape (GemmPath). A product is split over the thread
+// pool when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode,
+// when gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
 
@@ -157,17 +160,18 @@ GemmCostModel gemm_cost_model();
 template <class T>
 bool gemm_split_pays(double flops);
 
-// The small-matrix path's limit (2·M·N·K FLOPs; a negative value restores the default).
-// Returns the previous limit. For tests and crossover measurements.
-constexpr double kSmallGemmMaxFlopsDefault = 1.0e6;
-double set_small_gemm_max_flops(double flops);
-// Test hook (fastmlp._testing): gemm_split_pays says yes to every product while the pool has
-// more than one thread, so that tests reach the parallel paths with small shapes.
-void testing_force_split(bool force);
-
 // The plain triple loop in T arithmetic: the definition of the semantics, and the path of
-// tiny products, where it beats any tiling.
+// tiny products, where it beats any tiling. Into C only (args.sink without a consumer).
 template <class T>
 void gemm_reference(const GemmArgs<T>& args);
+
+// ---- test hooks (fastmlp._testing) ----------------------------------------------------------
+
+// Every product takes `path` (GemmPath::automatic: the choice from the shape again), so that
+// tests and crossover measurements reach each path with any shape. Returns the previous one.
+GemmPath testing_force_gemm_path(GemmPath path);
+// gemm_split_pays says yes to every product while the pool has more than one thread, so that
+// tests reach the parallel paths with small shapes.
+void testing_force_split(bool force);
 
 }  // namespace fastmlp

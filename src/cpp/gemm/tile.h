@@ -7,7 +7,7 @@
 // without AVX-512).
 #pragma once
 
-#include "gemm.h"
+#include "context.h"
 
 namespace fastmlp {
 

@@ -6,7 +6,7 @@
 // through a small stack tile and the shared scalar write-back.
 #include <immintrin.h>
 
-#include "../../../cpu.h"
+#include "../../context.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
 
@@ -75,7 +75,7 @@ struct Ymm<double> {
 };
 
 // The tile computation shared by the packed and the in-place kernels. kPacked: A and B are the
-// zero-padded panels of gemm.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
+// zero-padded panels of context.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
 // they are read in place with the given strides and B's edge columns are masked.
 template <class T, int MR, int NV, bool kPacked>
 inline void tile_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
@@ -154,22 +154,30 @@ void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, cons
 
 }  // namespace
 
-IsaKernels avx2_kernels() {
-  IsaKernels k;
-  k.isa = Isa::avx2;
-  k.name = "avx2";
+IsaContext avx2_context() {
+  IsaContext c = generic_context();
   // KC = 256: B micro-panel 256×16 floats = 16 KiB in L1 (of 32 KiB), A micro-panel 6 KiB.
   // MC = 144 (a multiple of MR = 6): A block 144×256×4 = 144 KiB in L2 (BLIS Haswell: 168).
   // NC = 4080: B block ≈ 4 MiB in L3. double: same bytes per panel, half the elements.
-  k.sgemm = {&micro_kernel_avx2<float, 6, 2>, 6, 16, 144, 256, 4080,
-             &strided_kernel_avx2<float, 6, 2>,
-             &strided_kernel_avx2<float, 6, 1>, &strided_kernel_avx2<float, 1, 4>, 32,
-             &gemv_simd<Ymm<float>, float>};
-  k.dgemm = {&micro_kernel_avx2<double, 6, 2>, 6, 8, 72, 256, 2040,
-             &strided_kernel_avx2<double, 6, 2>,
-             &strided_kernel_avx2<double, 6, 1>, &strided_kernel_avx2<double, 1, 4>, 16,
-             &gemv_simd<Ymm<double>, double>};
-  return k;
+  GemmContext<float>& s = c.sgemm;
+  s.MR = 6, s.NR = 16;
+  s.MC = 144, s.KC = 256, s.NC = 4080;
+  s.micro_kernel = &micro_kernel_avx2<float, 6, 2>;
+  s.small_kernel = &strided_kernel_avx2<float, 6, 2>;
+  s.narrow_kernel = &strided_kernel_avx2<float, 6, 1>;
+  s.row_kernel = &strided_kernel_avx2<float, 1, 4>;
+  s.row_NR = 32;
+  s.gemv = &gemv_simd<Ymm<float>, float>;
+  GemmContext<double>& d = c.dgemm;
+  d.MR = 6, d.NR = 8;
+  d.MC = 72, d.KC = 256, d.NC = 2040;
+  d.micro_kernel = &micro_kernel_avx2<double, 6, 2>;
+  d.small_kernel = &strided_kernel_avx2<double, 6, 2>;
+  d.narrow_kernel = &strided_kernel_avx2<double, 6, 1>;
+  d.row_kernel = &strided_kernel_avx2<double, 1, 4>;
+  d.row_NR = 16;
+  d.gemv = &gemv_simd<Ymm<double>, double>;
+  return c;
 }
 
 }  // namespace fastmlp

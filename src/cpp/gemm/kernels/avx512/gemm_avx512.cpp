@@ -11,7 +11,7 @@
 // in-place kernel (1×64 floats: 4 accumulators) serves a single row of C.
 #include <immintrin.h>
 
-#include "../../../cpu.h"
+#include "../../context.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
 
@@ -73,7 +73,7 @@ struct Zmm<double> {
 };
 
 // The tile computation shared by the packed and the in-place kernels. kPacked: A and B are the
-// zero-padded panels of gemm.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
+// zero-padded panels of context.h (a_rs = 1, a_cs = MR, b_rs = NR, aligned, full width); else
 // they are read in place with the given strides and B's edge columns are masked.
 template <class T, int MR, int NV, bool kPacked>
 inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
@@ -240,10 +240,8 @@ void pack_a_rows_avx512(float* packed, const float* a, index_t rs, index_t mc, i
 
 }  // namespace
 
-IsaKernels avx512_kernels() {
-  IsaKernels k;
-  k.isa = Isa::avx512;
-  k.name = "avx512";
+IsaContext avx512_context() {
+  IsaContext c = generic_context();
   // Blocking. The textbook choice keeps the B micro-panel (KC×NR) in L1: KC = 256 gives
   // 256×32×4 B = 32 KiB, with the 12×256×4 B = 12 KiB A micro-panel streamed from L2. Measured
   // (Xeon with AVX-512, 48 KiB L1d, 2 MiB L2; 1 thread, float32, medians of 9; the machine is
@@ -256,18 +254,32 @@ IsaKernels avx512_kernels() {
   // KC = 768, MC = 240: the A block is 240×768×4 B = 720 KiB, inside a 1 MiB L2 with room for
   // the B micro-panel. NC = 4096: the packed B block (768×4096×4 B = 12 MiB) streams from L3.
   // double: the same bytes per block (KC 768, MC 120: 1024³ 0.92–0.95× NumPy's dgemm).
-  k.sgemm = {&micro_kernel_avx512<float, 12, 2>, 12, 32, 240, 768, 4096,
-             &strided_kernel_avx512<float, 12, 2>,
-             &strided_kernel_avx512<float, 12, 1>, &strided_kernel_avx512<float, 1, 4>, 64,
-             &gemv_simd<Zmm<float>, float>, &pack_b_transposed_avx512<32>,
-             &strided_kernel_avx512<float, 4, 2>, &strided_kernel_avx512<float, 8, 2>,
-             &pack_a_rows_avx512};
-  k.dgemm = {&micro_kernel_avx512<double, 12, 2>, 12, 16, 120, 768, 2048,
-             &strided_kernel_avx512<double, 12, 2>,
-             &strided_kernel_avx512<double, 12, 1>, &strided_kernel_avx512<double, 1, 4>, 32,
-             &gemv_simd<Zmm<double>, double>, nullptr,
-             &strided_kernel_avx512<double, 4, 2>, &strided_kernel_avx512<double, 8, 2>};
-  return k;
+  GemmContext<float>& s = c.sgemm;
+  s.MR = 12, s.NR = 32;
+  s.MC = 240, s.KC = 768, s.NC = 4096;
+  s.micro_kernel = &micro_kernel_avx512<float, 12, 2>;
+  s.small_kernel = &strided_kernel_avx512<float, 12, 2>;
+  s.narrow_kernel = &strided_kernel_avx512<float, 12, 1>;
+  s.row_kernel = &strided_kernel_avx512<float, 1, 4>;
+  s.row_NR = 64;
+  s.gemv = &gemv_simd<Zmm<float>, float>;
+  s.rows4_kernel = &strided_kernel_avx512<float, 4, 2>;
+  s.rows8_kernel = &strided_kernel_avx512<float, 8, 2>;
+  s.pack_b_transposed = &pack_b_transposed_avx512<32>;
+  s.pack_a_rows = &pack_a_rows_avx512;
+  GemmContext<double>& d = c.dgemm;
+  d.MR = 12, d.NR = 16;
+  d.MC = 120, d.KC = 768, d.NC = 2048;
+  d.micro_kernel = &micro_kernel_avx512<double, 12, 2>;
+  d.small_kernel = &strided_kernel_avx512<double, 12, 2>;
+  d.narrow_kernel = &strided_kernel_avx512<double, 12, 1>;
+  d.row_kernel = &strided_kernel_avx512<double, 1, 4>;
+  d.row_NR = 32;
+  d.gemv = &gemv_simd<Zmm<double>, double>;
+  d.rows4_kernel = &strided_kernel_avx512<double, 4, 2>;
+  d.rows8_kernel = &strided_kernel_avx512<double, 8, 2>;
+  // pack_b_transposed, pack_a_rows: float only (transpose16x16); double packs portably.
+  return c;
 }
 
 }  // namespace fastmlp

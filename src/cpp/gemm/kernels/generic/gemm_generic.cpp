@@ -1,6 +1,6 @@
 // Portable micro-kernels: plain C++ the compiler vectorises for whatever the target baseline is
 // (SSE2 on x86-64, NEON on aarch64). Also the fallback on CPUs without AVX2.
-#include "../../../cpu.h"
+#include "../../context.h"
 #include "../../gemv.h"
 #include "../../tile.h"
 
@@ -10,7 +10,7 @@ namespace {
 
 // MR×NR accumulators kept in registers: with 16 vector registers of 16 bytes (SSE2/NEON),
 // float 4×8 = 8 registers of accumulators, double 4×4 = 8; the rest hold a and b values.
-// In-place variant (see StridedKernel in gemm.h): reads only the n valid columns of B.
+// In-place variant (see StridedKernel in context.h): reads only the n valid columns of B.
 template <class T, int MR, int NR>
 void strided_kernel_generic(index_t k, const T* a, index_t a_rs, index_t a_cs, const T* b,
                             index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
@@ -44,22 +44,31 @@ void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, i
 
 }  // namespace
 
-IsaKernels generic_kernels() {
-  IsaKernels k;
-  k.isa = Isa::generic;
-  k.name = "generic";
+IsaContext generic_context() {
+  IsaContext c;
   // KC=256: a 4×256 A panel (4 KiB float) plus an 256×8 B panel (8 KiB) sit in a 32 KiB L1d.
   // MC=128: the 128×256 A block (128 KiB) sits in L2. NC=2048: the 256×2048 B block (2 MiB)
   // is streamed from L2/L3, reused across all MC blocks.
-  k.sgemm = {&micro_kernel_generic<float, 4, 8>, 4, 8, 128, 256, 2048,
-             &strided_kernel_generic<float, 4, 8>,
-             &strided_kernel_generic<float, 4, 4>, &strided_kernel_generic<float, 1, 16>, 16,
-             &gemv_portable<float, 4>};
-  k.dgemm = {&micro_kernel_generic<double, 4, 4>, 4, 4, 96, 256, 1024,
-             &strided_kernel_generic<double, 4, 4>,
-             &strided_kernel_generic<double, 4, 2>, &strided_kernel_generic<double, 1, 8>, 8,
-             &gemv_portable<double, 2>};
-  return k;
+  GemmContext<float>& s = c.sgemm;
+  s.MR = 4, s.NR = 8;
+  s.MC = 128, s.KC = 256, s.NC = 2048;
+  s.micro_kernel = &micro_kernel_generic<float, 4, 8>;
+  s.small_kernel = &strided_kernel_generic<float, 4, 8>;
+  s.narrow_kernel = &strided_kernel_generic<float, 4, 4>;
+  s.row_kernel = &strided_kernel_generic<float, 1, 16>;
+  s.row_NR = 16;
+  s.gemv = &gemv_portable<float, 4>;
+  // double: the same bytes per register tile, half the elements.
+  GemmContext<double>& d = c.dgemm;
+  d.MR = 4, d.NR = 4;
+  d.MC = 96, d.KC = 256, d.NC = 1024;
+  d.micro_kernel = &micro_kernel_generic<double, 4, 4>;
+  d.small_kernel = &strided_kernel_generic<double, 4, 4>;
+  d.narrow_kernel = &strided_kernel_generic<double, 4, 2>;
+  d.row_kernel = &strided_kernel_generic<double, 1, 8>;
+  d.row_NR = 8;
+  d.gemv = &gemv_portable<double, 2>;
+  return c;
 }
 
 }  // namespace fastmlp
