@@ -45,9 +45,8 @@ def step_by_step(model, X, y, epochs, batch_size, optimizer, shuffle, seed, weig
 def engine_path(request):
     """Both ways the engine can run a step: feature-major for narrow nets, or the row-major
     GEMM path (every net of these tests is narrow enough for the first by default)."""
-    previous = _testing.set_narrow_max_width(10_000 if request.param == "narrow" else 0)
-    yield request.param
-    _testing.set_narrow_max_width(previous)
+    with _testing.layout("features" if request.param == "narrow" else "rows"):
+        yield request.param
 
 
 OPTIMIZERS = {
@@ -213,19 +212,16 @@ def test_narrow_path_equals_gemm_path_at_awkward_batches(dtype):
     5, with shuffling: both step implementations agree to rounding."""
     X, y = data(69, 7, 5, dtype=dtype)
     results = {}
-    for width in (10_000, 0):
-        previous = _testing.set_narrow_max_width(width)
-        try:
+    for layout in ("features", "rows"):
+        with _testing.layout(layout):
             for batch_size in (1, 17, 64):
                 model = MLP([7, 13, 11, 5], dtype=dtype, seed=5)
                 history = model.fit(X, y, epochs=2, batch_size=batch_size,
                                     optimizer=Adam(lr=1e-2), seed=1)
-                results[width, batch_size] = (history.loss, model.weights + model.biases)
-        finally:
-            _testing.set_narrow_max_width(previous)
+                results[layout, batch_size] = (history.loss, model.weights + model.biases)
     rtol = 1e-11 if dtype == "float64" else 1e-4
     for batch_size in (1, 17, 64):
-        narrow, gemm = results[10_000, batch_size], results[0, batch_size]
+        narrow, gemm = results["features", batch_size], results["rows", batch_size]
         np.testing.assert_allclose(narrow[0], gemm[0], rtol=rtol)
         for a, b in zip(narrow[1], gemm[1]):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)

@@ -38,13 +38,16 @@ def matmul_via_consumer(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
     return _hooks.matmul_via_consumer(a, b, bool(trans_a), bool(trans_b))
 
 
-def set_narrow_max_width(width: int | None) -> int:
-    """Networks whose layers are all at most ``width`` units wide (inputs included) train
-    feature-major, every loop running over the batch (see src/cpp/narrow.h) — if they have
-    at most 64 weights in all or train in batches of at most 64; ``None`` restores the
-    measured default (8), 0 turns that path off. Returns the previous width. Read when ``fit``
-    starts. Both paths give the same results to rounding."""
-    return _hooks.set_narrow_max_width(-1 if width is None else int(width))
+@contextlib.contextmanager
+def layout(name: str):
+    """Every engine built inside the block trains in layout ``name``: ``"features"`` (feature-
+    major, every loop over the batch, see src/cpp/narrow.h) or ``"rows"`` (the GEMM path),
+    whatever the net's widths and batch size; ``"automatic"`` is the measured choice."""
+    previous = _hooks.force_layout(name)
+    try:
+        yield
+    finally:
+        _hooks.force_layout(previous)
 
 
 def workspace_allocations() -> int:

@@ -888,7 +888,16 @@ PYBIND11_MODULE(_core, m) {
   testing.def("force_gemm_path", [](const std::string& path) {
     return std::string(gemm_path_name(testing_force_gemm_path(parse_gemm_path(path))));
   }, py::arg("path"));
-  testing.def("set_narrow_max_width", &set_narrow_max_width, py::arg("width"));
+  // "automatic", "rows" or "features"; returns the previous choice.
+  testing.def("force_layout", [](const std::string& name) {
+    const char* names[] = {"automatic", "rows", "features"};
+    for (int i = 0; i < 3; ++i)
+      if (name == names[i]) {
+        const LayoutChoice previous = testing_force_layout(static_cast<LayoutChoice>(i));
+        return std::string(names[static_cast<int>(previous)]);
+      }
+    throw py::value_error("layout must be 'automatic', 'rows' or 'features', got '" + name + "'");
+  }, py::arg("layout"));
   testing.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   testing.def("matmul_via_consumer", &matmul_via_consumer, py::arg("a"), py::arg("b"),
               py::arg("trans_a"), py::arg("trans_b"));

@@ -8,14 +8,13 @@
 
 namespace fastmlp {
 
-namespace {
+// kNarrowMaxWidth (narrow.h), the widest layer run feature-major. Measured on the development
+// VM (AVX-512 Xeon, float32, one SGD epoch, samples/s feature-major ÷ GEMM path, batches
+// 32 / 64 / 128 / 512): [2,3,3] 2.1 / 2.5 / 2.6 / 1.7×; [4,6,3] 2.9 / 3.0 / 2.2 / 1.4×;
+// [8,8,4] 2.6 / 1.5 / 0.72 / 0.80×; [16,16,10] 0.4× and wider nets lose more. Hence also
+// use_narrow_path's batch rule.
 
-// Widest layer run feature-major. Measured on the development VM (AVX-512 Xeon, float32,
-// one SGD epoch, samples/s feature-major ÷ GEMM path, batches 32 / 64 / 128 / 512):
-// [2,3,3] 2.1 / 2.5 / 2.6 / 1.7×; [4,6,3] 2.9 / 3.0 / 2.2 / 1.4×; [8,8,4] 2.6 / 1.5 / 0.72 /
-// 0.80×; [16,16,10] 0.4× and wider nets lose more. Hence also use_narrow_path's batch rule.
-constexpr index_t kNarrowMaxWidthDefault = 8;
-std::atomic<index_t> g_narrow_max_width{kNarrowMaxWidthDefault};
+namespace {
 
 // Σ_i a[i] · b[i] (b null: Σ_i a[i]) with kLanes independent partial sums, so the compiler
 // vectorises the loop without reassociating floating-point sums on its own (no -ffast-math):
@@ -41,12 +40,6 @@ T batch_sum(const T* a, const T* b, index_t n) {
 
 }  // namespace
 
-index_t set_narrow_max_width(index_t width) {
-  return g_narrow_max_width.exchange(width < 0 ? kNarrowMaxWidthDefault : width);
-}
-
-index_t narrow_max_width() { return g_narrow_max_width.load(std::memory_order_relaxed); }
-
 bool use_narrow_path(const std::vector<index_t>& sizes, index_t max_batch) {
   index_t widest = 0, weights = 0;
   for (std::size_t l = 0; l < sizes.size(); ++l) {
@@ -55,7 +48,7 @@ bool use_narrow_path(const std::vector<index_t>& sizes, index_t max_batch) {
   }
   // Up to 64 weights the feature-major step wins at any batch measured; beyond, only up to
   // batches of 64 ([8,8,4] at 128: the GEMM path's SIMD kernels take over).
-  return widest <= narrow_max_width() && (weights <= 64 || max_batch <= 64);
+  return widest <= kNarrowMaxWidth && (weights <= 64 || max_batch <= 64);
 }
 
 template <class T>

@@ -17,14 +17,11 @@
 
 namespace fastmlp {
 
-// Widest layer (inputs included) that the trainer runs feature-major by default; above it
-// the row-major GEMM path is faster (crossover measured in narrow.cpp). A test knob sets
-// it: a negative value restores the default, 0 turns the feature-major path off. Returns
-// the previous value.
-index_t set_narrow_max_width(index_t width);
-index_t narrow_max_width();
-// Whether the trainer runs a net of these layer sizes feature-major: every layer at most
-// narrow_max_width() wide, and either at most 64 weights in all or batches of at most 64.
+// Whether the trainer runs a net of these layer sizes feature-major: every layer (inputs
+// included) at most kNarrowMaxWidth wide, above which the row-major GEMM path is faster
+// (crossover measured in narrow.cpp), and either at most 64 weights in all or batches of at
+// most 64. (Tests force either layout with testing_force_layout, network.h.)
+constexpr index_t kNarrowMaxWidth = 8;
 bool use_narrow_path(const std::vector<index_t>& sizes, index_t max_batch);
 
 // outT[j,:] = act(Σ_p W[j,p] · xT[p,:] + b_j)   (sum over p in order, then the bias, as the

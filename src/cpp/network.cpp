@@ -2,6 +2,7 @@
 #include "network.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "activations.h"
@@ -10,6 +11,24 @@
 #include "threads.h"
 
 namespace fastmlp {
+
+namespace {
+std::atomic<LayoutChoice> g_forced_layout{LayoutChoice::automatic};
+}  // namespace
+
+LayoutChoice testing_force_layout(LayoutChoice choice) { return g_forced_layout.exchange(choice); }
+
+Layout choose_layout(const std::vector<index_t>& sizes, index_t max_batch) {
+  switch (g_forced_layout.load(std::memory_order_relaxed)) {
+    case LayoutChoice::rows:
+      return Layout::rows;
+    case LayoutChoice::features:
+      return Layout::features;
+    case LayoutChoice::automatic:
+      break;
+  }
+  return use_narrow_path(sizes, max_batch) ? Layout::features : Layout::rows;
+}
 
 index_t NetworkShape::widest_hidden() const {
   index_t widest = 0;

@@ -28,6 +28,12 @@ enum class OutputKind { softmax, sigmoid, identity };
 
 enum class Layout { rows, features };
 
+// The trainer's layout: chosen from the net and the batch (use_narrow_path, narrow.h), or
+// forced by a test hook so that both layouts run every net. Returns the previous choice.
+enum class LayoutChoice { automatic, rows, features };
+LayoutChoice testing_force_layout(LayoutChoice choice);
+Layout choose_layout(const std::vector<index_t>& sizes, index_t max_batch);
+
 struct NetworkShape {
   std::vector<index_t> sizes;  // n_0 … n_L
   Activation hidden = Activation::relu;

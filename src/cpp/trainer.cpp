@@ -6,7 +6,6 @@
 #include <limits>
 #include <stdexcept>
 
-#include "narrow.h"
 
 namespace fastmlp {
 
@@ -66,7 +65,7 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     if (optimizer_.numel(static_cast<int>(l)) != n[l + 1] * n[l] ||
         optimizer_.numel(static_cast<int>(n_layers_ + l)) != n[l + 1])
       throw std::invalid_argument("the optimizer's state does not match the parameters");
-  layout_ = use_narrow_path(n, max_batch_) ? Layout::features : Layout::rows;
+  layout_ = choose_layout(n, max_batch_);
   // One block for every float buffer: the network's workspace, then the trainer's own.
   index_t n_parameters = 0;
   for (index_t l = 0; l < n_layers_; ++l) n_parameters += n[l + 1] * (n[l] + 1);
