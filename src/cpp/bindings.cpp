@@ -700,7 +700,8 @@ class PyTrainer {
     data.labels = targets.labels;
     data.targets = targets.targets;
     data.weights = targets.weights;
-    if (batch_size < 1 || max_steps < 1) throw py::value_error("batch_size and max_steps must be >= 1");
+    if (batch_size < 1 || max_steps < 1)
+      throw py::value_error("batch_size and max_steps must be >= 1");
     return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
   }
 

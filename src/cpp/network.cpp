@@ -162,7 +162,8 @@ Workspace<T> Network<T>::carve_workspace(T* block, const NetworkShape& shape, in
   };
   ws.grad[0] = carve(max_batch * shape.widest());
   ws.grad[1] = carve(max_batch * shape.widest());
-  for (index_t l = 0; l < shape.layers(); ++l) ws.act.push_back(carve(max_batch * shape.sizes[l + 1]));
+  for (index_t l = 0; l < shape.layers(); ++l)
+    ws.act.push_back(carve(max_batch * shape.sizes[l + 1]));
   if (layout == Layout::features) ws.logits_rows = carve(max_batch * shape.sizes.back());
   return ws;
 }

@@ -31,7 +31,7 @@ struct TrainerConfig {
 // caller divides by samples for the mean over the samples seen.
 struct StepsResult {
   double data_loss_sum = 0.0;  // the loss of the output layer
-  double penalty_sum = 0.0;    // the L2 penalty, alpha/2 · Σ‖W‖² per step (W before the step)
+  double penalty_sum = 0.0;    // the L2 penalty: per step alpha/2 · Σ‖W‖² (W before it)
   index_t samples = 0, steps = 0;
   bool nonfinite = false;  // the last batch's loss, gradients or update were not finite: that
                            // step was not applied (the parameters are as before it)
