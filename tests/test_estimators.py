@@ -682,3 +682,27 @@ def test_without_sklearn_the_estimators_name_the_extra_and_fastmlp_works():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@stops_at_max_iter
+def test_prediction_input_kinds_agree_and_bad_ones_get_sklearns_errors():
+    """predict takes plain numeric arrays through a shortcut; every kind of input gives the
+    prediction (and every bad one the error) that scikit-learn's validation gives."""
+    X, y = make_blobs(n_samples=60, centers=3, n_features=4, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
+    want = clf.predict_proba(X)
+    for variant in (X.astype(np.float32), np.asfortranarray(X), X[::-1][::-1].copy(),
+                    np.repeat(X, 2, axis=1)[:, ::2]):
+        np.testing.assert_array_equal(clf.predict_proba(variant), want)
+    Xi = np.round(X).astype(np.int64)
+    np.testing.assert_array_equal(clf.predict_proba(Xi), clf.predict_proba(Xi.astype(float)))
+    for bad, match in ((np.where(X == X[0, 0], np.nan, X), "NaN"),
+                       (np.full_like(X, 1e300), "infinity|too large"),
+                       (X[:, :3], "features"), (X[:0], "0 sample")):
+        with pytest.raises(ValueError, match=match):
+            clf.predict(bad)
+    pd = pytest.importorskip("pandas")
+    named = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(
+        pd.DataFrame(X, columns=list("abcd")), y)
+    with pytest.warns(UserWarning, match="feature names"):
+        named.predict(X)
