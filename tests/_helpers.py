@@ -1,6 +1,6 @@
 """What the kernel tests share: operands stored in every layout, checks that a result is fresh
 and an input untouched, error bounds, the float64 NumPy references the kernels are compared
-with, central differences, and a fresh Python for subprocess tests.
+with, central differences, the `slow` split of a grid, and a fresh Python for subprocess tests.
 
 Legend: M, N rows and columns of a product, K its reduction length; B batch, I in-features,
 O out-features; N samples and K classes for the losses. eps is the dtype's machine epsilon.
@@ -25,6 +25,26 @@ LAYOUTS = ["C", "F", "T", "strided", "neg", "neg_strided", "readonly", "unaligne
 # A test using it runs once per SIMD flavour this CPU supports and per thread count (1, 2)
 # (the fixture `every_isa_and_thread_count`, tests/conftest.py).
 ON_EVERY_ISA_AND_THREAD_COUNT = pytest.mark.usefixtures("every_isa_and_thread_count")
+
+
+# ---- the slow remainder of a grid ------------------------------------------------------------
+
+def slow_except(values, default, *, unpack=False):
+    """`values` as parametrize arguments, those not in `default` marked `slow` (the default run
+    takes `default`; `pytest -m slow` the rest). IDs are those of the bare values. `unpack`:
+    each value is a tuple spread over several argument names ("m, k, n")."""
+    missing = [v for v in default if v not in values]
+    assert not missing, f"default values not in the grid: {missing}"
+    return [v if v in default else
+            pytest.param(*(v if unpack else (v,)), marks=pytest.mark.slow) for v in values]
+
+
+def layout_pairs():
+    """Every (layout_a, layout_b) pair; the default run takes each layout with itself and with
+    the next one in LAYOUTS (every layout on each side, alone and beside another kind)."""
+    default = [(a, a) for a in LAYOUTS] + [(a, LAYOUTS[(i + 1) % len(LAYOUTS)])
+                                           for i, a in enumerate(LAYOUTS)]
+    return slow_except([(a, b) for a in LAYOUTS for b in LAYOUTS], default, unpack=True)
 
 
 # ---- operands --------------------------------------------------------------------------------

@@ -8,8 +8,14 @@ from fastmlp import ops
 
 
 def _isa_and_thread_counts():
-    """Every SIMD flavour this CPU supports × 1 and 2 threads."""
-    return [pytest.param((isa, threads), id=f"{isa}-{threads}t")
+    """Every SIMD flavour this CPU supports × 1 and 2 threads. The default run takes each
+    flavour on one thread and the flavour this process chose (the newest, or FASTMLP_ISA) on
+    two as well; the other flavours on two threads are `slow`. (The GEMM is the only kernel
+    with per-flavour code and the only one that uses the pool; tests/test_gemm.py's own
+    fixtures split every product over two threads on every flavour in the default run.)"""
+    chosen = ops.isa()
+    return [pytest.param((isa, threads), id=f"{isa}-{threads}t",
+                         marks=() if threads == 1 or isa == chosen else pytest.mark.slow)
             for isa in ops.supported_isas() for threads in (1, 2)]
 
 

@@ -2,9 +2,10 @@
 references: awkward shapes (scalars, empty arrays, 1, primes, 3-D), every input layout,
 special values (NaN, ±Inf, ±0, subnormals), and the whole range past exp's overflow.
 
-eps is the dtype's machine epsilon. Every test runs on every SIMD flavour and thread count,
-in float32 and float64 (the element-wise kernels have no per-flavour code and run on the
-calling thread: the repeats check that neither setting reaches them).
+eps is the dtype's machine epsilon. Every test runs in float32 and float64, on every SIMD
+flavour and thread count (tests/conftest.py; the flavours other than this process's own on two
+threads only with `-m slow`): these kernels have no per-flavour code and run on the calling
+thread, and the repeats check that neither setting changes them.
 """
 
 import numpy as np

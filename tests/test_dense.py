@@ -5,17 +5,20 @@ float64 NumPy references; gradients against central finite differences.
 Legend: B batch, I in-features, O out-features; x (B, I), W (O, I), b (O,), out and grad_out
 (B, O). eps is the dtype's machine epsilon.
 
-Every test runs on every SIMD flavour and thread count, in float32 and float64, on awkward
-shapes (1, primes, K over KC, O over NC, zero-sized) and on every input layout.
+Every test runs on every SIMD flavour and thread count (tests/conftest.py), in float32 and
+float64, on awkward shapes (1, primes, K over KC, O over NC, zero-sized) and on every input
+layout. The large grids' remainders are marked `slow` (`python -m pytest -m slow`): more
+shapes, more layout pairs, the flavours other than this process's own on two threads.
 """
 
 import numpy as np
 import pytest
 
 from fastmlp import ops
-from _helpers import (ACTIVATIONS, DTYPES, F64, LAYOUTS, amax, assert_fresh, assert_unchanged,
+from _helpers import (ACTIVATIONS, DTYPES, F64, amax, assert_fresh, assert_unchanged,
                       central_differences, eps, freeze, gemm_atol, laid_out, normal,
-                      ref_dense_backward, ref_dense_forward, rng_for)
+                      layout_pairs, ref_dense_backward, ref_dense_forward, rng_for,
+                      slow_except)
 
 pytestmark = pytest.mark.usefixtures("every_isa_and_thread_count")
 
@@ -26,6 +29,11 @@ DENSE_SHAPES = [
     (31, 129, 127), (97, 257, 33), (130, 255, 97), (257, 31, 9), (4, 513, 9), (3, 5, 2053),
     (6, 0, 5), (0, 4, 3), (2, 3, 0),
 ]
+
+# The default run: 1, primes, a batch of one (the GEMV) and an output of one, non-multiples of
+# the tiles, K over KC, O over NC, each dimension 0.
+DENSE_DEFAULT_SHAPES = [(1, 1, 1), (5, 7, 3), (1, 13, 67), (67, 13, 1), (17, 16, 15),
+                        (97, 257, 33), (3, 5, 2053), (6, 0, 5), (0, 4, 3), (2, 3, 0)]
 
 
 def dense_inputs(rng, dtype, shape):
@@ -46,7 +54,8 @@ def check_dense_forward(dtype, x, W, b, activation):
     assert_unchanged(frozen)
 
 
-@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: str(s))
+@pytest.mark.parametrize("shape", slow_except(DENSE_SHAPES, DENSE_DEFAULT_SHAPES),
+                         ids=lambda s: str(s))
 @pytest.mark.parametrize("bias", [True, False], ids=["b", "b=None"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,8 +73,7 @@ def test_dense_forward_defaults_to_identity_without_bias(dtype):
     assert (got < 0).any()  # identity: negatives kept
 
 
-@pytest.mark.parametrize("layout_w", LAYOUTS)
-@pytest.mark.parametrize("layout_x", LAYOUTS)
+@pytest.mark.parametrize("layout_x, layout_w", layout_pairs())
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_forward_any_layout(dtype, layout_x, layout_w):
     rng = rng_for("dense-fwd-layout", dtype, layout_x, layout_w)
@@ -101,7 +109,8 @@ def check_dense_backward(dtype, x, W, out, grad_out, activation):
     assert_unchanged(frozen)
 
 
-@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: str(s))
+@pytest.mark.parametrize("shape", slow_except(DENSE_SHAPES, DENSE_DEFAULT_SHAPES),
+                         ids=lambda s: str(s))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_matches_reference(dtype, activation, shape):
@@ -113,8 +122,7 @@ def test_dense_backward_matches_reference(dtype, activation, shape):
     check_dense_backward(dtype, x, W, out, grad_out, activation)
 
 
-@pytest.mark.parametrize("layout_w", LAYOUTS)
-@pytest.mark.parametrize("layout_x", LAYOUTS)
+@pytest.mark.parametrize("layout_x, layout_w", layout_pairs())
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_any_layout(dtype, layout_x, layout_w):
     rng = rng_for("dense-bwd-layout", dtype, layout_x, layout_w)

@@ -3,13 +3,16 @@
 Legend: M, N rows and columns of a product, K its reduction length; eps is the dtype's machine
 epsilon. The first part writes shapes (M, K, N), the engine part (M, N, K).
 
-First part, every test on every SIMD flavour and thread count: float32 and float64 on awkward
-shapes (1, primes, one off the MR/NR/MC/KC/NC blocks of every flavour, K = 0, N > NC) and on
-every input layout (transposed, strided, negative strides, Fortran, read-only, unaligned);
-each flavour forced with FASTMLP_ISA in a fresh process. The engine part: each flavour × the
-packed and the in-place (small) path × 1 and 2 threads (every product split) at the edges of
-every blocking size; the tile consumer of the trainer's fused update; every path the
-override forces; bias and ReLU in the write-back; bitwise identity across thread counts.
+First part, every test on every SIMD flavour and thread count (tests/conftest.py): float32
+and float64 on awkward shapes (1, primes, one off the MR/NR/MC/KC/NC blocks of every flavour,
+K = 0, N > NC) and on every input layout (transposed, strided, negative strides, Fortran,
+read-only, unaligned); each flavour forced with FASTMLP_ISA in a fresh process. The engine
+part: each flavour × the packed and the in-place (small) path × 1 and 2 threads (every product
+split) at the edges of every blocking size; the tile consumer of the trainer's fused update;
+every path the override forces; bias and ReLU in the write-back; bitwise identity across
+thread counts.
+The large grids' remainders are marked `slow` (`python -m pytest -m slow`): more shapes, more
+layout pairs, the flavours other than this process's own on two threads, the forced sweep.
 """
 
 import numpy as np
@@ -18,8 +21,8 @@ import pytest
 import fastmlp
 from fastmlp import _testing, ops
 from _helpers import (DTYPES, F64, LAYOUTS, ON_EVERY_ISA_AND_THREAD_COUNT, TRANS, TRANS_IDS,
-                      assert_fresh, assert_unchanged, freeze, gemm_atol, laid_out, normal,
-                      ref_matmul, rng_for, run_python)
+                      assert_fresh, assert_unchanged, freeze, gemm_atol, laid_out, layout_pairs,
+                      normal, ref_matmul, rng_for, run_python, slow_except)
 
 
 # ---- each flavour forced with FASTMLP_ISA ----------------------------------------------------
@@ -62,8 +65,12 @@ print("ok")
 """
 
 
-# `isa` here is a parameter, which takes the place of the engine part's fixture of that name.
+# One fresh process per flavour running the whole sweep (0.4 s each): `slow`. The default run
+# forces each flavour in a fresh process in test_cpu.py::test_fastmlp_isa_forces_a_flavour and
+# runs each flavour's kernels in-process (every other test of this file). Its `isa` is a
+# parameter, which takes the place of the engine part's fixture of that name.
 @ON_EVERY_ISA_AND_THREAD_COUNT
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_forced_isa_kernels_match_reference(isa):
     """Each ISA this CPU runs (forced with FASTMLP_ISA in a fresh process) gives correct GEMMs."""
@@ -95,8 +102,18 @@ MATMUL_SHAPES = [
     (0, 3, 4), (4, 3, 0), (0, 0, 0),                           # empty results
 ]
 
+# The default run: 1, primes, non-multiples of every NR, the GEMV, K around and over KC, M over
+# the SIMD MCs, several blocks in M, K and N, N over every NC, K = 0, an empty result.
+MATMUL_DEFAULT_SHAPES = [
+    (1, 1, 1), (7, 13, 31), (17, 15, 31), (1, 255, 257), (5, 257, 3), (97, 256, 95),
+    (131, 513, 9), (481, 257, 9), (300, 257, 513), (9, 31, 2053), (2, 260, 4099), (3, 0, 5),
+    (0, 3, 4),
+]
+
+
 @ON_EVERY_ISA_AND_THREAD_COUNT
-@pytest.mark.parametrize("m, k, n", MATMUL_SHAPES, ids=lambda s: str(s))
+@pytest.mark.parametrize("m, k, n", slow_except(MATMUL_SHAPES, MATMUL_DEFAULT_SHAPES,
+                                              unpack=True), ids=lambda s: str(s))
 @pytest.mark.parametrize("trans_a, trans_b", TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_matches_reference(dtype, trans_a, trans_b, m, k, n):
@@ -120,8 +137,7 @@ def test_matmul_k0_is_zeros(dtype):
 
 
 @ON_EVERY_ISA_AND_THREAD_COUNT
-@pytest.mark.parametrize("layout_b", LAYOUTS)
-@pytest.mark.parametrize("layout_a", LAYOUTS)
+@pytest.mark.parametrize("layout_a, layout_b", layout_pairs())
 @pytest.mark.parametrize("trans_a, trans_b", TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_any_layout(dtype, trans_a, trans_b, layout_a, layout_b):

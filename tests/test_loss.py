@@ -3,8 +3,9 @@ float64 NumPy references: awkward shapes, every layout of logits and labels, eve
 label dtype, exact limits at logits of ±1e4, and gradients against central differences.
 
 Legend: N samples, K classes; logits (N, K) for softmax_nll, (N,) or (N, 1) for sigmoid_bce;
-labels (N,). eps is the dtype's machine epsilon. Every test runs on every SIMD flavour and
-thread count, in float32 and float64.
+labels (N,). eps is the dtype's machine epsilon. Every test runs in float32 and float64, on
+every SIMD flavour and thread count (tests/conftest.py; the flavours other than this process's
+own on two threads only with `-m slow`).
 """
 
 import numpy as np

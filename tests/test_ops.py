@@ -3,7 +3,8 @@ dtypes, labels, activation names) with their messages, the refusal of non-float 
 the package exposing it. The kernels themselves: test_gemm.py, test_dense.py,
 test_activations.py, test_loss.py; the ISA API: test_cpu.py.
 
-Every test runs on every SIMD flavour and thread count.
+Every test runs on every SIMD flavour and thread count (tests/conftest.py; the flavours other
+than this process's own on two threads only with `-m slow`).
 """
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 import fastmlp
 from fastmlp import ops
-from _helpers import F32, F64
+from _helpers import F32, F64, slow_except
 
 pytestmark = pytest.mark.usefixtures("every_isa_and_thread_count")
 
@@ -192,8 +193,15 @@ BAD_OPERAND_CALLS = {
 }
 
 
-@pytest.mark.parametrize("bad", BAD_DTYPES)
-@pytest.mark.parametrize("site", BAD_OPERAND_CALLS)
+# The default run: each site with two bad dtypes, each bad dtype at three or four sites.
+BAD_SITE_DTYPES = [(site, bad) for site in BAD_OPERAND_CALLS for bad in BAD_DTYPES]
+BAD_SITE_DTYPES_DEFAULT = [
+    (site, list(BAD_DTYPES)[(i + shift) % len(BAD_DTYPES)])
+    for i, site in enumerate(BAD_OPERAND_CALLS) for shift in (0, len(BAD_DTYPES) // 2)]
+
+
+@pytest.mark.parametrize("site, bad", slow_except(BAD_SITE_DTYPES, BAD_SITE_DTYPES_DEFAULT,
+                                                 unpack=True))
 def test_non_float_dtypes_raise_type_error(site, bad):
     name, call = BAD_OPERAND_CALLS[site]
     with pytest.raises(TypeError, match=rf"^{name} must have dtype float32 or float64, got"):
