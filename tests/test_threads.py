@@ -1,13 +1,15 @@
-"""The thread pool under adversity: a worker that never runs, tasks that throw, threads the OS
-refuses, a busy machine (the engine's contention guard); and how the thread count is governed
-(FASTMLP_NUM_THREADS, OMP_NUM_THREADS, the cap, threadpoolctl, joblib)."""
+"""The thread pool (src/cpp/threads.*) under adversity: a worker that never runs, tasks that
+throw, threads the OS refuses, a busy machine (the engine's contention guard), a fork after
+the pool ran, kernels called from several Python threads (the GIL released); and how the
+thread count is governed (the API, CPU affinity, FASTMLP_NUM_THREADS, OMP_NUM_THREADS, the
+cap, threadpoolctl, joblib)."""
 
 import io
 import os
-import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import fastmlp
 from fastmlp import MLP, SGD, Adam, _testing, ops
 from fastmlp._threads import available_cpus
+from _helpers import run_python
 
 
 @pytest.fixture
@@ -24,14 +27,6 @@ def threads():
     previous = fastmlp.get_num_threads()
     yield fastmlp.set_num_threads
     fastmlp.set_num_threads(previous)
-
-
-def run_python(code, env_updates=None, timeout=120, **kwargs):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTMLP_ISA", "FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
-    env.update(env_updates or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, timeout=timeout, **kwargs)
 
 
 def finishes(function, seconds=60):
@@ -170,6 +165,29 @@ def test_fallback_history_survives_a_checkpoint(tmp_path, threads):
 
 
 # ---- how many threads ------------------------------------------------------------------------
+
+
+def test_num_threads_api():
+    previous = fastmlp.get_num_threads()
+    try:
+        fastmlp.set_num_threads(3)
+        assert fastmlp.get_num_threads() == 3
+    finally:
+        fastmlp.set_num_threads(previous)
+    with pytest.raises(ValueError, match="positive"):
+        fastmlp.set_num_threads(0)
+    with pytest.raises(TypeError, match="integer"):
+        fastmlp.set_num_threads("2")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_default_thread_count_follows_cpu_affinity_and_env():
+    code = "import fastmlp; print(fastmlp.get_num_threads())"
+    one_cpu = sorted(os.sched_getaffinity(0))[0]
+    pinned = run_python(code, preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}))
+    assert pinned.stdout.strip() == "1", pinned.stderr
+    forced = run_python(code, {"FASTMLP_NUM_THREADS": "3"})
+    assert forced.stdout.strip() == "3", forced.stderr
 
 
 def test_set_num_threads_refuses_absurd_values():
@@ -312,6 +330,104 @@ def test_the_reported_hang_is_gone():
                                                               (4_000_000_000, 4_000_000_000)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(4 * available_cpus()), "1"]
+
+
+# ---- a fork; calls from several Python threads -----------------------------------------------
+
+
+def test_forked_child_recreates_the_pool():
+    """A process whose pool threads ran can fork; the child computes, trains and predicts with
+    a fresh pool (multiprocessing's default start method on Linux)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork()")
+    previous = fastmlp.get_num_threads()
+    fastmlp.set_num_threads(2)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((400, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 500)).astype(np.float32)
+    expected = ops.matmul(a, b)  # the parent's pool has run
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded fork" (3.12+)
+        pid = os.fork()
+    if pid == 0:  # child: compute with 2 threads, report, exit without running pytest's atexit
+        try:
+            os.close(read_end)
+            ok = np.array_equal(ops.matmul(a, b), expected)
+            # ... and train and predict (the engine's products are split over the pool too)
+            X = np.random.default_rng(5).standard_normal((512, 300)).astype(np.float32)
+            y = (X[:, 0] > 0).astype(int)
+            model = fastmlp.MLP([300, 256, 2], seed=0)
+            model.fit(X, y, epochs=10, batch_size=128, optimizer=fastmlp.Adam(lr=1e-3), seed=0)
+            ok = ok and model.score(X, y) > 0.9 and model.predict(X[:7]).shape == (7,)
+            os.write(write_end, b"ok" if ok else b"mismatch")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        assert os.read(read_end, 16) == b"ok"
+    finally:
+        os.close(read_end)
+        fastmlp.set_num_threads(previous)
+
+
+def test_kernels_release_the_gil():
+    """While one Python thread runs a long product, another keeps running Python code."""
+    a = np.random.default_rng(5).standard_normal((1500, 1500)).astype(np.float32)
+    previous = fastmlp.get_num_threads()
+    fastmlp.set_num_threads(1)
+    started, finished = threading.Event(), threading.Event()
+    results = []
+
+    def work():
+        started.set()
+        for _ in range(3):
+            results.append(ops.matmul(a, a))
+        finished.set()
+
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        started.wait()
+        ticks = 0
+        while not finished.is_set():
+            ticks += 1
+            time.sleep(0.001)
+        worker.join()
+    finally:
+        fastmlp.set_num_threads(previous)
+    # Holding the GIL, the products (~0.1 s each) would leave this loop a few ticks at most.
+    assert ticks >= 20
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_concurrent_calls_from_python_threads_agree():
+    rng = np.random.default_rng(6)
+    pairs = [(rng.standard_normal((200, 150)), rng.standard_normal((150, 180))) for _ in range(4)]
+    expected = [ops.matmul(a, b) for a, b in pairs]
+    outputs = [None] * 16
+
+    def work(i):
+        a, b = pairs[i % 4]
+        outputs[i] = ops.matmul(a, b)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i, out in enumerate(outputs):
+        np.testing.assert_array_equal(out, expected[i % 4])
 
 
 # ---- governed like the other pools -----------------------------------------------------------

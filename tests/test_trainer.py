@@ -1,6 +1,6 @@
-"""The fused training engine behind MLP.fit: same results as the step-by-step Python path,
-no allocation per step, optimizer state carried across calls, Ctrl-C at a step boundary,
-bitwise reproducibility across thread counts."""
+"""The fused training engine behind MLP.fit (src/cpp/trainer.*): same results as the
+step-by-step Python path, no allocation per step, optimizer state carried across calls, Ctrl-C
+at a step boundary, bitwise reproducibility across thread counts."""
 
 import signal
 import threading
