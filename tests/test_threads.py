@@ -108,20 +108,29 @@ def test_the_cost_model_is_measured(threads):
 
 
 @pytest.mark.parametrize("sizes, batch_size, parallel", [
-    ([30, 128, 128, 2], 32, False),   # 1-MFLOP products: a few microseconds each
-    ([64, 128, 10], 64, False),       # the digits net
+    ([30, 128, 128, 2], 32, None),    # 1-MFLOP products: a few microseconds each
+    ([64, 128, 10], 64, None),        # the digits net
     ([1024, 1024, 10], 256, True),    # 537-MFLOP products
 ])
-def test_small_and_mid_size_nets_train_on_one_thread(threads, sizes, batch_size, parallel):
+def test_nets_use_the_pool_as_the_cost_model_says(threads, sizes, batch_size, parallel):
     """Which nets use the pool, seen through the contention guard: with every parallel
     region made to look slow, a net whose steps use the pool reports a fallback, one whose
-    steps run on one thread (the cost model's choice) cannot."""
+    steps run on one thread cannot. The engine asks the cost model per layer (a product of
+    F FLOPs is split when F / speed · (1 - 1/threads) ≥ risk · region cost); the model is
+    measured on this machine, so whether the 1-MFLOP layers split depends on it (on an idle
+    2-vCPU Zen 5 they do not: benchmarks/README.md), while 537-MFLOP products split on any."""
     X = np.random.default_rng(4).standard_normal((2 * batch_size, sizes[0])).astype(np.float32)
     y = np.arange(2 * batch_size) % sizes[-1]
     threads(2)
+    model = ops.cost_model("float32")  # measured now, for two threads; fit uses the same
+    splits = [2.0 * batch_size * n_in * n_out / model["flops_per_second"]
+              * (1 - 1 / model["threads"]) >= model["risk_factor"] * model["region_seconds"]
+              for n_in, n_out in zip(sizes, sizes[1:])]
+    if parallel is not None:
+        assert any(splits) == parallel
     with _testing.slow_regions():
         history = MLP(sizes, seed=0).fit(X, y, epochs=1, batch_size=batch_size, seed=0)
-    assert history.one_thread_fallback == [parallel]
+    assert history.one_thread_fallback == [any(splits)]
 
 
 @pytest.mark.parametrize("optimizer", [lambda: SGD(lr=0.05, momentum=0.9), lambda: Adam(lr=1e-3)])
