@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 
 #include "activations.h"
 #include "loss.h"
@@ -41,10 +42,14 @@ index_t NetworkShape::widest() const {
 }
 
 namespace {
-// The ParallelMode of layer l's products: the caller's plan, or the calling thread's mode.
-ParallelMode mode_of(const ParallelMode* plan, index_t l) {
-  return plan ? plan[l] : current_parallel_mode();
-}
+// The caller's thread plan for layer l's products, in force while it lives; without a plan,
+// nothing (the calling thread's mode holds; inference then costs no thread-local access).
+struct LayerThreads {
+  std::optional<ParallelScope> scope;
+  LayerThreads(const ParallelMode* plan, index_t l) {
+    if (plan) scope.emplace(plan[l]);
+  }
+};
 }  // namespace
 
 template <class T>
@@ -55,7 +60,7 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
   for (index_t l = 0; l < L; ++l) {
     const Activation act = l < L - 1 ? shape_.hidden : Activation::identity;
     if constexpr (layout == Layout::rows) {
-      const ParallelScope threads(mode_of(ws.layer_mode, l));
+      const LayerThreads threads(ws.layer_mode, l);
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
                     n[l + 1], act);
@@ -109,7 +114,7 @@ void Network<T>::backward(const Batch<T>& batch, const Workspace<T>& ws,
     const index_t n_in = n[l], n_out = n[l + 1];
     T* grad_in = l > 0 ? ws.grad[(L - l) % 2] : nullptr;
     if constexpr (layout == Layout::rows) {
-      const ParallelScope threads(mode_of(ws.layer_mode, l));
+      const LayerThreads threads(ws.layer_mode, l);
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n_in, 1};
       bias_gradient(sink.grad_b[l], grad_out, B, n_out);  // while grad_out is hot in cache
       if (grad_in) {
