@@ -57,6 +57,9 @@ class Optimizer {
 
   virtual const char* name() const = 0;
   const std::vector<std::string>& state_names() const { return state_names_; }
+  // How many of the state arrays the next update reads (SGD without momentum: none), so that
+  // the engine prefetches only those.
+  virtual int states_read() const { return static_cast<int>(state_names_.size()); }
 
   // Allocates zeroed state for parameter arrays of these shapes and this dtype, and resets
   // the step count. Throws std::invalid_argument for an empty or negative shape.
@@ -149,6 +152,7 @@ class Sgd final : public OptimizerRule<Sgd> {
  public:
   Sgd(double lr, double momentum, double weight_decay, bool nesterov);
   const char* name() const override { return "SGD"; }
+  int states_read() const override { return momentum != 0.0 ? 1 : 0; }
   template <class T>
   bool apply(ParamBlock<T>& b) const;
 

@@ -226,7 +226,7 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
   // wide net waited on memory.)
   const index_t next_end = std::min(row + 2 * m, t.cfg_.shape.sizes[l + 1]);
   constexpr index_t kLine = 64 / sizeof(T);
-  const int n_state = static_cast<int>(t.optimizer_.state_names().size());
+  const int n_state = t.optimizer_.states_read();
   for (index_t i = row + m; i < next_end; ++i)
     for (index_t j = 0; j < n; j += kLine) {
       const index_t at = i * n_in + col + j;
