@@ -199,3 +199,123 @@ def test_a_non_finite_feature_is_found_anywhere(dtype, bad, position):
             model.predict(layout)
     flat[index] = 0.0
     assert _core.first_nonfinite(X) == -1
+
+
+def test_the_private_module_refuses_sizes_no_memory_holds():
+    """No call from Python crashes the process, fastmlp._core included: sizes computed from
+    the caller's numbers are checked before anything is allocated."""
+    from fastmlp import _core
+    weights, biases = [np.zeros((3, 2), np.float32)], [np.zeros(3, np.float32)]
+    optimizer = SGD()
+    optimizer._prepare(weights + biases)
+    for max_batch in (2**61, 2**62, 2**63 - 1):
+        with pytest.raises(ValueError, match="larger than any memory"):
+            _core.TrainerFloat32(weights, biases, "relu", "softmax", optimizer._rule, 0.0,
+                                 max_batch)
+    trainer = _core.TrainerFloat32(weights, biases, "relu", "softmax", optimizer._rule, 0.0, 4)
+    for n in (2**62, 2**63 - 1):
+        with pytest.raises(ValueError, match="larger than any memory"):
+            trainer.begin_epoch(n, True, 0)
+    with pytest.raises(ValueError, match="larger than any memory"):
+        _core.SGD(0.1, 0.0, 0.0, False).bind([[2**40, 2**40]], "float64")
+
+
+def test_fork_while_another_thread_trains_gives_a_child_that_works():
+    """os.fork() while a fit runs in another thread copies the model's lock held: the child
+    resets it (os.register_at_fork), so it can predict and train instead of hanging."""
+    from _helpers import run_python
+    code = """
+        import os, threading, time
+        import numpy as np
+        import fastmlp
+        X = np.random.default_rng(0).standard_normal((2048, 64)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int)
+        model = fastmlp.MLP([64, 128, 2], seed=0)
+        started = threading.Event()
+        def train():
+            model.fit(X, y, epochs=200, batch_size=32, callbacks=[lambda m, h: started.set()])
+        thread = threading.Thread(target=train, daemon=True)
+        thread.start()
+        started.wait()
+        time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            model.predict(X[:5])
+            model.fit(X[:64], y[:64], epochs=1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        os._exit(0)
+    """
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
+def test_snapshots_from_another_thread_during_fit_match_a_step(tmp_path):
+    """save and pickle from another thread while fit updates the weights tile by tile: every
+    snapshot equals the weights after some whole step (as replayed step by step), never half
+    of one."""
+    from fastmlp._training import epoch_order, epoch_seeds
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 64))
+    y = rng.integers(0, 10, 256)
+    sizes, epochs, batch = [64, 256, 10], 20, 32
+    reference, optimizer = MLP(sizes, dtype="float64", seed=1), SGD(lr=0.1)
+    states = [np.concatenate([a.ravel() for a in reference.weights + reference.biases])]
+    seeds = epoch_seeds(2)
+    for _ in range(epochs):
+        order = epoch_order(256, next(seeds))
+        for start in range(0, 256, batch):
+            rows = order[start:start + batch]
+            _, gw, gb = reference.loss_and_grad(X[rows], y[rows])
+            optimizer.step(reference.weights + reference.biases, gw + gb)
+            states.append(np.concatenate([a.ravel() for a in reference.weights
+                                          + reference.biases]))
+    states = np.array(states)
+
+    model = MLP(sizes, dtype="float64", seed=1)
+    snapshots, done = [], threading.Event()
+
+    def snapshot():
+        while not done.is_set():
+            if len(snapshots) % 2:
+                model.save(tmp_path / "m.npz")
+                copy = MLP.load(tmp_path / "m.npz")
+            else:
+                copy = pickle.loads(pickle.dumps(model))
+            snapshots.append(np.concatenate([a.ravel() for a in copy.weights + copy.biases]))
+
+    thread = threading.Thread(target=snapshot)
+    thread.start()
+    try:
+        model.fit(X, y, epochs=epochs, batch_size=batch, optimizer=SGD(lr=0.1), seed=2)
+    finally:
+        done.set()
+        thread.join()
+    assert snapshots
+    for taken in snapshots:
+        assert np.abs(states - taken).max(axis=1).min() < 1e-9
+
+
+def test_a_callback_that_assigns_new_arrays_trains_them():
+    """A callback may replace the parameter arrays (from the training thread): the engine
+    follows them, as if fit had been called again on the new weights."""
+    X, y = data()
+    model = MLP([6, 16, 3], dtype="float64", seed=0)
+
+    def shrink(m, history):
+        if history.epochs == 1:
+            m.weights = [w * 0.5 for w in m.weights]
+            m.biases[0] = m.biases[0] + 1.0
+
+    history = model.fit(X, y, epochs=3, batch_size=32, optimizer=SGD(lr=0.05), shuffle=False,
+                        callbacks=[shrink])
+    reference, optimizer = MLP([6, 16, 3], dtype="float64", seed=0), SGD(lr=0.05)
+    first = reference.fit(X, y, epochs=1, batch_size=32, optimizer=optimizer, shuffle=False)
+    reference.weights = [w * 0.5 for w in reference.weights]
+    reference.biases[0] = reference.biases[0] + 1.0
+    rest = reference.fit(X, y, epochs=2, batch_size=32, optimizer=optimizer, shuffle=False)
+    assert history.loss == first.loss + rest.loss
+    for a, b in zip(model.weights + model.biases, reference.weights + reference.biases):
+        np.testing.assert_array_equal(a, b)

@@ -82,6 +82,12 @@ def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float):
                         optimizer._rule, alpha, batch_size)
 
 
+def _parameter_ids(model) -> list[int]:
+    """Which arrays the model's parameters are (the engine holds the ones it was built with,
+    so an id is never reused while it runs)."""
+    return [id(a) for a in model.weights] + [id(a) for a in model.biases]
+
+
 def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
         callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume) -> History:
     """``MLP.fit`` (see its documentation)."""
@@ -127,6 +133,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             optimizer, start_epoch = _resume(model, checkpoint, rng, history, batch_size,
                                              bool(shuffle))
         trainer = new_trainer(model, optimizer, batch_size, alpha)
+        trained = _parameter_ids(model)
         n = X.shape[0]
         # The first engine call runs about 0.5 GFLOP (a few ms), then the count adapts so
         # that Python regains control about every 50 ms (Ctrl-C, progress).
@@ -181,6 +188,12 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                 stop = bool(callback(model, history)) or stop
             if stop:
                 break
+            if _parameter_ids(model) != trained:
+                # A callback assigned new parameter arrays (model.weights[l] = ..., or whole
+                # lists): the engine points into the arrays it was built with, so it follows
+                # the new ones by being rebuilt (microseconds; the optimizer's state stays).
+                trainer = new_trainer(model, optimizer, batch_size, alpha)
+                trained = _parameter_ids(model)
         return history
     finally:
         model._training = False

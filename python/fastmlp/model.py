@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -30,6 +31,23 @@ __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that 
 
 
 _OUTPUTS = ("softmax", "sigmoid", "identity")
+
+# Every MLP alive in this process, for _after_fork_in_child.
+_LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A fork while another thread trains a model copies its lock held, by a thread the child
+    # does not have: the child would wait on it forever. In the child no fit runs: every
+    # model's lock and training flag start afresh.
+    for model in list(_LIVE_MODELS):
+        model._lock = threading.RLock()
+        model._training = False
+        model._trainer_thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _ParameterList(list):
@@ -111,6 +129,7 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        _LIVE_MODELS.add(self)
 
     # ---- architecture -------------------------------------------------------------------
 
@@ -356,7 +375,12 @@ class MLP:
     # ---- concurrency and pickling -------------------------------------------------------
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        # A snapshot at a step boundary: the engine updates the parameters only while it
+        # holds the lock (tile by tile), so copies taken under it match one step.
+        with self._lock:
+            state = self.__dict__.copy()
+            state["_weights"] = [w.copy() for w in self._weights]
+            state["_biases"] = [b.copy() for b in self._biases]
         del state["_lock"], state["_training"], state["_trainer_thread"]
         return state
 
@@ -371,6 +395,14 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        _LIVE_MODELS.add(self)
+
+    def _snapshot(self) -> io.ModelRecord:
+        """The model as it is between two training steps (copies, taken under the lock)."""
+        with self._lock:
+            return io.ModelRecord(list(self._layer_sizes), self._activation, self._output,
+                                  self._dtype, [w.copy() for w in self._weights],
+                                  [b.copy() for b in self._biases])
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------
 
@@ -387,8 +419,9 @@ class MLP:
     # ---- persistence --------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """Write the model to ``path`` as a ``.npz`` (no pickle), atomically."""
-        io.save_model(self, path)
+        """Write the model to ``path`` as a ``.npz`` (no pickle), atomically; from another
+        thread during ``fit``, the weights of one step (not half of one)."""
+        io.save_model(self._snapshot(), path)
 
     @classmethod
     def load(cls, path) -> "MLP":

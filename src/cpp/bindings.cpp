@@ -699,6 +699,9 @@ class PyTrainer {
 
   void begin_epoch(py::ssize_t n_samples, bool shuffle, std::uint64_t seed) {
     if (n_samples < 1) throw py::value_error("an epoch needs at least one sample");
+    if (static_cast<std::size_t>(n_samples) > std::vector<std::int64_t>().max_size())
+      throw py::value_error("an epoch of " + std::to_string(n_samples) +
+                            " samples is larger than any memory");
     trainer_->begin_epoch(n_samples, shuffle, seed);
     n_samples_ = n_samples;
   }
