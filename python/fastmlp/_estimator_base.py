@@ -210,15 +210,11 @@ class _BaseMLP(BaseEstimator):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        # (An optimizer's state is rebuilt in the core's own memory when it is unpickled.)
         if hasattr(self, "_model"):
-            optimizer = getattr(self, "_optimizer", None)
-            state = [a for entry in getattr(optimizer, "_state", []) for a in entry.values()
-                     if isinstance(a, np.ndarray)]
-            if not all(a.flags.writeable
-                       for a in (*self._model.weights, *self._model.biases, *state)):
+            if not all(a.flags.writeable for a in (*self._model.weights, *self._model.biases)):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
                 self._model = copy.deepcopy(self._model)
-                self._optimizer = copy.deepcopy(getattr(self, "_optimizer", None))
                 self._best = copy.deepcopy(getattr(self, "_best", None))
 
     # ---- subclass hooks ------------------------------------------------------------------
