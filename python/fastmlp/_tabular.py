@@ -7,7 +7,8 @@ A CSV file has a header row; the target column is named with ``--target``, every
 is a feature and must be numeric. A ``.npz`` holds ``X`` (N, F) and, for training and
 evaluation, ``y`` (N,) (another array name can be given as the target). Labels may be any
 strings or numbers; they are mapped to class indices 0..K-1 in sorted order (numerically
-when every label is a number) and the original labels are kept in the sidecar.
+when every label is a number; numbers compare exactly, so integers beyond 2**53 stay distinct)
+and the original labels are kept in the sidecar.
 
 The sidecar (JSON, UTF-8) keeps what ``MLP.save`` does not, so the ``.npz`` stays a plain
 model that ``MLP.load`` reads::
@@ -21,7 +22,10 @@ model that ``MLP.load`` reads::
      "training": {settings the model was trained with, for the record}}
 
 Files are written atomically: to a temporary file in the target directory, flushed and
-fsynced, then renamed over the target.
+fsynced, then renamed over the target. ``save_with_meta`` checks the sidecar before writing
+anything and renames the model into place only after its sidecar is written, so a model file
+is never left without one. The sidecar holds only finite numbers (the standardisation is
+finite for any finite data).
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@
     fastmlp train DATA --target COL    train on a CSV (header row) or .npz (X, y); writes
                                        model.npz and its sidecar model.npz.meta.json
     fastmlp predict MODEL DATA         print (or --out write) one predicted label per row
-    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data
+                                       (a regression model's values)
+    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data (R² and loss for
+                                       a regression model)
     fastmlp bench                      fastmlp vs NumPy (and PyTorch) training throughput
 
 Data files, labels, feature standardisation and the sidecar are described in
 ``fastmlp._tabular``. User errors (missing files or columns, non-numeric features, a model
-that does not fit the data) print one line ``fastmlp: error: ...`` to stderr and exit 1;
+that does not fit the data or this machine's memory, values the model's float32 cannot hold,
+a malformed sidecar) print one line ``fastmlp: error: ...`` to stderr and exit 1;
 usage errors exit 2 (argparse's convention); Ctrl-C exits 130 (``train`` then saves nothing).
 """
 
@@ -484,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and loss on labelled data",
         description="Print the accuracy and the mean loss (negative log-likelihood) of MODEL "
-                    "on DATA, which must hold the labels.")
+                    "on DATA, which must hold the labels (for a regression model, R² and the "
+                    "mean of ½ squared error, DATA holding numeric targets).")
     evaluate.add_argument("model", metavar="MODEL")
     evaluate.add_argument("data", metavar="DATA")
     evaluate.add_argument("--target", metavar="COL",
