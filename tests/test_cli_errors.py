@@ -137,6 +137,11 @@ def test_absurd_hidden_sizes_are_a_one_line_error(tmp_path, capsys, hidden):
     assert no_files(tmp_path)
 
 
+def test_absurd_hidden_sizes_in_the_demo_are_a_one_line_error(capsys):
+    code, _, err = run(capsys, "demo", "--hidden", "100000000000")
+    assert code == 1 and "parameters" in one_line_error(err)
+
+
 @pytest.mark.parametrize("argv", [["train", "DATA", "--seed", "-1"],
                                   ["train", "DATA", "--seed", "1.5"],
                                   ["train", "DATA", "--hidden", "1e11"],

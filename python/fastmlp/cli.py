@@ -503,7 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate,
+def run_demo_command(args) -> int:
+    from fastmlp import optim
+
+    _check_model_size([64, *args.hidden, 10], len(optim.Adam().state_names))
+    accuracy = run_demo(epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
+                        lr=args.lr, seed=args.seed)
+    return EXIT_OK if accuracy >= 0.95 else EXIT_ERROR
+
+
+COMMANDS = {"demo": run_demo_command, "train": run_train, "predict": run_predict, "evaluate": run_evaluate,
             "bench": run_bench_command}
 
 
@@ -519,11 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "demo"):
         if args.command is None:
             args = parser.parse_args(["demo"])
-        accuracy = run_demo(epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed)
-        return EXIT_OK if accuracy >= 0.95 else EXIT_ERROR
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command or "demo"](args)
     except UsageError as exc:
         _error(exc)
         return EXIT_USAGE
