@@ -122,6 +122,19 @@ def test_features_that_overflow_the_csv_reader_are_a_one_line_error(tmp_path, ca
     assert no_files(tmp_path)
 
 
+def test_longdouble_features_beyond_float64_are_a_one_line_error(tmp_path, capsys):
+    X, y = blobs(30)
+    X = X.astype(np.longdouble)
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+        pytest.skip("long double is double on this platform")
+    X[7, 1] = np.longdouble(np.finfo(np.float64).max) * 4
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    code, _, err = train(capsys, tmp_path, tmp_path / "data.npz")
+    assert code == 1
+    assert "X holds values beyond the float64 range (first in row 7, column 1)" \
+        in one_line_error(err)
+
+
 # ---- sizes and seeds -----------------------------------------------------------------------
 
 

@@ -126,10 +126,15 @@ def _read_npz(path: str, target: str | None, need_target: bool, fallback: bool) 
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{name}: X must be 2-D (n_samples, n_features) and non-empty, "
                         f"got shape {X.shape}")
-    X = X.astype(np.float64)
+    source = X
+    with np.errstate(over="ignore"):  # float128 beyond the float64 range: reported below
+        X = X.astype(np.float64)
     bad = ~np.isfinite(X)
     if bad.any():
-        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        if np.isfinite(source[row, column]):
+            raise DataError(f"{name}: X holds values beyond the float64 range (first in row "
+                            f"{row}, column {column})")
         raise DataError(f"{name}: X contains NaN or infinity (first in row {row})")
     if labels is not None:
         if labels.ndim == 2 and labels.shape[1] == 1:
