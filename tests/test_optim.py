@@ -231,6 +231,8 @@ def test_hyperparameters_are_validated_when_set_too():
     (lambda: SGD(lr=0.1), "lr", -5, ValueError, "lr"),
     (lambda: SGD(lr=0.1), "lr", "abc", TypeError, "lr"),
     (lambda: SGD(lr=0.1), "lr", float("inf"), ValueError, "lr"),
+    (lambda: SGD(lr=0.1), "lr", 10**400, ValueError, "lr"),
+    (lambda: Adam(), "eps", -10**400, ValueError, "eps"),
     (lambda: SGD(momentum=0.9), "momentum", "x", TypeError, "momentum"),
     (lambda: SGD(momentum=0.9), "momentum", -1, ValueError, "momentum"),
     (lambda: SGD(momentum=0.9), "weight_decay", None, TypeError, "weight_decay"),

@@ -234,7 +234,11 @@ def positive_int(value, name: str) -> int:
 def positive_float(value, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be a finite number, got an integer of "
+                         f"{int(value).bit_length()} bits") from None
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         expected = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {expected}, got {value}")
