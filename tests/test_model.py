@@ -72,6 +72,87 @@ def test_bad_construction(kwargs, error, match):
         MLP(**kwargs)
 
 
+@pytest.mark.parametrize("dtype", ["garbage", "float32 ", None, True, 3, [1], {"a": 1}, object,
+                                   "int32", np.int64, np.float16, np.dtype("complex64"), ">f4",
+                                   "S4"])
+def test_every_bad_dtype_spelling_is_a_value_error(dtype):
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        MLP([3, 2], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, expected", [("f4", np.float32), (np.float32, np.float32),
+                                             (np.dtype("float64"), np.float64), (float, np.float64),
+                                             ("double", np.float64)])
+def test_good_dtype_spellings(dtype, expected):
+    assert MLP([3, 2], dtype=dtype).dtype == np.dtype(expected)
+
+
+@pytest.mark.parametrize("value", [1e39, 1e300, -1e300])
+def test_float64_values_beyond_float32_are_reported_as_out_of_range(value):
+    model = MLP([3, 2], seed=0)  # float32
+    X = np.zeros((4, 3))
+    X[2, 1] = value
+    y = np.array([0, 1, 0, 1])
+    message = r"X holds values outside the float32 range \(first at row 2, column 1"
+    with pytest.raises(ValueError, match=message):
+        model.predict(X)
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, y, epochs=1)
+    with pytest.raises(ValueError, match="validation " + message):
+        model.fit(np.zeros((4, 3)), y, epochs=1, validation_data=(X, y))
+    w = np.ones(4)
+    w[3] = abs(value)
+    with pytest.raises(ValueError, match=r"sample_weight holds values outside the float32 range "
+                                         r"\(first at index 3"):
+        model.fit(np.zeros((4, 3)), y, epochs=1, sample_weight=w)
+    regressor = MLP([3, 1], output="identity", seed=0)
+    t = np.zeros(4)
+    t[1] = value
+    with pytest.raises(ValueError, match=r"y holds values outside the float32 range "
+                                         r"\(first at row 1"):
+        regressor.fit(np.zeros((4, 3)), t, epochs=1)
+    # a NaN before the overflowing value is reported as NaN; a float64 model takes the value
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.predict(X)
+    X[0, 0] = 0.0
+    MLP([3, 2], dtype="float64", seed=0).predict(X)
+
+
+def test_a_sum_of_sample_weights_that_overflows_is_refused():
+    from fastmlp import ops
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    y = np.array([0, 1, 0, 1])
+    w = np.full(4, 1e308)
+    model = MLP([3, 2], dtype="float64", seed=0)
+    for call in (lambda: model.fit(X, y, sample_weight=w, epochs=1),
+                 lambda: model.loss(X, y, sample_weight=w),
+                 lambda: ops.softmax_nll(X[:, :2], y, sample_weight=w),
+                 lambda: ops.sigmoid_bce(X[:, :1], y, sample_weight=w),
+                 lambda: ops.squared_error(X, X * 2, sample_weight=w)):
+        with pytest.raises(ValueError, match="sum of sample_weight overflows"):
+            call()
+
+
+def test_huge_weights_whose_sum_is_finite_give_the_weighted_mean():
+    """Σw finite but Σ w·loss beyond the double range, and float32 weights whose Σw has no
+    float32 reciprocal: the loss and gradient equal those of the same weights scaled down."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    model = MLP([3, 4, 2], dtype="float64", seed=0)
+    small = model.loss_and_grad(X, y, sample_weight=np.full(20, 1.0))
+    huge = model.loss_and_grad(X, y, sample_weight=np.full(20, 8e306))  # Σw = 1.6e308
+    assert huge[0] == pytest.approx(small[0], rel=1e-12)
+    np.testing.assert_allclose(huge[1][0], small[1][0], rtol=1e-12)
+    model32 = MLP([3, 4, 2], seed=0)
+    small = model32.loss_and_grad(X, y, sample_weight=np.full(20, 1.0, np.float32))
+    huge = model32.loss_and_grad(X, y, sample_weight=np.full(20, 3e38, np.float32))
+    assert huge[0] == pytest.approx(small[0], rel=1e-5)
+    np.testing.assert_allclose(huge[1][0], small[1][0], rtol=1e-5)
+    history = model.fit(X, y, sample_weight=np.full(20, 8e306), epochs=2)
+    assert np.isfinite(history.loss).all()
+
+
 def test_parameter_assignment_is_validated():
     model = MLP([4, 3, 2], dtype="float64", seed=0)
     new = [np.ones((3, 4)), np.ones((2, 3))]

@@ -225,3 +225,50 @@ def test_hyperparameters_are_validated_when_set_too():
     assert adam.betas == (0.5, 0.6)
     with pytest.raises(ValueError, match="beta2"):
         adam.betas = (0.5, 1.0)
+
+
+@pytest.mark.parametrize("make, attribute, value, error, match", [
+    (lambda: SGD(lr=0.1), "lr", -5, ValueError, "lr"),
+    (lambda: SGD(lr=0.1), "lr", "abc", TypeError, "lr"),
+    (lambda: SGD(lr=0.1), "lr", float("inf"), ValueError, "lr"),
+    (lambda: SGD(lr=0.1), "lr", 10**400, ValueError, "lr"),
+    (lambda: Adam(), "eps", -10**400, ValueError, "eps"),
+    (lambda: SGD(momentum=0.9), "momentum", "x", TypeError, "momentum"),
+    (lambda: SGD(momentum=0.9), "momentum", -1, ValueError, "momentum"),
+    (lambda: SGD(momentum=0.9), "weight_decay", None, TypeError, "weight_decay"),
+    (lambda: SGD(), "nesterov", True, ValueError, "nesterov=True requires momentum > 0"),
+    (lambda: SGD(momentum=0.9, nesterov=True), "momentum", 0.0, ValueError,
+     "nesterov=True requires momentum > 0"),
+    (lambda: Adam(), "betas", (0.9, float("nan")), ValueError, "beta2"),
+    (lambda: Adam(), "betas", "ab", ValueError, "beta1"),
+    (lambda: Adam(), "betas", (0.9,), TypeError, "betas"),
+    (lambda: Adam(), "eps", float("nan"), ValueError, "eps"),
+    (lambda: AdamW(), "weight_decay", "0.1", TypeError, "weight_decay"),
+    (lambda: Adam(), "steps", 2**63, ValueError, "steps"),
+    (lambda: Adam(), "steps", 2**62, ValueError, "steps"),
+    (lambda: Adam(), "steps", -1, ValueError, "steps"),
+    (lambda: Adam(), "steps", 3.0, TypeError, "steps"),
+    (lambda: SGD(), "steps", True, TypeError, "steps"),
+    (lambda: Adam(), "momentum", 0.9, AttributeError, "hyper-parameters are lr, betas"),
+])
+def test_every_assignment_is_validated_like_the_constructor(make, attribute, value, error, match):
+    opt = make()
+    before = opt.state_dict()
+    with pytest.raises(error, match=match):
+        setattr(opt, attribute, value)
+    assert opt.state_dict()["hyperparameters"] == before["hyperparameters"]
+    assert opt.steps == before["steps"]
+
+
+def test_steps_can_be_restored():
+    opt = Adam(lr=0.1)
+    opt.step([np.ones(3)], [np.ones(3)])
+    opt.steps = 41
+    assert opt.steps == 41 and opt.state_dict()["steps"] == 41
+    opt.steps = np.int64(2**62 - 1)
+    assert opt.steps == 2**62 - 1
+    p = np.ones(3)
+    opt.step([p], [np.ones(3)])  # bias corrections of a huge t are 1: a finite step
+    assert np.isfinite(p).all()
+    with pytest.raises(ValueError, match="steps"):
+        Adam().load_state_dict(dict(opt.state_dict(), steps=2**63))

@@ -7,7 +7,8 @@ A CSV file has a header row; the target column is named with ``--target``, every
 is a feature and must be numeric. A ``.npz`` holds ``X`` (N, F) and, for training and
 evaluation, ``y`` (N,) (another array name can be given as the target). Labels may be any
 strings or numbers; they are mapped to class indices 0..K-1 in sorted order (numerically
-when every label is a number) and the original labels are kept in the sidecar.
+when every label is a number; numbers compare exactly, so integers beyond 2**53 stay distinct)
+and the original labels are kept in the sidecar.
 
 The sidecar (JSON, UTF-8) keeps what ``MLP.save`` does not, so the ``.npz`` stays a plain
 model that ``MLP.load`` reads::
@@ -21,24 +22,30 @@ model that ``MLP.load`` reads::
      "training": {settings the model was trained with, for the record}}
 
 Files are written atomically: to a temporary file in the target directory, flushed and
-fsynced, then renamed over the target.
+fsynced, then renamed over the target. ``save_with_meta`` checks the sidecar before writing
+anything and renames the model into place only after its sidecar is written, so a model file
+is never left without one. The sidecar holds only finite numbers (the standardisation is
+finite for any finite data).
 """
 
 from __future__ import annotations
 
 import csv
+import decimal
 import gzip
 import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = ["DataError", "Table", "read_table", "encode_labels", "Standardizer", "ModelMeta",
-           "meta_path", "write_meta", "read_meta", "atomic_write", "describe_path"]
+           "meta_path", "meta_document", "write_meta", "save_with_meta", "read_meta", "atomic_write", "describe_path"]
 
 META_FORMAT = "fastmlp.cli-metadata"
 META_VERSION = 1
@@ -119,10 +126,15 @@ def _read_npz(path: str, target: str | None, need_target: bool, fallback: bool) 
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{name}: X must be 2-D (n_samples, n_features) and non-empty, "
                         f"got shape {X.shape}")
-    X = X.astype(np.float64)
+    source = X
+    with np.errstate(over="ignore"):  # float128 beyond the float64 range: reported below
+        X = X.astype(np.float64)
     bad = ~np.isfinite(X)
     if bad.any():
-        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        if np.isfinite(source[row, column]):
+            raise DataError(f"{name}: X holds values beyond the float64 range (first in row "
+                            f"{row}, column {column})")
         raise DataError(f"{name}: X contains NaN or infinity (first in row {row})")
     if labels is not None:
         if labels.ndim == 2 and labels.shape[1] == 1:
@@ -130,6 +142,9 @@ def _read_npz(path: str, target: str | None, need_target: bool, fallback: bool) 
         if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
             raise DataError(f"{name}: {label_key} must be 1-D with one label per row of X "
                             f"({X.shape[0]}), got shape {labels.shape}")
+        if labels.dtype.kind not in "biufUS":
+            raise DataError(f"{name}: {label_key} must hold class labels (integers, strings or "
+                            f"bools), got dtype {labels.dtype}")
         if labels.dtype.kind == "S":
             labels = labels.astype(str)
     feature_list = None
@@ -245,18 +260,30 @@ def _numeric_column(text: np.ndarray, column: str, lines: list[int], name: str) 
 
 
 def _label_key(value):
-    """What makes two labels equal: numbers by value ("1", "1.0" and 1 are one class),
-    everything else by its text."""
+    """What makes two labels equal: numbers by exact value ("1", "1.0" and 1 are one class;
+    9007199254740993 and 9007199254740992 are two: no float round trip), everything else by
+    its text. Numeric keys are int, float or Decimal, which compare and hash exactly across
+    types."""
     if isinstance(value, (bool, np.bool_)):
         return ("s", str(bool(value)))
-    if isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (int, np.integer)):
+        return ("n", int(value))
+    if isinstance(value, (float, np.floating)):
         return ("n", float(value))
     text = str(value).strip()
     try:
-        number = float(text)
-    except ValueError:
+        number = decimal.Decimal(text)
+    except (decimal.InvalidOperation, ValueError):
         return ("s", text)
-    return ("n", number) if math.isfinite(number) else ("s", text)
+    return ("n", number) if number.is_finite() else ("s", text)
+
+
+def _is_integral(number) -> bool:
+    if isinstance(number, int):
+        return True
+    if isinstance(number, float):
+        return number.is_integer()
+    return number == number.to_integral_value()
 
 
 def _json_label(value):
@@ -287,7 +314,7 @@ def encode_labels(labels: np.ndarray, source: str) -> tuple[list, np.ndarray]:
                         "a classifier needs at least 2")
     numeric = all(kind == "n" for kind, _ in first)
     if numeric:
-        fractional = [v for kind, v in first if not float(v).is_integer()]
+        fractional = [v for kind, v in first if not _is_integral(v)]
         if fractional:
             raise DataError(f"{source}: the labels hold non-integer numbers (e.g. "
                             f"{fractional[0]:g}); fastmlp trains classifiers, so the target "
@@ -326,15 +353,28 @@ class Standardizer:
 
     @classmethod
     def fit(cls, X: np.ndarray) -> "Standardizer":
-        std = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(std > 0, std, 1.0))
+        """The columns' mean and std, finite for any finite X: each column is scaled by a
+        power of two near its largest magnitude first (exact, so the moments are the plain
+        ones wherever those are finite; Σx² of a column of 1e200 would overflow)."""
+        peak = np.abs(X).max(axis=0)
+        _, exponent = np.frexp(peak)  # peak = f · 2**exponent, f in [0.5, 1); 0 for 0
+        shift = exponent - 1
+        scaled = np.ldexp(X, -shift)  # |scaled| < 2
+        largest = np.finfo(np.float64).max
+        mean = np.ldexp(scaled.mean(axis=0), shift)
+        std = np.minimum(np.ldexp(scaled.std(axis=0), shift), largest)  # std <= peak
+        return cls(mean, np.where(std > 0, std, 1.0))
 
     @classmethod
     def identity(cls, n_features: int) -> "Standardizer":
         return cls(np.zeros(n_features), np.ones(n_features))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean) / self.std
+        """(X - mean) / std, computed from halves so that X - mean cannot overflow (exact:
+        the same values as the plain formula wherever it is finite). A value too far from the
+        training data can still be beyond the float64 range: inf, refused by the caller."""
+        with np.errstate(over="ignore"):
+            return (X * 0.5 - self.mean * 0.5) / self.std * 2.0
 
 
 # ---- the metadata sidecar -------------------------------------------------------------------
@@ -367,13 +407,13 @@ def atomic_write(path, data: bytes) -> None:
     write_atomically(path, lambda f: f.write(data))
 
 
-def write_meta(meta: ModelMeta, model_path) -> str:
-    """Write the sidecar of the model file at ``model_path`` (which must exist); returns
-    its path."""
+def meta_document(meta: ModelMeta, model_sha256: str) -> bytes:
+    """The sidecar's bytes; DataError if anything in it is not plain JSON (a label of another
+    type, a non-finite number: JSON has no NaN or Infinity, and ``read_meta`` refuses them)."""
     document = {
         "format": META_FORMAT,
         "format_version": META_VERSION,
-        "model_sha256": _sha256(os.fspath(model_path)),
+        "model_sha256": model_sha256,
         "target": meta.target,
         "classes": meta.classes,
         "feature_names": meta.feature_names,
@@ -381,9 +421,58 @@ def write_meta(meta: ModelMeta, model_path) -> str:
         "feature_std": [float(v) for v in meta.scaler.std],
         "training": meta.training,
     }
+    try:
+        text = json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"the model's metadata cannot be written as JSON: {exc}") from None
+    return (text + "\n").encode()
+
+
+def write_meta(meta: ModelMeta, model_path) -> str:
+    """Write the sidecar of the model file at ``model_path`` (which must exist); returns
+    its path."""
+    data = meta_document(meta, _sha256(os.fspath(model_path)))
     path = meta_path(model_path)
-    atomic_write(path, (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode())
+    atomic_write(path, data)
     return path
+
+
+def save_with_meta(model, meta: ModelMeta, model_path) -> str:
+    """Save ``model`` to ``model_path`` and its sidecar beside it, in an order that never
+    leaves the model file without its sidecar: the sidecar is checked before anything is
+    written, the model is written to a private directory beside the target, the sidecar (with
+    that file's checksum) is written in place, and only then is the model renamed over the
+    target. An error or a crash before the last rename leaves no new model file (at worst a
+    new sidecar beside an old model, which ``read_meta`` refuses by its checksum). Returns the
+    sidecar's path."""
+    model_path = os.fspath(model_path)
+    meta_document(meta, "0" * 64)  # refuses what cannot be written, before any file is
+    directory = os.path.dirname(os.path.abspath(model_path))
+    staging = tempfile.mkdtemp(prefix=".fastmlp-", dir=directory)
+    try:
+        staged = os.path.join(staging, os.path.basename(model_path))
+        model.save(staged)
+        path = meta_path(model_path)
+        atomic_write(path, meta_document(meta, _sha256(staged)))
+        os.replace(staged, model_path)
+        _fsync_directory(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename durable; not possible on every platform, harmless to skip there.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_meta(model_path, model) -> ModelMeta | None:
@@ -397,6 +486,10 @@ def read_meta(model_path, model) -> ModelMeta | None:
             document = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{name} is not a readable metadata file: {exc}") from None
+    except RecursionError:  # deeply nested arrays or objects
+        raise DataError(f"{name} is not a readable metadata file: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise DataError(f"{name} is not a readable metadata file: {exc}") from None
     try:
         if not isinstance(document, dict) or document.get("format") != META_FORMAT:
             raise ValueError(f"format is not {META_FORMAT!r}")
@@ -409,9 +502,18 @@ def read_meta(model_path, model) -> ModelMeta | None:
         std = np.array(document["feature_std"], dtype=np.float64)
         target = document["target"]
         n = model.n_features
-        if not isinstance(classes, list) or len(classes) != model.n_classes:
+        if not isinstance(classes, list):
+            raise ValueError("classes must be a list")
+        if len(classes) != model.n_classes:
             raise ValueError(f"it lists {len(classes)} classes but the model has "
                              f"{model.n_classes}")
+        for label in classes:
+            if not isinstance(label, (str, int, float, bool)) or \
+                    (isinstance(label, float) and not math.isfinite(label)):
+                raise ValueError(f"class labels must be strings, numbers or booleans, "
+                                 f"got {type(label).__name__}")
+        if len({_label_key(c) for c in classes}) != len(classes):
+            raise ValueError("classes lists one label more than once")
         if names is not None and (not isinstance(names, list) or len(names) != n
                                   or not all(isinstance(c, str) for c in names)):
             raise ValueError(f"feature_names must be null or {n} strings")
@@ -421,7 +523,7 @@ def read_meta(model_path, model) -> ModelMeta | None:
                              "(std > 0)")
         if target is not None and not isinstance(target, str):
             raise ValueError("target must be null or a string")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise DataError(f"{name} is not valid fastmlp metadata: {exc}") from None
     if document.get("model_sha256") != _sha256(os.fspath(model_path)):
         raise DataError(f"{name} belongs to another version of {describe_path(model_path)} "

@@ -92,8 +92,12 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.require(a, requirements=["C", "A"])
 
 
-def check_finite(a: np.ndarray, name: str) -> None:
-    """ValueError naming the first row (of a 2-D array) holding NaN or Inf."""
+def check_finite(a: np.ndarray, name: str, source: np.ndarray | None = None) -> None:
+    """ValueError naming the first row (of a 2-D array) holding NaN or Inf.
+
+    ``source``: the array ``a`` was converted from (same shape). Where it held a finite value
+    that the conversion overflowed (a float64 1e39 as float32), the message says the value
+    exceeds the range of ``a``'s dtype instead of calling it NaN or infinity."""
     if a.size == 0:
         return
     if a.dtype in FLOAT_DTYPES and a.flags.c_contiguous:
@@ -103,14 +107,38 @@ def check_finite(a: np.ndarray, name: str) -> None:
             return
     elif np.isfinite(a).all():
         return
-    bad = ~np.isfinite(a)
+    flat = np.flatnonzero(~np.isfinite(a).ravel())[0]
+    position = np.unravel_index(flat, a.shape)
     if a.ndim >= 2:
-        row = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(axis=1))[0])
-        raise ValueError(f"{name} contains NaN or infinity (first at row {row}); "
-                         "all values must be finite")
-    index = int(np.flatnonzero(bad.ravel())[0])
-    raise ValueError(f"{name} contains NaN or infinity (first at index {index}); "
+        where = f"row {int(position[0])}"
+    else:
+        where = f"index {int(position[0])}"
+    if source is not None:
+        original = source[position]
+        if np.isfinite(original):
+            if a.ndim == 2:
+                where += f", column {int(position[1])}"
+            elif a.ndim > 2:
+                where = f"index {tuple(int(i) for i in position)}"
+            limit = np.finfo(a.dtype).max
+            raise ValueError(f"{name} holds values outside the {a.dtype} range (first at {where}: "
+                             f"{original.item()!r}; {a.dtype} holds magnitudes up to "
+                             f"{float(limit):.4g}); rescale the data or use dtype='float64'")
+    raise ValueError(f"{name} contains NaN or infinity (first at {where}); "
                      "all values must be finite")
+
+
+def to_dtype(a: np.ndarray, dtype: np.dtype, name: str, requirements=None) -> np.ndarray:
+    """``a`` as ``dtype`` (copied only if needed), checked finite; a value the conversion
+    overflows (float64 beyond the float32 range) is reported as such, not as infinity."""
+    converted = a if a.dtype == dtype else None
+    if converted is None:
+        with np.errstate(over="ignore"):  # reported below, by position
+            converted = a.astype(dtype)
+    if requirements:
+        converted = np.require(converted, requirements=requirements)
+    check_finite(converted, name, source=None if converted is a else a)
+    return converted
 
 
 def feature_matrix(value, name: str, dtype: np.dtype, n_features: int | None = None) -> np.ndarray:
@@ -127,10 +155,7 @@ def feature_matrix(value, name: str, dtype: np.dtype, n_features: int | None = N
         raise ValueError(f"{name} has 0 samples; at least 1 is required")
     if n_features is not None and a.shape[1] != n_features:
         raise ValueError(f"{name} has {a.shape[1]} features but the model expects {n_features}")
-    if a.dtype != dtype:
-        a = a.astype(dtype)
-    check_finite(a, name)
-    return strided_ok(a)
+    return strided_ok(to_dtype(a, dtype, name))
 
 
 def integer_labels(value, name: str, n_classes: int, n_samples: int | None = None,
@@ -170,13 +195,17 @@ def sample_weights(value, n_samples: int, dtype: np.dtype, name: str = "sample_w
         raise TypeError(f"{name} must hold real numbers, got dtype {describe_dtype(w)}")
     if w.ndim != 1 or w.shape[0] != n_samples:
         raise ValueError(f"{name} must have shape ({n_samples},), got {w.shape}")
-    w = np.require(w, dtype=dtype, requirements=["C", "A"])
-    check_finite(w, name)
+    w = to_dtype(w, dtype, name, requirements=["C", "A"])
     if (w < 0).any():
         index = int(np.flatnonzero(w < 0)[0])
         raise ValueError(f"{name}[{index}] = {w[index].item()!r} is negative; weights must be >= 0")
     if not w.any():
         raise ValueError(f"{name} is all zeros; at least one sample must have a positive weight")
+    with np.errstate(over="ignore"):
+        total = w.sum(dtype=np.float64)  # as the loss kernels sum them
+    if not np.isfinite(total):
+        raise ValueError(f"the sum of {name} overflows ({total}); the loss is a weighted mean, "
+                         "so scale the weights down (only their ratios matter)")
     return w
 
 
@@ -191,9 +220,7 @@ def regression_targets(value, name: str, n_samples: int, n_outputs: int, dtype: 
     if t.ndim != 2 or t.shape != (n_samples, n_outputs):
         raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) (or ({n_samples},) "
                          f"for one output), got {np.shape(value)}")
-    t = np.require(t, dtype=dtype, requirements=["C", "A"])
-    check_finite(t, name)
-    return t
+    return to_dtype(t, dtype, name, requirements=["C", "A"])
 
 
 def positive_int(value, name: str) -> int:
@@ -207,7 +234,11 @@ def positive_int(value, name: str) -> int:
 def positive_float(value, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be a finite number, got an integer of "
+                         f"{int(value).bit_length()} bits") from None
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         expected = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {expected}, got {value}")
@@ -215,10 +246,15 @@ def positive_float(value, name: str, allow_zero: bool = False) -> float:
 
 
 def model_dtype(value) -> np.dtype:
+    """np.dtype float32 or float64 from a name ("float32", "f8"), a NumPy type or a dtype;
+    ``ValueError`` for anything else (None included: no silent default)."""
+    expected = "dtype must be 'float32' or 'float64' (a name, a NumPy type or a np.dtype)"
+    if value is None or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{expected}, got {value!r}")
     try:
         dt = np.dtype(value)
-    except TypeError:
-        dt = None
-    if dt not in FLOAT_DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {value!r}")
+    except Exception:  # NumPy raises TypeError, ValueError, ... for what it cannot parse
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if dt not in FLOAT_DTYPES:  # (never test None with `in`: np.dtype("f8") == None is True)
+        raise ValueError(f"{expected}, got {value!r}")
     return dt

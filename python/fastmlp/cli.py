@@ -5,12 +5,15 @@
     fastmlp train DATA --target COL    train on a CSV (header row) or .npz (X, y); writes
                                        model.npz and its sidecar model.npz.meta.json
     fastmlp predict MODEL DATA         print (or --out write) one predicted label per row
-    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data
+                                       (a regression model's values)
+    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data (R² and loss for
+                                       a regression model)
     fastmlp bench                      fastmlp vs NumPy (and PyTorch) training throughput
 
 Data files, labels, feature standardisation and the sidecar are described in
 ``fastmlp._tabular``. User errors (missing files or columns, non-numeric features, a model
-that does not fit the data) print one line ``fastmlp: error: ...`` to stderr and exit 1;
+that does not fit the data or this machine's memory, values the model's float32 cannot hold,
+a malformed sidecar) print one line ``fastmlp: error: ...`` to stderr and exit 1;
 usage errors exit 2 (argparse's convention); Ctrl-C exits 130 (``train`` then saves nothing).
 """
 
@@ -42,6 +45,16 @@ def _hidden_sizes(text: str) -> list[int]:
     if not sizes or any(s <= 0 for s in sizes):
         raise argparse.ArgumentTypeError(f"expected positive layer sizes, got {text!r}")
     return sizes
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**128:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**128), got {text!r}")
+    return value
 
 
 def _positive(kind):
@@ -184,10 +197,44 @@ def _check_output(path: str, option: str) -> None:
         raise DataError(f"{option} {path!r} is a directory; expected a file name")
 
 
+def _check_model_size(sizes: list[int], state_arrays: int) -> None:
+    """DataError when the model's parameters, gradients and optimizer state (float32) and its
+    float64 initialisation cannot fit in this machine's memory: say so before allocating."""
+    from fastmlp._tabular import DataError
+
+    n_parameters = sum(o * (i + 1) for i, o in zip(sizes, sizes[1:]))
+    need = n_parameters * (4 * (2 + state_arrays) + 8)
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not known on this platform
+        physical = 2**62
+    if need > physical:
+        raise DataError(f"a model of layer sizes {sizes} has {n_parameters:,} parameters and "
+                        f"needs about {need / 2**30:,.1f} GiB; this machine has "
+                        f"{physical / 2**30:,.1f} GiB (use smaller --hidden sizes)")
+
+
+def _model_input(X: np.ndarray, table, rows: np.ndarray | None = None) -> np.ndarray:
+    """X (standardised features of ``table``'s rows ``rows``, default all) if every value fits
+    the model's float32; else DataError naming the first row (1-based, of the data rows) and
+    feature of a value that does not."""
+    from fastmlp._tabular import DataError, describe_path
+
+    bad = ~(np.abs(X) <= np.finfo(np.float32).max)
+    if not bad.any():
+        return X
+    r, c = (int(i) for i in np.argwhere(bad)[0])
+    row = int(rows[r]) if rows is not None else r
+    feature = repr(table.feature_names[c]) if table.feature_names else f"column {c}"
+    raise DataError(f"{describe_path(table.path)} row {row + 1}, feature {feature}: "
+                    f"{table.X[row, c].item()!r} is too far from the training data: scaled it is "
+                    "beyond the float32 range of the model")
+
+
 def run_train(args) -> int:
     from fastmlp import MLP
     from fastmlp._tabular import (DataError, ModelMeta, Standardizer, encode_labels,
-                                  read_table, write_meta)
+                                  meta_document, read_table, save_with_meta)
 
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise DataError("--plot needs matplotlib, which is not installed "
@@ -204,19 +251,32 @@ def run_train(args) -> int:
     held_out = _stratified_holdout(y, args.val_split, args.seed)
     X_train, y_train = table.X[~held_out], y[~held_out]
     scaler = Standardizer.fit(X_train)
-    X_train = scaler.transform(X_train)
+    X_train = _model_input(scaler.transform(X_train), table, np.flatnonzero(~held_out))
     validation = None
     if held_out.any():
-        validation = (scaler.transform(table.X[held_out]), y[held_out])
+        validation = (_model_input(scaler.transform(table.X[held_out]), table,
+                                   np.flatnonzero(held_out)), y[held_out])
 
-    model = MLP([table.X.shape[1], *args.hidden, len(classes)], seed=args.seed)
+    sizes = [table.X.shape[1], *args.hidden, len(classes)]
+    optimizer = _optimizer(args.optimizer, args.lr)
+    _check_model_size(sizes, len(optimizer.state_names))
+    try:
+        model = MLP(sizes, seed=args.seed)
+    except ValueError as exc:  # sizes beyond any address space
+        raise DataError(str(exc)) from None
     batch_size = min(args.batch_size, len(y_train))
     steps = -(-len(y_train) // batch_size)
+    meta = ModelMeta(classes=classes, feature_names=table.feature_names, target=table.target,
+                     scaler=scaler, training={
+                         "data": os.path.basename(table.path), "rows": len(y),
+                         "hidden": args.hidden, "epochs": args.epochs,
+                         "batch_size": batch_size, "optimizer": repr(optimizer),
+                         "val_split": args.val_split, "seed": args.seed})
+    meta_document(meta, "0" * 64)  # what cannot go in the sidecar is refused before training
     shown = ", ".join(str(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
     _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, "
                f"{len(classes)} classes ({shown}); training on {len(y_train)}"
                + (f", validating on {len(validation[1])}" if validation else ""))
-    optimizer = _optimizer(args.optimizer, args.lr)
     _say(args, f"model: {model!r}, {args.optimizer} (lr {optimizer.lr:g}), {args.epochs} "
                f"epochs of {steps} steps (batch {batch_size})")
     progress = Progress(args.epochs, steps, sys.stdout) \
@@ -227,21 +287,14 @@ def run_train(args) -> int:
                             optimizer=optimizer, seed=args.seed,
                             validation_data=validation,
                             callbacks=[progress] if progress else None)
-    except FloatingPointError as exc:
+    except (FloatingPointError, ValueError) as exc:
         raise DataError(str(exc)) from None
     finally:
         if progress:
             progress.close()
     elapsed = time.perf_counter() - started
 
-    model.save(args.out)
-    meta = ModelMeta(classes=classes, feature_names=table.feature_names, target=table.target,
-                     scaler=scaler, training={
-                         "data": os.path.basename(table.path), "rows": len(y),
-                         "hidden": args.hidden, "epochs": args.epochs,
-                         "batch_size": batch_size, "optimizer": repr(optimizer),
-                         "val_split": args.val_split, "seed": args.seed})
-    meta_file = write_meta(meta, args.out)
+    meta_file = save_with_meta(model, meta, args.out)
     summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4f}"
     if history.val_accuracy:
         summary += (f", val_loss {history.val_loss[-1]:.4f}, "
@@ -255,8 +308,28 @@ def run_train(args) -> int:
     return EXIT_OK
 
 
+def _regression_targets(labels: np.ndarray, source: str) -> np.ndarray:
+    """The targets (N,) float64 of a regression model: numbers, finite."""
+    from fastmlp._tabular import DataError
+
+    if labels.dtype.kind not in "iufUS":
+        raise DataError(f"{source}: a regression model needs numeric targets, got dtype "
+                        f"{labels.dtype}")
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        raise DataError(f"{source}: a regression model needs numeric targets (the target "
+                        "column holds text)") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise DataError(f"{source}: target {labels[bad[0]]!r} (row {bad[0] + 1}) is not a "
+                        "finite number")
+    return values
+
+
 def _load_for_inference(args, need_target: bool):
-    """(model, meta or None, X standardised for the model, y class indices or None)."""
+    """(model, meta or None, X standardised for the model, y class indices (regression:
+    targets) or None)."""
     from fastmlp import MLP
     from fastmlp._tabular import DataError, describe_path, labels_to_indices, read_meta, \
         read_table
@@ -278,12 +351,30 @@ def _load_for_inference(args, need_target: bool):
     if table.X.shape[1] != model.n_features:
         raise DataError(f"{describe_path(table.path)} has {table.X.shape[1]} features but the "
                         f"model expects {model.n_features}")
-    X = meta.scaler.transform(table.X) if meta else table.X
+    X = _model_input(meta.scaler.transform(table.X) if meta else table.X, table)
     y = None
     if table.labels is not None and need_target:
-        classes = meta.classes if meta else list(range(model.n_classes))
-        y = labels_to_indices(table.labels, classes, describe_path(table.path))
+        if not model.is_classifier:
+            y = _regression_targets(table.labels, describe_path(table.path))
+        else:
+            classes = meta.classes if meta else list(range(model.n_classes))
+            y = labels_to_indices(table.labels, classes, describe_path(table.path))
     return model, meta, X, y
+
+
+def _prediction_rows(model, meta, X) -> list[list[str]]:
+    """One row of text per sample: its label (the original one when the sidecar has it), or
+    for a regression model its n_outputs values."""
+    try:
+        predicted = model.predict(X)
+    except ValueError as exc:
+        from fastmlp._tabular import DataError
+        raise DataError(str(exc)) from None
+    if not model.is_classifier:
+        return [[repr(float(v)) for v in row] for row in predicted]
+    if meta:
+        return [[str(meta.classes[i])] for i in predicted]
+    return [[str(i)] for i in predicted]
 
 
 def run_predict(args) -> int:
@@ -292,28 +383,35 @@ def run_predict(args) -> int:
     if args.out:
         _check_output(args.out, "--out")
     model, meta, X, _ = _load_for_inference(args, need_target=False)
-    indices = model.predict(X)
-    labels = [str(meta.classes[i]) for i in indices] if meta else [str(i) for i in indices]
+    rows = _prediction_rows(model, meta, X)
     if args.out:
         import csv
         import io
 
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["prediction"])
-        writer.writerows([label] for label in labels)
+        width = len(rows[0]) if rows else 1
+        writer.writerow(["prediction"] if width == 1 else
+                        [f"prediction_{k}" for k in range(width)])
+        writer.writerows(rows)
         atomic_write(args.out, buffer.getvalue().encode())
-        print(f"wrote {len(labels)} predictions to {args.out}")
+        print(f"wrote {len(rows)} predictions to {args.out}")
     else:
-        sys.stdout.write("".join(label + "\n" for label in labels))
+        sys.stdout.write("".join(",".join(row) + "\n" for row in rows))
         sys.stdout.flush()
     return EXIT_OK
 
 
 def run_evaluate(args) -> int:
+    from fastmlp._tabular import DataError
+
     model, _, X, y = _load_for_inference(args, need_target=True)
-    accuracy, loss = model.score(X, y), model.loss(X, y)
-    print(f"accuracy {accuracy:.4f}  loss {loss:.4f}  ({len(y)} samples)")
+    try:
+        score, loss = model.score(X, y), model.loss(X, y)
+    except ValueError as exc:  # e.g. one target per row for a model of several outputs
+        raise DataError(str(exc)) from None
+    name = "accuracy" if model.is_classifier else "r2"
+    print(f"{name} {score:.4f}  loss {loss:.4f}  ({len(y)} samples)")
     return EXIT_OK
 
 
@@ -340,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hidden layer sizes, comma-separated (default 128)")
     demo.add_argument("--batch-size", type=_positive(int), default=32)
     demo.add_argument("--lr", type=_positive(float), default=3e-3)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
 
     train = commands.add_parser(
         "train", help="train a classifier on a CSV or .npz file",
@@ -367,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of each class held out for validation (default 0.2; "
                             "0 for none)")
     train.add_argument("--out", default="model.npz", help="model file (default model.npz)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the initial weights, split and shuffling (default 0)")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.add_argument("--plot", metavar="PNG", help="save the training curves there "
@@ -389,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and loss on labelled data",
         description="Print the accuracy and the mean loss (negative log-likelihood) of MODEL "
-                    "on DATA, which must hold the labels.")
+                    "on DATA, which must hold the labels (for a regression model, R² and the "
+                    "mean of ½ squared error, DATA holding numeric targets).")
     evaluate.add_argument("model", metavar="MODEL")
     evaluate.add_argument("data", metavar="DATA")
     evaluate.add_argument("--target", metavar="COL",
@@ -404,7 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate,
+def run_demo_command(args) -> int:
+    from fastmlp import optim
+
+    _check_model_size([64, *args.hidden, 10], len(optim.Adam().state_names))
+    accuracy = run_demo(epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
+                        lr=args.lr, seed=args.seed)
+    return EXIT_OK if accuracy >= 0.95 else EXIT_ERROR
+
+
+COMMANDS = {"demo": run_demo_command, "train": run_train, "predict": run_predict, "evaluate": run_evaluate,
             "bench": run_bench_command}
 
 
@@ -420,11 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "demo"):
         if args.command is None:
             args = parser.parse_args(["demo"])
-        accuracy = run_demo(epochs=args.epochs, hidden=args.hidden, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed)
-        return EXIT_OK if accuracy >= 0.95 else EXIT_ERROR
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command or "demo"](args)
     except UsageError as exc:
         _error(exc)
         return EXIT_USAGE
@@ -440,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # unreadable / unwritable files
         detail = exc.strerror or str(exc)
         _error(f"{detail}: {exc.filename!r}" if exc.filename else detail)
+        return EXIT_ERROR
+    except MemoryError:
+        _error("out of memory (use smaller --hidden sizes or --batch-size, or less data)")
         return EXIT_ERROR
     except KeyboardInterrupt:
         _error("interrupted")

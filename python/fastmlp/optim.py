@@ -57,12 +57,24 @@ class Optimizer:
 
     @property
     def steps(self) -> int:
-        """Steps taken (Adam's t)."""
+        """Steps taken (Adam's t); may be set (an int in [0, 2**62)), e.g. to restore it."""
         return self._rule.steps
+
+    @steps.setter
+    def steps(self, value) -> None:
+        self._rule.steps = _steps(value)
 
     @property
     def state_names(self) -> tuple[str, ...]:
         return tuple(self._rule.state_names)
+
+    def __setattr__(self, name: str, value) -> None:
+        # A misspelt or another rule's hyper-parameter (adam.momentum = 0.9) would otherwise
+        # become a plain attribute that the rule never reads.
+        if not name.startswith("_") and not hasattr(type(self), name):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} to set; "
+                                 f"its hyper-parameters are {', '.join(self._hyper)}")
+        super().__setattr__(name, value)
 
     def hyperparameters(self) -> dict:
         return {name: getattr(self, name) for name in self._hyper}
@@ -118,12 +130,13 @@ class Optimizer:
         if not isinstance(arrays, list) or not isinstance(started, list) or \
                 len(arrays) != len(started):
             raise ValueError("state and started must be lists of one entry per parameter")
-        steps = state["steps"]
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        try:
+            steps = _steps(state["steps"])
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
         if not arrays:
             self.reset()
-            self._rule.steps = int(steps)
+            self._rule.steps = steps
             return
         shapes = []
         for i, entry in enumerate(arrays):
@@ -145,7 +158,7 @@ class Optimizer:
                     raise ValueError(f"state {name!r} of parameter {i} is not finite")
                 self._rule.set_state(i, name, value)
             self._rule.set_started(i, bool(started[i]))
-        self._rule.steps = int(steps)
+        self._rule.steps = steps
 
     # ---- stepping ---------------------------------------------------------------------------
 
@@ -207,12 +220,14 @@ class Optimizer:
         self.__dict__.update(Optimizer.from_state_dict(state).__dict__)
 
 
-def _hyper_property(name: str, check=None):
+def _hyper_property(name: str, check):
+    """A hyper-parameter of the core rule; every assignment goes through check(value, name),
+    as in the constructor."""
     def get(self):
         return getattr(self._rule, name)
 
     def set_(self, value):
-        setattr(self._rule, name, check(value, name) if check else value)
+        setattr(self._rule, name, check(value, name))
     return property(get, set_)
 
 
@@ -229,6 +244,17 @@ def _betas(betas) -> tuple[float, float]:
 
 def _non_negative(value, name):
     return positive_float(value, name, allow_zero=True)
+
+
+MAX_STEPS = 2**62  # far beyond any run; the core counts in int64 and computes beta**(steps+1)
+
+
+def _steps(value, name: str = "steps") -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < MAX_STEPS:
+        raise ValueError(f"{name} must be an integer in [0, 2**62), got {value!r}")
+    return int(value)
 
 
 class SGD(Optimizer):
@@ -249,9 +275,29 @@ class SGD(Optimizer):
         super().__init__(_core.SGD(positive_float(lr, "lr"), momentum,
                                    _non_negative(weight_decay, "weight_decay"), bool(nesterov)))
 
-    momentum = _hyper_property("momentum", _non_negative)
+    @property
+    def momentum(self) -> float:
+        return self._rule.momentum
+
+    @momentum.setter
+    def momentum(self, value) -> None:
+        value = _non_negative(value, "momentum")
+        if value == 0.0 and self._rule.nesterov:
+            raise ValueError("nesterov=True requires momentum > 0 "
+                             "(set nesterov = False first)")
+        self._rule.momentum = value
+
+    @property
+    def nesterov(self) -> bool:
+        return self._rule.nesterov
+
+    @nesterov.setter
+    def nesterov(self, value) -> None:
+        if value and self._rule.momentum == 0.0:
+            raise ValueError("nesterov=True requires momentum > 0 (set momentum first)")
+        self._rule.nesterov = bool(value)
+
     weight_decay = _hyper_property("weight_decay", _non_negative)
-    nesterov = _hyper_property("nesterov", lambda value, name: bool(value))
 
 
 class Adam(Optimizer):

@@ -18,7 +18,10 @@ namespace {
 }
 }  // namespace
 
-// Σ w (N when unweighted) as T and double; throws for a negative or non-finite weight.
+// Σ w (N when unweighted) as double; throws for a negative or non-finite weight or sum.
+// With weights, each row's share w_r / Σw (≤ 1) is computed in double, so neither the
+// weighted total Σ share_r · loss_r nor a float32 gradient scale overflows or underflows
+// when the weights are huge (w_r · loss_r could, and a float32 1/Σw is 0 beyond ~1e45).
 template <class T>
 double weight_sum(const T* weights, index_t N) {
   if (!weights) return static_cast<double>(N);
@@ -29,6 +32,9 @@ double weight_sum(const T* weights, index_t N) {
                                   " is negative or not finite");
     sum += static_cast<double>(weights[r]);
   }
+  if (!std::isfinite(sum))  // float64 weights near the largest double
+    throw std::invalid_argument(
+        "the sum of the sample weights overflows; scale them down (only their ratios matter)");
   return sum;
 }
 
@@ -121,13 +127,14 @@ double softmax_nll(T* dlogits, const T* logits, const std::int64_t* labels, cons
     // -log softmax(z)[y] = log Σ exp(z - max) - (z[y] - max), with sum ≥ 1 so log is finite.
     const std::int64_t y = labels[r];
     const double nll = static_cast<double>(std::log(sum)) - static_cast<double>(z[y] - row_max);
-    const T row_scale = weights ? weights[r] * inv_total : inv_total;
-    total += weights ? static_cast<double>(weights[r]) * nll : nll;
+    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
+    const T row_scale = weights ? static_cast<T>(share) : inv_total;
+    total += weights ? share * nll : nll;
     const T scale = row_scale / sum;
     for (index_t j = 0; j < K; ++j) dz[j] *= scale;
     dz[y] -= row_scale;
   }
-  return total / total_weight;
+  return weights ? total : total / total_weight;
 }
 
 template <class T>
@@ -147,10 +154,11 @@ double sigmoid_bce(T* dlogits, const T* logits, const std::int64_t* labels, cons
     const T y = static_cast<T>(labels[r]);
     const double loss =
         static_cast<double>(std::max(z, T(0)) - z * y + std::log1p(std::exp(-std::abs(z))));
-    total += weights ? static_cast<double>(weights[r]) * loss : loss;
-    dlogits[r] = (sigmoid_scalar(z) - y) * (weights ? weights[r] * inv_total : inv_total);
+    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
+    total += weights ? share * loss : loss;
+    dlogits[r] = (sigmoid_scalar(z) - y) * (weights ? static_cast<T>(share) : inv_total);
   }
-  return total / total_weight;
+  return weights ? total : total / total_weight;
 }
 
 template <class T>
@@ -164,16 +172,17 @@ double squared_error(T* dpred, const T* pred, const T* target, const T* weights,
   const T inv_total = static_cast<T>(1.0 / total_weight);
   double total = 0.0;
   for (index_t r = 0; r < N; ++r) {
-    const T row_scale = weights ? weights[r] * inv_total : inv_total;
+    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
+    const T row_scale = weights ? static_cast<T>(share) : inv_total;
     double row = 0.0;
     for (index_t k = 0; k < K; ++k) {
       const T diff = pred[r * K + k] - target[r * K + k];
       row += static_cast<double>(diff) * static_cast<double>(diff);
       dpred[r * K + k] = diff * row_scale;
     }
-    total += 0.5 * (weights ? static_cast<double>(weights[r]) * row : row);
+    total += 0.5 * (weights ? share * row : row);
   }
-  return total / total_weight;
+  return weights ? total : total / total_weight;
 }
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \

@@ -10,7 +10,9 @@ namespace fastmlp {
 
 // Sample weights w (N, ≥ 0) or null (all 1): every loss is the weighted mean over rows,
 // Σ_r w_r loss_r / Σ_r w_r, and every gradient row is scaled by w_r / Σ w (so with w = 1 the
-// scale is 1/N). A batch whose weights sum to 0 has loss 0 and gradient 0.
+// scale is 1/N). A batch whose weights sum to 0 has loss 0 and gradient 0. Each row's share
+// w_r / Σw is computed in double (no overflow for weights near the largest double, no float32
+// 1/Σw rounding to 0); a sum that overflows throws std::invalid_argument.
 
 // logits (N,K), labels (N) -> loss_r = logsumexp(logits[r]) - logits[r, y_r], and dlogits
 // (N,K) = (softmax(logits) - onehot(labels)) · w_r / Σw, one pass per row, never through
