@@ -328,3 +328,20 @@ def test_an_optimizer_in_use_by_a_fit_refuses_to_step_or_rebind():
     model.fit(X, y, epochs=1, optimizer=opt, callbacks=[meddle])
     assert len(errors) == 3
     opt.reset()  # free again once fit returned
+
+
+def test_an_optimizer_in_use_refuses_a_new_step_count():
+    """The engine advances the step count while it runs: setting it meanwhile is refused."""
+    X, y = data(40, 4, 2)
+    opt = Adam()
+    seen = []
+
+    def meddle(model, history):
+        with pytest.raises(RuntimeError, match="in use by a running fit"):
+            opt.steps = 0
+        seen.append(opt.steps)
+
+    MLP([4, 5, 2], seed=0).fit(X, y, epochs=1, batch_size=8, optimizer=opt, callbacks=[meddle])
+    assert seen == [5]
+    opt.steps = 0  # free again once fit returned
+    assert opt.steps == 0

@@ -24,7 +24,7 @@ from fastmlp import _core, _training, io, torch_interop
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, feature_matrix, integer_labels,
                                  model_dtype, positive_float, positive_int, regression_targets,
-                                 sample_weights)
+                                 sample_weights, to_dtype)
 from fastmlp.optim import Optimizer
 
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
@@ -205,10 +205,9 @@ class MLP:
             raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
         if a.shape != shape:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-        a = cache_aligned(a, self._dtype)  # always a copy: the model owns its parameters
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or infinity")
-        return a
+        # Always a copy (the model owns its parameters); a float64 value beyond float32's
+        # range is reported as such, not as the infinity the cast would make of it.
+        return cache_aligned(to_dtype(a, self._dtype, name))
 
     def _check_weight(self, i: int, value) -> np.ndarray:
         shape = (self._layer_sizes[i + 1], self._layer_sizes[i])

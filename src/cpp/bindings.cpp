@@ -523,7 +523,11 @@ void bind_optimizers(py::module_& m) {
       .def_property_readonly("name", &Optimizer::name)
       .def_property_readonly("state_names", &Optimizer::state_names)
       .def_readwrite("lr", &Optimizer::lr)
-      .def_readwrite("steps", &Optimizer::steps)
+      .def_property("steps", [](const Optimizer& o) { return o.steps; },
+                    [](Optimizer& o, std::int64_t steps) {
+                      require_idle(o);  // the engine advances it while it runs
+                      o.steps = steps;
+                    })
       .def_property_readonly("bound", &Optimizer::bound)
       .def_property_readonly("shapes", &Optimizer::shapes)
       .def_property_readonly("dtype", [](const Optimizer& o) -> py::object {
