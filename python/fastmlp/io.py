@@ -713,9 +713,9 @@ def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
     path, archive = _open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
     with archive:
         try:
+            params = _Parameters(archive)
             if "checkpoint" not in archive.names:
                 raise _Refused("no 'checkpoint' entry: this is not a training checkpoint")
-            params = _Parameters(archive)
             try:
                 meta = json.loads(_read_string(archive, "checkpoint", _MAX_JSON_MEMBER))
             except RecursionError:
