@@ -38,6 +38,7 @@ import stat
 import struct
 import time
 import zipfile
+import zlib
 
 from dataclasses import dataclass
 
@@ -217,7 +218,7 @@ DEFAULT_MAX_RATIO = 200       # fastmlp writes members stored; float parameters 
 # MemoryError here would be a bug, and is not caught.)
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
                 struct.error, NotImplementedError, OverflowError, KeyError, IndexError,
-                TypeError, AttributeError, SyntaxError, RecursionError)
+                TypeError, AttributeError, SyntaxError, RecursionError, zlib.error)
 
 
 class _Refused(ValueError):
