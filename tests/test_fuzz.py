@@ -237,7 +237,8 @@ def mutate_members(rng, members: list[list]) -> str:
         checkpoint = next((m for m in members if m[0] == "checkpoint.npy"), None)
         if checkpoint is not None:
             split = split_npy(checkpoint[1])
-            if split is not None and split[0]["descr"].lstrip("<>|=").startswith("U"):
+            descr = split[0]["descr"] if split is not None else None
+            if isinstance(descr, str) and descr.lstrip("<>|=").startswith("U"):
                 text = np.frombuffer(split[1], dtype=split[0]["descr"]).item() \
                     if split[1] else ""
                 new = mutate_json(rng, text)
