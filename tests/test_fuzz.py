@@ -141,7 +141,7 @@ JUNK_VALUES = [-1, 0, 1, 2**53 + 1, 10**30, -(10**30), 10**400, 1.5, float("nan"
 
 
 def mutate_json(rng, text: str) -> str:
-    choice = rng.integers(6)
+    choice = int(rng.choice(6, p=[0.1, 0.05, 0.2, 0.15, 0.2, 0.3]))
     if choice == 0:  # raw text damage
         at = int(rng.integers(len(text) + 1))
         return text[:at] + rng.choice(["", "{", "]", '"', "\\", "\x00", "NaN", "1e999"]) + \
@@ -156,12 +156,12 @@ def mutate_json(rng, text: str) -> str:
     # a random path into the document
     parents = []
     node = document
-    while isinstance(node, (dict, list)) and node and rng.random() < 0.7:
+    while isinstance(node, (dict, list)) and node and (not parents or rng.random() < 0.75):
         key = (rng.choice(list(node)) if isinstance(node, dict)
                else int(rng.integers(len(node))))
         parents.append((node, key))
         node = node[key]
-    if not parents:
+    if not parents or rng.random() < 0.02:
         return json.dumps(copy.deepcopy(JUNK_VALUES[int(rng.integers(len(JUNK_VALUES)))]))
     parent, key = parents[-1]
     if choice == 2 and isinstance(parent, dict):
@@ -182,6 +182,22 @@ def zip_bomb(rng, name: str, header: dict) -> tuple[bytes, list]:
     header = dict(header, shape=(megabytes << 20 >> 2,), descr="<f4")
     payload = npy_of(header, bytes(megabytes << 20))
     return payload, [name, payload, zipfile.ZIP_DEFLATED]
+
+
+def mutate_checkpoint_json(rng, members: list[list]) -> str | None:
+    """An edit of the checkpoint's JSON member, in place; None if there is none."""
+    checkpoint = next((m for m in members if m[0] == "checkpoint.npy"), None)
+    split = split_npy(checkpoint[1]) if checkpoint is not None else None
+    descr = split[0]["descr"] if split is not None else None
+    if not (isinstance(descr, str) and descr.lstrip("<>|=").startswith("U")):
+        return None
+    try:
+        text = str(np.frombuffer(split[1], dtype=descr).reshape(-1)[0])
+    except (ValueError, IndexError, TypeError):
+        text = ""
+    new = mutate_json(rng, text)
+    checkpoint[1] = npy_bytes(np.array(new))
+    return f"JSON edit: {new[:120]!r}"
 
 
 def mutate_members(rng, members: list[list]) -> str:
@@ -234,16 +250,9 @@ def mutate_members(rng, members: list[list]) -> str:
         payload, members[index] = zip_bomb(rng, name, header)
         return f"zip bomb of {len(payload) >> 20} MB as {name}"
     if name == "checkpoint.npy" or rng.random() < 0.3:
-        checkpoint = next((m for m in members if m[0] == "checkpoint.npy"), None)
-        if checkpoint is not None:
-            split = split_npy(checkpoint[1])
-            descr = split[0]["descr"] if split is not None else None
-            if isinstance(descr, str) and descr.lstrip("<>|=").startswith("U"):
-                text = np.frombuffer(split[1], dtype=split[0]["descr"]).item() \
-                    if split[1] else ""
-                new = mutate_json(rng, text)
-                checkpoint[1] = npy_bytes(np.array(new))
-                return f"JSON edit: {new[:120]!r}"
+        edit = mutate_checkpoint_json(rng, members)
+        if edit is not None:
+            return edit
     members[index][1] = payload + bytes(int(rng.integers(1, 64)))
     return f"append bytes to {name}"
 
@@ -276,6 +285,11 @@ def make_case(rng, files: dict[str, bytes]) -> tuple[str, bytes, list[str]]:
     kind = str(rng.choice(sorted(files)))
     data = files[kind]
     steps = []
+    if kind.startswith("ckpt") and rng.random() < 0.4:  # only JSON edits: reach _resume
+        members = members_of(data)
+        for _ in range(int(rng.integers(1, 3))):
+            steps.append(mutate_checkpoint_json(rng, members))
+        return kind, archive_of(members), steps
     if rng.random() < 0.8:
         members = members_of(data)
         for _ in range(int(rng.integers(1, 4))):

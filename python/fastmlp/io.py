@@ -400,6 +400,8 @@ def read_npz(path, *, allowed=None, max_bytes: int | None = None,
     ``read_npz(path, allowed={"X", "y", target, "feature_names"}, max_bytes=limit)``;
     ``npz_names(path)`` lists every member for messages.
     """
+    if isinstance(allowed, str):
+        allowed = {allowed}
     path, archive = _open_archive(path, "a readable .npz archive", max_ratio)
     with archive:
         try:
