@@ -29,7 +29,6 @@ import errno
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 import secrets
@@ -364,7 +363,7 @@ def _open_archive(path, what: str, max_ratio: float | None) -> tuple[str, _Archi
         raise ValueError(f"{path!r} is a directory, not {what}")
     try:
         return path, _Archive(path, max_ratio)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         raise
     except _READ_ERRORS as exc:
         raise ValueError(f"{path!r} is not {what}: {_reason(exc)}") from None
