@@ -28,22 +28,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
 import socket
 import stat
-import struct
 import time
-import zipfile
-import zlib
 
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib import format as npy_format
 
+from fastmlp._npz import (DEFAULT_MAX_RATIO, READ_ERRORS, Archive, Header, MiB, Refused,
+                          npz_names, open_archive, read_npz, reason)
 from fastmlp._validation import check_activation, model_dtype
 from fastmlp.optim import Optimizer
 
@@ -51,7 +48,7 @@ FORMAT_NAME = "fastmlp.MLP"
 FORMAT_VERSION = 1
 
 __all__ = ["ModelRecord", "save_model", "read_model", "save_checkpoint", "read_checkpoint",
-           "read_npz", "write_atomically", "FORMAT_VERSION"]
+           "read_npz", "npz_names", "write_atomically", "FORMAT_VERSION"]
 
 
 def _model_arrays(model) -> dict[str, np.ndarray]:
@@ -204,223 +201,8 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-# ---- bounded reading of .npz archives --------------------------------------------------------
-
-_MiB = 1 << 20
-_SMALL_MEMBER = 64 * 1024     # format, format_version, layer_sizes, activation, output, dtype
-_MAX_JSON_MEMBER = 64 * _MiB  # a checkpoint's JSON (as UTF-32: ~16 M characters)
-_EXEMPT_RATIO = _MiB          # members that expand to less than this are not ratio-checked
-DEFAULT_MAX_RATIO = 200       # fastmlp writes members stored; float parameters deflate ~1.1x
-
-# What a damaged or hostile archive can raise inside zipfile / numpy's header parser; each
-# becomes a ValueError that names the file. (Memory is bounded before any data is read, so a
-# MemoryError here would be a bug, and is not caught.)
-_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-                struct.error, NotImplementedError, OverflowError, KeyError, IndexError,
-                TypeError, AttributeError, SyntaxError, RecursionError, zlib.error)
-
-
-class _Refused(ValueError):
-    """A reason to refuse the file; the reader prefixes it with the file's name."""
-
-
-def _describe_content(path: str) -> str:
-    """What a file that is not a zip archive seems to be."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if not head:
-        return "it is an empty file"
-    if head.startswith(b"\x93NUMPY"):
-        return "it is a single .npy array (np.save), not an .npz archive"
-    if b"\0" not in head:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if exc.start < len(head) - 4:  # (not merely a character cut at 4096 bytes)
-                return "it is not a zip archive"
-        return "it is a text file (a CSV?), not an .npz archive"
-    return "it is not a zip archive"
-
-
-@dataclass
-class _Header:
-    shape: tuple[int, ...]
-    fortran: bool
-    dtype: np.dtype
-    offset: int   # bytes before the data
-    nbytes: int   # of the data
-
-
-class _Archive:
-    """An open .npz: members listed and checked against the zip's sizes; each member's .npy
-    header read without its data; data read only on request, into one allocation of the size
-    the header declares (which must be what the member holds)."""
-
-    def __init__(self, path: str, max_ratio: float | None):
-        self.path = path
-        self.max_ratio = max_ratio
-        self._file = open(path, "rb")
-        try:
-            size = os.fstat(self._file.fileno()).st_size
-            try:
-                self._zip = zipfile.ZipFile(self._file)
-            except zipfile.BadZipFile:
-                raise _Refused(_describe_content(path)) from None
-            self.members: dict[str, zipfile.ZipInfo] = {}
-            total = 0
-            for info in self._zip.infolist():
-                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                if key in self.members:
-                    raise _Refused(f"member {info.filename!r} appears twice")
-                self.members[key] = info
-                total += info.compress_size
-                if info.compress_size > size or total > size:
-                    raise _Refused(f"the zip directory claims more data than the file holds "
-                                   f"({size} bytes)")
-        except BaseException:
-            self._file.close()
-            raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._zip.close()
-        self._file.close()
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.members)
-
-    def _info(self, key: str) -> zipfile.ZipInfo:
-        info = self.members[key]
-        if not info.filename.endswith(".npy") or info.is_dir():
-            raise _Refused(f"member {info.filename!r} is not a .npy array")
-        if info.flag_bits & 0x1:
-            raise _Refused(f"member {key!r} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise _Refused(f"member {key!r} uses zip compression method {info.compress_type}; "
-                           "only stored and deflated members are read")
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise _Refused(f"member {key!r} is stored but its sizes disagree")
-        if (self.max_ratio is not None and info.file_size > _EXEMPT_RATIO
-                and info.file_size > self.max_ratio * max(info.compress_size, 1)):
-            raise _Refused(f"member {key!r} would expand {info.compress_size} bytes to "
-                           f"{info.file_size} (more than {self.max_ratio:g} times: a zip bomb?)")
-        return info
-
-    def header(self, key: str) -> _Header:
-        """The member's .npy header, checked against the member's size; no data read."""
-        info = self._info(key)
-        with self._zip.open(info) as f:
-            version = npy_format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
-            else:
-                raise _Refused(f"member {key!r} has .npy format version {version}, "
-                               "expected 1.0 or 2.0")
-            offset = f.tell()
-        if dtype.hasobject:
-            raise _Refused(f"member {key!r} holds pickled Python objects, which are never "
-                           "loaded")
-        if any(n < 0 for n in shape):
-            raise _Refused(f"member {key!r} declares a negative shape {shape}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if offset + nbytes != info.file_size:
-            raise _Refused(f"member {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) "
-                           f"but holds {info.file_size - offset} bytes")
-        return _Header(tuple(shape), bool(fortran), dtype, offset, nbytes)
-
-    def read(self, key: str, header: _Header) -> np.ndarray:
-        """The member's array (``header`` from ``self.header(key)``)."""
-        info = self._info(key)
-        count = math.prod(header.shape)
-        array = np.empty(count, dtype=header.dtype)
-        with self._zip.open(info) as f:
-            f.read(header.offset)
-            if header.nbytes:
-                target = memoryview(array.view(np.uint8).reshape(-1))
-                done = 0
-                while done < header.nbytes:
-                    chunk = f.read(min(header.nbytes - done, 4 * _MiB))
-                    if not chunk:
-                        raise _Refused(f"member {key!r} is truncated")
-                    target[done:done + len(chunk)] = chunk
-                    done += len(chunk)
-            f.read(1)  # to the end: zipfile checks the CRC there
-        if header.fortran:
-            return array.reshape(header.shape[::-1]).transpose()
-        return array.reshape(header.shape)
-
-
-def _open_archive(path, what: str, max_ratio: float | None) -> tuple[str, _Archive]:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a directory, not {what}")
-    try:
-        return path, _Archive(path, max_ratio)
-    except (FileNotFoundError, PermissionError):
-        raise
-    except _READ_ERRORS as exc:
-        raise ValueError(f"{path!r} is not {what}: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, _Refused):
-        return str(exc)
-    if isinstance(exc, RecursionError):
-        return "it is nested too deeply"
-    return f"it is damaged or not an .npz archive ({type(exc).__name__}: {exc})"
-
-
-def read_npz(path, *, allowed=None, max_bytes: int | None = None,
-             max_ratio: float | None = DEFAULT_MAX_RATIO) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` archive, read without pickle, in bounded memory.
-
-    allowed: None reads every member; otherwise a collection of array names: only those
-    members are read (others are neither decompressed nor returned, and need not be arrays).
-    max_bytes: the most bytes of array data to read in all (the sum of the shapes × item
-    sizes the members' ``.npy`` headers declare); None for no bound beyond the file's own.
-    max_ratio: a compressed member that would expand more than this many times (and to more
-    than 1 MiB) is refused as a zip bomb; None to allow any ratio.
-
-    Every header is read and checked (no objects; the declared shape and dtype exactly fill
-    the member; the total within ``max_bytes``) before any array data is read, so memory
-    stays within ``max_bytes`` (or the file's size × ``max_ratio``) whatever the file
-    declares. Raises FileNotFoundError for a missing file and ValueError, naming the file and
-    the reason, for anything else (not a zip, a raw ``.npy``, a text file, damaged,
-    truncated, pickled objects, too large).
-
-    For the CLI's data reader, e.g.
-    ``read_npz(path, allowed={"X", "y", target, "feature_names"}, max_bytes=limit)``;
-    ``npz_names(path)`` lists every member for messages.
-    """
-    if isinstance(allowed, str):
-        allowed = {allowed}
-    path, archive = _open_archive(path, "a readable .npz archive", max_ratio)
-    with archive:
-        try:
-            keys = [k for k in archive.names if allowed is None or k in allowed]
-            headers = {key: archive.header(key) for key in keys}
-            total = sum(h.nbytes for h in headers.values())
-            if max_bytes is not None and total > max_bytes:
-                raise _Refused(f"its arrays would take {total} bytes, more than the "
-                               f"{max_bytes} allowed")
-            return {key: archive.read(key, headers[key]) for key in keys}
-        except _READ_ERRORS as exc:
-            raise ValueError(f"{path!r} is not a readable .npz archive: {_reason(exc)}") from None
-
-
-def npz_names(path) -> list[str]:
-    """The array names in an ``.npz`` archive, without reading any array (ValueError if the
-    file is not a zip archive, FileNotFoundError if it is missing)."""
-    path, archive = _open_archive(path, "a readable .npz archive", None)
-    with archive:
-        return archive.names
+_SMALL_MEMBER = 64 * 1024      # format, format_version, layer_sizes, activation, output, dtype
+_MAX_JSON_MEMBER = 64 * MiB   # a checkpoint's JSON (as UTF-32: ~16 M characters)
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -444,22 +226,22 @@ class ModelRecord:
                 f"output={self.output!r}, dtype={self.dtype.name!r})")
 
 
-def _kind_name(h: _Header) -> str:
+def _kind_name(h: Header) -> str:
     return f"{h.dtype} array of shape {h.shape}"
 
 
-def _read_small(archive: _Archive, key: str, max_bytes: int = _SMALL_MEMBER):
+def _read_small(archive: Archive, key: str, max_bytes: int = _SMALL_MEMBER):
     """(header, array) of a member that must be small (header checked first)."""
     h = archive.header(key)
     if h.nbytes > max_bytes:
-        raise _Refused(f"entry {key!r} is {h.nbytes} bytes, expected at most {max_bytes}")
+        raise Refused(f"entry {key!r} is {h.nbytes} bytes, expected at most {max_bytes}")
     return h, archive.read(key, h)
 
 
-def _read_string(archive: _Archive, key: str, max_bytes: int = _SMALL_MEMBER) -> str:
+def _read_string(archive: Archive, key: str, max_bytes: int = _SMALL_MEMBER) -> str:
     h = archive.header(key)
     if h.dtype.kind != "U" or h.shape != ():
-        raise _Refused(f"entry {key!r} must be a string, got a {_kind_name(h)}")
+        raise Refused(f"entry {key!r} must be a string, got a {_kind_name(h)}")
     return str(_read_small(archive, key, max_bytes)[1])
 
 
@@ -467,57 +249,57 @@ class _Parameters:
     """The header entries of a model archive, read and checked; the expected parameter
     members and their shapes."""
 
-    def __init__(self, archive: _Archive):
+    def __init__(self, archive: Archive):
         names = archive.names
         missing = [key for key in _HEADER if key not in names]
         if "format" in missing:
             listed = ", ".join(repr(n) for n in names[:10]) or "none"
-            raise _Refused(f"it has no 'format' entry, so it is not a fastmlp model archive "
+            raise Refused(f"it has no 'format' entry, so it is not a fastmlp model archive "
                            f"(arrays: {listed}{', ...' if len(names) > 10 else ''})")
         if missing:
-            raise _Refused(f"missing entries {missing}")
+            raise Refused(f"missing entries {missing}")
         fmt = _read_string(archive, "format")
         if fmt != FORMAT_NAME:
-            raise _Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}")
+            raise Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}")
         h, version = _read_small(archive, "format_version")
         if h.shape != () or h.dtype.kind not in "iu":
-            raise _Refused(f"format_version must be an integer scalar, got a {_kind_name(h)}")
+            raise Refused(f"format_version must be an integer scalar, got a {_kind_name(h)}")
         if int(version) != FORMAT_VERSION:
-            raise _Refused(f"format_version {int(version)} is not supported "
+            raise Refused(f"format_version {int(version)} is not supported "
                            f"(this fastmlp reads version {FORMAT_VERSION})")
         self.dtype = model_dtype(_read_string(archive, "dtype"))
         self.activation = check_activation(_read_string(archive, "activation"))
         self.output = _read_string(archive, "output")
         h, sizes = _read_small(archive, "layer_sizes")
         if h.dtype.kind not in "iu" or len(h.shape) != 1 or h.shape[0] < 2:
-            raise _Refused("layer_sizes must be a 1-D integer array of at least 2 entries, "
+            raise Refused("layer_sizes must be a 1-D integer array of at least 2 entries, "
                            f"got a {_kind_name(h)}")
         self.layer_sizes = [int(s) for s in sizes]
         if any(s < 1 for s in self.layer_sizes):
-            raise _Refused(f"layer_sizes must be positive, got {self.layer_sizes}")
+            raise Refused(f"layer_sizes must be positive, got {self.layer_sizes}")
         self.n_layers = len(self.layer_sizes) - 1
         # W_l (n_{l+1}, n_l), b_l (n_{l+1},), in parameter order (weights, then biases)
         self.shapes = {f"W{i}": (self.layer_sizes[i + 1], self.layer_sizes[i])
                        for i in range(self.n_layers)}
         self.shapes.update({f"b{i}": (self.layer_sizes[i + 1],) for i in range(self.n_layers)})
 
-    def check_names(self, archive: _Archive, extra=()) -> None:
+    def check_names(self, archive: Archive, extra=()) -> None:
         expected = set(_HEADER) | set(self.shapes) | set(extra)
         if set(archive.names) != expected:
             extra_names = sorted(set(archive.names) - expected)
             missing = sorted(expected - set(archive.names))
-            raise _Refused(f"unexpected entries {extra_names}, missing entries {missing}")
+            raise Refused(f"unexpected entries {extra_names}, missing entries {missing}")
 
-    def read(self, archive: _Archive, expected: dict[str, tuple[str, tuple]]) -> dict:
+    def read(self, archive: Archive, expected: dict[str, tuple[str, tuple]]) -> dict:
         """Members ``key -> (label, shape)`` of this model's dtype; every header checked
         before any data is read."""
         headers = {}
         for key, (label, shape) in expected.items():
             h = archive.header(key)
             if h.shape != shape:
-                raise _Refused(f"{label} has shape {h.shape}, expected {shape}")
+                raise Refused(f"{label} has shape {h.shape}, expected {shape}")
             if h.dtype != self.dtype:
-                raise _Refused(f"{label} has dtype {h.dtype}, expected {self.dtype}")
+                raise Refused(f"{label} has dtype {h.dtype}, expected {self.dtype}")
             headers[key] = h
         return {key: archive.read(key, h) for key, h in headers.items()}
 
@@ -531,14 +313,14 @@ def read_model(path) -> ModelRecord:
     """The validated contents of a model archive written by ``save_model``; ValueError for
     anything malformed (``MLP.load`` builds the model from it). Reads no array data before
     the names, sizes and headers of every member match ``layer_sizes``."""
-    path, archive = _open_archive(path, "a fastmlp model archive", DEFAULT_MAX_RATIO)
+    path, archive = open_archive(path, "a fastmlp model archive", DEFAULT_MAX_RATIO)
     with archive:
         try:
             params = _Parameters(archive)
             params.check_names(archive)
             arrays = params.read(archive, {k: (k, s) for k, s in params.shapes.items()})
-        except _READ_ERRORS as exc:
-            raise ValueError(f"{path!r} is not a valid fastmlp model: {_reason(exc)}") from None
+        except READ_ERRORS as exc:
+            raise ValueError(f"{path!r} is not a valid fastmlp model: {reason(exc)}") from None
     return params.record(arrays)
 
 
@@ -571,9 +353,9 @@ def save_checkpoint(path, model, optimizer, progress: dict) -> None:
 def _count(meta: dict, key: str, low: int) -> int:
     value = meta[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Refused(f"field {key!r} must be an integer, got {value!r:.40}")
+        raise Refused(f"field {key!r} must be an integer, got {value!r:.40}")
     if not low <= value <= _MAX_COUNT:
-        raise _Refused(f"field {key!r} must be between {low} and 2**53, got {value!r:.40}")
+        raise Refused(f"field {key!r} must be between {low} and 2**53, got {value!r:.40}")
     return value
 
 
@@ -582,36 +364,36 @@ def _history(value, epochs_done: int) -> dict[str, list]:
     loss and samples_per_second one per epoch; the others at most that many: 0.1 had no
     l2_penalty, a resumed fit may add validation scores)."""
     if not isinstance(value, dict) or "loss" not in value:
-        raise _Refused("field 'history' must be an object with a 'loss' list")
+        raise Refused("field 'history' must be an object with a 'loss' list")
     unknown = sorted(set(value) - set(_HISTORY_NUMBERS) - set(_HISTORY_FLAGS))
     if unknown:
-        raise _Refused(f"field 'history' has unknown entries {unknown}")
+        raise Refused(f"field 'history' has unknown entries {unknown}")
     history = {}
     for key, values in value.items():
         if not isinstance(values, list):
-            raise _Refused(f"field 'history.{key}' must be a list, got {values!r:.40}")
+            raise Refused(f"field 'history.{key}' must be a list, got {values!r:.40}")
         if key in _HISTORY_FLAGS:
             if not all(isinstance(v, bool) for v in values):
-                raise _Refused(f"field 'history.{key}' must hold true/false values")
+                raise Refused(f"field 'history.{key}' must hold true/false values")
             history[key] = list(values)
             continue
         floats = []
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _Refused(f"field 'history.{key}' must hold numbers, got {v!r:.40}")
+                raise Refused(f"field 'history.{key}' must hold numbers, got {v!r:.40}")
             try:
                 floats.append(float(v))
             except OverflowError:
-                raise _Refused(f"field 'history.{key}' holds a number too large for a "
+                raise Refused(f"field 'history.{key}' holds a number too large for a "
                                "float") from None
         history[key] = floats
     n = len(history["loss"])
     if n > epochs_done:
-        raise _Refused(f"field 'history.loss' has {n} epochs, more than epochs_done "
+        raise Refused(f"field 'history.loss' has {n} epochs, more than epochs_done "
                        f"({epochs_done})")
     for key, values in history.items():
         if len(values) > n or (key == "samples_per_second" and len(values) != n):
-            raise _Refused(f"field 'history.{key}' has {len(values)} entries but "
+            raise Refused(f"field 'history.{key}' has {len(values)} entries but "
                            f"'history.loss' has {n}")
     return history
 
@@ -619,33 +401,33 @@ def _history(value, epochs_done: int) -> dict[str, list]:
 def _rng_state(value) -> dict:
     """A PCG64 state (fit's default_rng), checked by setting it on a scratch generator."""
     if not isinstance(value, dict):
-        raise _Refused(f"field 'rng_state' must be an object, got {value!r:.40}")
+        raise Refused(f"field 'rng_state' must be an object, got {value!r:.40}")
     if value.get("bit_generator") != "PCG64":
-        raise _Refused("field 'rng_state' must be the state of a PCG64 generator, got "
+        raise Refused("field 'rng_state' must be the state of a PCG64 generator, got "
                        f"bit_generator {value.get('bit_generator')!r:.40}")
     try:
         np.random.PCG64().state = value
     except (TypeError, ValueError, KeyError, OverflowError, AttributeError, IndexError) as exc:
-        raise _Refused(f"field 'rng_state' is not a valid generator state ({exc})") from None
+        raise Refused(f"field 'rng_state' is not a valid generator state ({exc})") from None
     return value
 
 
 def _progress(meta) -> dict:
     """The checkpoint's JSON metadata, every field _training._resume uses checked."""
     if not isinstance(meta, dict):
-        raise _Refused("the 'checkpoint' entry must be a JSON object")
+        raise Refused("the 'checkpoint' entry must be a JSON object")
     for key in ("optimizer", "epochs_done", "rng_state", "history", "batch_size", "shuffle"):
         if key not in meta:
-            raise _Refused(f"checkpoint metadata lacks {key!r}")
+            raise Refused(f"checkpoint metadata lacks {key!r}")
     if not isinstance(meta["optimizer"], dict):
-        raise _Refused("field 'optimizer' must be an object")
+        raise Refused("field 'optimizer' must be an object")
     checked = dict(meta)
     checked["epochs_done"] = _count(meta, "epochs_done", 0)
     checked["batch_size"] = _count(meta, "batch_size", 1)
     if "steps" in meta:
         checked["steps"] = _count(meta, "steps", 0)
     if not isinstance(meta["shuffle"], bool):
-        raise _Refused(f"field 'shuffle' must be true or false, got {meta['shuffle']!r:.40}")
+        raise Refused(f"field 'shuffle' must be true or false, got {meta['shuffle']!r:.40}")
     checked["rng_state"] = _rng_state(meta["rng_state"])
     checked["history"] = _history(meta["history"], checked["epochs_done"])
     return checked
@@ -657,7 +439,7 @@ def _optimizer_state_v1(opt: dict, arrays, n_params: int, meta: dict) -> dict:
     if kind == "sgd":
         names = ["momentum_buffer"]
         if "steps" not in meta:
-            raise _Refused("checkpoint metadata lacks 'steps'")
+            raise Refused("checkpoint metadata lacks 'steps'")
         state = {"optimizer": "SGD", "steps": meta["steps"],
                  "hyperparameters": {"lr": opt["lr"], "momentum": opt["momentum"],
                                      "weight_decay": opt["weight_decay"],
@@ -679,13 +461,13 @@ def _state_keys(opt: dict, names: list[str], n_params: int) -> dict[str, tuple[i
     keys = {}
     if "kind" in opt:  # fastmlp 0.1
         if opt["kind"] not in ("sgd", "adam"):
-            raise _Refused(f"unknown optimizer kind {opt['kind']!r:.40}")
+            raise Refused(f"unknown optimizer kind {opt['kind']!r:.40}")
         ab = "a" if opt["kind"] == "sgd" else "ab"
         allowed = {f"opt_{x}{i}": (i, x) for i in range(n_params) for x in ab}
         for key in names:
             if key.startswith("opt_"):
                 if key not in allowed:
-                    raise _Refused(f"optimizer state {key!r} names no parameter")
+                    raise Refused(f"optimizer state {key!r} names no parameter")
                 keys[key] = allowed[key]
         return keys
     per_parameter = [0] * n_params
@@ -694,11 +476,11 @@ def _state_keys(opt: dict, names: list[str], n_params: int) -> dict[str, tuple[i
             continue
         match = re.fullmatch(r"optim\.(0|[1-9][0-9]{0,8})\.([A-Za-z_][A-Za-z0-9_]{0,63})", key)
         if match is None or int(match.group(1)) >= n_params:
-            raise _Refused(f"optimizer state {key!r} names no parameter")
+            raise Refused(f"optimizer state {key!r} names no parameter")
         index = int(match.group(1))
         per_parameter[index] += 1
         if per_parameter[index] > _MAX_STATE_NAMES:
-            raise _Refused(f"parameter {index} has more than {_MAX_STATE_NAMES} optimizer "
+            raise Refused(f"parameter {index} has more than {_MAX_STATE_NAMES} optimizer "
                            "state arrays")
         keys[key] = (index, match.group(2))
     return keys
@@ -712,18 +494,18 @@ def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
     floats / bools), the optimizer (``Optimizer.from_state_dict``). Memory is bounded as in
     ``read_model``: the JSON member to 64 MiB, each optimizer array to its parameter's shape,
     all checked before any array data is read."""
-    path, archive = _open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
+    path, archive = open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
     with archive:
         try:
             params = _Parameters(archive)
             if "checkpoint" not in archive.names:
-                raise _Refused("no 'checkpoint' entry: this is not a training checkpoint")
+                raise Refused("no 'checkpoint' entry: this is not a training checkpoint")
             try:
                 meta = json.loads(_read_string(archive, "checkpoint", _MAX_JSON_MEMBER))
             except RecursionError:
-                raise _Refused("the 'checkpoint' JSON is nested too deeply") from None
+                raise Refused("the 'checkpoint' JSON is nested too deeply") from None
             except json.JSONDecodeError as exc:
-                raise _Refused(f"the 'checkpoint' entry is not valid JSON ({exc})") from None
+                raise Refused(f"the 'checkpoint' entry is not valid JSON ({exc})") from None
             meta = _progress(meta)
             opt = meta["optimizer"]
             n_params = 2 * params.n_layers
@@ -735,9 +517,9 @@ def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
                 expected[key] = (f"optimizer state {name!r} of parameter {index}",
                                  params.shapes[order[index]])
             arrays = params.read(archive, expected)
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{path!r} is not a valid fastmlp checkpoint: "
-                             f"{_reason(exc)}") from None
+                             f"{reason(exc)}") from None
     try:
         if "kind" in opt:
             state = _optimizer_state_v1(opt, arrays, n_params, meta)
