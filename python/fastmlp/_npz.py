@@ -31,8 +31,8 @@ DEFAULT_MAX_RATIO = 200   # fastmlp writes members stored; float parameters defl
 # becomes a ValueError that names the file. (Memory is bounded before any data is read, so a
 # MemoryError here would be a bug, and is not caught.)
 READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-                struct.error, NotImplementedError, OverflowError, KeyError, IndexError,
-                TypeError, AttributeError, SyntaxError, RecursionError, zlib.error)
+               struct.error, NotImplementedError, OverflowError, KeyError, IndexError,
+               TypeError, AttributeError, SyntaxError, RecursionError, zlib.error)
 
 
 class Refused(ValueError):
@@ -91,7 +91,7 @@ class Archive:
                 total += info.compress_size
                 if info.compress_size > size or total > size:
                     raise Refused(f"the zip directory claims more data than the file holds "
-                                   f"({size} bytes)")
+                                  f"({size} bytes)")
         except BaseException:
             self._file.close()
             raise
@@ -115,13 +115,13 @@ class Archive:
             raise Refused(f"member {key!r} is encrypted")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise Refused(f"member {key!r} uses zip compression method {info.compress_type}; "
-                           "only stored and deflated members are read")
+                          "only stored and deflated members are read")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise Refused(f"member {key!r} is stored but its sizes disagree")
         if (self.max_ratio is not None and info.file_size > _EXEMPT_RATIO
                 and info.file_size > self.max_ratio * max(info.compress_size, 1)):
             raise Refused(f"member {key!r} would expand {info.compress_size} bytes to "
-                           f"{info.file_size} (more than {self.max_ratio:g} times: a zip bomb?)")
+                          f"{info.file_size} (more than {self.max_ratio:g} times: a zip bomb?)")
         return info
 
     def header(self, key: str) -> Header:
@@ -135,17 +135,17 @@ class Archive:
                 shape, fortran, dtype = npy_format.read_array_header_2_0(f)
             else:
                 raise Refused(f"member {key!r} has .npy format version {version}, "
-                               "expected 1.0 or 2.0")
+                              "expected 1.0 or 2.0")
             offset = f.tell()
         if dtype.hasobject:
             raise Refused(f"member {key!r} holds pickled Python objects, which are never "
-                           "loaded")
+                          "loaded")
         if any(n < 0 for n in shape):
             raise Refused(f"member {key!r} declares a negative shape {shape}")
         nbytes = math.prod(shape) * dtype.itemsize
         if offset + nbytes != info.file_size:
             raise Refused(f"member {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) "
-                           f"but holds {info.file_size - offset} bytes")
+                          f"but holds {info.file_size - offset} bytes")
         return Header(tuple(shape), bool(fortran), dtype, offset, nbytes)
 
     def read(self, key: str, header: Header) -> np.ndarray:
@@ -224,7 +224,7 @@ def read_npz(path, *, allowed=None, max_bytes: int | None = None,
             total = sum(h.nbytes for h in headers.values())
             if max_bytes is not None and total > max_bytes:
                 raise Refused(f"its arrays would take {total} bytes, more than the "
-                               f"{max_bytes} allowed")
+                              f"{max_bytes} allowed")
             return {key: archive.read(key, headers[key]) for key in keys}
         except READ_ERRORS as exc:
             raise ValueError(f"{path!r} is not a readable .npz archive: {reason(exc)}") from None

@@ -255,7 +255,7 @@ class _Parameters:
         if "format" in missing:
             listed = ", ".join(repr(n) for n in names[:10]) or "none"
             raise Refused(f"it has no 'format' entry, so it is not a fastmlp model archive "
-                           f"(arrays: {listed}{', ...' if len(names) > 10 else ''})")
+                          f"(arrays: {listed}{', ...' if len(names) > 10 else ''})")
         if missing:
             raise Refused(f"missing entries {missing}")
         fmt = _read_string(archive, "format")
@@ -266,14 +266,14 @@ class _Parameters:
             raise Refused(f"format_version must be an integer scalar, got a {_kind_name(h)}")
         if int(version) != FORMAT_VERSION:
             raise Refused(f"format_version {int(version)} is not supported "
-                           f"(this fastmlp reads version {FORMAT_VERSION})")
+                          f"(this fastmlp reads version {FORMAT_VERSION})")
         self.dtype = model_dtype(_read_string(archive, "dtype"))
         self.activation = check_activation(_read_string(archive, "activation"))
         self.output = _read_string(archive, "output")
         h, sizes = _read_small(archive, "layer_sizes")
         if h.dtype.kind not in "iu" or len(h.shape) != 1 or h.shape[0] < 2:
             raise Refused("layer_sizes must be a 1-D integer array of at least 2 entries, "
-                           f"got a {_kind_name(h)}")
+                          f"got a {_kind_name(h)}")
         self.layer_sizes = [int(s) for s in sizes]
         if any(s < 1 for s in self.layer_sizes):
             raise Refused(f"layer_sizes must be positive, got {self.layer_sizes}")
@@ -385,16 +385,16 @@ def _history(value, epochs_done: int) -> dict[str, list]:
                 floats.append(float(v))
             except OverflowError:
                 raise Refused(f"field 'history.{key}' holds a number too large for a "
-                               "float") from None
+                              "float") from None
         history[key] = floats
     n = len(history["loss"])
     if n > epochs_done:
         raise Refused(f"field 'history.loss' has {n} epochs, more than epochs_done "
-                       f"({epochs_done})")
+                      f"({epochs_done})")
     for key, values in history.items():
         if len(values) > n or (key == "samples_per_second" and len(values) != n):
             raise Refused(f"field 'history.{key}' has {len(values)} entries but "
-                           f"'history.loss' has {n}")
+                          f"'history.loss' has {n}")
     return history
 
 
@@ -404,7 +404,7 @@ def _rng_state(value) -> dict:
         raise Refused(f"field 'rng_state' must be an object, got {value!r:.40}")
     if value.get("bit_generator") != "PCG64":
         raise Refused("field 'rng_state' must be the state of a PCG64 generator, got "
-                       f"bit_generator {value.get('bit_generator')!r:.40}")
+                      f"bit_generator {value.get('bit_generator')!r:.40}")
     try:
         np.random.PCG64().state = value
     except (TypeError, ValueError, KeyError, OverflowError, AttributeError, IndexError) as exc:
@@ -481,7 +481,7 @@ def _state_keys(opt: dict, names: list[str], n_params: int) -> dict[str, tuple[i
         per_parameter[index] += 1
         if per_parameter[index] > _MAX_STATE_NAMES:
             raise Refused(f"parameter {index} has more than {_MAX_STATE_NAMES} optimizer "
-                           "state arrays")
+                          "state arrays")
         keys[key] = (index, match.group(2))
     return keys
 
