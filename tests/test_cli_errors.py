@@ -329,3 +329,29 @@ def test_a_model_file_is_never_left_without_its_sidecar(tmp_path, capsys, monkey
     assert code == 0 and model.read_bytes() != first
     code, _, err = run(capsys, "predict", model, tmp_path / "data.npz")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("case", ["inflated header", "zip bomb"])
+def test_data_archives_that_declare_more_than_they_hold_are_one_line_errors(capsys, tmp_path,
+                                                                             case):
+    """The CLI's .npz reader is the bounded one (fastmlp/_npz.py): a few-KB file that
+    declares 10^6 x 10^6 features, or a deflated member of 64 MB zeros, is refused from its
+    headers and zip sizes, without allocating what they declare."""
+    import tracemalloc
+    from test_io import npy_bytes, write_bomb, write_zip
+    path = tmp_path / "data.npz"
+    labels = np.arange(4) % 2
+    if case == "inflated header":
+        write_zip(path, {"X": npy_bytes((10**6, 10**6), data=bytes(64)), "y": labels})
+    else:
+        write_bomb(path, {"y": labels}, "X", (4096, 4096))
+    tracemalloc.start()
+    try:
+        code, model, err = train(capsys, tmp_path, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code != 0 and peak < 8 << 20
+    line = one_line_error(err)
+    assert "data.npz" in line
+    assert no_files(tmp_path)

@@ -44,11 +44,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastmlp.io import npz_names, read_npz
+
 __all__ = ["DataError", "Table", "read_table", "encode_labels", "Standardizer", "ModelMeta",
            "meta_path", "meta_document", "write_meta", "save_with_meta", "read_meta", "atomic_write", "describe_path"]
 
 META_FORMAT = "fastmlp.cli-metadata"
 META_VERSION = 1
+_MAX_META_BYTES = 64 << 20
 META_SUFFIX = ".meta.json"
 
 
@@ -102,18 +105,30 @@ def read_table(path, target: str | None = None, feature_names: list[str] | None 
     return _read_csv(path, target, feature_names, need_target)
 
 
+def _memory_bytes() -> int:
+    """This machine's physical memory (64 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64 << 30
+
+
 def _read_npz(path: str, target: str | None, need_target: bool, fallback: bool) -> Table:
     name = describe_path(path)
     tried = [target or "y"] + (["y"] if fallback and target not in (None, "y") else [])
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            if "X" not in keys:
-                raise DataError(f"{name} has no array 'X' (arrays: {', '.join(keys) or 'none'})")
-            X = archive["X"]
-            label_key = next((key for key in tried if key in keys), tried[0])
-            labels = archive[label_key] if label_key in keys else None
-            names = archive["feature_names"] if "feature_names" in keys else None
+        # The bounded reader (fastmlp/_npz.py): member headers and zip sizes are checked
+        # before any data is read, and only the arrays used here are read at all; what they
+        # declare must fit in half of this machine's memory.
+        keys = npz_names(path)
+        if "X" not in keys:
+            raise DataError(f"{name} has no array 'X' (arrays: {', '.join(keys) or 'none'})")
+        label_key = next((key for key in tried if key in keys), tried[0])
+        arrays = read_npz(path, allowed={"X", label_key, "feature_names"},
+                          max_bytes=_memory_bytes() // 2)
+        X = arrays["X"]
+        labels = arrays.get(label_key)
+        names = arrays.get("feature_names")
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -482,6 +497,9 @@ def read_meta(model_path, model) -> ModelMeta | None:
         return None
     name = describe_path(path)
     try:
+        if os.path.getsize(path) > _MAX_META_BYTES:  # a sidecar is a few KB: never read GBs
+            raise DataError(f"{name} is not a readable metadata file: larger than "
+                            f"{_MAX_META_BYTES >> 20} MiB")
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
