@@ -355,3 +355,26 @@ def test_data_archives_that_declare_more_than_they_hold_are_one_line_errors(caps
     line = one_line_error(err)
     assert "data.npz" in line
     assert no_files(tmp_path)
+
+
+def test_train_keeps_the_mode_of_a_replaced_model_and_follows_a_symlink(capsys, tmp_path):
+    """The model and its sidecar are saved like every fastmlp file: a replaced model keeps
+    its permission bits, and a symlink's target is replaced (the link stays a link)."""
+    X, y = blobs()
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    code, model, err = train(capsys, tmp_path, tmp_path / "data.npz")
+    assert code == 0, err
+    os.chmod(model, 0o640)
+    code, model, err = train(capsys, tmp_path, tmp_path / "data.npz")
+    assert code == 0, err
+    assert os.stat(model).st_mode & 0o777 == 0o640
+    target = tmp_path / "store" / "real.npz"
+    target.parent.mkdir()
+    (tmp_path / "link.npz").symlink_to(target)
+    code, _, err = train(capsys, tmp_path, tmp_path / "data.npz", out="link.npz")
+    assert code == 0, err
+    assert (tmp_path / "link.npz").is_symlink() and target.is_file()
+    assert (tmp_path / "link.npz.meta.json").is_file()
+    code, out, err = run(capsys, "evaluate", tmp_path / "link.npz", tmp_path / "data.npz")
+    assert code == 0, err
+    assert not [p for p in os.listdir(tmp_path) if "fastmlp" in p and p.endswith(".tmp")]

@@ -37,14 +37,12 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastmlp.io import npz_names, read_npz
+from fastmlp.io import npz_names, read_npz, save_model
 
 __all__ = ["DataError", "Table", "read_table", "encode_labels", "Standardizer", "ModelMeta",
            "meta_path", "meta_document", "write_meta", "save_with_meta", "read_meta", "atomic_write", "describe_path"]
@@ -455,39 +453,20 @@ def write_meta(meta: ModelMeta, model_path) -> str:
 def save_with_meta(model, meta: ModelMeta, model_path) -> str:
     """Save ``model`` to ``model_path`` and its sidecar beside it, in an order that never
     leaves the model file without its sidecar: the sidecar is checked before anything is
-    written, the model is written to a private directory beside the target, the sidecar (with
-    that file's checksum) is written in place, and only then is the model renamed over the
-    target. An error or a crash before the last rename leaves no new model file (at worst a
-    new sidecar beside an old model, which ``read_meta`` refuses by its checksum). Returns the
-    sidecar's path."""
+    written; the model goes to a temporary file beside the target (fastmlp.io's, with its
+    mode, symlink and stale-temporary handling); the sidecar, with that file's checksum, is
+    written in place; and only then is the model renamed over the target. An error or a crash
+    before that rename leaves no new model file (at worst a new sidecar beside an old model,
+    which ``read_meta`` refuses by its checksum). Returns the sidecar's path."""
     model_path = os.fspath(model_path)
     meta_document(meta, "0" * 64)  # refuses what cannot be written, before any file is
-    directory = os.path.dirname(os.path.abspath(model_path))
-    staging = tempfile.mkdtemp(prefix=".fastmlp-", dir=directory)
-    try:
-        staged = os.path.join(staging, os.path.basename(model_path))
-        model.save(staged)
-        path = meta_path(model_path)
+    path = meta_path(model_path)
+
+    def write_sidecar(staged: str) -> None:
         atomic_write(path, meta_document(meta, _sha256(staged)))
-        os.replace(staged, model_path)
-        _fsync_directory(directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    save_model(model._snapshot(), model_path, before_replace=write_sidecar)
     return path
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename durable; not possible on every platform, harmless to skip there.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_meta(model_path, model) -> ModelMeta | None:

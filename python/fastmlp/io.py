@@ -66,13 +66,14 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save_model(model, path) -> None:
-    write_npz_atomically(path, _model_arrays(model))
+def save_model(model, path, before_replace=None) -> None:
+    """Writes the model archive atomically (see write_atomically, and its before_replace)."""
+    write_npz_atomically(path, _model_arrays(model), before_replace)
 
 
-def write_npz_atomically(path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz_atomically(path, arrays: dict[str, np.ndarray], before_replace=None) -> None:
     # a file object: numpy does not append ".npz" to the name
-    write_atomically(path, lambda f: np.savez(f, **arrays))
+    write_atomically(path, lambda f: np.savez(f, **arrays), before_replace)
 
 
 # ---- atomic writes --------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def remove_stale_temporaries(path) -> list[str]:
     return removed
 
 
-def write_atomically(path, write) -> None:
+def write_atomically(path, write, before_replace=None) -> None:
     """Calls write(f) on a temporary file beside `path`, fsyncs it, renames it over `path`
     and fsyncs the directory: readers see the old file or the new one, never a part, and a
     crash mid-write leaves the old file intact.
@@ -149,7 +150,10 @@ def write_atomically(path, write) -> None:
     The file gets the mode a new file opened with ``open(path, "wb")`` would get
     (``0o666 & ~umask``), or, when it replaces a file, that file's permission bits. A
     symbolic link is followed: its target is replaced and the link stays a link. Temporaries
-    left by earlier saves of this name whose writer died are removed first."""
+    left by earlier saves of this name whose writer died are removed first.
+    before_replace(tmp_path), if given, runs once the temporary is complete and durable, just
+    before the rename (the CLI writes the model's sidecar there, so that the model never
+    appears without it); if it raises, nothing is replaced."""
     path = os.path.realpath(os.fspath(path))
     directory, name = os.path.split(path)
     remove_stale_temporaries(path)
@@ -177,6 +181,8 @@ def write_atomically(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         try:
