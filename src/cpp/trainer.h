@@ -106,12 +106,12 @@ class Trainer {
   Network<T> network_;
   Optimizer& optimizer_;
   index_t max_batch_, n_layers_;
-  // Every layer narrow (narrow.h): the step runs feature-major.
+  // choose_layout (network.h): feature-major when every layer is narrow (narrow.h).
   Layout layout_ = Layout::rows;
-  // Workspace, carved from one block: the network's (network.h); grad_W_[l] (n_{l+1}, n_l) on
-  // the feature-major path only (the GEMM path hands weight-gradient tiles straight to the
-  // optimizer); grad_b_[l] (n_{l+1}); x_batch_ (max_batch, n_0) gathered rows, transposed on
-  // the feature-major path; backup_ every parameter before the step's update.
+  // Workspace, carved from one block: the network's (network.h); the sink's grad_W[l]
+  // (n_{l+1}, n_l) on the feature-major path only (the GEMM path hands weight-gradient tiles
+  // straight to the optimizer) and grad_b[l] (n_{l+1}); x_batch_ (max_batch, n_0) gathered
+  // rows, transposed on the feature-major path; backup_ every parameter before the step.
   AlignedBuffer<T> block_;
   Workspace<T> ws_;
   GradientSink<T> sink_;
