@@ -297,10 +297,8 @@ def test_binary_uses_one_logistic_output():
     np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba), rtol=1e-5, atol=1e-6)
 
 
-def test_one_class_and_multilabel_and_continuous_targets_are_refused():
+def test_multilabel_and_continuous_targets_are_refused():
     X = np.random.RandomState(0).normal(size=(20, 3))
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        MLPClassifier().fit(X, np.ones(20))
     with pytest.raises(ValueError, match="multilabel"):
         MLPClassifier().fit(X, np.eye(2)[np.arange(20) % 2])
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
@@ -706,3 +704,51 @@ def test_prediction_input_kinds_agree_and_bad_ones_get_sklearns_errors():
         pd.DataFrame(X, columns=list("abcd")), y)
     with pytest.warns(UserWarning, match="feature names"):
         named.predict(X)
+
+
+# ---- scikit-learn's behaviours at the edges: one class, divergence, lone class members -----
+
+@stops_at_max_iter
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_single_class_is_fitted_as_sklearn_fits_it(dtype):
+    """scikit-learn fits a single class: one logistic unit trained towards 0 (its
+    LabelBinarizer's encoding), predict returns the class, predict_proba has 2 columns."""
+    X = np.random.RandomState(0).rand(20, 3)
+    y = np.array(["a"] * 20)
+    ours = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0,
+                         dtype=dtype).fit(X, y)
+    theirs = neural_network.MLPClassifier(hidden_layer_sizes=(5,), max_iter=50,
+                                          random_state=0).fit(X, y)
+    for attribute in ("classes_", "n_outputs_", "out_activation_", "n_layers_", "n_iter_"):
+        assert np.array_equal(getattr(ours, attribute), getattr(theirs, attribute)), attribute
+    np.testing.assert_array_equal(ours.predict(X), ["a"] * 20)
+    assert ours.score(X, y) == theirs.score(X, y) == 1.0
+    rtol = 1e-5  # Adam's epsilon sits elsewhere (see the docstring): ~1e-7 apart in float64
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=rtol)
+    np.testing.assert_allclose(ours.predict_log_proba(X), theirs.predict_log_proba(X),
+                               rtol=rtol)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol)
+    assert ours.predict_proba(X).shape == (20, 2)
+    # Weighted, and with early stopping (each validation score is 1.0: the class is predicted)
+    weighted = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(
+        X, y, sample_weight=np.arange(20.0))
+    np.testing.assert_array_equal(weighted.predict(X[:3]), ["a"] * 3)
+    stopped = MLPClassifier(hidden_layer_sizes=(5,), max_iter=30, early_stopping=True,
+                            random_state=0).fit(X, y)
+    assert set(stopped.validation_scores_) == {1.0} and stopped.best_validation_score_ == 1.0
+    with pytest.raises(ValueError, match="no such class"):
+        MLPClassifier(class_weight={"a": 0}).fit(X, y)
+
+
+def test_single_class_partial_fit_as_sklearn():
+    X = np.random.RandomState(0).rand(20, 3)
+    y = np.array(["a"] * 20)
+    ours = MLPClassifier(hidden_layer_sizes=(5,), random_state=0).partial_fit(X, y, classes=["a"])
+    theirs = neural_network.MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    theirs.partial_fit(X, y, classes=["a"])
+    np.testing.assert_array_equal(ours.classes_, ["a"])
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-5)
+    ours.partial_fit(X, y)
+    np.testing.assert_array_equal(ours.predict(X), ["a"] * 20)
+    with pytest.raises(ValueError, match="classes not in `self.classes_`"):
+        ours.partial_fit(X, np.array(["b"] * 20))

@@ -325,7 +325,7 @@ class _BaseMLP(BaseEstimator):
             sw = class_weights if sw is None else sw * class_weights
         if sw is not None and self._is_classifier and not incremental:
             present = np.unique(targets[sw > 0])
-            if present.size < 2:
+            if present.size < min(2, len(self.classes_)):
                 found = (f"only one such class: {self.classes_[present[0]]!r}" if present.size
                          else "no such class")
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes "

@@ -151,12 +151,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def classification_metrics(logits, targets, weights) -> tuple[float, float]:
-    """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,)."""
+def classification_metrics(logits, targets, weights, n_classes: int) -> tuple[float, float]:
+    """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,); one
+    class (one logistic unit, target 0) is always predicted, as scikit-learn's ``predict``."""
     logits = logits.astype(np.float64)
     if logits.shape[1] == 1:
         z = logits[:, 0]
-        predicted = (z > 0).astype(np.int64)
+        predicted = (z > 0).astype(np.int64) if n_classes == 2 else np.zeros_like(targets)
         # -log σ(z) = softplus(-z), -log(1 - σ(z)) = softplus(z)
         losses = np.logaddexp(0.0, np.where(targets == 1, -z, z))
     else:
