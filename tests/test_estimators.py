@@ -752,3 +752,27 @@ def test_single_class_partial_fit_as_sklearn():
     np.testing.assert_array_equal(ours.predict(X), ["a"] * 20)
     with pytest.raises(ValueError, match="classes not in `self.classes_`"):
         ours.partial_fit(X, np.array(["b"] * 20))
+
+
+@stops_at_max_iter
+def test_early_stopping_refuses_a_lone_class_member_as_sklearn():
+    """scikit-learn stratifies the early-stopping split of one output unit (up to 2 classes)
+    and refuses a class with a single member, with StratifiedShuffleSplit's message; with more
+    classes it does not stratify and fits (fastmlp stratifies, the lone member trains)."""
+    rng = np.random.RandomState(0)
+    lone = "The least populated classes in y have only 1 member, which is too few"
+    for y, label in (([0, 0, 0, 1], 1), (["p"] * 20 + ["q"], "q"), (["q"] + ["p"] * 20, "q")):
+        X = rng.rand(len(y), 2)
+        with pytest.raises(ValueError, match=lone):
+            neural_network.MLPClassifier(early_stopping=True).fit(X, y)
+        with pytest.raises(ValueError, match=rf"{lone}.*Classes with too few members are: "
+                                             rf"\[{label!r}\]"):
+            MLPClassifier(early_stopping=True).fit(X, y)
+        # No split, no refusal: given validation data, or no early stopping.
+        MLPClassifier(early_stopping=True, max_iter=2).fit(X, y, X_val=X, y_val=y)
+        MLPClassifier(max_iter=2).fit(X, y)
+    y = np.array([0] * 30 + [1] * 30 + [2])
+    X = rng.rand(len(y), 2)
+    neural_network.MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+    clf = MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+    assert all(s * 7 == round(s * 7) for s in clf.validation_scores_)  # 7 held out

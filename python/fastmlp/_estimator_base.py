@@ -356,6 +356,11 @@ class _BaseMLP(BaseEstimator):
                                                      validation=True)
             validation = (X_val, val_targets, data.sample_weights(sample_weight_val, X_val))
         elif self.early_stopping:
+            if self._is_classifier and n_outputs == 1:
+                # scikit-learn stratifies one output unit's targets (up to 2 classes) and
+                # refuses a class of one; with more it splits at random, where fastmlp
+                # stratifies and keeps a lone member in the training rows.
+                data.check_stratifiable(self.classes_, targets)
             train, val = data.split_indices(n, self.validation_fraction, rng,
                                             targets if self._is_classifier else None)
             validation = (X[val], targets[val], None if sw is None else sw[val])

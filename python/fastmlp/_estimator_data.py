@@ -114,6 +114,19 @@ def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.nd
         return check_array(y.reshape(len(y), -1), dtype=dtype, order="C", input_name=name)
 
 
+def check_stratifiable(classes: np.ndarray, encoded: np.ndarray) -> None:
+    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify labels where a class has
+    a single member, with its message; the classes are named by their labels (scikit-learn
+    names its binarized value, ``'True'`` or ``'False'``)."""
+    counts = np.bincount(encoded, minlength=len(classes))
+    lone = (counts > 0) & (counts < 2)
+    if lone.any():
+        raise ValueError(
+            "The least populated classes in y have only 1 member, which is too few. The "
+            "minimum number of groups for any class cannot be less than 2. Classes with too "
+            f"few members are: {classes[lone].tolist()}")
+
+
 def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=None):
     """(train, validation) row indices, both sorted: ``ceil(fraction · n)`` rows held out at
     random; with ``classes`` (encoded labels) stratified: each class keeps its share of the

@@ -111,7 +111,9 @@ _DOC_PARAMETERS = f"""
         classifier), or use ``X_val``/``y_val`` given to ``fit``, score it after every epoch
         (``score``'s metric), stop when the score fails to improve by ``tol`` for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Not available
-        with ``partial_fit`` (``ValueError``).
+        with ``partial_fit`` (``ValueError``). As in scikit-learn, a binary (or single-class)
+        split refuses a class with a single member (``ValueError``); with more classes a lone
+        member stays in the training rows.
 
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out for early stopping (at least 2 rows).
