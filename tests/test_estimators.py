@@ -776,3 +776,64 @@ def test_early_stopping_refuses_a_lone_class_member_as_sklearn():
     neural_network.MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
     clf = MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
     assert all(s * 7 == round(s * 7) for s in clf.validation_scores_)  # 7 held out
+
+
+DIVERGING = dict(hidden_layer_sizes=100, activation="identity", solver="sgd",
+                 learning_rate_init=1, max_iter=20, early_stopping=True, random_state=0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scikit-learn's overflows
+def test_diverging_fit_with_early_stopping_keeps_the_best_weights_as_sklearn():
+    """scikit-learn's test_mlp_diverging_loss: with early stopping a diverging fit does not
+    raise; the diverged epoch's validation score is NaN and the best weights are restored.
+    (scikit-learn then runs its remaining epochs on NaN weights, each scoring NaN, to max_iter;
+    fastmlp's engine refuses the non-finite step and stops there, warning.)"""
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    theirs = neural_network.MLPRegressor(**DIVERGING)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        theirs.fit(X, y)
+    ours = MLPRegressor(**DIVERGING, dtype="float64")
+    with pytest.warns(ConvergenceWarning, match="non-finite parameter weights at iteration 6"):
+        ours.fit(X, y)
+    assert str(ours.validation_scores_[-1]) == "nan"
+    assert isinstance(ours.validation_scores_[-1], float)
+    assert str(ours.loss_) == str(ours.loss_curve_[-1]) == "nan"
+    assert len(ours.loss_curve_) == len(ours.validation_scores_) == ours.n_iter_ == 6
+    assert ours.t_ == 6 * 135
+    # Epoch by epoch as scikit-learn's until the divergence (its 5th epoch scores NaN too).
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_[:6],
+                               rtol=1e-9)
+    assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_,
+                                                        rel=1e-9)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9)
+    assert ours.score(X, y) == pytest.approx(theirs.score(X, y), rel=1e-9)
+    # float32 (the default) diverges one epoch sooner, from the same best epoch.
+    with pytest.warns(ConvergenceWarning, match="non-finite parameter weights at iteration 4"):
+        single = MLPRegressor(**DIVERGING).fit(X, y)
+    np.testing.assert_allclose(single.predict(X), theirs.predict(X), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_diverging_fit_before_any_score_restores_the_initial_weights_as_sklearn():
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    params = {**DIVERGING, "learning_rate_init": 1e6, "batch_size": 10}
+    theirs = neural_network.MLPRegressor(**params).fit(X * 1e6, y)
+    ours = MLPRegressor(**params, dtype="float64").fit(X * 1e6, y)
+    assert ours.n_iter_ == 1 and np.isnan(ours.validation_scores_).all()
+    assert ours.best_validation_score_ == theirs.best_validation_score_ == -np.inf
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_diverging_fit_without_early_stopping_raises_as_sklearn():
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    params = {**DIVERGING, "early_stopping": False}
+    for Estimator in (neural_network.MLPRegressor, MLPRegressor):
+        with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+            Estimator(**params).fit(X, y)

@@ -113,7 +113,11 @@ _DOC_PARAMETERS = f"""
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Not available
         with ``partial_fit`` (``ValueError``). As in scikit-learn, a binary (or single-class)
         split refuses a class with a single member (``ValueError``); with more classes a lone
-        member stays in the training rows.
+        member stays in the training rows. A fit that diverges (a step with non-finite
+        weights, which the engine refuses) raises ``ValueError`` without early stopping; with
+        it, the epoch is recorded with a NaN loss and validation score, training stops with a
+        ``ConvergenceWarning`` and the best weights are kept (scikit-learn, whose weights
+        become NaN, goes on scoring NaN to ``max_iter``).
 
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out for early stopping (at least 2 rows).
