@@ -200,8 +200,8 @@ _DOC_ATTRIBUTES = """
         Units of the output layer.
 
     out_activation_ : str
-        ``"logistic"`` (binary classification, one output unit), ``"softmax"`` (multiclass) or
-        ``"identity"`` (regression).
+        ``"logistic"`` (binary or single-class classification, one output unit), ``"softmax"``
+        (multiclass) or ``"identity"`` (regression).
 """
 
 
