@@ -297,10 +297,8 @@ def test_binary_uses_one_logistic_output():
     np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba), rtol=1e-5, atol=1e-6)
 
 
-def test_one_class_and_multilabel_and_continuous_targets_are_refused():
+def test_multilabel_and_continuous_targets_are_refused():
     X = np.random.RandomState(0).normal(size=(20, 3))
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        MLPClassifier().fit(X, np.ones(20))
     with pytest.raises(ValueError, match="multilabel"):
         MLPClassifier().fit(X, np.eye(2)[np.arange(20) % 2])
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
@@ -706,3 +704,136 @@ def test_prediction_input_kinds_agree_and_bad_ones_get_sklearns_errors():
         pd.DataFrame(X, columns=list("abcd")), y)
     with pytest.warns(UserWarning, match="feature names"):
         named.predict(X)
+
+
+# ---- scikit-learn's behaviours at the edges: one class, divergence, lone class members -----
+
+@stops_at_max_iter
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_single_class_is_fitted_as_sklearn_fits_it(dtype):
+    """scikit-learn fits a single class: one logistic unit trained towards 0 (its
+    LabelBinarizer's encoding), predict returns the class, predict_proba has 2 columns."""
+    X = np.random.RandomState(0).rand(20, 3)
+    y = np.array(["a"] * 20)
+    ours = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0,
+                         dtype=dtype).fit(X, y)
+    theirs = neural_network.MLPClassifier(hidden_layer_sizes=(5,), max_iter=50,
+                                          random_state=0).fit(X, y)
+    for attribute in ("classes_", "n_outputs_", "out_activation_", "n_layers_", "n_iter_"):
+        assert np.array_equal(getattr(ours, attribute), getattr(theirs, attribute)), attribute
+    np.testing.assert_array_equal(ours.predict(X), ["a"] * 20)
+    assert ours.score(X, y) == theirs.score(X, y) == 1.0
+    rtol = 1e-5  # Adam's epsilon sits elsewhere (see the docstring): ~1e-7 apart in float64
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=rtol)
+    np.testing.assert_allclose(ours.predict_log_proba(X), theirs.predict_log_proba(X),
+                               rtol=rtol)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol)
+    assert ours.predict_proba(X).shape == (20, 2)
+    # Weighted, and with early stopping (each validation score is 1.0: the class is predicted)
+    weighted = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(
+        X, y, sample_weight=np.arange(20.0))
+    np.testing.assert_array_equal(weighted.predict(X[:3]), ["a"] * 3)
+    stopped = MLPClassifier(hidden_layer_sizes=(5,), max_iter=30, early_stopping=True,
+                            random_state=0).fit(X, y)
+    assert set(stopped.validation_scores_) == {1.0} and stopped.best_validation_score_ == 1.0
+    with pytest.raises(ValueError, match="no such class"):
+        MLPClassifier(class_weight={"a": 0}).fit(X, y)
+
+
+def test_single_class_partial_fit_as_sklearn():
+    X = np.random.RandomState(0).rand(20, 3)
+    y = np.array(["a"] * 20)
+    ours = MLPClassifier(hidden_layer_sizes=(5,), random_state=0).partial_fit(X, y, classes=["a"])
+    theirs = neural_network.MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    theirs.partial_fit(X, y, classes=["a"])
+    np.testing.assert_array_equal(ours.classes_, ["a"])
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-5)
+    ours.partial_fit(X, y)
+    np.testing.assert_array_equal(ours.predict(X), ["a"] * 20)
+    with pytest.raises(ValueError, match="classes not in `self.classes_`"):
+        ours.partial_fit(X, np.array(["b"] * 20))
+
+
+@stops_at_max_iter
+def test_early_stopping_refuses_a_lone_class_member_as_sklearn():
+    """scikit-learn stratifies the early-stopping split of one output unit (up to 2 classes)
+    and refuses a class with a single member, with StratifiedShuffleSplit's message; with more
+    classes it does not stratify and fits (fastmlp stratifies, the lone member trains)."""
+    rng = np.random.RandomState(0)
+    lone = "The least populated classes in y have only 1 member, which is too few"
+    for y, label in (([0, 0, 0, 1], 1), (["p"] * 20 + ["q"], "q"), (["q"] + ["p"] * 20, "q")):
+        X = rng.rand(len(y), 2)
+        with pytest.raises(ValueError, match=lone):
+            neural_network.MLPClassifier(early_stopping=True).fit(X, y)
+        with pytest.raises(ValueError, match=rf"{lone}.*Classes with too few members are: "
+                                             rf"\[{label!r}\]"):
+            MLPClassifier(early_stopping=True).fit(X, y)
+        # No split, no refusal: given validation data, or no early stopping.
+        MLPClassifier(early_stopping=True, max_iter=2).fit(X, y, X_val=X, y_val=y)
+        MLPClassifier(max_iter=2).fit(X, y)
+    y = np.array([0] * 30 + [1] * 30 + [2])
+    X = rng.rand(len(y), 2)
+    neural_network.MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+    clf = MLPClassifier(early_stopping=True, max_iter=2).fit(X, y)
+    assert all(s * 7 == round(s * 7) for s in clf.validation_scores_)  # 7 held out
+
+
+DIVERGING = dict(hidden_layer_sizes=100, activation="identity", solver="sgd",
+                 learning_rate_init=1, max_iter=20, early_stopping=True, random_state=0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scikit-learn's overflows
+def test_diverging_fit_with_early_stopping_keeps_the_best_weights_as_sklearn():
+    """scikit-learn's test_mlp_diverging_loss: with early stopping a diverging fit does not
+    raise; the diverged epoch's validation score is NaN and the best weights are restored.
+    (scikit-learn then runs its remaining epochs on NaN weights, each scoring NaN, to max_iter;
+    fastmlp's engine refuses the non-finite step and stops there, warning.)"""
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    theirs = neural_network.MLPRegressor(**DIVERGING)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        theirs.fit(X, y)
+    ours = MLPRegressor(**DIVERGING, dtype="float64")
+    with pytest.warns(ConvergenceWarning, match="non-finite parameter weights at iteration 6"):
+        ours.fit(X, y)
+    assert str(ours.validation_scores_[-1]) == "nan"
+    assert isinstance(ours.validation_scores_[-1], float)
+    assert str(ours.loss_) == str(ours.loss_curve_[-1]) == "nan"
+    assert len(ours.loss_curve_) == len(ours.validation_scores_) == ours.n_iter_ == 6
+    assert ours.t_ == 6 * 135
+    # Epoch by epoch as scikit-learn's until the divergence (its 5th epoch scores NaN too).
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_[:6],
+                               rtol=1e-9)
+    assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_,
+                                                        rel=1e-9)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9)
+    assert ours.score(X, y) == pytest.approx(theirs.score(X, y), rel=1e-9)
+    # float32 (the default) diverges one epoch sooner, from the same best epoch.
+    with pytest.warns(ConvergenceWarning, match="non-finite parameter weights at iteration 4"):
+        single = MLPRegressor(**DIVERGING).fit(X, y)
+    np.testing.assert_allclose(single.predict(X), theirs.predict(X), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_diverging_fit_before_any_score_restores_the_initial_weights_as_sklearn():
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    params = {**DIVERGING, "learning_rate_init": 1e6, "batch_size": 10}
+    theirs = neural_network.MLPRegressor(**params).fit(X * 1e6, y)
+    ours = MLPRegressor(**params, dtype="float64").fit(X * 1e6, y)
+    assert ours.n_iter_ == 1 and np.isnan(ours.validation_scores_).all()
+    assert ours.best_validation_score_ == theirs.best_validation_score_ == -np.inf
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_diverging_fit_without_early_stopping_raises_as_sklearn():
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    params = {**DIVERGING, "early_stopping": False}
+    for Estimator in (neural_network.MLPRegressor, MLPRegressor):
+        with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+            Estimator(**params).fit(X, y)

@@ -325,7 +325,7 @@ class _BaseMLP(BaseEstimator):
             sw = class_weights if sw is None else sw * class_weights
         if sw is not None and self._is_classifier and not incremental:
             present = np.unique(targets[sw > 0])
-            if present.size < 2:
+            if present.size < min(2, len(self.classes_)):
                 found = (f"only one such class: {self.classes_[present[0]]!r}" if present.size
                          else "no such class")
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes "
@@ -356,6 +356,11 @@ class _BaseMLP(BaseEstimator):
                                                      validation=True)
             validation = (X_val, val_targets, data.sample_weights(sample_weight_val, X_val))
         elif self.early_stopping:
+            if self._is_classifier and n_outputs == 1:
+                # scikit-learn stratifies one output unit's targets (up to 2 classes) and
+                # refuses a class of one; with more it splits at random, where fastmlp
+                # stratifies and keeps a lone member in the training rows.
+                data.check_stratifiable(self.classes_, targets)
             train, val = data.split_indices(n, self.validation_fraction, rng,
                                             targets if self._is_classifier else None)
             validation = (X[val], targets[val], None if sw is None else sw[val])
@@ -427,23 +432,53 @@ class _BaseMLP(BaseEstimator):
             return stopped
 
         self.n_iter_ = 0
+        # Where no epoch scores before a divergence, early stopping ends on the weights the
+        # fit started from (scikit-learn's initial weights).
+        start = None
+        if self.early_stopping and self._best is None:
+            start = ([w.copy() for w in model.weights], [b.copy() for b in model.biases])
         try:
             try:
                 model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                           shuffle=bool(self.shuffle), seed=int(rng.randint(np.iinfo(np.int32).max)),
                           callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
             except FloatingPointError as exc:
-                raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
-                                 "input data may contain large values and need to be "
-                                 "preprocessed.") from exc
-            if not incremental and not stopped:
-                _warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
-                      "optimization hasn't converged yet.", ConvergenceWarning)
+                if not self.early_stopping:
+                    raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
+                                     "input data may contain large values and need to be "
+                                     "preprocessed.") from exc
+                self._record_divergence(n)
+                if self._best is None:
+                    self._best = start
+                _warn(f"Solver produced non-finite parameter weights at iteration "
+                      f"{self.n_iter_}: training stopped, the weights of the best validation "
+                      "score are kept. The input data may contain large values and need to be "
+                      "preprocessed, or the learning rate may be too high.", ConvergenceWarning)
+            else:
+                if not incremental and not stopped:
+                    _warn(f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and "
+                          "the optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
             _warn("Training interrupted by user.", UserWarning)
         finally:
             if self.early_stopping and self._best is not None:
                 model.weights, model.biases = self._best
+
+    def _record_divergence(self, n: int) -> None:
+        """Records the epoch in which the engine refused a non-finite step (with early stopping)
+        as scikit-learn records an epoch whose weights are no longer finite: loss and
+        validation score NaN, the no-improvement count reset (NaN compares false)."""
+        nan = float("nan")
+        self.n_iter_ += 1
+        self.t_ += n
+        self.loss_ = nan
+        self.loss_curve_.append(nan)
+        self.validation_scores_.append(nan)
+        self.validation_loss_curve_.append(nan)
+        self._no_improvement_count = 0
+        if self.verbose:
+            print(f"Iteration {self.n_iter_}, loss = {nan:.8f}")
+            print(f"Validation score: {nan:f}")
 
     def _record_epoch(self, validation) -> bool:
         """Scores the validation set (when there is one), keeps the best values (and, with

@@ -114,6 +114,19 @@ def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.nd
         return check_array(y.reshape(len(y), -1), dtype=dtype, order="C", input_name=name)
 
 
+def check_stratifiable(classes: np.ndarray, encoded: np.ndarray) -> None:
+    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify labels where a class has
+    a single member, with its message; the classes are named by their labels (scikit-learn
+    names its binarized value, ``'True'`` or ``'False'``)."""
+    counts = np.bincount(encoded, minlength=len(classes))
+    lone = (counts > 0) & (counts < 2)
+    if lone.any():
+        raise ValueError(
+            "The least populated classes in y have only 1 member, which is too few. The "
+            "minimum number of groups for any class cannot be less than 2. Classes with too "
+            f"few members are: {classes[lone].tolist()}")
+
+
 def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=None):
     """(train, validation) row indices, both sorted: ``ceil(fraction · n)`` rows held out at
     random; with ``classes`` (encoded labels) stratified: each class keeps its share of the
@@ -151,12 +164,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def classification_metrics(logits, targets, weights) -> tuple[float, float]:
-    """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,)."""
+def classification_metrics(logits, targets, weights, n_classes: int) -> tuple[float, float]:
+    """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,); one
+    class (one logistic unit, target 0) is always predicted, as scikit-learn's ``predict``."""
     logits = logits.astype(np.float64)
     if logits.shape[1] == 1:
         z = logits[:, 0]
-        predicted = (z > 0).astype(np.int64)
+        predicted = (z > 0).astype(np.int64) if n_classes == 2 else np.zeros_like(targets)
         # -log σ(z) = softplus(-z), -log(1 - σ(z)) = softplus(z)
         losses = np.logaddexp(0.0, np.where(targets == 1, -z, z))
     else:

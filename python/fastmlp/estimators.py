@@ -111,7 +111,13 @@ _DOC_PARAMETERS = f"""
         classifier), or use ``X_val``/``y_val`` given to ``fit``, score it after every epoch
         (``score``'s metric), stop when the score fails to improve by ``tol`` for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Not available
-        with ``partial_fit`` (``ValueError``).
+        with ``partial_fit`` (``ValueError``). As in scikit-learn, a binary (or single-class)
+        split refuses a class with a single member (``ValueError``); with more classes a lone
+        member stays in the training rows. A fit that diverges (a step with non-finite
+        weights, which the engine refuses) raises ``ValueError`` without early stopping; with
+        it, the epoch is recorded with a NaN loss and validation score, training stops with a
+        ``ConvergenceWarning`` and the best weights are kept (scikit-learn, whose weights
+        become NaN, goes on scoring NaN to ``max_iter``).
 
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out for early stopping (at least 2 rows).
@@ -194,8 +200,8 @@ _DOC_ATTRIBUTES = """
         Units of the output layer.
 
     out_activation_ : str
-        ``"logistic"`` (binary classification, one output unit), ``"softmax"`` (multiclass) or
-        ``"identity"`` (regression).
+        ``"logistic"`` (binary or single-class classification, one output unit), ``"softmax"``
+        (multiclass) or ``"identity"`` (regression).
 """
 
 
@@ -204,7 +210,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``MLPClassifier`` interface.
 
     Minimises the log-loss with mini-batch Adam or SGD. Binary problems use one output unit
-    and the logistic function (``out_activation_ = "logistic"``), more classes a softmax.
+    and the logistic function (``out_activation_ = "logistic"``), more classes a softmax. A
+    single class is fitted as scikit-learn fits it: one logistic unit trained towards 0,
+    ``predict`` always returns the class and ``predict_proba`` has two columns.
     Beyond scikit-learn: float32 end to end, ``class_weight``, a stratified early-stopping
     split or a validation set passed to ``fit`` (``X_val``, ``y_val``), the validation loss
     curve, and ``n_threads``. Not supported: ``solver="lbfgs"`` (and ``max_fun``), multilabel
@@ -284,7 +292,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _output_kind(self) -> str:
-        return "sigmoid" if len(self.classes_) == 2 else "softmax"
+        # One class (scikit-learn fits it too): one logistic unit trained towards 0, as
+        # scikit-learn's LabelBinarizer encodes a lone class.
+        return "sigmoid" if len(self.classes_) <= 2 else "softmax"
 
     def _encode_targets(self, y, *, first_pass, incremental, classes=None,
                         sample_weight=None, validation=False):
@@ -301,23 +311,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(
                     "warm_start can only be used where `y` has the same classes as in the "
                     f"previous call to fit. Previously got {self.classes_}, `y` has {seen}")
-        if first_pass and len(self.classes_) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                f"but the data contains only one class: {self.classes_[0]!r}")
         encoded = data.encode_labels(self.classes_, y)
         weights = data.class_weights(self.class_weight, self.classes_, encoded, sample_weight,
                                      incremental)
-        return encoded, (1 if len(self.classes_) == 2 else len(self.classes_)), weights
+        return encoded, (1 if len(self.classes_) <= 2 else len(self.classes_)), weights
 
     def _validation_metrics(self, logits, targets, weights):
-        return data.classification_metrics(logits, targets, weights)
+        return data.classification_metrics(logits, targets, weights, len(self.classes_))
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels (N,), of ``classes_``'s kind."""
         with _num_threads(self.n_threads):
             logits = self._predict_logits(X)
-        if logits.shape[1] == 1:
+        if len(self.classes_) == 1:  # scikit-learn predicts the lone class whatever the output
+            index = np.zeros(logits.shape[0], dtype=np.intp)
+        elif logits.shape[1] == 1:
             index = (logits[:, 0] > 0).astype(np.intp)
         else:
             index = np.argmax(logits, axis=1)
@@ -325,7 +333,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (N, n_classes) in the estimator's dtype, columns in the order
-        of ``classes_``."""
+        of ``classes_``. Fitted on one class, (N, 2) as scikit-learn: [1 - p, p] of the one
+        logistic unit, which is trained towards p = 0."""
         with _num_threads(self.n_threads):
             X = self._check_X(X)
             return self._model.predict_proba(X)
