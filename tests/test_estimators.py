@@ -734,21 +734,25 @@ def problem_data(problem, n=60):
 
 
 @stops_at_max_iter
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
 @pytest.mark.parametrize("problem", SAME_TRAJECTORY)
-def test_lbfgs_follows_sklearn_from_the_same_initial_weights(problem, weighted):
+def test_lbfgs_follows_sklearn_from_the_same_initial_weights(problem, weighted, activation):
     """Same initial weights, scikit-learn's packing, objective and gradient (multi-output:
-    the loss divided by outputs, the gradient of their sum): SciPy takes the same steps.
-    (Over hundreds of iterations the last-bit differences of the two passes grow.)"""
-    if weighted and sklearn.__version__ < "1.7":
+    the loss divided by outputs, the gradient of their sum; the log-loss clipped as its is:
+    relu's line search meets a trial point where it matters): SciPy takes the same steps.
+    (Over hundreds of iterations last-bit differences grow, as they do between two runs of
+    scikit-learn on data perturbed by 1e-15.)"""
+    if weighted and tuple(int(v) for v in sklearn.__version__.split(".")[:2]) < (1, 7):
         pytest.skip("scikit-learn's MLP takes sample_weight from 1.7")
     ours, theirs, _ = SAME_TRAJECTORY[problem]
     X, y = problem_data(problem)
     fit_params = {}
     if weighted:
         fit_params["sample_weight"] = np.random.RandomState(1).uniform(0.2, 3, size=len(y))
-    mine = ours(dtype="float64", max_iter=25, **LBFGS_PARAMS).fit(X, y, **fit_params)
-    reference = theirs(max_iter=25, **LBFGS_PARAMS).fit(X, y, **fit_params)
+    params = {**LBFGS_PARAMS, "activation": activation, "max_iter": 25}
+    mine = ours(dtype="float64", **params).fit(X, y, **fit_params)
+    reference = theirs(**params).fit(X, y, **fit_params)
     assert mine.n_iter_ == reference.n_iter_ == 25
     np.testing.assert_allclose(mine.loss_, reference.loss_, rtol=1e-9)
     for a, b in zip(mine.coefs_ + mine.intercepts_, reference.coefs_ + reference.intercepts_):
@@ -758,7 +762,24 @@ def test_lbfgs_follows_sklearn_from_the_same_initial_weights(problem, weighted):
     assert mine.t_ == reference.t_ == 0
 
 
-@stops_at_max_iter  # scikit-learn's lbfgs ends on the line search's status, ours alike
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [2, 4])
+def test_clipped_log_loss_is_sklearns(k, dtype):
+    from fastmlp._estimator_data import clipped_log_loss
+    from sklearn.neural_network._base import ACTIVATIONS, LOSS_FUNCTIONS
+    rng = np.random.RandomState(0)
+    logits = (rng.normal(size=(50, 1 if k == 2 else k)) * 40).astype(dtype)  # many clipped
+    targets = rng.randint(0, k, size=50)
+    probs = logits.copy()
+    ACTIVATIONS["logistic" if k == 2 else "softmax"](probs)
+    onehot = (targets[:, None] == np.arange(k)).astype(dtype)
+    onehot = onehot[:, 1:] if k == 2 else onehot
+    expected = LOSS_FUNCTIONS["binary_log_loss" if k == 2 else "log_loss"](onehot, probs)
+    np.testing.assert_allclose(clipped_log_loss(logits, targets), expected,
+                               rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+@stops_at_max_iter  # both converge here (~45 iterations); float32's line search could end early
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_lbfgs_digits_accuracy_matches_sklearn(dtype):
     X, y = load_digits(return_X_y=True)

@@ -486,6 +486,13 @@ class _BaseMLP(BaseEstimator):
         # loss summed over outputs plus alpha · W / n: scikit-learn's pair (for several
         # regression outputs its gradient is not that of its loss; the trajectory is its).
         outputs = 1 if self._is_classifier else self.n_outputs_
+        # scikit-learn clips each sample's log-loss at -log(eps); the engine's is exact. The
+        # loss is recomputed its way (one more forward pass) only when the mean is high
+        # enough for a sample to exceed the cap: mean ≥ w_i · cap / Σw for that sample.
+        clip_from = np.inf
+        if self._is_classifier:
+            cap = -np.log(np.finfo(model.dtype).eps)
+            clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
         coefs = [w.T for w in model.weights]  # (in, out) views: writes go into the model
         sizes = [c.size for c in coefs] + [b.size for b in model.biases]
         bounds = np.cumsum([0, *sizes])
@@ -504,6 +511,8 @@ class _BaseMLP(BaseEstimator):
         def loss_and_grad(x):
             unpack(x)
             loss, grad_weights, grad_biases = model.loss_and_grad(X, targets, sample_weight=sw)
+            if loss >= clip_from:
+                loss = data.clipped_log_loss(model.forward(X), targets, sw)
             squares = 0.0
             for c, g, part in zip(coefs, grad_weights, coef_parts):
                 w = x[part]
