@@ -862,3 +862,27 @@ def test_lbfgs_ignores_early_stopping_and_batch_size_and_refuses_validation_data
     assert not hasattr(other, "validation_scores_")
     with pytest.raises(ValueError, match="no epochs"):
         MLPClassifier(**LBFGS_PARAMS).fit(X, y, X_val=X, y_val=y)
+
+
+def test_lbfgs_ctrl_c_keeps_the_best_weights_evaluated_with_a_warning(monkeypatch):
+    X, y = problem_data("multiclass")
+    params = dict(max_iter=8, dtype="float64", **LBFGS_PARAMS)
+    with pytest.warns(ConvergenceWarning):
+        eight = MLPClassifier(**params).fit(X, y)
+    loss_and_grad, calls = fastmlp.MLP.loss_and_grad, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > eight.n_iter_ + 5:  # well past the 8 iterations
+            raise KeyboardInterrupt
+        return loss_and_grad(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastmlp.MLP, "loss_and_grad", interrupted)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        clf = MLPClassifier(**{**params, "max_iter": 200}).fit(X, y)
+    assert clf.n_iter_ >= 8 and clf.loss_ <= eight.loss_
+    assert clf.predict(X).shape == (len(X),)
+    model = fastmlp.MLP([5, 7, 6, 3], activation="tanh", dtype="float64")
+    model.weights = [c.T for c in clf.coefs_]
+    model.biases = clf.intercepts_
+    np.testing.assert_allclose(model.loss(X, y, alpha=0.01), clf.loss_, rtol=1e-12)

@@ -500,6 +500,7 @@ class _BaseMLP(BaseEstimator):
         bias_parts = [slice(a, b) for a, b in zip(bounds[len(coefs):-1], bounds[len(coefs) + 1:])]
         x0 = np.concatenate([c.ravel() for c in coefs] + list(model.biases)).astype(np.float64)
         grad = np.empty_like(x0)
+        best = {"loss": np.inf, "x": x0, "iterations": 0}  # for Ctrl-C
 
         def unpack(x):
             with np.errstate(over="ignore"):  # float32 models: beyond range is inf
@@ -521,15 +522,28 @@ class _BaseMLP(BaseEstimator):
                 grad[part] += (alpha / n) * w
             for g, part in zip(grad_biases, bias_parts):
                 grad[part] = g
-            return float(loss) / outputs + 0.5 * alpha * squares / n, grad.copy()
+            loss = float(loss) / outputs + 0.5 * alpha * squares / n
+            if loss < best["loss"]:
+                best.update(loss=loss, x=x.copy())
+            return loss, grad.copy()
+
+        def count_iteration(intermediate_result):
+            best["iterations"] += 1
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         self.__dict__.pop("_optimizer", None)
         try:
             result = scipy.optimize.minimize(
-                loss_and_grad, x0, method="L-BFGS-B", jac=True,
+                loss_and_grad, x0, method="L-BFGS-B", jac=True, callback=count_iteration,
                 options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
                          **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        except KeyboardInterrupt:
+            # As the stochastic solvers: a usable model (the best weights evaluated) and a
+            # warning; scikit-learn's lbfgs lets the interrupt through.
+            unpack(best["x"])
+            self.n_iter_, self.loss_ = best["iterations"], best["loss"]
+            _warn("Training interrupted by user.", UserWarning)
+            return
         except BaseException:
             unpack(x0)  # the initial weights, not an arbitrary trial point
             raise

@@ -50,8 +50,9 @@ _DOC_PARAMETERS = f"""
         L-BFGS-B on the full-batch loss and gradient (each evaluation one pass of fastmlp's
         network over all rows), as scikit-learn's; it ignores the mini-batch and schedule
         parameters, ``shuffle`` and ``early_stopping``, has no ``partial_fit`` and records no
-        curves. In float32 (the default dtype) its line search may stop earlier than in
-        float64, with a ``ConvergenceWarning``.
+        curves; Ctrl-C keeps the best weights it evaluated, with a warning. In float32 (the
+        default dtype) its line search may stop earlier than in float64, with a
+        ``ConvergenceWarning``.
 
     alpha : float >= 0, default=1e-4
         L2 penalty: each batch's loss gains ``alpha/2 · Σ‖W‖² / n_batch`` (biases are not
