@@ -45,9 +45,18 @@ FLOAT32_ROUNDING = (
     "~1e-7, the check's rtol; with dtype='float64' it passes (checked below)")
 
 
+LOG_PROBA_STAYS_FINITE = (
+    "L-BFGS drives the check's separable blobs to logits of ~±200, where predict_proba rounds "
+    "a class's probability to 0: np.log of it is -inf, while predict_log_proba (from the "
+    "logits) stays finite and accurate")
+
+
 def expected_failed_checks(estimator):
-    """Checks that fail by design, with why (the float64 instances pass all of them)."""
+    """Checks that fail by design, with why (the float64 instances pass all of them, but for
+    one consequence of a finite predict_log_proba)."""
     if estimator.dtype == "float64":
+        if isinstance(estimator, MLPClassifier) and estimator.solver == "lbfgs":
+            return {"check_classifiers_train": LOG_PROBA_STAYS_FINITE}
         return {}
     failures = {"check_sample_weight_equivalence_on_dense_data": FLOAT32_ROUNDING}
     if isinstance(estimator, MLPRegressor):
@@ -62,6 +71,8 @@ CHECKED = [
     MLPRegressor(max_iter=50, random_state=0),
     MLPClassifier(max_iter=50, random_state=0, dtype="float64"),
     MLPRegressor(max_iter=50, random_state=0, dtype="float64"),
+    MLPClassifier(solver="lbfgs", max_iter=50, random_state=0, dtype="float64"),
+    MLPRegressor(solver="lbfgs", max_iter=50, random_state=0, dtype="float64"),
 ]
 
 
@@ -128,15 +139,17 @@ def test_digits_accuracy_matches_sklearn():
 
 def test_constructor_stores_parameters_verbatim_and_validates_in_fit():
     sizes = [5, 3]
-    clf = MLPClassifier(hidden_layer_sizes=sizes, alpha=-1.0, solver="lbfgs")
+    clf = MLPClassifier(hidden_layer_sizes=sizes, alpha=-1.0, solver="newton")
     assert clf.hidden_layer_sizes is sizes and clf.alpha == -1.0
-    with pytest.raises(ValueError, match="lbfgs"):
-        clf.fit([[0.0], [1.0]], [0, 1])
     with pytest.raises(ValueError, match="'alpha' parameter"):
-        clf.set_params(solver="adam").fit([[0.0], [1.0]], [0, 1])
-    assert clf.get_params()["solver"] == "adam"
+        clf.fit([[0.0], [1.0]], [0, 1])
+    with pytest.raises(ValueError, match="'solver' parameter"):
+        clf.set_params(alpha=1e-4).fit([[0.0], [1.0]], [0, 1])
+    assert clf.get_params()["alpha"] == 1e-4
+    with pytest.raises(ValueError, match="'max_fun' parameter"):
+        clf.set_params(solver="lbfgs", max_fun=0).fit([[0.0], [1.0]], [0, 1])
     with pytest.raises(ValueError, match="Invalid parameter"):
-        clf.set_params(max_fun=10)
+        clf.set_params(loss="squared_error")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -159,12 +172,8 @@ def test_invalid_parameters_raise_in_fit(bad, match):
 
 def test_unsupported_sklearn_options_are_refused_clearly():
     X, y = blobs(30)
-    with pytest.raises(ValueError, match="solver='lbfgs' is not supported"):
-        MLPRegressor(solver="lbfgs").fit(X, y)
     with pytest.raises(ValueError, match="poisson"):
         MLPRegressor(loss="poisson").fit(X, y)
-    with pytest.raises(TypeError):
-        MLPClassifier(max_fun=100)
 
 
 @stops_at_max_iter
@@ -837,3 +846,174 @@ def test_diverging_fit_without_early_stopping_raises_as_sklearn():
     for Estimator in (neural_network.MLPRegressor, MLPRegressor):
         with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
             Estimator(**params).fit(X, y)
+
+
+# ---- solver="lbfgs" ------------------------------------------------------------------------
+
+LBFGS_PARAMS = dict(hidden_layer_sizes=(7, 6), activation="tanh", solver="lbfgs", alpha=0.01,
+                    random_state=3)
+
+
+def problem_data(problem, n=60):
+    ours, _, k = SAME_TRAJECTORY[problem]
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(n, 5))
+    if ours is MLPClassifier:
+        return X, rng.randint(0, k, size=n)
+    y = X @ rng.normal(size=(5, k)) + 0.1 * rng.normal(size=(n, k))
+    return X, (y[:, 0] if k == 1 else y)
+
+
+@stops_at_max_iter
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("problem", SAME_TRAJECTORY)
+def test_lbfgs_follows_sklearn_from_the_same_initial_weights(problem, weighted, activation):
+    """Same initial weights, scikit-learn's packing, objective and gradient (multi-output:
+    the loss divided by outputs, the gradient of their sum; the log-loss clipped as its is:
+    relu's line search meets a trial point where it matters): SciPy takes the same steps.
+    (Over hundreds of iterations last-bit differences grow, as they do between two runs of
+    scikit-learn on data perturbed by 1e-15.)"""
+    if weighted and tuple(int(v) for v in sklearn.__version__.split(".")[:2]) < (1, 7):
+        pytest.skip("scikit-learn's MLP takes sample_weight from 1.7")
+    ours, theirs, _ = SAME_TRAJECTORY[problem]
+    X, y = problem_data(problem)
+    fit_params = {}
+    if weighted:
+        fit_params["sample_weight"] = np.random.RandomState(1).uniform(0.2, 3, size=len(y))
+    params = {**LBFGS_PARAMS, "activation": activation, "max_iter": 25}
+    mine = ours(dtype="float64", **params).fit(X, y, **fit_params)
+    reference = theirs(**params).fit(X, y, **fit_params)
+    assert mine.n_iter_ == reference.n_iter_ == 25
+    np.testing.assert_allclose(mine.loss_, reference.loss_, rtol=1e-9)
+    for a, b in zip(mine.coefs_ + mine.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-8)
+    for name in ("loss_curve_", "best_loss_", "validation_scores_"):  # as scikit-learn's
+        assert not hasattr(mine, name) and not hasattr(reference, name)
+    assert mine.t_ == reference.t_ == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [2, 4])
+def test_clipped_log_loss_is_sklearns(k, dtype):
+    from fastmlp._estimator_data import clipped_log_loss
+    from sklearn.neural_network._base import ACTIVATIONS, LOSS_FUNCTIONS
+    rng = np.random.RandomState(0)
+    logits = (rng.normal(size=(50, 1 if k == 2 else k)) * 40).astype(dtype)  # many clipped
+    targets = rng.randint(0, k, size=50)
+    probs = logits.copy()
+    ACTIVATIONS["logistic" if k == 2 else "softmax"](probs)
+    onehot = (targets[:, None] == np.arange(k)).astype(dtype)
+    onehot = onehot[:, 1:] if k == 2 else onehot
+    expected = LOSS_FUNCTIONS["binary_log_loss" if k == 2 else "log_loss"](onehot, probs)
+    np.testing.assert_allclose(clipped_log_loss(logits, targets), expected,
+                               rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+@stops_at_max_iter  # both converge here (~45 iterations); float32's line search could end early
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lbfgs_digits_accuracy_matches_sklearn(dtype):
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25,
+                                                        stratify=y, random_state=0)
+    params = dict(hidden_layer_sizes=(100,), solver="lbfgs", random_state=0)
+    ours = MLPClassifier(dtype=dtype, **params).fit(X_train, y_train).score(X_test, y_test)
+    theirs = neural_network.MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+    assert theirs > 0.95
+    assert abs(ours - theirs) <= 0.015
+
+
+def test_lbfgs_max_iter_and_max_fun_stop_with_sklearns_warning():
+    X, y = problem_data("multiclass")
+    with pytest.warns(ConvergenceWarning, match=r"after 3 iteration\(s\)") as caught:
+        clf = MLPClassifier(max_iter=3, dtype="float64", **LBFGS_PARAMS).fit(X, y)
+    assert clf.n_iter_ == 3 and caught[0].filename == __file__
+    with pytest.warns(ConvergenceWarning, match="EVALUATIONS EXCEEDS LIMIT"):
+        clf = MLPClassifier(max_fun=6, dtype="float64", **LBFGS_PARAMS).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match="EVALUATIONS EXCEEDS LIMIT"):
+        reference = neural_network.MLPClassifier(max_fun=6, **LBFGS_PARAMS).fit(X, y)
+    assert clf.n_iter_ == reference.n_iter_ <= 6
+    np.testing.assert_allclose(clf.loss_, reference.loss_, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        params = {**LBFGS_PARAMS, "hidden_layer_sizes": (), "alpha": 1.0}  # convex
+        reg = MLPRegressor(tol=1e-6, dtype="float64", **params).fit(*problem_data("regression"))
+    assert 0 < reg.n_iter_ < 200
+
+
+@stops_at_max_iter
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_lbfgs_has_no_partial_fit_and_hands_over_to_the_stochastic_solvers(Estimator):
+    """scikit-learn's rule (its classifier applies it; its regressor's check is never called
+    and runs a whole L-BFGS fit instead). A fitted lbfgs model can continue with sgd/adam."""
+    X, y = problem_data("multiclass" if Estimator is MLPClassifier else "regression")
+    est = Estimator(max_iter=10, **LBFGS_PARAMS)
+    assert not hasattr(est, "partial_fit")
+    assert not hasattr(neural_network.MLPClassifier(solver="lbfgs"), "partial_fit")
+    with pytest.raises(AttributeError, match="partial_fit") as raised:
+        est.partial_fit(X, y)
+    assert "not stochastic" in str(raised.value.__cause__)
+    est.fit(X, y)
+    coefs = [c.copy() for c in est.coefs_]
+    est.set_params(solver="sgd", warm_start=True).fit(X, y)
+    assert len(est.loss_curve_) == est.n_iter_ == 10
+    assert not np.array_equal(coefs[0], est.coefs_[0])
+    est.partial_fit(X, y)
+    assert len(est.loss_curve_) == 11
+
+
+@stops_at_max_iter
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_lbfgs_integer_sample_weight_equals_repeated_rows(Estimator):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(30, 4))
+    y = rng.randint(0, 3, size=30) if Estimator is MLPClassifier else rng.normal(size=30)
+    w = rng.randint(0, 4, size=30)
+    params = dict(hidden_layer_sizes=(5,), solver="lbfgs", alpha=0.1, max_iter=20,
+                  random_state=0, dtype="float64")
+    weighted = Estimator(**params).fit(X, y, sample_weight=w)
+    repeated = Estimator(**params).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    assert weighted.n_iter_ == repeated.n_iter_
+    np.testing.assert_allclose(weighted.loss_, repeated.loss_, rtol=1e-9)
+    for a, b in zip(weighted.coefs_, repeated.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+@stops_at_max_iter
+def test_lbfgs_ignores_early_stopping_and_batch_size_and_refuses_validation_data():
+    X, y = problem_data("binary")
+    plain = MLPClassifier(max_iter=10, dtype="float64", **LBFGS_PARAMS).fit(X, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = MLPClassifier(max_iter=10, dtype="float64", early_stopping=True,
+                              batch_size=1000, shuffle=False, **LBFGS_PARAMS).fit(X, y)
+    assert [w.category for w in caught] == [ConvergenceWarning]  # none about batch_size
+    for a, b in zip(plain.coefs_, other.coefs_):
+        np.testing.assert_array_equal(a, b)
+    assert not hasattr(other, "validation_scores_")
+    with pytest.raises(ValueError, match="no epochs"):
+        MLPClassifier(**LBFGS_PARAMS).fit(X, y, X_val=X, y_val=y)
+
+
+def test_lbfgs_ctrl_c_keeps_the_best_weights_evaluated_with_a_warning(monkeypatch):
+    X, y = problem_data("multiclass")
+    params = dict(max_iter=8, dtype="float64", **LBFGS_PARAMS)
+    with pytest.warns(ConvergenceWarning):
+        eight = MLPClassifier(**params).fit(X, y)
+    loss_and_grad, calls = fastmlp.MLP.loss_and_grad, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > eight.n_iter_ + 5:  # well past the 8 iterations
+            raise KeyboardInterrupt
+        return loss_and_grad(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastmlp.MLP, "loss_and_grad", interrupted)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        clf = MLPClassifier(**{**params, "max_iter": 200}).fit(X, y)
+    assert clf.n_iter_ >= 8 and clf.loss_ <= eight.loss_
+    assert clf.predict(X).shape == (len(X),)
+    model = fastmlp.MLP([5, 7, 6, 3], activation="tanh", dtype="float64")
+    model.weights = [c.T for c in clf.coefs_]
+    model.biases = clf.intercepts_
+    np.testing.assert_allclose(model.loss(X, y, alpha=0.01), clf.loss_, rtol=1e-12)

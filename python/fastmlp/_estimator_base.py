@@ -1,6 +1,7 @@
 """The shared base of fastmlp's scikit-learn estimators (``estimators.py``): parameters and
 their constraints, the fitted state (``coefs_``/``intercepts_`` as views of the ``MLP``), the
-fit path shared by ``fit`` and ``partial_fit``, and the training loop around the engine.
+fit path shared by ``fit`` and ``partial_fit``, the training loop around the engine, and
+``solver="lbfgs"`` (SciPy's L-BFGS-B on the network's full-batch loss and gradient).
 
 Legend: N samples, F features, K classes or regression outputs,
 ``layer_units = [F, *hidden_layer_sizes, K]``; ``coefs_[i]`` (layer_units[i],
@@ -16,11 +17,19 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.optimize
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+try:
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
+    def _get_additional_lbfgs_options_dict(key, value):
+        return {key: value}
 
 from fastmlp import _estimator_data as data
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
@@ -111,7 +120,7 @@ class _BaseMLP(BaseEstimator):
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions({"adam", "sgd"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
@@ -131,6 +140,7 @@ class _BaseMLP(BaseEstimator):
         "beta_2": [Interval(Real, 0, 1, closed="left")],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
                   Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
@@ -141,7 +151,7 @@ class _BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32", n_threads=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -165,6 +175,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
         self.n_threads = n_threads
 
@@ -176,14 +187,6 @@ class _BaseMLP(BaseEstimator):
         if names is None:
             names = _PARAM_NAMES[cls] = tuple(super()._get_param_names())
         return list(names)
-
-    def _validate_params(self) -> None:
-        # scikit-learn's options the engine lacks are refused with the reason, before the
-        # generic message of the constraints.
-        if isinstance(self.solver, str) and self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not supported by fastmlp (its engine trains "
-                             "with mini-batches): use solver='adam' or solver='sgd'")
-        super()._validate_params()
 
     # ---- fitted state --------------------------------------------------------------------
 
@@ -253,6 +256,14 @@ class _BaseMLP(BaseEstimator):
                                 "identity": "identity"}[self._output_kind()]
         self.n_iter_ = 0
         self.t_ = 0
+        for name in ("loss_curve_", "best_loss_", "validation_scores_", "validation_loss_curve_",
+                     "best_validation_score_", "_optimizer"):
+            self.__dict__.pop(name, None)
+        if self.solver != "lbfgs":  # scikit-learn's lbfgs fits have no curves
+            self._init_epoch_state()
+
+    def _init_epoch_state(self) -> None:
+        """The per-epoch record of the stochastic solvers: curves, best values, stopping."""
         self.loss_curve_ = []
         self._no_improvement_count = 0
         self.best_loss_ = None if self.early_stopping else np.inf
@@ -260,8 +271,6 @@ class _BaseMLP(BaseEstimator):
         self.validation_loss_curve_ = None
         self.best_validation_score_ = None
         self._best = None
-        if hasattr(self, "_optimizer"):
-            del self._optimizer
 
     def _new_optimizer(self):
         if self.solver == "sgd":
@@ -273,11 +282,19 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight=None, *, incremental: bool, classes=None, X_val=None,
              y_val=None, sample_weight_val=None):
         """fit (incremental=False) and partial_fit (True): validate, initialise on the first
-        pass, split off the validation set, then train for max_iter epochs (1 for partial_fit).
+        pass, split off the validation set, then train for max_iter epochs (1 for partial_fit),
+        or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data.
         """
+        lbfgs = self.solver == "lbfgs"
+        if lbfgs and X_val is not None:
+            raise ValueError("X_val/y_val are scored after every epoch of solver='adam' or "
+                             "'sgd'; solver='lbfgs' has no epochs (score your validation set "
+                             "after fit)")
         with _num_threads(self.n_threads):
             before = dict(self.__dict__)
             try:
+                if not lbfgs and hasattr(self, "_model") and not hasattr(self, "loss_curve_"):
+                    self._init_epoch_state()  # warm start after an lbfgs fit
                 prepared = self._prepare(X, y, sample_weight, incremental, classes, X_val,
                                          y_val, sample_weight_val)
             except BaseException:
@@ -286,9 +303,20 @@ class _BaseMLP(BaseEstimator):
                 self.__dict__.clear()
                 self.__dict__.update(before)
                 raise
-            self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
-                        incremental=incremental)
+            if lbfgs:
+                X, targets, sw, _, _, alpha, _ = prepared
+                self._train_lbfgs(X, targets, sw, alpha)
+            else:
+                self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
+                            incremental=incremental)
         return self
+
+    def _check_solver(self) -> bool:
+        """``partial_fit`` exists for the stochastic solvers only (scikit-learn's rule)."""
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
 
     def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
@@ -355,7 +383,7 @@ class _BaseMLP(BaseEstimator):
             val_targets, _, _ = self._encode_targets(y_val, first_pass=False, incremental=True,
                                                      validation=True)
             validation = (X_val, val_targets, data.sample_weights(sample_weight_val, X_val))
-        elif self.early_stopping:
+        elif self.early_stopping and self.solver != "lbfgs":
             if self._is_classifier and n_outputs == 1:
                 # scikit-learn stratifies one output unit's targets (up to 2 classes) and
                 # refuses a class of one; with more it splits at random, where fastmlp
@@ -371,7 +399,7 @@ class _BaseMLP(BaseEstimator):
             self.validation_loss_curve_ = []
             self.best_validation_score_ = -np.inf
 
-        if self.batch_size == "auto":
+        if self.batch_size == "auto" or self.solver == "lbfgs":
             batch_size = min(200, n)
         else:
             if self.batch_size > n:
@@ -479,6 +507,92 @@ class _BaseMLP(BaseEstimator):
         if self.verbose:
             print(f"Iteration {self.n_iter_}, loss = {nan:.8f}")
             print(f"Validation score: {nan:f}")
+
+    def _train_lbfgs(self, X, targets, sw, alpha) -> None:
+        """scikit-learn's ``_fit_lbfgs``: SciPy's L-BFGS-B over every parameter, packed as
+        scikit-learn packs them (each ``coefs_[i]`` raveled, then each ``intercepts_[i]``),
+        for up to ``max_iter`` iterations and ``max_fun`` evaluations, ``tol`` the gradient
+        tolerance. Each evaluation is the network's full-batch pass (``MLP.loss_and_grad``,
+        in the model's dtype), handed to SciPy in float64. As in scikit-learn: no epochs (no
+        loss curve, validation or early stopping), ``n_iter_`` the iterations run."""
+        model = self._model
+        n = X.shape[0]
+        # Objective f = data loss / outputs + alpha/2 · Σ‖W‖² / n, gradient that of the data
+        # loss summed over outputs plus alpha · W / n: scikit-learn's pair (for several
+        # regression outputs its gradient is not that of its loss; the trajectory is its).
+        outputs = 1 if self._is_classifier else self.n_outputs_
+        # scikit-learn clips each sample's log-loss at -log(eps); the engine's is exact. The
+        # loss is recomputed its way (one more forward pass) only when the mean is high
+        # enough for a sample to exceed the cap: mean ≥ w_i · cap / Σw for that sample.
+        clip_from = np.inf
+        if self._is_classifier:
+            cap = -np.log(np.finfo(model.dtype).eps)
+            clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
+        coefs = [w.T for w in model.weights]  # (in, out) views: writes go into the model
+        sizes = [c.size for c in coefs] + [b.size for b in model.biases]
+        bounds = np.cumsum([0, *sizes])
+        coef_parts = [slice(a, b) for a, b in zip(bounds[:len(coefs)], bounds[1:])]
+        bias_parts = [slice(a, b) for a, b in zip(bounds[len(coefs):-1], bounds[len(coefs) + 1:])]
+        x0 = np.concatenate([c.ravel() for c in coefs] + list(model.biases)).astype(np.float64)
+        grad = np.empty_like(x0)
+        best = {"loss": np.inf, "x": x0, "iterations": 0}  # for Ctrl-C
+
+        def unpack(x):
+            with np.errstate(over="ignore"):  # float32 models: beyond range is inf
+                for c, part in zip(coefs, coef_parts):
+                    c[...] = x[part].reshape(c.shape)
+                for b, part in zip(model.biases, bias_parts):
+                    b[...] = x[part]
+
+        def loss_and_grad(x):
+            unpack(x)
+            loss, grad_weights, grad_biases = model.loss_and_grad(X, targets, sample_weight=sw)
+            if loss >= clip_from:
+                loss = data.clipped_log_loss(model.forward(X), targets, sw)
+            squares = 0.0
+            for c, g, part in zip(coefs, grad_weights, coef_parts):
+                w = x[part]
+                squares += np.dot(w, w)
+                grad[part] = g.T.ravel()
+                grad[part] += (alpha / n) * w
+            for g, part in zip(grad_biases, bias_parts):
+                grad[part] = g
+            loss = float(loss) / outputs + 0.5 * alpha * squares / n
+            if loss < best["loss"]:
+                best.update(loss=loss, x=x.copy())
+            return loss, grad.copy()
+
+        def count_iteration(intermediate_result):
+            best["iterations"] += 1
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        self.__dict__.pop("_optimizer", None)
+        try:
+            result = scipy.optimize.minimize(
+                loss_and_grad, x0, method="L-BFGS-B", jac=True, callback=count_iteration,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        except KeyboardInterrupt:
+            # As the stochastic solvers: a usable model (the best weights evaluated) and a
+            # warning; scikit-learn's lbfgs lets the interrupt through.
+            unpack(best["x"])
+            self.n_iter_, self.loss_ = best["iterations"], best["loss"]
+            _warn("Training interrupted by user.", UserWarning)
+            return
+        except BaseException:
+            unpack(x0)  # the initial weights, not an arbitrary trial point
+            raise
+        unpack(result.x)
+        if not all(np.isfinite(p).all() for p in (*model.weights, *model.biases)):
+            unpack(x0)
+            raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                             "contain large values and need to be preprocessed.")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        for warning in caught:
+            _warn(str(warning.message), warning.category)
+        self.loss_ = float(result.fun)
 
     def _record_epoch(self, validation) -> bool:
         """Scores the validation set (when there is one), keeps the best values (and, with

@@ -3,7 +3,8 @@
 Input checking itself is scikit-learn's (``validate_data``, ``check_classification_targets``,
 ``_check_sample_weight``); this module turns checked inputs into what the engine trains on:
 class indices, per-sample class weights, regression targets in the model's dtype, the
-(stratified) early-stopping split, and the validation metrics.
+(stratified) early-stopping split, the validation metrics, and scikit-learn's clipped
+log-loss (which ``solver="lbfgs"`` needs to take scikit-learn's steps).
 
 Legend: N samples, K classes or regression outputs.
 """
@@ -14,6 +15,7 @@ import math
 import numbers
 
 import numpy as np
+from scipy.special import expit
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
 
@@ -162,6 +164,23 @@ def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=N
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def clipped_log_loss(logits, targets, weights=None) -> float:
+    """scikit-learn's MLP log-loss: probabilities clipped to [eps, 1 - eps] (eps of their
+    dtype) before the log, so a sample's loss is at most -log(eps) (36.04 in float64, 15.94
+    in float32), and the binary probability of class 0 is ``1 - σ(z)`` as it computes it.
+    logits (N, K) or (N, 1) for binary problems; targets (N,) class indices."""
+    eps = np.finfo(logits.dtype).eps
+    if logits.shape[1] == 1:
+        p = np.clip(expit(logits[:, 0]), eps, 1 - eps)
+        losses = -np.log(np.where(targets == 1, p, 1 - p))
+    else:
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        losses = -np.log(np.clip(p[np.arange(len(targets)), targets], eps, 1 - eps))
+    return float(np.average(losses, weights=weights))
 
 
 def classification_metrics(logits, targets, weights, n_classes: int) -> tuple[float, float]:

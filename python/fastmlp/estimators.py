@@ -24,6 +24,7 @@ try:
     from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
     from sklearn.utils._param_validation import StrOptions
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import _check_partial_fit_first_call
 
     from fastmlp import _estimator_data as data
@@ -44,16 +45,21 @@ _DOC_PARAMETERS = f"""
     activation : {{{", ".join(f'"{a}"' for a in ACTIVATIONS)}}}, default="relu"
         Activation of the hidden layers.
 
-    solver : {{"adam", "sgd"}}, default="adam"
-        Mini-batch optimizer. ``"lbfgs"`` (and with it scikit-learn's ``max_fun``) is not
-        supported: it raises ``ValueError``.
+    solver : {{"lbfgs", "sgd", "adam"}}, default="adam"
+        ``"adam"`` and ``"sgd"``: mini-batch epochs in fastmlp's engine. ``"lbfgs"``: SciPy's
+        L-BFGS-B on the full-batch loss and gradient (each evaluation one pass of fastmlp's
+        network over all rows), as scikit-learn's; it ignores the mini-batch and schedule
+        parameters, ``shuffle`` and ``early_stopping``, has no ``partial_fit`` and records no
+        curves; Ctrl-C keeps the best weights it evaluated, with a warning. In float32 (the
+        default dtype) its line search may stop earlier than in float64, with a
+        ``ConvergenceWarning``.
 
     alpha : float >= 0, default=1e-4
         L2 penalty: each batch's loss gains ``alpha/2 · Σ‖W‖² / n_batch`` (biases are not
         penalised), as in scikit-learn. With ``sample_weight`` (or ``class_weight``), weights act
         like repetition counts: ``alpha`` is scaled by ``N / Σ weights`` (scikit-learn divides by
-        each batch's weight total; the two agree exactly for full-batch training and when the
-        weights average 1, e.g. ``class_weight="balanced"``).
+        each batch's weight total; the two agree exactly for full-batch training, ``"lbfgs"``
+        included, and when the weights average 1, e.g. ``class_weight="balanced"``).
 
     batch_size : int or "auto", default="auto"
         Rows per step; ``"auto"`` is ``min(200, n_samples)``. Larger than the data: clipped,
@@ -73,8 +79,8 @@ _DOC_PARAMETERS = f"""
         Exponent of ``learning_rate="invscaling"``.
 
     max_iter : int >= 1, default=200
-        Most epochs per ``fit``. Reaching it before the stopping rule fires warns with
-        ``ConvergenceWarning``.
+        Most epochs per ``fit`` (``"lbfgs"``: most L-BFGS iterations). Reaching it before the
+        stopping rule fires warns with ``ConvergenceWarning``.
 
     shuffle : bool, default=True
         Visit the rows in a fresh random order every epoch (drawn from ``random_state``).
@@ -87,10 +93,12 @@ _DOC_PARAMETERS = f"""
     tol : float >= 0, default=1e-4
         Improvement threshold of the stopping rule: training stops after ``n_iter_no_change``
         consecutive epochs whose training loss (validation score with early stopping) fails to
-        beat the best by ``tol``.
+        beat the best by ``tol``. ``"lbfgs"``: SciPy's ``gtol`` (it stops once every
+        component of the projected gradient is at most ``tol``).
 
     verbose : bool or int, default=False
         Print the loss (and validation score) after every epoch, in scikit-learn's format.
+        ``"lbfgs"`` passes it to SciPy as ``iprint`` where SciPy (< 1.15) still prints.
 
     warm_start : bool, default=False
         ``fit`` continues from the current weights instead of reinitialising (the architecture,
@@ -111,7 +119,8 @@ _DOC_PARAMETERS = f"""
         classifier), or use ``X_val``/``y_val`` given to ``fit``, score it after every epoch
         (``score``'s metric), stop when the score fails to improve by ``tol`` for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Not available
-        with ``partial_fit`` (``ValueError``). As in scikit-learn, a binary (or single-class)
+        with ``partial_fit`` (``ValueError``); ignored by ``"lbfgs"`` (as in scikit-learn),
+        which refuses ``X_val`` (``ValueError``). As in scikit-learn, a binary (or single-class)
         split refuses a class with a single member (``ValueError``); with more classes a lone
         member stays in the training rows. A fit that diverges (a step with non-finite
         weights, which the engine refuses) raises ``ValueError`` without early stopping; with
@@ -133,6 +142,10 @@ _DOC_PARAMETERS = f"""
     n_iter_no_change : int >= 1 or numpy.inf, default=10
         Epochs without improvement before stopping (or lowering an adaptive rate).
 
+    max_fun : int >= 1, default=15000
+        ``"lbfgs"`` only: most loss evaluations per ``fit`` (SciPy's ``maxfun``; the line
+        search may exceed it slightly); reaching it warns with ``ConvergenceWarning``.
+
     dtype : "float32" or "float64" (or their NumPy types or dtypes), default="float32"
         Precision of the weights and of all arithmetic. float32 is the default (scikit-learn
         trains in float64 unless given float32 data): inputs of other dtypes are converted once
@@ -151,10 +164,13 @@ _DOC_PARAMETERS = f"""
 _DOC_ATTRIBUTES = """
     loss_ : float
         Training loss of the last epoch: the mean over its batches (weighted by their rows)
-        of each batch's mean loss plus the L2 penalty, as scikit-learn reports it.
+        of each batch's mean loss plus the L2 penalty, as scikit-learn reports it
+        (``"lbfgs"``: the full-batch loss with the penalty at the final weights).
 
     loss_curve_ : list of float
-        ``loss_`` after every epoch (all calls with ``warm_start``/``partial_fit``).
+        ``loss_`` after every epoch (all calls with ``warm_start``/``partial_fit``). Like
+        ``best_loss_`` and the validation attributes, absent after an ``"lbfgs"`` fit from
+        fresh weights (as in scikit-learn).
 
     best_loss_ : float or None
         Lowest ``loss_`` seen; None when ``early_stopping`` is on (scikit-learn's convention:
@@ -173,10 +189,12 @@ _DOC_ATTRIBUTES = """
         Best of ``validation_scores_`` (the epoch whose weights early stopping keeps).
 
     n_iter_ : int
-        Epochs run by the last ``fit`` (1 after a ``partial_fit``), as scikit-learn.
+        Epochs run by the last ``fit`` (1 after a ``partial_fit``; ``"lbfgs"``: its
+        iterations), as scikit-learn.
 
     t_ : int
-        Training samples seen by the optimizer across all calls.
+        Training samples seen by the stochastic optimizers across all calls (0 after an
+        ``"lbfgs"`` fit from fresh weights).
 
     coefs_ : list of ndarray, shapes (layer_units[i], layer_units[i+1])
         Weights in scikit-learn's (in, out) orientation, i.e. ``MLP.weights[i].T``. Read-only
@@ -209,14 +227,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     __doc__ = f"""Multi-layer perceptron classifier on fastmlp's C++ engine, with scikit-learn's
     ``MLPClassifier`` interface.
 
-    Minimises the log-loss with mini-batch Adam or SGD. Binary problems use one output unit
-    and the logistic function (``out_activation_ = "logistic"``), more classes a softmax. A
-    single class is fitted as scikit-learn fits it: one logistic unit trained towards 0,
-    ``predict`` always returns the class and ``predict_proba`` has two columns.
+    Minimises the log-loss with mini-batch Adam or SGD, or full-batch L-BFGS. Binary problems
+    use one output unit and the logistic function (``out_activation_ = "logistic"``), more
+    classes a softmax. A single class is fitted as scikit-learn fits it: one logistic unit
+    trained towards 0, ``predict`` always returns the class and ``predict_proba`` has two
+    columns.
     Beyond scikit-learn: float32 end to end, ``class_weight``, a stratified early-stopping
     split or a validation set passed to ``fit`` (``X_val``, ``y_val``), the validation loss
-    curve, and ``n_threads``. Not supported: ``solver="lbfgs"`` (and ``max_fun``), multilabel
-    targets (``ValueError``), sparse inputs (``TypeError``: convert with ``.toarray()``).
+    curve, and ``n_threads``. Not supported: multilabel targets (``ValueError``), sparse
+    inputs (``TypeError``: convert with ``.toarray()``).
 
     Parameters
     ----------{_DOC_PARAMETERS}
@@ -255,7 +274,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32", n_threads=None, class_weight=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
@@ -265,12 +284,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            dtype=dtype, n_threads=n_threads)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads)
         self.class_weight = class_weight
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
-        """Train on X (N, F) and class labels y (N,) for up to ``max_iter`` epochs.
+        """Train on X (N, F) and class labels y (N,) for up to ``max_iter`` epochs (or
+        L-BFGS iterations).
 
         ``sample_weight`` (N,) weighs each sample's loss (each batch's loss is its weighted
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
@@ -280,6 +300,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
                          sample_weight_val=sample_weight_val)
 
+    @available_if(_BaseMLP._check_solver)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over X, y from the current weights (initialising on the first call).
@@ -287,7 +308,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         ``classes`` (every label that will ever occur) is required on the first call and
         optional later (it must not change). The optimizer's state (Adam moments, momentum)
         carries over between calls. Parameters are validated on the first call only, as in
-        scikit-learn. Returns self.
+        scikit-learn. Only for ``solver="sgd"``/``"adam"``: with ``"lbfgs"`` the method does
+        not exist (``AttributeError``, ``hasattr`` is False), as in scikit-learn. Returns self.
         """
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
@@ -364,11 +386,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     ``MLPRegressor`` interface.
 
     Minimises the squared error (identity output, one unit per target; multi-output y of shape
-    (N, K) is supported) with mini-batch Adam or SGD. The engine's loss is ½·Σ over outputs of
-    the squared error; scikit-learn reports it divided by the number of outputs, and so do
-    ``loss_``, ``loss_curve_`` and the stopping rule based on them (the gradients, as in
-    scikit-learn, are those of the sum). Predictions are in the estimator's dtype (float32 by
-    default). Not supported: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``
+    (N, K) is supported) with mini-batch Adam or SGD, or full-batch L-BFGS. The engine's loss
+    is ½·Σ over outputs of the squared error; scikit-learn reports it divided by the number of
+    outputs, and so do ``loss_``, ``loss_curve_``, the stopping rule based on them and the
+    objective L-BFGS sees (the gradients, as in scikit-learn, are those of the sum). Predictions
+    are in the estimator's dtype (float32 by default). Not supported: ``loss="poisson"``
     (``ValueError``), sparse inputs (``TypeError``: convert with ``.toarray()``).
 
     Parameters
@@ -399,7 +421,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  dtype="float32", n_threads=None, loss="squared_error"):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
@@ -409,7 +431,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            dtype=dtype, n_threads=n_threads)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads)
         self.loss = loss
 
     def _validate_params(self) -> None:
@@ -420,7 +442,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
-        """Train on X (N, F) and targets y (N,) or (N, K) for up to ``max_iter`` epochs.
+        """Train on X (N, F) and targets y (N,) or (N, K) for up to ``max_iter`` epochs (or
+        L-BFGS iterations).
 
         ``sample_weight`` (N,) weighs each sample's loss (each batch's loss is its weighted
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
@@ -430,11 +453,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
                          sample_weight_val=sample_weight_val)
 
+    @available_if(_BaseMLP._check_solver)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over X, y from the current weights (initialising on the first call); the
         optimizer's state carries over between calls. Parameters are validated on the first
-        call only, as in scikit-learn. Returns self."""
+        call only, as in scikit-learn. Only for ``solver="sgd"``/``"adam"``: with ``"lbfgs"``
+        the method does not exist (``AttributeError``; scikit-learn's regressor means to do the
+        same, but its check is never called, so it runs a whole L-BFGS fit). Returns self."""
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _output_kind(self) -> str:
