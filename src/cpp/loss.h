@@ -1,7 +1,8 @@
 // Losses of the output layer, each fused with its gradient w.r.t. the logits.
 //
 // Legend: N rows (batch), K classes. Labels are int64 in [0, K) (softmax) or {0, 1} (sigmoid),
-// targets 0/1 (multilabel) or ≥ 0 (poisson); callers validate them, these functions check again and throw std::invalid_argument.
+// targets 0/1 (multilabel) or ≥ 0 (poisson); callers validate them, these functions check
+// again and throw std::invalid_argument.
 #pragma once
 
 #include "common.h"
