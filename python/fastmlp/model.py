@@ -325,7 +325,8 @@ class MLP:
         """Mean loss over the batch: negative log-probability of the correct class (½ squared
         error for regression; binary cross-entropy summed over labels for multilabel; half
         Poisson deviance summed over outputs for poisson); weighted by ``sample_weight`` when
-        given; plus the L2 penalty ``alpha/2 · Σ‖W‖² / n_samples`` (scikit-learn's ``alpha``; biases not penalised)."""
+        given; plus the L2 penalty ``alpha/2 · Σ‖W‖² / n_samples`` (scikit-learn's ``alpha``;
+        biases not penalised)."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         weights = sample_weights(sample_weight, X.shape[0], self._dtype)
