@@ -172,8 +172,8 @@ def test_invalid_parameters_raise_in_fit(bad, match):
 
 def test_unsupported_sklearn_options_are_refused_clearly():
     X, y = blobs(30)
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X, y)
+    with pytest.raises(ValueError, match="'loss' parameter"):  # scikit-learn's constraint
+        MLPRegressor(loss="huber").fit(X, y)
 
 
 @stops_at_max_iter
@@ -306,10 +306,16 @@ def test_binary_uses_one_logistic_output():
     np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba), rtol=1e-5, atol=1e-6)
 
 
-def test_multilabel_and_continuous_targets_are_refused():
+@stops_at_max_iter
+def test_multilabel_targets_are_fitted_and_continuous_targets_refused():
     X = np.random.RandomState(0).normal(size=(20, 3))
-    with pytest.raises(ValueError, match="multilabel"):
-        MLPClassifier().fit(X, np.eye(2)[np.arange(20) % 2])
+    Y = np.eye(2, dtype=int)[np.arange(20) % 2]
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, Y)
+    np.testing.assert_array_equal(clf.classes_, [0, 1])
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 2
+    assert clf.predict(X).shape == clf.predict_proba(X).shape == (20, 2)
+    with pytest.raises(ValueError, match="multi-output targets are not supported"):
+        MLPClassifier().fit(X, np.stack([np.arange(20) % 3, np.arange(20) % 2], axis=1))
     with pytest.raises(ValueError, match="Unknown label type: continuous"):
         MLPClassifier().fit(X, np.linspace(0, 1, 20))
     with pytest.raises(ValueError, match="Mix of label input types"):

@@ -253,7 +253,8 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(layer_units)
         self.n_outputs_ = layer_units[-1]
         self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
-                                "identity": "identity"}[self._output_kind()]
+                                "multilabel": "logistic", "identity": "identity",
+                                "poisson": "exp"}[self._output_kind()]
         self.n_iter_ = 0
         self.t_ = 0
         for name in ("loss_curve_", "best_loss_", "validation_scores_", "validation_loss_curve_",
@@ -351,7 +352,7 @@ class _BaseMLP(BaseEstimator):
             sample_weight=sw)
         if class_weights is not None:
             sw = class_weights if sw is None else sw * class_weights
-        if sw is not None and self._is_classifier and not incremental:
+        if sw is not None and self._is_classifier and not incremental and targets.ndim == 1:
             present = np.unique(targets[sw > 0])
             if present.size < min(2, len(self.classes_)):
                 found = (f"only one such class: {self.classes_[present[0]]!r}" if present.size
@@ -389,8 +390,10 @@ class _BaseMLP(BaseEstimator):
                 # refuses a class of one; with more it splits at random, where fastmlp
                 # stratifies and keeps a lone member in the training rows.
                 data.check_stratifiable(self.classes_, targets)
-            train, val = data.split_indices(n, self.validation_fraction, rng,
-                                            targets if self._is_classifier else None)
+            # (scikit-learn does not stratify multilabel targets)
+            train, val = data.split_indices(
+                n, self.validation_fraction, rng,
+                targets if self._is_classifier and targets.ndim == 1 else None)
             validation = (X[val], targets[val], None if sw is None else sw[val])
             X, targets, sw = X[train], targets[train], None if sw is None else sw[train]
             n = X.shape[0]
@@ -420,8 +423,9 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
         # divided by the number of outputs (not the L2 penalty, whose share the engine
-        # reports apart: History.l2_penalty), and so does loss_.
-        outputs = 1 if self._is_classifier else self.n_outputs_
+        # reports apart: History.l2_penalty), and so does loss_. (The Poisson deviance and
+        # the multilabel log-loss it sums over outputs, as the engine.)
+        outputs = self.n_outputs_ if self._output_kind() == "identity" else 1
         sgd_schedule = self.learning_rate if self.solver == "sgd" else "constant"
         stopped = False
 
@@ -520,7 +524,7 @@ class _BaseMLP(BaseEstimator):
         # Objective f = data loss / outputs + alpha/2 · Σ‖W‖² / n, gradient that of the data
         # loss summed over outputs plus alpha · W / n: scikit-learn's pair (for several
         # regression outputs its gradient is not that of its loss; the trajectory is its).
-        outputs = 1 if self._is_classifier else self.n_outputs_
+        outputs = self.n_outputs_ if self._output_kind() == "identity" else 1
         # scikit-learn clips each sample's log-loss at -log(eps); the engine's is exact. The
         # loss is recomputed its way (one more forward pass) only when the mean is high
         # enough for a sample to exceed the cap: mean ≥ w_i · cap / Σw for that sample.

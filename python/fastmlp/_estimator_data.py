@@ -15,8 +15,8 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import expit
-from sklearn.utils.multiclass import check_classification_targets
+from scipy.special import expit, xlogy
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
 
 
@@ -30,6 +30,25 @@ def sample_weights(sample_weight, X) -> np.ndarray | None:
     return w
 
 
+def is_multilabel(y) -> bool:
+    """Whether y (as ``validate_data`` returns it) is a multilabel indicator matrix (N, L),
+    L >= 2, of 0 and 1, as scikit-learn's ``type_of_target`` says "multilabel-indicator"."""
+    return (y.ndim == 2 and y.shape[1] > 1
+            and type_of_target(y) == "multilabel-indicator")
+
+
+def indicator_targets(y, dtype: np.dtype, name: str = "y") -> np.ndarray:
+    """A multilabel indicator matrix (N, L) as C-contiguous 0./1. of ``dtype`` (LabelBinarizer
+    keeps a "multilabel-indicator" y as it is: its classes_ are arange(L))."""
+    if not is_multilabel(y):
+        raise ValueError(f"{name} must be a multilabel indicator matrix like the fitted y, "
+                         f"got {type_of_target(y)!r} targets of shape {np.shape(y)}")
+    t = np.asarray(y)
+    if not np.all((t == 0) | (t == 1)):
+        raise ValueError(f"{name} must be an indicator matrix of 0 and 1")
+    return np.ascontiguousarray(t, dtype=dtype)
+
+
 def class_labels(y) -> np.ndarray:
     """Labels (N,) of a single-output classification target (y as ``validate_data`` returns
     it with ``multi_output=True``)."""
@@ -37,8 +56,9 @@ def class_labels(y) -> np.ndarray:
         y = column_or_1d(y, warn=True)
     if y.ndim != 1:
         raise ValueError(
-            f"multilabel and multi-output targets are not supported: y has shape {y.shape}. "
-            "Use 1-D class labels, or one classifier per output "
+            f"multi-output targets are not supported: y has shape {y.shape} and is not a "
+            "multilabel indicator matrix of 0 and 1. Use 1-D class labels, a multilabel "
+            "indicator matrix, or one classifier per output "
             "(sklearn.multioutput.MultiOutputClassifier).")
     if y.dtype.kind in "iubU":
         # 1-D ints, bools and strings are always "binary" or "multiclass", which the check
@@ -170,9 +190,13 @@ def clipped_log_loss(logits, targets, weights=None) -> float:
     """scikit-learn's MLP log-loss: probabilities clipped to [eps, 1 - eps] (eps of their
     dtype) before the log, so a sample's loss is at most -log(eps) (36.04 in float64, 15.94
     in float32), and the binary probability of class 0 is ``1 - σ(z)`` as it computes it.
-    logits (N, K) or (N, 1) for binary problems; targets (N,) class indices."""
+    logits (N, K) or (N, 1) for binary problems; targets (N,) class indices, or (N, L) 0/1
+    for multilabel (each label's probability clipped, the losses summed over labels)."""
     eps = np.finfo(logits.dtype).eps
-    if logits.shape[1] == 1:
+    if targets.ndim == 2:
+        p = np.clip(expit(logits), eps, 1 - eps)
+        losses = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(axis=1)
+    elif logits.shape[1] == 1:
         p = np.clip(expit(logits[:, 0]), eps, 1 - eps)
         losses = -np.log(np.where(targets == 1, p, 1 - p))
     else:
@@ -185,8 +209,15 @@ def clipped_log_loss(logits, targets, weights=None) -> float:
 
 def classification_metrics(logits, targets, weights, n_classes: int) -> tuple[float, float]:
     """(accuracy, mean log-loss) of logits (N, 1 or K) against class indices (N,); one
-    class (one logistic unit, target 0) is always predicted, as scikit-learn's ``predict``."""
+    class (one logistic unit, target 0) is always predicted, as scikit-learn's ``predict``.
+    Multilabel (targets (N, L) of 0/1): subset accuracy (every label right, scikit-learn's
+    ``accuracy_score``) and the binary log-loss summed over labels."""
     logits = logits.astype(np.float64)
+    if targets.ndim == 2:
+        correct = np.all((logits > 0) == (targets == 1), axis=1)
+        losses = np.logaddexp(0.0, np.where(targets == 1, -logits, logits)).sum(axis=1)
+        return (float(np.average(correct, weights=weights)),
+                float(np.average(losses, weights=weights)))
     if logits.shape[1] == 1:
         z = logits[:, 0]
         predicted = (z > 0).astype(np.int64) if n_classes == 2 else np.zeros_like(targets)
@@ -197,6 +228,17 @@ def classification_metrics(logits, targets, weights, n_classes: int) -> tuple[fl
         losses = -log_softmax(logits)[np.arange(len(targets)), targets]
     accuracy = float(np.average(predicted == targets, weights=weights))
     return accuracy, float(np.average(losses, weights=weights))
+
+
+def poisson_metrics(raw, targets, weights) -> tuple[float, float]:
+    """(R² of exp(raw), mean half Poisson deviance summed over outputs) of raw outputs (N, K)
+    against targets (N, K) >= 0, as scikit-learn's poisson_loss (with y log y, 0 log 0 = 0)."""
+    raw = raw.astype(np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        mu = np.exp(raw)
+    deviance = (xlogy(y, y) - y - y * raw + mu).sum(axis=1)
+    return r2(targets, mu, weights), float(np.average(deviance, weights=weights))
 
 
 def regression_metrics(outputs, targets, weights) -> tuple[float, float]:

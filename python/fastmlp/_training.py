@@ -176,7 +176,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                 history.val_loss.append(model._loss_and_dlogits(logits, y_val)[0])
                 if model.is_classifier:
                     history.val_accuracy.append(
-                        float(np.mean(model._predict_logits(logits) == y_val)))
+                        model._accuracy(model._predict_logits(logits), y_val))
             if verbose:
                 _print_epoch(history, epochs, verbose, fell_back)
             done = epoch + 1

@@ -223,6 +223,24 @@ def regression_targets(value, name: str, n_samples: int, n_outputs: int, dtype: 
     return to_dtype(t, dtype, name, requirements=["C", "A"])
 
 
+def indicator_targets(value, name: str, n_samples: int, n_outputs: int, dtype: np.dtype):
+    """Multilabel targets: a C-contiguous (n_samples, n_outputs) indicator matrix of 0 and 1
+    (bool or numbers) in `dtype`."""
+    t = regression_targets(value, name, n_samples, n_outputs, dtype)
+    if not np.all((t == 0) | (t == 1)):
+        raise ValueError(f"{name} must be an indicator matrix of 0 and 1 (multilabel targets)")
+    return t
+
+
+def poisson_targets(value, name: str, n_samples: int, n_outputs: int, dtype: np.dtype):
+    """Targets of a Poisson regression: as regression_targets, and every value >= 0."""
+    t = regression_targets(value, name, n_samples, n_outputs, dtype)
+    if np.any(t < 0):
+        raise ValueError(f"Some value(s) of {name} are negative which is not allowed for "
+                         "Poisson regression.")
+    return t
+
+
 def positive_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")

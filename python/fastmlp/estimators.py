@@ -218,8 +218,9 @@ _DOC_ATTRIBUTES = """
         Units of the output layer.
 
     out_activation_ : str
-        ``"logistic"`` (binary or single-class classification, one output unit), ``"softmax"``
-        (multiclass) or ``"identity"`` (regression).
+        ``"logistic"`` (binary or single-class classification, one output unit; multilabel,
+        one unit per label), ``"softmax"`` (multiclass), ``"identity"`` (regression) or
+        ``"exp"`` (``loss="poisson"``).
 """
 
 
@@ -231,11 +232,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     use one output unit and the logistic function (``out_activation_ = "logistic"``), more
     classes a softmax. A single class is fitted as scikit-learn fits it: one logistic unit
     trained towards 0, ``predict`` always returns the class and ``predict_proba`` has two
-    columns.
+    columns. A multilabel indicator matrix y (N, L) of 0/1 is fitted as scikit-learn fits it:
+    one logistic unit per label, the binary log-loss summed over labels (mean over samples),
+    ``classes_ = arange(L)``, ``predict`` the (N, L) indicator matrix and ``predict_proba``
+    each label's probability (N, L).
     Beyond scikit-learn: float32 end to end, ``class_weight``, a stratified early-stopping
     split or a validation set passed to ``fit`` (``X_val``, ``y_val``), the validation loss
-    curve, and ``n_threads``. Not supported: multilabel targets (``ValueError``), sparse
-    inputs (``TypeError``: convert with ``.toarray()``).
+    curve, and ``n_threads``. Not supported: multiclass-multioutput targets (``ValueError``),
+    ``class_weight`` with multilabel targets (``ValueError``), sparse inputs (``TypeError``:
+    convert with ``.toarray()``).
 
     Parameters
     ----------{_DOC_PARAMETERS}
@@ -314,12 +319,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _output_kind(self) -> str:
+        if getattr(self, "_multilabel", False):
+            return "multilabel"
         # One class (scikit-learn fits it too): one logistic unit trained towards 0, as
         # scikit-learn's LabelBinarizer encodes a lone class.
         return "sigmoid" if len(self.classes_) <= 2 else "softmax"
 
     def _encode_targets(self, y, *, first_pass, incremental, classes=None,
                         sample_weight=None, validation=False):
+        if validation:
+            if getattr(self, "_multilabel", False):
+                return data.indicator_targets(y, self._dtype, "y_val"), len(self.classes_), None
+        elif (data.is_multilabel(y) if first_pass
+              else getattr(self, "_multilabel", False)):
+            return self._encode_multilabel(y, first_pass=first_pass, incremental=incremental,
+                                           classes=classes)
+        elif first_pass:
+            self._multilabel = False
         y = data.class_labels(y)
         if validation:
             return data.encode_labels(self.classes_, y, "y_val"), 1, None
@@ -338,13 +354,37 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                      incremental)
         return encoded, (1 if len(self.classes_) <= 2 else len(self.classes_)), weights
 
+    def _encode_multilabel(self, y, *, first_pass, incremental, classes):
+        """Targets of a multilabel indicator matrix y (N, L): the matrix itself, in the
+        model's dtype; classes_ = arange(L) (scikit-learn's LabelBinarizer)."""
+        if self.class_weight is not None:
+            raise ValueError("class_weight is not supported for multilabel targets")
+        targets = data.indicator_targets(y, self._dtype)
+        n_labels = targets.shape[1]
+        if first_pass:
+            if incremental:
+                _check_partial_fit_first_call(self, classes)  # sets classes_ on the first call
+                if not np.array_equal(self.classes_, np.arange(n_labels)):
+                    raise ValueError(f"`classes` of a multilabel y with {n_labels} labels must "
+                                     f"be {list(range(n_labels))}, got {list(self.classes_)}")
+            else:
+                self.classes_ = np.arange(n_labels)
+            self._multilabel = True
+        elif n_labels != len(self.classes_):
+            raise ValueError(f"y has {n_labels} labels but the fitted model has "
+                             f"{len(self.classes_)}")
+        return targets, n_labels, None
+
     def _validation_metrics(self, logits, targets, weights):
         return data.classification_metrics(logits, targets, weights, len(self.classes_))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class labels (N,), of ``classes_``'s kind."""
+        """Predicted class labels (N,), of ``classes_``'s kind; for multilabel the indicator
+        matrix (N, L) of 0/1 (int), as scikit-learn."""
         with _num_threads(self.n_threads):
             logits = self._predict_logits(X)
+        if getattr(self, "_multilabel", False):
+            return (logits > 0).astype(int)
         if len(self.classes_) == 1:  # scikit-learn predicts the lone class whatever the output
             index = np.zeros(logits.shape[0], dtype=np.intp)
         elif logits.shape[1] == 1:
@@ -356,7 +396,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (N, n_classes) in the estimator's dtype, columns in the order
         of ``classes_``. Fitted on one class, (N, 2) as scikit-learn: [1 - p, p] of the one
-        logistic unit, which is trained towards p = 0."""
+        logistic unit, which is trained towards p = 0. Multilabel: each label's probability
+        (N, L)."""
         with _num_threads(self.n_threads):
             X = self._check_X(X)
             return self._model.predict_proba(X)
@@ -367,6 +408,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         underflows to 0."""
         with _num_threads(self.n_threads):
             logits = self._predict_logits(X)
+        if getattr(self, "_multilabel", False):
+            return -np.logaddexp(0, -logits)
         if logits.shape[1] == 1:
             z = logits[:, 0]
             return np.stack([-np.logaddexp(0, z), -np.logaddexp(0, -z)], axis=1)
@@ -376,7 +419,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
         tags.input_tags.allow_nan = False
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
         tags.target_tags.multi_output = False
         return tags
 
@@ -386,17 +429,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     ``MLPRegressor`` interface.
 
     Minimises the squared error (identity output, one unit per target; multi-output y of shape
-    (N, K) is supported) with mini-batch Adam or SGD, or full-batch L-BFGS. The engine's loss
+    (N, K) is supported) with mini-batch Adam or SGD, or full-batch L-BFGS; with
+    ``loss="poisson"``, half the Poisson deviance of ``exp`` of the outputs (scikit-learn's
+    ``out_activation_ = "exp"``: targets must be >= 0, ``predict`` returns ``exp(raw)``, the
+    loss is summed over outputs and computed from the raw outputs). The engine's loss
     is ½·Σ over outputs of the squared error; scikit-learn reports it divided by the number of
     outputs, and so do ``loss_``, ``loss_curve_``, the stopping rule based on them and the
     objective L-BFGS sees (the gradients, as in scikit-learn, are those of the sum). Predictions
-    are in the estimator's dtype (float32 by default). Not supported: ``loss="poisson"``
-    (``ValueError``), sparse inputs (``TypeError``: convert with ``.toarray()``).
+    are in the estimator's dtype (float32 by default). Not supported: sparse inputs
+    (``TypeError``: convert with ``.toarray()``).
 
     Parameters
     ----------{_DOC_PARAMETERS}
-    loss : "squared_error", default="squared_error"
-        scikit-learn's parameter; only the squared error is supported.
+    loss : "squared_error" or "poisson", default="squared_error"
+        Half the squared error (identity output), or half the Poisson deviance with the log
+        link (exp output; y >= 0).
 
     Attributes
     ----------{_DOC_ATTRIBUTES}
@@ -413,7 +460,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _parameter_constraints: dict = {
         **_BaseMLP._parameter_constraints,
-        "loss": [StrOptions({"squared_error"})],
+        "loss": [StrOptions({"squared_error", "poisson"})],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -433,12 +480,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
             max_fun=max_fun, dtype=dtype, n_threads=n_threads)
         self.loss = loss
-
-    def _validate_params(self) -> None:
-        if isinstance(self.loss, str) and self.loss == "poisson":
-            raise ValueError("loss='poisson' is not supported by fastmlp (its engine has the "
-                             "identity output with the squared error only)")
-        super()._validate_params()
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
@@ -464,18 +505,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _output_kind(self) -> str:
-        return "identity"
+        return "poisson" if self.loss == "poisson" else "identity"
 
     def _encode_targets(self, y, *, first_pass, incremental, classes=None,
                         sample_weight=None, validation=False):
         name = "y_val" if validation else "y"
         targets = data.regression_targets(y, self._dtype, name)
+        if self.loss == "poisson" and np.any(targets < 0):
+            raise ValueError(f"Some value(s) of {name} are negative which is not allowed for "
+                             "Poisson regression.")
         if not first_pass and targets.shape[1] != self.n_outputs_:
             raise ValueError(f"{name} has {targets.shape[1]} outputs but the fitted model has "
                              f"{self.n_outputs_}")
         return targets, targets.shape[1], None
 
     def _validation_metrics(self, logits, targets, weights):
+        if self.loss == "poisson":
+            return data.poisson_metrics(logits, targets, weights)
         return data.regression_metrics(logits, targets, weights)
 
     def predict(self, X) -> np.ndarray:
@@ -483,6 +529,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         dtype."""
         with _num_threads(self.n_threads):
             out = self._predict_logits(X)
+        if self.loss == "poisson":
+            with np.errstate(over="ignore"):
+                out = np.exp(out)
         return out[:, 0] if self.n_outputs_ == 1 else out
 
     def __sklearn_tags__(self):

@@ -8,7 +8,10 @@ features to n_l with ``W_l`` of shape (n_l, n_{l-1}) (the ``torch.nn.Linear`` la
 target unit, column = source unit) and ``b_l`` of shape (n_l,). Hidden layers apply the
 activation; the last layer gives the logits, turned into probabilities by softmax (K = n_L
 classes) or, with ``output="sigmoid"`` and n_L = 1, by the logistic sigmoid (labels 0/1);
-``output="identity"`` is regression: n_L real outputs, half squared error.
+``output="identity"`` is regression: n_L real outputs, half squared error;
+``output="multilabel"``: n_L independent labels 0/1, one sigmoid each (binary cross-entropy
+summed over labels); ``output="poisson"``: regression of n_L targets >= 0 with the log link
+(predictions exp(logits), loss the half Poisson deviance).
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import numpy as np
 
 from fastmlp import _core, _training, io, torch_interop
 from fastmlp._training import History
-from fastmlp._validation import (cache_aligned, check_activation, feature_matrix, integer_labels,
-                                 model_dtype, positive_float, positive_int, regression_targets,
+from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
+                                 indicator_targets, integer_labels, model_dtype, poisson_targets,
+                                 positive_float, positive_int, regression_targets,
                                  sample_weights, to_dtype)
 from fastmlp.optim import Optimizer
 
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
 
-_OUTPUTS = ("softmax", "sigmoid", "identity")
+_OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 # Every MLP alive in this process, for _after_fork_in_child.
 _LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
@@ -83,9 +87,13 @@ class MLP:
         3 classes.
     activation : "relu", "tanh", "logistic" or "identity"
         Activation of the hidden layers.
-    output : "softmax", "sigmoid" or "identity"
+    output : "softmax", "sigmoid", "identity", "multilabel" or "poisson"
         Softmax over n_outputs >= 2 classes; one logit (n_outputs = 1) and the sigmoid for
-        binary labels 0/1; or regression of n_outputs real targets (loss: ½ squared error).
+        binary labels 0/1; regression of n_outputs real targets (loss: ½ squared error);
+        n_outputs independent labels 0/1 (y an (N, n_outputs) indicator matrix; one sigmoid
+        and binary cross-entropy per label, summed); or regression of n_outputs targets >= 0
+        with the log link (predictions exp(logits); loss: half the Poisson deviance,
+        Σ y log(y/μ) - y + μ over outputs).
     dtype : "float32" or "float64"
         Dtype of parameters and computation. Inputs of another dtype are converted (copied).
     seed : int or None
@@ -155,13 +163,14 @@ class MLP:
 
     @property
     def is_classifier(self) -> bool:
-        return self._output != "identity"
+        return self._output in ("softmax", "sigmoid", "multilabel")
 
     @property
     def n_classes(self) -> int:
-        """Classes of a classifier (2 for a sigmoid output); ValueError for regression."""
+        """Classes of a classifier (2 for a sigmoid output; the labels for multilabel);
+        ValueError for regression."""
         if not self.is_classifier:
-            raise ValueError("a regression MLP (output='identity') has no classes")
+            raise ValueError(f"a regression MLP (output={self._output!r}) has no classes")
         return 2 if self._output == "sigmoid" else self._layer_sizes[-1]
 
     def __repr__(self) -> str:
@@ -227,7 +236,11 @@ class MLP:
 
     def _labels(self, y, n_samples: int) -> np.ndarray:
         """Class labels (int64, (n,)) of a classifier; targets ((n, n_outputs), the model's
-        dtype) of a regression MLP."""
+        dtype) of a regression MLP; indicator targets ((n, n_outputs) of 0/1) for multilabel."""
+        if self._output == "multilabel":
+            return indicator_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
+        if self._output == "poisson":
+            return poisson_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
         if not self.is_classifier:
             return regression_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
         return integer_labels(y, "y", self.n_classes, n_samples,
@@ -243,39 +256,56 @@ class MLP:
         return self._forward(self._features(X))
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]."""
+        """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]; for
+        ``output='multilabel'``, each label's probability P(y_k = 1) (N, n_outputs)."""
         if not self.is_classifier:
-            raise TypeError("predict_proba needs a classifier (output 'softmax' or 'sigmoid')")
+            raise TypeError("predict_proba needs a classifier "
+                            "(output 'softmax', 'sigmoid' or 'multilabel')")
         logits = self.forward(X)
         if self._output == "softmax":
             return _core.softmax(logits)
+        if self._output == "multilabel":
+            return _core.sigmoid(logits)
         p1 = _core.sigmoid(logits)
         return np.concatenate([1.0 - p1, p1], axis=1)
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)."""
+        """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)
+        (``exp(logits)`` for ``output='poisson'``); for multilabel the indicator matrix
+        (N, n_outputs), int64 0/1."""
         return self._predict_logits(self.forward(X))
 
     def _predict_logits(self, logits: np.ndarray) -> np.ndarray:
         if self._output == "identity":
             return logits
+        if self._output == "poisson":
+            with np.errstate(over="ignore"):
+                return np.exp(logits)
+        if self._output == "multilabel":
+            return (logits > 0).astype(np.int64)
         if self._output == "softmax":
             return np.argmax(logits, axis=1).astype(np.int64)
         return (logits[:, 0] > 0).astype(np.int64)
 
     def score(self, X, y) -> float:
-        """Accuracy (the fraction of samples whose predicted label equals y); for regression
-        the coefficient of determination R², averaged over outputs (as scikit-learn)."""
+        """Accuracy (the fraction of samples whose predicted label equals y; for multilabel,
+        whose every label does, scikit-learn's subset accuracy); for regression the
+        coefficient of determination R², averaged over outputs (as scikit-learn)."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         prediction = self._predict_logits(self._forward(X))
         if self.is_classifier:
-            return float(np.mean(prediction == y))
+            return self._accuracy(prediction, y)
         residual = ((y - prediction) ** 2).sum(axis=0, dtype=np.float64)
         total = ((y - y.mean(axis=0)) ** 2).sum(axis=0, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
         return float(r2.mean())
+
+    def _accuracy(self, prediction: np.ndarray, y: np.ndarray) -> float:
+        if self._output == "multilabel":
+            return float(np.mean(np.all(prediction == y, axis=1)))
+        return float(np.mean(prediction == y))
 
     # ---- loss and gradients -------------------------------------------------------------
 
@@ -285,12 +315,18 @@ class MLP:
             return _core.softmax_nll(logits, y, weights)
         if self._output == "sigmoid":
             return _core.sigmoid_bce(logits, y, weights)
+        if self._output == "multilabel":
+            return _core.sigmoid_bce_multi(logits, y, weights)
+        if self._output == "poisson":
+            return _core.poisson_deviance(logits, y, weights)
         return _core.squared_error(logits, y, weights)
 
     def loss(self, X, y, sample_weight=None, alpha: float = 0.0) -> float:
         """Mean loss over the batch: negative log-probability of the correct class (½ squared
-        error for regression); weighted by ``sample_weight`` when given; plus the L2 penalty
-        ``alpha/2 · Σ‖W‖² / n_samples`` (scikit-learn's ``alpha``; biases not penalised)."""
+        error for regression; binary cross-entropy summed over labels for multilabel; half
+        Poisson deviance summed over outputs for poisson); weighted by ``sample_weight`` when
+        given; plus the L2 penalty ``alpha/2 · Σ‖W‖² / n_samples`` (scikit-learn's ``alpha``;
+        biases not penalised)."""
         X = self._features(X)
         y = self._labels(y, X.shape[0])
         weights = sample_weights(sample_weight, X.shape[0], self._dtype)

@@ -421,6 +421,40 @@ py::tuple squared_error_py(const py::array& pred, const py::array& target,
   });
 }
 
+// A loss over (N, K) outputs and (N, K) targets of the same dtype: sigmoid_bce_multi,
+// poisson_deviance (their target checks are the kernels').
+template <template <class> class Kernel>
+py::tuple target_loss_py(const py::array& out, const py::array& target,
+                         const py::object& weights, const char* out_name) {
+  require_ndim(out, out_name, 2);
+  return with_float_dtype(out, out_name, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const T* op = contiguous<T>(out, out_name);
+    const index_t N = out.shape(0), K = out.shape(1);
+    require_shape(target, "target", {N, K});
+    const T* tp = contiguous<T>(target, "target");
+    const T* wp = weights_view<T>(weights, N);
+    py::array_t<T> dout({N, K});
+    T* dp = dout.mutable_data();
+    const double loss = without_gil([&] { return Kernel<T>::call(dp, op, tp, wp, N, K); });
+    return py::make_tuple(loss, dout);
+  });
+}
+
+template <class T>
+struct SigmoidBceMulti {
+  static double call(T* d, const T* z, const T* y, const T* w, index_t N, index_t K) {
+    return sigmoid_bce_multi(d, z, y, w, N, K);
+  }
+};
+
+template <class T>
+struct PoissonDeviance {
+  static double call(T* d, const T* z, const T* y, const T* w, index_t N, index_t K) {
+    return poisson_deviance(d, z, y, w, N, K);
+  }
+};
+
 // ---- optimizers ------------------------------------------------------------------------------
 
 const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
@@ -587,7 +621,11 @@ OutputKind parse_output(const std::string& output) {
   if (output == "softmax") return OutputKind::softmax;
   if (output == "sigmoid") return OutputKind::sigmoid;
   if (output == "identity") return OutputKind::identity;
-  throw py::value_error("output must be 'softmax', 'sigmoid' or 'identity', got '" + output + "'");
+  if (output == "multilabel") return OutputKind::sigmoid_multi;
+  if (output == "poisson") return OutputKind::poisson;
+  throw py::value_error(
+      "output must be 'softmax', 'sigmoid', 'identity', 'multilabel' or 'poisson', got '" +
+      output + "'");
 }
 
 // The network's shape and parameter pointers from Python lists, every array checked: T,
@@ -652,12 +690,12 @@ NetworkArgs<T> network_args(py::list weights, py::list biases, const std::string
   return net;
 }
 
-// The targets of a batch of n rows: int64 labels (n,) for classifiers, (n, n_L) of T for
-// regression; and sample weights (n,) or None.
+// The targets of a batch of n rows: int64 labels (n,) for softmax/sigmoid, (n, n_L) of T for
+// regression and multilabel; and sample weights (n,) or None.
 template <class T>
 void batch_targets(Batch<T>* batch, const NetworkShape& shape, const py::array& y,
                    const py::object& sample_weight, py::ssize_t n) {
-  if (shape.output == OutputKind::identity) {
+  if (takes_targets(shape.output)) {
     require_shape(y, "targets", {n, static_cast<py::ssize_t>(shape.sizes.back())});
     batch->targets = contiguous<T>(y, "targets");
   } else {
@@ -999,4 +1037,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("sample_weight") = py::none());
   m.def("squared_error", &squared_error_py, py::arg("pred"), py::arg("target"),
         py::arg("sample_weight") = py::none());
+  m.def("sigmoid_bce_multi",
+        [](const py::array& logits, const py::array& target, const py::object& weights) {
+          return target_loss_py<SigmoidBceMulti>(logits, target, weights, "logits");
+        },
+        py::arg("logits"), py::arg("target"), py::arg("sample_weight") = py::none());
+  m.def("poisson_deviance",
+        [](const py::array& raw, const py::array& target, const py::object& weights) {
+          return target_loss_py<PoissonDeviance>(raw, target, weights, "raw");
+        },
+        py::arg("raw"), py::arg("target"), py::arg("sample_weight") = py::none());
 }

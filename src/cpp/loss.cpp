@@ -185,10 +185,73 @@ double squared_error(T* dpred, const T* pred, const T* target, const T* weights,
   return weights ? total : total / total_weight;
 }
 
+template <class T>
+double sigmoid_bce_multi(T* dlogits, const T* logits, const T* targets, const T* weights,
+                         index_t N, index_t K) {
+  for (index_t i = 0; i < N * K; ++i)
+    if (targets[i] != T(0) && targets[i] != T(1))
+      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
+                                  " is not 0 or 1 (multilabel targets are an indicator matrix)");
+  const double total_weight = weight_sum(weights, N);
+  if (N == 0 || total_weight == 0.0) {
+    std::fill_n(dlogits, N * K, T(0));
+    return 0.0;
+  }
+  const T inv_total = static_cast<T>(1.0 / total_weight);
+  double total = 0.0;
+  for (index_t r = 0; r < N; ++r) {
+    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
+    const T row_scale = weights ? static_cast<T>(share) : inv_total;
+    double row = 0.0;
+    for (index_t k = 0; k < K; ++k) {
+      const T z = logits[r * K + k];
+      const T y = targets[r * K + k];
+      row += static_cast<double>(std::max(z, T(0)) - z * y + std::log1p(std::exp(-std::abs(z))));
+      dlogits[r * K + k] = (sigmoid_scalar(z) - y) * row_scale;
+    }
+    total += weights ? share * row : row;
+  }
+  return weights ? total : total / total_weight;
+}
+
+template <class T>
+double poisson_deviance(T* dz, const T* z, const T* targets, const T* weights, index_t N,
+                        index_t K) {
+  for (index_t i = 0; i < N * K; ++i)
+    if (!(targets[i] >= T(0)) || !std::isfinite(static_cast<double>(targets[i])))
+      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
+                                  " is negative or not finite (the Poisson loss needs y >= 0)");
+  const double total_weight = weight_sum(weights, N);
+  if (N == 0 || total_weight == 0.0) {
+    std::fill_n(dz, N * K, T(0));
+    return 0.0;
+  }
+  const T inv_total = static_cast<T>(1.0 / total_weight);
+  double total = 0.0;
+  for (index_t r = 0; r < N; ++r) {
+    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
+    const T row_scale = weights ? static_cast<T>(share) : inv_total;
+    double row = 0.0;
+    for (index_t k = 0; k < K; ++k) {
+      const T zk = z[r * K + k];
+      const T y = targets[r * K + k];
+      const T mu = std::exp(zk);
+      const double yd = static_cast<double>(y);
+      const double ylogy = y > T(0) ? yd * std::log(yd) : 0.0;
+      row += ylogy - yd - yd * static_cast<double>(zk) + static_cast<double>(mu);
+      dz[r * K + k] = (mu - y) * row_scale;
+    }
+    total += weights ? share * row : row;
+  }
+  return weights ? total : total / total_weight;
+}
+
 #define FASTMLP_INSTANTIATE(T)                                                                   \
   template double softmax_nll<T>(T*, const T*, const std::int64_t*, const T*, index_t, index_t); \
   template double sigmoid_bce<T>(T*, const T*, const std::int64_t*, const T*, index_t);          \
-  template double squared_error<T>(T*, const T*, const T*, const T*, index_t, index_t);
+  template double squared_error<T>(T*, const T*, const T*, const T*, index_t, index_t);         \
+  template double sigmoid_bce_multi<T>(T*, const T*, const T*, const T*, index_t, index_t);     \
+  template double poisson_deviance<T>(T*, const T*, const T*, const T*, index_t, index_t);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

@@ -1,7 +1,8 @@
 // Losses of the output layer, each fused with its gradient w.r.t. the logits.
 //
-// Legend: N rows (batch), K classes. Labels are int64 in [0, K) (softmax) or {0, 1} (sigmoid);
-// callers validate them, these functions check again and throw std::invalid_argument.
+// Legend: N rows (batch), K classes. Labels are int64 in [0, K) (softmax) or {0, 1} (sigmoid),
+// targets 0/1 (multilabel) or ≥ 0 (poisson); callers validate them, these functions check
+// again and throw std::invalid_argument.
 #pragma once
 
 #include "common.h"
@@ -33,5 +34,19 @@ double sigmoid_bce(T* dlogits, const T* logits, const std::int64_t* labels, cons
 template <class T>
 double squared_error(T* dpred, const T* pred, const T* target, const T* weights, index_t N,
                      index_t K);
+
+// Multilabel: logits and targets (N,K), targets 0 or 1 -> loss_r = Σ_k max(z,0) - z y +
+// log1p(exp(-|z|)) (one sigmoid + BCE per label, summed over labels) and
+// dlogits = (σ(z) - y) · w_r / Σw per element.
+template <class T>
+double sigmoid_bce_multi(T* dlogits, const T* logits, const T* targets, const T* weights,
+                         index_t N, index_t K);
+
+// Poisson regression with the log link, raw outputs z and targets y ≥ 0 (N,K) ->
+// loss_r = Σ_k y log y - y - y z + exp(z) (half the Poisson deviance of μ = exp(z), with
+// 0 log 0 = 0; from z, never through log μ) and dz = (exp(z) - y) · w_r / Σw.
+template <class T>
+double poisson_deviance(T* dz, const T* z, const T* targets, const T* weights, index_t N,
+                        index_t K);
 
 }  // namespace fastmlp

@@ -94,6 +94,12 @@ double Network<T>::loss(const Batch<T>& batch, const Workspace<T>& ws) const {
     case OutputKind::identity:
       value = squared_error(dlogits, logits, batch.targets, batch.weights, B, K);
       break;
+    case OutputKind::sigmoid_multi:
+      value = sigmoid_bce_multi(dlogits, logits, batch.targets, batch.weights, B, K);
+      break;
+    case OutputKind::poisson:
+      value = poisson_deviance(dlogits, logits, batch.targets, batch.weights, B, K);
+      break;
   }
   if constexpr (layout == Layout::features)
     if (std::isfinite(value)) transpose_into(ws.grad[0], dlogits, B, K, K);

@@ -23,8 +23,14 @@
 namespace fastmlp {
 
 // softmax + NLL (labels), one logit + sigmoid + BCE (labels 0/1), identity + ½ squared error
-// (regression targets).
-enum class OutputKind { softmax, sigmoid, identity };
+// (regression targets), one sigmoid + BCE per output (multilabel targets 0/1), exp + half
+// Poisson deviance (regression targets ≥ 0; the logits are log μ).
+enum class OutputKind { softmax, sigmoid, identity, sigmoid_multi, poisson };
+
+// Whether the output's y is a (rows, n_L) target matrix of T rather than int64 labels.
+inline bool takes_targets(OutputKind o) {
+  return o == OutputKind::identity || o == OutputKind::sigmoid_multi || o == OutputKind::poisson;
+}
 
 enum class Layout { rows, features };
 
