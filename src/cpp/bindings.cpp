@@ -404,25 +404,8 @@ py::tuple sigmoid_bce_py(const py::array& logits, const py::array& labels,
   });
 }
 
-py::tuple squared_error_py(const py::array& pred, const py::array& target,
-                           const py::object& weights) {
-  require_ndim(pred, "pred", 2);
-  return with_float_dtype(pred, "pred", [&](auto tag) -> py::tuple {
-    using T = decltype(tag);
-    const T* pp = contiguous<T>(pred, "pred");
-    const index_t N = pred.shape(0), K = pred.shape(1);
-    require_shape(target, "target", {N, K});
-    const T* tp = contiguous<T>(target, "target");
-    const T* wp = weights_view<T>(weights, N);
-    py::array_t<T> dpred({N, K});
-    T* dp = dpred.mutable_data();
-    const double loss = without_gil([&] { return squared_error(dp, pp, tp, wp, N, K); });
-    return py::make_tuple(loss, dpred);
-  });
-}
-
-// A loss over (N, K) outputs and (N, K) targets of the same dtype: sigmoid_bce_multi,
-// poisson_deviance (their target checks are the kernels').
+// A loss over (N, K) outputs and (N, K) targets of the same dtype: squared_error,
+// sigmoid_bce_multi, poisson_deviance (their target checks are the kernels').
 template <template <class> class Kernel>
 py::tuple target_loss_py(const py::array& out, const py::array& target,
                          const py::object& weights, const char* out_name) {
@@ -440,6 +423,13 @@ py::tuple target_loss_py(const py::array& out, const py::array& target,
     return py::make_tuple(loss, dout);
   });
 }
+
+template <class T>
+struct SquaredError {
+  static double call(T* d, const T* z, const T* y, const T* w, index_t N, index_t K) {
+    return squared_error(d, z, y, w, N, K);
+  }
+};
 
 template <class T>
 struct SigmoidBceMulti {
@@ -539,11 +529,7 @@ void optimizer_step(Optimizer& o, py::list params, py::list grads) {
     for (std::size_t i = 0; i < n; ++i) {
       const int param = static_cast<int>(i);
       const index_t numel = o.numel(param);
-      // The rule may overwrite the gradient it is given: the caller's stays as it was.
-      static thread_local AlignedBuffer<T> scratch;
-      T* grad = scratch.reserve(static_cast<std::size_t>(std::max<index_t>(numel, 1)));
-      std::copy_n(g[i], numel, grad);
-      ParamBlock<T> block = o.block(param, 0, p[i], numel, grad, numel, 1, numel,
+      ParamBlock<T> block = o.block(param, 0, p[i], numel, g[i], numel, 1, numel,
                                     static_cast<T*>(nullptr));
       o.update(block);
     }
@@ -1035,8 +1021,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("sample_weight") = py::none());
   m.def("sigmoid_bce", &sigmoid_bce_py, py::arg("logits"), py::arg("labels"),
         py::arg("sample_weight") = py::none());
-  m.def("squared_error", &squared_error_py, py::arg("pred"), py::arg("target"),
-        py::arg("sample_weight") = py::none());
+  m.def("squared_error",
+        [](const py::array& pred, const py::array& target, const py::object& weights) {
+          return target_loss_py<SquaredError>(pred, target, weights, "pred");
+        },
+        py::arg("pred"), py::arg("target"), py::arg("sample_weight") = py::none());
   m.def("sigmoid_bce_multi",
         [](const py::array& logits, const py::array& target, const py::object& weights) {
           return target_loss_py<SigmoidBceMulti>(logits, target, weights, "logits");

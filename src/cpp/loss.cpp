@@ -161,66 +161,13 @@ double sigmoid_bce(T* dlogits, const T* logits, const std::int64_t* labels, cons
   return weights ? total : total / total_weight;
 }
 
-template <class T>
-double squared_error(T* dpred, const T* pred, const T* target, const T* weights, index_t N,
-                     index_t K) {
-  const double total_weight = weight_sum(weights, N);
-  if (N == 0 || total_weight == 0.0) {
-    std::fill_n(dpred, N * K, T(0));
-    return 0.0;
-  }
-  const T inv_total = static_cast<T>(1.0 / total_weight);
-  double total = 0.0;
-  for (index_t r = 0; r < N; ++r) {
-    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
-    const T row_scale = weights ? static_cast<T>(share) : inv_total;
-    double row = 0.0;
-    for (index_t k = 0; k < K; ++k) {
-      const T diff = pred[r * K + k] - target[r * K + k];
-      row += static_cast<double>(diff) * static_cast<double>(diff);
-      dpred[r * K + k] = diff * row_scale;
-    }
-    total += 0.5 * (weights ? share * row : row);
-  }
-  return weights ? total : total / total_weight;
-}
-
-template <class T>
-double sigmoid_bce_multi(T* dlogits, const T* logits, const T* targets, const T* weights,
-                         index_t N, index_t K) {
-  for (index_t i = 0; i < N * K; ++i)
-    if (targets[i] != T(0) && targets[i] != T(1))
-      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
-                                  " is not 0 or 1 (multilabel targets are an indicator matrix)");
-  const double total_weight = weight_sum(weights, N);
-  if (N == 0 || total_weight == 0.0) {
-    std::fill_n(dlogits, N * K, T(0));
-    return 0.0;
-  }
-  const T inv_total = static_cast<T>(1.0 / total_weight);
-  double total = 0.0;
-  for (index_t r = 0; r < N; ++r) {
-    const double share = weights ? static_cast<double>(weights[r]) / total_weight : 0.0;
-    const T row_scale = weights ? static_cast<T>(share) : inv_total;
-    double row = 0.0;
-    for (index_t k = 0; k < K; ++k) {
-      const T z = logits[r * K + k];
-      const T y = targets[r * K + k];
-      row += static_cast<double>(std::max(z, T(0)) - z * y + std::log1p(std::exp(-std::abs(z))));
-      dlogits[r * K + k] = (sigmoid_scalar(z) - y) * row_scale;
-    }
-    total += weights ? share * row : row;
-  }
-  return weights ? total : total / total_weight;
-}
-
-template <class T>
-double poisson_deviance(T* dz, const T* z, const T* targets, const T* weights, index_t N,
-                        index_t K) {
-  for (index_t i = 0; i < N * K; ++i)
-    if (!(targets[i] >= T(0)) || !std::isfinite(static_cast<double>(targets[i])))
-      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
-                                  " is negative or not finite (the Poisson loss needs y >= 0)");
+// The frame of every loss over (N, K) outputs z and (N, K) targets y: the weight sum, the
+// empty or weightless batch, and each row's share. term(z, y, &g) returns one element's loss
+// (double) and sets g = dloss/dz of that element; the row's gradient is g · w_r / Σw and its
+// loss Σ_k term weighted by w_r / Σw.
+template <class T, class Term>
+double targets_loss(T* dz, const T* z, const T* targets, const T* weights, index_t N,
+                    index_t K, Term term) {
   const double total_weight = weight_sum(weights, N);
   if (N == 0 || total_weight == 0.0) {
     std::fill_n(dz, N * K, T(0));
@@ -233,17 +180,52 @@ double poisson_deviance(T* dz, const T* z, const T* targets, const T* weights, i
     const T row_scale = weights ? static_cast<T>(share) : inv_total;
     double row = 0.0;
     for (index_t k = 0; k < K; ++k) {
-      const T zk = z[r * K + k];
-      const T y = targets[r * K + k];
-      const T mu = std::exp(zk);
-      const double yd = static_cast<double>(y);
-      const double ylogy = y > T(0) ? yd * std::log(yd) : 0.0;
-      row += ylogy - yd - yd * static_cast<double>(zk) + static_cast<double>(mu);
-      dz[r * K + k] = (mu - y) * row_scale;
+      T g;
+      row += term(z[r * K + k], targets[r * K + k], &g);
+      dz[r * K + k] = g * row_scale;
     }
     total += weights ? share * row : row;
   }
   return weights ? total : total / total_weight;
+}
+
+template <class T>
+double squared_error(T* dpred, const T* pred, const T* target, const T* weights, index_t N,
+                     index_t K) {
+  return targets_loss(dpred, pred, target, weights, N, K, [](T p, T y, T* g) {
+    const T diff = p - y;
+    *g = diff;
+    return 0.5 * static_cast<double>(diff) * static_cast<double>(diff);  // (×0.5: exact)
+  });
+}
+
+template <class T>
+double sigmoid_bce_multi(T* dlogits, const T* logits, const T* targets, const T* weights,
+                         index_t N, index_t K) {
+  for (index_t i = 0; i < N * K; ++i)
+    if (targets[i] != T(0) && targets[i] != T(1))
+      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
+                                  " is not 0 or 1 (multilabel targets are an indicator matrix)");
+  return targets_loss(dlogits, logits, targets, weights, N, K, [](T z, T y, T* g) {
+    *g = sigmoid_scalar(z) - y;
+    return static_cast<double>(std::max(z, T(0)) - z * y + std::log1p(std::exp(-std::abs(z))));
+  });
+}
+
+template <class T>
+double poisson_deviance(T* dz, const T* z, const T* targets, const T* weights, index_t N,
+                        index_t K) {
+  for (index_t i = 0; i < N * K; ++i)
+    if (!(targets[i] >= T(0)) || !std::isfinite(static_cast<double>(targets[i])))
+      throw std::invalid_argument("target at row " + std::to_string(i / std::max<index_t>(K, 1)) +
+                                  " is negative or not finite (the Poisson loss needs y >= 0)");
+  return targets_loss(dz, z, targets, weights, N, K, [](T zk, T y, T* g) {
+    const T mu = std::exp(zk);
+    *g = mu - y;
+    const double yd = static_cast<double>(y);
+    const double ylogy = y > T(0) ? yd * std::log(yd) : 0.0;
+    return ylogy - yd - yd * static_cast<double>(zk) + static_cast<double>(mu);
+  });
 }
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \

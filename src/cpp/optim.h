@@ -40,7 +40,7 @@ template <class T>
 struct ParamBlock {
   T* param = nullptr;  // (rows, cols), row stride ld
   index_t ld = 0;
-  T* grad = nullptr;  // (rows, cols), row stride ld_grad; the rule may overwrite it
+  const T* grad = nullptr;  // (rows, cols), row stride ld_grad; read only
   index_t ld_grad = 0;
   std::array<T*, kMaxOptimizerState> state{};  // the rule's state arrays, row stride ld
   T* backup = nullptr;  // if set, receives the parameters before the update (same pass)
@@ -93,8 +93,8 @@ class Optimizer {
 
   // The block of parameter array `param` at element `offset`, its state pointers filled in.
   template <class T>
-  ParamBlock<T> block(int param, index_t offset, T* data, index_t ld, T* grad, index_t ld_grad,
-                      index_t rows, index_t cols, T* backup) const {
+  ParamBlock<T> block(int param, index_t offset, T* data, index_t ld, const T* grad,
+                      index_t ld_grad, index_t rows, index_t cols, T* backup) const {
     ParamBlock<T> b;
     b.param = data;
     b.ld = ld;
