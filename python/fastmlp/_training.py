@@ -19,7 +19,8 @@ import numpy as np
 
 from fastmlp import _core, io
 from fastmlp._threads import one_thread_fallback_message
-from fastmlp._validation import feature_matrix, positive_float, positive_int, sample_weights
+from fastmlp._sparse import SparseInput, sparse_updates_mode
+from fastmlp._validation import positive_float, positive_int, sample_weights
 from fastmlp.optim import SGD, Optimizer
 
 __all__ = ["History", "fit"]
@@ -74,12 +75,21 @@ def epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
     return _core.shuffled_indices(n_samples, epoch_seed)
 
 
-def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float):
+def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
+                sparse_input: bool = False, lazy_sparse_updates: bool = False):
     """The C++ engine for model's parameters, updated in place by optimizer's rule."""
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
     optimizer._prepare(list(model.weights) + list(model.biases))
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
-                        optimizer._rule, alpha, batch_size)
+                        optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates)
+
+
+def run_steps(trainer, X, y, weights, batch_size: int, max_steps: int):
+    """One engine call: up to max_steps mini-batches of the epoch, on dense or sparse X."""
+    if isinstance(X, SparseInput):
+        return trainer.run_sparse(X.indptr, X.indices, X.values, y, weights, batch_size,
+                                  max_steps)
+    return trainer.run(X, y, weights, batch_size, max_steps)
 
 
 def _parameter_ids(model) -> list[int]:
@@ -89,12 +99,15 @@ def _parameter_ids(model) -> list[int]:
 
 
 def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
-        callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume) -> History:
+        callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
+        sparse_updates="exact") -> History:
     """``MLP.fit`` (see its documentation)."""
 
     X = model._features(X)
     y = model._labels(y, X.shape[0])
     weights = sample_weights(sample_weight, X.shape[0], model._dtype)
+    lazy = sparse_updates_mode(sparse_updates)
+    sparse = isinstance(X, SparseInput)
     alpha = positive_float(alpha, "alpha", allow_zero=True)
     epochs = positive_int(epochs, "epochs")
     batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
@@ -111,9 +124,10 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-        X_val = feature_matrix(X_val, "validation X", model._dtype, model.n_features)
+        X_val = model._features(X_val, "validation X")
         y_val = model._labels(y_val, X_val.shape[0])
-    X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
+    if not sparse:
+        X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
 
     with model._lock:
         if model._training:
@@ -132,13 +146,15 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         if checkpoint is not None and resume and os.path.exists(checkpoint):
             optimizer, start_epoch = _resume(model, checkpoint, rng, history, batch_size,
                                              bool(shuffle))
-        trainer = new_trainer(model, optimizer, batch_size, alpha)
+        trainer = new_trainer(model, optimizer, batch_size, alpha, sparse, lazy)
         trained = _parameter_ids(model)
         n = X.shape[0]
         # The first engine call runs about 0.5 GFLOP (a few ms), then the count adapts so
         # that Python regains control about every 50 ms (Ctrl-C, progress).
-        flops_per_step = 6 * batch_size * sum(
-            i * o for i, o in zip(model._layer_sizes, model._layer_sizes[1:]))
+        sizes = list(model._layer_sizes)
+        if sparse:  # the first layer's work follows the non-zeros, not the columns
+            sizes[0] = max(1, len(X.values) // max(1, X.shape[0]))
+        flops_per_step = 6 * batch_size * sum(i * o for i, o in zip(sizes, sizes[1:]))
         steps_per_call = max(1, int(5e8 // flops_per_step))
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -148,7 +164,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             while True:
                 call_started = time.perf_counter()
                 with model._lock:
-                    result = trainer.run(X, y, weights, batch_size, steps_per_call)
+                    result = run_steps(trainer, X, y, weights, batch_size, steps_per_call)
                 if result.nonfinite:
                     raise FloatingPointError(
                         f"training diverged at epoch {epoch + 1}: the loss, the gradients "
@@ -162,10 +178,14 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                     fell_back = result.wall_to_cpu
                 if result.epoch_done:
                     break
-                # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
+                # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step. With
+                # sparse input each call also copies the first layer into the engine's
+                # working layout and back (result.sync_seconds): calls then last 20× that
+                # copy, so that it costs at most ~5 % of the time.
                 elapsed = max(time.perf_counter() - call_started, 1e-6)
+                target = max(0.05, 20 * result.sync_seconds)
                 steps_per_call = max(1, min(steps_per_call * 4,
-                                            int(steps_per_call * 0.05 / elapsed)))
+                                            int(steps_per_call * target / elapsed)))
             elapsed = time.perf_counter() - started
             history.loss.append(total / n)
             history.l2_penalty.append(penalty / n)
@@ -192,7 +212,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                 # A callback assigned new parameter arrays (model.weights[l] = ..., or whole
                 # lists): the engine points into the arrays it was built with, so it follows
                 # the new ones by being rebuilt (microseconds; the optimizer's state stays).
-                trainer = new_trainer(model, optimizer, batch_size, alpha)
+                trainer = new_trainer(model, optimizer, batch_size, alpha, sparse, lazy)
                 trained = _parameter_ids(model)
         return history
     finally:

@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from fastmlp import _core, _training, io, torch_interop
+from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
                                  indicator_targets, integer_labels, model_dtype, poisson_targets,
@@ -231,8 +232,12 @@ class MLP:
 
     # ---- inference ----------------------------------------------------------------------
 
-    def _features(self, X) -> np.ndarray:
-        return feature_matrix(X, "X", self._dtype, self.n_features)
+    def _features(self, X, name: str = "X"):
+        """X validated: a finite 2-D array of the model's dtype, or, for a scipy.sparse
+        matrix, a SparseInput (CSR, never made dense)."""
+        if is_sparse(X):
+            return sparse_features(X, name, self._dtype, self.n_features)
+        return feature_matrix(X, name, self._dtype, self.n_features)
 
     def _labels(self, y, n_samples: int) -> np.ndarray:
         """Class labels (int64, (n,)) of a classifier; targets ((n, n_outputs), the model's
@@ -246,13 +251,17 @@ class MLP:
         return integer_labels(y, "y", self.n_classes, n_samples,
                               allow_bool=self._output == "sigmoid", allow_integral_float=True)
 
-    def _forward(self, X: np.ndarray) -> np.ndarray:
+    def _forward(self, X) -> np.ndarray:
         """Logits of a validated X: all layers in one call into the core."""
         with self._lock:
+            if isinstance(X, SparseInput):
+                return _core.mlp_forward_sparse(X.indptr, X.indices, X.values, X.shape[1],
+                                                self._weights, self._biases, self._activation)
             return _core.mlp_forward(X, self._weights, self._biases, self._activation)
 
     def forward(self, X) -> np.ndarray:
-        """Logits (N, n_outputs) for inputs X (N, n_features)."""
+        """Logits (N, n_outputs) for inputs X (N, n_features), a NumPy array or a
+        scipy.sparse matrix (read as CSR, never made dense)."""
         return self._forward(self._features(X))
 
     def predict_proba(self, X) -> np.ndarray:
@@ -364,8 +373,12 @@ class MLP:
         with self._lock:
             return self._loss_and_grad_locked(X, y, weights)
 
-    def _loss_and_grad_locked(self, X: np.ndarray, y: np.ndarray, weights):
+    def _loss_and_grad_locked(self, X, y: np.ndarray, weights):
         # The network's forward and backward in the core (network.h), as the engine runs them.
+        if isinstance(X, SparseInput):
+            return _core.network_gradients_sparse(X.indptr, X.indices, X.values, X.shape[1], y,
+                                                  weights, self._weights, self._biases,
+                                                  self._activation, self._output)
         return _core.network_gradients(X, y, weights, self._weights, self._biases,
                                        self._activation, self._output)
 
@@ -374,7 +387,8 @@ class MLP:
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
-            checkpoint_every: int = 1, resume: bool = False) -> History:
+            checkpoint_every: int = 1, resume: bool = False,
+            sparse_updates: str = "exact") -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -393,6 +407,18 @@ class MLP:
         ``epochs`` in total, and ends with the same weights as an uninterrupted run (the
         checkpoint's optimizer replaces ``optimizer``; batch_size and shuffle must match).
 
+        ``X`` may be a scipy.sparse matrix (CSR is read in place; CSC, COO, … are converted
+        to CSR), e.g. bag-of-words counts: the first layer then reads only the non-zeros and
+        never makes X dense. Its weight gradient is zero outside the columns a batch touches.
+        ``sparse_updates="exact"`` (the default) gives the same training as dense input: plain
+        SGD (no momentum, weight decay or ``alpha``) updates only the touched rows, which
+        is exact because a zero gradient changes nothing; Adam, momentum and any decay still
+        move every weight each step (Adam's moments decay), a pass over the whole first layer
+        per step. ``sparse_updates="lazy"`` updates only the touched weights whatever the
+        optimizer, as ``torch.optim.SparseAdam``: untouched weights and their moments wait
+        until a batch touches them (much faster with Adam on a large vocabulary; not the same
+        numbers as dense training).
+
         Whole epochs run in the C++ engine with the GIL released; control comes back to
         Python about every 50 ms, where Ctrl-C (``KeyboardInterrupt``) stops training at a
         step boundary: the weights and the optimizer are those after the last full step.
@@ -405,7 +431,7 @@ class MLP:
                              validation_data=validation_data, verbose=verbose,
                              callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
                              checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                             resume=resume)
+                             resume=resume, sparse_updates=sparse_updates)
 
     # ---- concurrency and pickling -------------------------------------------------------
 

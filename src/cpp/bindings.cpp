@@ -676,6 +676,43 @@ NetworkArgs<T> network_args(py::list weights, py::list biases, const std::string
   return net;
 }
 
+// The rows of a CSR matrix (n_rows, n_features) from its three arrays: indptr int64
+// (n_rows + 1), non-decreasing from 0 to nnz; indices int32 (nnz), each in [0, n_features);
+// values (nnz) of T. Checked in full (O(n_rows + nnz), without the GIL): a malformed matrix is
+// a ValueError, never a read out of bounds. (fastmlp's Python layer converts scipy.sparse.)
+template <class T>
+SparseRows<T> csr_view(const py::array& indptr, const py::array& indices, const py::array& values,
+                       py::ssize_t n_rows, py::ssize_t n_features) {
+  if (!has_dtype<std::int64_t>(indptr) || !has_dtype<std::int32_t>(indices))
+    throw py::type_error("a CSR matrix's indptr must be int64 and its indices int32, got " +
+                         py::str(indptr.dtype()).cast<std::string>() + " and " +
+                         py::str(indices.dtype()).cast<std::string>());
+  require_shape(indptr, "indptr", {n_rows + 1});
+  require_ndim(indices, "indices", 1);
+  require_shape(values, "values", {indices.shape(0)});
+  SparseRows<T> x;
+  x.indptr = contiguous<std::int64_t>(indptr, "indptr");
+  x.indices = contiguous<std::int32_t>(indices, "indices");
+  x.values = contiguous<T>(values, "values");
+  const std::int64_t nnz = indices.shape(0);
+  const std::string problem = without_gil([&]() -> std::string {
+    if (x.indptr[0] != 0 || x.indptr[n_rows] != nnz)
+      return "indptr must start at 0 and end at the number of non-zeros (" +
+             std::to_string(nnz) + "), got " + std::to_string(x.indptr[0]) + " … " +
+             std::to_string(x.indptr[n_rows]);
+    for (py::ssize_t i = 0; i < n_rows; ++i)
+      if (x.indptr[i + 1] < x.indptr[i])
+        return "indptr must be non-decreasing; it decreases after row " + std::to_string(i);
+    for (std::int64_t k = 0; k < nnz; ++k)
+      if (x.indices[k] < 0 || x.indices[k] >= n_features)
+        return "column index " + std::to_string(x.indices[k]) + " is out of range for " +
+               std::to_string(n_features) + " features";
+    return {};
+  });
+  if (!problem.empty()) throw py::value_error("invalid CSR matrix: " + problem);
+  return x;
+}
+
 // The targets of a batch of n rows: int64 labels (n,) for softmax/sigmoid, (n, n_L) of T for
 // regression and multilabel; and sample weights (n,) or None.
 template <class T>
@@ -696,7 +733,8 @@ template <class T>
 class PyTrainer {
  public:
   PyTrainer(py::list weights, py::list biases, const std::string& activation,
-            const std::string& output, py::object optimizer, double alpha, py::ssize_t max_batch)
+            const std::string& output, py::object optimizer, double alpha, py::ssize_t max_batch,
+            bool sparse_input, bool lazy_sparse_updates)
       : keep_alive_(py::make_tuple(weights, biases, optimizer)) {
     NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, true);
     if (max_batch < 1) throw py::value_error("max_batch must be >= 1");
@@ -714,6 +752,9 @@ class PyTrainer {
     TrainerConfig cfg;
     cfg.shape = net.shape;
     cfg.alpha = alpha;
+    cfg.sparse_input = sparse_input;
+    cfg.lazy_sparse_updates = lazy_sparse_updates;
+    sparse_input_ = sparse_input;
     // The workspace is sized by max_batch: refuse what no memory holds before allocating.
     index_t widest = 0;
     for (const index_t s : cfg.shape.sizes) widest = std::max(widest, s);
@@ -739,6 +780,7 @@ class PyTrainer {
   StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
                   py::ssize_t batch_size, py::ssize_t max_steps) {
     if (n_samples_ < 1) throw py::value_error("call begin_epoch before run");
+    if (sparse_input_) throw py::value_error("this trainer takes sparse input: use run_sparse");
     const StridedMatrix<T> xs = strided<T>(X, "X");
     if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
       throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
@@ -756,7 +798,30 @@ class PyTrainer {
     return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
   }
 
+  // X as a CSR matrix (n_samples of the epoch, n_features): see csr_view.
+  StepsResult run_sparse(const py::array& indptr, const py::array& indices,
+                         const py::array& values, const py::array& y,
+                         const py::object& sample_weight, py::ssize_t batch_size,
+                         py::ssize_t max_steps) {
+    if (n_samples_ < 1) throw py::value_error("call begin_epoch before run_sparse");
+    if (!sparse_input_) throw py::value_error("this trainer takes dense input: use run");
+    if (batch_size < 1 || max_steps < 1)
+      throw py::value_error("batch_size and max_steps must be >= 1");
+    const SparseRows<T> x = csr_view<T>(indptr, indices, values, n_samples_, n_features_);
+    Batch<T> targets;
+    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
+    typename Trainer<T>::Data data;
+    data.indptr = x.indptr;
+    data.indices = x.indices;
+    data.values = x.values;
+    data.labels = targets.labels;
+    data.targets = targets.targets;
+    data.weights = targets.weights;
+    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
+  }
+
  private:
+  bool sparse_input_ = false;
   py::tuple keep_alive_;
   std::unique_ptr<Trainer<T>> trainer_;
   NetworkShape shape_;
@@ -767,16 +832,49 @@ template <class T>
 void bind_trainer(py::module_& m, const char* name) {
   py::class_<PyTrainer<T>>(m, name)
       .def(py::init<py::list, py::list, const std::string&, const std::string&, py::object,
-                    double, py::ssize_t>(),
+                    double, py::ssize_t, bool, bool>(),
            py::arg("weights"), py::arg("biases"), py::arg("activation"), py::arg("output"),
-           py::arg("optimizer"), py::arg("alpha"), py::arg("max_batch"))
+           py::arg("optimizer"), py::arg("alpha"), py::arg("max_batch"),
+           py::arg("sparse_input") = false, py::arg("lazy_sparse_updates") = false)
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
            py::arg("seed"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
-           py::arg("batch_size"), py::arg("max_steps"));
+           py::arg("batch_size"), py::arg("max_steps"))
+      .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),
+           py::arg("values"), py::arg("y"), py::arg("sample_weight"), py::arg("batch_size"),
+           py::arg("max_steps"));
 }
 
-// Forward and backward of one batch: (data loss, weight gradients, bias gradients).
+// Forward and backward of one batch: (data loss, weight gradients, bias gradients), for a
+// batch whose input is set by set_input(batch, net) (dense X, or the rows of a CSR matrix).
+template <class T, class SetInput>
+py::tuple batch_gradients(const py::array& y, const py::object& sample_weight,
+                          const NetworkArgs<T>& net, SetInput&& set_input) {
+  Batch<T> batch;
+  set_input(&batch);
+  const index_t B = batch.rows, L = net.shape.layers();
+  batch_targets<T>(&batch, net.shape, y, sample_weight, B);
+  GradientSink<T> sink;
+  py::list grad_W, grad_b;
+  for (index_t l = 0; l < L; ++l) {
+    py::array_t<T> gw({net.shape.sizes[l + 1], net.shape.sizes[l]}), gb(net.shape.sizes[l + 1]);
+    sink.grad_W.push_back(gw.mutable_data());
+    sink.grad_b.push_back(gb.mutable_data());
+    grad_W.append(gw);
+    grad_b.append(gb);
+  }
+  const double loss = without_gil([&] {
+    static thread_local AlignedBuffer<T> block;
+    const Workspace<T> ws = Network<T>::carve_workspace(
+        block.reserve(static_cast<std::size_t>(
+            Network<T>::workspace_elements(net.shape, B, Layout::rows))),
+        net.shape, B, Layout::rows);
+    return Network<T>(net.shape, net.weights.data(), net.biases.data())
+        .template gradients<Layout::rows>(batch, ws, sink);
+  });
+  return py::make_tuple(loss, grad_W, grad_b);
+}
+
 py::tuple network_gradients_py(const py::array& X, const py::array& y,
                                const py::object& sample_weight, py::list weights,
                                py::list biases, const std::string& activation,
@@ -785,33 +883,56 @@ py::tuple network_gradients_py(const py::array& X, const py::array& y,
     using T = decltype(tag);
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, false);
     const StridedMatrix<T> xs = strided<T>(X, "X");
-    const index_t B = X.shape(0), L = net.shape.layers();
-    if (X.shape(1) != net.shape.sizes[0] || B < 1)
+    if (X.shape(1) != net.shape.sizes[0] || X.shape(0) < 1)
       throw py::value_error("X must be (n >= 1, " + std::to_string(net.shape.sizes[0]) +
                             "), got shape " + shape_str(X));
-    Batch<T> batch;
-    batch.x = xs;
-    batch.rows = B;
-    batch_targets<T>(&batch, net.shape, y, sample_weight, B);
-    GradientSink<T> sink;
-    py::list grad_W, grad_b;
-    for (index_t l = 0; l < L; ++l) {
-      py::array_t<T> gw({net.shape.sizes[l + 1], net.shape.sizes[l]}), gb(net.shape.sizes[l + 1]);
-      sink.grad_W.push_back(gw.mutable_data());
-      sink.grad_b.push_back(gb.mutable_data());
-      grad_W.append(gw);
-      grad_b.append(gb);
-    }
-    const double loss = without_gil([&] {
-      static thread_local AlignedBuffer<T> block;
-      const Workspace<T> ws = Network<T>::carve_workspace(
-          block.reserve(static_cast<std::size_t>(
-              Network<T>::workspace_elements(net.shape, B, Layout::rows))),
-          net.shape, B, Layout::rows);
-      return Network<T>(net.shape, net.weights.data(), net.biases.data())
-          .template gradients<Layout::rows>(batch, ws, sink);
+    return batch_gradients<T>(y, sample_weight, net, [&](Batch<T>* batch) {
+      batch->x = xs;
+      batch->rows = X.shape(0);
     });
-    return py::make_tuple(loss, grad_W, grad_b);
+  });
+}
+
+// The same with X the CSR matrix (n_rows, n_features) of (indptr, indices, values).
+py::tuple network_gradients_sparse_py(const py::array& indptr, const py::array& indices,
+                                      const py::array& values, py::ssize_t n_features,
+                                      const py::array& y, const py::object& sample_weight,
+                                      py::list weights, py::list biases,
+                                      const std::string& activation, const std::string& output) {
+  return with_float_dtype(values, "values", [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, false);
+    if (n_features != net.shape.sizes[0])
+      throw py::value_error("X has " + std::to_string(n_features) + " features, the network " +
+                            std::to_string(net.shape.sizes[0]));
+    const py::ssize_t n_rows = indptr.ndim() == 1 ? indptr.shape(0) - 1 : -1;
+    if (n_rows < 1) throw py::value_error("X must have at least one row");
+    const SparseRows<T> x = csr_view<T>(indptr, indices, values, n_rows, n_features);
+    return batch_gradients<T>(y, sample_weight, net, [&](Batch<T>* batch) {
+      batch->sparse = &x;
+      batch->rows = n_rows;
+    });
+  });
+}
+
+py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indices,
+                                const py::array& values, py::ssize_t n_features, py::list weights,
+                                py::list biases, const std::string& activation) {
+  return with_float_dtype(values, "values", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    const NetworkArgs<T> net = network_args<T>(weights, biases, activation, "identity", false);
+    if (n_features != net.shape.sizes[0])
+      throw py::value_error("X has " + std::to_string(n_features) + " features, the network " +
+                            std::to_string(net.shape.sizes[0]));
+    const py::ssize_t B = indptr.ndim() == 1 ? indptr.shape(0) - 1 : -1;
+    if (B < 0) throw py::value_error("indptr must be 1-D with n_rows + 1 entries");
+    const SparseRows<T> x = csr_view<T>(indptr, indices, values, B, n_features);
+    py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
+    T* out = logits.mutable_data();
+    without_gil([&] {
+      mlp_forward_sparse(out, x, B, net.shape, net.weights.data(), net.biases.data());
+    });
+    return logits;
   });
 }
 
@@ -979,12 +1100,20 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("nonfinite", &StepsResult::nonfinite)
       .def_readonly("epoch_done", &StepsResult::epoch_done)
       .def_readonly("fell_back", &StepsResult::fell_back)
-      .def_readonly("wall_to_cpu", &StepsResult::wall_to_cpu);
+      .def_readonly("wall_to_cpu", &StepsResult::wall_to_cpu)
+      .def_readonly("sync_seconds", &StepsResult::sync_seconds);
   bind_trainer<float>(m, "TrainerFloat32");
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
         py::arg("activation"));
   m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),
+        py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
+        py::arg("output"));
+  m.def("mlp_forward_sparse", &mlp_forward_sparse_py, py::arg("indptr"), py::arg("indices"),
+        py::arg("values"), py::arg("n_features"), py::arg("weights"), py::arg("biases"),
+        py::arg("activation"));
+  m.def("network_gradients_sparse", &network_gradients_sparse_py, py::arg("indptr"),
+        py::arg("indices"), py::arg("values"), py::arg("n_features"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
         py::arg("output"));
   m.def("shuffled_indices", [](py::ssize_t n, std::uint64_t seed) {

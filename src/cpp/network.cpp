@@ -61,6 +61,14 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
     const Activation act = l < L - 1 ? shape_.hidden : Activation::identity;
     if constexpr (layout == Layout::rows) {
       const LayerThreads threads(ws.layer_mode, l);
+      if (l == 0 && batch.sparse) {
+        if (first_layer_transposed_)
+          sparse_forward_transposed(ws.act[0], *batch.sparse, B, weights_[0], biases_[0], n[1],
+                                    act);
+        else
+          sparse_forward(ws.act[0], *batch.sparse, B, weights_[0], n[0], biases_[0], n[1], act);
+        continue;
+      }
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
                     n[l + 1], act);
@@ -131,7 +139,12 @@ void Network<T>::backward(const Batch<T>& batch, const Workspace<T>& ws,
         if (hidden == Activation::tanh || hidden == Activation::logistic)
           activation_backward_inplace(grad_in, ws.act[l - 1], B * n_in, hidden);
       }
-      if (sink.consumer_for_layer) {
+      if (l == 0 && batch.sparse) {
+        if (sink.sparse_consumer)
+          sink.sparse_consumer(sink.context, *batch.sparse, B, grad_out);
+        else
+          sparse_weight_gradient(sink.grad_W[0], grad_out, *batch.sparse, B, n_in, n_out);
+      } else if (sink.consumer_for_layer) {
         const TileConsumer<T> consumer = sink.consumer_for_layer(sink.context, l);
         weight_gradient(static_cast<T*>(nullptr), grad_out, in, B, n_in, n_out, &consumer);
       } else {
@@ -201,21 +214,40 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols) {
   return total;
 }
 
+namespace {
+// Inference of one batch (dense or sparse) through all layers: the hidden activations
+// ping-pong between two (B, widest hidden) buffers of the calling thread, reused between calls.
 template <class T>
-void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
+void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases) {
-  // Hidden activations ping-pong between two (B, widest hidden) buffers.
   static thread_local AlignedBuffer<T> ping_pong;
   static thread_local Workspace<T> ws;  // its act vector keeps its capacity between calls
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
+  const index_t B = batch.rows;
   T* buffers = ping_pong.reserve(static_cast<std::size_t>(2 * B * widest));
   ws.act.clear();
   for (index_t l = 0; l < L; ++l)
     ws.act.push_back(l == L - 1 ? logits : buffers + (l % 2) * B * widest);
+  Network<T>(shape, weights, biases).template forward<Layout::rows>(batch, ws);
+}
+}  // namespace
+
+template <class T>
+void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
+                 const T* const* weights, const T* const* biases) {
   Batch<T> batch;
   batch.x = X;
   batch.rows = B;
-  Network<T>(shape, weights, biases).template forward<Layout::rows>(batch, ws);
+  forward_all(logits, batch, shape, weights, biases);
+}
+
+template <class T>
+void mlp_forward_sparse(T* logits, const SparseRows<T>& X, index_t B, const NetworkShape& shape,
+                        const T* const* weights, const T* const* biases) {
+  Batch<T> batch;
+  batch.sparse = &X;
+  batch.rows = B;
+  forward_all(logits, batch, shape, weights, biases);
 }
 
 #define FASTMLP_INSTANTIATE(T)                                                                 \
@@ -234,7 +266,9 @@ void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& s
   template void add_l2_gradient<T>(T*, index_t, const T*, index_t, index_t, index_t, T);       \
   template double sum_of_squares<T>(const T*, index_t, index_t, index_t);                      \
   template void mlp_forward<T>(T*, StridedMatrix<T>, index_t, const NetworkShape&,             \
-                               const T* const*, const T* const*);
+                               const T* const*, const T* const*);                             \
+  template void mlp_forward_sparse<T>(T*, const SparseRows<T>&, index_t, const NetworkShape&,  \
+                                      const T* const*, const T* const*);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

@@ -18,6 +18,7 @@
 #include "common.h"
 #include "dense.h"
 #include "gemm/gemm.h"
+#include "sparse.h"
 #include "threads.h"
 
 namespace fastmlp {
@@ -50,11 +51,13 @@ struct NetworkShape {
 };
 
 // One mini-batch. x: (rows, n_0) strided for Layout::rows; (n_0, rows) contiguous for
-// Layout::features. labels (rows) for softmax/sigmoid outputs, targets (rows, n_L) for
+// Layout::features; or, when sparse is set (Layout::rows only), the rows of a CSR matrix
+// (sparse.h) and x unused. labels (rows) for softmax/sigmoid outputs, targets (rows, n_L) for
 // regression; weights (rows) or null.
 template <class T>
 struct Batch {
   StridedMatrix<T> x{nullptr, 0, 1};
+  const SparseRows<T>* sparse = nullptr;
   index_t rows = 0;
   const std::int64_t* labels = nullptr;
   const T* targets = nullptr;
@@ -81,10 +84,15 @@ struct Workspace {
 // finished tiles to consumer_for_layer(context, l) (gemm.h: the engine updates W_l tile by
 // tile while the tile is in L1). The bias gradient always goes to grad_b[l] (n_{l+1}).
 // W_l is read by backward before its weight gradient is produced, so a consumer may update it.
+// With sparse input, layer 0's weight gradient is zero outside the batch's columns: it goes to
+// sparse_consumer(context, x, B, grad_a_0) when set (the engine computes and applies it per
+// touched column: TouchedColumns, sparse.h), else to grad_W[0], dense.
 template <class T>
 struct GradientSink {
   std::vector<T*> grad_W, grad_b;
   TileConsumer<T> (*consumer_for_layer)(void* context, index_t layer) = nullptr;
+  void (*sparse_consumer)(void* context, const SparseRows<T>& x, index_t B,
+                          const T* grad_a) = nullptr;
   void* context = nullptr;
 };
 
@@ -93,8 +101,12 @@ class Network {
  public:
   // A view, owning nothing (built per call by inference): the shape and the arrays of
   // pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous, must outlive it.
-  Network(const NetworkShape& shape, const T* const* weights, const T* const* biases)
-      : shape_(shape), weights_(weights), biases_(biases) {}
+  // first_layer_transposed: weights[0] is W_0ᵀ (n_0, n_1), the layout in which sparse
+  // batches read it fastest (sparse.h); only sparse batches may then be run.
+  Network(const NetworkShape& shape, const T* const* weights, const T* const* biases,
+          bool first_layer_transposed = false)
+      : shape_(shape), weights_(weights), biases_(biases),
+        first_layer_transposed_(first_layer_transposed) {}
 
   const NetworkShape& shape() const { return shape_; }
 
@@ -135,6 +147,7 @@ class Network {
   const NetworkShape& shape_;
   const T* const* weights_;
   const T* const* biases_;
+  bool first_layer_transposed_ = false;
 };
 
 // The L2 penalty's gradient on a block of W (scikit-learn's alpha): grad += scale · W,
@@ -153,5 +166,9 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
 template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases);
+// The same for the B rows of a CSR matrix (sparse.h); W_0 in its own (n_1, n_0) layout.
+template <class T>
+void mlp_forward_sparse(T* logits, const SparseRows<T>& X, index_t B, const NetworkShape& shape,
+                        const T* const* weights, const T* const* biases);
 
 }  // namespace fastmlp

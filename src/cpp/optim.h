@@ -60,6 +60,9 @@ class Optimizer {
   // How many of the state arrays the next update reads (SGD without momentum: none), so that
   // the engine prefetches only those.
   virtual int states_read() const { return static_cast<int>(state_names_.size()); }
+  // Whether an update with a zero gradient leaves the parameter and its state as they are
+  // (the engine then skips the rows sparse input does not touch: trainer.h).
+  virtual bool zero_gradient_is_no_op() const { return false; }
 
   // Allocates zeroed state for parameter arrays of these shapes and this dtype, and resets
   // the step count. Throws std::invalid_argument for an empty or negative shape.
@@ -153,6 +156,7 @@ class Sgd final : public OptimizerRule<Sgd> {
   Sgd(double lr, double momentum, double weight_decay, bool nesterov);
   const char* name() const override { return "SGD"; }
   int states_read() const override { return momentum != 0.0 ? 1 : 0; }
+  bool zero_gradient_is_no_op() const override { return momentum == 0.0 && weight_decay == 0.0; }
   template <class T>
   bool apply(ParamBlock<T>& b) const;
 

@@ -2,6 +2,7 @@
 #include "trainer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -53,7 +54,8 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     : cfg_(std::move(config)),
       weights_(std::move(weights)),
       biases_(std::move(biases)),
-      network_(cfg_.shape, weights_.data(), biases_.data()),
+      network_weights_(weights_),
+      network_(cfg_.shape, network_weights_.data(), biases_.data(), cfg_.sparse_input),
       optimizer_(optimizer),
       max_batch_(max_batch) {
   const std::vector<index_t>& n = cfg_.shape.sizes;
@@ -65,12 +67,16 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     if (optimizer_.numel(static_cast<int>(l)) != n[l + 1] * n[l] ||
         optimizer_.numel(static_cast<int>(n_layers_ + l)) != n[l + 1])
       throw std::invalid_argument("the optimizer's state does not match the parameters");
-  layout_ = choose_layout(n, max_batch_);
+  // Sparse batches run on the row-major layout (the narrow path's gathers are dense).
+  layout_ = cfg_.sparse_input ? Layout::rows : choose_layout(n, max_batch_);
+  // Dense input is gathered into x_batch_ (max_batch, n_0); sparse input needs none of it
+  // (n_0 may be a vocabulary of 10⁶).
+  const index_t x_batch_elements = cfg_.sparse_input ? 0 : max_batch_ * n[0];
   // One block for every float buffer: the network's workspace, then the trainer's own.
   index_t n_parameters = 0;
   for (index_t l = 0; l < n_layers_; ++l) n_parameters += n[l + 1] * (n[l] + 1);
   index_t total = Network<T>::workspace_elements(cfg_.shape, max_batch_, layout_) +
-                  rounded(max_batch_ * n[0]) + rounded(max_batch_ * n.back()) +
+                  rounded(x_batch_elements) + rounded(max_batch_ * n.back()) +
                   rounded(max_batch_) + rounded(n_parameters);
   for (index_t l = 0; l < n_layers_; ++l) {
     total += rounded(n[l + 1]);
@@ -84,7 +90,7 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     p += rounded(count);
     return piece;
   };
-  x_batch_ = carve(max_batch_ * n[0]);
+  x_batch_ = carve(x_batch_elements);
   targets_batch_ = carve(max_batch_ * n.back());
   weights_batch_ = carve(max_batch_);
   backup_ = carve(n_parameters);
@@ -104,6 +110,19 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
   }
   y_batch_ = labels_block_.reserve(static_cast<std::size_t>(max_batch_));
   serial_plan_.assign(static_cast<std::size_t>(n_layers_), ParallelMode::serial);
+  if (cfg_.sparse_input) {
+    // W_0ᵀ and one transposed copy per state array the rule may read.
+    const std::size_t w0_size = static_cast<std::size_t>(n[0] * n[1]);
+    const int n_states = static_cast<int>(optimizer_.state_names().size());
+    w0t_ = w0t_block_.reserve(w0_size * static_cast<std::size_t>(1 + n_states));
+    for (int k = 0; k < n_states; ++k)
+      state_t_[static_cast<std::size_t>(k)] = w0t_ + static_cast<std::size_t>(k + 1) * w0_size;
+    network_weights_[0] = w0t_;
+    touched_.reset(n[0]);
+    zeros_ = zero_row_.reserve(static_cast<std::size_t>(n[1]));
+    std::fill_n(zeros_, n[1], T(0));
+    sink_.sparse_consumer = &Trainer::consume_sparse_gradient;
+  }
   optimizer_.users += 1;
 }
 
@@ -118,6 +137,7 @@ void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed
   next_sample_ = 0;
   shuffled_ = shuffle;
   fell_back_this_epoch_ = false;
+  working_copy_current_ = false;  // W_0 may have changed since the last run()
   if (shuffle) {
     order_.resize(static_cast<std::size_t>(n_samples));  // allocates on the first epoch only
     shuffled_indices(order_.data(), n_samples, seed);
@@ -128,12 +148,65 @@ template <class T>
 double Trainer<T>::weight_squares() const {
   double total = 0.0;
   for (index_t l = 0; l < n_layers_; ++l)
-    total += sum_of_squares(weights_[l], 0, 1, cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l]);
+    total += sum_of_squares(param_array(static_cast<int>(l)), 0, 1,
+                            cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l]);
   return total;
 }
 
 template <class T>
+T* Trainer<T>::param_array(int i) const {
+  if (i == 0 && w0t_) return w0t_;
+  return i < n_layers_ ? weights_[static_cast<std::size_t>(i)]
+                       : biases_[static_cast<std::size_t>(i - n_layers_)];
+}
+
+template <class T>
+void Trainer<T>::sync_in() {
+  const index_t n_in = cfg_.shape.sizes[0], n_out = cfg_.shape.sizes[1];
+  transpose_blocked(w0t_, weights_[0], n_out, n_in);
+  synced_states_ = optimizer_.states_read();
+  for (int k = 0; k < synced_states_; ++k)
+    transpose_blocked(state_t_[static_cast<std::size_t>(k)], optimizer_.template state<T>(0, k),
+                      n_out, n_in);
+  working_copy_current_ = true;
+}
+
+template <class T>
+void Trainer<T>::sync_out() {
+  const index_t n_in = cfg_.shape.sizes[0], n_out = cfg_.shape.sizes[1];
+  transpose_blocked(weights_[0], w0t_, n_in, n_out);
+  for (int k = 0; k < synced_states_; ++k)
+    transpose_blocked(optimizer_.template state<T>(0, k), state_t_[static_cast<std::size_t>(k)],
+                      n_in, n_out);
+}
+
+template <class T>
 StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_steps) {
+  if (!cfg_.sparse_input) return run_steps(data, batch_size, max_steps);
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  auto started = Clock::now();
+  // A rule that reads more state than when the copy was made (momentum set since) needs that
+  // state in the working layout too.
+  if (!working_copy_current_ || optimizer_.states_read() > synced_states_) sync_in();
+  const double sync_in_seconds = seconds_since(started);
+  StepsResult result;
+  try {
+    result = run_steps(data, batch_size, max_steps);
+  } catch (...) {
+    sync_out();  // whatever the steps did is written back: W_0 stays W_0ᵀ's transpose
+    throw;
+  }
+  started = Clock::now();
+  sync_out();
+  result.sync_seconds = sync_in_seconds + seconds_since(started);
+  return result;
+}
+
+template <class T>
+StepsResult Trainer<T>::run_steps(const Data& data, index_t batch_size, index_t max_steps) {
   StepsResult result;
   batch_size = std::min(batch_size, max_batch_);
   // The weights may have changed between calls (a callback, a checkpoint): one pass per call.
@@ -169,8 +242,14 @@ Batch<T> Trainer<T>::gather(const Data& data, index_t first, index_t rows) {
   // always copies X, transposed, into x_batch_ (n_0, rows).
   const std::int64_t* order = shuffled_ ? order_.data() + first : nullptr;
   auto row = [&](index_t r) { return order ? order[r] : first + r; };
-  batch.x = StridedMatrix<T>{data.X + first * data.ldx, data.ldx, 1};
-  if (layout_ == Layout::features) {
+  if (cfg_.sparse_input) {  // the batch's rows are read in place, through the order
+    sparse_batch_.indptr = data.indptr;
+    sparse_batch_.indices = data.indices;
+    sparse_batch_.values = data.values;
+    sparse_batch_.row_ids = order;
+    sparse_batch_.first = first;
+    batch.sparse = &sparse_batch_;
+  } else if (layout_ == Layout::features) {
     for (index_t r = 0; r < rows; ++r) {
       const T* x_row = data.X + row(r) * data.ldx;
       for (index_t p = 0; p < n[0]; ++p) x_batch_[p * rows + r] = x_row[p];
@@ -180,6 +259,8 @@ Batch<T> Trainer<T>::gather(const Data& data, index_t first, index_t rows) {
     for (index_t r = 0; r < rows; ++r)
       std::copy_n(data.X + order[r] * data.ldx, n[0], x_batch_ + r * n[0]);
     batch.x = StridedMatrix<T>{x_batch_, n[0], 1};
+  } else {
+    batch.x = StridedMatrix<T>{data.X + first * data.ldx, data.ldx, 1};
   }
   batch.labels = data.labels ? data.labels + first : nullptr;
   batch.targets = data.targets ? data.targets + first * n_logits : nullptr;
@@ -248,7 +329,13 @@ void Trainer<T>::plan_parallelism(index_t rows) {
   layer_mode_.assign(static_cast<std::size_t>(n_layers_), ParallelMode::serial);
   any_parallel_layer_ = false;
   if (layout_ == Layout::features || threads <= 1) return;  // feature-major: no GEMM
-  for (index_t l = 0; l < n_layers_; ++l) {
+  if (cfg_.sparse_input) {
+    // Layer 0's sparse kernels decide from the batch's non-zeros (sparse_split_pays), which
+    // change from batch to batch; the step is measured whenever they may split.
+    layer_mode_[0] = ParallelMode::automatic;
+    any_parallel_layer_ = true;
+  }
+  for (index_t l = cfg_.sparse_input ? 1 : 0; l < n_layers_; ++l) {
     const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(n[l]) *
                          static_cast<double>(n[l + 1]);
     if (gemm_split_pays<T>(flops)) {
@@ -278,6 +365,14 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
     squares_unit_ = squares_ > 0.0 ? squares_ / kSquaresScale : 0.0;
     new_squares_.store(0, std::memory_order_relaxed);
     squares_overflow_.store(false, std::memory_order_relaxed);
+  }
+  if (cfg_.sparse_input) {
+    touched_only_ = cfg_.lazy_sparse_updates ||
+                    (optimizer_.zero_gradient_is_no_op() && cfg_.alpha == 0.0);
+    // Lazy updates with a penalty change only some rows: the running Σw² (which adds up every
+    // updated block) cannot follow; this step's total is summed again afterwards.
+    if (touched_only_ && cfg_.alpha != 0.0)
+      squares_overflow_.store(true, std::memory_order_relaxed);
   }
   weights_finite_.store(true, std::memory_order_relaxed);
   tile_context_.trainer = this;
@@ -334,7 +429,16 @@ void Trainer<T>::restore_parameters() {
   for (index_t l = 0; l < n_layers_; ++l) {
     const index_t w_size = cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l];
     const index_t b_size = cfg_.shape.sizes[l + 1];
-    std::copy_n(in, w_size, weights_[l]);
+    if (l == 0 && cfg_.sparse_input && touched_only_) {
+      // Only the touched rows of W_0ᵀ were updated, and backed up.
+      const index_t n_out = cfg_.shape.sizes[1];
+      for (index_t t = 0; t < touched_.count(); ++t) {
+        const index_t at = static_cast<index_t>(touched_.column(t)) * n_out;
+        std::copy_n(in + at, n_out, w0t_ + at);
+      }
+    } else {
+      std::copy_n(in, w_size, param_array(static_cast<int>(l)));
+    }
     in += w_size;
     std::copy_n(in, b_size, biases_[l]);
     in += b_size;
@@ -349,13 +453,16 @@ bool Trainer<T>::update_block(int i, index_t offset, index_t ld, T* grad, index_
   const bool is_weight = i < n_layers_;
   const index_t layer = is_weight ? i : i - n_layers_;
   const std::vector<index_t>& sizes = cfg_.shape.sizes;
-  T* param = (is_weight ? weights_[layer] : biases_[layer]) + offset;
+  T* param = param_array(i) + offset;
   T* backup = backup_weights_[layer] + (is_weight ? 0 : sizes[layer + 1] * sizes[layer]) + offset;
   const bool penalised = is_weight && cfg_.alpha != 0.0;
   if (penalised)  // + alpha · W / rows, from W before this update
     add_l2_gradient(grad, ld_grad, param, ld, m, n,
                     static_cast<T>(cfg_.alpha / static_cast<double>(batch_rows)));
   ParamBlock<T> block = optimizer_.block(i, offset, param, ld, grad, ld_grad, m, n, backup);
+  if (i == 0 && w0t_)  // W_0ᵀ's state is the working copy's, in the same layout
+    for (int k = 0; k < synced_states_; ++k)
+      block.state[static_cast<std::size_t>(k)] = state_t_[static_cast<std::size_t>(k)] + offset;
   const bool finite = optimizer_.update(block);
   if (penalised && squares_unit_ != 0.0) {
     // This block's new Σw², read back while it is in L1, in fixed-point units (trainer.h).
@@ -370,6 +477,61 @@ bool Trainer<T>::update_block(int i, index_t offset, index_t ld, T* grad, index_
     if (overflow) squares_overflow_.store(true, std::memory_order_relaxed);
   }
   return finite;
+}
+
+template <class T>
+void Trainer<T>::consume_sparse_gradient(void* trainer, const SparseRows<T>& x, index_t B,
+                                         const T* grad_a) {
+  Trainer& t = *static_cast<Trainer*>(trainer);
+  const index_t n_in = t.cfg_.shape.sizes[0], n_out = t.cfg_.shape.sizes[1];
+  TouchedColumns<T>& touched = t.touched_;
+  touched.collect(x, B);
+  // Row c of W_0ᵀ (n_out values at c · n_out), its gradient in `gradient` (n_out): touched
+  // rows get Σ v · grad_a[r, :] over their non-zeros; zero elsewhere.
+  auto update_row = [&](index_t c, index_t slot, T* gradient) {
+    if (slot >= 0)
+      touched.gradient_row(gradient, slot, grad_a, n_out);
+    else
+      std::fill_n(gradient, n_out, T(0));
+    return t.update_block(0, c * n_out, n_out, gradient, n_out, 1, n_out, B);
+  };
+  // Work per row: the gradient's multiply-adds and the rule's ~10 operations per element.
+  const index_t rows = t.touched_only_ ? touched.count() : n_in;
+  const double flops = 2.0 * static_cast<double>(x.nnz(B)) * static_cast<double>(n_out) +
+                       10.0 * static_cast<double>(rows) * static_cast<double>(n_out);
+  const int tasks = static_cast<int>(
+      std::min<index_t>(sparse_tasks(sparse_split_pays<T>(flops)), std::max<index_t>(rows, 1)));
+  T* scratch = t.gradient_rows_.reserve(static_cast<std::size_t>(tasks * n_out));
+  const bool penalised = t.cfg_.alpha != 0.0;
+  // Fixed ranges of rows per task: which thread runs a task never changes a result.
+  auto task = [&](int i) {
+    T* gradient = scratch + i * n_out;
+    const index_t begin = rows * i / tasks, end = rows * (i + 1) / tasks;
+    bool finite = true;
+    if (t.touched_only_) {
+      for (index_t s = begin; s < end; ++s) finite &= update_row(touched.column(s), s, gradient);
+    } else {
+      for (index_t c = begin; c < end;) {
+        const index_t slot = touched.slot_of(c);
+        if (slot >= 0 || penalised) {  // (the penalty's gradient is added to `gradient`)
+          finite &= update_row(c, slot, gradient);
+          ++c;
+          continue;
+        }
+        // A run of untouched rows: one block, its gradient the zero row repeated (ld 0).
+        index_t run_end = c + 1;
+        while (run_end < end && touched.slot_of(run_end) < 0) ++run_end;
+        finite &= t.update_block(0, c * n_out, n_out, t.zeros_, 0, run_end - c,
+                                 n_out, B);
+        c = run_end;
+      }
+    }
+    if (!finite) t.weights_finite_.store(false, std::memory_order_relaxed);
+  };
+  if (tasks <= 1)
+    task(0);
+  else
+    parallel_for(tasks, task);
 }
 
 template class Trainer<float>;

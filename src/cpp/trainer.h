@@ -9,6 +9,7 @@
 // every step; the optimizer's learning rate is read at every step.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "common.h"
 #include "network.h"
 #include "optim.h"
+#include "sparse.h"
 #include "threads.h"
 
 namespace fastmlp {
@@ -25,6 +27,22 @@ struct TrainerConfig {
   // scikit-learn's L2 penalty: each batch's loss gains alpha/2 · Σ_l ‖W_l‖² / rows and each
   // weight gradient alpha · W_l / rows (biases are not penalised).
   double alpha = 0.0;
+  // The data is a CSR matrix (Data::indptr …, sparse.h): layer 0 reads only its non-zeros.
+  //
+  // Layer 0's weight gradient is then zero outside the columns the batch touches. Where the
+  // rule leaves a parameter with a zero gradient unchanged (SGD without momentum and weight
+  // decay, alpha = 0) only the touched rows of W_0ᵀ are updated: exact, and the cost of a
+  // step follows the batch's non-zeros, not the vocabulary. Otherwise (Adam, momentum, any
+  // decay) every element moves each step, as with dense input — Adam's moments of an untouched
+  // weight decay (m ← β1 m, v ← β2 v) and the weight still moves by lr·m̂/(√v̂ + ε) — and the
+  // step updates all of W_0: exact, the same numbers as the dense engine (to rounding),
+  // at the cost of a pass over W_0 and its state per step.
+  // lazy_sparse_updates: update only the touched rows whatever the rule (as torch.optim.
+  // SparseAdam and TensorFlow's LazyAdam): untouched weights and their moments stay as they
+  // are until a batch touches them (Adam's bias correction still counts every step), the L2
+  // penalty's gradient reaches touched rows only. Approximate, and much cheaper.
+  bool sparse_input = false;
+  bool lazy_sparse_updates = false;
 };
 
 // What run() did. loss sums are Σ over steps of (batch mean × batch rows), so that a
@@ -42,6 +60,10 @@ struct StepsResult {
   // tasks' CPU time (one thread's estimate).
   bool fell_back = false;
   double wall_to_cpu = 0.0;
+  // Sparse input: seconds spent copying W_0 (and its optimizer state) into the engine's
+  // transposed working copy and back (trainer.cpp), part of the call's time; the caller makes
+  // its calls long enough for this to be small.
+  double sync_seconds = 0.0;
 };
 
 template <class T>
@@ -63,8 +85,11 @@ class Trainer {
   // (labels and weights are rechecked by the loss kernels). The pointers must stay valid
   // while run() is called for this epoch.
   struct Data {
-    const T* X = nullptr;
+    const T* X = nullptr;  // dense input, or, with config.sparse_input, the CSR arrays:
     index_t ldx = 0;
+    const std::int64_t* indptr = nullptr;   // (N + 1)
+    const std::int32_t* indices = nullptr;  // (nnz), each in [0, n_0)
+    const T* values = nullptr;              // (nnz)
     const std::int64_t* labels = nullptr;
     const T* targets = nullptr;
     const T* weights = nullptr;
@@ -73,6 +98,7 @@ class Trainer {
   StepsResult run(const Data& data, index_t batch_size, index_t max_steps);
 
  private:
+  StepsResult run_steps(const Data& data, index_t batch_size, index_t max_steps);
   Batch<T> gather(const Data& data, index_t first, index_t rows);
   // One training step; returns (data loss, penalty) of the batch, *nonfinite set when the
   // step was not applied.
@@ -100,9 +126,21 @@ class Trainer {
                     index_t n, index_t batch_rows);
   void restore_parameters();
   double weight_squares() const;  // Σ_l ‖W_l‖², one pass
+  // Sparse input: the GradientSink's consumer of layer 0's weight gradient (network.h). Updates
+  // W_0ᵀ row by row, each touched row's gradient computed where it is used (TouchedColumns).
+  static void consume_sparse_gradient(void* trainer, const SparseRows<T>& x, index_t B,
+                                      const T* grad_a);
+  // W_0 and the state arrays the rule reads, into the transposed working copy and back.
+  void sync_in();
+  void sync_out();
+  // Where parameter array i lives while run() runs (W_0ᵀ for sparse input's layer 0), and its
+  // optimizer state array k (null: the optimizer's own).
+  T* param_array(int i) const;
 
   TrainerConfig cfg_;
   std::vector<T*> weights_, biases_;
+  // What the network reads: weights_, with W_0ᵀ in place of W_0 for sparse input.
+  std::vector<T*> network_weights_;
   Network<T> network_;
   Optimizer& optimizer_;
   index_t max_batch_, n_layers_;
@@ -145,6 +183,24 @@ class Trainer {
   bool fell_back_this_epoch_ = false;
   index_t n_samples_ = 0, next_sample_ = 0;
   bool shuffled_ = false;
+
+  // Sparse input (config.sparse_input). The network reads layer 0 as W_0ᵀ (n_0, n_1) (its
+  // rows are what a non-zero selects: sparse.h), and the optimizer updates it and its state in
+  // that layout: a working copy in w0t_block_ of W_0 (w0t_) and of the state arrays the rule
+  // reads (state_t_), made at the first run() of an epoch (Python may have changed W_0 between
+  // epochs) and written back to W_0 and the optimizer at the end of every run(), so that
+  // Python sees the parameters after every call.
+  AlignedBuffer<T> w0t_block_;
+  T* w0t_ = nullptr;
+  std::array<T*, kMaxOptimizerState> state_t_{};
+  int synced_states_ = 0;
+  bool working_copy_current_ = false;
+  SparseRows<T> sparse_batch_;
+  TouchedColumns<T> touched_;
+  bool touched_only_ = false;   // this step updates only the touched rows of W_0ᵀ
+  AlignedBuffer<T> gradient_rows_;  // one (n_1) row per task of the update
+  AlignedBuffer<T> zero_row_;       // (n_1) zeros: the gradient of an untouched row
+  T* zeros_ = nullptr;
 };
 
 // Seeded permutation of 0 … n-1 (Fisher–Yates over splitmix64): the same on every platform.
