@@ -166,8 +166,14 @@ template <class T>
 void TouchedColumns<T>::gradient_row(T* out, index_t t, const T* grad_a, index_t O) const {
   const std::int64_t begin = start_[static_cast<std::size_t>(t)];
   const std::int64_t end = start_[static_cast<std::size_t>(t) + 1];
-  std::fill_n(out, O, T(0));
-  for (std::int64_t e = begin; e < end; ++e) {
+  // The first non-zero sets the row, the others add to it (a column has at least one).
+  {
+    const T v = entry_value_[static_cast<std::size_t>(begin)];
+    const T* __restrict__ g =
+        grad_a + static_cast<index_t>(entry_row_[static_cast<std::size_t>(begin)]) * O;
+    for (index_t j = 0; j < O; ++j) out[j] = v * g[j];
+  }
+  for (std::int64_t e = begin + 1; e < end; ++e) {
     const T v = entry_value_[static_cast<std::size_t>(e)];
     const T* __restrict__ g =
         grad_a + static_cast<index_t>(entry_row_[static_cast<std::size_t>(e)]) * O;

@@ -430,12 +430,12 @@ void Trainer<T>::restore_parameters() {
     const index_t w_size = cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l];
     const index_t b_size = cfg_.shape.sizes[l + 1];
     if (l == 0 && cfg_.sparse_input && touched_only_) {
-      // Only the touched rows of W_0ᵀ were updated, and backed up.
+      // Only the touched rows of W_0ᵀ were updated, and backed up compactly (row t: column t).
       const index_t n_out = cfg_.shape.sizes[1];
-      for (index_t t = 0; t < touched_.count(); ++t) {
-        const index_t at = static_cast<index_t>(touched_.column(t)) * n_out;
-        std::copy_n(in + at, n_out, w0t_ + at);
-      }
+      const T* saved = touched_backup_.reserve(0);
+      for (index_t t = 0; t < touched_.count(); ++t)
+        std::copy_n(saved + t * n_out, n_out,
+                    w0t_ + static_cast<index_t>(touched_.column(t)) * n_out);
     } else {
       std::copy_n(in, w_size, param_array(static_cast<int>(l)));
     }
@@ -447,14 +447,16 @@ void Trainer<T>::restore_parameters() {
 
 template <class T>
 bool Trainer<T>::update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad,
-                              index_t m, index_t n, index_t batch_rows) {
+                              index_t m, index_t n, index_t batch_rows, T* backup_at) {
   // Parameter array i: weights[i] for i < L, else biases[i - L]; its optimizer state and its
   // place in backup_ have the same layout, so one offset finds the block in all of them.
   const bool is_weight = i < n_layers_;
   const index_t layer = is_weight ? i : i - n_layers_;
   const std::vector<index_t>& sizes = cfg_.shape.sizes;
   T* param = param_array(i) + offset;
-  T* backup = backup_weights_[layer] + (is_weight ? 0 : sizes[layer + 1] * sizes[layer]) + offset;
+  T* backup = backup_at ? backup_at
+                       : backup_weights_[layer] + (is_weight ? 0 : sizes[layer + 1] * sizes[layer]) +
+                             offset;
   const bool penalised = is_weight && cfg_.alpha != 0.0;
   if (penalised)  // + alpha · W / rows, from W before this update
     add_l2_gradient(grad, ld_grad, param, ld, m, n,
@@ -488,12 +490,19 @@ void Trainer<T>::consume_sparse_gradient(void* trainer, const SparseRows<T>& x, 
   touched.collect(x, B);
   // Row c of W_0ᵀ (n_out values at c · n_out), its gradient in `gradient` (n_out): touched
   // rows get Σ v · grad_a[r, :] over their non-zeros; zero elsewhere.
+  // Touched-only updates back the rows up into a compact (count, n_out) block, reused step
+  // after step and so in cache, rather than at their places in backup_ (64 MB for a 65,536 ×
+  // 256 layer, each row a cache miss).
+  T* compact_backup = t.touched_only_ ? t.touched_backup_.reserve(static_cast<std::size_t>(
+                                            std::max<index_t>(touched.count(), 1) * n_out))
+                                      : nullptr;
   auto update_row = [&](index_t c, index_t slot, T* gradient) {
     if (slot >= 0)
       touched.gradient_row(gradient, slot, grad_a, n_out);
     else
       std::fill_n(gradient, n_out, T(0));
-    return t.update_block(0, c * n_out, n_out, gradient, n_out, 1, n_out, B);
+    return t.update_block(0, c * n_out, n_out, gradient, n_out, 1, n_out, B,
+                          compact_backup ? compact_backup + slot * n_out : nullptr);
   };
   // Work per row: the gradient's multiply-adds and the rule's ~10 operations per element.
   const index_t rows = t.touched_only_ ? touched.count() : n_in;
@@ -509,7 +518,17 @@ void Trainer<T>::consume_sparse_gradient(void* trainer, const SparseRows<T>& x, 
     const index_t begin = rows * i / tasks, end = rows * (i + 1) / tasks;
     bool finite = true;
     if (t.touched_only_) {
-      for (index_t s = begin; s < end; ++s) finite &= update_row(touched.column(s), s, gradient);
+      for (index_t s = begin; s < end; ++s) {
+#if defined(__GNUC__)
+        // The touched rows are scattered over W_0ᵀ: ask for the row after next now.
+        if (s + 2 < end) {
+          const T* ahead = t.w0t_ + static_cast<index_t>(touched.column(s + 2)) * n_out;
+          for (index_t j = 0; j < n_out; j += 64 / static_cast<index_t>(sizeof(T)))
+            __builtin_prefetch(ahead + j, 1);
+        }
+#endif
+        finite &= update_row(touched.column(s), s, gradient);
+      }
     } else {
       for (index_t c = begin; c < end;) {
         const index_t slot = touched.slot_of(c);

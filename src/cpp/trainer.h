@@ -122,8 +122,9 @@ class Trainer {
   // stride ld; grad has row stride ld_grad and is modified (the L2 penalty's gradient is
   // added for weights). Saves the old values to backup_; returns whether the new ones are all
   // finite. For weights with alpha ≠ 0, adds the block's new Σw² to new_squares_.
+  // backup_at: where the old values go instead of their place in backup_ (row stride ld).
   bool update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad, index_t m,
-                    index_t n, index_t batch_rows);
+                    index_t n, index_t batch_rows, T* backup_at = nullptr);
   void restore_parameters();
   double weight_squares() const;  // Σ_l ‖W_l‖², one pass
   // Sparse input: the GradientSink's consumer of layer 0's weight gradient (network.h). Updates
@@ -199,6 +200,7 @@ class Trainer {
   TouchedColumns<T> touched_;
   bool touched_only_ = false;   // this step updates only the touched rows of W_0ᵀ
   AlignedBuffer<T> gradient_rows_;  // one (n_1) row per task of the update
+  AlignedBuffer<T> touched_backup_;  // (touched, n_1): touched-only steps' backup of W_0ᵀ
   AlignedBuffer<T> zero_row_;       // (n_1) zeros: the gradient of an untouched row
   T* zeros_ = nullptr;
 };

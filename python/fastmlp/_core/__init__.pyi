@@ -58,6 +58,17 @@ def network_gradients(X: _Float, y: NDArray[Any], sample_weight: _Float | None,
                       output: str) -> tuple[float, list[_Float], list[_Float]]:
     """(data loss, weight gradients, bias gradients) of one batch (network.h)."""
 
+def mlp_forward_sparse(indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
+                       n_features: int, weights: list[_Float], biases: list[_Float],
+                       activation: str) -> _Float:
+    """Logits of the rows of a CSR matrix (int64 indptr, int32 indices): sparse.h."""
+
+def network_gradients_sparse(indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
+                             n_features: int, y: NDArray[Any], sample_weight: _Float | None,
+                             weights: list[_Float], biases: list[_Float], activation: str,
+                             output: str) -> tuple[float, list[_Float], list[_Float]]:
+    """network_gradients for the rows of a CSR matrix."""
+
 class Optimizer(metaclass=_pybind11_type):
     """An update rule, its state and its step count (optim.h); wrapped by fastmlp.optim."""
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -121,19 +132,29 @@ class StepsResult(metaclass=_pybind11_type):
     def fell_back(self) -> bool: ...
     @property
     def wall_to_cpu(self) -> float: ...
+    @property
+    def sync_seconds(self) -> float: ...
 
 class TrainerFloat32(metaclass=_pybind11_type):
     """The fused training engine (one per fit call); see fastmlp._training.fit."""
     def __init__(self, weights: list[_Float], biases: list[_Float], activation: str, output: str,
-                 optimizer: Optimizer, alpha: float, max_batch: int) -> None: ...
+                 optimizer: Optimizer, alpha: float, max_batch: int,
+                 sparse_input: bool = False, lazy_sparse_updates: bool = False) -> None: ...
     def begin_epoch(self, n_samples: int, shuffle: bool, seed: int) -> None: ...
     def run(self, X: _Float, y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
             max_steps: int) -> StepsResult: ...
+    def run_sparse(self, indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
+                   y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
+                   max_steps: int) -> StepsResult: ...
 
 class TrainerFloat64(metaclass=_pybind11_type):
     """The fused training engine (one per fit call); see fastmlp._training.fit."""
     def __init__(self, weights: list[_Float], biases: list[_Float], activation: str, output: str,
-                 optimizer: Optimizer, alpha: float, max_batch: int) -> None: ...
+                 optimizer: Optimizer, alpha: float, max_batch: int,
+                 sparse_input: bool = False, lazy_sparse_updates: bool = False) -> None: ...
     def begin_epoch(self, n_samples: int, shuffle: bool, seed: int) -> None: ...
     def run(self, X: _Float, y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
             max_steps: int) -> StepsResult: ...
+    def run_sparse(self, indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
+                   y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
+                   max_steps: int) -> StepsResult: ...
