@@ -287,3 +287,20 @@ def test_large_vocabulary_trains_without_densifying():
     assert out.returncode == 0, out.stderr
     peak = int(out.stdout.split()[-1])
     assert peak < 1.0e9, f"peak resident memory {peak / 1e9:.2f} GB"
+
+
+def test_sentiment_example_sparse_equals_dense(capsys):
+    """examples/sentiment_bag_of_words.py, small: the sparse and dense models agree."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "examples" / "sentiment_bag_of_words.py"
+    spec = importlib.util.spec_from_file_location("sentiment_bag_of_words", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--reviews", "400"])
+    out = capsys.readouterr().out
+    assert "agree on 100.0 % of the test reviews" in out
+    accuracies = [float(line.split("test accuracy ")[1].split(",")[0])
+                  for line in out.splitlines() if "test accuracy" in line]
+    assert len(accuracies) == 2 and accuracies[0] == accuracies[1]

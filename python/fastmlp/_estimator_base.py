@@ -25,6 +25,8 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fastmlp._sparse import is_sparse, sparse_features
+
 try:
     from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
@@ -322,7 +324,8 @@ class _BaseMLP(BaseEstimator):
     def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
             return validate_data(self, X, y, reset=reset, dtype=dtype, order="C",
-                                 multi_output=True, y_numeric=not self._is_classifier)
+                                 accept_sparse="csr", multi_output=True,
+                                 y_numeric=not self._is_classifier)
 
     def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
                  sample_weight_val):
@@ -397,6 +400,11 @@ class _BaseMLP(BaseEstimator):
             validation = (X[val], targets[val], None if sw is None else sw[val])
             X, targets, sw = X[train], targets[train], None if sw is None else sw[train]
             n = X.shape[0]
+        # A sparse X (CSR from validate_data) in the engine's arrays once, not at every epoch's
+        # validation or every L-BFGS evaluation.
+        X = self._engine_input(X)
+        if validation is not None:
+            validation = (self._engine_input(validation[0]), *validation[1:])
         if validation is not None and self.validation_scores_ is None:
             self.validation_scores_ = []
             self.validation_loss_curve_ = []
@@ -623,6 +631,11 @@ class _BaseMLP(BaseEstimator):
         self.best_loss_ = min(best, last)
         return not last > best - self.tol
 
+    def _engine_input(self, X):
+        """X as the model takes it: sparse input as a SparseInput (int32 column indices,
+        int64 row pointers), dense as it is."""
+        return sparse_features(X, "X", self._model.dtype) if is_sparse(X) else X
+
     def _check_X(self, X) -> np.ndarray:
         """X (N, F) for prediction, checked against the fitted estimator."""
         model = getattr(self, "_model", None)
@@ -639,7 +652,8 @@ class _BaseMLP(BaseEstimator):
                 return converted
         check_is_fitted(self)
         with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
-            return validate_data(self, X, reset=False, dtype=self._model.dtype, order="C")
+            return validate_data(self, X, reset=False, dtype=self._model.dtype, order="C",
+                                 accept_sparse="csr")
 
     def _predict_logits(self, X) -> np.ndarray:
         X = self._check_X(X)

@@ -239,8 +239,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Beyond scikit-learn: float32 end to end, ``class_weight``, a stratified early-stopping
     split or a validation set passed to ``fit`` (``X_val``, ``y_val``), the validation loss
     curve, and ``n_threads``. Not supported: multiclass-multioutput targets (``ValueError``),
-    ``class_weight`` with multilabel targets (``ValueError``), sparse inputs (``TypeError``:
-    convert with ``.toarray()``).
+    ``class_weight`` with multilabel targets (``ValueError``).
+    Sparse X (scipy.sparse, e.g. word counts) is read as CSR and never made dense: the first
+    layer touches only the non-zeros (``MLP.fit``'s ``sparse_updates`` explains the updates).
 
     Parameters
     ----------{_DOC_PARAMETERS}
@@ -417,7 +418,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         tags.input_tags.allow_nan = False
         tags.classifier_tags.multi_label = True
         tags.target_tags.multi_output = False
@@ -436,8 +437,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     is ½·Σ over outputs of the squared error; scikit-learn reports it divided by the number of
     outputs, and so do ``loss_``, ``loss_curve_``, the stopping rule based on them and the
     objective L-BFGS sees (the gradients, as in scikit-learn, are those of the sum). Predictions
-    are in the estimator's dtype (float32 by default). Not supported: sparse inputs
-    (``TypeError``: convert with ``.toarray()``).
+    are in the estimator's dtype (float32 by default). Sparse X (scipy.sparse) is read as CSR
+    and never made dense.
 
     Parameters
     ----------{_DOC_PARAMETERS}
@@ -536,7 +537,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         tags.input_tags.allow_nan = False
         tags.target_tags.multi_output = True
         return tags
