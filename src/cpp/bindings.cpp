@@ -785,17 +785,10 @@ class PyTrainer {
     if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
       throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
                             ") with contiguous rows, got shape " + shape_str(X));
-    Batch<T> targets;
-    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
     typename Trainer<T>::Data data;
     data.X = xs.data;
     data.ldx = xs.row_stride;
-    data.labels = targets.labels;
-    data.targets = targets.targets;
-    data.weights = targets.weights;
-    if (batch_size < 1 || max_steps < 1)
-      throw py::value_error("batch_size and max_steps must be >= 1");
-    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
+    return run_steps(data, y, sample_weight, batch_size, max_steps);
   }
 
   // X as a CSR matrix (n_samples of the epoch, n_features): see csr_view.
@@ -805,22 +798,29 @@ class PyTrainer {
                          py::ssize_t max_steps) {
     if (n_samples_ < 1) throw py::value_error("call begin_epoch before run_sparse");
     if (!sparse_input_) throw py::value_error("this trainer takes dense input: use run");
-    if (batch_size < 1 || max_steps < 1)
-      throw py::value_error("batch_size and max_steps must be >= 1");
     const SparseRows<T> x = csr_view<T>(indptr, indices, values, n_samples_, n_features_);
-    Batch<T> targets;
-    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
     typename Trainer<T>::Data data;
     data.indptr = x.indptr;
     data.indices = x.indices;
     data.values = x.values;
-    data.labels = targets.labels;
-    data.targets = targets.targets;
-    data.weights = targets.weights;
-    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
+    return run_steps(data, y, sample_weight, batch_size, max_steps);
   }
 
  private:
+  // data: its input set; the targets and weights are checked and added here.
+  StepsResult run_steps(typename Trainer<T>::Data data, const py::array& y,
+                        const py::object& sample_weight, py::ssize_t batch_size,
+                        py::ssize_t max_steps) {
+    Batch<T> targets;
+    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
+    data.labels = targets.labels;
+    data.targets = targets.targets;
+    data.weights = targets.weights;
+    if (batch_size < 1 || max_steps < 1)
+      throw py::value_error("batch_size and max_steps must be >= 1");
+    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
+  }
+
   bool sparse_input_ = false;
   py::tuple keep_alive_;
   std::unique_ptr<Trainer<T>> trainer_;
