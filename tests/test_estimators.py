@@ -776,7 +776,9 @@ def test_early_stopping_refuses_a_lone_class_member_as_sklearn():
     classes it does not stratify and fits (fastmlp stratifies, the lone member trains)."""
     rng = np.random.RandomState(0)
     lone = "The least populated classes in y have only 1 member, which is too few"
-    for y, label in (([0, 0, 0, 1], 1), (["p"] * 20 + ["q"], "q"), (["q"] + ["p"] * 20, "q")):
+    # Named as scikit-learn names them: by the binarized value, 'True' for the second class.
+    for y, label in (([0, 0, 0, 1], "True"), (["p"] * 20 + ["q"], "True"),
+                     (["p"] + ["q"] * 20, "False")):
         X = rng.rand(len(y), 2)
         with pytest.raises(ValueError, match=lone):
             neural_network.MLPClassifier(early_stopping=True).fit(X, y)

@@ -389,7 +389,7 @@ class _BaseMLP(BaseEstimator):
                 # scikit-learn stratifies one output unit's targets (up to 2 classes) and
                 # refuses a class of one; with more it splits at random, where fastmlp
                 # stratifies and keeps a lone member in the training rows.
-                data.check_stratifiable(self.classes_, targets)
+                data.check_stratifiable(len(self.classes_), targets)
             # (scikit-learn does not stratify multilabel targets)
             train, val = data.split_indices(
                 n, self.validation_fraction, rng,

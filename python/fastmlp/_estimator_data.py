@@ -136,17 +136,18 @@ def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.nd
         return check_array(y.reshape(len(y), -1), dtype=dtype, order="C", input_name=name)
 
 
-def check_stratifiable(classes: np.ndarray, encoded: np.ndarray) -> None:
-    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify labels where a class has
-    a single member, with its message; the classes are named by their labels (scikit-learn
-    names its binarized value, ``'True'`` or ``'False'``)."""
-    counts = np.bincount(encoded, minlength=len(classes))
+def check_stratifiable(n_classes: int, encoded: np.ndarray) -> None:
+    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify the targets of one
+    output unit (up to 2 classes, ``encoded`` 0/1) where a class has a single member, with its
+    message, which names the binarized value it stratifies on: ``'True'`` for the second
+    class, ``'False'`` for the first (or only) one."""
+    counts = np.bincount(encoded, minlength=n_classes)
     lone = (counts > 0) & (counts < 2)
     if lone.any():
         raise ValueError(
             "The least populated classes in y have only 1 member, which is too few. The "
             "minimum number of groups for any class cannot be less than 2. Classes with too "
-            f"few members are: {classes[lone].tolist()}")
+            f"few members are: {[str(bool(k)) for k in np.flatnonzero(lone)]}")
 
 
 def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=None):
