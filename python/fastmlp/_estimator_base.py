@@ -471,8 +471,11 @@ class _BaseMLP(BaseEstimator):
             start = ([w.copy() for w in model.weights], [b.copy() for b in model.biases])
         try:
             try:
+                # A batch of every row is the same batch in any order, but its float32 sums
+                # are not: fit and partial_fit would drift apart where scikit-learn's agree.
                 model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                          shuffle=bool(self.shuffle), seed=int(rng.randint(np.iinfo(np.int32).max)),
+                          shuffle=bool(self.shuffle) and batch_size < n,
+                          seed=int(rng.randint(np.iinfo(np.int32).max)),
                           callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
             except FloatingPointError as exc:
                 if not self.early_stopping:
