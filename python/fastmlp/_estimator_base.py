@@ -479,9 +479,9 @@ class _BaseMLP(BaseEstimator):
                           callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
             except FloatingPointError as exc:
                 if not self.early_stopping:
-                    raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
-                                     "input data may contain large values and need to be "
-                                     "preprocessed.") from exc
+                    raise ValueError("Solver produced non-finite parameter weights. The input "
+                                     "data may contain large values and need to be "
+                                     f"preprocessed. ({exc})") from exc
                 self._record_divergence(n)
                 if self._best is None:
                     self._best = start
