@@ -320,9 +320,9 @@ class _BaseMLP(BaseEstimator):
         return True
 
     def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
-            return validate_data(self, X, y, reset=reset, dtype=dtype, order="C",
-                                 multi_output=True, y_numeric=not self._is_classifier)
+        X, y = validate_data(self, X, y, reset=reset, dtype=data.INPUT_DTYPES, order="C",
+                             multi_output=True, y_numeric=not self._is_classifier)
+        return data.in_model_dtype(X, dtype), y
 
     def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
                  sample_weight_val):
@@ -626,8 +626,9 @@ class _BaseMLP(BaseEstimator):
         self.best_loss_ = min(best, last)
         return not last > best - self.tol
 
-    def _check_X(self, X) -> np.ndarray:
-        """X (N, F) for prediction, checked against the fitted estimator."""
+    def _check_X(self, X) -> tuple[np.ndarray, np.dtype]:
+        """(X (N, F) in the model's dtype, checked against the fitted estimator; the dtype of
+        its predictions: scikit-learn's, X's own float32 or float64, else float64)."""
         model = getattr(self, "_model", None)
         # A plain numeric ndarray of the fitted width, with no feature names to compare, is
         # converted as validate_data would (C order, the model's dtype); if it is then finite,
@@ -636,14 +637,15 @@ class _BaseMLP(BaseEstimator):
         if (model is not None and type(X) is np.ndarray and X.ndim == 2
                 and X.dtype.kind in "fiu" and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
                 and not hasattr(self, "feature_names_in_")):
-            with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, saturated below
                 converted = np.ascontiguousarray(X, dtype=model.dtype)  # as check_array would
             if first_nonfinite(converted) < 0:
-                return converted
+                return converted, data.output_dtype(X)
         check_is_fitted(self)
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
-            return validate_data(self, X, reset=False, dtype=self._model.dtype, order="C")
+        X = validate_data(self, X, reset=False, dtype=data.INPUT_DTYPES, order="C")
+        return data.in_model_dtype(X, self._model.dtype), X.dtype
 
     def _predict_logits(self, X) -> np.ndarray:
-        X = self._check_X(X)
+        """The network's outputs (N, K) for X, in the model's dtype."""
+        X, _ = self._check_X(X)
         return self._model.forward(X)

@@ -19,6 +19,13 @@ from scipy.special import expit, xlogy
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
 
+from fastmlp._core import first_nonfinite
+from fastmlp._validation import FLOAT_DTYPES
+
+# The dtypes validate_data keeps (anything else becomes float64): scikit-learn's MLP computes
+# in them and predicts in them; fastmlp computes in the estimator's dtype, predicts in them.
+INPUT_DTYPES = (np.float64, np.float32)
+
 
 def sample_weights(sample_weight, X) -> np.ndarray | None:
     """None, or float64 (N,) weights: finite, >= 0, not all zero."""
@@ -28,6 +35,36 @@ def sample_weights(sample_weight, X) -> np.ndarray | None:
     if not w.any():  # scikit-learn checks this itself from 1.9 on
         raise ValueError("Sample weights must contain at least one non-zero number.")
     return w
+
+
+def in_model_dtype(X: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Checked X (finite, of ``INPUT_DTYPES``) as C-contiguous ``dtype``. Finite values beyond
+    float32's range saturate to its largest magnitude (as scikit-learn's float64 training
+    on values that overflow it, training on them ends in "Solver produced non-finite parameter
+    weights"; predictions are those of the saturated values)."""
+    if X.dtype == dtype:
+        return X
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(X, dtype=dtype)
+    if first_nonfinite(converted) >= 0:
+        limit = np.finfo(dtype).max
+        converted = np.ascontiguousarray(np.clip(X, -limit, limit), dtype=dtype)
+    return converted
+
+
+def output_dtype(X: np.ndarray) -> np.dtype:
+    """The dtype of scikit-learn's predictions (probabilities, regression outputs) for an
+    ndarray X: its own if float32 or float64, else float64 (what validate_data makes of it)."""
+    return X.dtype if X.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+
+
+def probabilities(logits: np.ndarray, output_kind: str) -> np.ndarray:
+    """predict_proba of logits (N, K) in their dtype: softmax; for one logistic unit
+    [1 - p, p]; multilabel each label's p."""
+    if output_kind == "softmax":
+        return np.exp(log_softmax(logits))
+    p = expit(logits)
+    return p if output_kind == "multilabel" else np.concatenate([1 - p, p], axis=1)
 
 
 def is_multilabel(y) -> bool:
