@@ -311,6 +311,32 @@ def test_multilabel_targets_are_fitted_and_continuous_targets_refused():
 
 
 @stops_at_max_iter
+def test_parameters_assigned_before_fitting_start_partial_fit_and_warm_start():
+    """As in scikit-learn: coefs_ and intercepts_ assigned to an unfitted estimator are lists
+    (item assignment works) that partial_fit and a warm-started fit start from; a plain fit
+    draws its own initial weights."""
+    X, y = blobs(30, centers=2)
+    coefs, intercepts = [np.full((4, 3), 0.1), np.full((3, 1), -0.2)], [np.zeros(3), [0.5]]
+    for Estimator, method in ((MLPClassifier, "partial_fit"), (MLPRegressor, "fit")):
+        est = Estimator(hidden_layer_sizes=(3,), max_iter=1, solver="sgd",
+                        learning_rate_init=1e-12, warm_start=True)
+        est.coefs_, est.intercepts_ = [None, None], list(intercepts)
+        est.coefs_[0], est.coefs_[1] = coefs
+        kwargs = {"classes": [0, 1]} if method == "partial_fit" else {}
+        getattr(est, method)(X, y, **kwargs)
+        for got, want in zip(est.coefs_ + est.intercepts_, coefs + intercepts):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    plain = MLPRegressor(hidden_layer_sizes=(3,), max_iter=1)
+    plain.coefs_, plain.intercepts_ = coefs, intercepts
+    assert not np.allclose(plain.fit(X, y).coefs_[0], 0.1)
+    wrong = MLPRegressor(hidden_layer_sizes=(5,), max_iter=1)
+    wrong.coefs_, wrong.intercepts_ = coefs, intercepts
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(4, 3\), expected \(4, 5\)"):
+        wrong.partial_fit(X, y)
+    assert wrong.coefs_[0] is coefs[0] and not hasattr(wrong, "n_features_in_")  # as before
+
+
+@stops_at_max_iter
 def test_coefs_are_read_only_sklearn_oriented_views_and_assignable():
     X, y = blobs()
     clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=10, random_state=0).fit(X, y)

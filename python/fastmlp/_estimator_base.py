@@ -193,23 +193,36 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_model")
 
+    # Before the first fit, coefs_ and intercepts_ are plain lists, as in scikit-learn, where
+    # partial_fit and a warm-started fit start from them when both are assigned.
+
     @property
     def coefs_(self) -> list[np.ndarray]:
+        if not hasattr(self, "_model") and "_initial_coefs" in self.__dict__:
+            return self._initial_coefs
         check_is_fitted(self)
         return _Parameters(self._model, "weights")
 
     @coefs_.setter
     def coefs_(self, values) -> None:
-        self.coefs_.assign(values)
+        if not hasattr(self, "_model"):
+            self._initial_coefs = list(values)
+        else:
+            self.coefs_.assign(values)
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
+        if not hasattr(self, "_model") and "_initial_intercepts" in self.__dict__:
+            return self._initial_intercepts
         check_is_fitted(self)
         return _Parameters(self._model, "biases")
 
     @intercepts_.setter
     def intercepts_(self, values) -> None:
-        self.intercepts_.assign(values)
+        if not hasattr(self, "_model"):
+            self._initial_intercepts = list(values)
+        else:
+            self.intercepts_.assign(values)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -236,9 +249,12 @@ class _BaseMLP(BaseEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    def _init_model(self, layer_units, rng: np.random.RandomState) -> None:
+    def _init_model(self, layer_units, rng: np.random.RandomState, *, adopt: bool) -> None:
         """A new MLP with scikit-learn's Glorot-uniform initial weights and biases, drawn from
-        rng in scikit-learn's order (coefs then intercepts, layer by layer)."""
+        rng in scikit-learn's order (coefs then intercepts, layer by layer); with ``adopt``,
+        those assigned to coefs_ and intercepts_ before, where both were."""
+        initial = (self.__dict__.pop("_initial_coefs", None),
+                   self.__dict__.pop("_initial_intercepts", None))
         model = MLP(layer_units, activation=self.activation, output=self._output_kind(),
                     dtype=self._dtype, seed=0)
         factor = 2.0 if self.activation == "logistic" else 6.0
@@ -250,6 +266,8 @@ class _BaseMLP(BaseEstimator):
         model.weights = weights
         model.biases = biases
         self._model = model
+        if adopt and None not in initial:
+            self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units
         self.n_layers_ = len(layer_units)
         self.n_outputs_ = layer_units[-1]
         self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
@@ -363,7 +381,7 @@ class _BaseMLP(BaseEstimator):
         rng = check_random_state(self.random_state)
         layer_units = [X.shape[1], *[int(h) for h in hidden], n_outputs]
         if first_pass:
-            self._init_model(layer_units, rng)
+            self._init_model(layer_units, rng, adopt=incremental or self.warm_start)
         else:
             model = self._model
             if (list(model.layer_sizes) != layer_units or model.activation != self.activation

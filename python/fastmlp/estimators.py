@@ -201,7 +201,10 @@ _DOC_ATTRIBUTES = """
         Weights in scikit-learn's (in, out) orientation, i.e. ``MLP.weights[i].T``. Read-only
         views of the live weights (no copy, always current; writing into them raises). To
         change weights, assign new arrays (``est.coefs_[i] = W`` or ``est.coefs_ = [...]``):
-        their shapes are checked and they are copied into the model.
+        their shapes are checked and they are copied into the model. Assigned (with
+        ``intercepts_``) before the first fit, they are plain lists, the starting weights of
+        ``partial_fit`` and of a ``warm_start`` fit, as in scikit-learn (a plain fit draws
+        new ones).
 
     intercepts_ : list of ndarray, shapes (layer_units[i+1],)
         Biases, read-only views like ``coefs_``.
