@@ -42,14 +42,17 @@ def blobs(n=120, centers=3, seed=0, n_features=4):
 
 FLOAT64_TOLERANCE = (
     "the check fits float64 X with integer sample weights and with the rows repeated instead, "
-    "and compares predict_proba at assert_allclose_dense_sparse's fixed rtol=1e-7, float64's "
+    "and compares the predictions at assert_allclose_dense_sparse's fixed rtol=1e-7, float64's "
     "rounding: computed in float32 (the default dtype), the weighted sums and the repeated "
-    "rows' sums round apart by ~1e-7 relative; with dtype='float64' it passes (checked below)")
+    "rows' sums round apart by ~1e-7 relative, more or less than rtol with the SIMD flavour "
+    "(the regressor passes on avx2/avx512, fails on generic); with dtype='float64' it passes "
+    "(checked below)")
 
 
 def expected_failed_checks(estimator):
-    """Checks that hard-code float64 precision, with why."""
-    if isinstance(estimator, MLPClassifier) and estimator.dtype == "float32":
+    """Checks that hard-code float64 precision, with why. They fail or pass with the rounding
+    of the CPU's kernels (not strict)."""
+    if estimator.dtype == "float32":
         return {"check_sample_weight_equivalence_on_dense_data": FLOAT64_TOLERANCE}
     return {}
 
@@ -66,7 +69,8 @@ CHECKED = [
 
 # Checks with few samples stop at max_iter: expected; scikit-learn's own MLP does the same.
 @stops_at_max_iter
-@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failed_checks)
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failed_checks,
+                         xfail_strict=False)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
