@@ -119,9 +119,13 @@ def encode_labels(classes: np.ndarray, y: np.ndarray, name: str = "y") -> np.nda
         known = np.zeros(len(y), dtype=bool)
         index = None
     if not np.all(known):
-        unknown = np.unique(np.asarray(y)[~np.asarray(known, dtype=bool)])
-        raise ValueError(f"{name} has classes not in `self.classes_`. `self.classes_` has "
-                         f"{classes}. {name!r} has unknown labels {unknown}.")
+        try:
+            present = np.unique(y)
+        except TypeError:  # labels that do not sort together: in order of appearance
+            present = np.array(list(dict.fromkeys(np.asarray(y).tolist())), dtype=object)
+        # scikit-learn's message, word for word
+        raise ValueError(f"`{name}` has classes not in `self.classes_`. `self.classes_` has "
+                         f"{classes}. '{name}' has {present}.")
     return np.ascontiguousarray(index, dtype=np.int64)
 
 
