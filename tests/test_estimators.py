@@ -16,7 +16,8 @@ sklearn = pytest.importorskip("sklearn")
 from sklearn import neural_network  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_digits, make_blobs, make_regression  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.exceptions import (ConvergenceWarning, DataConversionWarning,  # noqa: E402
+                                NotFittedError)
 from sklearn.model_selection import (GridSearchCV, cross_val_score,  # noqa: E402
                                      train_test_split)
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -657,16 +658,25 @@ def test_non_finite_inputs(value, message):
 
 
 @stops_at_max_iter
-def test_values_beyond_float32s_range_saturate():
-    """Finite float64 values beyond float32's range become its largest magnitude (training on
-    them usually diverges, as scikit-learn's float64 training on values that overflow it)."""
+def test_values_beyond_float32s_range_saturate_with_a_warning():
+    """Finite float64 values beyond float32's range become its largest magnitude, with a
+    warning (training on them usually diverges, as scikit-learn's float64 training on values
+    that overflow it)."""
     X, y = blobs(20)
     saturated = X.copy()
     X[3, 1], saturated[3, 1] = -1e300, -np.finfo(np.float32).max
-    fits = [MLPClassifier(max_iter=3, random_state=0).fit(data, y) for data in (X, saturated)]
-    for a, b in zip(fits[0].coefs_, fits[1].coefs_):
+    beyond = "X has values beyond the range of float32, the estimator's dtype: they are saturated"
+    with pytest.warns(DataConversionWarning, match=beyond):
+        fit = MLPClassifier(max_iter=3, random_state=0).fit(X, y)
+    reference = MLPClassifier(max_iter=3, random_state=0).fit(saturated, y)
+    for a, b in zip(fit.coefs_, reference.coefs_):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(fits[0].predict_proba(X), fits[0].predict_proba(saturated))
+    with pytest.warns(DataConversionWarning, match=beyond):
+        np.testing.assert_array_equal(fit.predict_proba(X), fit.predict_proba(saturated))
+    huge = np.finfo(np.float64).max * np.random.RandomState(0).uniform(size=(10, 2))
+    with pytest.warns(DataConversionWarning, match=beyond):
+        with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+            MLPRegressor().fit(huge, np.arange(10.0))
 
 
 def test_sparse_input_is_refused():

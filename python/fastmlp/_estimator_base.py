@@ -340,7 +340,7 @@ class _BaseMLP(BaseEstimator):
     def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, reset=reset, dtype=data.INPUT_DTYPES, order="C",
                              multi_output=True, y_numeric=not self._is_classifier)
-        return data.in_model_dtype(X, dtype), y
+        return data.in_model_dtype(X, dtype, _warn), y
 
     def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
                  sample_weight_val):
@@ -661,7 +661,7 @@ class _BaseMLP(BaseEstimator):
                 return converted, data.output_dtype(X)
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=data.INPUT_DTYPES, order="C")
-        return data.in_model_dtype(X, self._model.dtype), X.dtype
+        return data.in_model_dtype(X, self._model.dtype, _warn), X.dtype
 
     def _predict_logits(self, X) -> np.ndarray:
         """The network's outputs (N, K) for X, in the model's dtype."""

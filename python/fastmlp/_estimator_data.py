@@ -16,6 +16,7 @@ import numbers
 
 import numpy as np
 from scipy.special import expit, xlogy
+from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
 
@@ -37,17 +38,20 @@ def sample_weights(sample_weight, X) -> np.ndarray | None:
     return w
 
 
-def in_model_dtype(X: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def in_model_dtype(X: np.ndarray, dtype: np.dtype, warn) -> np.ndarray:
     """Checked X (finite, of ``INPUT_DTYPES``) as C-contiguous ``dtype``. Finite values beyond
-    float32's range saturate to its largest magnitude (as scikit-learn's float64 training
-    on values that overflow it, training on them ends in "Solver produced non-finite parameter
-    weights"; predictions are those of the saturated values)."""
+    float32's range saturate to its largest magnitude, with a DataConversionWarning given to
+    ``warn(message, category)``: as scikit-learn's float64 training on values that overflow
+    it, training on them usually ends in "Solver produced non-finite parameter weights"."""
     if X.dtype == dtype:
         return X
     with np.errstate(over="ignore"):
         converted = np.ascontiguousarray(X, dtype=dtype)
     if first_nonfinite(converted) >= 0:
         limit = np.finfo(dtype).max
+        warn(f"X has values beyond the range of {dtype.name}, the estimator's dtype: they are "
+             f"saturated to ±{limit:.8g}. Scale the data, or use dtype='float64'.",
+             DataConversionWarning)
         converted = np.ascontiguousarray(np.clip(X, -limit, limit), dtype=dtype)
     return converted
 

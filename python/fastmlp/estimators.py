@@ -149,7 +149,8 @@ _DOC_PARAMETERS = f"""
     dtype : "float32" or "float64" (or their NumPy types or dtypes), default="float32"
         Precision of the weights and of all arithmetic. float32 is the default (scikit-learn
         trains in float64 unless given float32 data): inputs of other dtypes are converted once
-        per call (finite values beyond float32's range saturate to its largest magnitude).
+        per call (finite values beyond float32's range saturate to its largest magnitude,
+        with a ``DataConversionWarning``).
         Probabilities and regression outputs come in X's dtype, as scikit-learn's: float32 X
         gives float32, float64 (or int, or lists) float64, cast from this dtype's results.
 
