@@ -256,7 +256,8 @@ def test_multilabel_classifier_float32_partial_fit_warm_start_and_validation():
     clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
     assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 3
     np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
-    assert clf.predict_proba(X).shape == (60, 3) and clf.predict_proba(X).dtype == np.float32
+    assert clf.predict_proba(X).shape == (60, 3) and clf.predict_proba(X).dtype == X.dtype
+    assert clf.predict_proba(X.astype(np.float32)).dtype == np.float32
     assert clf.predict(X).shape == (60, 3)
     assert clf.__sklearn_tags__().classifier_tags.multi_label
     clf.set_params(warm_start=True).fit(X, y)
@@ -280,7 +281,8 @@ def test_poisson_regressor_validation_and_refusals():
     reg = MLPRegressor(loss="poisson", hidden_layer_sizes=(8,), max_iter=5,
                        random_state=0).fit(X, y[:, 0])
     assert reg.out_activation_ == "exp" and reg.predict(X).shape == (60,)
-    assert (reg.predict(X) > 0).all() and reg.predict(X).dtype == np.float32
+    assert (reg.predict(X) > 0).all() and reg.predict(X).dtype == X.dtype
+    assert reg.predict(X.astype(np.float32)).dtype == np.float32
     bad = y[:, 0].astype(float)
     bad[3] = -1.0
     with pytest.raises(ValueError, match="negative which is not allowed for Poisson"):

@@ -25,8 +25,6 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from fastmlp._sparse import is_sparse, sparse_features
-
 try:
     from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
@@ -195,23 +193,36 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_model")
 
+    # Before the first fit, coefs_ and intercepts_ are plain lists, as in scikit-learn, where
+    # partial_fit and a warm-started fit start from them when both are assigned.
+
     @property
     def coefs_(self) -> list[np.ndarray]:
+        if not hasattr(self, "_model") and "_initial_coefs" in self.__dict__:
+            return self._initial_coefs
         check_is_fitted(self)
         return _Parameters(self._model, "weights")
 
     @coefs_.setter
     def coefs_(self, values) -> None:
-        self.coefs_.assign(values)
+        if not hasattr(self, "_model"):
+            self._initial_coefs = list(values)
+        else:
+            self.coefs_.assign(values)
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
+        if not hasattr(self, "_model") and "_initial_intercepts" in self.__dict__:
+            return self._initial_intercepts
         check_is_fitted(self)
         return _Parameters(self._model, "biases")
 
     @intercepts_.setter
     def intercepts_(self, values) -> None:
-        self.intercepts_.assign(values)
+        if not hasattr(self, "_model"):
+            self._initial_intercepts = list(values)
+        else:
+            self.intercepts_.assign(values)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -238,9 +249,12 @@ class _BaseMLP(BaseEstimator):
 
     # ---- training ------------------------------------------------------------------------
 
-    def _init_model(self, layer_units, rng: np.random.RandomState) -> None:
+    def _init_model(self, layer_units, rng: np.random.RandomState, *, adopt: bool) -> None:
         """A new MLP with scikit-learn's Glorot-uniform initial weights and biases, drawn from
-        rng in scikit-learn's order (coefs then intercepts, layer by layer)."""
+        rng in scikit-learn's order (coefs then intercepts, layer by layer); with ``adopt``,
+        those assigned to coefs_ and intercepts_ before, where both were."""
+        initial = (self.__dict__.pop("_initial_coefs", None),
+                   self.__dict__.pop("_initial_intercepts", None))
         model = MLP(layer_units, activation=self.activation, output=self._output_kind(),
                     dtype=self._dtype, seed=0)
         factor = 2.0 if self.activation == "logistic" else 6.0
@@ -252,6 +266,8 @@ class _BaseMLP(BaseEstimator):
         model.weights = weights
         model.biases = biases
         self._model = model
+        if adopt and None not in initial:
+            self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units
         self.n_layers_ = len(layer_units)
         self.n_outputs_ = layer_units[-1]
         self.out_activation_ = {"softmax": "softmax", "sigmoid": "logistic",
@@ -322,10 +338,10 @@ class _BaseMLP(BaseEstimator):
         return True
 
     def _check_X_y(self, X, y, *, reset: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
-            return validate_data(self, X, y, reset=reset, dtype=dtype, order="C",
-                                 accept_sparse="csr", multi_output=True,
-                                 y_numeric=not self._is_classifier)
+        X, y = validate_data(self, X, y, reset=reset, dtype=data.INPUT_DTYPES, order="C",
+                             accept_sparse="csr", multi_output=True,
+                             y_numeric=not self._is_classifier)
+        return data.in_model_dtype(X, dtype, _warn), y
 
     def _prepare(self, X, y, sample_weight, incremental, classes, X_val, y_val,
                  sample_weight_val):
@@ -366,7 +382,7 @@ class _BaseMLP(BaseEstimator):
         rng = check_random_state(self.random_state)
         layer_units = [X.shape[1], *[int(h) for h in hidden], n_outputs]
         if first_pass:
-            self._init_model(layer_units, rng)
+            self._init_model(layer_units, rng, adopt=incremental or self.warm_start)
         else:
             model = self._model
             if (list(model.layer_sizes) != layer_units or model.activation != self.activation
@@ -392,19 +408,15 @@ class _BaseMLP(BaseEstimator):
                 # scikit-learn stratifies one output unit's targets (up to 2 classes) and
                 # refuses a class of one; with more it splits at random, where fastmlp
                 # stratifies and keeps a lone member in the training rows.
-                data.check_stratifiable(self.classes_, targets)
+                data.check_stratifiable(len(self.classes_), targets)
             # (scikit-learn does not stratify multilabel targets)
             train, val = data.split_indices(
                 n, self.validation_fraction, rng,
                 targets if self._is_classifier and targets.ndim == 1 else None)
-            validation = (X[val], targets[val], None if sw is None else sw[val])
-            X, targets, sw = X[train], targets[train], None if sw is None else sw[train]
+            validation = (data.take_rows(X, val), targets[val], None if sw is None else sw[val])
+            X, targets = data.take_rows(X, train), targets[train]
+            sw = None if sw is None else sw[train]
             n = X.shape[0]
-        # A sparse X (CSR from validate_data) in the engine's arrays once, not at every epoch's
-        # validation or every L-BFGS evaluation.
-        X = self._engine_input(X)
-        if validation is not None:
-            validation = (self._engine_input(validation[0]), *validation[1:])
         if validation is not None and self.validation_scores_ is None:
             self.validation_scores_ = []
             self.validation_loss_curve_ = []
@@ -479,14 +491,17 @@ class _BaseMLP(BaseEstimator):
             start = ([w.copy() for w in model.weights], [b.copy() for b in model.biases])
         try:
             try:
+                # A batch of every row is the same batch in any order, but its float32 sums
+                # are not: fit and partial_fit would drift apart where scikit-learn's agree.
                 model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                          shuffle=bool(self.shuffle), seed=int(rng.randint(np.iinfo(np.int32).max)),
+                          shuffle=bool(self.shuffle) and batch_size < n,
+                          seed=int(rng.randint(np.iinfo(np.int32).max)),
                           callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
             except FloatingPointError as exc:
                 if not self.early_stopping:
-                    raise ValueError(f"Solver produced non-finite parameter weights: {exc} The "
-                                     "input data may contain large values and need to be "
-                                     "preprocessed.") from exc
+                    raise ValueError("Solver produced non-finite parameter weights. The input "
+                                     "data may contain large values and need to be "
+                                     f"preprocessed. ({exc})") from exc
                 self._record_divergence(n)
                 if self._best is None:
                     self._best = start
@@ -631,13 +646,9 @@ class _BaseMLP(BaseEstimator):
         self.best_loss_ = min(best, last)
         return not last > best - self.tol
 
-    def _engine_input(self, X):
-        """X as the model takes it: sparse input as a SparseInput (int32 column indices,
-        int64 row pointers), dense as it is."""
-        return sparse_features(X, "X", self._model.dtype) if is_sparse(X) else X
-
-    def _check_X(self, X) -> np.ndarray:
-        """X (N, F) for prediction, checked against the fitted estimator."""
+    def _check_X(self, X) -> tuple[np.ndarray, np.dtype]:
+        """(X (N, F) in the model's dtype, checked against the fitted estimator; the dtype of
+        its predictions: scikit-learn's, X's own float32 or float64, else float64)."""
         model = getattr(self, "_model", None)
         # A plain numeric ndarray of the fitted width, with no feature names to compare, is
         # converted as validate_data would (C order, the model's dtype); if it is then finite,
@@ -646,15 +657,16 @@ class _BaseMLP(BaseEstimator):
         if (model is not None and type(X) is np.ndarray and X.ndim == 2
                 and X.dtype.kind in "fiu" and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
                 and not hasattr(self, "feature_names_in_")):
-            with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, saturated below
                 converted = np.ascontiguousarray(X, dtype=model.dtype)  # as check_array would
             if first_nonfinite(converted) < 0:
-                return converted
+                return converted, data.output_dtype(X)
         check_is_fitted(self)
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused
-            return validate_data(self, X, reset=False, dtype=self._model.dtype, order="C",
-                                 accept_sparse="csr")
+        X = validate_data(self, X, reset=False, dtype=data.INPUT_DTYPES, order="C",
+                          accept_sparse="csr")
+        return data.in_model_dtype(X, self._model.dtype, _warn), X.dtype
 
     def _predict_logits(self, X) -> np.ndarray:
-        X = self._check_X(X)
+        """The network's outputs (N, K) for X, in the model's dtype."""
+        X, _ = self._check_X(X)
         return self._model.forward(X)

@@ -16,8 +16,17 @@ import numbers
 
 import numpy as np
 from scipy.special import expit, xlogy
+from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
+
+from fastmlp._core import first_nonfinite
+from fastmlp._sparse import SparseInput, is_sparse, sparse_features
+from fastmlp._validation import FLOAT_DTYPES
+
+# The dtypes validate_data keeps (anything else becomes float64): scikit-learn's MLP computes
+# in them and predicts in them; fastmlp computes in the estimator's dtype, predicts in them.
+INPUT_DTYPES = (np.float64, np.float32)
 
 
 def sample_weights(sample_weight, X) -> np.ndarray | None:
@@ -28,6 +37,52 @@ def sample_weights(sample_weight, X) -> np.ndarray | None:
     if not w.any():  # scikit-learn checks this itself from 1.9 on
         raise ValueError("Sample weights must contain at least one non-zero number.")
     return w
+
+
+def in_model_dtype(X, dtype: np.dtype, warn):
+    """Checked X (finite, of ``INPUT_DTYPES``) as C-contiguous ``dtype``. Finite values beyond
+    float32's range saturate to its largest magnitude, with a DataConversionWarning given to
+    ``warn(message, category)``: as scikit-learn's float64 training on values that overflow
+    it, training on them usually ends in "Solver produced non-finite parameter weights".
+    A sparse X (CSR from validate_data) becomes the engine's SparseInput (its non-zeros
+    converted the same way), made once per fit rather than at every epoch's validation or
+    every L-BFGS evaluation."""
+    if is_sparse(X):
+        values = in_model_dtype(X.data, dtype, warn)
+        if values is not X.data:
+            X = type(X)((values, X.indices, X.indptr), shape=X.shape)
+        return sparse_features(X, "X", dtype)
+    if X.dtype == dtype:
+        return X
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(X, dtype=dtype)
+    if first_nonfinite(converted) >= 0:
+        limit = np.finfo(dtype).max
+        warn(f"X has values beyond the range of {dtype.name}, the estimator's dtype: they are "
+             f"saturated to ±{limit:.8g}. Scale the data, or use dtype='float64'.",
+             DataConversionWarning)
+        converted = np.ascontiguousarray(np.clip(X, -limit, limit), dtype=dtype)
+    return converted
+
+
+def take_rows(X, index: np.ndarray):
+    """Rows `index` of a dense X or of a SparseInput."""
+    return X.rows(index) if isinstance(X, SparseInput) else X[index]
+
+
+def output_dtype(X: np.ndarray) -> np.dtype:
+    """The dtype of scikit-learn's predictions (probabilities, regression outputs) for an
+    ndarray X: its own if float32 or float64, else float64 (what validate_data makes of it)."""
+    return X.dtype if X.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+
+
+def probabilities(logits: np.ndarray, output_kind: str) -> np.ndarray:
+    """predict_proba of logits (N, K) in their dtype: softmax; for one logistic unit
+    [1 - p, p]; multilabel each label's p."""
+    if output_kind == "softmax":
+        return np.exp(log_softmax(logits))
+    p = expit(logits)
+    return p if output_kind == "multilabel" else np.concatenate([1 - p, p], axis=1)
 
 
 def is_multilabel(y) -> bool:
@@ -82,9 +137,13 @@ def encode_labels(classes: np.ndarray, y: np.ndarray, name: str = "y") -> np.nda
         known = np.zeros(len(y), dtype=bool)
         index = None
     if not np.all(known):
-        unknown = np.unique(np.asarray(y)[~np.asarray(known, dtype=bool)])
-        raise ValueError(f"{name} has classes not in `self.classes_`. `self.classes_` has "
-                         f"{classes}. {name!r} has unknown labels {unknown}.")
+        try:
+            present = np.unique(y)
+        except TypeError:  # labels that do not sort together: in order of appearance
+            present = np.array(list(dict.fromkeys(np.asarray(y).tolist())), dtype=object)
+        # scikit-learn's message, word for word
+        raise ValueError(f"`{name}` has classes not in `self.classes_`. `self.classes_` has "
+                         f"{classes}. '{name}' has {present}.")
     return np.ascontiguousarray(index, dtype=np.int64)
 
 
@@ -136,17 +195,18 @@ def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.nd
         return check_array(y.reshape(len(y), -1), dtype=dtype, order="C", input_name=name)
 
 
-def check_stratifiable(classes: np.ndarray, encoded: np.ndarray) -> None:
-    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify labels where a class has
-    a single member, with its message; the classes are named by their labels (scikit-learn
-    names its binarized value, ``'True'`` or ``'False'``)."""
-    counts = np.bincount(encoded, minlength=len(classes))
+def check_stratifiable(n_classes: int, encoded: np.ndarray) -> None:
+    """scikit-learn's refusal (``StratifiedShuffleSplit``) to stratify the targets of one
+    output unit (up to 2 classes, ``encoded`` 0/1) where a class has a single member, with its
+    message, which names the binarized value it stratifies on: ``'True'`` for the second
+    class, ``'False'`` for the first (or only) one."""
+    counts = np.bincount(encoded, minlength=n_classes)
     lone = (counts > 0) & (counts < 2)
     if lone.any():
         raise ValueError(
             "The least populated classes in y have only 1 member, which is too few. The "
             "minimum number of groups for any class cannot be less than 2. Classes with too "
-            f"few members are: {classes[lone].tolist()}")
+            f"few members are: {[str(bool(k)) for k in np.flatnonzero(lone)]}")
 
 
 def split_indices(n: int, fraction: float, rng: np.random.RandomState, classes=None):

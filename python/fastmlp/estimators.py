@@ -149,8 +149,10 @@ _DOC_PARAMETERS = f"""
     dtype : "float32" or "float64" (or their NumPy types or dtypes), default="float32"
         Precision of the weights and of all arithmetic. float32 is the default (scikit-learn
         trains in float64 unless given float32 data): inputs of other dtypes are converted once
-        per call, and weights, probabilities and regression outputs stay in this dtype (no
-        silent upcast).
+        per call (finite values beyond float32's range saturate to its largest magnitude,
+        with a ``DataConversionWarning``).
+        Probabilities and regression outputs come in X's dtype, as scikit-learn's: float32 X
+        gives float32, float64 (or int, or lists) float64, cast from this dtype's results.
 
     n_threads : int >= 1 or None, default=None
         Threads of fastmlp's kernels during ``fit``/``partial_fit``/``predict*``/``score``
@@ -200,7 +202,10 @@ _DOC_ATTRIBUTES = """
         Weights in scikit-learn's (in, out) orientation, i.e. ``MLP.weights[i].T``. Read-only
         views of the live weights (no copy, always current; writing into them raises). To
         change weights, assign new arrays (``est.coefs_[i] = W`` or ``est.coefs_ = [...]``):
-        their shapes are checked and they are copied into the model.
+        their shapes are checked and they are copied into the model. Assigned (with
+        ``intercepts_``) before the first fit, they are plain lists, the starting weights of
+        ``partial_fit`` and of a ``warm_start`` fit, as in scikit-learn (a plain fit draws
+        new ones).
 
     intercepts_ : list of ndarray, shapes (layer_units[i+1],)
         Biases, read-only views like ``coefs_``.
@@ -236,7 +241,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     one logistic unit per label, the binary log-loss summed over labels (mean over samples),
     ``classes_ = arange(L)``, ``predict`` the (N, L) indicator matrix and ``predict_proba``
     each label's probability (N, L).
-    Beyond scikit-learn: float32 end to end, ``class_weight``, a stratified early-stopping
+    Beyond scikit-learn: float32 arithmetic, ``class_weight``, a stratified early-stopping
     split or a validation set passed to ``fit`` (``X_val``, ``y_val``), the validation loss
     curve, and ``n_threads``. Not supported: multiclass-multioutput targets (``ValueError``),
     ``class_weight`` with multilabel targets (``ValueError``).
@@ -395,26 +400,24 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_.take(index)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (N, n_classes) in the estimator's dtype, columns in the order
+        """Class probabilities (N, n_classes) in X's float dtype, columns in the order
         of ``classes_``. Fitted on one class, (N, 2) as scikit-learn: [1 - p, p] of the one
         logistic unit, which is trained towards p = 0. Multilabel: each label's probability
         (N, L)."""
         with _num_threads(self.n_threads):
-            X = self._check_X(X)
-            return self._model.predict_proba(X)
+            X, dtype = self._check_X(X)
+            if dtype == self._model.dtype:
+                return self._model.predict_proba(X)
+            logits = self._model.forward(X).astype(dtype)
+        return data.probabilities(logits, self._output_kind())
 
     def predict_log_proba(self, X) -> np.ndarray:
-        """Log of ``predict_proba`` (N, n_classes), computed from the logits (log-softmax;
-        log-sigmoid for binary problems), so it stays finite where the probability
-        underflows to 0."""
-        with _num_threads(self.n_threads):
-            logits = self._predict_logits(X)
-        if getattr(self, "_multilabel", False):
-            return -np.logaddexp(0, -logits)
-        if logits.shape[1] == 1:
-            z = logits[:, 0]
-            return np.stack([-np.logaddexp(0, z), -np.logaddexp(0, -z)], axis=1)
-        return data.log_softmax(logits)
+        """``np.log(predict_proba(X))``, as scikit-learn defines it: -inf where a probability
+        rounds to 0, and equal log-probabilities where probabilities round to the same value
+        (so both rank the classes alike)."""
+        proba = self.predict_proba(X)
+        with np.errstate(divide="ignore"):
+            return np.log(proba, out=proba)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -437,8 +440,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     is ½·Σ over outputs of the squared error; scikit-learn reports it divided by the number of
     outputs, and so do ``loss_``, ``loss_curve_``, the stopping rule based on them and the
     objective L-BFGS sees (the gradients, as in scikit-learn, are those of the sum). Predictions
-    are in the estimator's dtype (float32 by default). Sparse X (scipy.sparse) is read as CSR
-    and never made dense.
+    come in X's float dtype (float64 for other inputs), as scikit-learn's. Sparse X
+    (scipy.sparse) is read as CSR and never made dense.
 
     Parameters
     ----------{_DOC_PARAMETERS}
@@ -455,8 +458,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     >>> X = np.linspace(-1, 1, 200).reshape(-1, 1)
     >>> reg = MLPRegressor(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=300,
     ...                    random_state=0).fit(X, X[:, 0] ** 2)
-    >>> reg.predict([[0.5]]).dtype
-    dtype('float32')
+    >>> reg.coefs_[0].dtype, reg.predict([[0.5]]).dtype
+    (dtype('float32'), dtype('float64'))
     """
 
     _parameter_constraints: dict = {
@@ -526,10 +529,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return data.regression_metrics(logits, targets, weights)
 
     def predict(self, X) -> np.ndarray:
-        """Predictions (N,) for one target, (N, n_outputs) for several, in the estimator's
-        dtype."""
+        """Predictions (N,) for one target, (N, n_outputs) for several, in X's float dtype
+        (float64 for other inputs)."""
         with _num_threads(self.n_threads):
-            out = self._predict_logits(X)
+            X, dtype = self._check_X(X)
+            out = self._model.forward(X).astype(dtype, copy=False)
         if self.loss == "poisson":
             with np.errstate(over="ignore"):
                 out = np.exp(out)

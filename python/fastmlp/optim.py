@@ -56,6 +56,11 @@ class Optimizer:
         self._rule.lr = positive_float(value, "lr")
 
     @property
+    def learning_rate(self) -> float:
+        """``lr`` (read-only), by the name of scikit-learn's MLP optimizers' attribute."""
+        return self._rule.lr
+
+    @property
     def steps(self) -> int:
         """Steps taken (Adam's t); may be set (an int in [0, 2**62)), e.g. to restore it."""
         return self._rule.steps
