@@ -1101,3 +1101,28 @@ def test_lbfgs_ctrl_c_keeps_the_best_weights_evaluated_with_a_warning(monkeypatc
     model.weights = [c.T for c in clf.coefs_]
     model.biases = clf.intercepts_
     np.testing.assert_allclose(model.loss(X, y, alpha=0.01), clf.loss_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (1, 1), (700, 97), (256, 300)])
+def test_native_uniform_draws_are_numpys(dtype, shape):
+    """The core's MT19937 draws (used for large layers) are RandomState.uniform's bit for bit,
+    written transposed, and leave the generator where NumPy's would: the next draw agrees."""
+    from fastmlp import _core
+    from fastmlp._estimator_data import uniform_transposed_into
+    rng, reference = np.random.RandomState(7), np.random.RandomState(7)
+    rng.uniform(size=11), reference.uniform(size=11)  # start mid-block
+    state = rng.get_state(legacy=False)
+    key = np.array(state["state"]["key"], dtype=np.uint32)
+    out = np.empty(shape[::-1], dtype)
+    pos = _core.legacy_uniform_transposed(key, int(state["state"]["pos"]), out, -0.25, 0.5)
+    expected = reference.uniform(-0.25, 0.5, shape).T.astype(dtype)
+    np.testing.assert_array_equal(out, expected)
+    state["state"]["key"], state["state"]["pos"] = key, pos
+    rng.set_state(state)
+    assert rng.uniform() == reference.uniform()
+    # and through the estimators' helper, whichever path the size takes
+    out2 = np.empty(shape[::-1], dtype)
+    uniform_transposed_into(out2, rng, -1.0, 1.0)
+    np.testing.assert_array_equal(out2, reference.uniform(-1.0, 1.0, shape).T.astype(dtype))
+    assert rng.uniform() == reference.uniform()

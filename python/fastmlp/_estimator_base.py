@@ -256,15 +256,14 @@ class _BaseMLP(BaseEstimator):
         initial = (self.__dict__.pop("_initial_coefs", None),
                    self.__dict__.pop("_initial_intercepts", None))
         model = MLP(layer_units, activation=self.activation, output=self._output_kind(),
-                    dtype=self._dtype, seed=0)
+                    dtype=self._dtype, _init=False)
         factor = 2.0 if self.activation == "logistic" else 6.0
-        weights, biases = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+        # Drawn (in, out) as scikit-learn's coefs_, written into the model's (out, in) arrays
+        # in place (rounded to its dtype): no intermediate copy of a large first layer.
+        for layer, (fan_in, fan_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
-            weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).T)
-            biases.append(rng.uniform(-bound, bound, fan_out))
-        model.weights = weights
-        model.biases = biases
+            data.uniform_transposed_into(model.weights[layer], rng, -bound, bound)
+            model.biases[layer][...] = rng.uniform(-bound, bound, fan_out)
         self._model = model
         if adopt and None not in initial:
             self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units

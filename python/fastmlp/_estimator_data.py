@@ -20,6 +20,7 @@ from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_array, column_or_1d
 
+from fastmlp import _core
 from fastmlp._core import first_nonfinite
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._validation import FLOAT_DTYPES
@@ -63,6 +64,27 @@ def in_model_dtype(X, dtype: np.dtype, warn):
              DataConversionWarning)
         converted = np.ascontiguousarray(np.clip(X, -limit, limit), dtype=dtype)
     return converted
+
+
+# Below this many weights NumPy's own draws cost less than handing the generator's state over.
+_NATIVE_DRAWS_FROM = 1 << 16
+
+
+def uniform_transposed_into(out: np.ndarray, rng: np.random.RandomState, low: float,
+                            high: float) -> None:
+    """out (fan_out, fan_in) ← the transpose of ``rng.uniform(low, high, (fan_in, fan_out))``,
+    as scikit-learn draws its coefs_, advancing rng the same. A large layer's draws are made by
+    the core (MT19937, NumPy's legacy stream bit for bit) straight into out: for 65,536 × 256,
+    ~50 ms instead of ~0.37 s for NumPy's draws and the transposed copy."""
+    state = rng.get_state(legacy=False)
+    if out.size < _NATIVE_DRAWS_FROM or state["bit_generator"] != "MT19937":
+        out[...] = rng.uniform(low, high, out.shape[::-1]).T
+        return
+    key = np.array(state["state"]["key"], dtype=np.uint32)
+    state["state"]["pos"] = _core.legacy_uniform_transposed(key, int(state["state"]["pos"]),
+                                                            out, float(low), float(high))
+    state["state"]["key"] = key
+    rng.set_state(state)
 
 
 def take_rows(X, index: np.ndarray):

@@ -84,11 +84,18 @@ def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
                         optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates)
 
 
+_CALL_SECONDS = 0.05  # how long an engine call lasts, about
+
+
 def run_steps(trainer, X, y, weights, batch_size: int, max_steps: int):
-    """One engine call: up to max_steps mini-batches of the epoch, on dense or sparse X."""
+    """One engine call: up to max_steps mini-batches of the epoch, on dense or sparse X.
+
+    With sparse X each call also copies the first layer into the engine's working layout and
+    back (StepsResult.sync_seconds): the engine is asked for the rest of the epoch and stops
+    after ~50 ms or 20 times that copy, whichever is longer (Trainer::run)."""
     if isinstance(X, SparseInput):
         return trainer.run_sparse(X.indptr, X.indices, X.values, y, weights, batch_size,
-                                  max_steps)
+                                  2**62, _CALL_SECONDS)
     return trainer.run(X, y, weights, batch_size, max_steps)
 
 
@@ -151,10 +158,8 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         n = X.shape[0]
         # The first engine call runs about 0.5 GFLOP (a few ms), then the count adapts so
         # that Python regains control about every 50 ms (Ctrl-C, progress).
-        sizes = list(model._layer_sizes)
-        if sparse:  # the first layer's work follows the non-zeros, not the columns
-            sizes[0] = max(1, len(X.values) // max(1, X.shape[0]))
-        flops_per_step = 6 * batch_size * sum(i * o for i, o in zip(sizes, sizes[1:]))
+        flops_per_step = 6 * batch_size * sum(
+            i * o for i, o in zip(model._layer_sizes, model._layer_sizes[1:]))
         steps_per_call = max(1, int(5e8 // flops_per_step))
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -178,14 +183,10 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                     fell_back = result.wall_to_cpu
                 if result.epoch_done:
                     break
-                # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step. With
-                # sparse input each call also copies the first layer into the engine's
-                # working layout and back (result.sync_seconds): calls then last 20× that
-                # copy, so that it costs at most ~5 % of the time.
+                # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
                 elapsed = max(time.perf_counter() - call_started, 1e-6)
-                target = max(0.05, 20 * result.sync_seconds)
                 steps_per_call = max(1, min(steps_per_call * 4,
-                                            int(steps_per_call * target / elapsed)))
+                                            int(steps_per_call * _CALL_SECONDS / elapsed)))
             elapsed = time.perf_counter() - started
             history.loss.append(total / n)
             history.l2_penalty.append(penalty / n)

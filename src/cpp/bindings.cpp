@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -22,6 +23,7 @@
 #include "gemm/gemm.h"
 #include "loss.h"
 #include "optim.h"
+#include "random.h"
 #include "threads.h"
 #include "narrow.h"
 #include "network.h"
@@ -792,10 +794,11 @@ class PyTrainer {
   }
 
   // X as a CSR matrix (n_samples of the epoch, n_features): see csr_view.
+  // min_seconds: see Trainer::run.
   StepsResult run_sparse(const py::array& indptr, const py::array& indices,
                          const py::array& values, const py::array& y,
                          const py::object& sample_weight, py::ssize_t batch_size,
-                         py::ssize_t max_steps) {
+                         py::ssize_t max_steps, double min_seconds) {
     if (n_samples_ < 1) throw py::value_error("call begin_epoch before run_sparse");
     if (!sparse_input_) throw py::value_error("this trainer takes dense input: use run");
     const SparseRows<T> x = csr_view<T>(indptr, indices, values, n_samples_, n_features_);
@@ -803,14 +806,15 @@ class PyTrainer {
     data.indptr = x.indptr;
     data.indices = x.indices;
     data.values = x.values;
-    return run_steps(data, y, sample_weight, batch_size, max_steps);
+    if (!(min_seconds >= 0.0)) throw py::value_error("min_seconds must be >= 0");
+    return run_steps(data, y, sample_weight, batch_size, max_steps, min_seconds);
   }
 
  private:
   // data: its input set; the targets and weights are checked and added here.
   StepsResult run_steps(typename Trainer<T>::Data data, const py::array& y,
                         const py::object& sample_weight, py::ssize_t batch_size,
-                        py::ssize_t max_steps) {
+                        py::ssize_t max_steps, double min_seconds = 0.0) {
     Batch<T> targets;
     batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
     data.labels = targets.labels;
@@ -818,7 +822,8 @@ class PyTrainer {
     data.weights = targets.weights;
     if (batch_size < 1 || max_steps < 1)
       throw py::value_error("batch_size and max_steps must be >= 1");
-    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
+    return without_gil(
+        [&] { return trainer_->run(data, batch_size, max_steps, min_seconds); });
   }
 
   bool sparse_input_ = false;
@@ -842,7 +847,7 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("batch_size"), py::arg("max_steps"))
       .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),
            py::arg("values"), py::arg("y"), py::arg("sample_weight"), py::arg("batch_size"),
-           py::arg("max_steps"));
+           py::arg("max_steps"), py::arg("min_seconds") = 0.0);
 }
 
 // Forward and backward of one batch: (data loss, weight gradients, bias gradients), for a
@@ -1116,6 +1121,26 @@ PYBIND11_MODULE(_core, m) {
         py::arg("indices"), py::arg("values"), py::arg("n_features"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
         py::arg("output"));
+  // out (cols, rows) ← the transpose of RandomState.uniform(low, high, (rows, cols)) drawn
+  // from the MT19937 state (key (624,) uint32, updated in place; pos): returns the new pos.
+  m.def("legacy_uniform_transposed", [](py::array key, int pos, py::array out, double low,
+                                        double high) {
+    if (!has_dtype<std::uint32_t>(key)) throw py::type_error("key must be uint32");
+    require_shape(key, "key", {624});
+    if (pos < 0 || pos > 624) throw py::value_error("pos must be in [0, 624]");
+    if (!(std::isfinite(low) && std::isfinite(high) && high >= low))
+      throw py::value_error("low and high must be finite, low <= high");
+    std::uint32_t* words = writable_contiguous<std::uint32_t>(key, "key");
+    require_ndim(out, "out", 2);
+    const index_t cols = out.shape(0), rows = out.shape(1);
+    const Mt19937State state{words, pos};
+    return with_float_dtype(out, "out", [&](auto tag) -> int {
+      using T = decltype(tag);
+      T* target = writable_contiguous<T>(out, "out");
+      return without_gil(
+          [&] { return legacy_uniform_transposed(state, target, rows, cols, low, high); });
+    });
+  }, py::arg("key"), py::arg("pos"), py::arg("out"), py::arg("low"), py::arg("high"));
   m.def("shuffled_indices", [](py::ssize_t n, std::uint64_t seed) {
     if (n < 0) throw py::value_error("n must be >= 0");
     py::array_t<std::int64_t> out(n);

@@ -181,32 +181,48 @@ void Trainer<T>::sync_out() {
 }
 
 template <class T>
-StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_steps) {
-  if (!cfg_.sparse_input) return run_steps(data, batch_size, max_steps);
+StepsResult Trainer<T>::run(const Data& data, index_t batch_size, index_t max_steps,
+                            double min_seconds) {
+  if (!cfg_.sparse_input) return run_steps(data, batch_size, max_steps, nullptr);
   using Clock = std::chrono::steady_clock;
   auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  auto started = Clock::now();
+  const auto call_started = Clock::now();
   // A rule that reads more state than when the copy was made (momentum set since) needs that
   // state in the working layout too.
-  if (!working_copy_current_ || optimizer_.states_read() > synced_states_) sync_in();
-  const double sync_in_seconds = seconds_since(started);
+  double sync_in_seconds = 0.0;
+  if (!working_copy_current_ || optimizer_.states_read() > synced_states_) {
+    sync_in();
+    sync_in_seconds = seconds_since(call_started);
+    copy_seconds_ = sync_in_seconds;
+  }
+  // The call goes on until it has lasted kCallsPerCopy times its two copies (in and out, each
+  // about copy_seconds_), so that they cost at most ~1/kCallsPerCopy of the time, or until
+  // max_steps; at least min_seconds when the caller gives it (then max_steps is its bound).
+  constexpr double kCallsPerCopy = 20.0;
+  const double budget = std::max(min_seconds, kCallsPerCopy * 2.0 * copy_seconds_);
+  const auto deadline =
+      call_started + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(budget));
   StepsResult result;
   try {
-    result = run_steps(data, batch_size, max_steps);
+    result = run_steps(data, batch_size, max_steps, min_seconds > 0.0 ? &deadline : nullptr);
   } catch (...) {
     sync_out();  // whatever the steps did is written back: W_0 stays W_0ᵀ's transpose
     throw;
   }
-  started = Clock::now();
+  const auto out_started = Clock::now();
   sync_out();
-  result.sync_seconds = sync_in_seconds + seconds_since(started);
+  const double sync_out_seconds = seconds_since(out_started);
+  copy_seconds_ = std::max(copy_seconds_, sync_out_seconds);
+  result.sync_seconds = sync_in_seconds + sync_out_seconds;
   return result;
 }
 
 template <class T>
-StepsResult Trainer<T>::run_steps(const Data& data, index_t batch_size, index_t max_steps) {
+StepsResult Trainer<T>::run_steps(const Data& data, index_t batch_size, index_t max_steps,
+                                  const std::chrono::steady_clock::time_point* deadline) {
   StepsResult result;
   batch_size = std::min(batch_size, max_batch_);
   // The weights may have changed between calls (a callback, a checkpoint): one pass per call.
@@ -227,6 +243,7 @@ StepsResult Trainer<T>::run_steps(const Data& data, index_t batch_size, index_t 
     result.samples += rows;
     result.steps += 1;
     next_sample_ += rows;
+    if (deadline && std::chrono::steady_clock::now() >= *deadline) break;
   }
   result.epoch_done = next_sample_ >= n_samples_;
   return result;

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -94,11 +95,18 @@ class Trainer {
     const T* targets = nullptr;
     const T* weights = nullptr;
   };
-  // Runs up to max_steps mini-batches of the current epoch.
-  StepsResult run(const Data& data, index_t batch_size, index_t max_steps);
+  // Runs up to max_steps mini-batches of the current epoch. With sparse input and
+  // min_seconds > 0, also stops once the call has lasted both min_seconds and 20× the copies
+  // of W_0 into the working layout and back (then max_steps is only an upper bound): the
+  // caller asks for the epoch's remaining steps and gets calls long enough for the copies to
+  // cost ≲5 % of the time (sync_seconds), at least one step each.
+  StepsResult run(const Data& data, index_t batch_size, index_t max_steps,
+                  double min_seconds = 0.0);
 
  private:
-  StepsResult run_steps(const Data& data, index_t batch_size, index_t max_steps);
+  // deadline: stop after the step that passes it (null: max_steps only).
+  StepsResult run_steps(const Data& data, index_t batch_size, index_t max_steps,
+                        const std::chrono::steady_clock::time_point* deadline);
   Batch<T> gather(const Data& data, index_t first, index_t rows);
   // One training step; returns (data loss, penalty) of the batch, *nonfinite set when the
   // step was not applied.
@@ -195,6 +203,7 @@ class Trainer {
   T* w0t_ = nullptr;
   std::array<T*, kMaxOptimizerState> state_t_{};
   int synced_states_ = 0;
+  double copy_seconds_ = 0.0;  // the slowest copy into or out of the working layout so far
   bool working_copy_current_ = false;
   SparseRows<T> sparse_batch_;
   TouchedColumns<T> touched_;

@@ -58,6 +58,11 @@ def network_gradients(X: _Float, y: NDArray[Any], sample_weight: _Float | None,
                       output: str) -> tuple[float, list[_Float], list[_Float]]:
     """(data loss, weight gradients, bias gradients) of one batch (network.h)."""
 
+def legacy_uniform_transposed(key: NDArray[Any], pos: int, out: _Float, low: float,
+                              high: float) -> int:
+    """out (cols, rows) ← RandomState.uniform(low, high, (rows, cols))ᵀ from an MT19937 state
+    (key updated in place); returns the new position (random.h)."""
+
 def mlp_forward_sparse(indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
                        n_features: int, weights: list[_Float], biases: list[_Float],
                        activation: str) -> _Float:
@@ -145,7 +150,7 @@ class TrainerFloat32(metaclass=_pybind11_type):
             max_steps: int) -> StepsResult: ...
     def run_sparse(self, indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
                    y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
-                   max_steps: int) -> StepsResult: ...
+                   max_steps: int, min_seconds: float = 0.0) -> StepsResult: ...
 
 class TrainerFloat64(metaclass=_pybind11_type):
     """The fused training engine (one per fit call); see fastmlp._training.fit."""
@@ -157,4 +162,4 @@ class TrainerFloat64(metaclass=_pybind11_type):
             max_steps: int) -> StepsResult: ...
     def run_sparse(self, indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
                    y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
-                   max_steps: int) -> StepsResult: ...
+                   max_steps: int, min_seconds: float = 0.0) -> StepsResult: ...
