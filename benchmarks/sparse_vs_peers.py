@@ -13,7 +13,8 @@ columns uniform), labels from a random linear rule on the counts; a CSR matrix. 
             sparse gradients (sparse=True); torch.optim.Adam, which takes no sparse gradient,
             on dense ones (what its users run). The bags of each batch are cut from the
             shuffled CSR inside the timed loop (the other two shuffle inside fit too).
-- fastmlp lazy (Adam only): MLP.fit with sparse_updates="lazy", torch.optim.SparseAdam's rule.
+- fastmlp lazy (Adam only): the estimator with sparse_updates="lazy" (torch.optim.SparseAdam's
+            rule: only the touched rows and their moments change).
 - fastmlp dense: the same estimator on X.toarray() (2 GiB for 8,192 rows: fewer rows).
 Everything on one thread (single_threaded: threadpoolctl, torch, fastmlp); fastmlp's default
 thread count is reported too. Medians of --repeats runs, ratios from the same process.
@@ -69,16 +70,6 @@ def _fit_quietly(estimator, X, y):
 
 def fit_fastmlp(X, y, solver: str, hidden: int = HIDDEN, **extra):
     return _fit_quietly(fastmlp.MLPClassifier(**estimator_params(solver, hidden), **extra), X, y)
-
-
-def fit_fastmlp_lazy(X, y, solver: str, hidden: int = HIDDEN):
-    """The same epoch through MLP.fit with sparse_updates="lazy" (only the rows of W_0 a
-    batch touches move: torch.optim.SparseAdam's rule)."""
-    model = fastmlp.MLP([X.shape[1], hidden, 2], seed=0)
-    optimizer = (fastmlp.SGD(lr=LEARNING_RATES[solver]) if solver == "sgd"
-                 else fastmlp.Adam(lr=LEARNING_RATES[solver]))
-    return model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, seed=0,
-                     sparse_updates="lazy")
 
 
 def fit_sklearn(X, y, solver: str, hidden: int = HIDDEN):
@@ -165,7 +156,7 @@ def main(argv=None) -> int:
                 lambda: fit_fastmlp(X, y, solver, hidden), repeats)
             if solver == "adam":
                 rate["fastmlp lazy"] = samples / median_seconds(
-                    lambda: fit_fastmlp_lazy(X, y, solver, hidden), repeats)
+                    lambda: fit_fastmlp(X, y, solver, hidden, sparse_updates="lazy"), repeats)
             dense = X[:dense_samples].toarray()
             rate["fastmlp dense"] = dense_samples / median_seconds(
                 lambda: fit_fastmlp(dense, y[:dense_samples], solver, hidden), repeats)

@@ -1126,3 +1126,22 @@ def test_native_uniform_draws_are_numpys(dtype, shape):
     uniform_transposed_into(out2, rng, -1.0, 1.0)
     np.testing.assert_array_equal(out2, reference.uniform(-1.0, 1.0, shape).T.astype(dtype))
     assert rng.uniform() == reference.uniform()
+
+
+@stops_at_max_iter
+def test_sparse_updates_reaches_the_engine():
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = blobs(64, n_features=10)
+    X[X < 0.5] = 0
+    X[:, 3] = 0
+    X[0, 3] = 1.0  # column 3 is touched by one row only
+    fitted = {}
+    for mode in ("exact", "lazy"):
+        clf = MLPClassifier(hidden_layer_sizes=(6,), activation="tanh", solver="adam",
+                            batch_size=8, max_iter=3, shuffle=False, random_state=0,
+                            sparse_updates=mode)
+        fitted[mode] = clf.fit(sparse.csr_matrix(X), y).coefs_[0][3].copy()
+    # Lazy Adam moves row 3 of coefs_ at the one step that touches it; exact Adam goes on.
+    assert not np.allclose(fitted["exact"], fitted["lazy"])
+    with pytest.raises(ValueError, match="sparse_updates"):
+        MLPClassifier(sparse_updates="sometimes").fit(X, y)

@@ -144,6 +144,7 @@ class _BaseMLP(BaseEstimator):
         "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
                   Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "sparse_updates": [StrOptions({"exact", "lazy"})],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -152,7 +153,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None):
+                 dtype="float32", n_threads=None, sparse_updates="exact"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -178,6 +179,7 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.dtype = dtype
         self.n_threads = n_threads
+        self.sparse_updates = sparse_updates
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
@@ -495,7 +497,8 @@ class _BaseMLP(BaseEstimator):
                 model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                           shuffle=bool(self.shuffle) and batch_size < n,
                           seed=int(rng.randint(np.iinfo(np.int32).max)),
-                          callbacks=[after_epoch], sample_weight=sw, alpha=alpha)
+                          callbacks=[after_epoch], sample_weight=sw, alpha=alpha,
+                          sparse_updates=self.sparse_updates)
             except FloatingPointError as exc:
                 if not self.early_stopping:
                     raise ValueError("Solver produced non-finite parameter weights. The input "

@@ -161,6 +161,14 @@ _DOC_PARAMETERS = f"""
         core the process may use, or ``OMP_NUM_THREADS``, which joblib sets in its workers:
         ``GridSearchCV(n_jobs=...)`` needs no setting). Results do not depend on it; see
         docs/threads.md for when threads are used at all.
+
+    sparse_updates : {"exact", "lazy"}, default="exact"
+        With sparse X, the first layer's gradient is zero outside the columns a batch
+        touches. "exact": training as on the dense matrix (plain SGD updates only the touched
+        weights, which is exact; Adam, momentum and ``alpha`` move every weight each step,
+        Adam's moments decaying). "lazy": only the touched weights and their moments change
+        (``torch.optim.SparseAdam``'s rule), much faster with Adam on a large vocabulary, not
+        the same numbers. No effect on dense X or ``solver="lbfgs"``.
 """
 
 _DOC_ATTRIBUTES = """
@@ -286,7 +294,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None, class_weight=None):
+                 dtype="float32", n_threads=None, sparse_updates="exact", class_weight=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -295,7 +303,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype, n_threads=n_threads)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates)
         self.class_weight = class_weight
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -473,7 +481,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None, loss="squared_error"):
+                 dtype="float32", n_threads=None, sparse_updates="exact",
+                 loss="squared_error"):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -482,7 +491,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype, n_threads=n_threads)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates)
         self.loss = loss
 
     @_fit_context(prefer_skip_nested_validation=True)
