@@ -185,19 +185,29 @@ void TouchedColumns<T>::gradient_row(T* out, index_t t, const T* grad_a, index_t
 
 template <class T>
 void transpose_blocked(T* out, const T* in, index_t rows, index_t cols) {
-  constexpr index_t kTile = 32;
+  // Tiles of kTile × kTile: read along in's rows into an L1 buffer, transposed, then written
+  // as runs of kTile contiguous elements of out. Writing out element by element instead sends
+  // each store of a tile to a different line, and for 65,536-element rows (a power-of-two
+  // stride) all those lines fall into the same cache set: measured on the Zen 5 VM, 64 MB
+  // took 14-18 ms that way, 10-13 ms this way (a copy: 3.5 ms).
+  constexpr index_t kTile = 64;
   const index_t row_tiles = (rows + kTile - 1) / kTile;
   // A copy is memory-bound: split when the matrix is large (the 2 FLOPs per element stand
   // for its two memory accesses).
   const double work = 2.0 * static_cast<double>(rows) * static_cast<double>(cols);
   const int tasks = sparse_tasks(sparse_split_pays<T>(work));
   for_each_range(row_tiles, tasks, [&](index_t begin, index_t end) {
+    alignas(64) T tile[kTile * kTile];
     for (index_t rt = begin; rt < end; ++rt) {
-      const index_t r0 = rt * kTile, r1 = std::min(rows, r0 + kTile);
+      const index_t r0 = rt * kTile, n_rows = std::min(kTile, rows - r0);
       for (index_t c0 = 0; c0 < cols; c0 += kTile) {
-        const index_t c1 = std::min(cols, c0 + kTile);
-        for (index_t c = c0; c < c1; ++c)
-          for (index_t r = r0; r < r1; ++r) out[c * rows + r] = in[r * cols + c];
+        const index_t n_cols = std::min(kTile, cols - c0);
+        for (index_t r = 0; r < n_rows; ++r) {
+          const T* source = in + (r0 + r) * cols + c0;
+          for (index_t c = 0; c < n_cols; ++c) tile[c * kTile + r] = source[c];
+        }
+        for (index_t c = 0; c < n_cols; ++c)
+          std::copy_n(tile + c * kTile, n_rows, out + (c0 + c) * rows + r0);
       }
     }
   });

@@ -116,9 +116,9 @@ class TouchedColumns {
   std::vector<std::int64_t> next_;  // collect()'s fill position per column
 };
 
-// out (cols, rows) = inᵀ for in (rows, cols), both contiguous: 32×32 tiles, so that both
-// sides stream whole cache lines; tiles are split over the pool when the calling thread's
-// mode allows and the matrix is large.
+// out (cols, rows) = inᵀ for in (rows, cols), both contiguous: 64×64 tiles through an L1
+// buffer, so that both sides stream whole cache lines; tiles are split over the pool when the
+// calling thread's mode allows and the matrix is large.
 template <class T>
 void transpose_blocked(T* out, const T* in, index_t rows, index_t cols);
 
