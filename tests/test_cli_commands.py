@@ -218,6 +218,16 @@ def test_a_model_without_sidecar_predicts_class_indices(tmp_path, capsys):
     assert code == 0 and out.startswith("accuracy ")
 
 
+@pytest.mark.parametrize("name, optimizer", [("adam", "Adam(lr=0.003"), ("adamw", "AdamW(lr=0.003"),
+                                             ("sgd", "SGD(lr=0.01, momentum=0.9")])
+def test_train_optimizers_and_their_defaults(tmp_path, data_csv, capsys, name, optimizer):
+    code, out, err = run(capsys, "train", data_csv, "--target", "label", "--epochs", "1",
+                         "--optimizer", name, "--out", tmp_path / "m.npz")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "m.npz.meta.json").read_text())
+    assert meta["training"]["optimizer"].startswith(optimizer), meta["training"]["optimizer"]
+
+
 def test_quiet_prints_nothing(tmp_path, data_csv, capsys):
     code, out, err = run(capsys, "train", data_csv, "--target", "label", "--epochs", "2",
                          "--out", tmp_path / "m.npz", "--quiet")

@@ -243,11 +243,12 @@ class Progress:
 
 
 def _optimizer(name: str, lr: float | None):
-    from fastmlp import SGD, Adam
+    """The command line's optimizers; its defaults are README.md's "Training defaults"."""
+    from fastmlp import SGD, Adam, AdamW
 
     if name == "sgd":
         return SGD(lr=0.01 if lr is None else lr, momentum=0.9)
-    return Adam(lr=3e-3 if lr is None else lr)
+    return (AdamW if name == "adamw" else Adam)(lr=3e-3 if lr is None else lr)
 
 
 def _say(args, *parts) -> None:
@@ -590,10 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hidden layer sizes, comma-separated (default 128,64)")
     train.add_argument("--epochs", type=_positive(int), default=30, help="default 30")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                       help="adam (default) or sgd (with momentum 0.9)")
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
+                       help="adam (default), adamw (weight decay 0.01) or sgd (with momentum "
+                            "0.9)")
     train.add_argument("--lr", type=_positive(float), default=None,
-                       help="learning rate (default 0.003 for adam, 0.01 for sgd)")
+                       help="learning rate (default 0.003 for adam and adamw, 0.01 for sgd)")
     train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",
                        help="fraction of each class (regression: of the rows) held out for "
                             "validation (default 0.2; 0 for none)")
