@@ -134,7 +134,7 @@ def test_a_pandas_index_column_is_dropped_with_a_warning(tmp_path, data_csv, cap
     code, out, err = run(capsys, "train", tmp_path / "indexed.csv", "--target", "label",
                          "--epochs", "2", "--out", tmp_path / "m.npz")
     assert code == 0
-    assert err == (f"fastmlp: note: '{tmp_path / 'indexed.csv'}': dropped the first column '', "
+    assert err == (f"fastmlp: warning: '{tmp_path / 'indexed.csv'}': dropped the first column '', "
                    "a row index 0..89 (as pandas' to_csv writes it), not a feature\n")
     assert MLP.load(tmp_path / "m.npz").n_features == 3
     meta = json.loads((tmp_path / "m.npz.meta.json").read_text())

@@ -308,9 +308,10 @@ def _random_holdout(n: int, fraction: float, seed) -> np.ndarray:
     return held_out
 
 
-def _note(args, message: str) -> None:
+def _note(args, message: str, kind: str = "note") -> None:
+    """One line ``fastmlp: note: ...`` (or another kind) on stderr, unless --quiet."""
     if not getattr(args, "quiet", False):
-        print(f"fastmlp: note: {message}", file=sys.stderr, flush=True)
+        print(f"fastmlp: {kind}: {message}", file=sys.stderr, flush=True)
 
 
 def _regression_scores(model, X: np.ndarray, targets: np.ndarray, target_scaler):
@@ -339,7 +340,7 @@ def run_train(args) -> int:
         _check_output(args.plot, "--plot")
     table = read_table(args.data, target=args.target, need_target=True)
     for note in table.notes:
-        _note(args, note)
+        _note(args, note, "warning")
     source = f"{table.path!r} {'array' if is_npz else 'column'} {table.target!r}"
     task = args.task
     if task is None:
@@ -445,7 +446,7 @@ def _load_for_inference(args, need_target: bool):
                        feature_names=meta.feature_names if meta else None,
                        need_target=need_target, npz_fallback=args.target is None)
     for note in table.notes:
-        _note(args, note)
+        _note(args, note, "warning")
     if table.X.shape[1] != model.n_features:
         raise DataError(f"{describe_path(table.path)} has {table.X.shape[1]} features but the "
                         f"model expects {model.n_features}")
@@ -457,8 +458,8 @@ def _load_for_inference(args, need_target: bool):
             if meta and meta.target_scaler:
                 y = meta.target_scaler.transform(y[:, None])[:, 0]
         else:
-            classes = meta.classes if meta else list(range(model.n_classes))
-            y = labels_to_indices(table.labels, classes, describe_path(table.path))
+            y = labels_to_indices(table.labels, _class_labels(model, meta),
+                                  describe_path(table.path))
     return model, meta, X, y
 
 
@@ -484,7 +485,7 @@ def _prediction_rows(model, meta, X) -> list[list[str]]:
     return [[str(i)] for i in predicted]
 
 
-def _probability_rows(model, meta, X) -> list[list[str]]:
+def _probability_rows(model, X) -> list[list[str]]:
     """One row of text per sample: the probability of each class (of each label, for a
     multilabel model), 6 significant digits."""
     if not model.is_classifier:
@@ -503,7 +504,7 @@ def run_predict(args) -> int:
         _check_output(args.out, "--out")
     model, meta, X, _ = _load_for_inference(args, need_target=False)
     if args.proba:
-        rows = _probability_rows(model, meta, X)
+        rows = _probability_rows(model, X)
         header = [str(c) for c in _class_labels(model, meta)]
     else:
         rows = _prediction_rows(model, meta, X)
