@@ -1,11 +1,14 @@
 """Three interleaved spirals: classes that no straight lines separate, separated by a small
 MLP ([2, 32, 3]: 2 inputs, 32 ReLU units, 3 classes). Prints the accuracy and, when matplotlib
 is installed (``pip install 'fastmlp[plot]'``), draws the decision regions to
-``spirals_decision_boundary.png`` beside this file.
+``spirals_decision_boundary.png`` in the output directory (``--out``, default
+``fastmlp-examples-output`` in the current directory; the picture committed beside this file
+is never overwritten).
 
-    python examples/spirals.py
+    python examples/spirals.py [--out DIR]
 """
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,12 @@ def spirals(n_per_class=200, n_classes=3, noise=0.2, seed=0):
     return np.concatenate(X).astype(np.float32), np.concatenate(y)
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("fastmlp-examples-output"),
+                        metavar="DIR", help="where the picture goes (default "
+                                            "./fastmlp-examples-output, created if missing)")
+    args = parser.parse_args(argv)
     X, y = spirals()
     linear = fastmlp.MLP([2, 3], seed=0)  # no hidden layer: straight boundaries only
     linear.fit(X, y, epochs=200, batch_size=32, optimizer=fastmlp.Adam(lr=1e-2), seed=0)
@@ -38,7 +46,8 @@ def main():
 
     try:
         from fastmlp.plot import decision_boundary
-        path = Path(__file__).with_name("spirals_decision_boundary.png")
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "spirals_decision_boundary.png"
         decision_boundary(model, X, y, path=path)
         print(f"wrote {path}")
     except ImportError:

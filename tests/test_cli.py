@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+import fastmlp
 from fastmlp import cli
 from fastmlp.datasets import load_digits
 
@@ -25,6 +26,26 @@ def test_demo_reaches_95_percent_and_reports_progress():
     assert accuracy >= 0.95
     assert text.count("epoch ") == 30 and "samples/s" in text and "val_accuracy" in text
     assert f"test accuracy {accuracy:.4f}" in text
+
+
+def test_demo_tests_on_images_it_neither_trains_nor_validates_on(monkeypatch):
+    seen = {}
+
+    def fit(model, X, y, validation_data, **kwargs):
+        seen["train"], seen["validation"] = X, validation_data[0]
+
+    def score(model, X, y):
+        seen["test"] = X
+        return 1.0
+
+    monkeypatch.setattr(fastmlp.MLP, "fit", fit)
+    monkeypatch.setattr(fastmlp.MLP, "score", score)
+    cli.run_demo(out=io.StringIO())
+    rows = {name: {tuple(row) for row in X} for name, X in seen.items()}  # digits: no duplicates
+    X, _ = load_digits()
+    assert len(seen["test"]) == 355 and len(seen["validation"]) == 285
+    assert len(seen["train"]) + 285 + 355 == len(X)
+    assert not rows["test"] & (rows["train"] | rows["validation"])
 
 
 def test_python_dash_m_runs_the_demo():

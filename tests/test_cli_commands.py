@@ -2,6 +2,7 @@
 sidecar, progress output, and one-line errors with their exit statuses."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import fastmlp
 from fastmlp import MLP, cli
 
 CLASSES = ["bird", "cat", "dog"]
@@ -101,6 +103,61 @@ def test_predict_out_writes_a_csv(trained, data_csv, tmp_path, capsys):
     assert {r[0] for r in rows[1:]} <= set(CLASSES)
 
 
+@pytest.mark.parametrize("to_file", [False, True])
+def test_predict_proba_writes_a_column_per_class(trained, data_csv, tmp_path, capsys, to_file):
+    out_path = tmp_path / "proba.csv"
+    code, out, err = run(capsys, "predict", trained, data_csv, "--proba",
+                         *(["--out", out_path] if to_file else []))
+    assert code == 0, err
+    text = out_path.read_text() if to_file else out
+    assert (f"wrote 90 probabilities to {out_path}" in out) == to_file
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == CLASSES and len(rows) == 91  # the class labels name the columns
+    probabilities = np.array(rows[1:], dtype=float)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    _, labels, _ = run(capsys, "predict", trained, data_csv)
+    assert [CLASSES[k] for k in probabilities.argmax(axis=1)] == labels.split()
+
+
+def test_predict_proba_of_a_regression_model_is_a_usage_error(tmp_path, data_csv, capsys):
+    MLP([3, 4, 1], output="identity", seed=0).save(tmp_path / "reg.npz")
+    code, out, err = run(capsys, "predict", tmp_path / "reg.npz", data_csv, "--target", "label",
+                         "--proba", "--out", tmp_path / "p.csv")
+    assert code == 2 and out == "" and not (tmp_path / "p.csv").exists()
+    assert "--proba needs a classifier; the model is a regression model" in one_line_error(err)
+
+
+def test_a_pandas_index_column_is_dropped_with_a_warning(tmp_path, data_csv, capsys):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(data_csv)
+    frame.to_csv(tmp_path / "indexed.csv")  # the index, 0..89, as an unnamed first column
+    code, out, err = run(capsys, "train", tmp_path / "indexed.csv", "--target", "label",
+                         "--epochs", "2", "--out", tmp_path / "m.npz")
+    assert code == 0
+    assert err == (f"fastmlp: warning: '{tmp_path / 'indexed.csv'}': dropped the first column '', "
+                   "a row index 0..89 (as pandas' to_csv writes it), not a feature\n")
+    assert MLP.load(tmp_path / "m.npz").n_features == 3
+    meta = json.loads((tmp_path / "m.npz.meta.json").read_text())
+    assert meta["feature_names"] == ["height", "weight", "age"]
+    frame.to_csv(tmp_path / "named.csv", index_label="Unnamed: 0")  # as pandas reads it back
+    code, _, err = run(capsys, "predict", tmp_path / "m.npz", tmp_path / "named.csv")
+    assert code == 0 and "dropped the first column 'Unnamed: 0'" in err
+
+
+@pytest.mark.parametrize("first", [
+    ["", "5", "1", "2"],            # not 0..n-1 in order: data
+    ["id", "0", "1", "2"],          # named: a feature the user chose to keep
+])
+def test_only_an_unnamed_row_index_is_dropped(tmp_path, capsys, first):
+    rows = [[first[0], "x", "label"]] + [[v, str(i * 0.5), "ab"[i % 2]]
+                                         for i, v in enumerate(first[1:])]
+    (tmp_path / "d.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    code, _, err = run(capsys, "train", tmp_path / "d.csv", "--target", "label", "--epochs", "1",
+                       "--out", tmp_path / "m.npz")
+    assert code == 0 and "dropped" not in err
+    assert MLP.load(tmp_path / "m.npz").n_features == 2
+
+
 def test_predict_selects_feature_columns_by_name(trained, data_csv, tmp_path, capsys):
     X, labels = blobs()
     shuffled = write_csv(tmp_path / "reordered.csv", X, labels,
@@ -161,6 +218,16 @@ def test_a_model_without_sidecar_predicts_class_indices(tmp_path, capsys):
     assert code == 0 and out.startswith("accuracy ")
 
 
+@pytest.mark.parametrize("name, optimizer", [("adam", "Adam(lr=0.003"), ("adamw", "AdamW(lr=0.003"),
+                                             ("sgd", "SGD(lr=0.01, momentum=0.9")])
+def test_train_optimizers_and_their_defaults(tmp_path, data_csv, capsys, name, optimizer):
+    code, out, err = run(capsys, "train", data_csv, "--target", "label", "--epochs", "1",
+                         "--optimizer", name, "--out", tmp_path / "m.npz")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "m.npz.meta.json").read_text())
+    assert meta["training"]["optimizer"].startswith(optimizer), meta["training"]["optimizer"]
+
+
 def test_quiet_prints_nothing(tmp_path, data_csv, capsys):
     code, out, err = run(capsys, "train", data_csv, "--target", "label", "--epochs", "2",
                          "--out", tmp_path / "m.npz", "--quiet")
@@ -195,6 +262,53 @@ def test_progress_lines_without_tqdm(tmp_path, data_csv, capsys, monkeypatch):
     assert len(lines) == 3
     assert lines[-1].startswith("epoch 3/3  step 9/9  loss ")
     assert "val_accuracy" in lines[-1] and lines[-1].endswith("samples/s")
+
+
+def progress_segments(text):
+    """What a terminal would show as lines: tqdm redraws with \\r."""
+    return [segment for segment in text.replace("\r", "\n").split("\n") if segment]
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+@pytest.mark.parametrize("bar", [True, False])
+def test_progress_fits_the_terminal_with_every_field(columns, bar, monkeypatch):
+    if bar:
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setattr(cli, "_tqdm", lambda: None)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    stream = io.StringIO()
+    progress = cli.Progress(1000, 1000, stream)
+    history = fastmlp.History()
+    for _ in range(1000):  # a long fit of many steps at a high rate: the widest numbers
+        history.loss.append(1.2345e-05)
+        history.val_loss.append(0.5)
+        history.val_accuracy.append(0.98765)
+        history.samples_per_second.append(12_345_678.0)
+        progress(None, history)
+    progress.close()
+    segments = progress_segments(stream.getvalue())
+    assert all(len(segment) <= columns for segment in segments), segments
+    last = segments[-1]
+    for field in ("1000/1000", "step 1", "loss 1.234e-05", "val_acc", "0.9877", "12", "/s"):
+        assert field in last, (field, last)
+    assert "0.0000" not in last
+    assert ("|" in last) == (bar and columns == 80)  # a bar where there is room for one
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_train_progress_fits_the_terminal(tmp_path, data_csv, capsys, monkeypatch, columns):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(cli, "_is_terminal", lambda stream: True)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, _ = run(capsys, "train", data_csv, "--target", "label", "--epochs", "3",
+                       "--out", tmp_path / "m.npz")
+    assert code == 0
+    bars = [segment for segment in progress_segments(out)
+            if segment.startswith(("3/3", "epoch 3/3"))]
+    assert bars and all(len(segment) <= columns for segment in bars), bars
+    assert "step 9/9" in bars[-1] and "loss " in bars[-1] and "val_acc" in bars[-1] \
+        and "/s" in bars[-1]
 
 
 def test_plot_writes_the_training_curves(tmp_path, data_csv, capsys):
@@ -248,7 +362,8 @@ def test_data_errors_are_one_line_and_exit_1(tmp_path, data_csv, trained, capsys
     bad.write_text("a,b,label\n1,2,x\n3,4,x\n")
     check(["train", bad, "--target", "label", "--out", model], "a single class")
     bad.write_text("a,b,label\n1,2,0.5\n3,4,1.25\n")
-    check(["train", bad, "--target", "label", "--out", model], "non-integer numbers")
+    check(["train", bad, "--target", "label", "--task", "classification", "--out", model],
+          "non-integer numbers")
     bad.write_text("")
     check(["train", bad, "--target", "label", "--out", model], "is empty")
     assert not model.exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import MLP, SGD, Adam
+from fastmlp import MLP, SGD, Adam, AdamW
 
 
 def numpy_forward(model, X):
@@ -392,12 +392,29 @@ def test_fit_history_with_validation():
     (dict(epochs=0), ValueError, "epochs"),
     (dict(batch_size=-3), ValueError, "batch_size"),
     (dict(batch_size=2.0), TypeError, "batch_size"),
-    (dict(optimizer="adam"), TypeError, "optimizer"),
+    (dict(optimizer=0.01), TypeError, "optimizer"),
+    (dict(optimizer="rmsprop"), ValueError, "unknown optimizer 'rmsprop'.*'sgd', 'adam', 'adamw'"),
     (dict(validation_data=np.ones((3, 2))), TypeError, "validation_data"),
 ])
 def test_bad_fit_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         MLP([2, 3], seed=0).fit(np.ones((4, 2)), np.array([0, 1, 2, 0]), **kwargs)
+
+
+@pytest.mark.parametrize("name, optimizer", [
+    ("sgd", SGD(lr=0.01)), ("Adam", Adam(lr=1e-3)), ("ADAMW", AdamW(lr=1e-3, weight_decay=0.01)),
+])
+def test_fit_accepts_an_optimizer_by_name_with_its_class_defaults(name, optimizer):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 2)), rng.integers(0, 3, size=40)
+    by_name, by_object = MLP([2, 4, 3], seed=0), MLP([2, 4, 3], seed=0)
+    by_name.fit(X, y, epochs=3, optimizer=name, seed=0)
+    by_object.fit(X, y, epochs=3, optimizer=optimizer, seed=0)
+    for a, b in zip(by_name.weights + by_name.biases, by_object.weights + by_object.biases):
+        np.testing.assert_array_equal(a, b)
+    assert type(fastmlp.optim.by_name(name)) is type(optimizer)
+    assert fastmlp.optim.by_name(name).state_dict()["hyperparameters"] == \
+        optimizer.state_dict()["hyperparameters"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

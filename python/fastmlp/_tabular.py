@@ -10,13 +10,27 @@ strings or numbers; they are mapped to class indices 0..K-1 in sorted order (num
 when every label is a number; numbers compare exactly, so integers beyond 2**53 stay distinct)
 and the original labels are kept in the sidecar.
 
+The task: a classifier of those labels, or a regression of a numeric target. ``infer_task``
+picks regression when every target is a number and either some target is not an integer
+(scikit-learn's ``type_of_target`` "continuous") or the integers take more than 20 distinct
+values, more than 5 % of the rows (a count, a price in cents, a year: not class labels);
+``--task`` overrides it. A regression model learns the standardised target,
+t' = (t - target_mean) / target_std (training rows' mean and std), and its predictions are
+mapped back.
+
+A CSV written by pandas ``df.to_csv(path)`` starts with the frame's index: a column of empty
+name (or ``Unnamed: 0``, as pandas reads it back) holding 0, 1, ..., N-1 in order. It is not a
+feature: ``read_table`` drops it and says so in ``Table.notes``.
+
 The sidecar (JSON, UTF-8) keeps what ``MLP.save`` does not, so the ``.npz`` stays a plain
 model that ``MLP.load`` reads::
 
     {"format": "fastmlp.cli-metadata", "format_version": 1,
      "model_sha256": hex digest of the model file it belongs to,
      "target": target column name or null,
-     "classes": [original label of class 0, ..., of class K-1],
+     "task": "classification" or "regression" (absent in older sidecars: classification),
+     "classes": [original label of class 0, ..., of class K-1] (null for regression),
+     "target_mean": float, "target_std": float,                # regression only
      "feature_names": [F column names] or null (positional features),
      "feature_mean": [F floats], "feature_std": [F floats],   # x' = (x - mean) / std
      "training": {settings the model was trained with, for the record}}
@@ -44,13 +58,19 @@ import numpy as np
 
 from fastmlp.io import npz_names, read_npz, save_model
 
-__all__ = ["DataError", "Table", "read_table", "encode_labels", "Standardizer", "ModelMeta",
-           "meta_path", "meta_document", "write_meta", "save_with_meta", "read_meta", "atomic_write", "describe_path"]
+__all__ = ["DataError", "Table", "read_table", "encode_labels", "infer_task", "numeric_targets",
+           "Standardizer", "ModelMeta", "meta_path", "meta_document", "write_meta",
+           "save_with_meta", "read_meta", "atomic_write", "describe_path"]
 
 META_FORMAT = "fastmlp.cli-metadata"
 META_VERSION = 1
 _MAX_META_BYTES = 64 << 20
 META_SUFFIX = ".meta.json"
+TASKS = ("classification", "regression")
+# infer_task: integer targets with more distinct values than both of these are a quantity.
+MAX_CLASSES_INFERRED = 20
+MAX_CLASS_FRACTION_INFERRED = 0.05
+INDEX_COLUMN_NAMES = ("", "Unnamed: 0")
 
 
 class DataError(Exception):
@@ -70,6 +90,7 @@ class Table:
 
     X: (N, F) float64, finite. labels: (N,) as read (str for CSV), or None when the file has
     no target. feature_names: the F column names, or None for a ``.npz`` without names.
+    notes: warnings about the file for the user (a dropped index column).
     """
 
     path: str
@@ -77,6 +98,7 @@ class Table:
     labels: np.ndarray | None
     feature_names: list[str] | None
     target: str | None
+    notes: list[str] = field(default_factory=list)
 
 
 def _is_npz(path: str) -> bool:
@@ -206,6 +228,12 @@ def _read_csv(path: str, target: str | None, feature_names: list[str] | None,
         raise DataError(f"{name}: the header names column {duplicates[0]!r} more than once")
     if not rows:
         raise DataError(f"{name} has a header but no data rows")
+    notes = []
+    if _is_index_column(header, rows, target, feature_names):
+        notes.append(f"{name}: dropped the first column {header[0]!r}, a row index 0.."
+                     f"{len(rows) - 1} (as pandas' to_csv writes it), not a feature")
+        header = header[1:]
+        rows = [row[1:] for row in rows]
 
     columns = ", ".join(header)
     if target is not None and target not in header:
@@ -241,7 +269,20 @@ def _read_csv(path: str, target: str | None, feature_names: list[str] | None,
         if empty.size:
             raise DataError(f"{name} line {lines[empty[0]]}: the target column {target!r} "
                             "is empty")
-    return Table(path, X, labels, selected, target)
+    return Table(path, X, labels, selected, target, notes)
+
+
+def _is_index_column(header: list[str], rows: list[list[str]], target: str | None,
+                     feature_names: list[str] | None) -> bool:
+    """Whether the first column is a row index: unnamed (pandas' to_csv, or "Unnamed: 0") and
+    holding 0, 1, ..., N-1 in order, and neither the target nor a feature the caller asked
+    for by name."""
+    first = header[0]
+    if first not in INDEX_COLUMN_NAMES or first == target or len(header) < 2:
+        return False
+    if feature_names is not None and first in feature_names:
+        return False
+    return all(row[0] == str(i) for i, row in enumerate(rows))
 
 
 def _numeric_column(text: np.ndarray, column: str, lines: list[int], name: str) -> np.ndarray:
@@ -330,13 +371,46 @@ def encode_labels(labels: np.ndarray, source: str) -> tuple[list, np.ndarray]:
         fractional = [v for kind, v in first if not _is_integral(v)]
         if fractional:
             raise DataError(f"{source}: the labels hold non-integer numbers (e.g. "
-                            f"{fractional[0]:g}); fastmlp trains classifiers, so the target "
-                            "must be class labels, not a continuous quantity")
+                            f"{fractional[0]:g}); a classifier needs class labels (train "
+                            "with --task regression for a continuous quantity)")
     ordered = sorted(first, key=lambda key: key[1]) if numeric else \
         sorted(first, key=lambda key: str(key[1]))
     index = {key: i for i, key in enumerate(ordered)}
     y = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
     return [_json_label(first[key]) for key in ordered], y
+
+
+def infer_task(labels: np.ndarray) -> tuple[str, str]:
+    """("classification" or "regression", why) for raw targets (N,), by the rule of this
+    module's documentation."""
+    if labels.dtype.kind == "b":
+        return "classification", "boolean labels"
+    keys = {_label_key(value) for value in labels.tolist()}
+    if any(kind != "n" for kind, _ in keys):
+        return "classification", "text labels"
+    n, distinct = len(labels), len(keys)
+    if not all(_is_integral(value) for _, value in keys):
+        return "regression", f"non-integer numbers, {distinct} distinct values in {n} rows"
+    if distinct > MAX_CLASSES_INFERRED and distinct > MAX_CLASS_FRACTION_INFERRED * n:
+        return "regression", f"integers of {distinct} distinct values in {n} rows"
+    return "classification", f"integers of {distinct} distinct values in {n} rows"
+
+
+def numeric_targets(labels: np.ndarray, source: str) -> np.ndarray:
+    """The targets (N,) float64 of a regression: numbers, finite."""
+    if labels.dtype.kind not in "iufUS":
+        raise DataError(f"{source}: a regression model needs numeric targets, got dtype "
+                        f"{labels.dtype}")
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        raise DataError(f"{source}: a regression model needs numeric targets (the target "
+                        "column holds text)") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise DataError(f"{source}: target {labels[bad[0]]!r} (row {bad[0] + 1}) is not a "
+                        "finite number")
+    return values
 
 
 def labels_to_indices(labels: np.ndarray, classes: list, source: str) -> np.ndarray:
@@ -395,11 +469,16 @@ class Standardizer:
 
 @dataclass
 class ModelMeta:
-    classes: list
+    """What the sidecar holds. classes: the K original labels (None for regression);
+    target_scaler: the regression target's standardisation, mean and std of shape (1,)."""
+
+    classes: list | None
     feature_names: list[str] | None
     target: str | None
     scaler: Standardizer
     training: dict = field(default_factory=dict)
+    task: str = "classification"
+    target_scaler: Standardizer | None = None
 
 
 def meta_path(model_path) -> str:
@@ -428,12 +507,16 @@ def meta_document(meta: ModelMeta, model_sha256: str) -> bytes:
         "format_version": META_VERSION,
         "model_sha256": model_sha256,
         "target": meta.target,
+        "task": meta.task,
         "classes": meta.classes,
         "feature_names": meta.feature_names,
         "feature_mean": [float(v) for v in meta.scaler.mean],
         "feature_std": [float(v) for v in meta.scaler.std],
         "training": meta.training,
     }
+    if meta.target_scaler is not None:
+        document["target_mean"] = float(meta.target_scaler.mean[0])
+        document["target_std"] = float(meta.target_scaler.std[0])
     try:
         text = json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -498,18 +581,34 @@ def read_meta(model_path, model) -> ModelMeta | None:
         mean = np.array(document["feature_mean"], dtype=np.float64)
         std = np.array(document["feature_std"], dtype=np.float64)
         target = document["target"]
+        task = document.get("task", "classification")
         n = model.n_features
-        if not isinstance(classes, list):
+        target_scaler = None
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if (task == "classification") != model.is_classifier:
+            raise ValueError(f"it describes a {task} model but the model's output is "
+                             f"{model.output!r}")
+        if task == "regression":
+            if classes is not None:
+                raise ValueError("classes must be null for a regression model")
+            target_scaler = Standardizer(
+                np.array([document["target_mean"]], dtype=np.float64),
+                np.array([document["target_std"]], dtype=np.float64))
+            if not (np.isfinite(target_scaler.mean).all() and np.isfinite(target_scaler.std)
+                    .all() and (target_scaler.std > 0).all()):
+                raise ValueError("target_mean / target_std must be finite numbers (std > 0)")
+        elif not isinstance(classes, list):
             raise ValueError("classes must be a list")
-        if len(classes) != model.n_classes:
+        elif len(classes) != model.n_classes:
             raise ValueError(f"it lists {len(classes)} classes but the model has "
                              f"{model.n_classes}")
-        for label in classes:
+        for label in classes or []:
             if not isinstance(label, (str, int, float, bool)) or \
                     (isinstance(label, float) and not math.isfinite(label)):
                 raise ValueError(f"class labels must be strings, numbers or booleans, "
                                  f"got {type(label).__name__}")
-        if len({_label_key(c) for c in classes}) != len(classes):
+        if classes and len({_label_key(c) for c in classes}) != len(classes):
             raise ValueError("classes lists one label more than once")
         if names is not None and (not isinstance(names, list) or len(names) != n
                                   or not all(isinstance(c, str) for c in names)):
@@ -527,4 +626,4 @@ def read_meta(model_path, model) -> ModelMeta | None:
                         "(checksum mismatch): retrain, or delete the sidecar to use the model "
                         "without its labels and scaling")
     return ModelMeta(classes, names, target, Standardizer(mean, std),
-                     document.get("training") or {})
+                     document.get("training") or {}, task, target_scaler)

@@ -21,7 +21,7 @@ from fastmlp import _core, io
 from fastmlp._threads import one_thread_fallback_message
 from fastmlp._sparse import SparseInput, sparse_updates_mode
 from fastmlp._validation import positive_float, positive_int, sample_weights
-from fastmlp.optim import SGD, Optimizer
+from fastmlp.optim import SGD, Optimizer, by_name
 
 __all__ = ["History", "fit"]
 
@@ -121,8 +121,11 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     if optimizer is None:
         optimizer = SGD(lr=0.01)
+    elif isinstance(optimizer, str):
+        optimizer = by_name(optimizer)
     elif not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a fastmlp optimizer (SGD, Adam), got {optimizer!r}")
+        raise TypeError(f"optimizer must be a fastmlp optimizer (SGD, Adam, AdamW) or its name, "
+                        f"got {optimizer!r}")
     callbacks = list(callbacks or [])
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be callables taking (model, history)")

@@ -3,11 +3,12 @@
     fastmlp demo                       train a digits classifier (also plain ``fastmlp``
                                        and ``python -m fastmlp``): a quick check
     fastmlp train DATA --target COL    train on a CSV (header row) or .npz (X, y); writes
-                                       model.npz and its sidecar model.npz.meta.json
+                                       model.npz and its sidecar model.npz.meta.json;
+                                       --task classification|regression (default inferred)
     fastmlp predict MODEL DATA         print (or --out write) one predicted label per row
-                                       (a regression model's values)
-    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data (R² and loss for
-                                       a regression model)
+                                       (a regression model's values; --proba: probabilities)
+    fastmlp evaluate MODEL DATA        accuracy and loss on labelled data (R², RMSE and loss
+                                       for a regression model)
     fastmlp bench                      fastmlp vs NumPy (and PyTorch) training throughput
 
 Data files, labels, feature standardisation and the sidecar are described in
@@ -23,6 +24,7 @@ import argparse
 import importlib.util
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -85,7 +87,9 @@ def _fraction(text: str) -> float:
 
 def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int = 32,
              lr: float = 3e-3, seed: int = 0, out=None) -> float:
-    """Train on the bundled digits (80/20 split, stratified); returns the test accuracy."""
+    """Train on the bundled digits; returns the accuracy on a test split that neither training
+    nor the per-epoch validation sees. Splits (each stratified): 20 % test, then 20 % of the
+    rest validation, 64 % of all training."""
     out = out or sys.stdout
     from fastmlp import MLP, Adam, __version__, ops
     from fastmlp.datasets import load_digits
@@ -93,19 +97,22 @@ def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int 
     X, y = load_digits()
     X = X / 16.0  # pixel counts 0..16 -> [0, 1]
     test = _stratified_holdout(y, 0.2, seed)
-    X_train, y_train, X_test, y_test = X[~test], y[~test], X[test], y[test]
+    rest = np.flatnonzero(~test)
+    validation = rest[_stratified_holdout(y[rest], 0.2, seed)]
+    train = np.setdiff1d(rest, validation)
 
     hidden = hidden or [128]
     model = MLP([X.shape[1], *hidden, 10], seed=seed)
     print(f"fastmlp {__version__} ({ops.isa()} kernels): {model!r}", file=out)
-    print(f"digits: {len(y_train)} training and {len(y_test)} held-out images", file=out)
+    print(f"digits: {len(train)} training, {len(validation)} validation and {test.sum()} "
+          "test images", file=out)
     started = time.perf_counter()
-    model.fit(X_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=Adam(lr=lr),
-              seed=seed, validation_data=(X_test, y_test), verbose=out)
+    model.fit(X[train], y[train], epochs=epochs, batch_size=batch_size, optimizer=Adam(lr=lr),
+              seed=seed, validation_data=(X[validation], y[validation]), verbose=out)
     elapsed = time.perf_counter() - started
-    accuracy = model.score(X_test, y_test)
+    accuracy = model.score(X[test], y[test])
     print(f"trained {epochs} epochs in {elapsed:.2f} s "
-          f"({epochs * len(y_train) / elapsed:,.0f} samples/s); test accuracy {accuracy:.4f}",
+          f"({epochs * len(train) / elapsed:,.0f} samples/s); test accuracy {accuracy:.4f}",
           file=out)
     return accuracy
 
@@ -139,31 +146,93 @@ def _tqdm():
     return tqdm
 
 
-class Progress:
-    """An ``MLP.fit`` callback showing epoch, step, loss, validation accuracy and samples/s
-    after every epoch: a tqdm bar when tqdm is installed, else one line per epoch."""
+def _terminal_columns() -> int:
+    """The terminal's width: $COLUMNS when set, else the terminal's, else 80."""
+    return shutil.get_terminal_size((80, 24)).columns
 
-    def __init__(self, epochs: int, steps_per_epoch: int, stream) -> None:
+
+def _si(value: float) -> str:
+    """12,345 -> "12k", 3,456,789 -> "3.5M", 1,000,000 -> "1M": at most 4 characters."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            scaled = value / limit
+            digits = f"{scaled:.1f}".removesuffix(".0") if scaled < 10 else f"{scaled:.0f}"
+            return digits + suffix
+    return f"{value:.0f}"
+
+
+def _literal(text: str) -> str:
+    """Text as a tqdm bar_format that shows it as is."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class Progress:
+    """An ``MLP.fit`` callback showing epoch, step, loss, the validation score (accuracy, or a
+    regression's RMSE in the target's units) and samples/s after every epoch: a tqdm bar when
+    tqdm is installed, else one line per epoch. Lines fit the terminal's width: the fields are
+    written more tersely, then the bar left out, as the width shrinks (losses to 4 significant
+    digits)."""
+
+    MIN_BAR = 10  # columns; a narrower bar says nothing
+
+    def __init__(self, epochs: int, steps_per_epoch: int, stream, target_scaler=None) -> None:
         self.epochs, self.steps_per_epoch, self.stream = epochs, steps_per_epoch, stream
+        self.target_std = None if target_scaler is None else float(target_scaler.std[0])
         bar = _tqdm()
         self.bar = None if bar is None else bar(
-            total=epochs, desc="epoch", unit="epoch", file=stream, dynamic_ncols=True,
-            leave=True)
+            total=epochs, file=stream, ncols=_terminal_columns(), leave=True,
+            bar_format="{n_fmt}/{total_fmt}")
+
+    def _layouts(self, history) -> list[tuple[str, str, str]]:
+        """(left of the bar, right of it, the space between fields), the longest first."""
+        epoch = history.epochs
+        steps = (epoch * self.steps_per_epoch, self.epochs * self.steps_per_epoch)
+        loss = f"{history.loss[-1]:.4g}"
+        score = None
+        if history.val_accuracy:
+            score = ("val_accuracy", "val_acc", f"{history.val_accuracy[-1]:.4f}")
+        elif history.val_loss and self.target_std is not None:  # val_loss = mean ½ error²
+            rmse = math.sqrt(2 * history.val_loss[-1]) * self.target_std
+            score = ("val_rmse", "val_rmse", f"{rmse:.4g}")
+        rate = history.samples_per_second[-1]
+        layouts = []
+        exact, rounded = "{}/{}".format(*steps), "{}/{}".format(*map(_si, steps))
+        for separator, short, step, samples in (
+                ("  ", False, exact, f"{rate:,.0f} samples/s"),
+                (" ", True, exact, f"{rate:,.0f} samples/s"),
+                (" ", True, exact, f"{_si(rate)} samples/s"),
+                (" ", True, exact, f"{_si(rate)}/s"),
+                (" ", True, rounded, f"{_si(rate)}/s")):
+            fields = [f"step {step}", f"loss {loss}"]
+            if score:
+                fields.append(f"{score[1] if short else score[0]} {score[2]}")
+            fields.append(samples)
+            left = f"{epoch}/{self.epochs}" if short else f"epoch {epoch}/{self.epochs}"
+            layouts.append((left, separator.join(fields), separator))
+        return layouts
+
+    def line(self, history, width: int, with_bar: bool) -> tuple[str, str | None]:
+        """(left, right) of the longest layout that fits ``width`` columns, with a bar of at
+        least MIN_BAR columns between them when ``with_bar`` and there is room for one (right
+        None: no bar; left is then the whole line, cut to the width if nothing fits)."""
+        layouts = self._layouts(history)
+        if with_bar:
+            for left, right, _ in layouts:
+                if len(left) + len(right) + 4 + self.MIN_BAR <= width:  # "left |bar| right"
+                    return left, right
+        lines = [f"{left}{separator}{right}" for left, right, separator in layouts]
+        return next((line for line in lines if len(line) <= width), lines[-1][:width]), None
 
     def __call__(self, model, history) -> None:
-        epoch = history.epochs
-        fields = [f"step {epoch * self.steps_per_epoch}/{self.epochs * self.steps_per_epoch}",
-                  f"loss {history.loss[-1]:.4f}"]
-        if history.val_accuracy:
-            fields.append(f"val_accuracy {history.val_accuracy[-1]:.4f}")
-        fields.append(f"{history.samples_per_second[-1]:,.0f} samples/s")
+        width = _terminal_columns()
         if self.bar is not None:
-            self.bar.set_postfix_str("  ".join(fields), refresh=False)
+            left, right = self.line(history, width - 1, with_bar=True)  # tqdm keeps one free
+            self.bar.bar_format = _literal(left) if right is None else \
+                f"{_literal(left)} |{{bar}}| {_literal(right)}"
+            self.bar.ncols = width - 1
             self.bar.update(1)
         else:
-            width = len(str(self.epochs))
-            print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(fields),
-                  file=self.stream, flush=True)
+            print(self.line(history, width, with_bar=False)[0], file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -174,11 +243,12 @@ class Progress:
 
 
 def _optimizer(name: str, lr: float | None):
-    from fastmlp import SGD, Adam
+    """The command line's optimizers; its defaults are README.md's "Training defaults"."""
+    from fastmlp import SGD, Adam, AdamW
 
     if name == "sgd":
         return SGD(lr=0.01 if lr is None else lr, momentum=0.9)
-    return Adam(lr=3e-3 if lr is None else lr)
+    return (AdamW if name == "adamw" else Adam)(lr=3e-3 if lr is None else lr)
 
 
 def _say(args, *parts) -> None:
@@ -231,10 +301,33 @@ def _model_input(X: np.ndarray, table, rows: np.ndarray | None = None) -> np.nda
                     "beyond the float32 range of the model")
 
 
+def _random_holdout(n: int, fraction: float, seed) -> np.ndarray:
+    """Mask (N,) of the held-out rows: floor(fraction · n) random rows."""
+    held_out = np.zeros(n, dtype=bool)
+    held_out[np.random.default_rng(seed).permutation(n)[: int(n * fraction)]] = True
+    return held_out
+
+
+def _note(args, message: str, kind: str = "note") -> None:
+    """One line ``fastmlp: note: ...`` (or another kind) on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(f"fastmlp: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def _regression_scores(model, X: np.ndarray, targets: np.ndarray, target_scaler):
+    """(RMSE, R²) of a one-output regression model's predictions, in the target's units."""
+    predicted = model.predict(X)[:, 0] * target_scaler.std[0] + target_scaler.mean[0]
+    residual = float(np.sum((targets - predicted) ** 2))
+    total = float(np.sum((targets - targets.mean()) ** 2))
+    r2 = 1 - residual / total if total > 0 else (0.0 if residual > 0 else 1.0)
+    return math.sqrt(residual / len(targets)), r2
+
+
 def run_train(args) -> int:
     from fastmlp import MLP
     from fastmlp._tabular import (DataError, ModelMeta, Standardizer, encode_labels,
-                                  meta_document, read_table, save_with_meta)
+                                  infer_task, meta_document, numeric_targets, read_table,
+                                  save_with_meta)
 
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise DataError("--plot needs matplotlib, which is not installed "
@@ -246,9 +339,24 @@ def run_train(args) -> int:
     if args.plot:
         _check_output(args.plot, "--plot")
     table = read_table(args.data, target=args.target, need_target=True)
-    classes, y = encode_labels(
-        table.labels, f"{table.path!r} {'array' if is_npz else 'column'} {table.target!r}")
-    held_out = _stratified_holdout(y, args.val_split, args.seed)
+    for note in table.notes:
+        _note(args, note, "warning")
+    source = f"{table.path!r} {'array' if is_npz else 'column'} {table.target!r}"
+    task = args.task
+    if task is None:
+        task, why = infer_task(table.labels)
+        if task == "regression":
+            _note(args, f"the target {table.target!r} is numeric ({why}): training a "
+                        "regression model (--task classification to treat it as class labels)")
+    classes, target_scaler = None, None
+    if task == "regression":
+        targets = numeric_targets(table.labels, source)
+        held_out = _random_holdout(len(targets), args.val_split, args.seed)
+        target_scaler = Standardizer.fit(targets[~held_out, None])
+        y = target_scaler.transform(targets[:, None])[:, 0]
+    else:
+        classes, y = encode_labels(table.labels, source)
+        held_out = _stratified_holdout(y, args.val_split, args.seed)
     X_train, y_train = table.X[~held_out], y[~held_out]
     scaler = Standardizer.fit(X_train)
     X_train = _model_input(scaler.transform(X_train), table, np.flatnonzero(~held_out))
@@ -257,29 +365,34 @@ def run_train(args) -> int:
         validation = (_model_input(scaler.transform(table.X[held_out]), table,
                                    np.flatnonzero(held_out)), y[held_out])
 
-    sizes = [table.X.shape[1], *args.hidden, len(classes)]
+    sizes = [table.X.shape[1], *args.hidden, 1 if classes is None else len(classes)]
     optimizer = _optimizer(args.optimizer, args.lr)
     _check_model_size(sizes, len(optimizer.state_names))
     try:
-        model = MLP(sizes, seed=args.seed)
+        model = MLP(sizes, output="identity" if task == "regression" else "softmax",
+                    seed=args.seed)
     except ValueError as exc:  # sizes beyond any address space
         raise DataError(str(exc)) from None
     batch_size = min(args.batch_size, len(y_train))
     steps = -(-len(y_train) // batch_size)
     meta = ModelMeta(classes=classes, feature_names=table.feature_names, target=table.target,
-                     scaler=scaler, training={
+                     scaler=scaler, task=task, target_scaler=target_scaler, training={
                          "data": os.path.basename(table.path), "rows": len(y),
                          "hidden": args.hidden, "epochs": args.epochs,
                          "batch_size": batch_size, "optimizer": repr(optimizer),
                          "val_split": args.val_split, "seed": args.seed})
     meta_document(meta, "0" * 64)  # what cannot go in the sidecar is refused before training
-    shown = ", ".join(str(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
-    _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, "
-               f"{len(classes)} classes ({shown}); training on {len(y_train)}"
+    if classes is None:
+        what = f"numeric target {table.target!r} (regression)"
+    else:
+        what = f"{len(classes)} classes (" + ", ".join(str(c) for c in classes[:8]) \
+            + (", ...)" if len(classes) > 8 else ")")
+    _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, {what}; "
+               f"training on {len(y_train)}"
                + (f", validating on {len(validation[1])}" if validation else ""))
     _say(args, f"model: {model!r}, {args.optimizer} (lr {optimizer.lr:g}), {args.epochs} "
                f"epochs of {steps} steps (batch {batch_size})")
-    progress = Progress(args.epochs, steps, sys.stdout) \
+    progress = Progress(args.epochs, steps, sys.stdout, target_scaler) \
         if not args.quiet and _is_terminal(sys.stdout) else None
     started = time.perf_counter()
     try:
@@ -295,9 +408,12 @@ def run_train(args) -> int:
     elapsed = time.perf_counter() - started
 
     meta_file = save_with_meta(model, meta, args.out)
-    summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4f}"
-    if history.val_accuracy:
-        summary += (f", val_loss {history.val_loss[-1]:.4f}, "
+    summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4g}"
+    if validation and task == "regression":
+        rmse, r2 = _regression_scores(model, validation[0], targets[held_out], target_scaler)
+        summary += f", val_rmse {rmse:.4g}, val_r2 {r2:.4f}"
+    elif history.val_accuracy:
+        summary += (f", val_loss {history.val_loss[-1]:.4g}, "
                     f"val_accuracy {history.val_accuracy[-1]:.4f}")
     _say(args, summary)
     _say(args, f"saved {args.out} (and {meta_file})")
@@ -308,31 +424,12 @@ def run_train(args) -> int:
     return EXIT_OK
 
 
-def _regression_targets(labels: np.ndarray, source: str) -> np.ndarray:
-    """The targets (N,) float64 of a regression model: numbers, finite."""
-    from fastmlp._tabular import DataError
-
-    if labels.dtype.kind not in "iufUS":
-        raise DataError(f"{source}: a regression model needs numeric targets, got dtype "
-                        f"{labels.dtype}")
-    try:
-        values = labels.astype(np.float64)
-    except ValueError:
-        raise DataError(f"{source}: a regression model needs numeric targets (the target "
-                        "column holds text)") from None
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise DataError(f"{source}: target {labels[bad[0]]!r} (row {bad[0] + 1}) is not a "
-                        "finite number")
-    return values
-
-
 def _load_for_inference(args, need_target: bool):
     """(model, meta or None, X standardised for the model, y class indices (regression:
-    targets) or None)."""
+    targets, in the model's standardised units when the sidecar has them) or None)."""
     from fastmlp import MLP
-    from fastmlp._tabular import DataError, describe_path, labels_to_indices, read_meta, \
-        read_table
+    from fastmlp._tabular import (DataError, describe_path, labels_to_indices, numeric_targets,
+                                  read_meta, read_table)
 
     if not os.path.exists(args.model):
         raise DataError(f"no such model file: {describe_path(args.model)}")
@@ -348,6 +445,8 @@ def _load_for_inference(args, need_target: bool):
     table = read_table(args.data, target=target,
                        feature_names=meta.feature_names if meta else None,
                        need_target=need_target, npz_fallback=args.target is None)
+    for note in table.notes:
+        _note(args, note, "warning")
     if table.X.shape[1] != model.n_features:
         raise DataError(f"{describe_path(table.path)} has {table.X.shape[1]} features but the "
                         f"model expects {model.n_features}")
@@ -355,49 +454,73 @@ def _load_for_inference(args, need_target: bool):
     y = None
     if table.labels is not None and need_target:
         if not model.is_classifier:
-            y = _regression_targets(table.labels, describe_path(table.path))
+            y = numeric_targets(table.labels, describe_path(table.path))
+            if meta and meta.target_scaler:
+                y = meta.target_scaler.transform(y[:, None])[:, 0]
         else:
-            classes = meta.classes if meta else list(range(model.n_classes))
-            y = labels_to_indices(table.labels, classes, describe_path(table.path))
+            y = labels_to_indices(table.labels, _class_labels(model, meta),
+                                  describe_path(table.path))
     return model, meta, X, y
+
+
+def _class_labels(model, meta) -> list:
+    """The original labels of the model's classes when the sidecar has them, else 0..K-1."""
+    return meta.classes if meta else list(range(model.n_classes))
 
 
 def _prediction_rows(model, meta, X) -> list[list[str]]:
     """One row of text per sample: its label (the original one when the sidecar has it), or
-    for a regression model its n_outputs values."""
+    for a regression model its n_outputs values (in the target's units)."""
     try:
         predicted = model.predict(X)
     except ValueError as exc:
         from fastmlp._tabular import DataError
         raise DataError(str(exc)) from None
     if not model.is_classifier:
+        if meta and meta.target_scaler:
+            predicted = predicted * meta.target_scaler.std + meta.target_scaler.mean
         return [[repr(float(v)) for v in row] for row in predicted]
     if meta:
         return [[str(meta.classes[i])] for i in predicted]
     return [[str(i)] for i in predicted]
 
 
+def _probability_rows(model, X) -> list[list[str]]:
+    """One row of text per sample: the probability of each class (of each label, for a
+    multilabel model), 6 significant digits."""
+    if not model.is_classifier:
+        raise UsageError(f"--proba needs a classifier; the model is a regression model "
+                         f"(output {model.output!r}: it predicts numbers, not classes)")
+    return [[f"{p:.6g}" for p in row.tolist()] for row in model.predict_proba(X)]
+
+
 def run_predict(args) -> int:
+    import csv
+    import io
+
     from fastmlp._tabular import atomic_write
 
     if args.out:
         _check_output(args.out, "--out")
     model, meta, X, _ = _load_for_inference(args, need_target=False)
-    rows = _prediction_rows(model, meta, X)
-    if args.out:
-        import csv
-        import io
-
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+    if args.proba:
+        rows = _probability_rows(model, X)
+        header = [str(c) for c in _class_labels(model, meta)]
+    else:
+        rows = _prediction_rows(model, meta, X)
         width = len(rows[0]) if rows else 1
-        writer.writerow(["prediction"] if width == 1 else
-                        [f"prediction_{k}" for k in range(width)])
+        header = ["prediction"] if width == 1 else [f"prediction_{k}" for k in range(width)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if args.out or args.proba:  # on stdout, a header only to name the probability columns
+        writer.writerow(header)
+    if args.out:
         writer.writerows(rows)
         atomic_write(args.out, buffer.getvalue().encode())
-        print(f"wrote {len(rows)} predictions to {args.out}")
+        print(f"wrote {len(rows)} {'probabilities' if args.proba else 'predictions'} to "
+              f"{args.out}")
     else:
-        sys.stdout.write("".join(",".join(row) + "\n" for row in rows))
+        sys.stdout.write(buffer.getvalue() + "".join(",".join(row) + "\n" for row in rows))
         sys.stdout.flush()
     return EXIT_OK
 
@@ -405,13 +528,19 @@ def run_predict(args) -> int:
 def run_evaluate(args) -> int:
     from fastmlp._tabular import DataError
 
-    model, _, X, y = _load_for_inference(args, need_target=True)
+    model, meta, X, y = _load_for_inference(args, need_target=True)
     try:
         score, loss = model.score(X, y), model.loss(X, y)
     except ValueError as exc:  # e.g. one target per row for a model of several outputs
         raise DataError(str(exc)) from None
-    name = "accuracy" if model.is_classifier else "r2"
-    print(f"{name} {score:.4f}  loss {loss:.4f}  ({len(y)} samples)")
+    if model.is_classifier:
+        print(f"accuracy {score:.4f}  loss {loss:.4g}  ({len(y)} samples)")
+        return EXIT_OK
+    if meta and meta.target_scaler:  # the loss in the target's units, not standardised ones
+        loss *= float(meta.target_scaler.std[0]) ** 2
+    rmse = math.sqrt(2 * loss) if model.output == "identity" else None
+    print(f"r2 {score:.4f}  " + (f"rmse {rmse:.4g}  " if rmse is not None else "")
+          + f"loss {loss:.4g}  ({len(y)} samples)")
     return EXIT_OK
 
 
@@ -441,29 +570,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0)
 
     train = commands.add_parser(
-        "train", help="train a classifier on a CSV or .npz file",
-        description="Train an MLP classifier. DATA is a CSV file with a header row (the "
-                    "--target column holds the labels, every other column is a numeric "
-                    "feature) or a .npz with arrays X (n_samples, n_features) and y. Features "
-                    "are standardised with the training rows' mean and std; labels may be any "
-                    "strings or numbers. Writes the model (loadable with fastmlp.MLP.load) and "
-                    "OUT.meta.json with the class labels, feature names and scaling.")
+        "train", help="train a classifier or a regression on a CSV or .npz file",
+        description="Train an MLP classifier (or regression). DATA is a CSV file with a header "
+                    "row (the --target column holds the labels, every other column is a "
+                    "numeric feature) or a .npz with arrays X (n_samples, n_features) and y. "
+                    "Features are standardised with the training rows' mean and std; labels "
+                    "may be any strings or numbers. A numeric target (non-integer numbers, or "
+                    "integers of more than 20 distinct values and more than 5%% of the rows) "
+                    "trains a regression unless --task says otherwise. Writes the model "
+                    "(loadable with fastmlp.MLP.load) and OUT.meta.json with the class labels, "
+                    "feature names and scaling.")
     train.add_argument("data", metavar="DATA", help="training data: .csv (or .csv.gz, .tsv) "
                                                     "or .npz")
     train.add_argument("--target", metavar="COL",
                        help="the label column (required for CSV; for .npz the label array, "
                             "default y)")
+    train.add_argument("--task", choices=("classification", "regression"),
+                       help="what the target is: class labels, or a quantity to predict "
+                            "(default: inferred, regression for a numeric target; see above)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
                        help="hidden layer sizes, comma-separated (default 128,64)")
     train.add_argument("--epochs", type=_positive(int), default=30, help="default 30")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                       help="adam (default) or sgd (with momentum 0.9)")
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
+                       help="adam (default), adamw (weight decay 0.01) or sgd (with momentum "
+                            "0.9)")
     train.add_argument("--lr", type=_positive(float), default=None,
-                       help="learning rate (default 0.003 for adam, 0.01 for sgd)")
+                       help="learning rate (default 0.003 for adam and adamw, 0.01 for sgd)")
     train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",
-                       help="fraction of each class held out for validation (default 0.2; "
-                            "0 for none)")
+                       help="fraction of each class (regression: of the rows) held out for "
+                            "validation (default 0.2; 0 for none)")
     train.add_argument("--out", default="model.npz", help="model file (default model.npz)")
     train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the initial weights, split and shuffling (default 0)")
@@ -472,14 +608,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(needs matplotlib)")
 
     predict = commands.add_parser(
-        "predict", help="predict the label of every row",
+        "predict", help="predict the label (or value) of every row",
         description="Print the predicted label of every row of DATA, one per line (or write "
-                    "them to --out as a one-column CSV). Uses MODEL.meta.json, when present, "
-                    "for the labels, feature columns and scaling. A target column in DATA is "
-                    "ignored.")
+                    "them to --out as a one-column CSV); for a regression model, the predicted "
+                    "number. Uses MODEL.meta.json, when present, for the labels, feature "
+                    "columns and scaling. A target column in DATA is ignored.")
     predict.add_argument("model", metavar="MODEL")
     predict.add_argument("data", metavar="DATA")
     predict.add_argument("--out", metavar="CSV", help="write the predictions to this file")
+    predict.add_argument("--proba", action="store_true",
+                         help="the probability of each class instead (a classifier's): one "
+                              "column per class, a header row naming them")
     predict.add_argument("--target", metavar="COL",
                          help="a label column to leave out of the features (default: the "
                               "one the model was trained on)")
@@ -487,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and loss on labelled data",
         description="Print the accuracy and the mean loss (negative log-likelihood) of MODEL "
-                    "on DATA, which must hold the labels (for a regression model, R² and the "
-                    "mean of ½ squared error, DATA holding numeric targets).")
+                    "on DATA, which must hold the labels (for a regression model, R², the RMSE "
+                    "and the mean of ½ squared error, in the target's units, DATA holding "
+                    "numeric targets).")
     evaluate.add_argument("model", metavar="MODEL")
     evaluate.add_argument("data", metavar="DATA")
     evaluate.add_argument("--target", metavar="COL",

@@ -391,7 +391,8 @@ class MLP:
 
     # ---- training -----------------------------------------------------------------------
 
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
+    def fit(self, X, y, epochs: int = 10, batch_size: int = 32,
+            optimizer: Optimizer | str | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
             checkpoint_every: int = 1, resume: bool = False,
@@ -401,7 +402,9 @@ class MLP:
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
         by ``seed``) or in row order, in batches of ``batch_size`` (the last may be shorter; a
         batch size larger than the data is clamped to it). The optimizer defaults to
-        ``SGD(lr=0.01)`` and keeps its state across calls when passed in again. ``verbose``
+        ``SGD(lr=0.01)`` and keeps its state across calls when passed in again; a name,
+        "sgd", "adam" or "adamw" (any case), builds a new one with its class's defaults
+        (``SGD(lr=0.01)``, ``Adam(lr=1e-3)``, ``AdamW(lr=1e-3, weight_decay=0.01)``). ``verbose``
         prints one line per epoch to stdout (or to the file object given instead of True);
         each of ``callbacks`` is called as ``callback(model, history)`` after every epoch, and
         one that returns True stops training after that epoch. ``sample_weight`` (n,) weights

@@ -24,7 +24,7 @@ import numpy as np
 from fastmlp import _core
 from fastmlp._validation import FLOAT_DTYPES, as_array, positive_float
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "by_name"]
 
 _RULES: dict[str, type] = {}  # name -> wrapper class, for state_dict / checkpoints
 
@@ -344,3 +344,15 @@ class AdamW(Adam):
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01) -> None:
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def by_name(name: str) -> Optimizer:
+    """A new optimizer of the class named ``name`` (case-insensitive: "sgd", "adam", "adamw")
+    with that class's default hyper-parameters: ``SGD(lr=0.01)`` (no momentum),
+    ``Adam(lr=1e-3)``, ``AdamW(lr=1e-3, weight_decay=0.01)``. ValueError for another name."""
+    classes = {cls.__name__.lower(): cls for cls in _RULES.values()}
+    cls = classes.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown optimizer {name!r}; the names accepted are "
+                         f"{', '.join(map(repr, classes))} (or pass an optimizer object)")
+    return cls()
