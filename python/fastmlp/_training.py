@@ -224,9 +224,10 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
 
 
 def _print_epoch(history: History, epochs: int, verbose, fell_back) -> None:
-    line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4f}"
+    # Losses to 4 significant digits: a small loss does not print as 0.0000.
+    line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4g}"
     if history.val_loss:
-        line += f"  val_loss {history.val_loss[-1]:.4f}"
+        line += f"  val_loss {history.val_loss[-1]:.4g}"
     if history.val_accuracy:
         line += f"  val_accuracy {history.val_accuracy[-1]:.4f}"
     line += f"  {history.samples_per_second[-1]:,.0f} samples/s"
