@@ -101,7 +101,7 @@ def fit_torch(X, y, solver: str, hidden: int = HIDDEN, seed: int = 0):
                  else torch.optim.Adam(model.parameters(), lr=lr))
     order = np.random.default_rng(seed).permutation(X.shape[0])
     shuffled, labels = X[order], torch.from_numpy(y[order])
-    indptr = shuffled.indptr
+    indptr = shuffled.indptr.astype(np.int64)
     words = torch.from_numpy(shuffled.indices.astype(np.int64))
     counts = torch.from_numpy(shuffled.data)
     loss = None
@@ -114,7 +114,7 @@ def fit_torch(X, y, solver: str, hidden: int = HIDDEN, seed: int = 0):
                                            labels[first:last])
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def median_seconds(run, repeats: int) -> float:
