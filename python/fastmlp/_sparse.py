@@ -1,8 +1,8 @@
 """Sparse input: scipy.sparse matrices as the engine reads them (CSR, int64 row pointers,
 int32 column indices, values in the model's dtype), never made dense.
 
-scipy is optional: without it nothing here is imported by the caller's data, since a
-scipy.sparse matrix cannot exist without scipy.
+scipy stays optional: this module never imports it (a scipy.sparse matrix can only come from
+a program that has imported scipy, so is_sparse looks it up in sys.modules).
 """
 
 from __future__ import annotations
