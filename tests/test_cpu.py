@@ -134,6 +134,7 @@ def test_avx512_blocks_reproduce_the_tuned_ones_on_a_zen5_like_cache():
     ("l1d_ways=0", "whole number from 1 to 4096"),
     ("l3_sharing=2K", "whole number from 1 to 4096"),
     ("l1d=9999999999K", "not a size"),
+    ("l3=64G", "more than 16G"),
     (",", "no key=value given"),
 ])
 def test_bad_cache_override_is_an_import_error(spec, message):

@@ -124,6 +124,7 @@ bool detect_sysfs(CacheSizes& out) {
 
 // Typical of the x86 and Arm server cores of the last decade; used for what detection missed.
 constexpr index_t kDefaultL1d = 32 * 1024, kDefaultL2 = 512 * 1024;
+constexpr index_t kMaxCacheSize = index_t{16} << 30;  // the packed B block is up to 3/4 of L3
 constexpr int kDefaultL1dWays = 8, kDefaultL2Ways = 8, kDefaultL3Ways = 16, kDefaultLine = 64;
 
 void fill_gaps(CacheSizes& c) {
@@ -221,6 +222,8 @@ CacheSizes apply_cache_override(const CacheSizes& base, const std::string& spec)
   if (c.l1d < 1024) throw std::invalid_argument("l1d must be at least 1K");
   if (c.l2 < c.l1d) throw std::invalid_argument("l2 must be at least l1d");
   if (c.l3 != 0 && c.l3 < c.l2) throw std::invalid_argument("l3 must be 0 (none) or at least l2");
+  if (std::max({c.l1d, c.l2, c.l3}) > kMaxCacheSize)
+    throw std::invalid_argument("a cache of more than 16G is not plausible");
   if ((c.line & (c.line - 1)) != 0 || c.line < 16)
     throw std::invalid_argument("line must be a power of two, at least 16");
   c.source += "+FASTMLP_CACHE_SIZES";

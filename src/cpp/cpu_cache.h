@@ -34,7 +34,7 @@ CacheSizes detect_cache_sizes();
 
 // `base` with the keys of `spec` (FASTMLP_CACHE_SIZES's syntax) applied; throws
 // std::invalid_argument naming the bad key or value. The result must be consistent
-// (L1d ≥ 1 KiB, L2 ≥ L1d, L3 0 or ≥ L2, power-of-two line, ways ≥ 1).
+// (L1d ≥ 1 KiB, L2 ≥ L1d, L3 0 or ≥ L2, none over 16 GiB, power-of-two line, ways ≥ 1).
 CacheSizes apply_cache_override(const CacheSizes& base, const std::string& spec);
 
 // Detection plus FASTMLP_CACHE_SIZES, once; throws std::runtime_error on a bad override

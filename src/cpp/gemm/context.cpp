@@ -16,7 +16,7 @@ index_t round_nearest(index_t value, index_t multiple) {
   return std::max(multiple, (value + multiple / 2) / multiple * multiple);
 }
 
-void derive_cache_blocks(IsaContext& isa, const CacheSizes& c) {
+void derive_both_dtypes_cache_blocks(IsaContext& isa, const CacheSizes& c) {
   derive_cache_blocks(isa.sgemm, c);
   derive_cache_blocks(isa.dgemm, c);
 }
@@ -30,7 +30,7 @@ std::array<IsaContext, kIsaCount> build_contexts() {
   if (isa_supported(Isa::avx512)) contexts[static_cast<int>(Isa::avx512)] = avx512_context();
 #endif
   for (IsaContext& isa : contexts)
-    if (isa.sgemm.MR > 0) derive_cache_blocks(isa, cache_sizes());
+    if (isa.sgemm.MR > 0) derive_both_dtypes_cache_blocks(isa, cache_sizes());
   return contexts;
 }
 
