@@ -358,6 +358,19 @@ def cpu_model() -> str:
     return model + (" (virtual machine)" if virtual else "")
 
 
+def cache_report() -> str:
+    """fastmlp's view of the data caches and the float32 cache blocks derived from them."""
+    c = fastmlp.ops.cache_sizes()
+    g = fastmlp.ops.gemm_config("float32")
+
+    def size(n):
+        return f"{n >> 20}M" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10}K"
+    l3 = f"{size(c['l3'])} shared by {c['l3_sharing']}" if c["l3"] else "none"
+    return (f"L1d {size(c['l1d'])} ({c['l1d_ways']}-way), L2 {size(c['l2'])}, L3 {l3} "
+            f"[{c['source']}]; float32 blocks MC {g['MC']} KC {g['KC']} NC {g['NC']} "
+            f"(FASTMLP_CACHE_SIZES={os.environ.get('FASTMLP_CACHE_SIZES', 'unset')})")
+
+
 def environment_report() -> list[str]:
     """Machine, versions, kernels and thread settings, one 'key  value' line each."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -375,6 +388,8 @@ def environment_report() -> list[str]:
         f"{os.environ.get('FASTMLP_ISA', 'unset')}), {fastmlp_threads}, "
         f"from {os.path.dirname(fastmlp.__file__)}",
     ]
+    if hasattr(fastmlp.ops, "cache_sizes"):
+        lines.append(f"caches    {cache_report()}")
     lines += [f"BLAS      {line}" for line in blas_report()]
     if torch:
         lines.append(f"torch     cpu capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -221,11 +221,12 @@ def central_differences(f, param, h):
 # ---- a fresh Python --------------------------------------------------------------------------
 
 def run_python(code, env_updates=None, timeout=120, **kwargs):
-    """`python -c code` (dedented) in a fresh process, without the ISA and thread-count
-    variables of this one (FASTMLP_ISA, FASTMLP_NUM_THREADS, OMP_NUM_THREADS) unless
-    `env_updates` sets them."""
+    """`python -c code` (dedented) in a fresh process, without the ISA, cache and thread-count
+    variables of this one (FASTMLP_ISA, FASTMLP_CACHE_SIZES, FASTMLP_NUM_THREADS,
+    OMP_NUM_THREADS) unless `env_updates` sets them."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTMLP_ISA", "FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
+           if k not in ("FASTMLP_ISA", "FASTMLP_CACHE_SIZES", "FASTMLP_NUM_THREADS",
+                        "OMP_NUM_THREADS")}
     env.update(env_updates or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, timeout=timeout, **kwargs)

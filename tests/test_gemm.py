@@ -34,7 +34,8 @@ from fastmlp import _testing, ops
 assert ops.isa() == os.environ["FASTMLP_ISA"], (ops.isa(), os.environ["FASTMLP_ISA"])
 rng = np.random.default_rng(0)
 shapes = [(1, 1, 1), (1, 255, 257), (1, 513, 17), (7, 13, 31), (17, 257, 9), (130, 300, 67),
-          (481, 257, 9), (129, 128, 129), (5, 9, 2053), (2, 260, 4099), (3, 0, 5)]
+          (481, 257, 9), (129, 128, 129), (5, 9, 2053), (2, 260, 4099), (61, 1601, 45),
+          (3, 0, 5)]
 for dt in (np.float32, np.float64):
     eps = np.finfo(dt).eps
     for m, k, n in shapes:
@@ -77,6 +78,32 @@ def test_forced_isa_kernels_match_reference(isa):
     if isa not in ops.supported_isas():
         pytest.skip(f"this CPU does not run {isa}")
     proc = run_python(_FORCED_ISA_SCRIPT, {"FASTMLP_ISA": isa})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# ---- cache blocks derived from overridden cache sizes (FASTMLP_CACHE_SIZES) ------------------
+
+# Tiny caches force many blocks in every dimension (e.g. avx512 float32 MC 48, KC 64, NC 192);
+# the others are the blocking of the machines the project is measured on, simulated here.
+CACHE_OVERRIDES = {
+    "tiny": "l1d=4K,l1d_ways=8,l2=16K,l2_ways=8,l3=64K,l3_sharing=1",
+    "zen4": "l1d=32K,l1d_ways=8,l2=1M,l2_ways=8,l3=32M,l3_ways=16,l3_sharing=8",
+    "sapphire_rapids": "l1d=48K,l1d_ways=12,l2=2M,l2_ways=16,l3=105M,l3_ways=15,l3_sharing=56",
+}
+
+
+# The forced-flavour sweep under each cache override: this process's flavour in the default
+# run (three fresh processes, ~1 s), the others `slow`.
+@pytest.mark.parametrize("isa", [
+    pytest.param(name, marks=() if name == ops.isa() else pytest.mark.slow)
+    for name in ("generic", "avx2", "avx512")])
+@pytest.mark.parametrize("caches", list(CACHE_OVERRIDES))
+def test_kernels_match_reference_under_overridden_caches(caches, isa):
+    if isa not in ops.supported_isas():
+        pytest.skip(f"this CPU does not run {isa}")
+    proc = run_python(_FORCED_ISA_SCRIPT,
+                      {"FASTMLP_ISA": isa, "FASTMLP_CACHE_SIZES": CACHE_OVERRIDES[caches]})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "ok"
 

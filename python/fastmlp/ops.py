@@ -23,7 +23,7 @@ from fastmlp._validation import (check_activation, contiguous, float_array, inte
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
-    "cost_model",
+    "cache_sizes", "cost_model",
 ]
 
 
@@ -52,8 +52,19 @@ def set_isa(name: str) -> None:
 
 def gemm_config(dtype="float32") -> dict:
     """The active GEMM's register tile (MR × NR, and row_NR for a single row) and cache blocks
-    (MC, KC, NC) for ``dtype``: what the tests use to aim at the blocking edges."""
+    (MC, KC, NC) for ``dtype``: what the tests use to aim at the blocking edges. The blocks
+    are derived from :func:`cache_sizes` when the module is imported."""
     return dict(_core.gemm_config(np.dtype(dtype).name))
+
+
+def cache_sizes() -> dict:
+    """The data caches the GEMM's cache blocks are derived from: ``l1d``, ``l2`` (per core)
+    and ``l3`` (whole, 0 if none) in bytes, their ways, ``l3_sharing`` (logical CPUs sharing
+    the L3), ``line`` (bytes) and ``source`` (``'cpuid'``, ``'sysfs'`` or ``'default'``, with
+    ``'+FASTMLP_CACHE_SIZES'`` when that environment variable overrode some of them, e.g.
+    ``FASTMLP_CACHE_SIZES="l1d=32K,l2=1M,l3=32M,l3_sharing=8"`` to simulate another CPU's
+    blocking; a bad value makes ``import fastmlp`` fail)."""
+    return dict(_core.cache_sizes())
 
 
 def cost_model(dtype="float32") -> dict:

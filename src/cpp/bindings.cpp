@@ -18,6 +18,7 @@
 #include "activations.h"
 #include "checks.h"
 #include "cpu.h"
+#include "cpu_cache.h"
 #include "dense.h"
 #include "gemm/context.h"
 #include "gemm/gemm.h"
@@ -988,6 +989,7 @@ PYBIND11_MODULE(_core, m) {
   for (int i = 0; i < kActivationCount; ++i) activation_names[i] = kActivationNames[i];
   m.attr("ACTIVATIONS") = activation_names;
   init_isa();  // FASTMLP_ISA errors surface as an ImportError here, not mid-computation.
+  cache_sizes();  // and FASTMLP_CACHE_SIZES errors
 
   m.def("isa", [] { return std::string(isa_name(active_isa())); },
         "The SIMD flavour the kernels use: 'generic', 'avx2' or 'avx512'.");
@@ -1081,6 +1083,21 @@ PYBIND11_MODULE(_core, m) {
               py::arg("trans_a"), py::arg("trans_b"));
 
 
+  m.def("cache_sizes", [] {
+    const CacheSizes& c = cache_sizes();
+    py::dict d;
+    d["l1d"] = c.l1d;
+    d["l2"] = c.l2;
+    d["l3"] = c.l3;
+    d["l1d_ways"] = c.l1d_ways;
+    d["l2_ways"] = c.l2_ways;
+    d["l3_ways"] = c.l3_ways;
+    d["l3_sharing"] = c.l3_sharing;
+    d["line"] = c.line;
+    d["source"] = c.source;
+    return d;
+  }, "The data caches the GEMM's blocks are derived from (bytes): detected, or as "
+     "FASTMLP_CACHE_SIZES overrides them.");
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {
       py::dict d;

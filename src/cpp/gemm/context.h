@@ -8,7 +8,8 @@
 // Registration: generic_context() (kernels/generic/) sets every field to the portable
 // kernels. An ISA's context starts from that and overrides, by field name, what it has
 // (kernels/avx2/, kernels/avx512/); a kernel tied to a tile shape is overridden together with
-// MR/NR. context.cpp builds the context of each ISA the CPU supports once, and
+// MR/NR. context.cpp builds the context of each ISA the CPU supports once, derives its cache
+// blocks from the detected (or overridden) cache sizes (cpu_cache.h), and
 // active_gemm_context() returns the one of the active ISA (cpu.h).
 #pragma once
 
@@ -16,6 +17,7 @@
 
 #include "../common.h"
 #include "../cpu.h"
+#include "../cpu_cache.h"
 #include "gemm.h"
 
 namespace fastmlp {
@@ -63,7 +65,12 @@ using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, i
 template <class T>
 struct GemmContext {
   index_t MR = 0, NR = 0;          // register tile
-  index_t MC = 0, KC = 0, NC = 0;  // cache blocks (A block MC×KC, B block KC×NC); see each ISA
+  index_t MC = 0, KC = 0, NC = 0;  // cache blocks (A block MC×KC, B block KC×NC): derived from
+                                   // the cache sizes by derive_cache_blocks()
+  // How deep KC goes: 0 keeps the KC×NR B micro-panel in L1 (the analytical model); a
+  // positive value sizes the panel to that multiple of L1d instead, streamed from L2, for a
+  // kernel measured to gain from it (see derive_cache_blocks and each ISA's context).
+  double b_panel_l1d_multiple = 0;
   MicroKernel<T> micro_kernel = nullptr;     // MR×NR tile, packed panels
   StridedKernel<T> small_kernel = nullptr;   // MR×NR tile, operands in place
   StridedKernel<T> narrow_kernel = nullptr;  // MR×(NR/2) tile, in place: a narrow last panel
@@ -91,8 +98,15 @@ struct IsaContext {
   }
 };
 
-// Each ISA's context (defined in kernels/<isa>/). Only call the x86 ones after
-// isa_supported() said yes: their translation units are compiled with that ISA's flags.
+// Sets k.MC, k.KC, k.NC from the caches c for k's register tile (MR×NR) and dtype: the
+// analytical model of Low et al. 2016 ("Analytical modeling is enough for high-performance
+// BLIS"), worked out in context.cpp.
+template <class T>
+void derive_cache_blocks(GemmContext<T>& k, const CacheSizes& c);
+
+// Each ISA's context (defined in kernels/<isa>/), its cache blocks not yet derived. Only call
+// the x86 ones after isa_supported() said yes: their translation units are compiled with that
+// ISA's flags.
 IsaContext generic_context();
 #ifdef FASTMLP_X86
 IsaContext avx2_context();

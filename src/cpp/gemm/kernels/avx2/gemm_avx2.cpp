@@ -156,12 +156,11 @@ void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, cons
 
 IsaContext avx2_context() {
   IsaContext c = generic_context();
-  // KC = 256: B micro-panel 256×16 floats = 16 KiB in L1 (of 32 KiB), A micro-panel 6 KiB.
-  // MC = 144 (a multiple of MR = 6): A block 144×256×4 = 144 KiB in L2 (BLIS Haswell: 168).
-  // NC = 4080: B block ≈ 4 MiB in L3. double: same bytes per panel, half the elements.
+  // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1: float KC = 512
+  // on a 48 KiB 12-way L1d; 160 on a 32 KiB 8-way one (Haswell to Zen 4: A gets one way of
+  // the seven, ⌊7 / (1 + 16/6)⌋), where the constant before was 256 (not re-measured there).
   GemmContext<float>& s = c.sgemm;
   s.MR = 6, s.NR = 16;
-  s.MC = 144, s.KC = 256, s.NC = 4080;
   s.micro_kernel = &micro_kernel_avx2<float, 6, 2>;
   s.small_kernel = &strided_kernel_avx2<float, 6, 2>;
   s.narrow_kernel = &strided_kernel_avx2<float, 6, 1>;
@@ -170,7 +169,6 @@ IsaContext avx2_context() {
   s.gemv = &gemv_simd<Ymm<float>, float>;
   GemmContext<double>& d = c.dgemm;
   d.MR = 6, d.NR = 8;
-  d.MC = 72, d.KC = 256, d.NC = 2040;
   d.micro_kernel = &micro_kernel_avx2<double, 6, 2>;
   d.small_kernel = &strided_kernel_avx2<double, 6, 2>;
   d.narrow_kernel = &strided_kernel_avx2<double, 6, 1>;

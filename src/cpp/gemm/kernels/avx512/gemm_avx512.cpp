@@ -242,21 +242,24 @@ void pack_a_rows_avx512(float* packed, const float* a, index_t rs, index_t mc, i
 
 IsaContext avx512_context() {
   IsaContext c = generic_context();
-  // Blocking. The textbook choice keeps the B micro-panel (KC×NR) in L1: KC = 256 gives
-  // 256×32×4 B = 32 KiB, with the 12×256×4 B = 12 KiB A micro-panel streamed from L2. Measured
-  // (Xeon with AVX-512, 48 KiB L1d, 2 MiB L2; 1 thread, float32, medians of 9; the machine is
-  // shared, so each setting was run twice):
+  // Blocking (context.cpp derives it from the caches). The analytical model keeps the B
+  // micro-panel (KC×NR) in L1: KC = 256 gives 256×32×4 B = 32 KiB of a 48 KiB L1d. Measured
+  // deeper (Xeon with AVX-512, 48 KiB L1d, 2 MiB L2; 1 thread, float32, medians of 9; the
+  // machine is shared, so each setting was run twice):
   //   KC 256 / MC 480:  1024³ 0.83–0.89× NumPy's OpenBLAS, 2048³ 0.77–0.83×
   //   KC 768 / MC 240:  1024³ 0.93×,                        2048³ 0.91×
   //   KC 1024 / MC 240: 1024³ 0.93–0.95×,                   2048³ 0.92–0.93×
+  // and again on a 2-vCPU Zen 5 (48 KiB L1d, 1 MiB L2), 2048³, GFLOP/s, two runs each:
+  //   KC 256 / MC 504: 184, 194   KC 512 / MC 252: 216, 216   KC 768 / MC 240: 224, 225
+  //   KC 1024 / MC 180: 232, 224  (at 1024³ all four are within the noise, 225–250)
   // A deeper K block halves or thirds the passes over C (each K block reads and rewrites the
   // tile) and the hardware prefetcher streams the 96 KiB B micro-panel from L2 fast enough.
-  // KC = 768, MC = 240: the A block is 240×768×4 B = 720 KiB, inside a 1 MiB L2 with room for
-  // the B micro-panel. NC = 4096: the packed B block (768×4096×4 B = 12 MiB) streams from L3.
-  // double: the same bytes per block (KC 768, MC 120: 1024³ 0.92–0.95× NumPy's dgemm).
+  // So the B micro-panel is sized to twice L1d: KC = 768 on a 48 KiB L1d, for float and
+  // double alike (NR·sizeof(T) = 128 B either way); MC = 240 (float) and 120 (double) on a
+  // 1 MiB L2, NC = 4096 and 2048 on a 16 MiB per-core share of L3 (context.cpp).
   GemmContext<float>& s = c.sgemm;
   s.MR = 12, s.NR = 32;
-  s.MC = 240, s.KC = 768, s.NC = 4096;
+  s.b_panel_l1d_multiple = 2;
   s.micro_kernel = &micro_kernel_avx512<float, 12, 2>;
   s.small_kernel = &strided_kernel_avx512<float, 12, 2>;
   s.narrow_kernel = &strided_kernel_avx512<float, 12, 1>;
@@ -269,7 +272,7 @@ IsaContext avx512_context() {
   s.pack_a_rows = &pack_a_rows_avx512;
   GemmContext<double>& d = c.dgemm;
   d.MR = 12, d.NR = 16;
-  d.MC = 120, d.KC = 768, d.NC = 2048;
+  d.b_panel_l1d_multiple = 2;
   d.micro_kernel = &micro_kernel_avx512<double, 12, 2>;
   d.small_kernel = &strided_kernel_avx512<double, 12, 2>;
   d.narrow_kernel = &strided_kernel_avx512<double, 12, 1>;

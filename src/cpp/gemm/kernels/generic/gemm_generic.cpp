@@ -46,12 +46,9 @@ void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, i
 
 IsaContext generic_context() {
   IsaContext c;
-  // KC=256: a 4×256 A panel (4 KiB float) plus an 256×8 B panel (8 KiB) sit in a 32 KiB L1d.
-  // MC=128: the 128×256 A block (128 KiB) sits in L2. NC=2048: the 256×2048 B block (2 MiB)
-  // is streamed from L2/L3, reused across all MC blocks.
+  // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1.
   GemmContext<float>& s = c.sgemm;
   s.MR = 4, s.NR = 8;
-  s.MC = 128, s.KC = 256, s.NC = 2048;
   s.micro_kernel = &micro_kernel_generic<float, 4, 8>;
   s.small_kernel = &strided_kernel_generic<float, 4, 8>;
   s.narrow_kernel = &strided_kernel_generic<float, 4, 4>;
@@ -61,7 +58,6 @@ IsaContext generic_context() {
   // double: the same bytes per register tile, half the elements.
   GemmContext<double>& d = c.dgemm;
   d.MR = 4, d.NR = 4;
-  d.MC = 96, d.KC = 256, d.NC = 1024;
   d.micro_kernel = &micro_kernel_generic<double, 4, 4>;
   d.small_kernel = &strided_kernel_generic<double, 4, 4>;
   d.narrow_kernel = &strided_kernel_generic<double, 4, 2>;
