@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "activations.h"
+#include "gemm/context.h"
 
 namespace fastmlp {
 
@@ -34,6 +35,7 @@ void sparse_forward_transposed(T* out, const SparseRows<T>& x, index_t B, const 
                                const T* b, index_t O, Activation act) {
   const double flops = 2.0 * static_cast<double>(x.nnz(B)) * static_cast<double>(O);
   const int tasks = sparse_tasks(sparse_split_pays<T>(flops));
+  const AxpyKernel<T> axpy = active_gemm_context<T>().axpy;
   for_each_range(B, tasks, [&](index_t begin, index_t end) {
     for (index_t r = begin; r < end; ++r) {
       T* __restrict__ o = out + r * O;
@@ -49,9 +51,7 @@ void sparse_forward_transposed(T* out, const SparseRows<T>& x, index_t B, const 
             __builtin_prefetch(ahead + j);
         }
 #endif
-        const T v = x.values[k];
-        const T* __restrict__ w = W_t + static_cast<index_t>(x.indices[k]) * O;
-        for (index_t j = 0; j < O; ++j) o[j] += v * w[j];
+        axpy(O, x.values[k], W_t + static_cast<index_t>(x.indices[k]) * O, o);
       }
       apply_activation(o, O, act);
     }
@@ -166,19 +166,11 @@ template <class T>
 void TouchedColumns<T>::gradient_row(T* out, index_t t, const T* grad_a, index_t O) const {
   const std::int64_t begin = start_[static_cast<std::size_t>(t)];
   const std::int64_t end = start_[static_cast<std::size_t>(t) + 1];
-  // The first non-zero sets the row, the others add to it (a column has at least one).
-  {
-    const T v = entry_value_[static_cast<std::size_t>(begin)];
-    const T* __restrict__ g =
-        grad_a + static_cast<index_t>(entry_row_[static_cast<std::size_t>(begin)]) * O;
-    for (index_t j = 0; j < O; ++j) out[j] = v * g[j];
-  }
-  for (std::int64_t e = begin + 1; e < end; ++e) {
-    const T v = entry_value_[static_cast<std::size_t>(e)];
-    const T* __restrict__ g =
-        grad_a + static_cast<index_t>(entry_row_[static_cast<std::size_t>(e)]) * O;
-    for (index_t j = 0; j < O; ++j) out[j] += v * g[j];
-  }
+  const AxpyKernel<T> axpy = active_gemm_context<T>().axpy;
+  std::fill_n(out, O, T(0));
+  for (std::int64_t e = begin; e < end; ++e)
+    axpy(O, entry_value_[static_cast<std::size_t>(e)],
+         grad_a + static_cast<index_t>(entry_row_[static_cast<std::size_t>(e)]) * O, out);
 }
 
 // ---- transpose ---------------------------------------------------------------------------

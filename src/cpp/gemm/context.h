@@ -59,6 +59,10 @@ template <class T>
 using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, index_t kc,
                                 index_t MR);
 
+// y[0:n] += a · x[0:n] (gemm/axpy.h).
+template <class T>
+using AxpyKernel = void (*)(index_t n, T a, const T* x, T* y);
+
 // One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
 // Optional kernels are null where the ISA has none: the framework then uses the portable
 // loop (pack_*) or the full MR×NR tile on zero-padded rows (rows*_kernel).
@@ -84,6 +88,7 @@ struct GemmContext {
   StridedKernel<T> rows8_kernel = nullptr;
   PackTransposedKernel<T> pack_b_transposed = nullptr;
   PackRowsKernel<T> pack_a_rows = nullptr;
+  AxpyKernel<T> axpy = nullptr;  // every ISA sets it
 };
 
 // Both dtypes' contexts of one ISA.

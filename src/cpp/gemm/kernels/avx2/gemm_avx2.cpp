@@ -6,6 +6,7 @@
 // through a small stack tile and the shared scalar write-back.
 #include <immintrin.h>
 
+#include "../../axpy.h"
 #include "../../context.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
@@ -156,6 +157,8 @@ void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, cons
 
 IsaContext avx2_context() {
   IsaContext c = generic_context();
+  c.sgemm.axpy = &axpy_kernel<float>;
+  c.dgemm.axpy = &axpy_kernel<double>;
   // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1: float KC = 512
   // on a 48 KiB 12-way L1d; 160 on a 32 KiB 8-way one (Haswell to Zen 4: A gets one way of
   // the seven, ⌊7 / (1 + 16/6)⌋), where the constant before was 256 (not re-measured there).

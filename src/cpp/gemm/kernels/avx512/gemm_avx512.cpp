@@ -11,6 +11,7 @@
 // in-place kernel (1×64 floats: 4 accumulators) serves a single row of C.
 #include <immintrin.h>
 
+#include "../../axpy.h"
 #include "../../context.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
@@ -242,6 +243,8 @@ void pack_a_rows_avx512(float* packed, const float* a, index_t rs, index_t mc, i
 
 IsaContext avx512_context() {
   IsaContext c = generic_context();
+  c.sgemm.axpy = &axpy_kernel<float>;
+  c.dgemm.axpy = &axpy_kernel<double>;
   // Blocking (context.cpp derives it from the caches). The analytical model keeps the B
   // micro-panel (KC×NR) in L1: KC = 256 gives 256×32×4 B = 32 KiB of a 48 KiB L1d. Measured
   // deeper (Xeon with AVX-512, 48 KiB L1d, 2 MiB L2; 1 thread, float32, medians of 9; the

@@ -1,5 +1,6 @@
 // Portable micro-kernels: plain C++ the compiler vectorises for whatever the target baseline is
 // (SSE2 on x86-64, NEON on aarch64). Also the fallback on CPUs without AVX2.
+#include "../../axpy.h"
 #include "../../context.h"
 #include "../../gemv.h"
 #include "../../tile.h"
@@ -46,6 +47,8 @@ void micro_kernel_generic(index_t k, const T* a_panel, const T* b_panel, T* c, i
 
 IsaContext generic_context() {
   IsaContext c;
+  c.sgemm.axpy = &axpy_kernel<float>;
+  c.dgemm.axpy = &axpy_kernel<double>;
   // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1.
   GemmContext<float>& s = c.sgemm;
   s.MR = 4, s.NR = 8;
