@@ -20,6 +20,7 @@
 #include "cpu.h"
 #include "cpu_cache.h"
 #include "dense.h"
+#include "gemm/bf16.h"
 #include "gemm/context.h"
 #include "gemm/gemm.h"
 #include "loss.h"
@@ -214,6 +215,22 @@ py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool tran
     without_gil([&] { gemm(g); });
     return std::move(out);
   });
+}
+
+// op(a) @ op(b) with the operands rounded to bfloat16 and float32 accumulation (gemm/bf16.h):
+// float32 only; float64 operands would lose 45 of their 53 bits without saying so.
+py::array matmul_bf16(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
+  for (const auto& [operand, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}})
+    if (!has_dtype<float>(*operand))
+      throw py::type_error(std::string("matmul with precision='bfloat16' takes float32 operands; ") +
+                           name + " has dtype " + py::str(operand->dtype()).cast<std::string>() +
+                           (has_dtype<double>(*operand) ? " (float64 refuses bfloat16 rounding)" : ""));
+  GemmArgs<float> g = matmul_operands<float>(a, b, trans_a, trans_b);
+  py::array_t<float> out({g.M, g.N});
+  g.sink.C = out.mutable_data();
+  g.sink.ldc = g.N;
+  without_gil([&] { gemm_bf16(g); });
+  return std::move(out);
 }
 
 // Test hook: the product through a tile consumer (TileSink::consumer), whose tiles are copied
@@ -999,6 +1016,14 @@ PYBIND11_MODULE(_core, m) {
       if (isa_supported(i)) out.append(isa_name(i));
     return out;
   });
+  m.def("bf16_path", [] { return std::string(bf16_path_name(active_bf16_path())); },
+        "The bf16 GEMM's path: 'portable' or 'avx512bf16'.");
+  m.def("supported_bf16_paths", [] {
+    py::list out;
+    out.append(bf16_path_name(Bf16Path::portable));
+    if (avx512bf16_supported()) out.append(bf16_path_name(Bf16Path::avx512bf16));
+    return out;
+  });
   m.def("set_isa", [](const std::string& name) {
     try {
       set_active_isa(parse_isa(name));
@@ -1078,6 +1103,21 @@ PYBIND11_MODULE(_core, m) {
       }
     throw py::value_error("layout must be 'automatic', 'rows' or 'features', got '" + name + "'");
   }, py::arg("layout"));
+  // Returns the previous forced bf16 path's name.
+  testing.def("force_bf16_path", [](const std::string& name) {
+    try {
+      return std::string(bf16_path_name(testing_force_bf16_path(parse_bf16_path(name))));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("path"));
+  // The bf16 values the bf16 GEMM multiplies in place of x's (float32, C-contiguous).
+  testing.def("round_bf16", [](const py::array& x) {
+    const float* in = contiguous<float>(x, "x");
+    py::array_t<float> out(x.request().shape);
+    round_to_bf16(out.mutable_data(), in, static_cast<index_t>(x.size()));
+    return out;
+  }, py::arg("x"));
   testing.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   testing.def("matmul_via_consumer", &matmul_via_consumer, py::arg("a"), py::arg("b"),
               py::arg("trans_a"), py::arg("trans_b"));
@@ -1165,6 +1205,8 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("n"), py::arg("seed"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a"), py::arg("trans_b"));
+  m.def("matmul_bf16", &matmul_bf16, py::arg("a"), py::arg("b"), py::arg("trans_a"),
+        py::arg("trans_b"));
   m.def("dense_forward", &dense_forward_py, py::arg("x"), py::arg("W"), py::arg("b"),
         py::arg("activation"));
   m.def("dense_backward", &dense_backward_py, py::arg("x"), py::arg("W"), py::arg("out"),

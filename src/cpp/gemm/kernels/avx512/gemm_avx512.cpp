@@ -15,6 +15,7 @@
 #include "../../context.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
+#include "transpose_avx512.h"
 
 namespace fastmlp {
 
@@ -156,35 +157,6 @@ void strided_kernel_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, co
                            index_t b_rs, T* c, index_t ldc, index_t m, index_t n,
                            const TileEpilogue<T>& ep) {
   tile_avx512<T, MR, NV, false>(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, ep);
-}
-
-
-// In-register 16×16 transpose: on return r[i] holds column i of the input rows r[0..15].
-inline void transpose16x16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  // u[4q + c] holds, in each 128-bit lane l, column c of rows 4q..4q+3 restricted to lane l.
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0x88);
-    t[4 + i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0xDD);
-    t[8 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0x88);
-    t[12 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
-    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
-  }
 }
 
 // pack_b for op(B) = Wᵀ (see PackTransposedKernel): 16 rows of W × 16 values of p are loaded,

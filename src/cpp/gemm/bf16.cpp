@@ -1,0 +1,194 @@
+// The bfloat16 GEMM's choice of path, its portable path and the packed-block loop nest that
+// every path runs (bf16.h).
+#include "bf16.h"
+
+#include <algorithm>
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
+#include "bf16_round.h"
+#include "context.h"
+
+namespace fastmlp {
+
+namespace {
+
+std::atomic<Bf16Path> g_forced_bf16_path{Bf16Path::automatic};
+
+// ---- the portable path: bf16 values widened to float32 in context.h's panel layout ----------
+
+void pack_a_rounded(void* packed_bytes, const float* a, index_t rs, index_t cs, index_t mc,
+                    index_t kc, index_t MR) {
+  float* packed = static_cast<float*>(packed_bytes);
+  for (index_t ir = 0; ir < mc; ir += MR) {
+    const index_t rows = std::min(MR, mc - ir);
+    float* panel = packed + ir * kc;
+    for (index_t p = 0; p < kc; ++p) {
+      const float* src = a + ir * rs + p * cs;
+      for (index_t i = 0; i < rows; ++i) panel[p * MR + i] = bf16_round(src[i * rs]);
+      for (index_t i = rows; i < MR; ++i) panel[p * MR + i] = 0.0f;
+    }
+  }
+}
+
+void pack_b_rounded(void* packed_bytes, const float* b, index_t rs, index_t cs, index_t kc,
+                    index_t nc, index_t NR) {
+  float* packed = static_cast<float*>(packed_bytes);
+  for (index_t jr = 0; jr < nc; jr += NR) {
+    const index_t cols = std::min(NR, nc - jr);
+    float* panel = packed + jr * kc;
+    for (index_t p = 0; p < kc; ++p) {
+      const float* src = b + p * rs + jr * cs;
+      for (index_t j = 0; j < cols; ++j) panel[p * NR + j] = bf16_round(src[j * cs]);
+      for (index_t j = cols; j < NR; ++j) panel[p * NR + j] = 0.0f;
+    }
+  }
+}
+
+// The active ISA's float32 tile and blocking, with rounding packers.
+Bf16Kernels portable_kernels() {
+  const GemmContext<float>& cntx = active_gemm_context<float>();
+  Bf16Kernels k;
+  k.MR = cntx.MR, k.NR = cntx.NR, k.MC = cntx.MC, k.KC = cntx.KC, k.NC = cntx.NC;
+  k.k_group = 1;
+  k.value_bytes = sizeof(float);
+  k.pack_a = &pack_a_rounded;
+  k.pack_b = &pack_b_rounded;
+  k.fp32_kernel = cntx.micro_kernel;
+  return k;
+}
+
+const Bf16Kernels& kernels_of(Bf16Path path) {
+#ifdef FASTMLP_X86
+  if (path == Bf16Path::avx512bf16) {
+    static const Bf16Kernels avx512bf16 = avx512bf16_kernels();
+    return avx512bf16;
+  }
+#endif
+  (void)path;
+  // Per call, not cached: the portable path follows the active ISA, which set_isa may change.
+  thread_local Bf16Kernels portable;
+  portable = portable_kernels();
+  return portable;
+}
+
+// Grow-only packing buffers, one pair per thread (as gemm.cpp's).
+AlignedBuffer<unsigned char>& packed_a_bytes() {
+  static thread_local AlignedBuffer<unsigned char> buffer;
+  return buffer;
+}
+AlignedBuffer<unsigned char>& packed_b_bytes() {
+  static thread_local AlignedBuffer<unsigned char> buffer;
+  return buffer;
+}
+
+index_t round_up(index_t x, index_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// GotoBLAS's loop nest around one path's packers and tile kernel (gemm.cpp's gemm_packed):
+// K blocks of KC after the first add to C, which holds the float32 partial sums.
+void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
+  const index_t MR = k.MR, NR = k.NR;
+  const index_t KC = std::min(k.KC, round_up(g.K, k.k_group));
+  const index_t NC = std::min(k.NC, round_up(g.N, NR));
+  const index_t MC = std::min(k.MC, round_up(g.M, MR));
+  unsigned char* packed_a = packed_a_bytes().reserve(
+      static_cast<std::size_t>(round_up(MC, MR) * KC * k.value_bytes));
+  unsigned char* packed_b = packed_b_bytes().reserve(
+      static_cast<std::size_t>(KC * round_up(NC, NR) * k.value_bytes));
+  float* C = g.sink.C;
+  const index_t ldc = g.sink.ldc;
+  for (index_t jc = 0; jc < g.N; jc += NC) {
+    const index_t nc = std::min(NC, g.N - jc);
+    for (index_t pc = 0; pc < g.K; pc += KC) {
+      const index_t kc = std::min(KC, g.K - pc);
+      const index_t panel_bytes = round_up(kc, k.k_group) * k.value_bytes;  // per row/column
+      k.pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR);
+      for (index_t ic = 0; ic < g.M; ic += MC) {
+        const index_t mc = std::min(MC, g.M - ic);
+        k.pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
+        for (index_t jr = 0; jr < nc; jr += NR) {
+          const index_t n = std::min(NR, nc - jr);
+          const unsigned char* b_panel = packed_b + jr * panel_bytes;
+          for (index_t ir = 0; ir < mc; ir += MR) {
+            const index_t m = std::min(MR, mc - ir);
+            const unsigned char* a_panel = packed_a + ir * panel_bytes;
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            if (k.kernel) {
+              k.kernel(kc, a_panel, b_panel, c, ldc, m, n, pc > 0);
+            } else {
+              TileEpilogue<float> ep;
+              ep.accumulate = pc > 0;
+              k.fp32_kernel(kc, reinterpret_cast<const float*>(a_panel),
+                            reinterpret_cast<const float*>(b_panel), c, ldc, m, n, ep);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const char* bf16_path_name(Bf16Path path) {
+  switch (path) {
+    case Bf16Path::automatic: return "automatic";
+    case Bf16Path::portable: return "portable";
+    case Bf16Path::avx512bf16: return "avx512bf16";
+  }
+  return "unknown";
+}
+
+Bf16Path parse_bf16_path(const std::string& name) {
+  for (Bf16Path path : {Bf16Path::automatic, Bf16Path::portable, Bf16Path::avx512bf16})
+    if (name == bf16_path_name(path)) return path;
+  throw std::invalid_argument("unknown bf16 path '" + name +
+                              "': expected one of automatic, portable, avx512bf16");
+}
+
+bool avx512bf16_supported() {
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+  // isa_supported(avx512) also checks that the OS saves the AVX-512 state (XCR0).
+  if (!isa_supported(Isa::avx512)) return false;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5) & 1u;
+#else
+  return false;
+#endif
+}
+
+Bf16Path active_bf16_path() {
+  const Bf16Path forced = g_forced_bf16_path.load(std::memory_order_relaxed);
+  if (forced != Bf16Path::automatic) return forced;
+  static const bool has_bf16 = avx512bf16_supported();
+  return active_isa() == Isa::avx512 && has_bf16 ? Bf16Path::avx512bf16 : Bf16Path::portable;
+}
+
+Bf16Path testing_force_bf16_path(Bf16Path path) {
+  if (path == Bf16Path::avx512bf16 && !avx512bf16_supported())
+    throw std::invalid_argument("bf16 path avx512bf16: this CPU lacks AVX512_BF16");
+  return g_forced_bf16_path.exchange(path);
+}
+
+void round_to_bf16(float* out, const float* x, index_t n) {
+  for (index_t i = 0; i < n; ++i) out[i] = bf16_round(x[i]);
+}
+
+void gemm_bf16(const GemmArgs<float>& g) {
+  if (g.sink.consumes() || g.sink.has_epilogue())
+    throw std::invalid_argument("the bf16 GEMM takes no epilogue and no tile consumer");
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) {
+    for (index_t i = 0; i < g.M; ++i) std::fill_n(g.sink.C + i * g.sink.ldc, g.N, 0.0f);
+    return;
+  }
+  gemm_blocked(g, kernels_of(active_bf16_path()));
+}
+
+}  // namespace fastmlp

@@ -1,0 +1,201 @@
+// AVX512-BF16 packers and micro-kernel of the bf16 GEMM (bf16.h). Compiled with
+// -mavx512f -mavx512bw -mavx512vl -mavx512bf16; only called when avx512bf16_supported().
+//
+// VDPBF16PS multiplies pairs: for each of 16 float32 lanes j,
+//   acc[j] += a[2j]·b[2j] + a[2j+1]·b[2j+1]   (a, b: 32 bf16 values; products exact in float32)
+// so both packed panels hold bf16 *pairs of consecutive k* in one 32-bit word (the even k in
+// the low half), k zero-padded to even:
+//   A panel (MR rows):    word[q*MR + i] = (op(A)[i, 2q], op(A)[i, 2q+1])
+//   B panel (NR columns): word[q*NR + j] = (op(B)[2q, j], op(B)[2q+1, j])
+// Per pair q the kernel loads NR/16 = 2 vectors of B words, broadcasts each row's A word and
+// issues MR·2 VDPBF16PS: each broadcast pair meets the same pair of every column.
+//
+// Tile 12×32: 24 zmm accumulators + 2 B vectors + 1 broadcast = 27 of 32 registers. VDPBF16PS
+// has a latency of 6 cycles on Zen 4 and issues up to 2 per cycle on Zen 5 (full-width
+// AVX-512), so 12 independent accumulators must be in flight to keep the pipes busy; 24 give
+// twice that. 14×32 (31 registers) was the other candidate: the same loads per VDPBF16PS
+// (16 per 28 vs 14 per 24) and no margin of registers; 12 rows also keep float32's MC = 240.
+// Rounding: VCVTNE2PS2BF16 (round to nearest even; subnormal inputs to zero; NaN quieted),
+// which is bf16_bits() of bf16_round.h; the scalar packer for arbitrary strides uses that.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "../../bf16.h"
+#include "../../bf16_round.h"
+#include "../avx512/transpose_avx512.h"
+
+namespace fastmlp {
+
+namespace {
+
+constexpr index_t kMR = 12, kNR = 32;
+
+inline __mmask16 first_lanes(index_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF)
+         : count <= 0 ? static_cast<__mmask16>(0)
+                      : static_cast<__mmask16>((1u << count) - 1u);
+}
+
+// 32 float32 values x[0..15] = lo, x[16..31] = hi → 16 words of bf16 pairs (x[2q], x[2q+1]).
+inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+// The packers below fill one panel: `lanes` rows of A or columns of B (lane l's k-th value at
+// src[l*lane_stride + p*k_stride]), written as dst[q*ld_dst + l] for l < store_lanes ≤ 16,
+// the lanes past `lanes` and the k past `k` as zeros.
+
+// Each lane's values contiguous in k (a row-major op(A), op(B) = Wᵀ): 16 lanes × 32 values
+// become 16 lanes × 16 pairs, transposed in registers to 16 rows of 16 pairs' words.
+void pack_k_contiguous(std::uint32_t* dst, index_t ld_dst, const float* src, index_t lane_stride,
+                       index_t lanes, index_t store_lanes, index_t k) {
+  const __mmask16 store_mask = first_lanes(store_lanes);
+  for (index_t p = 0; p < k; p += 32) {
+    const index_t depth = k - p < 32 ? k - p : 32;
+    const __mmask16 lo = first_lanes(depth), hi = first_lanes(depth - 16);
+    __m512 r[16];
+    for (int l = 0; l < 16; ++l) {
+      if (l < lanes) {
+        const float* row = src + l * lane_stride + p;
+        r[l] = _mm512_castsi512_ps(
+            bf16_pairs(_mm512_maskz_loadu_ps(lo, row), _mm512_maskz_loadu_ps(hi, row + 16)));
+      } else {
+        r[l] = _mm512_setzero_ps();
+      }
+    }
+    transpose16x16(r);
+    const index_t pairs = (depth + 1) / 2;
+    for (index_t q = 0; q < pairs; ++q)
+      _mm512_mask_storeu_epi32(dst + (p / 2 + q) * ld_dst, store_mask,
+                               _mm512_castps_si512(r[q]));
+  }
+}
+
+// The lanes contiguous (a column-major op(A), a row-major op(B)): per pair, two vectors of 16
+// lanes (k even, k odd), converted together and interleaved into (even, odd) words.
+void pack_lanes_contiguous(std::uint32_t* dst, index_t ld_dst, const float* src,
+                           index_t k_stride, index_t lanes, index_t store_lanes, index_t k) {
+  // bf16 value 2l of the result is value l of the even k's vector, 2l+1 value l of the odd k's
+  // (which VCVTNE2PS2BF16 puts at 16 + l).
+  alignas(64) static const std::uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  const __mmask16 valid = first_lanes(lanes), store_mask = first_lanes(store_lanes);
+  for (index_t p = 0; p < k; p += 2) {
+    const __m512 even = _mm512_maskz_loadu_ps(valid, src + p * k_stride);
+    const __m512 odd = p + 1 < k ? _mm512_maskz_loadu_ps(valid, src + (p + 1) * k_stride)
+                                 : _mm512_setzero_ps();
+    const __m512i words = _mm512_permutexvar_epi16(interleave, bf16_pairs(even, odd));
+    _mm512_mask_storeu_epi32(dst + (p / 2) * ld_dst, store_mask, words);
+  }
+}
+
+// Any strides (a view strided both ways): one value at a time.
+void pack_strided(std::uint32_t* dst, index_t ld_dst, const float* src, index_t lane_stride,
+                  index_t k_stride, index_t lanes, index_t store_lanes, index_t k) {
+  for (index_t p = 0; p < k; p += 2)
+    for (index_t l = 0; l < store_lanes; ++l) {
+      std::uint32_t word = 0;
+      if (l < lanes) {
+        word = bf16_bits(src[l * lane_stride + p * k_stride]);
+        if (p + 1 < k) word |= std::uint32_t{bf16_bits(src[l * lane_stride + (p + 1) * k_stride])}
+                               << 16;
+      }
+      dst[(p / 2) * ld_dst + l] = word;
+    }
+}
+
+void pack_panel(std::uint32_t* dst, index_t ld_dst, const float* src, index_t lane_stride,
+                index_t k_stride, index_t lanes, index_t store_lanes, index_t k) {
+  if (k_stride == 1) return pack_k_contiguous(dst, ld_dst, src, lane_stride, lanes, store_lanes, k);
+  if (lane_stride == 1)
+    return pack_lanes_contiguous(dst, ld_dst, src, k_stride, lanes, store_lanes, k);
+  pack_strided(dst, ld_dst, src, lane_stride, k_stride, lanes, store_lanes, k);
+}
+
+void pack_a_bf16(void* packed, const float* a, index_t rs, index_t cs, index_t mc, index_t kc,
+                 index_t MR) {
+  std::uint32_t* words = static_cast<std::uint32_t*>(packed);
+  const index_t pairs = (kc + 1) / 2;
+  for (index_t ir = 0; ir < mc; ir += MR) {
+    const index_t rows = mc - ir < MR ? mc - ir : MR;
+    pack_panel(words + ir * pairs, MR, a + ir * rs, rs, cs, rows, MR, kc);
+  }
+}
+
+void pack_b_bf16(void* packed, const float* b, index_t rs, index_t cs, index_t kc, index_t nc,
+                 index_t NR) {
+  std::uint32_t* words = static_cast<std::uint32_t*>(packed);
+  const index_t pairs = (kc + 1) / 2;
+  for (index_t jr = 0; jr < nc; jr += NR)
+    for (index_t j0 = 0; j0 < NR; j0 += 16) {
+      const index_t cols = nc - jr - j0 < 0 ? 0 : (nc - jr - j0 > 16 ? 16 : nc - jr - j0);
+      const float* src = cols > 0 ? b + (jr + j0) * cs : b;
+      pack_panel(words + jr * pairs + j0, NR, src, cs, rs, cols, 16, kc);
+    }
+}
+
+// tile (m ≤ MR, n ≤ 32) := (accumulate ? tile : 0) + Σ_q A pair q ⊗ B pair q.
+template <int MR>
+void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, float* c,
+                       index_t ldc, index_t m, index_t n, bool accumulate) {
+  const std::uint32_t* a = static_cast<const std::uint32_t*>(a_panel);
+  const std::uint32_t* b = static_cast<const std::uint32_t*>(b_panel);
+  const index_t pairs = (kc + 1) / 2;
+  __m512 acc[MR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (index_t q = 0; q < pairs; ++q) {
+    const std::uint32_t* a_q = a + q * MR;
+    const std::uint32_t* b_q = b + q * kNR;
+    // The panels are read in order: ask for B 8 pairs (1 KiB) and A 8 pairs ahead, as the
+    // float32 kernel does.
+    __builtin_prefetch(b_q + 8 * kNR, 0, 3);
+    __builtin_prefetch(a_q + 8 * MR, 0, 3);
+    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(b_q));
+    const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_load_si512(b_q + 16));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh ai =
+          reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a_q[i])));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+  const __mmask16 cols0 = first_lanes(n), cols1 = first_lanes(n - 16);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m) break;
+    float* row = c + i * ldc;
+    __m512 x0 = acc[i][0], x1 = acc[i][1];
+    if (accumulate) {
+      x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(cols0, row), x0);
+      x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(cols1, row + 16), x1);
+    }
+    _mm512_mask_storeu_ps(row, cols0, x0);
+    _mm512_mask_storeu_ps(row + 16, cols1, x1);
+  }
+}
+
+}  // namespace
+
+Bf16Kernels avx512bf16_kernels() {
+  Bf16Kernels k;
+  k.MR = kMR, k.NR = kNR;
+  // The float32 kernel's blocks in bytes (gemm_avx512.cpp): a bf16 value is half a float, so
+  // KC doubles for the same B micro-panel (1536 × 32 × 2 B = 96 KiB, streamed from L2) and the
+  // same A block (240 × 1536 × 2 B = 720 KiB, in a 1 MiB L2). KC even: pairs never straddle
+  // two K blocks.
+  k.MC = 240, k.KC = 1536, k.NC = 4096;
+  k.k_group = 2;
+  k.value_bytes = 2;
+  k.pack_a = &pack_a_bf16;
+  k.pack_b = &pack_b_bf16;
+  k.kernel = &kernel_avx512bf16<kMR>;
+  return k;
+}
+
+}  // namespace fastmlp
