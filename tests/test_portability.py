@@ -17,6 +17,7 @@ import numpy as np, fastmlp
 from fastmlp import ops
 assert ops.supported_isas() == ["generic"], ops.supported_isas()
 assert ops.isa() == "generic"
+assert ops.supported_bf16_paths() == ["portable"] and ops.bf16_path() == "portable"
 rng = np.random.default_rng(0)
 for m, n, k in [(7, 13, 31), (64, 200, 300), (1, 300, 257), (300, 10, 40)]:
     for ta in (False, True):
@@ -25,6 +26,8 @@ for m, n, k in [(7, 13, 31), (64, 200, 300), (1, 300, 257), (300, 10, 40)]:
             b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
             ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
             assert np.allclose(ops.matmul(a, b, ta, tb), ref, atol=1e-3), (m, n, k, ta, tb)
+            bf16 = ops.matmul(a, b, ta, tb, precision="bfloat16")
+            assert np.allclose(bf16, ref, atol=0.05 * np.sqrt(k)), (m, n, k, ta, tb)
 X = rng.standard_normal((500, 8)); y = (X[:, 0] * X[:, 1] > 0).astype(int)
 model = fastmlp.MLP([8, 32, 2], seed=0)
 model.fit(X, y, epochs=20, optimizer=fastmlp.Adam(lr=0.01), seed=0)

@@ -31,6 +31,29 @@ def gemm_path(path: str):
         force_gemm_path(previous)
 
 
+def force_bf16_path(path: str) -> str:
+    """Every ``matmul(..., precision="bfloat16")`` takes ``path``: ``'portable'``,
+    ``'avx512bf16'`` (``ValueError`` on a CPU without AVX512-BF16) or ``'automatic'`` (the
+    choice from the ISA, the default). Returns the previous one."""
+    return _hooks.force_bf16_path(path)
+
+
+@contextlib.contextmanager
+def bf16_path(path: str):
+    """Every bfloat16 product takes ``path`` (see ``force_bf16_path``) until the block ends."""
+    previous = force_bf16_path(path)
+    try:
+        yield
+    finally:
+        force_bf16_path(previous)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """The bfloat16 values, as float32, that ``matmul(..., precision="bfloat16")`` multiplies
+    in place of ``x``'s float32 values (the C++ rounding, for its own tests)."""
+    return _hooks.round_bf16(np.ascontiguousarray(x, dtype=np.float32))
+
+
 def matmul_via_consumer(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
                         trans_b: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``op(a) @ op(b)`` computed through a tile consumer (as the engine's fused optimizer

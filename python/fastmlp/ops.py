@@ -23,7 +23,7 @@ from fastmlp._validation import (check_activation, contiguous, float_array, inte
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
-    "cache_sizes", "cost_model",
+    "cache_sizes", "cost_model", "bf16_path", "supported_bf16_paths",
 ]
 
 
@@ -77,12 +77,27 @@ def cost_model(dtype="float32") -> dict:
     return dict(_core.cost_model(np.dtype(dtype).name))
 
 
-def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
+PRECISIONS = ("float32", "bfloat16")
+
+
+def matmul(a, b, trans_a: bool = False, trans_b: bool = False,
+           precision: str = "float32") -> np.ndarray:
     """``op(a) @ op(b)`` where ``op(m)`` is ``m.T`` if its flag is set, else ``m``.
 
     a, b: 2-D. Transposes are never materialised: a transposed operand is read with swapped
     strides.
+
+    precision: ``"float32"`` (the default) multiplies the operands as they are, in their own
+    dtype. ``"bfloat16"`` (float32 operands only; float64 ones raise ``TypeError``) rounds
+    each operand value to bfloat16 as it is packed (round to nearest, ties to even; NaN stays
+    NaN, ±inf stays ±inf; zeros and float32 subnormals become a signed zero, as the hardware
+    does), multiplies and accumulates in float32 and returns float32. ``bf16_path()`` says
+    which kernel runs.
     """
+    if precision == "bfloat16":
+        return _matmul_bf16(a, b, bool(trans_a), bool(trans_b))
+    if precision != "float32":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if type(a) is np.ndarray and type(b) is np.ndarray:
         # Fast path: the core checks dtypes, shapes, strides and alignment itself, and a call
         # costs about 1 µs, which matters for an MLP's small products. On any complaint, the
@@ -91,6 +106,11 @@ def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
             return _core.matmul(a, b, bool(trans_a), bool(trans_b))
         except (TypeError, ValueError):
             pass
+    a, b = _matmul_operands(a, b, trans_a, trans_b)
+    return _core.matmul(strided_ok(a), strided_ok(b), bool(trans_a), bool(trans_b))
+
+
+def _matmul_operands(a, b, trans_a, trans_b) -> tuple[np.ndarray, np.ndarray]:
     a = float_array(a, "a", ndim=2)
     b = float_array(b, "b", ndim=2)
     same_dtype(("a", a), ("b", b))
@@ -101,7 +121,31 @@ def matmul(a, b, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
             f"matmul: op(a) has {a_inner} columns but op(b) has {b_inner} rows "
             f"(a {a.shape}, trans_a={bool(trans_a)}; b {b.shape}, trans_b={bool(trans_b)})"
         )
-    return _core.matmul(strided_ok(a), strided_ok(b), bool(trans_a), bool(trans_b))
+    return a, b
+
+
+def _matmul_bf16(a, b, trans_a: bool, trans_b: bool) -> np.ndarray:
+    a, b = _matmul_operands(a, b, trans_a, trans_b)
+    if a.dtype != np.float32:
+        raise TypeError(
+            f"matmul: precision='bfloat16' takes float32 operands, got {a.dtype}; float64 "
+            "refuses bfloat16 rounding (it would keep 8 of 53 bits): convert with "
+            ".astype(np.float32) first, or use precision='float32'"
+        )
+    return _core.matmul_bf16(strided_ok(a), strided_ok(b), trans_a, trans_b)
+
+
+def bf16_path() -> str:
+    """The kernel of ``matmul(..., precision="bfloat16")``: ``'avx512bf16'`` (VDPBF16PS, when
+    the active ISA is ``'avx512'`` and the CPU has AVX512-BF16) or ``'portable'`` (operands
+    rounded to bfloat16, multiplied by the active ISA's float32 kernel). Follows
+    ``set_isa`` / ``FASTMLP_ISA``."""
+    return _core.bf16_path()
+
+
+def supported_bf16_paths() -> list[str]:
+    """The bfloat16 kernels this CPU can run."""
+    return list(_core.supported_bf16_paths())
 
 
 def relu(x) -> np.ndarray:
