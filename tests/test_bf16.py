@@ -16,6 +16,7 @@ that flavour's float32 kernel). The rounding itself is checked bit for bit.
 import numpy as np
 import pytest
 
+import fastmlp
 from fastmlp import _testing, ops
 from _helpers import LAYOUTS, assert_unchanged, freeze, laid_out, run_python
 
@@ -241,6 +242,26 @@ def test_paths_agree(bf16_path):
         portable = ops.matmul(a, b, precision="bfloat16")
     _, scale = ref_matmul_bf16(a, b, False, False)
     assert np.all(np.abs(got - portable.astype(np.float64)) <= 2 * 517 * 2.0**-24 * scale)
+
+
+@pytest.mark.parametrize("m, k, n", [(97, 301, 65), (25, 3, 200), (300, 257, 513)])
+def test_bitwise_identical_for_any_thread_count(bf16_path, m, k, n):
+    """Every product split over 2 threads (as the pool splits large ones) gives the very bits
+    of one thread: no task splits the K reduction."""
+    rng = np.random.default_rng([m, k, n])
+    a = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    previous = fastmlp.get_num_threads()
+    try:
+        fastmlp.set_num_threads(1)
+        one = ops.matmul(a, b, trans_a=True, precision="bfloat16")
+        fastmlp.set_num_threads(2)
+        with _testing.split_every_product():
+            two = ops.matmul(a, b, trans_a=True, precision="bfloat16")
+    finally:
+        fastmlp.set_num_threads(previous)
+    np.testing.assert_array_equal(one.view(np.uint32), two.view(np.uint32))
+    assert_close_to_reference(two, a, b, trans_a=True)
 
 
 # ---- refusals --------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ bool avx512bf16_supported();
 Bf16Path active_bf16_path();
 
 // C := bf16(op(A)) · bf16(op(B)) into args.sink.C (row stride ldc). The sink takes no
-// epilogue and no consumer (std::invalid_argument). Single-threaded for now.
+// epilogue and no consumer (std::invalid_argument). Split over the thread pool as gemm() is
+// (threads.h's ParallelMode, gemm_split_pays), with results bitwise identical for any count.
 void gemm_bf16(const GemmArgs<float>& args);
 
 // out[i] = the bf16 value the GEMM multiplies in place of x[i], as a float32.
