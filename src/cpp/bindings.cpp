@@ -222,9 +222,10 @@ py::array matmul(const py::array& a, const py::array& b, bool trans_a, bool tran
 py::array matmul_bf16(const py::array& a, const py::array& b, bool trans_a, bool trans_b) {
   for (const auto& [operand, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}})
     if (!has_dtype<float>(*operand))
-      throw py::type_error(std::string("matmul with precision='bfloat16' takes float32 operands; ") +
-                           name + " has dtype " + py::str(operand->dtype()).cast<std::string>() +
-                           (has_dtype<double>(*operand) ? " (float64 refuses bfloat16 rounding)" : ""));
+      throw py::type_error(
+          std::string("matmul with precision='bfloat16' takes float32 operands; ") + name +
+          " has dtype " + py::str(operand->dtype()).cast<std::string>() +
+          (has_dtype<double>(*operand) ? " (float64 refuses bfloat16 rounding)" : ""));
   GemmArgs<float> g = matmul_operands<float>(a, b, trans_a, trans_b);
   py::array_t<float> out({g.M, g.N});
   g.sink.C = out.mutable_data();

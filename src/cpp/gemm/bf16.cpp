@@ -23,17 +23,24 @@ std::atomic<Bf16Path> g_forced_bf16_path{Bf16Path::automatic};
 
 // ---- the portable path: bf16 values widened to float32 in context.h's panel layout ----------
 
+// Both packers walk the source along its contiguous axis when it has one (a transposed walk
+// reads one value per cache line: 4-10× slower on the layers' shapes).
 void pack_a_rounded(void* packed_bytes, const float* a, index_t rs, index_t cs, index_t mc,
                     index_t kc, index_t MR) {
   float* packed = static_cast<float*>(packed_bytes);
   for (index_t ir = 0; ir < mc; ir += MR) {
     const index_t rows = std::min(MR, mc - ir);
     float* panel = packed + ir * kc;
-    for (index_t p = 0; p < kc; ++p) {
-      const float* src = a + ir * rs + p * cs;
-      for (index_t i = 0; i < rows; ++i) panel[p * MR + i] = bf16_round(src[i * rs]);
-      for (index_t i = rows; i < MR; ++i) panel[p * MR + i] = 0.0f;
+    const float* a_rows = a + ir * rs;
+    if (cs == 1) {
+      for (index_t i = 0; i < rows; ++i)
+        for (index_t p = 0; p < kc; ++p) panel[p * MR + i] = bf16_round(a_rows[i * rs + p]);
+    } else {
+      for (index_t p = 0; p < kc; ++p)
+        for (index_t i = 0; i < rows; ++i) panel[p * MR + i] = bf16_round(a_rows[i * rs + p * cs]);
     }
+    for (index_t p = 0; p < kc; ++p)
+      for (index_t i = rows; i < MR; ++i) panel[p * MR + i] = 0.0f;
   }
 }
 
@@ -43,11 +50,16 @@ void pack_b_rounded(void* packed_bytes, const float* b, index_t rs, index_t cs, 
   for (index_t jr = 0; jr < nc; jr += NR) {
     const index_t cols = std::min(NR, nc - jr);
     float* panel = packed + jr * kc;
-    for (index_t p = 0; p < kc; ++p) {
-      const float* src = b + p * rs + jr * cs;
-      for (index_t j = 0; j < cols; ++j) panel[p * NR + j] = bf16_round(src[j * cs]);
-      for (index_t j = cols; j < NR; ++j) panel[p * NR + j] = 0.0f;
+    const float* b_cols = b + jr * cs;
+    if (rs == 1) {
+      for (index_t j = 0; j < cols; ++j)
+        for (index_t p = 0; p < kc; ++p) panel[p * NR + j] = bf16_round(b_cols[j * cs + p]);
+    } else {
+      for (index_t p = 0; p < kc; ++p)
+        for (index_t j = 0; j < cols; ++j) panel[p * NR + j] = bf16_round(b_cols[p * rs + j * cs]);
     }
+    for (index_t p = 0; p < kc; ++p)
+      for (index_t j = cols; j < NR; ++j) panel[p * NR + j] = 0.0f;
   }
 }
 

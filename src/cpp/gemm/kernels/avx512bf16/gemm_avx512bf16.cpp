@@ -42,9 +42,9 @@ inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-// The packers below fill one panel: `lanes` rows of A or columns of B (lane l's k-th value at
-// src[l*lane_stride + p*k_stride]), written as dst[q*ld_dst + l] for l < store_lanes ≤ 16,
-// the lanes past `lanes` and the k past `k` as zeros.
+// The packers below write `lanes` rows of A or columns of B (lane l's k-th value at
+// src[l*lane_stride + p*k_stride]) as dst[q*ld_dst + l] for l < store_lanes ≤ 16 (one panel),
+// the lanes past `lanes` and the k past `k` as zeros; pack_lanes_contiguous a whole block.
 
 // Each lane's values contiguous in k (a row-major op(A), op(B) = Wᵀ): 16 lanes × 32 values
 // become 16 lanes × 16 pairs, transposed in registers to 16 rows of 16 pairs' words.
@@ -72,23 +72,36 @@ void pack_k_contiguous(std::uint32_t* dst, index_t ld_dst, const float* src, ind
   }
 }
 
-// The lanes contiguous (a column-major op(A), a row-major op(B)): per pair, two vectors of 16
-// lanes (k even, k odd), converted together and interleaved into (even, odd) words.
-void pack_lanes_contiguous(std::uint32_t* dst, index_t ld_dst, const float* src,
-                           index_t k_stride, index_t lanes, index_t store_lanes, index_t k) {
+// The lanes contiguous (a column-major op(A), a row-major op(B)), for a whole block of
+// `lanes` lanes in panels of `width` (MR or NR): per pair, two vectors of up to 16 lanes (k
+// even, k odd), converted together and interleaved into (even, odd) words. The pair loop is
+// the outer one, so the source is read row after row of op(B) (column after column of op(A)):
+// walking one 16-lane panel down all of k touched a new page per row.
+void pack_lanes_contiguous(std::uint32_t* dst, index_t width, const float* src,
+                           index_t k_stride, index_t lanes, index_t k) {
   // bf16 value 2l of the result is value l of the even k's vector, 2l+1 value l of the odd k's
   // (which VCVTNE2PS2BF16 puts at 16 + l).
   alignas(64) static const std::uint16_t kInterleave[32] = {
       0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i interleave = _mm512_load_si512(kInterleave);
-  const __mmask16 valid = first_lanes(lanes), store_mask = first_lanes(store_lanes);
+  const index_t pairs = (k + 1) / 2;
   for (index_t p = 0; p < k; p += 2) {
-    const __m512 even = _mm512_maskz_loadu_ps(valid, src + p * k_stride);
-    const __m512 odd = p + 1 < k ? _mm512_maskz_loadu_ps(valid, src + (p + 1) * k_stride)
-                                 : _mm512_setzero_ps();
-    const __m512i words = _mm512_permutexvar_epi16(interleave, bf16_pairs(even, odd));
-    _mm512_mask_storeu_epi32(dst + (p / 2) * ld_dst, store_mask, words);
+    const float* even_row = src + p * k_stride;
+    const float* odd_row = p + 1 < k ? src + (p + 1) * k_stride : nullptr;
+    for (index_t l0 = 0; l0 < lanes; l0 += width) {
+      std::uint32_t* panel_row = dst + l0 * pairs + (p / 2) * width;
+      for (index_t j0 = 0; j0 < width; j0 += 16) {
+        const index_t store_lanes = width - j0 < 16 ? width - j0 : 16;
+        const __mmask16 valid = first_lanes(lanes - l0 - j0 < store_lanes ? lanes - l0 - j0
+                                                                          : store_lanes);
+        const __m512 even = _mm512_maskz_loadu_ps(valid, even_row + l0 + j0);
+        const __m512 odd = odd_row ? _mm512_maskz_loadu_ps(valid, odd_row + l0 + j0)
+                                   : _mm512_setzero_ps();
+        const __m512i words = _mm512_permutexvar_epi16(interleave, bf16_pairs(even, odd));
+        _mm512_mask_storeu_epi32(panel_row + j0, first_lanes(store_lanes), words);
+      }
+    }
   }
 }
 
@@ -107,33 +120,31 @@ void pack_strided(std::uint32_t* dst, index_t ld_dst, const float* src, index_t 
     }
 }
 
-void pack_panel(std::uint32_t* dst, index_t ld_dst, const float* src, index_t lane_stride,
-                index_t k_stride, index_t lanes, index_t store_lanes, index_t k) {
-  if (k_stride == 1) return pack_k_contiguous(dst, ld_dst, src, lane_stride, lanes, store_lanes, k);
-  if (lane_stride == 1)
-    return pack_lanes_contiguous(dst, ld_dst, src, k_stride, lanes, store_lanes, k);
-  pack_strided(dst, ld_dst, src, lane_stride, k_stride, lanes, store_lanes, k);
-}
-
 void pack_a_bf16(void* packed, const float* a, index_t rs, index_t cs, index_t mc, index_t kc,
                  index_t MR) {
   std::uint32_t* words = static_cast<std::uint32_t*>(packed);
+  if (rs == 1 && cs != 1) return pack_lanes_contiguous(words, MR, a, cs, mc, kc);
   const index_t pairs = (kc + 1) / 2;
   for (index_t ir = 0; ir < mc; ir += MR) {
     const index_t rows = mc - ir < MR ? mc - ir : MR;
-    pack_panel(words + ir * pairs, MR, a + ir * rs, rs, cs, rows, MR, kc);
+    std::uint32_t* panel = words + ir * pairs;
+    if (cs == 1) pack_k_contiguous(panel, MR, a + ir * rs, rs, rows, MR, kc);
+    else pack_strided(panel, MR, a + ir * rs, rs, cs, rows, MR, kc);
   }
 }
 
 void pack_b_bf16(void* packed, const float* b, index_t rs, index_t cs, index_t kc, index_t nc,
                  index_t NR) {
   std::uint32_t* words = static_cast<std::uint32_t*>(packed);
+  if (cs == 1 && rs != 1) return pack_lanes_contiguous(words, NR, b, rs, nc, kc);
   const index_t pairs = (kc + 1) / 2;
   for (index_t jr = 0; jr < nc; jr += NR)
     for (index_t j0 = 0; j0 < NR; j0 += 16) {
       const index_t cols = nc - jr - j0 < 0 ? 0 : (nc - jr - j0 > 16 ? 16 : nc - jr - j0);
       const float* src = cols > 0 ? b + (jr + j0) * cs : b;
-      pack_panel(words + jr * pairs + j0, NR, src, cs, rs, cols, 16, kc);
+      std::uint32_t* panel = words + jr * pairs + j0;
+      if (rs == 1) pack_k_contiguous(panel, NR, src, cs, cols, 16, kc);
+      else pack_strided(panel, NR, src, cs, rs, cols, 16, kc);
     }
 }
 
