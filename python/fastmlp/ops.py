@@ -125,6 +125,13 @@ def _matmul_operands(a, b, trans_a, trans_b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _matmul_bf16(a, b, trans_a: bool, trans_b: bool) -> np.ndarray:
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        # The core checks everything itself (as matmul's fast path); on a complaint, the
+        # checks below give the detailed message.
+        try:
+            return _core.matmul_bf16(a, b, trans_a, trans_b)
+        except (TypeError, ValueError):
+            pass
     a, b = _matmul_operands(a, b, trans_a, trans_b)
     if a.dtype != np.float32:
         raise TypeError(
