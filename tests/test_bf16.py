@@ -151,15 +151,17 @@ def test_matches_reference(bf16_path, m, k, n, trans_a, trans_b):
     assert_close_to_reference(got, a, b, trans_a, trans_b)
 
 
-@pytest.mark.parametrize("m, k, n", [(13, 31, 33), (97, 301, 65), (1, 7, 3)])
+@pytest.mark.parametrize("m, k, n", [(13, 31, 33), (97, 301, 65), (1, 7, 3), (250, 800, 40)])
 def test_portable_path_on_every_flavour(isa, m, k, n):
-    """The portable path runs the active flavour's float32 tile and blocking."""
+    """The portable path runs the active flavour's float32 tile, blocking and packers (AVX-512's
+    for row-major op(A) and op(B) = Wᵀ, the rounding copy for the rest)."""
     rng = np.random.default_rng([m, k, n])
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((n, k)).astype(np.float32)
-    with _testing.bf16_path("portable"):
-        got = ops.matmul(a, b, trans_b=True, precision="bfloat16")
-    assert_close_to_reference(got, a, b, trans_b=True)
+    for trans_a, trans_b in [(False, False), (True, False), (False, True), (True, True)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        with _testing.bf16_path("portable"):
+            got = ops.matmul(a, b, trans_a, trans_b, precision="bfloat16")
+        assert_close_to_reference(got, a, b, trans_a, trans_b)
 
 
 @pytest.mark.parametrize("layout_b", LAYOUTS)
