@@ -12,8 +12,10 @@
 // multiply identical operands and differ only in the order of the float32 additions.
 //
 // Paths (Bf16Path), chosen at run time, each forceable (testing_force_bf16_path):
-//   portable:   operands rounded to bf16 while packed into float32 panels, then the active
-//               ISA's float32 micro-kernel (a product of two bf16 values is exact in float32).
+//   portable:   operands rounded to bf16 while packed into float32 panels (or, where the
+//               active ISA has a float32 packer for the layout, each panel rounded right after
+//               it is packed, while in cache), then the active ISA's float32 micro-kernel (a
+//               product of two bf16 values is exact in float32).
 //   avx512bf16: operands packed as bf16 pairs of k, VDPBF16PS micro-kernel (2× the float32
 //               multiply rate per instruction). Automatic when the active ISA is avx512 and
 //               CPUID says AVX512_BF16.
