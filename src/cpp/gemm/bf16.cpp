@@ -99,7 +99,16 @@ Bf16Kernels portable_kernels() {
 const Bf16Kernels& kernels_of(Bf16Path path) {
 #ifdef FASTMLP_X86
   if (path == Bf16Path::avx512bf16) {
-    static const Bf16Kernels avx512bf16 = avx512bf16_kernels();
+    static const Bf16Kernels avx512bf16 = [] {
+      Bf16Kernels k = avx512bf16_kernels();
+      // The float32 AVX-512 blocks (the same 12×32 tile; derived from the caches, context.cpp)
+      // in bytes: a bf16 value is half a float, so twice the KC gives the same B micro-panel
+      // and A block, and the same MC and NC the same B block. KC stays even: no pair of k
+      // straddles two K blocks.
+      const GemmContext<float>& f32 = isa_context(Isa::avx512).sgemm;
+      k.MC = f32.MC, k.KC = 2 * f32.KC, k.NC = f32.NC;
+      return k;
+    }();
     return avx512bf16;
   }
 #endif

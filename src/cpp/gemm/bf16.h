@@ -58,7 +58,7 @@ Bf16Path testing_force_bf16_path(Bf16Path path);
 // context.h; 2: bf16 pairs, k zero-padded to even). The panel of rows ir.. starts
 // ir·round_up(kc, k_group)·value_bytes bytes into the packed A block; likewise for columns.
 struct Bf16Kernels {
-  index_t MR = 0, NR = 0, MC = 0, KC = 0, NC = 0;  // KC a multiple of k_group
+  index_t MR = 0, NR = 0, MC = 0, KC = 0, NC = 0;  // KC a multiple of k_group; MC of MR
   index_t k_group = 1;
   index_t value_bytes = 4;
   // element (i,p) of op(A) is a[i*rs + p*cs]; packs rows [0, mc), zero-padded to MR rows.

@@ -196,11 +196,7 @@ void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, flo
 Bf16Kernels avx512bf16_kernels() {
   Bf16Kernels k;
   k.MR = kMR, k.NR = kNR;
-  // The float32 kernel's blocks in bytes (gemm_avx512.cpp): a bf16 value is half a float, so
-  // KC doubles for the same B micro-panel (1536 × 32 × 2 B = 96 KiB, streamed from L2) and the
-  // same A block (240 × 1536 × 2 B = 720 KiB, in a 1 MiB L2). KC even: pairs never straddle
-  // two K blocks.
-  k.MC = 240, k.KC = 1536, k.NC = 4096;
+  // MC, KC, NC: from the float32 AVX-512 context's, derived from the caches (bf16.cpp).
   k.k_group = 2;
   k.value_bytes = 2;
   k.pack_a = &pack_a_bf16;
