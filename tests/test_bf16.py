@@ -127,9 +127,10 @@ def test_rounding_matches_numpy_on_random_bit_patterns():
 
 # ---- matmul ----------------------------------------------------------------------------------
 
-# (M, K, N). Tiles: avx512bf16 12×32, k in pairs (odd K: a zero pad), MC 240, KC 1536,
-# NC 4096; the portable path takes the float32 tile of each flavour (generic 4×8, avx2 6×16,
-# avx512 12×32; KC 256 or 768).
+# (M, K, N). Tiles: avx512bf16 12×32, k in pairs (odd K: a zero pad); the portable path takes
+# the float32 tile of each flavour (generic 4×8, avx2 6×16, avx512 12×32). Blocks derive from
+# the caches; on a Zen 5 (48K L1d, 1M L2): float32 AVX-512 MC 240, KC 768, NC 4096, and the
+# bf16 kernel's KC twice that, 1536.
 SHAPES = [
     (1, 1, 1), (1, 2, 1), (1, 3, 17), (2, 3, 5), (3, 1, 7), (7, 13, 31), (12, 2, 32),
     (13, 3, 33), (11, 31, 31), (31, 67, 13), (25, 64, 65), (64, 9, 10), (97, 127, 129),
@@ -316,3 +317,36 @@ def test_fastmlp_isa_chooses_the_path(isa_name):
                       {"FASTMLP_ISA": isa_name})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == expected
+
+
+_OTHER_CACHES_SCRIPT = r"""
+import numpy as np
+from fastmlp import _testing, ops
+cfg = ops.gemm_config()
+assert (cfg["MC"], cfg["KC"], cfg["NC"]) == (360, 512, 1536), cfg
+rng = np.random.default_rng(0)
+# One past each block: MC 360; KC 1024 (avx512bf16) and 512 (portable); NC 1536.
+a = rng.standard_normal((1027, 361)).astype(np.float32)
+b = rng.standard_normal((1027, 1537)).astype(np.float32)
+r = lambda x: _testing.round_bf16(x).astype(np.float64)
+ref = r(a).T @ r(b)
+scale = np.abs(r(a)).T @ np.abs(r(b))
+for path in ops.supported_bf16_paths():
+    with _testing.bf16_path(path):
+        got = ops.matmul(a, b, trans_a=True, precision="bfloat16")
+    assert np.all(np.abs(got - ref) <= 1029 * 2.0**-24 * scale), path
+print("ok")
+"""
+
+
+def test_blocks_follow_the_detected_caches():
+    """The bf16 blocks come from the float32 ones, which come from the caches: Zen 4's, forced
+    with FASTMLP_CACHE_SIZES, give other MC/KC/NC, and products across them stay right."""
+    if "avx512" not in ops.supported_isas():
+        pytest.skip("the blocks checked are AVX-512's")
+    proc = run_python(_OTHER_CACHES_SCRIPT, {
+        "FASTMLP_ISA": "avx512",
+        "FASTMLP_CACHE_SIZES": "l1d=32K,l1d_ways=8,l2=1M,l2_ways=8,l3=32M,l3_ways=16,"
+                               "l3_sharing=8"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
