@@ -300,6 +300,11 @@ def test_forcing_an_unknown_path_fails():
 def test_path_follows_the_flavour(isa):
     expected = "avx512bf16" if isa == "avx512" and "avx512bf16" in BF16_PATHS else "portable"
     assert ops.bf16_path() == expected
+    f32, bf16 = ops.gemm_config("float32"), ops.gemm_config("bfloat16")
+    if expected == "portable":
+        assert all(bf16[key] == f32[key] for key in ("MR", "NR", "MC", "KC", "NC"))
+    else:
+        assert (bf16["MR"], bf16["NR"], bf16["KC"]) == (12, 32, 2 * f32["KC"])
     with _testing.bf16_path("portable"):
         assert ops.bf16_path() == "portable"
     assert ops.bf16_path() == expected
@@ -324,6 +329,9 @@ import numpy as np
 from fastmlp import _testing, ops
 cfg = ops.gemm_config()
 assert (cfg["MC"], cfg["KC"], cfg["NC"]) == (360, 512, 1536), cfg
+bf16 = ops.gemm_config("bfloat16")
+expected = (360, 1024, 1536) if ops.bf16_path() == "avx512bf16" else (360, 512, 1536)
+assert (bf16["MC"], bf16["KC"], bf16["NC"]) == expected, bf16
 rng = np.random.default_rng(0)
 # One past each block: MC 360; KC 1024 (avx512bf16) and 512 (portable); NC 1536.
 a = rng.standard_normal((1027, 361)).astype(np.float32)

@@ -53,7 +53,10 @@ def set_isa(name: str) -> None:
 def gemm_config(dtype="float32") -> dict:
     """The active GEMM's register tile (MR × NR, and row_NR for a single row) and cache blocks
     (MC, KC, NC) for ``dtype``: what the tests use to aim at the blocking edges. The blocks
-    are derived from :func:`cache_sizes` when the module is imported."""
+    are derived from :func:`cache_sizes` when the module is imported. ``"bfloat16"``: those
+    of ``matmul(..., precision="bfloat16")``'s active path (``bf16_path()``)."""
+    if dtype == "bfloat16":
+        return dict(_core.bf16_gemm_config())
     return dict(_core.gemm_config(np.dtype(dtype).name))
 
 

@@ -1019,6 +1019,16 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("bf16_path", [] { return std::string(bf16_path_name(active_bf16_path())); },
         "The bf16 GEMM's path: 'portable' or 'avx512bf16'.");
+  m.def("bf16_gemm_config", [] {
+    const Bf16Kernels k = active_bf16_kernels();
+    py::dict d;
+    d["MR"] = k.MR;
+    d["NR"] = k.NR;
+    d["MC"] = k.MC;
+    d["KC"] = k.KC;
+    d["NC"] = k.NC;
+    return d;
+  });
   m.def("supported_bf16_paths", [] {
     py::list out;
     out.append(bf16_path_name(Bf16Path::portable));

@@ -251,6 +251,8 @@ Bf16Path testing_force_bf16_path(Bf16Path path) {
   return g_forced_bf16_path.exchange(path);
 }
 
+Bf16Kernels active_bf16_kernels() { return kernels_of(active_bf16_path()); }
+
 void round_to_bf16(float* out, const float* x, index_t n) {
   for (index_t i = 0; i < n; ++i) out[i] = bf16_round(x[i]);
 }

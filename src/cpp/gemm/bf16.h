@@ -74,6 +74,9 @@ struct Bf16Kernels {
   MicroKernel<float> fp32_kernel = nullptr;
 };
 
+// The active path's kernels, tile and blocks (what gemm_bf16 runs now).
+Bf16Kernels active_bf16_kernels();
+
 #ifdef FASTMLP_X86
 // kernels/avx512bf16/: call only when avx512bf16_supported().
 Bf16Kernels avx512bf16_kernels();
