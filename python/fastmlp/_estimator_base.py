@@ -145,6 +145,7 @@ class _BaseMLP(BaseEstimator):
                   Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "sparse_updates": [StrOptions({"exact", "lazy"})],
+        "precision": [StrOptions({"float32", "bfloat16"})],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -153,7 +154,8 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None, sparse_updates="exact"):
+                 dtype="float32", n_threads=None, sparse_updates="exact",
+                 precision="float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -180,6 +182,7 @@ class _BaseMLP(BaseEstimator):
         self.dtype = dtype
         self.n_threads = n_threads
         self.sparse_updates = sparse_updates
+        self.precision = precision
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
@@ -393,6 +396,7 @@ class _BaseMLP(BaseEstimator):
                     f"{list(model.layer_sizes)}, activation {model.activation!r}, dtype "
                     f"{model.dtype.name}; got layers {layer_units}, activation "
                     f"{self.activation!r}, dtype {self._dtype.name}")
+        self._model.precision = self.precision  # (a float64 model refuses bfloat16)
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         if not incremental:

@@ -81,7 +81,8 @@ def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
     optimizer._prepare(list(model.weights) + list(model.biases))
     return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
-                        optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates)
+                        optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates,
+                        model.precision)
 
 
 _CALL_SECONDS = 0.05  # how long an engine call lasts, about

@@ -370,7 +370,7 @@ def run_train(args) -> int:
     _check_model_size(sizes, len(optimizer.state_names))
     try:
         model = MLP(sizes, output="identity" if task == "regression" else "softmax",
-                    seed=args.seed)
+                    seed=args.seed, precision=args.precision)
     except ValueError as exc:  # sizes beyond any address space
         raise DataError(str(exc)) from None
     batch_size = min(args.batch_size, len(y_train))
@@ -595,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
                        help="adam (default), adamw (weight decay 0.01) or sgd (with momentum "
                             "0.9)")
+    train.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                       help="the matrix products' precision: bfloat16 rounds their operands "
+                            "and accumulates in float32 (default float32; see MLP.precision)")
     train.add_argument("--lr", type=_positive(float), default=None,
                        help="learning rate (default 0.003 for adam and adamw, 0.01 for sgd)")
     train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",

@@ -169,6 +169,12 @@ _DOC_PARAMETERS = f"""
         Adam's moments decaying). "lazy": only the touched weights and their moments change
         (``torch.optim.SparseAdam``'s rule), much faster with Adam on a large vocabulary, not
         the same numbers. No effect on dense X or ``solver="lbfgs"``.
+
+    precision : {"float32", "bfloat16"}, default="float32"
+        The matrix products' precision in ``fit`` and in the fitted model's predictions:
+        "bfloat16" rounds their operands to bfloat16 and accumulates in float32 (as
+        ``torch.autocast``; ``MLP.precision``). The weights, the optimizer's state and the loss
+        stay float32; ``dtype="float64"`` refuses it.
 """
 
 _DOC_ATTRIBUTES = """
@@ -294,7 +300,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None, sparse_updates="exact", class_weight=None):
+                 dtype="float32", n_threads=None, sparse_updates="exact", precision="float32",
+                 class_weight=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -303,7 +310,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates,
+            precision=precision)
         self.class_weight = class_weight
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -481,7 +489,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", n_threads=None, sparse_updates="exact",
+                 dtype="float32", n_threads=None, sparse_updates="exact", precision="float32",
                  loss="squared_error"):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
@@ -491,7 +499,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, sparse_updates=sparse_updates,
+            precision=precision)
         self.loss = loss
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -35,6 +35,7 @@ from fastmlp.optim import Optimizer
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
 
+PRECISIONS = ("float32", "bfloat16")
 _OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 # Every MLP alive in this process, for _after_fork_in_child.
@@ -99,10 +100,13 @@ class MLP:
         Dtype of parameters and computation. Inputs of another dtype are converted (copied).
     seed : int or None
         Seeds the initialisation: weights ~ N(0, 2 / fan_in) (He), biases 0.
+    precision : "float32" or "bfloat16"
+        The matrix products' precision (see the ``precision`` property).
     """
 
     def __init__(self, layer_sizes, activation: str = "relu", output: str = "softmax",
-                 dtype="float32", seed=None, *, _init: bool = True) -> None:
+                 dtype="float32", seed=None, precision: str = "float32", *,
+                 _init: bool = True) -> None:
         # _init=False (for callers that write every parameter right away: from_record, the
         # estimators' own initialisation) leaves the parameters unset instead of drawing a
         # He initialisation that would be overwritten (for a 65,536 × 256 first layer, ~0.2 s).
@@ -124,6 +128,8 @@ class MLP:
         self._activation = activation
         self._output = output
         self._dtype = model_dtype(dtype)
+        self._precision = "float32"
+        self.precision = precision
         n_parameters = sum(o * (i + 1) for i, o in zip(self._layer_sizes, self._layer_sizes[1:]))
         if n_parameters * self._dtype.itemsize >= 2**62:  # beyond any address space
             raise ValueError(f"layer_sizes {list(self._layer_sizes)} need {n_parameters:,} "
@@ -164,6 +170,26 @@ class MLP:
     @property
     def dtype(self) -> np.dtype:
         return self._dtype
+
+    @property
+    def precision(self) -> str:
+        """The GEMMs' precision: "float32", or "bfloat16" (float32 models only): every
+        matrix product of ``fit``, ``forward``/``predict*`` and ``loss_and_grad`` rounds its
+        operands to bfloat16 (round to nearest even) and accumulates in float32, as
+        ``torch.autocast("cpu", dtype=torch.bfloat16)``; the parameters, the optimizer's state,
+        biases, activations and the loss stay float32. Nets narrow enough for the
+        feature-major path and a sparse first layer run those products in float32. Settable at
+        any time; not saved with the model (a way of computing, as autocast)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+        if value == "bfloat16" and self._dtype != np.float32:
+            raise ValueError("precision='bfloat16' rounds float32 operands: a float64 model "
+                             "refuses it (use dtype='float32')")
+        self._precision = value
 
     @property
     def n_features(self) -> int:
@@ -263,8 +289,10 @@ class MLP:
         with self._lock:
             if isinstance(X, SparseInput):
                 return _core.mlp_forward_sparse(X.indptr, X.indices, X.values, X.shape[1],
-                                                self._weights, self._biases, self._activation)
-            return _core.mlp_forward(X, self._weights, self._biases, self._activation)
+                                                self._weights, self._biases, self._activation,
+                                                self._precision)
+            return _core.mlp_forward(X, self._weights, self._biases, self._activation,
+                                     self._precision)
 
     def forward(self, X) -> np.ndarray:
         """Logits (N, n_outputs) for inputs X (N, n_features), a NumPy array or a
@@ -385,9 +413,10 @@ class MLP:
         if isinstance(X, SparseInput):
             return _core.network_gradients_sparse(X.indptr, X.indices, X.values, X.shape[1], y,
                                                   weights, self._weights, self._biases,
-                                                  self._activation, self._output)
+                                                  self._activation, self._output,
+                                                  self._precision)
         return _core.network_gradients(X, y, weights, self._weights, self._biases,
-                                       self._activation, self._output)
+                                       self._activation, self._output, self._precision)
 
     # ---- training -----------------------------------------------------------------------
 

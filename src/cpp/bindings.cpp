@@ -697,6 +697,19 @@ NetworkArgs<T> network_args(py::list weights, py::list biases, const std::string
   return net;
 }
 
+// The GEMM precision a model asks for ("float32" or "bfloat16", gemm.h's PrecisionScope).
+// bfloat16 rounds float32 operands only: float64 models refuse it.
+template <class T>
+GemmPrecision precision_arg(const std::string& name) {
+  if (name == "float32") return GemmPrecision::float32;
+  if (name != "bfloat16")
+    throw py::value_error("precision must be 'float32' or 'bfloat16', got '" + name + "'");
+  if (!std::is_same_v<T, float>)
+    throw py::value_error("precision='bfloat16' rounds float32 operands: a float64 model "
+                          "refuses it (use dtype='float32')");
+  return GemmPrecision::bfloat16;
+}
+
 // The rows of a CSR matrix (n_rows, n_features) from its three arrays: indptr int64
 // (n_rows + 1), non-decreasing from 0 to nnz; indices int32 (nnz), each in [0, n_features);
 // values (nnz) of T. Checked in full (O(n_rows + nnz), without the GIL): a malformed matrix is
@@ -755,7 +768,7 @@ class PyTrainer {
  public:
   PyTrainer(py::list weights, py::list biases, const std::string& activation,
             const std::string& output, py::object optimizer, double alpha, py::ssize_t max_batch,
-            bool sparse_input, bool lazy_sparse_updates)
+            bool sparse_input, bool lazy_sparse_updates, const std::string& precision)
       : keep_alive_(py::make_tuple(weights, biases, optimizer)) {
     NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, true);
     if (max_batch < 1) throw py::value_error("max_batch must be >= 1");
@@ -775,6 +788,7 @@ class PyTrainer {
     cfg.alpha = alpha;
     cfg.sparse_input = sparse_input;
     cfg.lazy_sparse_updates = lazy_sparse_updates;
+    cfg.precision = precision_arg<T>(precision);
     sparse_input_ = sparse_input;
     // The workspace is sized by max_batch: refuse what no memory holds before allocating.
     index_t widest = 0;
@@ -856,10 +870,11 @@ template <class T>
 void bind_trainer(py::module_& m, const char* name) {
   py::class_<PyTrainer<T>>(m, name)
       .def(py::init<py::list, py::list, const std::string&, const std::string&, py::object,
-                    double, py::ssize_t, bool, bool>(),
+                    double, py::ssize_t, bool, bool, const std::string&>(),
            py::arg("weights"), py::arg("biases"), py::arg("activation"), py::arg("output"),
            py::arg("optimizer"), py::arg("alpha"), py::arg("max_batch"),
-           py::arg("sparse_input") = false, py::arg("lazy_sparse_updates") = false)
+           py::arg("sparse_input") = false, py::arg("lazy_sparse_updates") = false,
+           py::arg("precision") = "float32")
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
            py::arg("seed"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
@@ -873,7 +888,8 @@ void bind_trainer(py::module_& m, const char* name) {
 // batch whose input is set by set_input(batch, net) (dense X, or the rows of a CSR matrix).
 template <class T, class SetInput>
 py::tuple batch_gradients(const py::array& y, const py::object& sample_weight,
-                          const NetworkArgs<T>& net, SetInput&& set_input) {
+                          const NetworkArgs<T>& net, GemmPrecision precision,
+                          SetInput&& set_input) {
   Batch<T> batch;
   set_input(&batch);
   const index_t B = batch.rows, L = net.shape.layers();
@@ -888,6 +904,7 @@ py::tuple batch_gradients(const py::array& y, const py::object& sample_weight,
     grad_b.append(gb);
   }
   const double loss = without_gil([&] {
+    const PrecisionScope rounding(precision);
     static thread_local AlignedBuffer<T> block;
     const Workspace<T> ws = Network<T>::carve_workspace(
         block.reserve(static_cast<std::size_t>(
@@ -902,15 +919,16 @@ py::tuple batch_gradients(const py::array& y, const py::object& sample_weight,
 py::tuple network_gradients_py(const py::array& X, const py::array& y,
                                const py::object& sample_weight, py::list weights,
                                py::list biases, const std::string& activation,
-                               const std::string& output) {
+                               const std::string& output, const std::string& precision) {
   return with_float_dtype(X, "X", [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, false);
+    const GemmPrecision rounding = precision_arg<T>(precision);
     const StridedMatrix<T> xs = strided<T>(X, "X");
     if (X.shape(1) != net.shape.sizes[0] || X.shape(0) < 1)
       throw py::value_error("X must be (n >= 1, " + std::to_string(net.shape.sizes[0]) +
                             "), got shape " + shape_str(X));
-    return batch_gradients<T>(y, sample_weight, net, [&](Batch<T>* batch) {
+    return batch_gradients<T>(y, sample_weight, net, rounding, [&](Batch<T>* batch) {
       batch->x = xs;
       batch->rows = X.shape(0);
     });
@@ -922,17 +940,19 @@ py::tuple network_gradients_sparse_py(const py::array& indptr, const py::array& 
                                       const py::array& values, py::ssize_t n_features,
                                       const py::array& y, const py::object& sample_weight,
                                       py::list weights, py::list biases,
-                                      const std::string& activation, const std::string& output) {
+                                      const std::string& activation, const std::string& output,
+                                      const std::string& precision) {
   return with_float_dtype(values, "values", [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, output, false);
+    const GemmPrecision rounding = precision_arg<T>(precision);
     if (n_features != net.shape.sizes[0])
       throw py::value_error("X has " + std::to_string(n_features) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
     const py::ssize_t n_rows = indptr.ndim() == 1 ? indptr.shape(0) - 1 : -1;
     if (n_rows < 1) throw py::value_error("X must have at least one row");
     const SparseRows<T> x = csr_view<T>(indptr, indices, values, n_rows, n_features);
-    return batch_gradients<T>(y, sample_weight, net, [&](Batch<T>* batch) {
+    return batch_gradients<T>(y, sample_weight, net, rounding, [&](Batch<T>* batch) {
       batch->sparse = &x;
       batch->rows = n_rows;
     });
@@ -941,10 +961,12 @@ py::tuple network_gradients_sparse_py(const py::array& indptr, const py::array& 
 
 py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indices,
                                 const py::array& values, py::ssize_t n_features, py::list weights,
-                                py::list biases, const std::string& activation) {
+                                py::list biases, const std::string& activation,
+                                const std::string& precision) {
   return with_float_dtype(values, "values", [&](auto tag) -> py::array {
     using T = decltype(tag);
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, "identity", false);
+    const GemmPrecision rounding = precision_arg<T>(precision);
     if (n_features != net.shape.sizes[0])
       throw py::value_error("X has " + std::to_string(n_features) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
@@ -954,6 +976,7 @@ py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indice
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
+      const PrecisionScope scope(rounding);
       mlp_forward_sparse(out, x, B, net.shape, net.weights.data(), net.biases.data());
     });
     return logits;
@@ -961,11 +984,12 @@ py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indice
 }
 
 py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
-                         const std::string& activation) {
+                         const std::string& activation, const std::string& precision) {
   return with_float_dtype(X, "X", [&](auto tag) -> py::array {
     using T = decltype(tag);
     // The output kind does not change the logits.
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, "identity", false);
+    const GemmPrecision rounding = precision_arg<T>(precision);
     const StridedMatrix<T> xs = strided<T>(X, "X");
     if (X.shape(1) != net.shape.sizes[0])
       throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
@@ -974,6 +998,7 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
+      const PrecisionScope scope(rounding);
       mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data());
     });
     return logits;
@@ -1178,17 +1203,17 @@ PYBIND11_MODULE(_core, m) {
   bind_trainer<float>(m, "TrainerFloat32");
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
-        py::arg("activation"));
+        py::arg("activation"), py::arg("precision") = "float32");
   m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
-        py::arg("output"));
+        py::arg("output"), py::arg("precision") = "float32");
   m.def("mlp_forward_sparse", &mlp_forward_sparse_py, py::arg("indptr"), py::arg("indices"),
         py::arg("values"), py::arg("n_features"), py::arg("weights"), py::arg("biases"),
-        py::arg("activation"));
+        py::arg("activation"), py::arg("precision") = "float32");
   m.def("network_gradients_sparse", &network_gradients_sparse_py, py::arg("indptr"),
         py::arg("indices"), py::arg("values"), py::arg("n_features"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
-        py::arg("output"));
+        py::arg("output"), py::arg("precision") = "float32");
   // out (cols, rows) ← the transpose of RandomState.uniform(low, high, (rows, cols)) drawn
   // from the MT19937 state (key (624,) uint32, updated in place; pos): returns the new pos.
   m.def("legacy_uniform_transposed", [](py::array key, int pos, py::array out, double low,

@@ -44,6 +44,11 @@ struct TrainerConfig {
   // penalty's gradient reaches touched rows only. Approximate, and much cheaper.
   bool sparse_input = false;
   bool lazy_sparse_updates = false;
+  // bfloat16: every GEMM of a step rounds its operands to bf16 and accumulates in float32
+  // (gemm.h's PrecisionScope); parameters, optimizer state, gradients' accumulation, biases,
+  // activations and the loss stay float32. Products that are not GEMMs — the feature-major
+  // path of narrow nets (narrow.h) and sparse input's first layer (sparse.h) — stay float32.
+  GemmPrecision precision = GemmPrecision::float32;
 };
 
 // What run() did. loss sums are Σ over steps of (batch mean × batch rows), so that a

@@ -57,11 +57,12 @@ def sigmoid_bce_multi(logits: _Float, target: _Float,
 def poisson_deviance(raw: _Float, target: _Float,
                      sample_weight: _Float | None = None) -> tuple[float, _Float]: ...
 def mlp_forward(X: _Float, weights: list[_Float], biases: list[_Float],
-                activation: str) -> _Float: ...
+                activation: str, precision: str = "float32") -> _Float: ...
 
 def network_gradients(X: _Float, y: NDArray[Any], sample_weight: _Float | None,
                       weights: list[_Float], biases: list[_Float], activation: str,
-                      output: str) -> tuple[float, list[_Float], list[_Float]]:
+                      output: str, precision: str = "float32"
+                      ) -> tuple[float, list[_Float], list[_Float]]:
     """(data loss, weight gradients, bias gradients) of one batch (network.h)."""
 
 def legacy_uniform_transposed(key: NDArray[Any], pos: int, out: _Float, low: float,
@@ -71,13 +72,14 @@ def legacy_uniform_transposed(key: NDArray[Any], pos: int, out: _Float, low: flo
 
 def mlp_forward_sparse(indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
                        n_features: int, weights: list[_Float], biases: list[_Float],
-                       activation: str) -> _Float:
+                       activation: str, precision: str = "float32") -> _Float:
     """Logits of the rows of a CSR matrix (int64 indptr, int32 indices): sparse.h."""
 
 def network_gradients_sparse(indptr: NDArray[Any], indices: NDArray[Any], values: _Float,
                              n_features: int, y: NDArray[Any], sample_weight: _Float | None,
                              weights: list[_Float], biases: list[_Float], activation: str,
-                             output: str) -> tuple[float, list[_Float], list[_Float]]:
+                             output: str, precision: str = "float32"
+                             ) -> tuple[float, list[_Float], list[_Float]]:
     """network_gradients for the rows of a CSR matrix."""
 
 class Optimizer(metaclass=_pybind11_type):
@@ -150,7 +152,8 @@ class TrainerFloat32(metaclass=_pybind11_type):
     """The fused training engine (one per fit call); see fastmlp._training.fit."""
     def __init__(self, weights: list[_Float], biases: list[_Float], activation: str, output: str,
                  optimizer: Optimizer, alpha: float, max_batch: int,
-                 sparse_input: bool = False, lazy_sparse_updates: bool = False) -> None: ...
+                 sparse_input: bool = False, lazy_sparse_updates: bool = False,
+                 precision: str = "float32") -> None: ...
     def begin_epoch(self, n_samples: int, shuffle: bool, seed: int) -> None: ...
     def run(self, X: _Float, y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
             max_steps: int) -> StepsResult: ...
@@ -162,7 +165,8 @@ class TrainerFloat64(metaclass=_pybind11_type):
     """The fused training engine (one per fit call); see fastmlp._training.fit."""
     def __init__(self, weights: list[_Float], biases: list[_Float], activation: str, output: str,
                  optimizer: Optimizer, alpha: float, max_batch: int,
-                 sparse_input: bool = False, lazy_sparse_updates: bool = False) -> None: ...
+                 sparse_input: bool = False, lazy_sparse_updates: bool = False,
+                 precision: str = "float32") -> None: ...
     def begin_epoch(self, n_samples: int, shuffle: bool, seed: int) -> None: ...
     def run(self, X: _Float, y: NDArray[Any], sample_weight: _Float | None, batch_size: int,
             max_steps: int) -> StepsResult: ...
