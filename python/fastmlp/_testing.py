@@ -48,6 +48,19 @@ def bf16_path(path: str):
         force_bf16_path(previous)
 
 
+@contextlib.contextmanager
+def gemm_precision(precision: str):
+    """Every float32 GEMM product this thread runs until the block ends (``ops.matmul``,
+    ``ops.dense_forward``/``dense_backward``, ``matmul_via_consumer``) multiplies in
+    ``precision``: ``'bfloat16'`` (operands rounded to bfloat16, float32 accumulation) or
+    ``'float32'``. The C++ engine's ``PrecisionScope``; float64 products ignore it."""
+    previous = _hooks.set_gemm_precision(precision)
+    try:
+        yield
+    finally:
+        _hooks.set_gemm_precision(previous)
+
+
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """The bfloat16 values, as float32, that ``matmul(..., precision="bfloat16")`` multiplies
     in place of ``x``'s float32 values (the C++ rounding, for its own tests)."""

@@ -1122,6 +1122,17 @@ PYBIND11_MODULE(_core, m) {
       throw py::value_error(e.what());
     }
   }, py::arg("path"));
+  // The calling thread's GemmPrecision ("float32" or "bfloat16"); returns the previous one.
+  testing.def("set_gemm_precision", [](const std::string& name) {
+    constexpr std::pair<GemmPrecision, const char*> names[] = {
+        {GemmPrecision::float32, "float32"}, {GemmPrecision::bfloat16, "bfloat16"}};
+    for (const auto& [precision, precision_name] : names)
+      if (name == precision_name) {
+        const GemmPrecision previous = testing_set_gemm_precision(precision);
+        return std::string(previous == GemmPrecision::float32 ? "float32" : "bfloat16");
+      }
+    throw py::value_error("GEMM precision must be 'float32' or 'bfloat16', got '" + name + "'");
+  }, py::arg("precision"));
   // The bf16 values the bf16 GEMM multiplies in place of x's (float32, C-contiguous).
   testing.def("round_bf16", [](const py::array& x) {
     const float* in = contiguous<float>(x, "x");

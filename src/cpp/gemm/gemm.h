@@ -130,6 +130,32 @@ enum class GemmPath {
 template <class T>
 void gemm(const GemmArgs<T>& args);
 
+// ---- precision: float32 products in bfloat16 --------------------------------------------------
+
+// How gemm<float> multiplies: float32 (the default), or bfloat16 (gemm/bf16.h: operands rounded
+// to bf16 while packed, float32 accumulation, C float32). gemm<double> ignores it: float64
+// never rounds to bf16 (the Python layer refuses bfloat16 for float64 models).
+enum class GemmPrecision { float32, bfloat16 };
+
+// Sets the calling thread's precision for the lifetime of the scope (scopes nest), as
+// ParallelScope (threads.h) does for the thread mode. Under bfloat16 every gemm<float> of this
+// thread, whatever its shape and sink (epilogue or consumer), runs gemm_bf16's packed driver:
+// GemmPath, forced or chosen, applies to float32 products only, so the operands of every bf16
+// product are rounded, a batch of one's included (that one then packs W instead of reading it
+// in place: slower than the float32 GEMV, never inconsistent). The workers of a product's
+// parallel region need no scope: only the calling thread dispatches.
+class PrecisionScope {
+ public:
+  explicit PrecisionScope(GemmPrecision precision);
+  ~PrecisionScope();
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+ private:
+  GemmPrecision saved_;
+};
+GemmPrecision current_gemm_precision();
+
 // ---- the cost model: when splitting a product over the thread pool pays ----------------------
 //
 // Measured on first use, per ISA, dtype and thread count, on a 64×256×256 product (8.4 MFLOP):
@@ -173,5 +199,8 @@ GemmPath testing_force_gemm_path(GemmPath path);
 // gemm_split_pays says yes to every product while the pool has more than one thread, so that
 // tests reach the parallel paths with small shapes.
 void testing_force_split(bool force);
+// Sets the calling thread's precision outside any scope (Python's test hook, which cannot hold
+// an RAII scope across calls); returns the previous one. C++ code opens a PrecisionScope.
+GemmPrecision testing_set_gemm_precision(GemmPrecision precision);
 
 }  // namespace fastmlp
