@@ -74,6 +74,19 @@ def matmul_via_consumer(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
     return _hooks.matmul_via_consumer(a, b, bool(trans_a), bool(trans_b))
 
 
+def matmul_with_epilogue(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
+                         trans_b: bool = False, *, c: np.ndarray | None = None,
+                         bias: np.ndarray | None = None, relu: bool = False,
+                         mask: np.ndarray | None = None) -> np.ndarray:
+    """``[mask > 0] · relu?((c or 0) + op(a) @ op(b) + bias)`` through the GEMM's fused
+    epilogue (``c`` given: beta = 1, accumulated into a copy of it)."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    start = np.zeros((m, n), dtype=a.dtype) if c is None else np.ascontiguousarray(c)
+    return _hooks.matmul_with_epilogue(a, b, bool(trans_a), bool(trans_b), start,
+                                       c is not None, bias, bool(relu), mask)
+
+
 @contextlib.contextmanager
 def layout(name: str):
     """Every engine built inside the block trains in layout ``name``: ``"features"`` (feature-
