@@ -13,6 +13,8 @@ from ops.gemm_config("bfloat16")), so that the epilogue meets edge tiles and sev
 and the consumer meets the whole-product hand-over.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -42,8 +44,7 @@ def block_shapes():
 
 def operand(rng, rows, cols, trans):
     """A (rows, cols) operand, stored transposed when `trans` (the engine's Wᵀ and Gᵀ)."""
-    values = rng.standard_normal((cols, rows) if trans else (rows, cols)).astype(np.float32)
-    return values
+    return rng.standard_normal((cols, rows) if trans else (rows, cols)).astype(np.float32)
 
 
 def rounded(x, trans=False):
@@ -294,7 +295,6 @@ def test_scope_nests_and_restores():
 
 def test_scope_is_per_thread():
     """Another thread's products keep float32 while this one's scope is open."""
-    import threading
     rng = np.random.default_rng(19)
     a = (1 + rng.random((8, 40)) / 64).astype(np.float32)
     b = (1 + rng.random((40, 9)) / 64).astype(np.float32)
