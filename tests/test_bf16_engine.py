@@ -149,6 +149,26 @@ def test_empty_reduction_is_the_epilogue_alone(bf16_path):
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("isa", ops.supported_isas())
+def test_portable_path_on_every_flavour(isa):
+    """The portable path runs the active flavour's float32 kernel: beta through its epilogue
+    argument, the rest after the last K block, and the consumer's scratch tile."""
+    previous = ops.isa()
+    try:
+        ops.set_isa(isa)
+        with _testing.bf16_path("portable"):
+            for m, k, n in [(1, 37, 29), (29, 67, 97)] + block_shapes()[:1]:
+                check_epilogue("all", m, k, n, False, True)
+                rng = np.random.default_rng([m, k, n])
+                a, b = operand(rng, m, k, True), operand(rng, k, n, False)
+                with _testing.gemm_precision("bfloat16"):
+                    got, counts = _testing.matmul_via_consumer(a, b, True, False)
+                assert (counts == 1).all()
+                assert_close(got, *reference(a, b, True, False), k)
+    finally:
+        ops.set_isa(previous)
+
+
 # ---- the dense layers: X·Wᵀ (bias, ReLU), Gᵀ·X and G·W ---------------------------------------
 
 @pytest.mark.parametrize("batch, n_in, n_out", [(1, 1, 1), (1, 53, 29), (7, 13, 3),
