@@ -194,15 +194,17 @@ def test_dense_layer_products(bf16_path, batch, n_in, n_out, activation):
     np.testing.assert_allclose(grad_b, grad_a.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
-def test_a_batch_of_one_is_rounded_too(bf16_path):
-    """Products too small for packing in float32 (the GEMV, the reference loop) still multiply
-    bf16 operands: the bf16 result is within the oracle's tolerance, the float32 one is not."""
+@pytest.mark.parametrize("gemm_path", ["automatic", "reference", "in-place", "packed"])
+def test_a_batch_of_one_is_rounded_too(bf16_path, gemm_path):
+    """Products too small for packing in float32 (the GEMV, the reference loop), and any forced
+    float32 path, still multiply bf16 operands: the bf16 result is within the oracle's
+    tolerance, the float32 one is not."""
     rng = np.random.default_rng(5)
     for k, n in [(2, 3), (301, 29)]:
         x = (1 + rng.random((1, k)) / 64).astype(np.float32)  # bf16 rounds every one of them
         W = (1 + rng.random((n, k)) / 64).astype(np.float32)
         b = np.zeros(n, dtype=np.float32)
-        with _testing.gemm_precision("bfloat16"):
+        with _testing.gemm_precision("bfloat16"), _testing.gemm_path(gemm_path):
             got = ops.dense_forward(x, W, b, "relu")
         expected, scale = reference(x, W, False, True, bias=b, relu=True)
         assert_close(got, expected, scale, k)
