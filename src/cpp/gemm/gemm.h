@@ -124,9 +124,10 @@ enum class GemmPath {
 };
 
 // The product into args.sink (see TileSink): C := epilogue(op(A) op(B)), or the consumer gets
-// its tiles. The path is chosen from the shape (GemmPath). A product is split over the thread
-// pool when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode,
-// when gemm_split_pays.
+// its tiles. The path is chosen from the shape (GemmPath); under PrecisionScope(bfloat16) a
+// float32 product runs gemm_bf16 instead (below). A product is split over the thread pool
+// when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode, when
+// gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
 
@@ -143,7 +144,8 @@ enum class GemmPrecision { float32, bfloat16 };
 // GemmPath, forced or chosen, applies to float32 products only, so the operands of every bf16
 // product are rounded, a batch of one's included (that one then packs W instead of reading it
 // in place: slower than the float32 GEMV, never inconsistent). The workers of a product's
-// parallel region need no scope: only the calling thread dispatches.
+// parallel region need no scope (only the calling thread dispatches); code that calls gemm()
+// from inside its own parallel tasks opens the scope in each task.
 class PrecisionScope {
  public:
   explicit PrecisionScope(GemmPrecision precision);
