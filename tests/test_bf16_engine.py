@@ -404,3 +404,16 @@ def test_training_runs_in_bfloat16():
         assert_bits_equal(w1, w2)
         assert not np.array_equal(w1, w32)
         np.testing.assert_allclose(w1, w32, rtol=0, atol=0.02 * np.abs(w32).max())
+
+
+def test_training_steps_allocate_nothing_after_the_first_epoch():
+    """The bf16 driver's packing, tile and whole-product buffers grow once, as float32's do."""
+    rng = np.random.default_rng(31)
+    X = rng.standard_normal((1000, 30)).astype(np.float32)
+    y = rng.integers(0, 5, 1000)
+    counts = []
+    model = fastmlp.MLP([30, 64, 32, 5], seed=0)
+    with _testing.layout("rows"), _testing.gemm_precision("bfloat16"):
+        model.fit(X, y, epochs=4, batch_size=64, seed=0,
+                  callbacks=[lambda m, h: counts.append(_testing.workspace_allocations())])
+    assert counts[1:] == [counts[0]] * 3, counts
