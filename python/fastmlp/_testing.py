@@ -48,6 +48,19 @@ def bf16_path(path: str):
         force_bf16_path(previous)
 
 
+@contextlib.contextmanager
+def gemm_precision(precision: str):
+    """Every float32 GEMM product this thread runs until the block ends (``ops.matmul``,
+    ``ops.dense_forward``/``dense_backward``, ``matmul_via_consumer``) multiplies in
+    ``precision``: ``'bfloat16'`` (operands rounded to bfloat16, float32 accumulation) or
+    ``'float32'``. The C++ engine's ``PrecisionScope``; float64 products ignore it."""
+    previous = _hooks.set_gemm_precision(precision)
+    try:
+        yield
+    finally:
+        _hooks.set_gemm_precision(previous)
+
+
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """The bfloat16 values, as float32, that ``matmul(..., precision="bfloat16")`` multiplies
     in place of ``x``'s float32 values (the C++ rounding, for its own tests)."""
@@ -59,6 +72,19 @@ def matmul_via_consumer(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
     """``op(a) @ op(b)`` computed through a tile consumer (as the engine's fused optimizer
     update receives a weight gradient), and how many times each element was handed over."""
     return _hooks.matmul_via_consumer(a, b, bool(trans_a), bool(trans_b))
+
+
+def matmul_with_epilogue(a: np.ndarray, b: np.ndarray, trans_a: bool = False,
+                         trans_b: bool = False, *, c: np.ndarray | None = None,
+                         bias: np.ndarray | None = None, relu: bool = False,
+                         mask: np.ndarray | None = None) -> np.ndarray:
+    """``[mask > 0] · relu?((c or 0) + op(a) @ op(b) + bias)`` through the GEMM's fused
+    epilogue (``c`` given: beta = 1, accumulated into a copy of it)."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    start = np.zeros((m, n), dtype=a.dtype) if c is None else np.ascontiguousarray(c)
+    return _hooks.matmul_with_epilogue(a, b, bool(trans_a), bool(trans_b), start,
+                                       c is not None, bias, bool(relu), mask)
 
 
 @contextlib.contextmanager

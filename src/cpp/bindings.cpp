@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -262,6 +263,36 @@ py::tuple matmul_via_consumer(const py::array& a, const py::array& b, bool trans
     };
     without_gil([&] { gemm(g); });
     return py::make_tuple(out, counts);
+  });
+}
+
+// Test hook: op(a) @ op(b) through the whole epilogue (TileSink): c (M,N) := [mask > 0] ·
+// relu?((accumulate ? c : 0) + op(a) op(b) + bias), into a copy of c, which is returned.
+py::array matmul_with_epilogue(const py::array& a, const py::array& b, bool trans_a,
+                               bool trans_b, const py::array& c, bool accumulate,
+                               const std::optional<py::array>& bias, bool relu,
+                               const std::optional<py::array>& mask) {
+  return with_float_dtype(a, "a", [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    GemmArgs<T> g = matmul_operands<T>(a, b, trans_a, trans_b);
+    require_shape(c, "c", {g.M, g.N});
+    py::array_t<T> out({g.M, g.N});
+    std::copy_n(contiguous<T>(c, "c"), g.M * g.N, out.mutable_data());
+    g.sink.C = out.mutable_data();
+    g.sink.ldc = g.N;
+    g.sink.accumulate = accumulate;
+    g.sink.relu = relu;
+    if (bias) {
+      require_shape(*bias, "bias", {g.N});
+      g.sink.bias = contiguous<T>(*bias, "bias");
+    }
+    if (mask) {
+      require_shape(*mask, "mask", {g.M, g.N});
+      g.sink.mask = contiguous<T>(*mask, "mask");
+      g.sink.ld_mask = g.N;
+    }
+    without_gil([&] { gemm(g); });
+    return std::move(out);
   });
 }
 
@@ -1147,6 +1178,17 @@ PYBIND11_MODULE(_core, m) {
       throw py::value_error(e.what());
     }
   }, py::arg("path"));
+  // The calling thread's GemmPrecision ("float32" or "bfloat16"); returns the previous one.
+  testing.def("set_gemm_precision", [](const std::string& name) {
+    constexpr std::pair<GemmPrecision, const char*> names[] = {
+        {GemmPrecision::float32, "float32"}, {GemmPrecision::bfloat16, "bfloat16"}};
+    for (const auto& [precision, precision_name] : names)
+      if (name == precision_name) {
+        const GemmPrecision previous = testing_set_gemm_precision(precision);
+        return std::string(previous == GemmPrecision::float32 ? "float32" : "bfloat16");
+      }
+    throw py::value_error("GEMM precision must be 'float32' or 'bfloat16', got '" + name + "'");
+  }, py::arg("precision"));
   // The bf16 values the bf16 GEMM multiplies in place of x's (float32, C-contiguous).
   testing.def("round_bf16", [](const py::array& x) {
     const float* in = contiguous<float>(x, "x");
@@ -1157,6 +1199,9 @@ PYBIND11_MODULE(_core, m) {
   testing.def("workspace_allocations", [] { return g_workspace_allocations.load(); });
   testing.def("matmul_via_consumer", &matmul_via_consumer, py::arg("a"), py::arg("b"),
               py::arg("trans_a"), py::arg("trans_b"));
+  testing.def("matmul_with_epilogue", &matmul_with_epilogue, py::arg("a"), py::arg("b"),
+              py::arg("trans_a"), py::arg("trans_b"), py::arg("c"), py::arg("accumulate"),
+              py::arg("bias"), py::arg("relu"), py::arg("mask"));
 
 
   m.def("cache_sizes", [] {

@@ -14,6 +14,7 @@
 #include "../threads.h"
 #include "bf16_round.h"
 #include "context.h"
+#include "tile.h"
 
 namespace fastmlp {
 
@@ -129,10 +130,35 @@ AlignedBuffer<unsigned char>& packed_b_bytes() {
   return buffer;
 }
 
+// Where a product with a consumer puts each finished tile (MR×NR) before handing it over, and,
+// when K spans several blocks, the whole product; per thread, like the packing buffers.
+AlignedBuffer<float>& consumer_tile_buffer() {
+  static thread_local AlignedBuffer<float> buffer;
+  return buffer;
+}
+AlignedBuffer<float>& whole_product_buffer() {
+  static thread_local AlignedBuffer<float> buffer;
+  return buffer;
+}
+
 index_t round_up(index_t x, index_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
+// The rest of the epilogue on a finished m×n tile of C, in place while it is in cache (the
+// kernels only add: beta went in as their `accumulate`).
+void finish_tile(float* c, index_t ldc, index_t m, index_t n, const TileEpilogue<float>& ep) {
+  for (index_t i = 0; i < m; ++i) {
+    float* c_row = c + i * ldc;
+    const float* mask_row = ep.mask ? ep.mask + i * ep.ld_mask : nullptr;
+    for (index_t j = 0; j < n; ++j)
+      c_row[j] = apply_epilogue(c_row[j], 0.0f, ep, j, mask_row ? mask_row[j] : 0.0f);
+  }
+}
+
 // GotoBLAS's loop nest around one path's packers and tile kernel (gemm.cpp's gemm_packed):
-// K blocks of KC after the first add to C, which holds the float32 partial sums.
+// K blocks of KC after the first add to C, which holds the float32 partial sums (so does the
+// first when the sink accumulates); after the last, bias, ReLU and mask apply to the tile.
+// With a consumer, K fits one block (gemm_bf16 sees to it): each tile is final as soon as the
+// kernel has written it into the scratch tile, and is handed over at once.
 void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
   const index_t MR = k.MR, NR = k.NR;
   const index_t KC = std::min(k.KC, round_up(g.K, k.k_group));
@@ -142,8 +168,11 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
       static_cast<std::size_t>(round_up(MC, MR) * KC * k.value_bytes));
   unsigned char* packed_b = packed_b_bytes().reserve(
       static_cast<std::size_t>(KC * round_up(NC, NR) * k.value_bytes));
-  float* C = g.sink.C;
-  const index_t ldc = g.sink.ldc;
+  const TileSink<float>& out = g.sink;
+  float* scratch = out.consumes() ? consumer_tile_buffer().reserve(
+                                        static_cast<std::size_t>(MR * NR))
+                                  : nullptr;
+  const bool finishes = out.bias || out.relu || out.mask;
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
     for (index_t pc = 0; pc < g.K; pc += KC) {
@@ -159,14 +188,25 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             const unsigned char* a_panel = packed_a + ir * panel_bytes;
-            float* c = C + (ic + ir) * ldc + jc + jr;
+            const index_t row = ic + ir, col = jc + jr;
+            float* c = scratch ? scratch : out.C + row * out.ldc + col;
+            const index_t ldc = scratch ? NR : out.ldc;
+            const bool accumulate = !scratch && (out.accumulate || pc > 0);
             if (k.kernel) {
-              k.kernel(kc, a_panel, b_panel, c, ldc, m, n, pc > 0);
+              k.kernel(kc, a_panel, b_panel, c, ldc, m, n, accumulate);
             } else {
               TileEpilogue<float> ep;
-              ep.accumulate = pc > 0;
+              ep.accumulate = accumulate;
               k.fp32_kernel(kc, reinterpret_cast<const float*>(a_panel),
                             reinterpret_cast<const float*>(b_panel), c, ldc, m, n, ep);
+            }
+            if (scratch) {
+              out.consumer.consume(out.consumer.context, scratch, NR, out.row0 + row,
+                                   out.col0 + col, m, n);
+            } else if (finishes && pc + kc == g.K) {
+              TileEpilogue<float> ep = out.epilogue(row, col);
+              ep.accumulate = false;
+              finish_tile(c, ldc, m, n, ep);
             }
           }
         }
@@ -203,7 +243,7 @@ void gemm_bf16_parallel(const GemmArgs<float>& g, const Bf16Kernels& k, index_t 
     part.N = c1 - c0;
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
-    part.sink.C = g.sink.C + r0 * g.sink.ldc + c0;
+    part.sink = g.sink.block(r0, c0);
     gemm_blocked(part, k);
   });
 }
@@ -258,14 +298,33 @@ void round_to_bf16(float* out, const float* x, index_t n) {
 }
 
 void gemm_bf16(const GemmArgs<float>& g) {
-  if (g.sink.consumes() || g.sink.has_epilogue())
-    throw std::invalid_argument("the bf16 GEMM takes no epilogue and no tile consumer");
   if (g.M <= 0 || g.N <= 0) return;
-  if (g.K <= 0) {
-    for (index_t i = 0; i < g.M; ++i) std::fill_n(g.sink.C + i * g.sink.ldc, g.N, 0.0f);
+  const TileSink<float>& out = g.sink;
+  if (out.consumes() && out.has_epilogue())
+    throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
+  const Bf16Kernels& k = kernels_of(active_bf16_path());
+  // A consumer's tiles must be final when handed over: with K = 0 or K over one block, the
+  // product goes to a per-thread buffer and is handed over whole (as gemm.cpp does).
+  if (out.consumes() && (g.K <= 0 || g.K > k.KC)) {
+    float* whole = whole_product_buffer().reserve(static_cast<std::size_t>(g.M * g.N));
+    GemmArgs<float> plain = g;
+    plain.sink = TileSink<float>{};
+    plain.sink.C = whole;
+    plain.sink.ldc = g.N;
+    gemm_bf16(plain);
+    out.consumer.consume(out.consumer.context, whole, g.N, out.row0, out.col0, g.M, g.N);
     return;
   }
-  const Bf16Kernels& k = kernels_of(active_bf16_path());
+  if (g.K <= 0) {  // an empty product: the epilogue alone
+    for (index_t i = 0; i < g.M; ++i) {
+      float* c = out.C + i * out.ldc;
+      if (!out.accumulate) std::fill_n(c, g.N, 0.0f);
+      TileEpilogue<float> ep = out.epilogue(i, 0);
+      ep.accumulate = false;
+      finish_tile(c, out.ldc, 1, g.N, ep);
+    }
+    return;
+  }
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
   const ParallelMode mode = current_parallel_mode();

@@ -39,9 +39,13 @@ bool avx512bf16_supported();
 // avx512 and the CPU has AVX512_BF16, else portable.
 Bf16Path active_bf16_path();
 
-// C := bf16(op(A)) · bf16(op(B)) into args.sink.C (row stride ldc). The sink takes no
-// epilogue and no consumer (std::invalid_argument). Split over the thread pool as gemm() is
-// (threads.h's ParallelMode, gemm_split_pays), with results bitwise identical for any count.
+// The product bf16(op(A)) · bf16(op(B)) into args.sink, with gemm()'s semantics (gemm.h's
+// TileSink): C := [mask > 0] · relu?((accumulate ? C : 0) + product + bias), the epilogue on
+// the float32 tile after its last K block, never rounded; or, with a consumer, each finished
+// tile handed over (the whole product at once when K spans several blocks). A consumer with an
+// epilogue: std::invalid_argument. gemm<float> calls this under PrecisionScope(bfloat16).
+// Split over the thread pool as gemm() is (threads.h's ParallelMode, gemm_split_pays), with
+// results bitwise identical for any count.
 void gemm_bf16(const GemmArgs<float>& args);
 
 // out[i] = the bf16 value the GEMM multiplies in place of x[i], as a float32.

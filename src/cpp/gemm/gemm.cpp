@@ -7,10 +7,12 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../threads.h"
+#include "bf16.h"
 #include "context.h"
 #include "tile.h"
 
@@ -319,7 +321,21 @@ void gemm_parallel(const GemmArgs<T>& g, const GemmContext<T>& cntx, index_t par
 
 std::atomic<bool> g_force_split{false};
 
+thread_local GemmPrecision t_precision = GemmPrecision::float32;
+
 }  // namespace
+
+PrecisionScope::PrecisionScope(GemmPrecision precision) : saved_(t_precision) {
+  t_precision = precision;
+}
+PrecisionScope::~PrecisionScope() { t_precision = saved_; }
+GemmPrecision current_gemm_precision() { return t_precision; }
+
+GemmPrecision testing_set_gemm_precision(GemmPrecision precision) {
+  const GemmPrecision previous = t_precision;
+  t_precision = precision;
+  return previous;
+}
 
 template <class T>
 GemmCostModel gemm_cost_model() {
@@ -339,6 +355,8 @@ GemmCostModel gemm_cost_model() {
   g.A = a.data(), g.rs_a = K, g.cs_a = 1;
   g.B = b.data(), g.rs_b = N, g.cs_b = 1;
   g.sink.C = c.data(), g.sink.ldc = N;
+  // The float32 model, whatever the caller's precision (gemm_bf16 derives its own from it).
+  const PrecisionScope float32_products(GemmPrecision::float32);
   auto seconds = [&](ParallelMode mode) {
     const ParallelScope scope(mode);
     const auto started = std::chrono::steady_clock::now();
@@ -399,6 +417,8 @@ GemmPath testing_force_gemm_path(GemmPath path) { return g_forced_path.exchange(
 
 template <class T>
 void gemm(const GemmArgs<T>& g) {
+  if constexpr (std::is_same_v<T, float>)
+    if (t_precision == GemmPrecision::bfloat16) return gemm_bf16(g);
   if (g.M <= 0 || g.N <= 0) return;
   const GemmContext<T>& cntx = active_gemm_context<T>();
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *

@@ -124,11 +124,39 @@ enum class GemmPath {
 };
 
 // The product into args.sink (see TileSink): C := epilogue(op(A) op(B)), or the consumer gets
-// its tiles. The path is chosen from the shape (GemmPath). A product is split over the thread
-// pool when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode,
-// when gemm_split_pays.
+// its tiles. The path is chosen from the shape (GemmPath); under PrecisionScope(bfloat16) a
+// float32 product runs gemm_bf16 instead (below). A product is split over the thread pool
+// when the calling thread's ParallelMode (threads.h) says so, or, in automatic mode, when
+// gemm_split_pays.
 template <class T>
 void gemm(const GemmArgs<T>& args);
+
+// ---- precision: float32 products in bfloat16 --------------------------------------------------
+
+// How gemm<float> multiplies: float32 (the default), or bfloat16 (gemm/bf16.h: operands rounded
+// to bf16 while packed, float32 accumulation, C float32). gemm<double> ignores it: float64
+// never rounds to bf16 (the Python layer refuses bfloat16 for float64 models).
+enum class GemmPrecision { float32, bfloat16 };
+
+// Sets the calling thread's precision for the lifetime of the scope (scopes nest), as
+// ParallelScope (threads.h) does for the thread mode. Under bfloat16 every gemm<float> of this
+// thread, whatever its shape and sink (epilogue or consumer), runs gemm_bf16's packed driver:
+// GemmPath, forced or chosen, applies to float32 products only, so the operands of every bf16
+// product are rounded, a batch of one's included (that one then packs W instead of reading it
+// in place: slower than the float32 GEMV, never inconsistent). The workers of a product's
+// parallel region need no scope (only the calling thread dispatches); code that calls gemm()
+// from inside its own parallel tasks opens the scope in each task.
+class PrecisionScope {
+ public:
+  explicit PrecisionScope(GemmPrecision precision);
+  ~PrecisionScope();
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+ private:
+  GemmPrecision saved_;
+};
+GemmPrecision current_gemm_precision();
 
 // ---- the cost model: when splitting a product over the thread pool pays ----------------------
 //
@@ -173,5 +201,8 @@ GemmPath testing_force_gemm_path(GemmPath path);
 // gemm_split_pays says yes to every product while the pool has more than one thread, so that
 // tests reach the parallel paths with small shapes.
 void testing_force_split(bool force);
+// Sets the calling thread's precision outside any scope (Python's test hook, which cannot hold
+// an RAII scope across calls); returns the previous one. C++ code opens a PrecisionScope.
+GemmPrecision testing_set_gemm_precision(GemmPrecision precision);
 
 }  // namespace fastmlp
