@@ -38,7 +38,7 @@ def two_layer_reference(model, X, y):
     dW2 = r(dlogits).T @ r(h)
     dh = ((r(dlogits) @ r(W2)) * (h > 0)).astype(np.float32)
     dW1 = r(dh).T @ r(X)
-    return logits, loss, [dW1, dW2], [dlogits.sum(axis=0), dh.sum(axis=0)]
+    return logits, loss, [dW1, dW2], [dh.sum(axis=0), dlogits.sum(axis=0)]
 
 
 def data(n=53, n_in=70, k=5, seed=0):

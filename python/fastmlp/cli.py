@@ -596,8 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="adam (default), adamw (weight decay 0.01) or sgd (with momentum "
                             "0.9)")
     train.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                       help="the matrix products' precision: bfloat16 rounds their operands "
-                            "and accumulates in float32 (default float32; see MLP.precision)")
+                       help="matrix products in float32 (default) or bfloat16 (MLP.precision)")
     train.add_argument("--lr", type=_positive(float), default=None,
                        help="learning rate (default 0.003 for adam and adamw, 0.01 for sgd)")
     train.add_argument("--val-split", type=_fraction, default=0.2, metavar="F",

@@ -935,7 +935,7 @@ py::tuple batch_gradients(const py::array& y, const py::object& sample_weight,
     grad_b.append(gb);
   }
   const double loss = without_gil([&] {
-    const PrecisionScope rounding(precision);
+    const PrecisionScope rounding(requested_gemm_precision(precision));
     static thread_local AlignedBuffer<T> block;
     const Workspace<T> ws = Network<T>::carve_workspace(
         block.reserve(static_cast<std::size_t>(
@@ -1007,7 +1007,7 @@ py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indice
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
-      const PrecisionScope scope(rounding);
+      const PrecisionScope scope(requested_gemm_precision(rounding));
       mlp_forward_sparse(out, x, B, net.shape, net.weights.data(), net.biases.data());
     });
     return logits;
@@ -1029,7 +1029,7 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
-      const PrecisionScope scope(rounding);
+      const PrecisionScope scope(requested_gemm_precision(rounding));
       mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data());
     });
     return logits;

@@ -397,7 +397,7 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   RegionStats regions;
   {
     const RegionStatsScope measure(parallel ? &regions : nullptr);
-    const PrecisionScope rounding(cfg_.precision);
+    const PrecisionScope rounding(requested_gemm_precision(cfg_.precision));
     *loss = layout_ == Layout::rows
                 ? network_.template gradients<Layout::rows>(batch, ws_, sink_)
                 : network_.template gradients<Layout::features>(batch, ws_, sink_);

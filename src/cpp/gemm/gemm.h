@@ -157,6 +157,12 @@ class PrecisionScope {
   GemmPrecision saved_;
 };
 GemmPrecision current_gemm_precision();
+// What a caller that asks for `requested` opens its scope with: bfloat16 when asked; for
+// float32 (every default) the calling thread's precision as it is, float32 unless a test hook
+// set bfloat16 around the call.
+inline GemmPrecision requested_gemm_precision(GemmPrecision requested) {
+  return requested == GemmPrecision::bfloat16 ? requested : current_gemm_precision();
+}
 
 // ---- the cost model: when splitting a product over the thread pool pays ----------------------
 //
