@@ -14,6 +14,7 @@
 #include "../threads.h"
 #include "bf16_round.h"
 #include "context.h"
+#include "split.h"
 #include "tile.h"
 
 namespace fastmlp {
@@ -215,37 +216,10 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
   }
 }
 
-// C split into tm × tn rectangles of whole tiles, one task each, every task over the whole of
-// K (as gemm.cpp's gemm_parallel): each element gets the same operations in the same order
-// whoever computes it, so the result is bitwise identical for any thread count. (tm, tn)
-// minimises the largest task's tile count, then the packing done twice (A is packed tn times,
-// B tm times).
+// The float32 GEMM's split (split.h): bitwise identical results for any thread count.
 void gemm_bf16_parallel(const GemmArgs<float>& g, const Bf16Kernels& k, index_t parts) {
-  const index_t row_tiles = (g.M + k.MR - 1) / k.MR, col_tiles = (g.N + k.NR - 1) / k.NR;
-  index_t tm = 1, tn = 1, best_cost = row_tiles * col_tiles, best_packing = 0;
-  for (index_t rows = 1; rows <= std::min(parts, row_tiles); ++rows) {
-    const index_t cols = std::min(parts / rows, col_tiles);
-    const index_t cost = ((row_tiles + rows - 1) / rows) * ((col_tiles + cols - 1) / cols);
-    const index_t packing = (cols - 1) * g.M + (rows - 1) * g.N;
-    if (cost < best_cost || (cost == best_cost && packing < best_packing))
-      tm = rows, tn = cols, best_cost = cost, best_packing = packing;
-  }
-  if (tm * tn == 1) return gemm_blocked(g, k);
-  parallel_for(static_cast<int>(tm * tn), [&](int task) {
-    const index_t ti = task / tn, tj = task % tn;
-    const index_t r0 = ti * row_tiles / tm * k.MR;
-    const index_t r1 = std::min(g.M, (ti + 1) * row_tiles / tm * k.MR);
-    const index_t c0 = tj * col_tiles / tn * k.NR;
-    const index_t c1 = std::min(g.N, (tj + 1) * col_tiles / tn * k.NR);
-    if (r0 >= r1 || c0 >= c1) return;
-    GemmArgs<float> part = g;
-    part.M = r1 - r0;
-    part.N = c1 - c0;
-    part.A = g.A + r0 * g.rs_a;
-    part.B = g.B + c0 * g.cs_b;
-    part.sink = g.sink.block(r0, c0);
-    gemm_blocked(part, k);
-  });
+  split_over_tiles(g, k.MR, k.NR, parts,
+                   [&](const GemmArgs<float>& part) { gemm_blocked(part, k); });
 }
 
 }  // namespace
