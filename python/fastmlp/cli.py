@@ -86,7 +86,7 @@ def _fraction(text: str) -> float:
 
 
 def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int = 32,
-             lr: float = 3e-3, seed: int = 0, out=None) -> float:
+             lr: float = 3e-3, seed: int = 0, out=None, precision: str = "float32") -> float:
     """Train on the bundled digits; returns the accuracy on a test split that neither training
     nor the per-epoch validation sees. Splits (each stratified): 20 % test, then 20 % of the
     rest validation, 64 % of all training."""
@@ -102,7 +102,7 @@ def run_demo(epochs: int = 30, hidden: list[int] | None = None, batch_size: int 
     train = np.setdiff1d(rest, validation)
 
     hidden = hidden or [128]
-    model = MLP([X.shape[1], *hidden, 10], seed=seed)
+    model = MLP([X.shape[1], *hidden, 10], seed=seed, precision=precision)
     print(f"fastmlp {__version__} ({ops.isa()} kernels): {model!r}", file=out)
     print(f"digits: {len(train)} training, {len(validation)} validation and {test.sum()} "
           "test images", file=out)
