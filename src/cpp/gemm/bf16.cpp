@@ -144,8 +144,8 @@ AlignedBuffer<float>& whole_product_buffer() {
 
 index_t round_up(index_t x, index_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
-// The rest of the epilogue on a finished m×n tile of C, in place while it is in cache (the
-// kernels only add: beta went in as their `accumulate`).
+// The rest of the epilogue on an m×n block of C already holding the product (beta applied):
+// the empty product's.
 void finish_tile(float* c, index_t ldc, index_t m, index_t n, const TileEpilogue<float>& ep) {
   for (index_t i = 0; i < m; ++i) {
     float* c_row = c + i * ldc;
@@ -193,22 +193,21 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
             float* c = scratch ? scratch : out.C + row * out.ldc + col;
             const index_t ldc = scratch ? NR : out.ldc;
             const bool accumulate = !scratch && (out.accumulate || pc > 0);
+            // After the last K block the kernel applies bias, ReLU and mask to the tile while
+            // it holds it in registers.
+            const bool last_block = finishes && pc + kc == g.K;
+            TileEpilogue<float> ep;
+            if (last_block) ep = out.epilogue(row, col);
+            ep.accumulate = accumulate;
             if (k.kernel) {
-              k.kernel(kc, a_panel, b_panel, c, ldc, m, n, accumulate);
+              k.kernel(kc, a_panel, b_panel, c, ldc, m, n, accumulate, last_block ? &ep : nullptr);
             } else {
-              TileEpilogue<float> ep;
-              ep.accumulate = accumulate;
               k.fp32_kernel(kc, reinterpret_cast<const float*>(a_panel),
                             reinterpret_cast<const float*>(b_panel), c, ldc, m, n, ep);
             }
-            if (scratch) {
+            if (scratch)
               out.consumer.consume(out.consumer.context, scratch, NR, out.row0 + row,
                                    out.col0 + col, m, n);
-            } else if (finishes && pc + kc == g.K) {
-              TileEpilogue<float> ep = out.epilogue(row, col);
-              ep.accumulate = false;
-              finish_tile(c, ldc, m, n, ep);
-            }
           }
         }
       }

@@ -71,9 +71,12 @@ struct Bf16Kernels {
   // element (p,j) of op(B) is b[p*rs + j*cs]; packs columns [0, nc), zero-padded to NR.
   void (*pack_b)(void* packed, const float* b, index_t rs, index_t cs, index_t kc, index_t nc,
                  index_t NR) = nullptr;
-  // tile (m ≤ MR, n ≤ NR) := (accumulate ? tile : 0) + Σ_p a_panel[p] ⊗ b_panel[p]
+  // tile (m ≤ MR, n ≤ NR) := finish((accumulate ? tile : 0) + Σ_p a_panel[p] ⊗ b_panel[p]),
+  // finish = the bias, ReLU and mask of `last` (its accumulate ignored) after the last K block,
+  // the identity where `last` is null.
   void (*kernel)(index_t kc, const void* a_panel, const void* b_panel, float* c, index_t ldc,
-                 index_t m, index_t n, bool accumulate) = nullptr;
+                 index_t m, index_t n, bool accumulate,
+                 const TileEpilogue<float>* last) = nullptr;
   // The portable path has no kernel of its own: it runs this float32 one (context.h's contract).
   MicroKernel<float> fp32_kernel = nullptr;
 };
