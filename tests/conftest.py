@@ -30,3 +30,13 @@ def every_isa_and_thread_count(request):
     yield
     ops.set_isa(previous[0])
     fastmlp.set_num_threads(previous[1])
+
+
+@pytest.fixture(params=ops.supported_isas())
+def isa(request):
+    """Each SIMD flavour this CPU supports in turn, on the current thread count (restored
+    after); the test gets the flavour's name."""
+    previous = ops.isa()
+    ops.set_isa(request.param)
+    yield request.param
+    ops.set_isa(previous)

@@ -70,14 +70,6 @@ def bf16_path(request):
         yield request.param
 
 
-@pytest.fixture(params=ops.supported_isas())
-def isa(request):
-    previous = ops.isa()
-    ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
-
-
 # ---- the rounding ----------------------------------------------------------------------------
 
 def as_bits(values):

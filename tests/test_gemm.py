@@ -286,14 +286,6 @@ FLOAT_TYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 
 
-@pytest.fixture(params=ops.supported_isas())
-def isa(request):
-    previous = ops.isa()
-    ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
-
-
 @pytest.fixture(params=["in-place", "packed"])
 def path(request):
     """Every product through the in-place or the packed path, whatever its size."""
