@@ -1,0 +1,375 @@
+"""Training data that does not sit in memory: a memory-mapped array or a Parquet file, read
+by ``MLP.fit`` window by window in a block-shuffled order (_shuffle.py) while the engine
+trains on the previous window.
+
+Legend: N rows (of this process's shard), F features, B batch rows; a window is W blocks
+of contiguous rows, read together.
+
+Why: a full permutation makes every batch gather B rows from random places in the file. From
+a file in the page cache that is cheap, from disk it is B random reads per batch (an 819 MB
+file did not finish one such epoch in 120 s when only a third of it fit in memory). Here the
+disk sees W contiguous reads per window, announced to the kernel one window ahead
+(``MADV_WILLNEED``), and a background thread copies the next window (converted to the
+model's dtype, its rows permuted) while the engine trains on the current one.
+
+Memory: about four windows (the one being trained on, one ready, one being read and its
+unshuffled copy), not the file. The page cache is left to the kernel: it is reclaimable, a
+memory limit evicts it first, and files that fit in memory stay cached between epochs.
+Nothing is ever written to the file (it is mapped or opened read-only).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastmlp._shuffle import block_shuffle_plan, fixed_blocks
+from fastmlp._sparse import is_sparse
+from fastmlp._validation import feature_layout, sample_weights, to_dtype
+
+__all__ = ["ParquetSource", "is_memory_mapped", "training_data", "epoch_parts"]
+
+# A memory-mapped array's blocks: ~512 KiB of rows each (a read large enough for a disk's
+# throughput, small enough that a window mixes many places of the file), 32 per window
+# (16 MiB read together).
+BLOCK_BYTES = 512 * 1024
+WINDOW_BLOCKS = 32
+# Rows per chunk of the finite check of a memory-mapped X (converted chunk by chunk).
+_CHECK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class EpochPart:
+    """Rows the engine trains on in one go: X (n, F), y and weights (None) of the same rows,
+    in the engine's own order (shuffle, seed: Trainer.begin_epoch)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray | None
+    shuffle: bool
+    seed: int
+
+
+def is_memory_mapped(X) -> bool:
+    """Whether X's memory is a file mapping (np.memmap, np.load(mmap_mode=...), or an array
+    viewing an mmap.mmap)."""
+    return _mapping_of(X) is not None
+
+
+def _mapping_of(X):
+    a = X
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return a
+        a = getattr(a, "base", None)
+    return None
+
+
+class ArrayBlocks:
+    """X (memory-mapped, or in memory with ``shuffle="block"``) read in blocks of rows; y and
+    the weights (validated, in memory)."""
+
+    def __init__(self, X, name: str, dtype: np.dtype, n_features: int | None,
+                 block_bytes: int | None = None):
+        a = feature_layout(X, name, n_features)
+        # One sequential pass before any training: a NaN or an out-of-range value stops fit
+        # before the first step, not in the middle of an epoch.
+        chunk = max(1, _CHECK_BYTES // max(1, a.shape[1] * a.itemsize))
+        for first in range(0, a.shape[0], chunk):
+            to_dtype(a[first:first + chunk], dtype, name, first_row=first)
+        self.X, self.dtype = a, np.dtype(dtype)
+        self.shape = a.shape
+        row_bytes = max(1, a.shape[1] * a.itemsize)
+        self.block_rows = max(1, (block_bytes or BLOCK_BYTES) // row_bytes)
+        self.block_lengths = fixed_blocks(a.shape[0], self.block_rows)
+        self._mapping = _mapping_of(a)
+        # Where X's rows start inside the mapping (madvise takes offsets into it).
+        self._offset = None
+        if self._mapping is not None and a.flags.c_contiguous:
+            try:
+                base = np.frombuffer(self._mapping, dtype=np.uint8).ctypes.data
+                self._offset = a.ctypes.data - base
+            except (TypeError, ValueError, BufferError):
+                self._offset = None
+
+    def labelled(self, y, weights):
+        self.y, self.weights = y, weights
+        return self
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    def prefetch(self, blocks) -> None:
+        """Asks the kernel to start reading these blocks (best effort, returns at once)."""
+        if self._offset is None or not hasattr(self._mapping, "madvise"):
+            return
+        row_bytes = self.X.strides[0]
+        for b in blocks:
+            start = self._offset + int(b) * self.block_rows * row_bytes
+            length = int(self.block_lengths[b]) * row_bytes
+            aligned = start - start % mmap.PAGESIZE
+            try:
+                self._mapping.madvise(mmap.MADV_WILLNEED, aligned, length + start - aligned)
+            except (OSError, ValueError):
+                return
+
+    def read(self, block: int, out: np.ndarray):
+        """Block's rows into out (rows, F) of the model's dtype; returns its (y, weights)."""
+        first = int(block) * self.block_rows
+        last = first + int(self.block_lengths[block])
+        np.copyto(out, self.X[first:last], casting="unsafe")
+        return self.y[first:last], None if self.weights is None else self.weights[first:last]
+
+
+class ParquetSource:
+    """Training data streamed from a Parquet file by row groups (needs pyarrow: the
+    ``parquet`` extra). Pass it to ``MLP.fit`` in place of X, with ``y=None``.
+
+    ``features``: the feature columns, in the model's input order (None: every column but
+    ``target``); ``target``: the label column (classifiers: integer class ids; regression:
+    numbers). Each epoch reads this process's row groups in a block-shuffled order (see
+    ``fit``'s ``shuffle``): the row groups are permuted, then rows are permuted within each
+    window of ``window_row_groups`` consecutive row groups; memory holds about four windows.
+    ``rank``/``size`` (or an mpi4py ``comm``) select a shard: this process reads row groups
+    rank, rank + size, rank + 2·size, … of the file.
+    """
+
+    def __init__(self, path, features=None, target: str = "y", *, window_row_groups: int = 4,
+                 rank: int | None = None, size: int | None = None, comm=None):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("ParquetSource needs pyarrow: pip install "
+                              "'fastmlp[parquet]'") from None
+        if comm is not None:
+            if rank is not None or size is not None:
+                raise ValueError("pass either comm or rank/size, not both")
+            rank, size = comm.Get_rank(), comm.Get_size()
+        rank = 0 if rank is None else rank
+        size = 1 if size is None else size
+        if not (isinstance(size, (int, np.integer)) and size >= 1
+                and isinstance(rank, (int, np.integer)) and 0 <= rank < size):
+            raise ValueError(f"rank must be in [0, size) and size >= 1, got rank={rank!r}, "
+                             f"size={size!r}")
+        if not (isinstance(window_row_groups, (int, np.integer)) and window_row_groups >= 1):
+            raise ValueError(f"window_row_groups must be an integer >= 1, got "
+                             f"{window_row_groups!r}")
+        self.path = os.fspath(path)
+        self._file = pq.ParquetFile(self.path)
+        names = self._file.schema_arrow.names
+        if target not in names:
+            raise ValueError(f"{self.path!r} has no column {target!r} (columns: {names})")
+        features = [c for c in names if c != target] if features is None else list(features)
+        missing = [c for c in features if c not in names]
+        if missing or not features or target in features:
+            raise ValueError(f"features must be columns of {self.path!r} other than the target "
+                             f"{target!r}; got {features} (columns: {names})")
+        self.features, self.target = features, target
+        self.rank, self.size, self.window_blocks = int(rank), int(size), int(window_row_groups)
+        metadata = self._file.metadata
+        self.row_groups = np.arange(self.rank, metadata.num_row_groups, self.size)
+        self.block_lengths = np.array([metadata.row_group(int(g)).num_rows
+                                       for g in self.row_groups], dtype=np.int64)
+        if self.block_lengths.sum() == 0:
+            raise ValueError(f"{self.path!r} has no rows for rank {self.rank} of {self.size} "
+                             f"({metadata.num_row_groups} row groups)")
+        self.shape = (int(self.block_lengths.sum()), len(features))
+
+    def __repr__(self):
+        return (f"ParquetSource({self.path!r}, {len(self.features)} features, "
+                f"target={self.target!r}, rows={self.shape[0]}, rank={self.rank}/{self.size})")
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    def bind(self, model) -> "ParquetSource":
+        """Checks the columns against the model; its dtype and label checks apply to reads."""
+        if len(self.features) != model.n_features:
+            raise ValueError(f"{self!r} has {len(self.features)} feature columns but the model "
+                             f"expects {model.n_features}")
+        self.dtype, self._labels = np.dtype(model.dtype), model._labels
+        self._first_rows = np.concatenate([[0], np.cumsum(self.block_lengths)[:-1]])
+        return self
+
+    def prefetch(self, blocks) -> None:
+        """Row groups are read whole by ``read``, on the reading thread."""
+
+    def read(self, block: int, out: np.ndarray):
+        table = self._file.read_row_group(int(self.row_groups[block]),
+                                          columns=self.features + [self.target])
+        for j, name in enumerate(self.features):
+            column = table.column(name)
+            if column.null_count:
+                raise ValueError(f"{self.path!r}: column {name!r} has missing values in row "
+                                 f"group {int(self.row_groups[block])}")
+            np.copyto(out[:, j], column.to_numpy(), casting="unsafe")
+        first = int(self._first_rows[block])
+        to_dtype(out, self.dtype, f"{self.path!r} features", first_row=first)
+        y = self._labels(table.column(self.target).to_numpy(), out.shape[0])
+        return y, None
+
+
+def training_data(model, X, y, sample_weight, shuffle):
+    """fit's (X, y, weights, shuffle) validated: X an ndarray, a SparseInput, an ArrayBlocks
+    or a bound ParquetSource; shuffle False, True (the engine's full permutation) or
+    "block"."""
+    if isinstance(shuffle, str):
+        if shuffle not in ("block", "full"):
+            raise ValueError(f"shuffle must be True, False, 'block' or 'full', got {shuffle!r}")
+    elif isinstance(shuffle, (bool, np.bool_)):
+        shuffle = bool(shuffle)
+    else:
+        raise TypeError(f"shuffle must be True, False, 'block' or 'full', got {shuffle!r}")
+    if isinstance(X, ParquetSource):
+        if y is not None or sample_weight is not None:
+            raise ValueError("with a ParquetSource, y comes from its target column: pass y=None "
+                             "(and no sample_weight)")
+        if shuffle == "full":
+            raise ValueError("a ParquetSource is streamed: shuffle='full' is not possible, use "
+                             "True or 'block' (block-wise) or False")
+        return X.bind(model), None, None, "block" if shuffle else False
+    if y is None:
+        raise TypeError("fit needs y (labels or targets), unless X is a ParquetSource")
+    if is_sparse(X):
+        if shuffle == "block":
+            raise ValueError("shuffle='block' needs dense X; sparse X is shuffled in memory "
+                             "(shuffle=True)")
+        blocks = False
+    else:
+        # A memory-mapped X is read window by window, also in file order (shuffle=False: the
+        # same batches as reading it in place, converted to the model's dtype per window).
+        blocks = shuffle == "block" or (shuffle != "full" and is_memory_mapped(X))
+    if not blocks:
+        X = model._features(X)
+        return X, model._labels(y, X.shape[0]), sample_weights(
+            sample_weight, X.shape[0], model._dtype), shuffle == "full" or shuffle is True
+    X = ArrayBlocks(X, "X", model._dtype, model.n_features)
+    y = model._labels(y, X.n_rows)
+    return X.labelled(y, sample_weights(sample_weight, X.n_rows, model._dtype)), None, None, (
+        "block" if shuffle else False)
+
+
+def epoch_parts(data, y, weights, shuffle, seed, batch_size: int):
+    """The parts of an epoch: in-memory X (an ndarray or SparseInput) is one part that the
+    engine shuffles itself (a full permutation); a ArrayBlocks or ParquetSource is read by a
+    background thread into batch-aligned parts. Use as a context manager (it stops the
+    thread)."""
+    if isinstance(data, (ArrayBlocks, ParquetSource)):
+        return _WindowReader(data, shuffle, seed, batch_size)
+    return _Single(EpochPart(data, y, weights, bool(shuffle), seed))
+
+
+class _Single:
+    def __init__(self, part):
+        self.part = part
+
+    def __enter__(self):
+        return iter((self.part,))
+
+    def __exit__(self, *exc):
+        return False
+
+
+_DONE = object()
+
+
+class _WindowReader:
+    """Reads an epoch's windows on a background thread, one part ahead.
+
+    Batches cut the epoch's order (block_shuffled_order) every B rows, as if the engine read
+    the whole epoch at once: each part ends on a batch boundary, and the rows of a window
+    past the last whole batch (< B) start the next part; the last part holds the epoch's
+    partial batch. The engine trains each part in row order."""
+
+    def __init__(self, source, shuffle, seed, batch_size):
+        window_blocks = getattr(source, "window_blocks", WINDOW_BLOCKS)
+        self.windows = block_shuffle_plan(source.block_lengths, window_blocks, seed, shuffle)
+        self.source, self.batch_size = source, batch_size
+        self.parts = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="fastmlp-reader", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self._consume()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.parts.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        return False
+
+    def _consume(self):
+        while True:
+            item = self.parts.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.parts.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _produce(self):
+        try:
+            self._read_windows()
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the training thread, raised there
+            self._put(exc)
+
+    def _read_windows(self):
+        source, windows, B = self.source, self.windows, self.batch_size
+        lengths = source.block_lengths
+        # (X, y, weights): rows of the previous window past its last whole batch, or None.
+        carry = (np.empty((0, source.shape[1]), source.dtype), None, None)
+        if windows:
+            source.prefetch(windows[0].blocks)
+        for k, window in enumerate(windows):
+            if self.stop.is_set():
+                return
+            if k + 1 < len(windows):
+                source.prefetch(windows[k + 1].blocks)
+            c = carry[0].shape[0]
+            rows = int(lengths[window.blocks].sum())
+            # The part: the carried rows, then the window's rows in the window's order. In
+            # file order they are read straight into place, else into X_read and permuted.
+            X = np.empty((c + rows, source.shape[1]), dtype=source.dtype)
+            X[:c] = carry[0]
+            X_read = X[c:] if window.permutation is None else np.empty_like(X[c:])
+            ys, ws, at = [], [], 0
+            for b in window.blocks:
+                y_block, w_block = source.read(b, X_read[at:at + lengths[b]])
+                ys.append(y_block)
+                ws.append(w_block)
+                at += int(lengths[b])
+            y, w = np.concatenate(ys), None if ws[0] is None else np.concatenate(ws)
+            if window.permutation is not None:
+                np.take(X_read, window.permutation, axis=0, out=X[c:])
+                del X_read
+                y = y.take(window.permutation, axis=0)
+                w = None if w is None else w.take(window.permutation)
+            if c:
+                y = np.concatenate([carry[1], y])
+                w = None if w is None else np.concatenate([carry[2], w])
+            whole = c + rows if k + 1 == len(windows) else (c + rows) // B * B
+            carry = (X[whole:].copy(), y[whole:].copy(), None if w is None else w[whole:].copy())
+            if whole and not self._put(EpochPart(X[:whole], y[:whole],
+                                                 None if w is None else w[:whole], False, 0)):
+                return
