@@ -420,7 +420,7 @@ class MLP:
 
     # ---- training -----------------------------------------------------------------------
 
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32,
+    def fit(self, X, y=None, epochs: int = 10, batch_size: int = 32,
             optimizer: Optimizer | str | None = None,
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
