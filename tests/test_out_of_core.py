@@ -167,6 +167,36 @@ def test_the_file_is_read_only_and_unchanged(tmp_path, small_blocks):
     assert not Xm.flags.writeable
 
 
+@pytest.mark.parametrize("view", ["slice", "copy-on-write", "raw mmap", "memmap offset"])
+def test_every_kind_of_mapping_trains_on_the_rows_it_shows(tmp_path, small_blocks, view):
+    """The file is read with pread at the view's own offset, or through the mapping where
+    the file does not hold what the array shows (copy-on-write) or is unknown (mmap.mmap)."""
+    import mmap
+    X, y = data()
+    Xm, path = mapped(tmp_path, X)
+    if view == "slice":
+        shown, labels = Xm[137:], y[137:]
+    elif view == "copy-on-write":
+        shown = np.load(path, mmap_mode="c")
+        shown[5:300] *= 2  # in this process's pages only, not in the file
+        labels = y
+    elif view == "raw mmap":
+        with open(path, "rb") as f:
+            raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        shown, labels = np.frombuffer(raw, dtype=np.float32, offset=128).reshape(N, F), y
+    else:
+        raw_path = tmp_path / "raw.bin"
+        raw_path.write_bytes(b"\0" * 1000 + X.tobytes())
+        shown, labels = np.memmap(raw_path, dtype=np.float32, mode="r", offset=1000,
+                                  shape=(N, F))[10:], y[10:]
+    expected = np.array(shown)
+    assert np.array_equal(expected[:len(X) - 137], X[137:]) or view != "slice"
+    model = MLP([F, 16, 3], seed=2)
+    model.fit(shown, labels, epochs=2, batch_size=32, seed=6, optimizer=Adam(lr=1e-2))
+    reference = fit_in_memory_in_block_order(expected, labels, *small_blocks, seed=6, epochs=2)
+    assert same_weights(model, reference)
+
+
 def test_non_finite_rows_of_a_mapped_file_are_named_before_training(tmp_path, small_blocks):
     X, y = data()
     X[777, 3] = np.nan

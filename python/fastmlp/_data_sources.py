@@ -66,7 +66,8 @@ def _mapping_of(X):
     while a is not None:
         if isinstance(a, mmap.mmap):
             return a
-        a = getattr(a, "base", None)
+        # np.frombuffer(an mmap) holds a memoryview of it.
+        a = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
     return None
 
 
