@@ -348,3 +348,21 @@ def test_parquet_source_errors(tmp_path):
     with pytest.raises(ValueError, match="column 'a' has missing values"):
         MLP([1, 2, 2]).fit(fastmlp.ParquetSource(holes), None)
     assert reader_threads() == []
+
+
+def test_the_engine_refuses_an_order_outside_the_data():
+    """The private engine call the reader uses checks every row id before it trains."""
+    from fastmlp._training import new_trainer
+    X, y = data(n=20)
+    model = MLP([F, 4, 3], seed=0)
+    trainer = new_trainer(model, fastmlp.SGD(), 8, 0.0)
+    for order, match in (([0, 20], r"order\[1\] = 20 is not a row of the 20 rows"),
+                         ([-1], r"order\[0\] = -1"), ([], "at least one row"),
+                         ([[1, 2]], "1-D")):
+        with pytest.raises(ValueError, match=match):
+            trainer.begin_epoch_with_order(np.array(order, dtype=np.int64), 20)
+    trainer.begin_epoch_with_order(np.array([3, 3, 19], dtype=np.int64), 20)
+    with pytest.raises(ValueError, match="X must be"):
+        trainer.run(X[:19], y[:19], None, 8, 10)
+    result = trainer.run(X, y, None, 8, 10)
+    assert (result.samples, result.epoch_done) == (3, True)

@@ -46,13 +46,15 @@ _CHECK_BYTES = 8 * 1024 * 1024
 @dataclass
 class EpochPart:
     """Rows the engine trains on in one go: X (n, F), y and weights (None) of the same rows,
-    in the engine's own order (shuffle, seed: Trainer.begin_epoch)."""
+    visited in `order` (row ids, Trainer.begin_epoch_with_order) or, without one, in the
+    engine's own order (shuffle, seed: Trainer.begin_epoch)."""
 
     X: np.ndarray
     y: np.ndarray
     weights: np.ndarray | None
     shuffle: bool
     seed: int
+    order: np.ndarray | None = None
 
 
 def is_memory_mapped(X) -> bool:
@@ -414,11 +416,9 @@ class _WindowReader:
         # Buffers reused from window to window (fresh ones would be page-faulted in, and under
         # a memory limit each fault reclaims page cache): part m goes into buffer m mod 3. It
         # is free: part m - 1 went into the queue (size 1), so the engine took part m - 2 and
-        # so had finished part m - 3. A window's rows are read into `unshuffled`, then
-        # permuted into the part.
+        # so had finished part m - 3.
         most = max(int(lengths[w.blocks].sum()) for w in windows) if windows else 0
         part_buffers = [None] * 3
-        unshuffled = None
         parts = 0
         for k, window in enumerate(windows):
             if self.stop.is_set():
@@ -427,36 +427,36 @@ class _WindowReader:
                 source.prefetch(windows[k + 1].blocks)
             c = carry[0].shape[0]
             rows = int(lengths[window.blocks].sum())
-            # The part: the carried rows, then the window's rows in the window's order. In
-            # file order they are read straight into place, else into X_read and permuted.
+            # The part: the carried rows, then the window's rows as read (file order within
+            # each block); the engine visits them in `order` (gathering rows, as it does for
+            # an in-memory epoch): the carried rows first, then the window's permutation.
             if part_buffers[parts % 3] is None:
                 part_buffers[parts % 3] = np.empty((most + B, source.shape[1]), source.dtype)
             X = part_buffers[parts % 3][:c + rows]
             X[:c] = carry[0]
-            if window.permutation is None:
-                X_read = X[c:]
-            else:
-                if unshuffled is None:
-                    unshuffled = np.empty((most, source.shape[1]), source.dtype)
-                X_read = unshuffled[:rows]
-            ys, ws, at = [], [], 0
+            ys, ws, at = [], [], c
             for b in window.blocks:
-                y_block, w_block = source.read(b, X_read[at:at + lengths[b]])
+                y_block, w_block = source.read(b, X[at:at + lengths[b]])
                 ys.append(y_block)
                 ws.append(w_block)
                 at += int(lengths[b])
-            y, w = np.concatenate(ys), None if ws[0] is None else np.concatenate(ws)
-            if window.permutation is not None:
-                np.take(X_read, window.permutation, axis=0, out=X[c:])
-                y = y.take(window.permutation, axis=0)
-                w = None if w is None else w.take(window.permutation)
             if c:
-                y = np.concatenate([carry[1], y])
-                w = None if w is None else np.concatenate([carry[2], w])
+                ys.insert(0, carry[1])
+                ws.insert(0, carry[2])
+            y, w = np.concatenate(ys), None if ws[-1] is None else np.concatenate(ws)
+            order = None
+            if window.permutation is not None:
+                order = np.concatenate([np.arange(c), c + window.permutation])
             whole = c + rows if k + 1 == len(windows) else (c + rows) // B * B
-            carry = (X[whole:].copy(), y[whole:].copy(), None if w is None else w[whole:].copy())
-            if whole:
-                if not self._put(EpochPart(X[:whole], y[:whole],
-                                           None if w is None else w[:whole], False, 0)):
-                    return
-                parts += 1
+            rest = np.arange(whole, c + rows) if order is None else order[whole:]
+            carry = (X[rest], y[rest], None if w is None else w[rest])
+            if not whole:
+                continue
+            if order is None:  # rows in file order, read in place by the engine
+                part = EpochPart(X[:whole], y[:whole], None if w is None else w[:whole],
+                                 False, 0)
+            else:
+                part = EpochPart(X, y, w, False, 0, order[:whole])
+            if not self._put(part):
+                return
+            parts += 1

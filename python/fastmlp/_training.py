@@ -216,7 +216,10 @@ def _train_part(model, trainer, part, batch_size: int, steps_per_call: int, epoc
     """Trains on one part of an epoch (_data_sources.EpochPart) in engine calls of about
     50 ms; returns (steps_per_call for the next call, loss sum, penalty sum, the wall/CPU
     ratio of a step that fell back to one thread or None)."""
-    trainer.begin_epoch(part.X.shape[0], part.shuffle, part.seed)
+    if part.order is not None:
+        trainer.begin_epoch_with_order(part.order, part.X.shape[0])
+    else:
+        trainer.begin_epoch(part.X.shape[0], part.shuffle, part.seed)
     total = penalty = 0.0
     fell_back = None
     while True:
