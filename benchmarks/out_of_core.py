@@ -21,6 +21,8 @@ fit is not in an epoch) and the ratio is of medians over the epochs of --repeats
 each kind, alternated, in one invocation. Extra
 anonymous memory: the peak of RssAnon (/proc/self/status, sampled every 5 ms) during fit
 minus RssAnon just before it.
+CPU seconds per epoch, of the engine's thread and of the whole process, tell a machine busy
+with other work (wall time up, CPU time not) from work added by the reader.
 Without a memory cgroup (not root, or none mounted) the mapped run is unlimited and only the
 per-epoch eviction remains: the report says so. --quick: a 4 MB file, one epoch, no cgroup
 (the smoke run of bench_out_of_core.py).
@@ -114,15 +116,28 @@ def child(kind: str, x_path: str, y_path: str, epochs: int, budget_s: float) -> 
         watchdog = threading.Timer(budget_s, lambda: os._exit(3))
         watchdog.daemon = True
         watchdog.start()
+    # CPU seconds per epoch: of the training thread (the engine) and of the whole process
+    # (the engine and the reader thread), load-independent where wall time is not.
+    cpu = {"engine": [], "process": []}
+    clocks = [time.thread_time(), time.process_time()]
+
+    def after_epoch(m, h):
+        now = [time.thread_time(), time.process_time()]
+        cpu["engine"].append(now[0] - clocks[0])
+        cpu["process"].append(now[1] - clocks[1])
+        if kind != "memory":
+            evict(x_path)
+        clocks[:] = [time.thread_time(), time.process_time()]
+
     before = rss_anon()
     started = time.perf_counter()
     with PeakAnon() as peak:
+        clocks[:] = [time.thread_time(), time.process_time()]
         history = model.fit(X, y, epochs=epochs, batch_size=BATCH, shuffle=shuffle, seed=1,
-                            optimizer=fastmlp.SGD(lr=0.01), callbacks=[
-                                lambda m, h: evict(x_path) if kind != "memory" else None])
+                            optimizer=fastmlp.SGD(lr=0.01), callbacks=[after_epoch])
     return {"samples_per_second": history.samples_per_second, "loss": history.loss,
             "fit_seconds": time.perf_counter() - started, "extra_anon": peak.peak - before,
-            "rows": int(len(y))}
+            "rows": int(len(y)), "engine_cpu": cpu["engine"], "process_cpu": cpu["process"]}
 
 
 def memory_cgroup(limit_bytes: int):
@@ -194,10 +209,10 @@ def run(size_mb: float, epochs: int, limit_ratio: float, full_seconds: float,
             runs["memory"].append(run_child("memory", x_path, y_path, epochs))
             runs["mapped"].append(run_child("mapped", x_path, y_path, epochs, procs))
         for kind, measured in runs.items():
-            results[kind] = {
-                "samples_per_second": [s for r in measured for s in r["samples_per_second"]],
-                "extra_anon": max(r["extra_anon"] for r in measured),
-                "rows": measured[0]["rows"]}
+            results[kind] = {key: [v for r in measured for v in r[key]] for key in
+                             ("samples_per_second", "engine_cpu", "process_cpu")}
+            results[kind].update(extra_anon=max(r["extra_anon"] for r in measured),
+                                 rows=measured[0]["rows"])
         if full_seconds > 0:
             results["full"] = run_child("full", x_path, y_path, 1, procs, full_seconds)
         return results
@@ -224,6 +239,9 @@ def report(results: dict) -> str:
              f"memory-mapped, block shuffle: {mapped:11,.0f} samples/s  ratio {mapped / memory:.2f}",
              f"extra anonymous memory (mapped): {results['mapped']['extra_anon'] / 2**20:.1f} MiB "
              f"= {results['mapped']['extra_anon'] / results['file_bytes']:.3f} of the file"]
+    for label, key in (("engine thread", "engine_cpu"), ("whole process", "process_cpu")):
+        ours, theirs = (float(np.median(results[k][key])) for k in ("mapped", "memory"))
+        lines.append(f"CPU s per epoch, {label}: memory {theirs:.2f}, mapped {ours:.2f}")
     if "full" in results:
         full = results["full"]
         if "unfinished_after" in full:
