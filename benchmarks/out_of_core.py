@@ -236,7 +236,8 @@ def report(results: dict) -> str:
                                  if limit else "none (no cgroup): per-epoch eviction only"),
              f"in memory, full shuffle:     {memory:12,.0f} samples/s (median of "
              f"{len(results['memory']['samples_per_second'])} epochs)",
-             f"memory-mapped, block shuffle: {mapped:11,.0f} samples/s  ratio {mapped / memory:.2f}",
+             f"memory-mapped, block shuffle: {mapped:11,.0f} samples/s  "
+             f"ratio {mapped / memory:.2f}",
              f"extra anonymous memory (mapped): {results['mapped']['extra_anon'] / 2**20:.1f} MiB "
              f"= {results['mapped']['extra_anon'] / results['file_bytes']:.3f} of the file"]
     for label, key in (("engine thread", "engine_cpu"), ("whole process", "process_cpu")):

@@ -10,11 +10,12 @@ a file in the page cache that is cheap, from disk it is B random reads per batch
 file did not finish one such epoch in 120 s when only a third of it fit in memory). Here the
 disk sees W contiguous reads per window, announced to the kernel one window ahead
 (``POSIX_FADV_WILLNEED``), and a background thread reads the next window (converted to the
-model's dtype, its rows permuted) while the engine trains on the current one.
+model's dtype) while the engine trains on the current one, visiting its rows in the window's
+permutation (Trainer.begin_epoch_with_order).
 
-Memory: about four windows (the one being trained on, one ready, one being read and its
-unshuffled copy), not the file. The page cache is left to the kernel: it is reclaimable, a
-memory limit evicts it first, and files that fit in memory stay cached between epochs.
+Memory: three windows (the one being trained on, one ready, one being read), not the file.
+The page cache is left to the kernel: it is reclaimable, a memory limit evicts it first, and
+files that fit in memory stay cached between epochs.
 Nothing is ever written to the file (it is mapped or opened read-only).
 """
 
@@ -190,7 +191,7 @@ class ParquetSource:
     ``target``); ``target``: the label column (classifiers: integer class ids; regression:
     numbers). Each epoch reads this process's row groups in a block-shuffled order (see
     ``fit``'s ``shuffle``): the row groups are permuted, then rows are permuted within each
-    window of ``window_row_groups`` consecutive row groups; memory holds about four windows.
+    window of ``window_row_groups`` consecutive row groups; memory holds three windows.
     ``rank``/``size`` (or an mpi4py ``comm``) select a shard: this process reads row groups
     rank, rank + size, rank + 2·size, … of the file.
     """

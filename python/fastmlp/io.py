@@ -498,9 +498,9 @@ def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
     ``fit(checkpoint=...)``. Everything ``_training._resume`` uses is checked: epochs_done
     (int ≥ 0), batch_size (int ≥ 1), steps (int ≥ 0, if present), shuffle (bool or
     "block"), rng_state (a PCG64 state), history (lists of numbers / bools, consistent
-    lengths; returned as floats / bools), the optimizer (``Optimizer.from_state_dict``). Memory is bounded as in
-    ``read_model``: the JSON member to 64 MiB, each optimizer array to its parameter's shape,
-    all checked before any array data is read."""
+    lengths; returned as floats / bools), the optimizer (``Optimizer.from_state_dict``).
+    Memory is bounded as in ``read_model``: the JSON member to 64 MiB, each optimizer array
+    to its parameter's shape, all checked before any array data is read."""
     path, archive = open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
     with archive:
         try:

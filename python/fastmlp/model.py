@@ -455,9 +455,9 @@ class MLP:
         ``ParquetSource(window_row_groups=...)``), reproducible from ``seed``. Unlike a full
         permutation, a batch mixes rows of one window only, so rows stored near each other
         stay near each other in the epoch (shuffle a file sorted by label once when writing
-        it). The disk sees contiguous reads, so an epoch from a file three times larger than
-        the memory the process may use runs at about half the in-memory speed or better
-        (benchmarks/README.md); memory holds about four windows, not the file, and the file
+        it). The disk sees contiguous reads: an epoch from a file three times larger than the
+        memory the process may use ran at about half the in-memory speed, at the disk's
+        speed (benchmarks/README.md). Memory holds three windows, not the file, and the file
         is never written. A mapped X is checked for NaN and infinity in one sequential pass
         before training, and converted to the model's dtype window by window.
         ``shuffle="full"`` forces the full permutation on a mapped X (fast only while the file
