@@ -27,7 +27,7 @@
 
 #include "../../bf16.h"
 #include "../../bf16_round.h"
-#include "../../tile.h"
+#include "../../gemv_simd.h"
 #include "../avx512/transpose_avx512.h"
 
 namespace fastmlp {
@@ -220,45 +220,25 @@ void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, flo
   }
 }
 
-// The batch of one: ROWS dot products at a time over W's contiguous rows, x and each row
-// rounded in registers by VCVTNE2PS2BF16 (the packers' rounding) 32 values at a time, so both
-// operands put the same pair of k in each 32-bit lane and VDPBF16PS sums matching products.
-// Per 32 values of a row: two loads, one conversion, one VDPBF16PS: the float32 GEMV's count
-// of loads, for the same traffic (W is read as float32 either way).
-void gemv_avx512bf16(index_t k, index_t n, const float* x, const float* w, index_t ldw,
-                     float* c, const TileEpilogue<float>& ep) {
-  constexpr int ROWS = 8;
-  const index_t k_main = k / 32 * 32;
-  const auto pairs = [](const float* p, __mmask16 low, __mmask16 high) {
-    return _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(high, p + 16),
-                               _mm512_maskz_loadu_ps(low, p));
-  };
-  const __mmask16 all = 0xFFFF;
-  const __mmask16 tail_low = first_lanes(k - k_main), tail_high = first_lanes(k - k_main - 16);
-  for (index_t j = 0; j < n; j += ROWS) {
-    const int rows = static_cast<int>(n - j < ROWS ? n - j : ROWS);
-    const float* w_row[ROWS];
-    for (int r = 0; r < ROWS; ++r) w_row[r] = w + (j + (r < rows ? r : rows - 1)) * ldw;
-    __m512 acc[ROWS];
-#pragma GCC unroll 8
-    for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
-    for (index_t p = 0; p < k_main; p += 32) {
-      const __m512bh xv = pairs(x + p, all, all);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r)
-        acc[r] = _mm512_dpbf16_ps(acc[r], xv, pairs(w_row[r] + p, all, all));
-    }
-    if (k_main < k) {  // masked loads: the lanes past k hold +0 in both operands
-      const __m512bh xv = pairs(x + k_main, tail_low, tail_high);
-#pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r)
-        acc[r] = _mm512_dpbf16_ps(acc[r], xv, pairs(w_row[r] + k_main, tail_low, tail_high));
-    }
-    for (int r = 0; r < rows; ++r)
-      c[j + r] = apply_epilogue(_mm512_reduce_add_ps(acc[r]), ep.accumulate ? c[j + r] : 0.0f,
-                                ep, j + r, ep.mask ? ep.mask[j + r] : 0.0f);
+// The batch of one (gemv_simd.h's loop): x and each row of W rounded in registers by
+// VCVTNE2PS2BF16 (the packers' rounding) 32 values at a time, so both operands put the same
+// pair of k in each 32-bit lane and VDPBF16PS sums matching products. Per 32 values of a row:
+// two loads, one conversion, one VDPBF16PS: the float32 GEMV's count of loads, for the same
+// traffic (W is read as float32 either way).
+struct Bf16Pairs {
+  static constexpr int lanes = 32;
+  static __m512 zero() { return _mm512_setzero_ps(); }
+  // Masked loads: lanes past the count hold +0 in both operands.
+  static __m512bh load_first(const float* p, index_t count) {
+    return _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(first_lanes(count - 16), p + 16),
+                               _mm512_maskz_loadu_ps(first_lanes(count), p));
   }
-}
+  static __m512bh loadu(const float* p) {
+    return _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
+  }
+  static __m512 fmadd(__m512bh a, __m512bh b, __m512 acc) { return _mm512_dpbf16_ps(acc, a, b); }
+  static float sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
+};
 
 }  // namespace
 
@@ -271,7 +251,7 @@ Bf16Kernels avx512bf16_kernels() {
   k.pack_a = &pack_a_bf16;
   k.pack_b = &pack_b_bf16;
   k.kernel = &kernel_avx512bf16<kMR>;
-  k.gemv = &gemv_avx512bf16;
+  k.gemv = &gemv_simd<Bf16Pairs, float>;
   return k;
 }
 
