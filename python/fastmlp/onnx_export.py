@@ -11,7 +11,8 @@ dtype (float32 or float64; onnxruntime runs both):
 
 =======================  ===================================================================
 input ``X`` (N, F)       the features, in the model's dtype
-(``feature_scaling``)    ``X' = (X - mean) / std`` (``Sub``, ``Div``): the CLI's standardisation
+(``feature_scaling``)    ``X' = (X - mean) / std`` (``Sub``, ``Div``, then ``Cast``): the CLI's
+                         standardisation, in float64 (``X`` is then float64)
 layer l < L - 1          ``h = act(Gemm(h, W_l, b_l, transB=1))``: ``h W_lᵀ + b_l`` with W_l
                          (n_l, n_{l-1}) stored as it is; act is ``Relu``, ``Tanh``,
                          ``Sigmoid`` (fastmlp's "logistic"), or nothing for "identity"
@@ -25,7 +26,7 @@ then the logits ``MLP.forward`` returns:
 - ``output="sigmoid"``: ``probabilities`` = ``Concat(1 - p, p)`` (N, 2), ``p = Sigmoid(logits)``;
 - ``output="multilabel"``: ``probabilities`` = ``Sigmoid(logits)`` (N, K), each label's P(1);
 - ``output="identity"``: ``predictions`` = the logits (N, K) (with ``target_scaling``,
-  ``logits · std + mean``);
+  ``logits · std + mean`` in float64, the CLI's regression targets);
 - ``output="poisson"``: ``predictions`` = ``Exp(logits)`` (N, K);
 - ``logits`` (N, K) last, always.
 
@@ -79,8 +80,10 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
 
     classes: the labels of the probability columns (stored in the metadata).
     feature_names: the F input columns' names (metadata). feature_scaling: ``(mean, std)``
-    (F,) each, applied to X first; target_scaling: ``(mean, std)`` of a regression target,
-    applied to the predictions. ValueError for a model too large for one ONNX file (2 GiB)."""
+    (F,) each: ``X`` is then float64 raw features, standardised in float64 and cast to the
+    model's dtype (as ``fastmlp predict`` does); target_scaling: ``(mean, std)`` of a
+    regression target: ``predictions`` is then float64, ``value · std + mean``.
+    ValueError for a model too large for one ONNX file (2 GiB)."""
     onnx, helper, numpy_helper = _onnx()
     if path is not None:
         path = _check_path(path)
@@ -93,17 +96,21 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
     n_features, n_outputs = record.layer_sizes[0], record.layer_sizes[-1]
     initializers, nodes = [], []
 
-    def constant(name: str, value) -> str:
-        initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    def constant(name: str, value, of=dtype) -> str:
+        initializers.append(numpy_helper.from_array(np.asarray(value, dtype=of), name))
         return name
 
-    h = "X"
-    if feature_scaling is not None:
+    h, input_element = "X", element
+    if feature_scaling is not None:  # in float64, as the CLI standardises, then the model's
         mean, std = feature_scaling
-        nodes.append(helper.make_node("Sub", [h, constant("feature_mean", mean)], ["X_centred"]))
-        nodes.append(helper.make_node("Div", ["X_centred", constant("feature_std", std)],
+        input_element = onnx.TensorProto.DOUBLE
+        nodes.append(helper.make_node("Sub", [h, constant("feature_mean", mean, np.float64)],
+                                      ["X_centred"]))
+        nodes.append(helper.make_node("Div", ["X_centred",
+                                              constant("feature_std", std, np.float64)],
                                       ["X_scaled"]))
-        h = "X_scaled"
+        nodes.append(helper.make_node("Cast", ["X_scaled"], ["X_model"], to=element))
+        h = "X_model"
     hidden_op = _HIDDEN_ACTIVATION_OPS[record.activation]
     n_layers = len(record.weights)
     for l, (w, b) in enumerate(zip(record.weights, record.biases)):
@@ -118,7 +125,7 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
 
     main = "probabilities" if record.output in ("softmax", "sigmoid", "multilabel") \
         else "predictions"
-    main_shape = ["N", n_outputs]
+    main_shape, main_element = ["N", n_outputs], element
     if record.output == "softmax":
         nodes.append(helper.make_node("Softmax", ["logits"], [main], axis=1))
     elif record.output == "multilabel":
@@ -133,11 +140,15 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
         if record.output == "poisson":
             nodes.append(helper.make_node("Exp", [value], ["mu"]))
             value = "mu"
-        if target_scaling is not None:
+        if target_scaling is not None:  # in float64, as the CLI maps predictions back
             mean, std = target_scaling
-            nodes.append(helper.make_node("Mul", [value, constant("target_std", std)],
+            main_element = onnx.TensorProto.DOUBLE
+            nodes.append(helper.make_node("Cast", [value], ["value64"], to=main_element))
+            nodes.append(helper.make_node("Mul", ["value64",
+                                                  constant("target_std", std, np.float64)],
                                           ["scaled"]))
-            nodes.append(helper.make_node("Add", ["scaled", constant("target_mean", mean)],
+            nodes.append(helper.make_node("Add", ["scaled",
+                                                  constant("target_mean", mean, np.float64)],
                                           ["unscaled"]))
             value = "unscaled"
         if squeeze_single_output and n_outputs == 1:
@@ -150,8 +161,8 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
 
     graph = helper.make_graph(
         nodes, "fastmlp_mlp",
-        inputs=[helper.make_tensor_value_info("X", element, ["N", n_features])],
-        outputs=[helper.make_tensor_value_info(main, element, main_shape),
+        inputs=[helper.make_tensor_value_info("X", input_element, ["N", n_features])],
+        outputs=[helper.make_tensor_value_info(main, main_element, main_shape),
                  helper.make_tensor_value_info("logits", element, ["N", n_outputs])],
         initializer=initializers)
     model = helper.make_model(graph, producer_name="fastmlp", producer_version=_core.__version__,
