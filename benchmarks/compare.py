@@ -404,6 +404,7 @@ def inference_section(impls: list[str], dtype: str, budget: Budget) -> bool:
     print_table("Inference, float32 weights: predict_proba, one thread, Python call included "
                 "(median µs per call; 2·Σ in·out·batch FLOPs); row ÷ peer = speed ratio",
                 columns, rows)
+    print(f"peers: {inference.describe_peers()}")
     missing = [p for p in ("ort fp32", "ort int8", "torch", "fastmlp int8") if p not in seen]
     if missing:
         print(f"not measured (not installed / not in this fastmlp): {', '.join(missing)}")

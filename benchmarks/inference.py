@@ -55,6 +55,15 @@ def available_peers() -> list[str]:
             + (["torch"] if common.optional_torch() is not None else []))
 
 
+def describe_peers() -> str:
+    """One line: the peers' versions and how onnxruntime's int8 graph was made."""
+    ort, torch = optional_ort(), common.optional_torch()
+    parts = [f"onnxruntime {ort.__version__} (int8: quantize_dynamic, {ORT_INT8_WEIGHT_TYPE} "
+             "weights per tensor, uint8 activations per call)" if ort else "no onnxruntime",
+             f"torch {torch.__version__} eager, inference_mode" if torch else "no torch"]
+    return "; ".join(parts)
+
+
 def flops(net: common.Net, batch: int) -> int:
     return 2 * batch * sum(i * o for i, o in zip(net.layer_sizes[:-1], net.layer_sizes[1:]))
 
