@@ -167,7 +167,8 @@ def record_to_onnx(record: ModelRecord, path=None, *, classes=None, feature_name
         initializer=initializers)
     model = helper.make_model(graph, producer_name="fastmlp", producer_version=_core.__version__,
                               opset_imports=[helper.make_opsetid("", OPSET)],
-                              ir_version=IR_VERSION, doc_string=record.describe())
+                              ir_version=IR_VERSION,
+                              doc_string=f"{record.describe()}; the graph in {dtype.name}")
     metadata = {"activation": record.activation, "output": record.output,
                 "layer_sizes": json.dumps(list(record.layer_sizes))}
     if classes is not None:
