@@ -23,7 +23,7 @@ import weakref
 
 import numpy as np
 
-from fastmlp import _core, _training, io, torch_interop
+from fastmlp import _core, _training, io, onnx_export, torch_interop
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, check_precision,
@@ -512,6 +512,17 @@ class MLP:
     def to_torch(self):
         """The equivalent ``torch.nn.Sequential`` (same weights, same logits)."""
         return torch_interop.mlp_to_torch(self)
+
+    # ---- ONNX export (optional; the onnx package is never required) ---------------------
+
+    def to_onnx(self, path=None):
+        """The model as a standard ONNX graph (an ``onnx.ModelProto``), written atomically to
+        ``path`` when given; needs ``pip install "fastmlp[onnx]"``. Input ``X`` (N, F) in the
+        model's dtype, N symbolic; outputs ``probabilities`` (as ``predict_proba``; regression:
+        ``predictions``, as ``predict``) and ``logits`` (as ``forward``): see
+        fastmlp.onnx_export. The graph computes in the model's dtype whatever ``precision``
+        is (float32 for a bfloat16-precision model, whose parameters are float32)."""
+        return onnx_export.record_to_onnx(self._snapshot(), path)
 
     # ---- persistence --------------------------------------------------------------------
 
