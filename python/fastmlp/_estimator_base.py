@@ -31,7 +31,7 @@ except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
     def _get_additional_lbfgs_options_dict(key, value):
         return {key: value}
 
-from fastmlp import _estimator_data as data
+from fastmlp import _estimator_data as data, onnx_export
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
 from fastmlp._validation import ACTIVATIONS
@@ -676,3 +676,15 @@ class _BaseMLP(BaseEstimator):
         """The network's outputs (N, K) for X, in the model's dtype."""
         X, _ = self._check_X(X)
         return self._model.forward(X)
+
+    def to_onnx(self, path=None):
+        """The fitted network as an ONNX graph (``onnx.ModelProto``), written atomically to
+        ``path`` when given (``pip install "fastmlp[onnx]"``; fastmlp.onnx_export has the
+        graph). Input ``X`` (N, F) in the estimator's ``dtype``; a classifier's first output
+        is ``probabilities``, ``predict_proba``'s columns in ``classes_`` order (stored in
+        ``metadata_props["classes"]``), a regressor's ``predictions``, ``predict``'s (N,) for
+        one target; the second is ``logits``. NotFittedError before ``fit``."""
+        check_is_fitted(self)
+        return onnx_export.record_to_onnx(
+            self._model._snapshot(), path, classes=getattr(self, "classes_", None),
+            feature_names=getattr(self, "feature_names_in_", None), squeeze_single_output=True)
