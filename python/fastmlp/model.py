@@ -425,7 +425,7 @@ class MLP:
             shuffle: bool = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
             checkpoint_every: int = 1, resume: bool = False,
-            sparse_updates: str = "exact") -> History:
+            sparse_updates: str = "exact", comm=None) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -466,13 +466,23 @@ class MLP:
         ``fit`` on a model that another thread is training raises ``RuntimeError``; a
         prediction from another thread waits for the current engine call (≤ ~50 ms), so it
         never sees half-updated weights.
+
+        ``comm``: an mpi4py communicator for data-parallel training over its ranks
+        (docs/distributed.md): every rank calls ``fit`` with its own shard of the rows and
+        the same other arguments; ``batch_size`` is per rank; the parameters (and the
+        optimizer's state) start from rank 0's; each step's gradients are averaged over the
+        ranks, so the replicas stay identical. Each epoch runs as many steps as the largest
+        shard needs; smaller shards wrap around. Validation scores are reduced over the
+        ranks' ``validation_data``, checkpoints are written by rank 0, and an error on one
+        rank ends ``fit`` on every rank (or, where the ranks cannot agree on it, the job,
+        through ``comm.Abort``).
         """
         return _training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
                              optimizer=optimizer, shuffle=shuffle, seed=seed,
                              validation_data=validation_data, verbose=verbose,
                              callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
                              checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                             resume=resume, sparse_updates=sparse_updates)
+                             resume=resume, sparse_updates=sparse_updates, comm=comm)
 
     # ---- concurrency and pickling -------------------------------------------------------
 
