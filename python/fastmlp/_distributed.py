@@ -242,8 +242,12 @@ def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_befo
     gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
     error = None
     try:
+        # Unweighted, every rank's batch has the same rows: the global mean is the mean of
+        # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
+        # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
         loss, rows, weight_sum, squares = trainer.gradient_step(
-            args.X, args.y, args.weights, batch_size, gradient)
+            args.X, args.y, args.weights, batch_size, gradient,
+            1.0 if scale_before_sum else 1.0 / ranks)
         flag = _OK if math.isfinite(loss) else _DIVERGED
     except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
         error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
@@ -259,7 +263,8 @@ def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_befo
             _agree(comm, error, f"computing a step of epoch {epoch + 1}")
         raise _AgreedError(diverged(epoch))
     total_weight = float(tail[0])
-    gradient *= (1.0 / total_weight) if scale_before_sum else (1.0 / ranks)
+    if scale_before_sum:
+        gradient *= 1.0 / total_weight
     global_rows = rows * ranks  # every rank runs the same rows per step (shards wrap)
     if not trainer.apply_gradients(gradient, global_rows):
         raise _AgreedError(diverged(epoch))  # identical replicas: every rank sees it

@@ -855,12 +855,13 @@ class PyTrainer {
   // (gradient_elements(),) of the parameters' dtype. See Trainer::gradient_step.
   py::tuple gradient_step(const py::array& X, const py::array& y,
                           const py::object& sample_weight, py::ssize_t batch_size,
-                          py::array grad) {
+                          py::array grad, double scale) {
     typename Trainer<T>::Data data = dense_data(X, y, sample_weight, "gradient_step");
     if (batch_size < 1) throw py::value_error("batch_size must be >= 1");
+    if (!std::isfinite(scale)) throw py::value_error("scale must be finite");
     T* buffer = gradient_buffer(grad);
     const StepGradient g =
-        without_gil([&] { return trainer_->gradient_step(data, batch_size, buffer); });
+        without_gil([&] { return trainer_->gradient_step(data, batch_size, buffer, scale); });
     return py::make_tuple(g.loss, g.rows, g.weight_sum, g.squares);
   }
 
@@ -961,7 +962,8 @@ void bind_trainer(py::module_& m, const char* name) {
       .def("gradient_elements", &PyTrainer<T>::gradient_elements)
       .def("gradient_offset", &PyTrainer<T>::gradient_offset, py::arg("layer"))
       .def("gradient_step", &PyTrainer<T>::gradient_step, py::arg("X"), py::arg("y"),
-           py::arg("sample_weight"), py::arg("batch_size"), py::arg("grad"))
+           py::arg("sample_weight"), py::arg("batch_size"), py::arg("grad"),
+           py::arg("scale") = 1.0)
       .def("apply_gradients", &PyTrainer<T>::apply_gradients, py::arg("grad"),
            py::arg("penalty_rows"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 
 namespace fastmlp {
@@ -439,7 +440,7 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
 
 template <class T>
 double Trainer<T>::network_gradients(const Batch<T>& batch, const GradientSink<T>& sink,
-                                     StepsResult* result) {
+                                     StepsResult* result, double dlogits_scale) {
   // The contention guard: a step that uses the pool is measured (RegionStats) and reported
   // to the process's ledger (threads.h); once parallel steps have lost more time than they
   // saved, the rest of the epoch runs on one thread, and no engine in the process tries the
@@ -453,9 +454,22 @@ double Trainer<T>::network_gradients(const Batch<T>& batch, const GradientSink<T
   {
     const RegionStatsScope measure(parallel ? &regions : nullptr);
     const PrecisionScope rounding(requested_gemm_precision(cfg_.precision));
+    auto run = [&](auto layout) {
+      constexpr Layout kLayout = decltype(layout)::value;
+      if (dlogits_scale == 1.0) return network_.template gradients<kLayout>(batch, ws_, sink);
+      network_.template forward<kLayout>(batch, ws_);
+      const double value = network_.template loss<kLayout>(batch, ws_);
+      if (!std::isfinite(value)) return value;
+      const T factor = static_cast<T>(dlogits_scale);
+      T* dlogits = ws_.grad[0];  // (B, n_L) or (n_L, B): elementwise either way
+      for (index_t i = 0, n = batch.rows * cfg_.shape.sizes.back(); i < n; ++i)
+        dlogits[i] *= factor;
+      network_.template backward<kLayout>(batch, ws_, sink);
+      return value;
+    };
     loss = layout_ == Layout::rows
-               ? network_.template gradients<Layout::rows>(batch, ws_, sink)
-               : network_.template gradients<Layout::features>(batch, ws_, sink);
+               ? run(std::integral_constant<Layout, Layout::rows>{})
+               : run(std::integral_constant<Layout, Layout::features>{});
   }
   if (parallel && regions.regions > 0 &&
       !record_parallel_run(regions.task_cpu_seconds, regions.wall_seconds)) {
@@ -467,7 +481,8 @@ double Trainer<T>::network_gradients(const Batch<T>& batch, const GradientSink<T
 }
 
 template <class T>
-StepGradient Trainer<T>::gradient_step(const Data& data, index_t batch_size, T* grad) {
+StepGradient Trainer<T>::gradient_step(const Data& data, index_t batch_size, T* grad,
+                                       double scale) {
   if (cfg_.sparse_input)
     throw std::invalid_argument("gradient_step takes dense input (sparse input trains with run)");
   StepGradient out;
@@ -482,7 +497,7 @@ StepGradient Trainer<T>::gradient_step(const Data& data, index_t batch_size, T* 
   }
   if (cfg_.alpha != 0.0) out.squares = weight_squares();  // before the step, as run()'s
   StepsResult unused;
-  out.loss = network_gradients(batch, flat_sink_, &unused);
+  out.loss = network_gradients(batch, flat_sink_, &unused, scale);
   out.rows = rows;
   out.weight_sum = static_cast<double>(rows);
   if (batch.weights) {

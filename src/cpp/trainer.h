@@ -129,9 +129,11 @@ class Trainer {
     return gradient_offsets_[static_cast<std::size_t>(layer)];
   }
   // The data-loss gradient of the epoch's next batch (up to batch_size rows) into grad: its
-  // (weighted) mean over the batch's rows, without the L2 penalty. Updates nothing. With a
-  // non-finite loss the buffer is unspecified.
-  StepGradient gradient_step(const Data& data, index_t batch_size, T* grad);
+  // (weighted) mean over the batch's rows times `scale`, without the L2 penalty. Updates
+  // nothing. With a non-finite loss the buffer is unspecified. (scale multiplies dL/dlogits,
+  // B·n_L values, before backward: every gradient is linear in it, so R ranks' 1/R costs no
+  // pass over the buffer.)
+  StepGradient gradient_step(const Data& data, index_t batch_size, T* grad, double scale = 1.0);
   // The optimizer's update of every parameter from grad (the layout above, modified: the L2
   // penalty's gradient alpha · W / penalty_rows is added), all or nothing: returns false,
   // and leaves the parameters as they were, when any updated value is not finite.
@@ -148,8 +150,9 @@ class Trainer {
             bool* nonfinite, StepsResult* result);
   // Forward, loss and backward of one batch into `sink`, on the thread plan of the batch's
   // rows (with the contention guard: result->fell_back). Returns the data loss.
+  // dlogits_scale: dL/dlogits is multiplied by it before backward (gradient_step).
   double network_gradients(const Batch<T>& batch, const GradientSink<T>& sink,
-                           StepsResult* result);
+                           StepsResult* result, double dlogits_scale = 1.0);
   // Which layers split their products over the pool for batches of `rows` rows: the cost
   // model (gemm_split_pays) on one product of the layer, 2·rows·n_l·n_{l+1} FLOPs; each layer
   // runs two or three such products per step. Recomputed when rows or the thread count
