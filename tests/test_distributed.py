@@ -99,3 +99,22 @@ def test_bad_comm_is_a_type_error():
     X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
     with pytest.raises(TypeError, match="mpi4py communicator"):
         fastmlp.MLP([3, 2]).fit(X, y, comm="world")
+
+
+def test_cli_train_under_mpiexec_shares_the_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    y = (X[:, 0] - X[:, 2] > 0).astype(np.int64)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    env = dict(os.environ, FASTMLP_NUM_THREADS="1", HYDRA_LAUNCHER="fork")
+    job = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "fastmlp", "train",
+                          "data.npz", "--epochs", "20", "--out", "model.npz"],
+                         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("saved model.npz") == 1  # rank 0 alone writes and prints
+    assert job.stdout.count("training on ") == 1
+    evaluation = subprocess.run([sys.executable, "-m", "fastmlp", "evaluate", "model.npz",
+                                 "data.npz"], capture_output=True, text=True, timeout=120,
+                                cwd=tmp_path)
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert float(evaluation.stdout.split()[1]) > 0.9  # "accuracy 0.97  loss ..."

@@ -186,16 +186,8 @@ def validation_scores(model, X_val, y_val) -> tuple[float, float | None]:
 
 def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
         callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
-        sparse_updates="exact", comm=None) -> History:
-    """``MLP.fit`` (see its documentation)."""
-    if comm is not None:  # data-parallel over MPI ranks
-        from fastmlp import _distributed
-        return _distributed.fit(
-            model, X, y, comm=comm, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-            shuffle=shuffle, seed=seed, validation_data=validation_data, verbose=verbose,
-            callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
-            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-            sparse_updates=sparse_updates)
+        sparse_updates="exact") -> History:
+    """``MLP.fit`` (see its documentation) in one process; _distributed.fit with comm."""
     args = fit_arguments(model, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                          validation_data=validation_data, callbacks=callbacks,
                          sample_weight=sample_weight, alpha=alpha,

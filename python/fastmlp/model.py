@@ -16,6 +16,7 @@ summed over labels); ``output="poisson"``: regression of n_L targets >= 0 with t
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -23,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from fastmlp import _core, _training, io, torch_interop
+from fastmlp import _core, _distributed, _training, io, torch_interop
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
@@ -477,12 +478,14 @@ class MLP:
         rank ends ``fit`` on every rank (or, where the ranks cannot agree on it, the job,
         through ``comm.Abort``).
         """
-        return _training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
-                             optimizer=optimizer, shuffle=shuffle, seed=seed,
-                             validation_data=validation_data, verbose=verbose,
-                             callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
-                             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                             resume=resume, sparse_updates=sparse_updates, comm=comm)
+        # Without comm, one process; with it, data-parallel over its ranks.
+        train = _training.fit if comm is None else functools.partial(_distributed.fit,
+                                                                     comm=comm)
+        return train(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                     shuffle=shuffle, seed=seed, validation_data=validation_data,
+                     verbose=verbose, callbacks=callbacks, sample_weight=sample_weight,
+                     alpha=alpha, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                     resume=resume, sparse_updates=sparse_updates)
 
     # ---- concurrency and pickling -------------------------------------------------------
 
