@@ -112,10 +112,34 @@ def failing(error):
     MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, comm=comm)
 
 
+def checkpoint_and_callbacks(directory):
+    """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4; a callback
+    that asks to stop on one rank stops every rank."""
+    path = f"{directory}/checkpoint.npz"
+    X, y, _ = shard(40 + 7 * rank, rank, np.float64)
+    fit = dict(batch_size=BATCH, seed=3, comm=comm)
+    straight = MLP(SIZES, seed=0, dtype=np.float64)
+    expected = straight.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), **fit)
+    MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=2, optimizer=Adam(lr=1e-2),
+                                             checkpoint=path, **fit)
+    resumed = MLP(SIZES, seed=9, dtype=np.float64)  # its own weights are replaced
+    history = resumed.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), checkpoint=path,
+                          resume=True, **fit)
+    assert history.loss == expected.loss, (history.loss, expected.loss)
+    for a, b in zip(straight.weights + straight.biases, resumed.weights + resumed.biases):
+        assert np.array_equal(a, b)
+    stopped = MLP(SIZES, seed=0).fit(
+        X, y, epochs=5, callbacks=[lambda model, h: rank == 1 and h.epochs == 2], **fit)
+    assert stopped.epochs == 2, stopped.epochs
+    print(f"rank {rank} checkpoint ok", flush=True)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "equivalence":
         return equivalence()
+    if mode == "checkpoint":
+        return checkpoint_and_callbacks(sys.argv[2])
     try:
         if mode == "raises":
             failing(ValueError("injected failure"))

@@ -26,12 +26,12 @@ def _mpiexec() -> str:
     return found
 
 
-def run_job(mode: str, timeout: float = 240.0) -> subprocess.CompletedProcess:
+def run_job(mode: str, timeout: float = 240.0, *extra: str) -> subprocess.CompletedProcess:
     """``mpiexec -n 2 python distributed_worker.py MODE``, 1 thread per rank (2 cores).
     HYDRA_LAUNCHER=fork: Hydra starts the ranks as local processes (no ssh), as root too."""
     env = dict(os.environ, FASTMLP_NUM_THREADS="1", HYDRA_LAUNCHER="fork")
     try:
-        return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode],
+        return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode, *extra],
                               capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=WORKER.parent)
     except subprocess.TimeoutExpired as exc:
@@ -47,6 +47,12 @@ def test_two_ranks_match_one_process_on_the_same_global_batches():
     assert job.returncode == 0, job.stdout + job.stderr
     assert "EQUIVALENT" in job.stdout
     assert job.stdout.count("checked ") == 8
+
+
+def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):
+    job = run_job("checkpoint", 240, str(tmp_path))
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("checkpoint ok") == 2
 
 
 @pytest.mark.parametrize("mode, errors", [
