@@ -7,6 +7,8 @@ batch size per rank as in issue 16:
     mnist-shaped  784-256-256-10      B 128 per rank
     wide          1024-1024-1024-10   B 256 per rank
 
+"fastmlp 1 process × 2 threads" is the other way to use both cores (the same global samples
+per step as one process, so a different comparison: docs/distributed.md, ranks or threads).
 Every rank trains on its own rows (the same number as the single process), so a 2-rank run
 does twice the samples of a 1-process run in each timed epoch. Each configuration runs in
 its own processes (mpiexec, or one python), one warm-up epoch then --epochs timed; the
@@ -48,7 +50,7 @@ def data(sizes, batch, steps, rank):
 # ---- workers: one configuration in this process (a rank under mpiexec, or alone) ----------
 
 
-def run_fastmlp(net, epochs, distributed):
+def run_fastmlp(net, epochs, distributed, threads=1):
     import fastmlp
     from fastmlp import _distributed
     sizes, batch, steps = NETS[net]
@@ -57,7 +59,7 @@ def run_fastmlp(net, epochs, distributed):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
         rank, ranks = comm.Get_rank(), comm.Get_size()
-    fastmlp.set_num_threads(1)
+    fastmlp.set_num_threads(threads)
     X, y = data(sizes, batch, steps, rank)
     model = fastmlp.MLP(sizes, seed=0)
     optimizer = fastmlp.SGD(lr=0.01)
@@ -171,8 +173,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         impl, net, epochs, ranks = args.worker
-        run = run_fastmlp if impl == "fastmlp" else run_torch
-        result = run(net, int(epochs), int(ranks) > 1)
+        if impl == "fastmlp-2-threads":  # one process, 2 threads: the ranks-or-threads choice
+            result = run_fastmlp(net, int(epochs), False, threads=2)
+        else:
+            run = run_fastmlp if impl == "fastmlp" else run_torch
+            result = run(net, int(epochs), int(ranks) > 1)
         if result is not None:
             print("RESULT " + json.dumps(result), flush=True)
         return
@@ -180,7 +185,7 @@ def main() -> None:
     from common import environment_report, optional_torch
     print("\n".join(environment_report()))
     print(f"mpiexec   {mpiexec()}; {os.cpu_count()} CPUs shared with other work (noisy)")
-    configs = [("fastmlp", 1), ("fastmlp", 2)]
+    configs = [("fastmlp", 1), ("fastmlp", 2), ("fastmlp-2-threads", 1)]
     if optional_torch() is not None:
         configs += [("torch", 1), ("torch", 2)]
     for net in args.nets.split(","):
@@ -199,9 +204,13 @@ def main() -> None:
         print(f"\n{net} {'-'.join(map(str, sizes))}, B {batch} per rank, "
               f"median of {args.repeats}, global samples/s")
         for (impl, ranks), value in median.items():
-            print(f"  {impl:8s} {ranks} rank(s) × 1 thread  {value:10,.0f}")
+            label = ("fastmlp  1 process × 2 threads" if impl == "fastmlp-2-threads"
+                     else f"{impl:8s} {ranks} rank(s) × 1 thread")
+            print(f"  {label:31s} {value:10,.0f}")
         fast2 = median[("fastmlp", 2)]
         print(f"  fastmlp 2 ranks / fastmlp 1 process  {fast2 / median[('fastmlp', 1)]:.2f}x")
+        print(f"  fastmlp 2 ranks / fastmlp 1 process × 2 threads  "
+              f"{fast2 / median[('fastmlp-2-threads', 1)]:.2f}x")
         if ("torch", 2) in median:
             print(f"  fastmlp 2 ranks / torch DDP 2 ranks  {fast2 / median[('torch', 2)]:.2f}x")
             print(f"  torch DDP 2 ranks / torch 1 process  "
