@@ -154,6 +154,14 @@ def main():
             X, y, _ = shard(40, rank, np.float64)
             MLP(SIZES, seed=0, dtype=np.float64).fit(
                 X * 1e150, y, epochs=1, batch_size=BATCH, optimizer=SGD(lr=1e100), comm=comm)
+        elif mode == "callback_changes_one_rank":
+            X, y, _ = shard(40, rank, np.float32)
+
+            def nudge(model, history):
+                if rank == 1:
+                    model.weights[0][0, 0] += 1.0
+            MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, callbacks=[nudge],
+                                   comm=comm)
         elif mode == "mismatch":
             X, y, _ = shard(40, rank, np.float32)
             MLP(SIZES, seed=0).fit(X, y, epochs=1, batch_size=BATCH + rank, comm=comm)

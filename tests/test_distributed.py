@@ -62,6 +62,9 @@ def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path)
                     "rank 0 raised RuntimeError: rank 1 of 2 failed while validating"]),
     ("diverges", ["rank 0 raised FloatingPointError: training diverged at epoch 1",
                   "rank 1 raised FloatingPointError: training diverged at epoch 1"]),
+    ("callback_changes_one_rank", ["rank 0 raised RuntimeError: after epoch 1 the parameters "
+                                   "of rank(s) [1] differ from rank 0's",
+                                   "rank 1 raised RuntimeError: after epoch 1"]),
     ("mismatch", ["rank 0 raised ValueError: fit(comm=...) needs the same arguments on every "
                   "rank: rank 1 differs from rank 0 in batch_size=9 vs 8",
                   "rank 1 raised ValueError: fit(comm=...) needs the same arguments"]),
