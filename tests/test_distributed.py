@@ -40,7 +40,8 @@ def run_job(mode: str, timeout: float = 240.0, *extra: str) -> subprocess.Comple
 
 def test_two_ranks_match_one_process_on_the_same_global_batches():
     # SGD (momentum) and Adam, float32 and float64, 20 steps; equal shards, and unequal
-    # shards (the short one wraps) with sample weights and an L2 penalty. Weights within
+    # shards (the short one wraps) with sample weights, an L2 penalty and many allreduce
+    # buckets. Weights within
     # 1e-5 (float32) / 1e-12 (float64) relative of one process on the concatenated
     # batches, the replicas bitwise equal, the losses and the reduced val_loss equal.
     job = run_job("equivalence")
