@@ -90,6 +90,47 @@ def equivalence():
         sys.exit(1 if failures else 0)
 
 
+def estimators():
+    """MLPClassifier / MLPRegressor fit(comm=...) against one process on the interleaved
+    batches (shuffle=False: rank r's batch s is its rows s·B … s·B + B − 1)."""
+    import warnings
+    from fastmlp import MLPClassifier, MLPRegressor
+    X, y, _ = shard(64, 300 + rank, np.float32)
+    y = y.astype(str)
+    if rank == 1:
+        y[5] = "rare"  # a class only rank 1 has: classes_ is the union
+    targets = X[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]], dtype=np.float32)
+    common = dict(hidden_layer_sizes=(16,), max_iter=3, batch_size=BATCH, shuffle=False,
+                  solver="adam", learning_rate_init=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning after max_iter epochs
+        fitted = [MLPClassifier(random_state=rank, **common).fit(X, y, comm=comm),
+                  MLPRegressor(random_state=rank, **common).fit(X, targets, comm=comm)]
+        everyone = comm.gather((X, y, targets, [f.coefs_ + f.intercepts_ for f in fitted]))
+        if rank != 0:
+            return
+        order = [(r, np.arange(s, s + BATCH)) for s in range(0, 64, BATCH) for r in range(ranks)]
+        gX, gy, gt = (np.concatenate([everyone[r][k][rows] for r, rows in order])
+                      for k in range(3))
+        single = dict(common, batch_size=ranks * BATCH, random_state=0)
+        references = [MLPClassifier(**single).fit(gX, gy), MLPRegressor(**single).fit(gX, gt)]
+    failures = []
+    for i, (mine, reference) in enumerate(zip(fitted, references)):
+        for other in everyone[1:]:
+            if not all(np.array_equal(a, b) for a, b in zip(other[3][i], everyone[0][3][i])):
+                failures.append(f"estimator {i}: replicas differ")
+        for a, b in zip(mine.coefs_ + mine.intercepts_,
+                        reference.coefs_ + reference.intercepts_):
+            if not np.allclose(a, b, rtol=1e-5, atol=1e-6):
+                failures.append(f"estimator {i}: weights differ by {np.max(np.abs(a - b))}")
+        if not np.allclose(mine.loss_curve_, reference.loss_curve_, rtol=1e-5):
+            failures.append(f"estimator {i}: {mine.loss_curve_} vs {reference.loss_curve_}")
+    if list(fitted[0].classes_) != sorted(set(gy)):
+        failures.append(f"classes {fitted[0].classes_}")
+    print("\n".join(failures) or "ESTIMATORS OK", flush=True)
+    sys.exit(1 if failures else 0)
+
+
 class FailingTrainer:
     """The engine of one rank, failing at its `at`-th gradient step with `error`."""
 
@@ -140,6 +181,8 @@ def main():
     mode = sys.argv[1]
     if mode == "equivalence":
         return equivalence()
+    if mode == "estimators":
+        return estimators()
     if mode == "checkpoint":
         return checkpoint_and_callbacks(sys.argv[2])
     try:
@@ -164,6 +207,16 @@ def main():
                     model.weights[0][0, 0] += 1.0
             MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, callbacks=[nudge],
                                    comm=comm)
+        elif mode == "estimator_unsupported":
+            from fastmlp import MLPClassifier
+            X, y, _ = shard(40, rank, np.float32)
+            MLPClassifier(early_stopping=True).fit(X, y, comm=comm)
+        elif mode == "estimator_bad_shard":
+            from fastmlp import MLPRegressor
+            X, y, _ = shard(40, rank, np.float32)
+            if rank == 0:
+                X[3, 2] = np.nan
+            MLPRegressor(max_iter=2).fit(X, y.astype(np.float32), comm=comm)
         elif mode == "mismatch":
             X, y, _ = shard(40, rank, np.float32)
             MLP(SIZES, seed=0).fit(X, y, epochs=1, batch_size=BATCH + rank, comm=comm)

@@ -45,7 +45,7 @@ from fastmlp._training import (History, _parameter_ids, _resume, _save_checkpoin
                                _draw_epoch_seed, diverged, fit_arguments, new_trainer,
                                print_epoch, training_guard, validation_scores)
 
-__all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "BUCKET_BYTES"]
+__all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "run_agreed", "BUCKET_BYTES"]
 
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket (bucket_cap_mb=25)
 _TAIL = 3
@@ -94,6 +94,15 @@ def _agree(comm, error: BaseException | None, what: str) -> None:
         raise _AgreedError(error)
     raise _AgreedError(RuntimeError(
         f"rank {failed[0]} of {comm.Get_size()} failed while {what}: {reports[failed[0]]}"))
+
+
+def run_agreed(comm, what: str, action):
+    """Collective: action()'s result on every rank, or its error raised on every rank when it
+    failed on any (for callers outside fit: the estimators)."""
+    try:
+        return _collective(comm, what, action)
+    except _AgreedError as agreed:
+        raise agreed.error from None
 
 
 def _collective(comm, what: str, action):
