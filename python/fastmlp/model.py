@@ -476,7 +476,8 @@ class MLP:
         shard needs; smaller shards wrap around. Validation scores are reduced over the
         ranks' ``validation_data``, checkpoints are written by rank 0, and an error on one
         rank ends ``fit`` on every rank (or, where the ranks cannot agree on it, the job,
-        through ``comm.Abort``).
+        through ``comm.Abort``). Each rank uses at most its node's CPUs divided by the ranks
+        on the node as threads, unless FASTMLP_NUM_THREADS or OMP_NUM_THREADS is set.
         """
         # Without comm, one process; with it, data-parallel over its ranks.
         train = _training.fit if comm is None else functools.partial(_distributed.fit,
