@@ -183,6 +183,17 @@ def main():
         return equivalence()
     if mode == "estimators":
         return estimators()
+    if mode == "threads":  # run without FASTMLP_NUM_THREADS / OMP_NUM_THREADS
+        from fastmlp._threads import available_cpus
+        before = fastmlp.get_num_threads()
+        seen = []
+        X, y, _ = shard(40, rank, np.float32)
+        MLP(SIZES, seed=0).fit(X, y, epochs=1, batch_size=BATCH, comm=comm,
+                               callbacks=[lambda m, h: seen.append(fastmlp.get_num_threads())])
+        expected = min(before, max(1, available_cpus() // ranks))  # 2 ranks on one node
+        assert seen == [expected] and fastmlp.get_num_threads() == before, (seen, before)
+        print(f"rank {rank} threads ok", flush=True)
+        return
     if mode == "checkpoint":
         return checkpoint_and_callbacks(sys.argv[2])
     try:

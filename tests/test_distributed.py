@@ -26,10 +26,14 @@ def _mpiexec() -> str:
     return found
 
 
-def run_job(mode: str, timeout: float = 240.0, *extra: str) -> subprocess.CompletedProcess:
-    """``mpiexec -n 2 python distributed_worker.py MODE``, 1 thread per rank (2 cores).
-    HYDRA_LAUNCHER=fork: Hydra starts the ranks as local processes (no ssh), as root too."""
-    env = dict(os.environ, FASTMLP_NUM_THREADS="1", HYDRA_LAUNCHER="fork")
+def run_job(mode: str, timeout: float = 240.0, *extra: str,
+            threads: str | None = "1") -> subprocess.CompletedProcess:
+    """``mpiexec -n 2 python distributed_worker.py MODE``, 1 thread per rank (2 cores;
+    threads=None: no thread variable set). HYDRA_LAUNCHER=fork: Hydra starts the ranks as
+    local processes (no ssh), as root too."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(HYDRA_LAUNCHER="fork", **({"FASTMLP_NUM_THREADS": threads} if threads else {}))
     try:
         return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode, *extra],
                               capture_output=True, text=True, timeout=timeout, env=env,
@@ -58,6 +62,12 @@ def test_estimators_fit_with_comm_match_one_process():
     job = run_job("estimators")
     assert job.returncode == 0, job.stdout + job.stderr
     assert "ESTIMATORS OK" in job.stdout
+
+
+def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
+    job = run_job("threads", 120, threads=None)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("threads ok") == 2
 
 
 def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):
