@@ -171,8 +171,8 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                              checkpoint_every=checkpoint_every, sparse_updates=sparse_updates)
         if args.sparse:
             raise TypeError("fit(comm=...) takes dense X; sparse X trains in one process")
-        return args
-    args = _collective(comm, "validating its arguments", validate)
+        return args, np.random.default_rng(seed)
+    args, rng = _collective(comm, "validating its arguments", validate)
     _check_same_setup(comm, model, args, shuffle, checkpoint, resume)
     shard_rows = comm.allgather(args.X.shape[0])
     epoch_length = max(shard_rows)
@@ -182,7 +182,6 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
 
     with training_guard(model):
         # One generator of epoch seeds, rank 0's, on every rank.
-        rng = np.random.default_rng(seed)
         rng.bit_generator.state = comm.bcast(rng.bit_generator.state if rank == 0 else None)
 
         def resume_on_rank_0():
