@@ -98,7 +98,9 @@ def _agree(comm, error: BaseException | None, what: str) -> None:
 
 def run_agreed(comm, what: str, action):
     """Collective: action()'s result on every rank, or its error raised on every rank when it
-    failed on any (for callers outside fit: the estimators)."""
+    failed on any (for callers outside fit: the estimators). comm None: action()."""
+    if comm is None:
+        return action()
     try:
         return _collective(comm, what, action)
     except _AgreedError as agreed:

@@ -31,9 +31,8 @@ except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
     def _get_additional_lbfgs_options_dict(key, value):
         return {key: value}
 
-from fastmlp import _estimator_data as data
-from fastmlp._distributed import run_agreed
-from fastmlp._estimator_distributed import check_supported, class_union, global_totals
+from fastmlp import _estimator_data as data, onnx_export
+from fastmlp import _estimator_distributed as distributed
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
 from fastmlp._validation import ACTIVATIONS
@@ -319,17 +318,14 @@ class _BaseMLP(BaseEstimator):
         with _num_threads(self.n_threads):
             before = dict(self.__dict__)
             try:
-                if comm is not None:
-                    run_agreed(comm, "checking its arguments", lambda: check_supported(self, X_val))
-                    classes = class_union(comm, self, y)
+                if comm is not None:  # refuses what it cannot do yet; classes_: every rank's
+                    classes = distributed.agreed_classes(comm, self, y, X_val)
                 if not lbfgs and hasattr(self, "_model") and not hasattr(self, "loss_curve_"):
                     self._init_epoch_state()  # warm start after an lbfgs fit
-                def prepare():
-                    return self._prepare(X, y, sample_weight, incremental, classes, X_val,
-                                         y_val, sample_weight_val)
-                # With comm, a shard that fails validation raises on every rank.
-                prepared = (prepare() if comm is None
-                            else run_agreed(comm, "validating its data", prepare))
+                # (with comm, a shard that fails validation raises on every rank)
+                prepared = distributed.run_agreed(comm, "validating its data", lambda: (
+                    self._prepare(X, y, sample_weight, incremental, classes, X_val, y_val,
+                                  sample_weight_val)))
             except BaseException:
                 # Invalid input leaves a fitted estimator as it was (classes_, n_features_in_,
                 # feature_names_in_ and the model belong together).
@@ -458,9 +454,7 @@ class _BaseMLP(BaseEstimator):
         model, optimizer = self._model, self._optimizer
         n = n_largest = X.shape[0]
         if comm is not None:  # every rank: the same batch, penalty scale, t_ and shuffle flag
-            n, n_largest, weight_total = global_totals(comm, n, sw)
-            batch_size = min(200 if self.batch_size == "auto" else self.batch_size, n_largest)
-            alpha = float(self.alpha) * (1.0 if sw is None else n / weight_total)
+            n, n_largest, batch_size, alpha = distributed.global_settings(comm, self, n, sw)
         # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
         # divided by the number of outputs (not the L2 penalty, whose share the engine
         # reports apart: History.l2_penalty), and so does loss_. (The Poisson deviance and
@@ -691,3 +685,15 @@ class _BaseMLP(BaseEstimator):
         """The network's outputs (N, K) for X, in the model's dtype."""
         X, _ = self._check_X(X)
         return self._model.forward(X)
+
+    def to_onnx(self, path=None):
+        """The fitted network as an ONNX graph (``onnx.ModelProto``), written atomically to
+        ``path`` when given (``pip install "fastmlp[onnx]"``; fastmlp.onnx_export has the
+        graph). Input ``X`` (N, F) in the estimator's ``dtype``; a classifier's first output
+        is ``probabilities``, ``predict_proba``'s columns in ``classes_`` order (stored in
+        ``metadata_props["classes"]``), a regressor's ``predictions``, ``predict``'s (N,) for
+        one target; the second is ``logits``. NotFittedError before ``fit``."""
+        check_is_fitted(self)
+        return onnx_export.record_to_onnx(
+            self._model._snapshot(), path, classes=getattr(self, "classes_", None),
+            feature_names=getattr(self, "feature_names_in_", None), squeeze_single_output=True)

@@ -29,8 +29,10 @@ def check_supported(estimator, X_val) -> None:
                          "scores reduced over the ranks")
 
 
-def class_union(comm, estimator, y):
-    """The sorted union of every rank's labels for a classifier (None for a regressor)."""
+def agreed_classes(comm, estimator, y, X_val):
+    """Collective: checks what fit(comm=...) supports (check_supported, on every rank); the
+    sorted union of every rank's labels for a classifier (None for a regressor)."""
+    run_agreed(comm, "checking its arguments", lambda: check_supported(estimator, X_val))
     if not estimator._is_classifier:
         return None
     parts = comm.allgather(run_agreed(comm, "reading its labels",
@@ -38,8 +40,13 @@ def class_union(comm, estimator, y):
     return np.unique(np.concatenate(parts))
 
 
-def global_totals(comm, n: int, sw) -> tuple[int, int, float]:
-    """(rows over all ranks, rows of the largest shard, total sample weight)."""
+def global_settings(comm, estimator, n: int, sw) -> tuple[int, int, int, float]:
+    """(rows over all ranks, rows of the largest shard, batch size, alpha): the batch from
+    the largest shard, alpha relative to the total sample weight (as in _prepare)."""
     totals = comm.allgather((n, float(n if sw is None else sw.sum())))
-    return (sum(rows for rows, _ in totals), max(rows for rows, _ in totals),
-            sum(weight for _, weight in totals))
+    n_total, n_largest = sum(r for r, _ in totals), max(r for r, _ in totals)
+    weight_total = sum(w for _, w in totals)
+    batch = estimator.batch_size
+    batch_size = min(200 if batch == "auto" else int(batch), n_largest)
+    alpha = float(estimator.alpha) * (1.0 if sw is None else n_total / weight_total)
+    return n_total, n_largest, batch_size, alpha

@@ -28,6 +28,20 @@ def check_activation(value, name: str = "activation") -> str:
     return value
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(value, dtype) -> str:
+    """``value`` if it names a GEMM precision that a model of ``dtype`` can use, else
+    ``ValueError`` (bfloat16 rounds float32 operands: float64 models refuse it)."""
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+    if value == "bfloat16" and np.dtype(dtype) != np.float32:
+        raise ValueError("precision='bfloat16' rounds float32 operands: a float64 model "
+                         "refuses it (use dtype='float32')")
+    return value
+
+
 def describe_dtype(a: np.ndarray) -> str:
     return str(a.dtype) if a.dtype.kind != "O" else "object"
 

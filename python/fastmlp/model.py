@@ -24,10 +24,11 @@ import weakref
 
 import numpy as np
 
-from fastmlp import _core, _distributed, _training, io, torch_interop
+from fastmlp import _core, _distributed, _training, io, onnx_export, torch_interop
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
-from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
+from fastmlp._validation import (cache_aligned, check_activation, check_precision,
+                                 feature_matrix,
                                  indicator_targets, integer_labels, model_dtype, poisson_targets,
                                  positive_float, positive_int, regression_targets,
                                  sample_weights, to_dtype)
@@ -36,7 +37,6 @@ from fastmlp.optim import Optimizer
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
 
-PRECISIONS = ("float32", "bfloat16")
 _OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 # Every MLP alive in this process, for _after_fork_in_child.
@@ -185,12 +185,7 @@ class MLP:
 
     @precision.setter
     def precision(self, value) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
-        if value == "bfloat16" and self._dtype != np.float32:
-            raise ValueError("precision='bfloat16' rounds float32 operands: a float64 model "
-                             "refuses it (use dtype='float32')")
-        self._precision = value
+        self._precision = check_precision(value, self._dtype)
 
     @property
     def n_features(self) -> int:
@@ -518,7 +513,7 @@ class MLP:
         with self._lock:
             return io.ModelRecord(list(self._layer_sizes), self._activation, self._output,
                                   self._dtype, [w.copy() for w in self._weights],
-                                  [b.copy() for b in self._biases])
+                                  [b.copy() for b in self._biases], self._precision)
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------
 
@@ -531,6 +526,17 @@ class MLP:
     def to_torch(self):
         """The equivalent ``torch.nn.Sequential`` (same weights, same logits)."""
         return torch_interop.mlp_to_torch(self)
+
+    # ---- ONNX export (optional; the onnx package is never required) ---------------------
+
+    def to_onnx(self, path=None):
+        """The model as a standard ONNX graph (an ``onnx.ModelProto``), written atomically to
+        ``path`` when given; needs ``pip install "fastmlp[onnx]"``. Input ``X`` (N, F) in the
+        model's dtype, N symbolic; outputs ``probabilities`` (as ``predict_proba``; regression:
+        ``predictions``, as ``predict``) and ``logits`` (as ``forward``): see
+        fastmlp.onnx_export. The graph computes in the model's dtype whatever ``precision``
+        is (float32 for a bfloat16-precision model, whose parameters are float32)."""
+        return onnx_export.record_to_onnx(self._snapshot(), path)
 
     # ---- persistence --------------------------------------------------------------------
 
@@ -552,7 +558,7 @@ class MLP:
     def from_record(cls, record: io.ModelRecord) -> "MLP":
         """The MLP a ``fastmlp.io.ModelRecord`` describes (its parameters copied)."""
         model = cls(record.layer_sizes, activation=record.activation, output=record.output,
-                    dtype=record.dtype, _init=False)
+                    dtype=record.dtype, precision=record.precision, _init=False)
         model.weights = record.weights
         model.biases = record.biases
         return model
