@@ -218,18 +218,21 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                                 rank_epoch_seed(_draw_epoch_seed(rng), rank) if shuffle else 0,
                                 epoch_length)
             total = penalty = 0.0
-            samples = 0
+            samples, fell_back = 0, False
             for _ in range(steps_per_epoch):
-                loss, penalty_step, rows = _step(comm, MPI, trainer, args, grad, buckets,
-                                                 batch_size, ranks, scale_before_sum, epoch)
+                loss, penalty_step, rows, fell = _step(comm, MPI, trainer, args, grad, buckets,
+                                                       batch_size, ranks, scale_before_sum,
+                                                       epoch)
                 total += (loss + penalty_step) * rows
                 penalty += penalty_step * rows
                 samples += rows
+                fell_back |= fell
             elapsed = time.perf_counter() - started
             history.loss.append(total / samples)
             history.l2_penalty.append(penalty / samples)
             history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)
-            history.one_thread_fallback.append(False)
+            # (any rank's contention guard: docs/threads.md)
+            history.one_thread_fallback.append(comm.allreduce(fell_back, op=MPI.LOR))
             stop = _collective(comm, "ending an epoch", lambda: _end_epoch(
                 comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
                 checkpoint, verbose, rank))
@@ -266,19 +269,21 @@ def _buckets(size: int, itemsize: int) -> list[slice]:
 
 
 def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_before_sum, epoch):
-    """One data-parallel step; returns (global data loss, L2 penalty, global rows)."""
+    """One data-parallel step; returns (global data loss, L2 penalty, global rows, whether
+    this rank's contention guard fell back to one thread)."""
     gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
     error = None
     try:
         # Unweighted, every rank's batch has the same rows: the global mean is the mean of
         # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
         # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
-        loss, rows, weight_sum, squares = trainer.gradient_step(
+        loss, rows, weight_sum, squares, fell_back = trainer.gradient_step(
             args.X, args.y, args.weights, batch_size, gradient,
             1.0 if scale_before_sum else 1.0 / ranks)
         flag = _OK if math.isfinite(loss) else _DIVERGED
     except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
         error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
+        fell_back = False
     if flag != _OK:
         loss = 0.0
     elif scale_before_sum:
@@ -297,7 +302,7 @@ def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_befo
     if not trainer.apply_gradients(gradient, global_rows):
         raise _AgreedError(diverged(epoch))  # identical replicas: every rank sees it
     penalty = 0.5 * args.alpha * squares / global_rows
-    return float(tail[1]) / total_weight, penalty, global_rows
+    return float(tail[1]) / total_weight, penalty, global_rows, fell_back
 
 
 def _end_epoch(comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,

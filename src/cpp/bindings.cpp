@@ -851,7 +851,7 @@ class PyTrainer {
     return trainer_->gradient_offset(layer);
   }
 
-  // (loss, rows, weight_sum, squares) of the epoch's next batch; its gradient into `grad`
+  // (loss, rows, weight_sum, squares, fell_back) of the epoch's next batch; its gradient into `grad`
   // (gradient_elements(),) of the parameters' dtype. See Trainer::gradient_step.
   py::tuple gradient_step(const py::array& X, const py::array& y,
                           const py::object& sample_weight, py::ssize_t batch_size,
@@ -862,7 +862,7 @@ class PyTrainer {
     T* buffer = gradient_buffer(grad);
     const StepGradient g =
         without_gil([&] { return trainer_->gradient_step(data, batch_size, buffer, scale); });
-    return py::make_tuple(g.loss, g.rows, g.weight_sum, g.squares);
+    return py::make_tuple(g.loss, g.rows, g.weight_sum, g.squares, g.fell_back);
   }
 
   // Whether the update from `grad` was applied (all finite); see Trainer::apply_gradients.

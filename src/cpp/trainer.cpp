@@ -496,8 +496,9 @@ StepGradient Trainer<T>::gradient_step(const Data& data, index_t batch_size, T* 
     flat_sink_.grad_b[static_cast<std::size_t>(l)] = layer_start + n[l + 1] * n[l];
   }
   if (cfg_.alpha != 0.0) out.squares = weight_squares();  // before the step, as run()'s
-  StepsResult unused;
-  out.loss = network_gradients(batch, flat_sink_, &unused, scale);
+  StepsResult guard;
+  out.loss = network_gradients(batch, flat_sink_, &guard, scale);
+  out.fell_back = guard.fell_back;
   out.rows = rows;
   out.weight_sum = static_cast<double>(rows);
   if (batch.weights) {

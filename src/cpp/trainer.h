@@ -78,6 +78,7 @@ struct StepGradient {
   index_t rows = 0;         // 0: the epoch was already done, nothing computed
   double weight_sum = 0.0;  // Σ sample weights of the batch (rows without weights)
   double squares = 0.0;     // Σ_l ‖W_l‖² before the step when alpha ≠ 0, else 0
+  bool fell_back = false;   // the contention guard's verdict, as StepsResult::fell_back
 };
 
 template <class T>
