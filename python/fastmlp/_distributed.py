@@ -168,13 +168,16 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
 
     def validate():
         args = fit_arguments(model, X, y, epochs=epochs, batch_size=batch_size,
-                             optimizer=optimizer, validation_data=validation_data,
-                             callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
+                             optimizer=optimizer, shuffle=shuffle,
+                             validation_data=validation_data, callbacks=callbacks,
+                             sample_weight=sample_weight, alpha=alpha,
                              checkpoint_every=checkpoint_every, sparse_updates=sparse_updates)
-        if args.sparse:
-            raise TypeError("fit(comm=...) takes dense X; sparse X trains in one process")
+        if not isinstance(args.X, np.ndarray):
+            raise TypeError("fit(comm=...) takes X as a dense array in memory; sparse, "
+                            "memory-mapped and Parquet input train in one process")
         return args, np.random.default_rng(seed)
     args, rng = _collective(comm, "validating its arguments", validate)
+    shuffle = bool(args.shuffle)  # True, "full", "block": each rank's engine shuffles
     _check_same_setup(comm, model, args, shuffle, checkpoint, resume)
     shard_rows = comm.allgather(args.X.shape[0])
     epoch_length = max(shard_rows)
@@ -214,9 +217,14 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
         scale_before_sum = args.weights is not None  # unweighted: equal rows on every rank
         for epoch in range(start_epoch, args.epochs):
             started = time.perf_counter()
-            trainer.begin_epoch(args.X.shape[0], bool(shuffle),
-                                rank_epoch_seed(_draw_epoch_seed(rng), rank) if shuffle else 0,
-                                epoch_length)
+            n_rows = args.X.shape[0]
+            epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
+            if n_rows < epoch_length:  # a short shard wraps around its order
+                trainer.begin_epoch_with_order(
+                    rank_epoch_order(n_rows, epoch_length, epoch_seed, rank, shuffle), n_rows)
+            else:
+                trainer.begin_epoch(n_rows, shuffle,
+                                    rank_epoch_seed(epoch_seed, rank) if shuffle else 0)
             total = penalty = 0.0
             samples, fell_back = 0, False
             for _ in range(steps_per_epoch):

@@ -447,8 +447,9 @@ def _progress(meta) -> dict:
     checked["batch_size"] = _count(meta, "batch_size", 1)
     if "steps" in meta:
         checked["steps"] = _count(meta, "steps", 0)
-    if not isinstance(meta["shuffle"], bool):
-        raise Refused(f"field 'shuffle' must be true or false, got {meta['shuffle']!r:.40}")
+    if not isinstance(meta["shuffle"], bool) and meta["shuffle"] != "block":
+        raise Refused(f"field 'shuffle' must be true, false or \"block\", got "
+                      f"{meta['shuffle']!r:.40}")
     checked["rng_state"] = _rng_state(meta["rng_state"])
     checked["history"] = _history(meta["history"], checked["epochs_done"])
     return checked
@@ -510,11 +511,11 @@ def _state_keys(opt: dict, names: list[str], n_params: int) -> dict[str, tuple[i
 def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
     """(model record, optimizer, progress) from a checkpoint written by
     ``fit(checkpoint=...)``. Everything ``_training._resume`` uses is checked: epochs_done
-    (int ≥ 0), batch_size (int ≥ 1), steps (int ≥ 0, if present), shuffle (bool), rng_state
-    (a PCG64 state), history (lists of numbers / bools, consistent lengths; returned as
-    floats / bools), the optimizer (``Optimizer.from_state_dict``). Memory is bounded as in
-    ``read_model``: the JSON member to 64 MiB, each optimizer array to its parameter's shape,
-    all checked before any array data is read."""
+    (int ≥ 0), batch_size (int ≥ 1), steps (int ≥ 0, if present), shuffle (bool or
+    "block"), rng_state (a PCG64 state), history (lists of numbers / bools, consistent
+    lengths; returned as floats / bools), the optimizer (``Optimizer.from_state_dict``).
+    Memory is bounded as in ``read_model``: the JSON member to 64 MiB, each optimizer array
+    to its parameter's shape, all checked before any array data is read."""
     path, archive = open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
     with archive:
         try:

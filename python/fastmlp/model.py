@@ -416,9 +416,9 @@ class MLP:
 
     # ---- training -----------------------------------------------------------------------
 
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32,
+    def fit(self, X, y=None, epochs: int = 10, batch_size: int = 32,
             optimizer: Optimizer | str | None = None,
-            shuffle: bool = True, seed=None, validation_data=None, verbose=False,
+            shuffle: bool | str = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
             checkpoint_every: int = 1, resume: bool = False,
             sparse_updates: str = "exact", comm=None) -> History:
@@ -441,6 +441,25 @@ class MLP:
         With ``resume=True`` and an existing checkpoint, training continues from it up to
         ``epochs`` in total, and ends with the same weights as an uninterrupted run (the
         checkpoint's optimizer replaces ``optimizer``; batch_size and shuffle must match).
+
+        Data larger than memory: ``X`` may be memory-mapped (``np.load(path, mmap_mode="r")``,
+        ``np.memmap``), or a ``fastmlp.ParquetSource`` (with ``y=None``: its target column is
+        y). Such data is read window by window on a background thread while the engine trains
+        on the previous window, and ``shuffle=True`` then means a block-wise shuffle: each
+        epoch permutes blocks of contiguous rows (~512 KiB of a mapped file; a Parquet file's
+        row groups), then the rows inside each window of consecutive blocks (32 blocks, 16 MiB;
+        ``ParquetSource(window_row_groups=...)``), reproducible from ``seed``. Unlike a full
+        permutation, a batch mixes rows of one window only, so rows stored near each other
+        stay near each other in the epoch (shuffle a file sorted by label once when writing
+        it). The disk sees contiguous reads: an epoch from a file three times larger than the
+        memory the process may use ran at about half the in-memory speed, at the disk's
+        speed (benchmarks/README.md). Memory holds three windows, not the file, and the file
+        is never written. A mapped X is checked for NaN and infinity in one sequential pass
+        before training, and converted to the model's dtype window by window.
+        ``shuffle="full"`` forces the full permutation on a mapped X (fast only while the file
+        sits in the page cache); ``shuffle="block"`` asks for the block-wise one on an
+        in-memory X; ``shuffle=False`` reads the rows in order. In-memory arrays keep the
+        engine's full permutation under ``shuffle=True``, unchanged.
 
         ``X`` may be a scipy.sparse matrix (CSR is read in place; CSC, COO, … are converted
         to CSR), e.g. bag-of-words counts: the first layer then reads only the non-zeros and

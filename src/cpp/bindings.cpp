@@ -832,16 +832,29 @@ class PyTrainer {
                                             std::move(net.biases), rule, max_batch);
   }
 
-  // epoch_length > n_samples: the epoch wraps around its order (Trainer::begin_epoch).
-  void begin_epoch(py::ssize_t n_samples, bool shuffle, std::uint64_t seed,
-                   py::ssize_t epoch_length) {
+  void begin_epoch(py::ssize_t n_samples, bool shuffle, std::uint64_t seed) {
     if (n_samples < 1) throw py::value_error("an epoch needs at least one sample");
-    const py::ssize_t visits = std::max(n_samples, epoch_length);
-    if (static_cast<std::size_t>(visits) > std::vector<std::int64_t>().max_size())
-      throw py::value_error("an epoch of " + std::to_string(visits) +
+    if (static_cast<std::size_t>(n_samples) > std::vector<std::int64_t>().max_size())
+      throw py::value_error("an epoch of " + std::to_string(n_samples) +
                             " samples is larger than any memory");
-    trainer_->begin_epoch(n_samples, shuffle, seed, epoch_length);
+    trainer_->begin_epoch(n_samples, shuffle, seed);
     n_samples_ = n_samples;
+  }
+
+  // An epoch over the rows order[0], …, order[len - 1] of data of n_rows rows (run's X, y
+  // and sample_weight have n_rows rows).
+  void begin_epoch_with_order(
+      const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& order,
+      py::ssize_t n_rows) {
+    if (order.ndim() != 1 || order.shape(0) < 1)
+      throw py::value_error("order must be a 1-D array of at least one row index");
+    const std::int64_t* rows = order.data();
+    for (py::ssize_t i = 0; i < order.shape(0); ++i)
+      if (rows[i] < 0 || rows[i] >= n_rows)
+        throw py::value_error("order[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                              " is not a row of the " + std::to_string(n_rows) + " rows");
+    trainer_->begin_epoch_with_order(rows, order.shape(0));
+    n_samples_ = n_rows;
   }
 
   py::ssize_t gradient_elements() const { return trainer_->gradient_elements(); }
@@ -851,8 +864,8 @@ class PyTrainer {
     return trainer_->gradient_offset(layer);
   }
 
-  // (loss, rows, weight_sum, squares, fell_back) of the epoch's next batch; its gradient into `grad`
-  // (gradient_elements(),) of the parameters' dtype. See Trainer::gradient_step.
+  // (loss, rows, weight_sum, squares, fell_back) of the epoch's next batch; its gradient
+  // into `grad` (gradient_elements(),) of the parameters' dtype. See Trainer::gradient_step.
   py::tuple gradient_step(const py::array& X, const py::array& y,
                           const py::object& sample_weight, py::ssize_t batch_size,
                           py::array grad, double scale) {
@@ -958,7 +971,9 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("sparse_input") = false, py::arg("lazy_sparse_updates") = false,
            py::arg("precision") = "float32")
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
-           py::arg("seed"), py::arg("epoch_length") = 0)
+           py::arg("seed"))
+      .def("begin_epoch_with_order", &PyTrainer<T>::begin_epoch_with_order, py::arg("order"),
+           py::arg("n_rows"))
       .def("gradient_elements", &PyTrainer<T>::gradient_elements)
       .def("gradient_offset", &PyTrainer<T>::gradient_offset, py::arg("layer"))
       .def("gradient_step", &PyTrainer<T>::gradient_step, py::arg("X"), py::arg("y"),

@@ -141,25 +141,23 @@ Trainer<T>::~Trainer() {
 }
 
 template <class T>
-void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed,
-                             index_t epoch_length) {
-  const bool wraps = epoch_length > n_samples;
-  n_samples_ = wraps ? epoch_length : n_samples;
+void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed) {
+  n_samples_ = n_samples;
   next_sample_ = 0;
-  shuffled_ = shuffle || wraps;  // (whether gather reads rows through order_)
+  shuffled_ = shuffle;
   fell_back_this_epoch_ = false;
   working_copy_current_ = false;  // W_0 may have changed since the last run()
-  if (shuffled_) {
-    order_.resize(static_cast<std::size_t>(n_samples_));  // allocates on the first epoch only
-    if (shuffle) {
-      shuffled_indices(order_.data(), n_samples, seed);
-    } else {
-      for (index_t i = 0; i < n_samples; ++i) order_[static_cast<std::size_t>(i)] = i;
-    }
-    // Wrapping: sample i of the epoch is the (i mod n_samples)-th of the order.
-    for (index_t i = n_samples; i < n_samples_; ++i)
-      order_[static_cast<std::size_t>(i)] = order_[static_cast<std::size_t>(i - n_samples)];
+  if (shuffle) {
+    order_.resize(static_cast<std::size_t>(n_samples));  // allocates on the first epoch only
+    shuffled_indices(order_.data(), n_samples, seed);
   }
+}
+
+template <class T>
+void Trainer<T>::begin_epoch_with_order(const std::int64_t* order, index_t n) {
+  begin_epoch(n, false, 0);
+  order_.assign(order, order + n);
+  shuffled_ = true;
 }
 
 template <class T>
