@@ -32,6 +32,7 @@ except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
         return {key: value}
 
 from fastmlp import _estimator_data as data, onnx_export
+from fastmlp import _estimator_distributed as distributed
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
 from fastmlp._validation import ACTIVATIONS
@@ -303,10 +304,11 @@ class _BaseMLP(BaseEstimator):
                     eps=self.epsilon)
 
     def _fit(self, X, y, sample_weight=None, *, incremental: bool, classes=None, X_val=None,
-             y_val=None, sample_weight_val=None):
+             y_val=None, sample_weight_val=None, comm=None):
         """fit (incremental=False) and partial_fit (True): validate, initialise on the first
         pass, split off the validation set, then train for max_iter epochs (1 for partial_fit),
-        or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data.
+        or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data. With comm:
+        data-parallel over its ranks, each passing its shard (_estimator_distributed).
         """
         lbfgs = self.solver == "lbfgs"
         if lbfgs and X_val is not None:
@@ -316,10 +318,14 @@ class _BaseMLP(BaseEstimator):
         with _num_threads(self.n_threads):
             before = dict(self.__dict__)
             try:
+                if comm is not None:  # refuses what it cannot do yet; classes_: every rank's
+                    classes = distributed.agreed_classes(comm, self, y, X_val)
                 if not lbfgs and hasattr(self, "_model") and not hasattr(self, "loss_curve_"):
                     self._init_epoch_state()  # warm start after an lbfgs fit
-                prepared = self._prepare(X, y, sample_weight, incremental, classes, X_val,
-                                         y_val, sample_weight_val)
+                # (with comm, a shard that fails validation raises on every rank)
+                prepared = distributed.run_agreed(comm, "validating its data", lambda: (
+                    self._prepare(X, y, sample_weight, incremental, classes, X_val, y_val,
+                                  sample_weight_val)))
             except BaseException:
                 # Invalid input leaves a fitted estimator as it was (classes_, n_features_in_,
                 # feature_names_in_ and the model belong together).
@@ -331,7 +337,7 @@ class _BaseMLP(BaseEstimator):
                 self._train_lbfgs(X, targets, sw, alpha)
             else:
                 self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
-                            incremental=incremental)
+                            incremental=incremental, comm=comm)
         return self
 
     def _check_solver(self) -> bool:
@@ -440,12 +446,15 @@ class _BaseMLP(BaseEstimator):
             sw = sw.astype(self._dtype)
         return X, targets, sw, validation, batch_size, alpha, rng
 
-    def _train(self, X, targets, sw, validation, batch_size, alpha, rng, epochs, incremental):
+    def _train(self, X, targets, sw, validation, batch_size, alpha, rng, epochs, incremental,
+               comm=None):
         """Up to ``epochs`` epochs in one ``MLP.fit`` call; after each epoch (in the callback)
         it records the loss, scores the validation set, applies the learning-rate schedule
         (the engine reads the optimizer's lr at every step) and the stopping rule."""
         model, optimizer = self._model, self._optimizer
-        n = X.shape[0]
+        n = n_largest = X.shape[0]
+        if comm is not None:  # every rank: the same batch, penalty scale, t_ and shuffle flag
+            n, n_largest, batch_size, alpha = distributed.global_settings(comm, self, n, sw)
         # The engine's regression loss sums ½ error² over outputs; scikit-learn reports it
         # divided by the number of outputs (not the L2 penalty, whose share the engine
         # reports apart: History.l2_penalty), and so does loss_. (The Poisson deviance and
@@ -499,10 +508,10 @@ class _BaseMLP(BaseEstimator):
                 # A batch of every row is the same batch in any order, but its float32 sums
                 # are not: fit and partial_fit would drift apart where scikit-learn's agree.
                 model.fit(X, targets, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                          shuffle=bool(self.shuffle) and batch_size < n,
+                          shuffle=bool(self.shuffle) and batch_size < n_largest,
                           seed=int(rng.randint(np.iinfo(np.int32).max)),
                           callbacks=[after_epoch], sample_weight=sw, alpha=alpha,
-                          sparse_updates=self.sparse_updates)
+                          sparse_updates=self.sparse_updates, comm=comm)
             except FloatingPointError as exc:
                 if not self.early_stopping:
                     raise ValueError("Solver produced non-finite parameter weights. The input "

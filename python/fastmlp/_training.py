@@ -7,6 +7,7 @@ Legend: N samples, B batch rows; an epoch visits every sample once, in ceil(N / 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -107,18 +108,35 @@ def _parameter_ids(model) -> list[int]:
     return [id(a) for a in model.weights] + [id(a) for a in model.biases]
 
 
-def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
-        callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
-        sparse_updates="exact") -> History:
-    """``MLP.fit`` (see its documentation)."""
+@dataclass
+class FitArguments:
+    """fit's arguments, validated and converted (shared with _distributed.fit)."""
+    X: object  # ndarray (C-contiguous), SparseInput or data read window by window
+    y: np.ndarray | None
+    weights: np.ndarray | None
+    shuffle: object  # False, True, "full" or "block" (_data_sources.training_data)
+    sparse: bool
+    lazy: bool
+    alpha: float
+    epochs: int
+    batch_size: int  # the requested size; fit clamps it to the rows it trains on
+    checkpoint_every: int
+    optimizer: Optimizer
+    callbacks: list
+    validation: tuple | None  # (X_val, y_val)
 
+
+def fit_arguments(model, X, y, *, epochs, batch_size, optimizer, shuffle, validation_data,
+                  callbacks, sample_weight, alpha, checkpoint_every,
+                  sparse_updates) -> FitArguments:
+    """Validates fit's arguments (ValueError / TypeError saying what is wrong)."""
     # X: an ndarray, a SparseInput, or data read window by window (_data_sources.py).
     X, y, weights, shuffle = training_data(model, X, y, sample_weight, shuffle)
     lazy = sparse_updates_mode(sparse_updates)
     sparse = isinstance(X, SparseInput)
     alpha = positive_float(alpha, "alpha", allow_zero=True)
     epochs = positive_int(epochs, "epochs")
-    batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
+    batch_size = positive_int(batch_size, "batch_size")
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     if optimizer is None:
         optimizer = SGD(lr=0.01)
@@ -130,16 +148,23 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
     callbacks = list(callbacks or [])
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be callables taking (model, history)")
+    validation = None
     if validation_data is not None:
         try:
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise TypeError("validation_data must be a pair (X_val, y_val)") from None
         X_val = model._features(X_val, "validation X")
-        y_val = model._labels(y_val, X_val.shape[0])
+        validation = (X_val, model._labels(y_val, X_val.shape[0]))
     if isinstance(X, np.ndarray):
         X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
+    return FitArguments(X, y, weights, shuffle, sparse, lazy, alpha, epochs, batch_size,
+                        checkpoint_every, optimizer, callbacks, validation)
 
+
+@contextlib.contextmanager
+def training_guard(model):
+    """Marks model as being trained for the block; RuntimeError if it already is."""
     with model._lock:
         if model._training:
             raise RuntimeError("this model is already being trained (fit is running in "
@@ -147,6 +172,34 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         model._training = True
         model._trainer_thread = threading.get_ident()
     try:
+        yield
+    finally:
+        model._training = False
+
+
+def validation_scores(model, X_val, y_val) -> tuple[float, float | None]:
+    """(loss, accuracy or None for regression) of the model on validation data."""
+    logits = model._forward(X_val)
+    loss = model._loss_and_dlogits(logits, y_val)[0]
+    accuracy = (model._accuracy(model._predict_logits(logits), y_val)
+                if model.is_classifier else None)
+    return loss, accuracy
+
+
+def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
+        callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
+        sparse_updates="exact") -> History:
+    """``MLP.fit`` (see its documentation) in one process; _distributed.fit with comm."""
+    args = fit_arguments(model, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                         shuffle=shuffle, validation_data=validation_data, callbacks=callbacks,
+                         sample_weight=sample_weight, alpha=alpha,
+                         checkpoint_every=checkpoint_every, sparse_updates=sparse_updates)
+    X, y, weights, shuffle = args.X, args.y, args.weights, args.shuffle
+    sparse, lazy, alpha, epochs = args.sparse, args.lazy, args.alpha, args.epochs
+    checkpoint_every, optimizer, callbacks = args.checkpoint_every, args.optimizer, args.callbacks
+    batch_size = min(args.batch_size, X.shape[0])
+
+    with training_guard(model):
         # Draws each epoch's shuffling seed. Without shuffling the seeds are unused: no
         # generator is made (it costs ~10 µs, a lot for a fit of a few small batches),
         # unless a checkpoint will store its state.
@@ -184,14 +237,13 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             history.l2_penalty.append(penalty / n)
             history.samples_per_second.append(n / elapsed if elapsed > 0 else math.inf)
             history.one_thread_fallback.append(fell_back is not None)
-            if validation_data is not None:
-                logits = model._forward(X_val)
-                history.val_loss.append(model._loss_and_dlogits(logits, y_val)[0])
-                if model.is_classifier:
-                    history.val_accuracy.append(
-                        model._accuracy(model._predict_logits(logits), y_val))
+            if args.validation is not None:
+                val_loss, val_accuracy = validation_scores(model, *args.validation)
+                history.val_loss.append(val_loss)
+                if val_accuracy is not None:
+                    history.val_accuracy.append(val_accuracy)
             if verbose:
-                _print_epoch(history, epochs, verbose, fell_back)
+                print_epoch(history, epochs, verbose, fell_back)
             done = epoch + 1
             if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
                 _save_checkpoint(model, checkpoint, optimizer, rng, history, done,
@@ -208,8 +260,6 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                 trainer = new_trainer(model, optimizer, batch_size, alpha, sparse, lazy)
                 trained = _parameter_ids(model)
         return history
-    finally:
-        model._training = False
 
 
 def _train_part(model, trainer, part, batch_size: int, steps_per_call: int, epoch: int):
@@ -228,12 +278,7 @@ def _train_part(model, trainer, part, batch_size: int, steps_per_call: int, epoc
             result = run_steps(trainer, part.X, part.y, part.weights, batch_size,
                                steps_per_call)
         if result.nonfinite:
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch + 1}: the loss, the gradients "
-                "or the updated weights were not finite (NaN or infinity). The "
-                "model keeps its weights from before that step; the optimizer's "
-                "state may be corrupt, use a new one. Lower the learning rate or "
-                "scale the inputs.")
+            raise diverged(epoch)
         total += result.data_loss_sum + result.penalty_sum
         penalty += result.penalty_sum
         if result.fell_back:
@@ -246,7 +291,16 @@ def _train_part(model, trainer, part, batch_size: int, steps_per_call: int, epoc
                                     int(steps_per_call * _CALL_SECONDS / elapsed)))
 
 
-def _print_epoch(history: History, epochs: int, verbose, fell_back) -> None:
+def diverged(epoch: int) -> FloatingPointError:
+    """The error of a step whose loss, gradients or update were not finite (0-based epoch)."""
+    return FloatingPointError(
+        f"training diverged at epoch {epoch + 1}: the loss, the gradients or the updated "
+        "weights were not finite (NaN or infinity). The model keeps its weights from before "
+        "that step; the optimizer's state may be corrupt, use a new one. Lower the learning "
+        "rate or scale the inputs.")
+
+
+def print_epoch(history: History, epochs: int, verbose, fell_back) -> None:
     # Losses to 4 significant digits: a small loss does not print as 0.0000.
     line = f"epoch {history.epochs:>3}/{epochs}  loss {history.loss[-1]:.4g}"
     if history.val_loss:

@@ -317,6 +317,7 @@ def _regression_scores(model, X: np.ndarray, targets: np.ndarray, target_scaler)
 
 def run_train(args) -> int:
     from fastmlp import MLP
+    from fastmlp._cli_distributed import rank_share
     from fastmlp._tabular import (DataError, ModelMeta, Standardizer, check_output,
                                   encode_labels, infer_task, meta_document, numeric_targets,
                                   read_table, save_with_meta)
@@ -366,6 +367,7 @@ def run_train(args) -> int:
     except ValueError as exc:  # sizes beyond any address space
         raise DataError(str(exc)) from None
     batch_size = min(args.batch_size, len(y_train))
+    comm, X_train, y_train, validation = rank_share(args, X_train, y_train, validation)
     steps = -(-len(y_train) // batch_size)
     meta = ModelMeta(classes=classes, feature_names=table.feature_names, target=table.target,
                      scaler=scaler, task=task, target_scaler=target_scaler, training={
@@ -380,8 +382,8 @@ def run_train(args) -> int:
         what = f"{len(classes)} classes (" + ", ".join(str(c) for c in classes[:8]) \
             + (", ...)" if len(classes) > 8 else ")")
     _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, {what}; "
-               f"training on {len(y_train)}"
-               + (f", validating on {len(validation[1])}" if validation else ""))
+               f"training on {int((~held_out).sum())}"
+               + (f", validating on {int(held_out.sum())}" if held_out.any() else ""))
     _say(args, f"model: {model!r}, {args.optimizer} (lr {optimizer.lr:g}), {args.epochs} "
                f"epochs of {steps} steps (batch {batch_size})")
     progress = Progress(args.epochs, steps, sys.stdout, target_scaler) \
@@ -391,14 +393,15 @@ def run_train(args) -> int:
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=batch_size,
                             optimizer=optimizer, seed=args.seed,
                             validation_data=validation,
-                            callbacks=[progress] if progress else None)
+                            callbacks=[progress] if progress else None, comm=comm)
     except (FloatingPointError, ValueError) as exc:
         raise DataError(str(exc)) from None
     finally:
         if progress:
             progress.close()
     elapsed = time.perf_counter() - started
-
+    if comm is not None and comm.Get_rank() != 0:
+        return EXIT_OK  # rank 0 writes the model
     meta_file = save_with_meta(model, meta, args.out)
     summary = f"trained in {elapsed:.2f} s; loss {history.loss[-1]:.4g}"
     if validation and task == "regression":
@@ -565,21 +568,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "trains a regression unless --task says otherwise. Writes the model "
                     "(loadable with fastmlp.MLP.load) and OUT.meta.json with the class labels, "
                     "feature names and scaling.")
-    train.add_argument("data", metavar="DATA", help="training data: .csv (or .csv.gz, .tsv) "
-                                                    "or .npz")
+    train.add_argument("data", metavar="DATA", help="a .csv (.csv.gz, .tsv) or .npz file")
     train.add_argument("--target", metavar="COL",
                        help="the label column (required for CSV; for .npz the label array, "
                             "default y)")
     train.add_argument("--task", choices=("classification", "regression"),
-                       help="what the target is: class labels, or a quantity to predict "
-                            "(default: inferred, regression for a numeric target; see above)")
+                       help="class labels or a quantity to predict (default: inferred)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64],
                        help="hidden layer sizes, comma-separated (default 128,64)")
     train.add_argument("--epochs", type=_positive(int), default=30, help="default 30")
-    train.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
+    train.add_argument("--batch-size", type=_positive(int), default=32,
+                       help="default 32 (under mpiexec: per rank)")
     train.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
-                       help="adam (default), adamw (weight decay 0.01) or sgd (with momentum "
-                            "0.9)")
+                       help="adam (default), adamw (weight decay 0.01), sgd (momentum 0.9)")
     train.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                        help="matrix products in float32 (default) or bfloat16 (MLP.precision)")
     train.add_argument("--lr", type=_positive(float), default=None,
@@ -591,8 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the initial weights, split and shuffling (default 0)")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    train.add_argument("--plot", metavar="PNG", help="save the training curves there "
-                                                     "(needs matplotlib)")
+    train.add_argument("--plot", metavar="PNG", help="save the curves there (matplotlib)")
 
     predict = commands.add_parser(
         "predict", help="predict the label (or value) of every row",

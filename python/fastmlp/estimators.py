@@ -315,17 +315,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.class_weight = class_weight
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None,
+            comm=None):
         """Train on X (N, F) and class labels y (N,) for up to ``max_iter`` epochs (or
         L-BFGS iterations).
 
         ``sample_weight`` (N,) weighs each sample's loss (each batch's loss is its weighted
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
         stopping instead of a ``validation_fraction`` split; without early stopping it is only
-        scored (``validation_scores_``, ``validation_loss_curve_``). Returns self.
+        scored (``validation_scores_``, ``validation_loss_curve_``). ``comm``: an mpi4py
+        communicator, each rank passing its shard: data-parallel training as
+        ``MLP.fit(comm=...)`` (docs/distributed.md; solvers "adam" and "sgd", without
+        early_stopping, X_val or class_weight="balanced"). Returns self.
         """
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
-                         sample_weight_val=sample_weight_val)
+                         sample_weight_val=sample_weight_val, comm=comm)
 
     @available_if(_BaseMLP._check_solver)
     @_fit_context(prefer_skip_nested_validation=True)
@@ -363,8 +367,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return data.encode_labels(self.classes_, y, "y_val"), 1, None
         if incremental:
             _check_partial_fit_first_call(self, classes)  # sets classes_ on the first call
-        elif first_pass:
-            self.classes_ = np.unique(y)
+        elif first_pass:  # (fit with comm: the union of the ranks' labels)
+            self.classes_ = np.unique(y) if classes is None else classes
         else:  # warm start
             seen = np.unique(y)
             if not (len(seen) == len(self.classes_) and np.array_equal(seen, self.classes_)):
@@ -504,17 +508,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.loss = loss
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None,
+            comm=None):
         """Train on X (N, F) and targets y (N,) or (N, K) for up to ``max_iter`` epochs (or
         L-BFGS iterations).
 
         ``sample_weight`` (N,) weighs each sample's loss (each batch's loss is its weighted
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
         stopping instead of a ``validation_fraction`` split; without early stopping it is only
-        scored (``validation_scores_``, ``validation_loss_curve_``). Returns self.
+        scored (``validation_scores_``, ``validation_loss_curve_``). ``comm``: an mpi4py
+        communicator, each rank passing its shard: data-parallel training as
+        ``MLP.fit(comm=...)`` (docs/distributed.md; solvers "adam" and "sgd", without
+        early_stopping, X_val or class_weight="balanced"). Returns self.
         """
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
-                         sample_weight_val=sample_weight_val)
+                         sample_weight_val=sample_weight_val, comm=comm)
 
     @available_if(_BaseMLP._check_solver)
     @_fit_context(prefer_skip_nested_validation=True)

@@ -16,6 +16,7 @@ summed over labels); ``output="poisson"``: regression of n_L targets >= 0 with t
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -23,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from fastmlp import _core, _training, io, onnx_export, torch_interop
+from fastmlp import _core, _distributed, _training, io, onnx_export, torch_interop
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, check_precision,
@@ -420,7 +421,7 @@ class MLP:
             shuffle: bool | str = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
             checkpoint_every: int = 1, resume: bool = False,
-            sparse_updates: str = "exact") -> History:
+            sparse_updates: str = "exact", comm=None) -> History:
         """Train with mini-batch gradient descent; returns the per-epoch ``History``.
 
         Each epoch visits every sample once, in a fresh random order (``shuffle=True``, seeded
@@ -480,13 +481,26 @@ class MLP:
         ``fit`` on a model that another thread is training raises ``RuntimeError``; a
         prediction from another thread waits for the current engine call (≤ ~50 ms), so it
         never sees half-updated weights.
+
+        ``comm``: an mpi4py communicator for data-parallel training over its ranks
+        (docs/distributed.md): every rank calls ``fit`` with its own shard of the rows and
+        the same other arguments; ``batch_size`` is per rank; the parameters (and the
+        optimizer's state) start from rank 0's; each step's gradients are averaged over the
+        ranks, so the replicas stay identical. Each epoch runs as many steps as the largest
+        shard needs; smaller shards wrap around. Validation scores are reduced over the
+        ranks' ``validation_data``, checkpoints are written by rank 0, and an error on one
+        rank ends ``fit`` on every rank (or, where the ranks cannot agree on it, the job,
+        through ``comm.Abort``). Each rank uses at most its node's CPUs divided by the ranks
+        on the node as threads, unless FASTMLP_NUM_THREADS or OMP_NUM_THREADS is set.
         """
-        return _training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
-                             optimizer=optimizer, shuffle=shuffle, seed=seed,
-                             validation_data=validation_data, verbose=verbose,
-                             callbacks=callbacks, sample_weight=sample_weight, alpha=alpha,
-                             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                             resume=resume, sparse_updates=sparse_updates)
+        # Without comm, one process; with it, data-parallel over its ranks.
+        train = _training.fit if comm is None else functools.partial(_distributed.fit,
+                                                                     comm=comm)
+        return train(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                     shuffle=shuffle, seed=seed, validation_data=validation_data,
+                     verbose=verbose, callbacks=callbacks, sample_weight=sample_weight,
+                     alpha=alpha, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                     resume=resume, sparse_updates=sparse_updates)
 
     # ---- concurrency and pickling -------------------------------------------------------
 

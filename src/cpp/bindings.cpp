@@ -857,20 +857,42 @@ class PyTrainer {
     n_samples_ = n_rows;
   }
 
+  py::ssize_t gradient_elements() const { return trainer_->gradient_elements(); }
+  py::ssize_t gradient_offset(py::ssize_t layer) const {
+    if (layer < 0 || layer >= static_cast<py::ssize_t>(shape_.layers()))
+      throw py::index_error("layer " + std::to_string(layer) + " out of range");
+    return trainer_->gradient_offset(layer);
+  }
+
+  // (loss, rows, weight_sum, squares, fell_back) of the epoch's next batch; its gradient
+  // into `grad` (gradient_elements(),) of the parameters' dtype. See Trainer::gradient_step.
+  py::tuple gradient_step(const py::array& X, const py::array& y,
+                          const py::object& sample_weight, py::ssize_t batch_size,
+                          py::array grad, double scale) {
+    typename Trainer<T>::Data data = dense_data(X, y, sample_weight, "gradient_step");
+    if (batch_size < 1) throw py::value_error("batch_size must be >= 1");
+    if (!std::isfinite(scale)) throw py::value_error("scale must be finite");
+    T* buffer = gradient_buffer(grad);
+    const StepGradient g =
+        without_gil([&] { return trainer_->gradient_step(data, batch_size, buffer, scale); });
+    return py::make_tuple(g.loss, g.rows, g.weight_sum, g.squares, g.fell_back);
+  }
+
+  // Whether the update from `grad` was applied (all finite); see Trainer::apply_gradients.
+  bool apply_gradients(py::array grad, py::ssize_t penalty_rows) {
+    if (penalty_rows < 1) throw py::value_error("penalty_rows must be >= 1");
+    T* buffer = gradient_buffer(grad);
+    return without_gil([&] { return trainer_->apply_gradients(buffer, penalty_rows); });
+  }
+
   // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
   // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
   StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
                   py::ssize_t batch_size, py::ssize_t max_steps) {
-    if (n_samples_ < 1) throw py::value_error("call begin_epoch before run");
-    if (sparse_input_) throw py::value_error("this trainer takes sparse input: use run_sparse");
-    const StridedMatrix<T> xs = strided<T>(X, "X");
-    if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
-      throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
-                            ") with contiguous rows, got shape " + shape_str(X));
-    typename Trainer<T>::Data data;
-    data.X = xs.data;
-    data.ldx = xs.row_stride;
-    return run_steps(data, y, sample_weight, batch_size, max_steps);
+    typename Trainer<T>::Data data = dense_data(X, y, sample_weight, "run");
+    if (batch_size < 1 || max_steps < 1)
+      throw py::value_error("batch_size and max_steps must be >= 1");
+    return without_gil([&] { return trainer_->run(data, batch_size, max_steps); });
   }
 
   // X as a CSR matrix (n_samples of the epoch, n_features): see csr_view.
@@ -887,23 +909,49 @@ class PyTrainer {
     data.indices = x.indices;
     data.values = x.values;
     if (!(min_seconds >= 0.0)) throw py::value_error("min_seconds must be >= 0");
-    return run_steps(data, y, sample_weight, batch_size, max_steps, min_seconds);
-  }
-
- private:
-  // data: its input set; the targets and weights are checked and added here.
-  StepsResult run_steps(typename Trainer<T>::Data data, const py::array& y,
-                        const py::object& sample_weight, py::ssize_t batch_size,
-                        py::ssize_t max_steps, double min_seconds = 0.0) {
-    Batch<T> targets;
-    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
-    data.labels = targets.labels;
-    data.targets = targets.targets;
-    data.weights = targets.weights;
+    add_targets(&data, y, sample_weight);
     if (batch_size < 1 || max_steps < 1)
       throw py::value_error("batch_size and max_steps must be >= 1");
     return without_gil(
         [&] { return trainer_->run(data, batch_size, max_steps, min_seconds); });
+  }
+
+ private:
+  // The epoch's dense data for `caller` (run, gradient_step): X, targets and weights checked.
+  typename Trainer<T>::Data dense_data(const py::array& X, const py::array& y,
+                                       const py::object& sample_weight, const char* caller) {
+    if (n_samples_ < 1)
+      throw py::value_error(std::string("call begin_epoch before ") + caller);
+    if (sparse_input_)
+      throw py::value_error("this trainer takes sparse input: use run_sparse");
+    const StridedMatrix<T> xs = strided<T>(X, "X");
+    if (xs.col_stride != 1 || X.shape(0) != n_samples_ || X.shape(1) != n_features_)
+      throw py::value_error("X must be (n_samples of the epoch, " + std::to_string(n_features_) +
+                            ") with contiguous rows, got shape " + shape_str(X));
+    typename Trainer<T>::Data data;
+    data.X = xs.data;
+    data.ldx = xs.row_stride;
+    add_targets(&data, y, sample_weight);
+    return data;
+  }
+
+  // The targets and weights of the epoch's n_samples rows, checked, into data.
+  void add_targets(typename Trainer<T>::Data* data, const py::array& y,
+                   const py::object& sample_weight) {
+    Batch<T> targets;
+    batch_targets<T>(&targets, shape_, y, sample_weight, n_samples_);
+    data->labels = targets.labels;
+    data->targets = targets.targets;
+    data->weights = targets.weights;
+  }
+
+  T* gradient_buffer(py::array& grad) {
+    T* buffer = writable_contiguous<T>(grad, "grad");
+    if (grad.ndim() != 1 || grad.shape(0) != trainer_->gradient_elements())
+      throw py::value_error("grad must have shape (" +
+                            std::to_string(trainer_->gradient_elements()) + ",), got " +
+                            shape_str(grad));
+    return buffer;
   }
 
   bool sparse_input_ = false;
@@ -926,6 +974,13 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("seed"))
       .def("begin_epoch_with_order", &PyTrainer<T>::begin_epoch_with_order, py::arg("order"),
            py::arg("n_rows"))
+      .def("gradient_elements", &PyTrainer<T>::gradient_elements)
+      .def("gradient_offset", &PyTrainer<T>::gradient_offset, py::arg("layer"))
+      .def("gradient_step", &PyTrainer<T>::gradient_step, py::arg("X"), py::arg("y"),
+           py::arg("sample_weight"), py::arg("batch_size"), py::arg("grad"),
+           py::arg("scale") = 1.0)
+      .def("apply_gradients", &PyTrainer<T>::apply_gradients, py::arg("grad"),
+           py::arg("penalty_rows"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
            py::arg("batch_size"), py::arg("max_steps"))
       .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 
 namespace fastmlp {
@@ -98,6 +99,14 @@ Trainer<T>::Trainer(TrainerConfig config, std::vector<T*> weights, std::vector<T
     backup_weights_.push_back(backup_ + offset);
     offset += n[l + 1] * (n[l] + 1);
   }
+  n_parameters_ = n_parameters;
+  gradient_offsets_.assign(static_cast<std::size_t>(n_layers_), 0);
+  for (index_t l = n_layers_ - 1, offset = 0; l >= 0; --l) {  // the last layer first
+    gradient_offsets_[static_cast<std::size_t>(l)] = offset;
+    offset += n[l + 1] * (n[l] + 1);
+  }
+  flat_sink_.grad_W.assign(static_cast<std::size_t>(n_layers_), nullptr);
+  flat_sink_.grad_b.assign(static_cast<std::size_t>(n_layers_), nullptr);
   for (index_t l = 0; l < n_layers_; ++l) {
     // Weight gradients are stored only on the feature-major path; the GEMM path hands them
     // to the optimizer tile by tile.
@@ -375,14 +384,6 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   const std::vector<index_t>& n = cfg_.shape.sizes;
   const Batch<T> batch = gather(data, first, rows);
   optimizer_.begin_step();  // the per-step constants, from the learning rate as it is now
-  // The contention guard: a step that uses the pool is measured (RegionStats) and reported
-  // to the process's ledger (threads.h); once parallel steps have lost more time than they
-  // saved, the rest of the epoch runs on one thread, and no engine in the process tries the
-  // pool again before the back-off time.
-  // Either way every product is computed the same, so the results do not change.
-  plan_parallelism(rows);
-  const bool parallel = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
-  ws_.layer_mode = parallel ? layer_mode_.data() : serial_plan_.data();
   *penalty = 0.0;
   if (cfg_.alpha != 0.0) {
     *penalty = 0.5 * cfg_.alpha * squares_ / static_cast<double>(rows);
@@ -401,20 +402,7 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   weights_finite_.store(true, std::memory_order_relaxed);
   tile_context_.trainer = this;
   tile_context_.rows = rows;
-  RegionStats regions;
-  {
-    const RegionStatsScope measure(parallel ? &regions : nullptr);
-    const PrecisionScope rounding(requested_gemm_precision(cfg_.precision));
-    *loss = layout_ == Layout::rows
-                ? network_.template gradients<Layout::rows>(batch, ws_, sink_)
-                : network_.template gradients<Layout::features>(batch, ws_, sink_);
-  }
-  if (parallel && regions.regions > 0 &&
-      !record_parallel_run(regions.task_cpu_seconds, regions.wall_seconds)) {
-    fell_back_this_epoch_ = true;
-    result->fell_back = true;
-    result->wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
-  }
+  *loss = network_gradients(batch, sink_, result);
   if (!std::isfinite(*loss + *penalty)) {  // nothing was updated yet
     *nonfinite = true;
     return;
@@ -446,6 +434,102 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
                    ? weight_squares()
                    : static_cast<double>(new_squares_.load(std::memory_order_relaxed)) *
                          squares_unit_;
+}
+
+template <class T>
+double Trainer<T>::network_gradients(const Batch<T>& batch, const GradientSink<T>& sink,
+                                     StepsResult* result, double dlogits_scale) {
+  // The contention guard: a step that uses the pool is measured (RegionStats) and reported
+  // to the process's ledger (threads.h); once parallel steps have lost more time than they
+  // saved, the rest of the epoch runs on one thread, and no engine in the process tries the
+  // pool again before the back-off time.
+  // Either way every product is computed the same, so the results do not change.
+  plan_parallelism(batch.rows);
+  const bool parallel = any_parallel_layer_ && !fell_back_this_epoch_ && parallel_retry_due();
+  ws_.layer_mode = parallel ? layer_mode_.data() : serial_plan_.data();
+  RegionStats regions;
+  double loss = 0.0;
+  {
+    const RegionStatsScope measure(parallel ? &regions : nullptr);
+    const PrecisionScope rounding(requested_gemm_precision(cfg_.precision));
+    auto run = [&](auto layout) {
+      constexpr Layout kLayout = decltype(layout)::value;
+      if (dlogits_scale == 1.0) return network_.template gradients<kLayout>(batch, ws_, sink);
+      network_.template forward<kLayout>(batch, ws_);
+      const double value = network_.template loss<kLayout>(batch, ws_);
+      if (!std::isfinite(value)) return value;
+      const T factor = static_cast<T>(dlogits_scale);
+      T* dlogits = ws_.grad[0];  // (B, n_L) or (n_L, B): elementwise either way
+      for (index_t i = 0, n = batch.rows * cfg_.shape.sizes.back(); i < n; ++i)
+        dlogits[i] *= factor;
+      network_.template backward<kLayout>(batch, ws_, sink);
+      return value;
+    };
+    loss = layout_ == Layout::rows
+               ? run(std::integral_constant<Layout, Layout::rows>{})
+               : run(std::integral_constant<Layout, Layout::features>{});
+  }
+  if (parallel && regions.regions > 0 &&
+      !record_parallel_run(regions.task_cpu_seconds, regions.wall_seconds)) {
+    fell_back_this_epoch_ = true;
+    result->fell_back = true;
+    result->wall_to_cpu = regions.wall_seconds / std::max(regions.task_cpu_seconds, 1e-9);
+  }
+  return loss;
+}
+
+template <class T>
+StepGradient Trainer<T>::gradient_step(const Data& data, index_t batch_size, T* grad,
+                                       double scale) {
+  if (cfg_.sparse_input)
+    throw std::invalid_argument("gradient_step takes dense input (sparse input trains with run)");
+  StepGradient out;
+  if (next_sample_ >= n_samples_) return out;
+  const std::vector<index_t>& n = cfg_.shape.sizes;
+  const index_t rows = std::min({batch_size, max_batch_, n_samples_ - next_sample_});
+  const Batch<T> batch = gather(data, next_sample_, rows);
+  for (index_t l = 0; l < n_layers_; ++l) {
+    T* layer_start = grad + gradient_offsets_[static_cast<std::size_t>(l)];
+    flat_sink_.grad_W[static_cast<std::size_t>(l)] = layer_start;
+    flat_sink_.grad_b[static_cast<std::size_t>(l)] = layer_start + n[l + 1] * n[l];
+  }
+  if (cfg_.alpha != 0.0) out.squares = weight_squares();  // before the step, as run()'s
+  StepsResult guard;
+  out.loss = network_gradients(batch, flat_sink_, &guard, scale);
+  out.fell_back = guard.fell_back;
+  out.rows = rows;
+  out.weight_sum = static_cast<double>(rows);
+  if (batch.weights) {
+    out.weight_sum = 0.0;
+    for (index_t r = 0; r < rows; ++r) out.weight_sum += static_cast<double>(batch.weights[r]);
+  }
+  next_sample_ += rows;
+  return out;
+}
+
+template <class T>
+bool Trainer<T>::apply_gradients(T* grad, index_t penalty_rows) {
+  if (cfg_.sparse_input)
+    throw std::invalid_argument("apply_gradients needs dense input's parameter layout");
+  const std::vector<index_t>& n = cfg_.shape.sizes;
+  optimizer_.begin_step();
+  squares_unit_ = 0.0;  // no running Σw² here: gradient_step sums it when alpha ≠ 0
+  bool finite = true;
+  // One block per parameter array, through the same rule (and backup) as the fused path.
+  for (index_t l = 0; l < n_layers_; ++l) {
+    T* layer_grad = grad + gradient_offsets_[static_cast<std::size_t>(l)];
+    const index_t w_size = n[l + 1] * n[l], b_size = n[l + 1];
+    finite &= update_block(static_cast<int>(l), 0, w_size, layer_grad, w_size, 1, w_size,
+                           penalty_rows);
+    finite &= update_block(static_cast<int>(n_layers_ + l), 0, b_size, layer_grad + w_size,
+                           b_size, 1, b_size, penalty_rows);
+  }
+  if (!finite) {
+    restore_parameters();
+    return false;
+  }
+  optimizer_.end_step();
+  return true;
 }
 
 template <class T>

@@ -72,6 +72,15 @@ struct StepsResult {
   double sync_seconds = 0.0;
 };
 
+// What gradient_step computed (data-parallel training, _distributed.py).
+struct StepGradient {
+  double loss = 0.0;        // the batch's data loss (weighted mean over its rows; no penalty)
+  index_t rows = 0;         // 0: the epoch was already done, nothing computed
+  double weight_sum = 0.0;  // Σ sample weights of the batch (rows without weights)
+  double squares = 0.0;     // Σ_l ‖W_l‖² before the step when alpha ≠ 0, else 0
+  bool fell_back = false;   // the contention guard's verdict, as StepsResult::fell_back
+};
+
 template <class T>
 class Trainer {
  public:
@@ -111,6 +120,26 @@ class Trainer {
   StepsResult run(const Data& data, index_t batch_size, index_t max_steps,
                   double min_seconds = 0.0);
 
+  // ---- Data-parallel steps: the gradient and the update as two calls, for an allreduce of
+  // the gradient between them (dense input only; run() keeps its update fused in the GEMM).
+  // The flat gradient buffer holds, per layer from the LAST to the first, dL/dW_l
+  // (n_{l+1}, n_l) then dL/db_l (n_{l+1}): the order in which backward finishes them, so
+  // that reverse-layer-order buckets are contiguous slices. gradient_elements() in all.
+  index_t gradient_elements() const { return n_parameters_; }
+  index_t gradient_offset(index_t layer) const {  // where layer's dL/dW starts
+    return gradient_offsets_[static_cast<std::size_t>(layer)];
+  }
+  // The data-loss gradient of the epoch's next batch (up to batch_size rows) into grad: its
+  // (weighted) mean over the batch's rows times `scale`, without the L2 penalty. Updates
+  // nothing. With a non-finite loss the buffer is unspecified. (scale multiplies dL/dlogits,
+  // B·n_L values, before backward: every gradient is linear in it, so R ranks' 1/R costs no
+  // pass over the buffer.)
+  StepGradient gradient_step(const Data& data, index_t batch_size, T* grad, double scale = 1.0);
+  // The optimizer's update of every parameter from grad (the layout above, modified: the L2
+  // penalty's gradient alpha · W / penalty_rows is added), all or nothing: returns false,
+  // and leaves the parameters as they were, when any updated value is not finite.
+  bool apply_gradients(T* grad, index_t penalty_rows);
+
  private:
   // deadline: stop after the step that passes it (null: max_steps only).
   StepsResult run_steps(const Data& data, index_t batch_size, index_t max_steps,
@@ -120,6 +149,11 @@ class Trainer {
   // step was not applied.
   void step(const Data& data, index_t first, index_t rows, double* loss, double* penalty,
             bool* nonfinite, StepsResult* result);
+  // Forward, loss and backward of one batch into `sink`, on the thread plan of the batch's
+  // rows (with the contention guard: result->fell_back). Returns the data loss.
+  // dlogits_scale: dL/dlogits is multiplied by it before backward (gradient_step).
+  double network_gradients(const Batch<T>& batch, const GradientSink<T>& sink,
+                           StepsResult* result, double dlogits_scale = 1.0);
   // Which layers split their products over the pool for batches of `rows` rows: the cost
   // model (gemm_split_pays) on one product of the layer, 2·rows·n_l·n_{l+1} FLOPs; each layer
   // runs two or three such products per step. Recomputed when rows or the thread count
@@ -192,6 +226,9 @@ class Trainer {
   std::atomic<std::uint64_t> new_squares_{0};
   std::atomic<bool> squares_overflow_{false};
   std::vector<std::int64_t> order_;  // sized once per epoch length, then reused
+  index_t n_parameters_ = 0;
+  std::vector<index_t> gradient_offsets_;  // per layer, in the flat gradient buffer
+  GradientSink<T> flat_sink_;              // gradient_step's: into the flat buffer
   // plan_parallelism's result: per layer, serial or parallel; serial_plan_ is all serial.
   std::vector<ParallelMode> layer_mode_, serial_plan_;
   index_t plan_rows_ = -1;

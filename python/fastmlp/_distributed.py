@@ -1,0 +1,364 @@
+"""Data-parallel training over MPI ranks: ``MLP.fit(..., comm=comm)`` (docs/distributed.md).
+
+Each rank holds its own shard of the rows and a replica of the model. A step is two engine
+calls with an allreduce between them: ``gradient_step`` writes the batch's gradient into ONE
+flat buffer (trainer.h: per layer from the last to the first, dW_l then db_l), the buffer is
+summed over the ranks with ``comm.Allreduce`` (mpi4py's buffer interface: no pickling, the
+GIL released), in buckets of up to ``BUCKET_BYTES`` taken in that reverse layer order, and
+``apply_gradients`` runs the optimizer's rule (optim.cpp, the same code as the fused path) on
+the average. Every rank applies the same update to the same parameters, so the replicas stay
+bitwise identical.
+
+Legend: R ranks, N_r rows of rank r's shard, B rows per rank and step (``batch_size``),
+E = max_r N_r the rows of an epoch on every rank (smaller shards wrap around their order),
+G gradient elements, plus TAIL = 3 values carried in the same allreduce:
+    [Σ sample weights of the batch, Σ weights × loss, failure flag]
+so that each step needs one collective: the global weighted mean of the gradient and the loss
+(exact: each rank's mean gradient is scaled by its weight sum before the sum, the sum divided
+by the total after), and the ranks' agreement on whether the step failed.
+
+Failures: a rank whose step raises (bad labels in its shard) or whose loss is not finite sets
+the flag; after the allreduce every rank sees it and raises (``FloatingPointError`` for a
+divergence, the failing rank's own error there, ``RuntimeError`` naming it elsewhere). Errors
+outside a step (validation of the arguments, callbacks, checkpoints) are agreed on with an
+allgather before going on. Anything else (Ctrl-C, an error the other ranks cannot know
+about) prints the traceback and calls ``comm.Abort``: the job ends, it never hangs.
+
+Overlap of the allreduce with the rest of the backward pass is not done: see
+docs/distributed.md for the measurement behind that decision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+import zlib
+
+import numpy as np
+
+from fastmlp import _core
+from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
+from fastmlp._training import (History, _parameter_ids, _resume, _save_checkpoint,
+                               _draw_epoch_seed, diverged, fit_arguments, new_trainer,
+                               print_epoch, training_guard, validation_scores)
+
+__all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "run_agreed", "BUCKET_BYTES"]
+
+BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket (bucket_cap_mb=25)
+_TAIL = 3
+_OK, _DIVERGED, _RAISED = 0, 1, 2
+
+
+class _AgreedError(Exception):
+    """Carries an error every rank raises together (no Abort needed)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def rank_epoch_seed(epoch_seed: int, rank: int) -> int:
+    """Rank's shuffling seed for an epoch: every rank draws the same epoch seeds from fit's
+    ``seed`` (rank 0's generator), and each mixes in its rank."""
+    return int(np.random.SeedSequence([epoch_seed, rank]).generate_state(1, np.uint64)[0])
+
+
+def rank_epoch_order(n_samples: int, epoch_length: int, epoch_seed: int, rank: int,
+                     shuffle: bool = True) -> np.ndarray:
+    """The rows of rank's shard that an epoch visits, in order (epoch_length of them: the
+    shard's order repeated when the shard is smaller than the largest one)."""
+    order = (_core.shuffled_indices(n_samples, rank_epoch_seed(epoch_seed, rank)) if shuffle
+             else np.arange(n_samples, dtype=np.int64))
+    return np.resize(order, max(epoch_length, n_samples))
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError:  # pragma: no cover - comm given without mpi4py is not an mpi4py comm
+        raise ImportError("fit(comm=...) needs mpi4py: pip install 'fastmlp[mpi]'") from None
+    return MPI
+
+
+def _agree(comm, error: BaseException | None, what: str) -> None:
+    """Collective: raises on every rank when any rank met an error (its own error on that
+    rank, a RuntimeError naming the first failing rank elsewhere)."""
+    reports = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+    failed = [r for r, report in enumerate(reports) if report is not None]
+    if not failed:
+        return
+    if error is not None:
+        raise _AgreedError(error)
+    raise _AgreedError(RuntimeError(
+        f"rank {failed[0]} of {comm.Get_size()} failed while {what}: {reports[failed[0]]}"))
+
+
+def run_agreed(comm, what: str, action):
+    """Collective: action()'s result on every rank, or its error raised on every rank when it
+    failed on any (for callers outside fit: the estimators). comm None: action()."""
+    if comm is None:
+        return action()
+    try:
+        return _collective(comm, what, action)
+    except _AgreedError as agreed:
+        raise agreed.error from None
+
+
+def _collective(comm, what: str, action):
+    """Runs action() on every rank and agrees on its failure (see _agree)."""
+    result, error = None, None
+    try:
+        result = action()
+    except Exception as exc:  # noqa: BLE001 - every error is reported to the other ranks
+        error = exc
+    _agree(comm, error, what)
+    return result
+
+
+def default_threads(comm) -> int | None:
+    """Threads per rank when neither FASTMLP_NUM_THREADS nor OMP_NUM_THREADS is set: this
+    node's CPUs shared among the ranks on it (at least 1); None when a variable decides."""
+    if os.environ.get("FASTMLP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    try:
+        local_ranks = node.Get_size()
+    finally:
+        node.Free()
+    return max(1, available_cpus() // local_ranks)
+
+
+def fit(model, X, y, *, comm, epochs, batch_size, optimizer, shuffle, seed, validation_data,
+        verbose, callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
+        sparse_updates) -> History:
+    """``MLP.fit(..., comm=comm)``: see the module's documentation."""
+    MPI = _mpi()
+    if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
+        raise TypeError(f"comm must be an mpi4py communicator, got {comm!r}")
+    threads = default_threads(comm)
+    saved_threads = get_num_threads()
+    try:
+        if threads is not None and threads < saved_threads:
+            set_num_threads(threads)
+        return _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed,
+                    validation_data, verbose, callbacks, sample_weight, alpha, checkpoint,
+                    checkpoint_every, resume, sparse_updates)
+    except _AgreedError as agreed:
+        raise agreed.error from None
+    except BaseException as exc:  # noqa: BLE001 - one rank alone: end the job, never hang
+        sys.stderr.write(f"fastmlp: rank {comm.Get_rank()} of {comm.Get_size()} failed "
+                         "where the other ranks cannot follow; aborting the MPI job\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.flush()
+        comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        raise  # pragma: no cover - Abort does not return
+    finally:
+        if get_num_threads() != saved_threads:
+            set_num_threads(saved_threads)
+
+
+def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, validation_data,
+         verbose, callbacks, sample_weight, alpha, checkpoint, checkpoint_every, resume,
+         sparse_updates) -> History:
+    MPI = _mpi()
+    rank, ranks = comm.Get_rank(), comm.Get_size()
+
+    def validate():
+        args = fit_arguments(model, X, y, epochs=epochs, batch_size=batch_size,
+                             optimizer=optimizer, shuffle=shuffle,
+                             validation_data=validation_data, callbacks=callbacks,
+                             sample_weight=sample_weight, alpha=alpha,
+                             checkpoint_every=checkpoint_every, sparse_updates=sparse_updates)
+        if not isinstance(args.X, np.ndarray):
+            raise TypeError("fit(comm=...) takes X as a dense array in memory; sparse, "
+                            "memory-mapped and Parquet input train in one process")
+        return args, np.random.default_rng(seed)
+    args, rng = _collective(comm, "validating its arguments", validate)
+    shuffle = bool(args.shuffle)  # True, "full", "block": each rank's engine shuffles
+    _check_same_setup(comm, model, args, shuffle, checkpoint, resume)
+    shard_rows = comm.allgather(args.X.shape[0])
+    epoch_length = max(shard_rows)
+    batch_size = min(args.batch_size, epoch_length)
+    steps_per_epoch = -(-epoch_length // batch_size)
+    optimizer, history, start_epoch = args.optimizer, History(), 0
+
+    with training_guard(model):
+        # One generator of epoch seeds, rank 0's, on every rank.
+        rng.bit_generator.state = comm.bcast(rng.bit_generator.state if rank == 0 else None)
+
+        def resume_on_rank_0():
+            if rank == 0 and checkpoint is not None and resume and os.path.exists(checkpoint):
+                opt, start = _resume(model, checkpoint, rng, history, batch_size, bool(shuffle))
+                return opt, start, history, rng.bit_generator.state
+            return None
+        resumed = comm.bcast(_collective(comm, "resuming from the checkpoint",
+                                         resume_on_rank_0))
+        if resumed is not None:  # the checkpoint's optimizer, history and generator
+            optimizer, start_epoch, saved_history, rng_state = resumed
+            if rank != 0:
+                history = saved_history
+                rng.bit_generator.state = rng_state
+        else:
+            # An optimizer used before (its state and step count) continues as rank 0's.
+            state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
+            if rank != 0:
+                optimizer.load_state_dict(state)
+        for array in list(model.weights) + list(model.biases):  # the parameters: rank 0's
+            comm.Bcast(array, root=0)
+
+        trainer = new_trainer(model, optimizer, batch_size, args.alpha)
+        trained = _parameter_ids(model)
+        dtype = model._dtype
+        grad = np.empty(trainer.gradient_elements() + _TAIL, dtype=dtype)
+        buckets = _buckets(grad.size, grad.itemsize)
+        scale_before_sum = args.weights is not None  # unweighted: equal rows on every rank
+        for epoch in range(start_epoch, args.epochs):
+            started = time.perf_counter()
+            n_rows = args.X.shape[0]
+            epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
+            if n_rows < epoch_length:  # a short shard wraps around its order
+                trainer.begin_epoch_with_order(
+                    rank_epoch_order(n_rows, epoch_length, epoch_seed, rank, shuffle), n_rows)
+            else:
+                trainer.begin_epoch(n_rows, shuffle,
+                                    rank_epoch_seed(epoch_seed, rank) if shuffle else 0)
+            total = penalty = 0.0
+            samples, fell_back = 0, False
+            for _ in range(steps_per_epoch):
+                loss, penalty_step, rows, fell = _step(comm, MPI, trainer, args, grad, buckets,
+                                                       batch_size, ranks, scale_before_sum,
+                                                       epoch)
+                total += (loss + penalty_step) * rows
+                penalty += penalty_step * rows
+                samples += rows
+                fell_back |= fell
+            elapsed = time.perf_counter() - started
+            history.loss.append(total / samples)
+            history.l2_penalty.append(penalty / samples)
+            history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)
+            # (any rank's contention guard: docs/threads.md)
+            history.one_thread_fallback.append(comm.allreduce(fell_back, op=MPI.LOR))
+            stop = _collective(comm, "ending an epoch", lambda: _end_epoch(
+                comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
+                checkpoint, verbose, rank))
+            _check_replicas(comm, model, epoch)
+            if comm.allreduce(bool(stop), op=MPI.LOR):
+                break
+            if _parameter_ids(model) != trained:  # a callback assigned new arrays
+                trainer = new_trainer(model, optimizer, batch_size, args.alpha)
+                trained = _parameter_ids(model)
+        return history
+
+
+def _check_replicas(comm, model, epoch: int) -> None:
+    """Collective: RuntimeError on every rank unless the replicas are bitwise equal after an
+    epoch (a CRC-32 of the parameters, ~1 ms per MB: what the design promises, checked, e.g.
+    against an MPI whose allreduce differs between ranks, or a callback that changed the
+    weights on one rank only)."""
+    digest = 0
+    for array in list(model.weights) + list(model.biases):
+        digest = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), digest)
+    digests = comm.allgather(digest)
+    if len(set(digests)) > 1:
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise _AgreedError(RuntimeError(
+            f"after epoch {epoch + 1} the parameters of rank(s) {differ} differ from rank 0's "
+            "(a callback that changes the model differently on each rank?)"))
+
+
+def _buckets(size: int, itemsize: int) -> list[slice]:
+    """Contiguous slices of the flat buffer of at most BUCKET_BYTES each: the buffer's order
+    is reverse layer order, so the first bucket holds the last layers (the first finished)."""
+    per_bucket = max(1, BUCKET_BYTES // itemsize)
+    return [slice(start, min(start + per_bucket, size)) for start in range(0, size, per_bucket)]
+
+
+def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_before_sum, epoch):
+    """One data-parallel step; returns (global data loss, L2 penalty, global rows, whether
+    this rank's contention guard fell back to one thread)."""
+    gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
+    error = None
+    try:
+        # Unweighted, every rank's batch has the same rows: the global mean is the mean of
+        # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
+        # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
+        loss, rows, weight_sum, squares, fell_back = trainer.gradient_step(
+            args.X, args.y, args.weights, batch_size, gradient,
+            1.0 if scale_before_sum else 1.0 / ranks)
+        flag = _OK if math.isfinite(loss) else _DIVERGED
+    except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
+        error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
+        fell_back = False
+    if flag != _OK:
+        loss = 0.0
+    elif scale_before_sum:
+        gradient *= weight_sum
+    tail[0], tail[1], tail[2] = weight_sum, loss * weight_sum, flag
+    for bucket in buckets:
+        comm.Allreduce(MPI.IN_PLACE, grad[bucket], op=MPI.SUM)
+    if tail[2] != _OK:
+        if tail[2] >= _RAISED:
+            _agree(comm, error, f"computing a step of epoch {epoch + 1}")
+        raise _AgreedError(diverged(epoch))
+    total_weight = float(tail[0])
+    if scale_before_sum:
+        gradient *= 1.0 / total_weight
+    global_rows = rows * ranks  # every rank runs the same rows per step (shards wrap)
+    if not trainer.apply_gradients(gradient, global_rows):
+        raise _AgreedError(diverged(epoch))  # identical replicas: every rank sees it
+    penalty = 0.5 * args.alpha * squares / global_rows
+    return float(tail[1]) / total_weight, penalty, global_rows, fell_back
+
+
+def _end_epoch(comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
+               checkpoint, verbose, rank):
+    """Validation (reduced over the ranks), printing and checkpoint (rank 0), callbacks.
+    Returns whether a callback asked to stop."""
+    if args.validation is not None:
+        X_val, y_val = args.validation
+        val_loss, val_accuracy = validation_scores(model, X_val, y_val)
+        n_val = X_val.shape[0]
+        sums = comm.allreduce(np.array([val_loss * n_val, (val_accuracy or 0.0) * n_val,
+                                        n_val], dtype=np.float64))
+        history.val_loss.append(float(sums[0] / sums[2]))
+        if val_accuracy is not None:
+            history.val_accuracy.append(float(sums[1] / sums[2]))
+    if verbose and rank == 0:
+        print_epoch(history, args.epochs, verbose, None)
+    done = epoch + 1
+    if (rank == 0 and checkpoint is not None
+            and (done % args.checkpoint_every == 0 or done == args.epochs)):
+        _save_checkpoint(model, checkpoint, optimizer, rng, history, done, batch_size,
+                         bool(shuffle))
+    stop = False
+    for callback in args.callbacks:
+        stop = bool(callback(model, history)) or stop
+    return stop
+
+
+def _check_same_setup(comm, model, args, shuffle, checkpoint, resume) -> None:
+    """Collective: ValueError on every rank unless all ranks train the same model the same
+    way (the shards may differ in length)."""
+    optimizer = args.optimizer
+    setup = {
+        "model": (tuple(model.layer_sizes), model.activation, model.output,
+                  np.dtype(model.dtype).name, model.precision),
+        "batch_size": args.batch_size, "epochs": args.epochs, "shuffle": bool(shuffle),
+        "alpha": args.alpha, "checkpoint_every": args.checkpoint_every,
+        "optimizer": (type(optimizer).__name__, sorted(optimizer.hyperparameters().items())),
+        "validation_data": args.validation is not None,
+        "sample_weight": args.weights is not None,
+        "checkpoint": (checkpoint is not None, bool(resume)),
+    }
+    setups = comm.allgather(setup)
+    for r, theirs in enumerate(setups):
+        differ = [key for key in setup if theirs[key] != setups[0][key]]
+        if differ:
+            details = ", ".join(f"{key}={theirs[key]!r} vs {setups[0][key]!r}"
+                                for key in differ)
+            raise _AgreedError(ValueError(
+                f"fit(comm=...) needs the same arguments on every rank: rank {r} differs "
+                f"from rank 0 in {details}"))
