@@ -233,7 +233,8 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
         # (An optimizer's state is rebuilt in the core's own memory when it is unpickled.)
         if hasattr(self, "_model"):
-            if not all(a.flags.writeable for a in (*self._model.weights, *self._model.biases)):
+            if not all(a.flags.writeable for a in (*self._model._weights.arrays(),
+                                                   *self._model._biases.arrays())):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
                 self._model = copy.deepcopy(self._model)
                 self._best = copy.deepcopy(getattr(self, "_best", None))
@@ -267,8 +268,8 @@ class _BaseMLP(BaseEstimator):
         # in place (rounded to its dtype): no intermediate copy of a large first layer.
         for layer, (fan_in, fan_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
-            data.uniform_transposed_into(model.weights[layer], rng, -bound, bound)
-            model.biases[layer][...] = rng.uniform(-bound, bound, fan_out)
+            data.uniform_transposed_into(model._weights.arrays()[layer], rng, -bound, bound)
+            model._biases.arrays()[layer][...] = rng.uniform(-bound, bound, fan_out)
         self._model = model
         if adopt and None not in initial:
             self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units
@@ -561,7 +562,9 @@ class _BaseMLP(BaseEstimator):
         if self._is_classifier:
             cap = -np.log(np.finfo(model.dtype).eps)
             clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
-        coefs = [w.T for w in model.weights]  # (in, out) views: writes go into the model
+        # (in, out) views of the model's own arrays: writes go into the model (unpack drops
+        # its packed weights)
+        coefs = [w.T for w in model._weights.arrays()]
         sizes = [c.size for c in coefs] + [b.size for b in model.biases]
         bounds = np.cumsum([0, *sizes])
         coef_parts = [slice(a, b) for a, b in zip(bounds[:len(coefs)], bounds[1:])]
@@ -574,8 +577,9 @@ class _BaseMLP(BaseEstimator):
             with np.errstate(over="ignore"):  # float32 models: beyond range is inf
                 for c, part in zip(coefs, coef_parts):
                     c[...] = x[part].reshape(c.shape)
-                for b, part in zip(model.biases, bias_parts):
+                for b, part in zip(model._biases.arrays(), bias_parts):
                     b[...] = x[part]
+            model._drop_pack()
 
         def loss_and_grad(x):
             unpack(x)

@@ -79,8 +79,9 @@ def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
                 sparse_input: bool = False, lazy_sparse_updates: bool = False):
     """The C++ engine for model's parameters, updated in place by optimizer's rule."""
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
-    optimizer._prepare(list(model.weights) + list(model.biases))
-    return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
+    weights, biases = model._weights.arrays(), model._biases.arrays()  # (the writable ones)
+    optimizer._prepare(weights + biases)
+    return trainer_type(weights, biases, model.activation, model.output,
                         optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates,
                         model.precision)
 
@@ -103,7 +104,7 @@ def run_steps(trainer, X, y, weights, batch_size: int, max_steps: int):
 def _parameter_ids(model) -> list[int]:
     """Which arrays the model's parameters are (the engine holds the ones it was built with,
     so an id is never reused while it runs)."""
-    return [id(a) for a in model.weights] + [id(a) for a in model.biases]
+    return [id(a) for a in model._weights.arrays() + model._biases.arrays()]
 
 
 def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation_data, verbose,
@@ -146,6 +147,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                                "another thread); wait for it or train a copy")
         model._training = True
         model._trainer_thread = threading.get_ident()
+        model._drop_pack()  # the engine updates the weights in place
     try:
         # Draws each epoch's shuffling seed. Without shuffling the seeds are unused: no
         # generator is made (it costs ~10 µs, a lot for a fit of a few small batches),
@@ -221,7 +223,9 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
                 trained = _parameter_ids(model)
         return history
     finally:
-        model._training = False
+        with model._lock:
+            model._drop_pack()
+            model._training = False
 
 
 def _print_epoch(history: History, epochs: int, verbose, fell_back) -> None:

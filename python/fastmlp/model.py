@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 from fastmlp import _core, _training, io, torch_interop
+from fastmlp._parameters import read_only_view
 from fastmlp._sparse import SparseInput, is_sparse, sparse_features
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
@@ -57,11 +58,39 @@ if hasattr(os, "register_at_fork"):
 
 
 class _ParameterList(list):
-    """The model's weights or biases: item assignment is validated, the length is fixed."""
+    """The model's weights or biases: item assignment is validated, the length is fixed, and
+    items read back are read-only views of the model's arrays (no copy): a
+    change goes through assignment or ``Optimizer.step``, which the model sees (it drops its
+    packed weights; fastmlp._parameters)."""
 
     def __init__(self, items, check):
         super().__init__(items)
-        self._check = check
+        self._check = check  # a bound method of the model
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        return read_only_view(a, self._check.__self__._drop_pack)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._view(a) for a in super().__getitem__(index)]
+        return self._view(super().__getitem__(index))
+
+    def __iter__(self):
+        return (self._view(a) for a in super().__iter__())
+
+    def __add__(self, other):  # model.weights + model.biases: views too
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def copy(self):
+        return list(self)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The model's own, writable arrays (for the engine and the fitting code, which drop
+        the model's packed weights around their in-place updates)."""
+        return list(super().__iter__())
 
     def __setitem__(self, index, value):
         if isinstance(index, slice):
@@ -76,7 +105,7 @@ class _ParameterList(list):
     __delitem__ = __iadd__ = __imul__ = _fixed
 
     def __reduce__(self):
-        return (_ParameterList, (list(self), self._check))
+        return (_ParameterList, (self.arrays(), self._check))
 
 
 class MLP:
@@ -151,6 +180,7 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        self._packed = None  # the weights packed for inference (_packed_weights)
         _LIVE_MODELS.add(self)
 
     # ---- architecture -------------------------------------------------------------------
@@ -215,7 +245,17 @@ class MLP:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """Weights ``W_l`` of shape (n_l, n_{l-1}); assignable (shape and values validated)."""
+        """Weights ``W_l`` of shape (n_l, n_{l-1}): read-only views of the model's arrays (no
+        copy; writing into one raises ``ValueError: assignment destination is
+        read-only``, as the estimators' ``coefs_``). To change weights assign new arrays,
+        ``model.weights[l] = W`` or ``model.weights = [...]`` (shape and values validated,
+        copied in), e.g. ``model.weights[0] = model.weights[0] * 0.5``; a fastmlp optimizer's
+        ``step(model.weights + model.biases, grads)`` updates them in place too.
+
+        Why read-only: predictions at a batch of more than one row use a copy of the weights
+        packed for the GEMM kernels (built on first use, about the size of the weights; see
+        ``packed_nbytes``), which every assignment, ``fit`` and ``load`` renew; an in-place
+        write could not be seen, and would silently give stale predictions."""
         return self._weights
 
     @weights.setter
@@ -225,7 +265,7 @@ class MLP:
 
     @property
     def biases(self) -> list[np.ndarray]:
-        """Biases ``b_l`` of shape (n_l,); assignable (shape and values validated)."""
+        """Biases ``b_l`` of shape (n_l,): read-only views, assignable as ``weights``."""
         return self._biases
 
     @biases.setter
@@ -250,7 +290,9 @@ class MLP:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
         # Always a copy (the model owns its parameters); a float64 value beyond float32's
         # range is reported as such, not as the infinity the cast would make of it.
-        return cache_aligned(to_dtype(a, self._dtype, name))
+        checked = cache_aligned(to_dtype(a, self._dtype, name))
+        self._drop_pack()
+        return checked
 
     def _check_weight(self, i: int, value) -> np.ndarray:
         shape = (self._layer_sizes[i + 1], self._layer_sizes[i])
@@ -258,6 +300,38 @@ class MLP:
 
     def _check_bias(self, i: int, value) -> np.ndarray:
         return self._check_param(f"biases[{i}]", value, (self._layer_sizes[i + 1],))
+
+    def _drop_pack(self) -> None:
+        """Forgets the packed weights (the weights are about to change, or have)."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # (being built)
+            self._packed = None
+            return
+        with lock:
+            self._packed = None
+
+    def _packed_weights(self):
+        """The weights packed for the active ISA's GEMM kernels (built now if missing or
+        packed for another ISA), or None while the model trains (the engine is updating the
+        weights in place) and for bfloat16 products (which pack their own operands).
+        Call with the lock held."""
+        if self._training or self._precision != "float32":
+            return None
+        packed = self._packed
+        if packed is None or packed.isa != _core.isa():
+            pack_type = (_core.PackedWeightsFloat32 if self._dtype == np.float32
+                         else _core.PackedWeightsFloat64)
+            packed = self._packed = pack_type(self._weights, self._biases)
+        return packed
+
+    @property
+    def packed_nbytes(self) -> int:
+        """Bytes held by the packed copy of the weights that predictions of more than one row
+        read (0 until the first one): about the weights' size, each layer's output count
+        rounded up to the kernels' panel width (32 on AVX-512: a 10-class last layer is
+        stored 32 wide). Freed by any change of the weights, rebuilt by the next prediction."""
+        packed = self._packed
+        return 0 if packed is None else packed.nbytes
 
     @property
     def n_parameters(self) -> int:
@@ -291,8 +365,11 @@ class MLP:
                 return _core.mlp_forward_sparse(X.indptr, X.indices, X.values, X.shape[1],
                                                 self._weights, self._biases, self._activation,
                                                 self._precision)
+            # A batch of one reads W in place (a GEMV: packing would not pay); larger
+            # batches read the packed weights (built once, then reused).
+            packed = self._packed_weights() if X.shape[0] > 1 else None
             return _core.mlp_forward(X, self._weights, self._biases, self._activation,
-                                     self._precision)
+                                     self._precision, packed)
 
     def forward(self, X) -> np.ndarray:
         """Logits (N, n_outputs) for inputs X (N, n_features), a NumPy array or a
@@ -483,7 +560,7 @@ class MLP:
             state = self.__dict__.copy()
             state["_weights"] = [w.copy() for w in self._weights]
             state["_biases"] = [b.copy() for b in self._biases]
-        del state["_lock"], state["_training"], state["_trainer_thread"]
+        del state["_lock"], state["_training"], state["_trainer_thread"], state["_packed"]
         return state
 
     def __setstate__(self, state):
@@ -497,6 +574,7 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        self._packed = None
         _LIVE_MODELS.add(self)
 
     def _snapshot(self) -> io.ModelRecord:

@@ -1014,8 +1014,29 @@ py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indice
   });
 }
 
+// PackedWeights<T>(weights, biases): every W_l packed for the active ISA's GEMM kernels
+// (network.h). A snapshot: later changes to the arrays are not seen.
+template <class T>
+void bind_packed_weights(py::module_& m, const char* name) {
+  py::class_<PackedWeights<T>>(m, name, "the weights packed once for inference (network.h)")
+      .def(py::init([](py::list weights, py::list biases) {
+             const NetworkArgs<T> net = network_args<T>(weights, biases, "relu", "identity", false);
+             const T* const* w = net.weights.data();
+             std::unique_ptr<PackedWeights<T>> packed;
+             without_gil([&] { packed = std::make_unique<PackedWeights<T>>(net.shape, w); });
+             return packed;
+           }),
+           py::arg("weights"), py::arg("biases"))
+      .def_property_readonly("nbytes",
+                             [](const PackedWeights<T>& p) { return p.elements * sizeof(T); })
+      .def_property_readonly("isa", [](const PackedWeights<T>& p) {
+        return std::string(isa_name(p.isa));
+      });
+}
+
 py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
-                         const std::string& activation, const std::string& precision) {
+                         const std::string& activation, const std::string& precision,
+                         const py::object& packed_object) {
   return with_float_dtype(X, "X", [&](auto tag) -> py::array {
     using T = decltype(tag);
     // The output kind does not change the logits.
@@ -1026,11 +1047,21 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
       throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
     const index_t B = X.shape(0);
+    const PackedWeights<T>* packed = nullptr;
+    if (!packed_object.is_none()) {
+      if (!py::isinstance<PackedWeights<T>>(packed_object))
+        throw py::type_error("packed must be the PackedWeights of the weights' dtype");
+      packed = packed_object.cast<const PackedWeights<T>*>();
+      if (packed->sizes != net.shape.sizes)
+        throw py::value_error("packed was built for other layer sizes");
+      // The panels are float32 products' (a bfloat16 product packs its own operands).
+      if (rounding == GemmPrecision::bfloat16) packed = nullptr;
+    }
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
       const PrecisionScope scope(requested_gemm_precision(rounding));
-      mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data());
+      mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data(), packed);
     });
     return logits;
   });
@@ -1248,7 +1279,9 @@ PYBIND11_MODULE(_core, m) {
   bind_trainer<float>(m, "TrainerFloat32");
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
-        py::arg("activation"), py::arg("precision") = "float32");
+        py::arg("activation"), py::arg("precision") = "float32", py::arg("packed") = py::none());
+  bind_packed_weights<float>(m, "PackedWeightsFloat32");
+  bind_packed_weights<double>(m, "PackedWeightsFloat64");
   m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
         py::arg("output"), py::arg("precision") = "float32");
