@@ -5,8 +5,9 @@ from fastmlp._core import __version__
 from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
 from fastmlp.optim import SGD, Adam, AdamW
+from fastmlp.quantized import QuantizedMLP
 
-__all__ = ["MLP", "History", "SGD", "Adam", "AdamW", "ops", "get_num_threads", "set_num_threads",
+__all__ = ["MLP", "History", "QuantizedMLP", "SGD", "Adam", "AdamW", "ops", "get_num_threads", "set_num_threads",
            "__version__", "MLPClassifier", "MLPRegressor"]
 
 

@@ -24,14 +24,14 @@ import weakref
 import numpy as np
 
 from fastmlp import _core, _training, io, torch_interop
+from fastmlp._outputs import Outputs
 from fastmlp._parameters import read_only_view
-from fastmlp._sparse import SparseInput, is_sparse, sparse_features
+from fastmlp._sparse import SparseInput
 from fastmlp._training import History
-from fastmlp._validation import (cache_aligned, check_activation, feature_matrix,
-                                 indicator_targets, integer_labels, model_dtype, poisson_targets,
-                                 positive_float, positive_int, regression_targets,
-                                 sample_weights, to_dtype)
+from fastmlp._validation import (cache_aligned, check_activation, model_dtype, positive_float,
+                                 positive_int, sample_weights, to_dtype)
 from fastmlp.optim import Optimizer
+from fastmlp.quantized import QuantizedMLP
 
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
@@ -108,7 +108,7 @@ class _ParameterList(list):
         return (_ParameterList, (self.arrays(), self._check))
 
 
-class MLP:
+class MLP(Outputs):
     """A multilayer perceptron classifier on fastmlp's C++ kernels.
 
     Parameters
@@ -225,18 +225,6 @@ class MLP:
     def n_features(self) -> int:
         return self._layer_sizes[0]
 
-    @property
-    def is_classifier(self) -> bool:
-        return self._output in ("softmax", "sigmoid", "multilabel")
-
-    @property
-    def n_classes(self) -> int:
-        """Classes of a classifier (2 for a sigmoid output; the labels for multilabel);
-        ValueError for regression."""
-        if not self.is_classifier:
-            raise ValueError(f"a regression MLP (output={self._output!r}) has no classes")
-        return 2 if self._output == "sigmoid" else self._layer_sizes[-1]
-
     def __repr__(self) -> str:
         return (f"MLP({list(self._layer_sizes)}, activation={self._activation!r}, "
                 f"output={self._output!r}, dtype={self._dtype.name!r})")
@@ -339,25 +327,6 @@ class MLP:
 
     # ---- inference ----------------------------------------------------------------------
 
-    def _features(self, X, name: str = "X"):
-        """X validated: a finite 2-D array of the model's dtype, or, for a scipy.sparse
-        matrix, a SparseInput (CSR, never made dense)."""
-        if is_sparse(X):
-            return sparse_features(X, name, self._dtype, self.n_features)
-        return feature_matrix(X, name, self._dtype, self.n_features)
-
-    def _labels(self, y, n_samples: int) -> np.ndarray:
-        """Class labels (int64, (n,)) of a classifier; targets ((n, n_outputs), the model's
-        dtype) of a regression MLP; indicator targets ((n, n_outputs) of 0/1) for multilabel."""
-        if self._output == "multilabel":
-            return indicator_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        if self._output == "poisson":
-            return poisson_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        if not self.is_classifier:
-            return regression_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        return integer_labels(y, "y", self.n_classes, n_samples,
-                              allow_bool=self._output == "sigmoid", allow_integral_float=True)
-
     def _forward(self, X) -> np.ndarray:
         """Logits of a validated X: all layers in one call into the core."""
         with self._lock:
@@ -370,63 +339,6 @@ class MLP:
             packed = self._packed_weights() if X.shape[0] > 1 else None
             return _core.mlp_forward(X, self._weights, self._biases, self._activation,
                                      self._precision, packed)
-
-    def forward(self, X) -> np.ndarray:
-        """Logits (N, n_outputs) for inputs X (N, n_features), a NumPy array or a
-        scipy.sparse matrix (read as CSR, never made dense)."""
-        return self._forward(self._features(X))
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]; for
-        ``output='multilabel'``, each label's probability P(y_k = 1) (N, n_outputs)."""
-        if not self.is_classifier:
-            raise TypeError("predict_proba needs a classifier "
-                            "(output 'softmax', 'sigmoid' or 'multilabel')")
-        logits = self.forward(X)
-        if self._output == "softmax":
-            return _core.softmax(logits)
-        if self._output == "multilabel":
-            return _core.sigmoid(logits)
-        p1 = _core.sigmoid(logits)
-        return np.concatenate([1.0 - p1, p1], axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)
-        (``exp(logits)`` for ``output='poisson'``); for multilabel the indicator matrix
-        (N, n_outputs), int64 0/1."""
-        return self._predict_logits(self.forward(X))
-
-    def _predict_logits(self, logits: np.ndarray) -> np.ndarray:
-        if self._output == "identity":
-            return logits
-        if self._output == "poisson":
-            with np.errstate(over="ignore"):
-                return np.exp(logits)
-        if self._output == "multilabel":
-            return (logits > 0).astype(np.int64)
-        if self._output == "softmax":
-            return np.argmax(logits, axis=1).astype(np.int64)
-        return (logits[:, 0] > 0).astype(np.int64)
-
-    def score(self, X, y) -> float:
-        """Accuracy (the fraction of samples whose predicted label equals y; for multilabel,
-        whose every label does, scikit-learn's subset accuracy); for regression the
-        coefficient of determination R², averaged over outputs (as scikit-learn)."""
-        X = self._features(X)
-        y = self._labels(y, X.shape[0])
-        prediction = self._predict_logits(self._forward(X))
-        if self.is_classifier:
-            return self._accuracy(prediction, y)
-        residual = ((y - prediction) ** 2).sum(axis=0, dtype=np.float64)
-        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
-        return float(r2.mean())
-
-    def _accuracy(self, prediction: np.ndarray, y: np.ndarray) -> float:
-        if self._output == "multilabel":
-            return float(np.mean(np.all(prediction == y, axis=1)))
-        return float(np.mean(prediction == y))
 
     # ---- loss and gradients -------------------------------------------------------------
 
@@ -583,6 +495,19 @@ class MLP:
             return io.ModelRecord(list(self._layer_sizes), self._activation, self._output,
                                   self._dtype, [w.copy() for w in self._weights],
                                   [b.copy() for b in self._biases])
+
+    # ---- quantization -------------------------------------------------------------------
+
+    def quantize(self, dtype: str = "int8", calibration=None):
+        """A ``QuantizedMLP`` of this model for inference (``fastmlp.quantized``): hidden
+        layers int8 (weights per output channel, symmetric), the last layer and the output
+        function float32. ``calibration``: None for activation scales from each call's batch
+        (dynamic), or a sample X (n, n_features) whose float32 activations fix them (static).
+        A snapshot: later changes to this model do not reach it."""
+        if dtype != "int8":
+            raise ValueError(f"dtype must be 'int8', got {dtype!r}")
+        with self._lock:
+            return QuantizedMLP.from_mlp(self, calibration)
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------
 

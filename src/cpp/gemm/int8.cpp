@@ -1,0 +1,220 @@
+// The int8 GEMM's framework, its portable kernel and the choice of path (see int8.h).
+#include "int8.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <stdexcept>
+
+#include "../cpu.h"
+
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
+namespace fastmlp {
+
+namespace {
+
+std::atomic<Int8Path> g_forced_int8_path{Int8Path::automatic};
+
+// CPUID leaf 7: subleaf 0 ECX bit 11 AVX512_VNNI, subleaf 1 EAX bit 4 AVX_VNNI; the OS saving
+// the registers is checked by isa_supported.
+bool cpuid_bit(unsigned subleaf, int reg, int bit) {
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(7, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1u;
+#else
+  (void)subleaf, (void)reg, (void)bit;
+  return false;
+#endif
+}
+
+// The portable kernel: the int8.h contract in plain loops, one row at a time.
+void int8_kernel_portable(index_t k4, const std::uint8_t* a, index_t lda, index_t m,
+                          const std::int8_t* panels, index_t panel_stride, float* c, index_t ldc,
+                          index_t n, const Int8Epilogue& ep) {
+  for (index_t i = 0; i < m; ++i) {
+    std::int32_t acc[64] = {};
+    const std::uint8_t* row = a + i * lda;
+    for (index_t v = 0; v < 4 && 16 * v < n; ++v) {
+      const std::int8_t* panel = panels + v * panel_stride;
+      for (index_t g = 0; g < k4; ++g) {
+        const std::uint8_t* x = row + 4 * g;
+        const std::int8_t* w = panel + 64 * g;
+        for (index_t col = 0; col < 16; ++col)
+          acc[16 * v + col] += x[0] * w[4 * col] + x[1] * w[4 * col + 1] +
+                               x[2] * w[4 * col + 2] + x[3] * w[4 * col + 3];
+      }
+    }
+    for (index_t j = 0; j < n; ++j) {
+      if (ep.raw) {
+        ep.raw[i * ep.ld_raw + j] = acc[j];
+        continue;
+      }
+      const float product = static_cast<float>(acc[j] - ep.zero_correction[j]) * ep.scale[j];
+      const float value = product + ep.bias[j];
+      c[i * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
+    }
+  }
+}
+
+}  // namespace
+
+const char* int8_path_name(Int8Path path) {
+  switch (path) {
+    case Int8Path::automatic: return "automatic";
+    case Int8Path::portable: return "portable";
+    case Int8Path::avxvnni: return "avxvnni";
+    case Int8Path::avx512vnni: return "avx512vnni";
+  }
+  return "unknown";
+}
+
+Int8Path parse_int8_path(const std::string& name) {
+  for (Int8Path p : {Int8Path::automatic, Int8Path::portable, Int8Path::avxvnni,
+                     Int8Path::avx512vnni})
+    if (name == int8_path_name(p)) return p;
+  throw std::invalid_argument("unknown int8 path '" + name +
+                              "': expected one of automatic, portable, avxvnni, avx512vnni");
+}
+
+bool int8_path_supported(Int8Path path) {
+  switch (path) {
+    case Int8Path::automatic:
+    case Int8Path::portable: return true;
+    case Int8Path::avxvnni: return isa_supported(Isa::avx2) && cpuid_bit(1, 0, 4);
+    case Int8Path::avx512vnni: return isa_supported(Isa::avx512) && cpuid_bit(0, 2, 11);
+  }
+  return false;
+}
+
+Int8Path active_int8_path() {
+  const Int8Path forced = g_forced_int8_path.load(std::memory_order_relaxed);
+  if (forced != Int8Path::automatic) return forced;
+  static const bool has_avx512vnni = int8_path_supported(Int8Path::avx512vnni);
+  static const bool has_avxvnni = int8_path_supported(Int8Path::avxvnni);
+  const Isa isa = active_isa();
+  if (isa == Isa::avx512 && has_avx512vnni) return Int8Path::avx512vnni;
+  if (isa != Isa::generic && has_avxvnni) return Int8Path::avxvnni;
+  return Int8Path::portable;
+}
+
+Int8Path testing_force_int8_path(Int8Path path) {
+  if (!int8_path_supported(path))
+    throw std::invalid_argument(std::string("int8 path ") + int8_path_name(path) +
+                                " is not supported by this CPU");
+  return g_forced_int8_path.exchange(path);
+}
+
+Int8Kernels active_int8_kernels() {
+  switch (active_int8_path()) {
+#ifdef FASTMLP_X86
+    case Int8Path::avx512vnni: return avx512vnni_int8_kernels();
+    case Int8Path::avxvnni: return avxvnni_int8_kernels();
+#endif
+    default: return Int8Kernels{4, &int8_kernel_portable};
+  }
+}
+
+PackedInt8Weights::PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t n, index_t k)
+    : N(n), K(k), K4((k + 3) / 4 * 4), padded_N((n + 63) / 64 * 64) {
+  if (K > 65000) throw std::invalid_argument("int8 layers take at most 65,000 inputs");
+  data.assign(static_cast<std::size_t>(padded_N * K4), 0);
+  row_sums.assign(static_cast<std::size_t>(N), 0);
+  for (index_t j = 0; j < N; ++j) {
+    std::int8_t* panel = data.data() + (j / 16) * 16 * K4 + (j % 16) * 4;
+    std::int32_t sum = 0;
+    for (index_t p = 0; p < K; ++p) {
+      panel[(p / 4) * 64 + p % 4] = Wq[j * ldw + p];
+      sum += Wq[j * ldw + p];
+    }
+    row_sums[static_cast<std::size_t>(j)] = sum;
+  }
+}
+
+void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
+               float* c, index_t ldc, const Int8Epilogue& ep) {
+  const Int8Kernels k = active_int8_kernels();
+  const index_t panel_stride = 16 * W.K4;
+  // Column groups outer: a group's 4 panels (64·K4 bytes, 50 KB for K = 784) stay in L1/L2
+  // while every row block streams past them.
+  for (index_t j = 0; j < W.N; j += 64) {
+    const index_t n = std::min<index_t>(64, W.N - j);
+    Int8Epilogue tile = ep;
+    if (!ep.raw) {
+      tile.zero_correction += j;
+      tile.scale += j;
+      tile.bias += j;
+    }
+    for (index_t i = 0; i < M; i += k.MR) {
+      const index_t m = std::min(k.MR, M - i);
+      if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
+      k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data.data() + j * W.K4, panel_stride,
+               c ? c + i * ldc + j : nullptr, ldc, n, tile);
+    }
+  }
+}
+
+QuantParams quant_params(float lo, float hi) {
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  QuantParams q;
+  q.scale = (hi - lo) / 255.0f;
+  if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;
+  const float zero = std::nearbyint(-lo / q.scale);
+  q.zero = static_cast<std::int32_t>(std::min(255.0f, std::max(0.0f, zero)));
+  return q;
+}
+
+void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
+                   index_t M, index_t K, QuantParams q) {
+  const float inverse = 1.0f / q.scale;
+  const float lo = static_cast<float>(-q.zero), hi = static_cast<float>(255 - q.zero);
+  // Adding and subtracting 1.5·2²³ rounds a float of magnitude < 2²² to an integer, ties to
+  // even (the FPU's rounding), as rint; clamping first to the integer bounds changes nothing
+  // and keeps the value in range. A loop the compiler vectorises at any ISA level.
+  constexpr float kRound = 12582912.0f;
+  for (index_t i = 0; i < M; ++i) {
+    std::uint8_t* row = out + i * ldo;
+    const float* xr = x + i * rs;
+    if (cs == 1) {
+      for (index_t p = 0; p < K; ++p) {
+        const float v = std::min(hi, std::max(lo, xr[p] * inverse));
+        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
+                                           q.zero);
+      }
+    } else {
+      for (index_t p = 0; p < K; ++p) {
+        const float v = std::min(hi, std::max(lo, xr[p * cs] * inverse));
+        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
+                                           q.zero);
+      }
+    }
+    for (index_t p = K; p < ldo; ++p) row[p] = 0;
+  }
+}
+
+void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
+                  float* hi) {
+  float mn = 0.0f, mx = 0.0f;  // (0 is always in the range: quant_params)
+  for (index_t i = 0; i < M; ++i) {
+    const float* xr = x + i * rs;
+    if (cs == 1) {
+      for (index_t p = 0; p < K; ++p) {
+        mn = xr[p] < mn ? xr[p] : mn;
+        mx = xr[p] > mx ? xr[p] : mx;
+      }
+    } else {
+      for (index_t p = 0; p < K; ++p) {
+        mn = xr[p * cs] < mn ? xr[p * cs] : mn;
+        mx = xr[p * cs] > mx ? xr[p * cs] : mx;
+      }
+    }
+  }
+  *lo = mn;
+  *hi = mx;
+}
+
+}  // namespace fastmlp
