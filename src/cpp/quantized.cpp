@@ -20,7 +20,7 @@ QuantizedNetwork::QuantizedNetwork(std::vector<QuantizedLayer> hidden, const flo
 std::size_t QuantizedNetwork::nbytes() const {
   std::size_t total = (last_W_.size() + last_b_.size()) * sizeof(float);
   for (const QuantizedLayer& layer : hidden_)
-    total += layer.weights.data.size() + layer.weights.row_sums.size() * 4 +
+    total += layer.weights.nbytes() + layer.weights.row_sums.size() * 4 +
              (layer.weight_scale.size() + layer.bias.size()) * sizeof(float);
   return total;
 }

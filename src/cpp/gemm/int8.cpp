@@ -11,6 +11,9 @@
 #if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>  // the x86-64 baseline: quantization 4 floats at a time
+#endif
 
 namespace fastmlp {
 
@@ -121,10 +124,12 @@ Int8Kernels active_int8_kernels() {
 PackedInt8Weights::PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t n, index_t k)
     : N(n), K(k), K4((k + 3) / 4 * 4), padded_N((n + 63) / 64 * 64) {
   if (K > 65000) throw std::invalid_argument("int8 layers take at most 65,000 inputs");
-  data.assign(static_cast<std::size_t>(padded_N * K4), 0);
+  storage.assign(nbytes() + 63, 0);
+  offset = (64 - reinterpret_cast<std::uintptr_t>(storage.data()) % 64) % 64;
+  std::int8_t* data = storage.data() + offset;
   row_sums.assign(static_cast<std::size_t>(N), 0);
   for (index_t j = 0; j < N; ++j) {
-    std::int8_t* panel = data.data() + (j / 16) * 16 * K4 + (j % 16) * 4;
+    std::int8_t* panel = data + (j / 16) * 16 * K4 + (j % 16) * 4;
     std::int32_t sum = 0;
     for (index_t p = 0; p < K; ++p) {
       panel[(p / 4) * 64 + p % 4] = Wq[j * ldw + p];
@@ -151,7 +156,7 @@ void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8W
     for (index_t i = 0; i < M; i += k.MR) {
       const index_t m = std::min(k.MR, M - i);
       if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
-      k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data.data() + j * W.K4, panel_stride,
+      k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data() + j * W.K4, panel_stride,
                c ? c + i * ldc + j : nullptr, ldc, n, tile);
     }
   }
@@ -180,7 +185,24 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
     std::uint8_t* row = out + i * ldo;
     const float* xr = x + i * rs;
     if (cs == 1) {
-      for (index_t p = 0; p < K; ++p) {
+      index_t p = 0;
+#if defined(__SSE2__)
+      // cvtps2dq rounds to nearest even (MXCSR's default), as the loop below; then int32 →
+      // int16 → uint8 with saturation (the values are in [0, 255] already).
+      const __m128 v_inverse = _mm_set1_ps(inverse), v_lo = _mm_set1_ps(lo), v_hi = _mm_set1_ps(hi);
+      const __m128i v_zero = _mm_set1_epi32(q.zero);
+      auto four = [&](index_t at) {
+        const __m128 v = _mm_min_ps(v_hi, _mm_max_ps(v_lo, _mm_mul_ps(_mm_loadu_ps(xr + at),
+                                                                       v_inverse)));
+        return _mm_add_epi32(_mm_cvtps_epi32(v), v_zero);
+      };
+      for (; p + 16 <= K; p += 16) {
+        const __m128i low = _mm_packs_epi32(four(p), four(p + 4));
+        const __m128i high = _mm_packs_epi32(four(p + 8), four(p + 12));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), _mm_packus_epi16(low, high));
+      }
+#endif
+      for (; p < K; ++p) {
         const float v = std::min(hi, std::max(lo, xr[p] * inverse));
         row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
                                            q.zero);
@@ -198,23 +220,44 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
 
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
                   float* hi) {
-  float mn = 0.0f, mx = 0.0f;  // (0 is always in the range: quant_params)
+  // 16 lanes of partial minima and maxima, elementwise selects the compiler vectorises (a
+  // min/max reduction it would not, without -ffinite-math-only); 0 starts them, as 0 is always
+  // in the range (quant_params).
+  constexpr index_t kLanes = 16;
+  float mn[kLanes] = {}, mx[kLanes] = {};
   for (index_t i = 0; i < M; ++i) {
     const float* xr = x + i * rs;
+    index_t p = 0;
+#if defined(__SSE2__)
     if (cs == 1) {
-      for (index_t p = 0; p < K; ++p) {
-        mn = xr[p] < mn ? xr[p] : mn;
-        mx = xr[p] > mx ? xr[p] : mx;
+      __m128 v_mn = _mm_setzero_ps(), v_mx = _mm_setzero_ps();
+      for (; p + 4 <= K; p += 4) {
+        const __m128 v = _mm_loadu_ps(xr + p);
+        v_mn = _mm_min_ps(v_mn, v);
+        v_mx = _mm_max_ps(v_mx, v);
       }
-    } else {
-      for (index_t p = 0; p < K; ++p) {
-        mn = xr[p * cs] < mn ? xr[p * cs] : mn;
-        mx = xr[p * cs] > mx ? xr[p * cs] : mx;
-      }
+      float lanes[4];
+      _mm_storeu_ps(lanes, v_mn);
+      for (const float v : lanes) mn[1] = v < mn[1] ? v : mn[1];
+      _mm_storeu_ps(lanes, v_mx);
+      for (const float v : lanes) mx[1] = v > mx[1] ? v : mx[1];
+    }
+#endif
+    if (cs == 1)
+      for (; p + kLanes <= K; p += kLanes)
+        for (index_t t = 0; t < kLanes; ++t) {
+          const float v = xr[p + t];
+          mn[t] = v < mn[t] ? v : mn[t];
+          mx[t] = v > mx[t] ? v : mx[t];
+        }
+    for (; p < K; ++p) {
+      const float v = xr[p * cs];
+      mn[0] = v < mn[0] ? v : mn[0];
+      mx[0] = v > mx[0] ? v : mx[0];
     }
   }
-  *lo = mn;
-  *hi = mx;
+  *lo = *std::min_element(mn, mn + kLanes);
+  *hi = *std::max_element(mx, mx + kLanes);
 }
 
 }  // namespace fastmlp

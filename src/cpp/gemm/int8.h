@@ -61,9 +61,18 @@ struct Int8Epilogue {
 //   data[(j/16)·16·K4 + (p/4)·64 + (j%16)·4 + p%4] = W_q[j, p].
 struct PackedInt8Weights {
   index_t N = 0, K = 0, K4 = 0, padded_N = 0;
-  std::vector<std::int8_t> data;         // padded_N · K4 (64-byte loads need no alignment)
+  std::vector<std::int8_t> storage;      // padded_N · K4 bytes from a 64-byte boundary on
   std::vector<std::int32_t> row_sums;    // (N) Σ_p W_q[j,p]
   PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t N, index_t K);
+  PackedInt8Weights(PackedInt8Weights&& other) noexcept = default;  // (the buffer moves too)
+  PackedInt8Weights(const PackedInt8Weights&) = delete;  // a copy's buffer aligns elsewhere
+  // The panels: each 64-byte group on a cache line of its own (a load split over two lines
+  // costs two).
+  const std::int8_t* data() const { return storage.data() + offset; }
+  std::size_t nbytes() const { return static_cast<std::size_t>(padded_N * K4); }
+
+ private:
+  std::size_t offset = 0;
 };
 
 // The kernel of a path: rows [0, m) (m ≤ MR) of a (row stride lda, ≥ K4 readable bytes per
