@@ -272,3 +272,43 @@ def test_load_refuses_what_is_not_a_quantized_model(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(ValueError):
         QuantizedMLP.load(tmp_path / "text.npz")
+
+
+# ---- the estimators' quantize -------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_estimators_quantize_keeps_the_sklearn_api():
+    pytest.importorskip("sklearn")
+    import pickle
+    from fastmlp.estimators import MLPClassifier, MLPRegressor
+    X, y = load_digits()
+    labels = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                       "nine"])[y]
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=30, random_state=0).fit(X[:1200],
+                                                                                   labels[:1200])
+    for quantized in (clf.quantize(), clf.quantize(calibration=X[:100])):
+        predicted = quantized.predict(X[1200:])
+        assert predicted.dtype == clf.classes_.dtype and set(predicted) <= set(clf.classes_)
+        assert abs(quantized.score(X[1200:], labels[1200:]) - clf.score(X[1200:], labels[1200:])) \
+            <= 0.005
+        proba = quantized.predict_proba(X[1200:])
+        assert proba.shape == (len(X) - 1200, 10)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+        assert np.abs(proba - clf.predict_proba(X[1200:])).max() < 0.5
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(quantized)).predict(X[1200:]),
+                                      predicted)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.fit(X, labels)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.partial_fit(X, labels)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.coefs_
+    assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits
+    clf.partial_fit(X[:50], labels[:50])
+    reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y * 1.0)
+    quantized = reg.quantize()
+    assert quantized.predict(X).shape == (len(X),)
+    assert quantized.score(X, y * 1.0) > reg.score(X, y * 1.0) - 0.02
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        MLPClassifier().quantize()

@@ -198,6 +198,25 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_model")
 
+    def quantize(self, dtype: str = "int8", calibration=None):
+        """A copy of this fitted estimator for int8 inference: its network is
+        ``MLP.quantize(dtype, calibration)``'s ``QuantizedMLP`` (hidden layers int8, the last
+        layer and the output function float32; ``calibration``: None for activation scales
+        from each call's batch, or a sample X for fixed ones). ``predict``, ``predict_proba``,
+        ``predict_log_proba`` and ``score`` work as this estimator's (``classes_`` included);
+        it cannot be fitted (fit the original and quantize again) and has no ``coefs_``."""
+        check_is_fitted(self)
+        if calibration is not None:
+            calibration, _ = self._check_X(calibration)
+        quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
+        quantized._model = self._model.quantize(dtype, calibration=calibration)
+        return quantized
+
+    def _refuse_if_quantized(self, what: str) -> None:
+        if not isinstance(self.__dict__.get("_model"), MLP) and hasattr(self, "_model"):
+            raise TypeError(f"this estimator was quantized for inference and has no {what}: "
+                            "fit the original estimator and call quantize() again")
+
     # Before the first fit, coefs_ and intercepts_ are plain lists, as in scikit-learn, where
     # partial_fit and a warm-started fit start from them when both are assigned.
 
@@ -206,6 +225,7 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_coefs" in self.__dict__:
             return self._initial_coefs
         check_is_fitted(self)
+        self._refuse_if_quantized("coefs_")
         return _Parameters(self._model, "weights")
 
     @coefs_.setter
@@ -220,6 +240,7 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_intercepts" in self.__dict__:
             return self._initial_intercepts
         check_is_fitted(self)
+        self._refuse_if_quantized("intercepts_")
         return _Parameters(self._model, "biases")
 
     @intercepts_.setter
@@ -232,7 +253,7 @@ class _BaseMLP(BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(state)
         # (An optimizer's state is rebuilt in the core's own memory when it is unpickled.)
-        if hasattr(self, "_model"):
+        if isinstance(self.__dict__.get("_model"), MLP):  # (not a quantized copy's)
             if not all(a.flags.writeable for a in (*self._model._weights.arrays(),
                                                    *self._model._biases.arrays())):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
@@ -309,6 +330,7 @@ class _BaseMLP(BaseEstimator):
         pass, split off the validation set, then train for max_iter epochs (1 for partial_fit),
         or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data.
         """
+        self._refuse_if_quantized("fit")
         lbfgs = self.solver == "lbfgs"
         if lbfgs and X_val is not None:
             raise ValueError("X_val/y_val are scored after every epoch of solver='adam' or "

@@ -147,6 +147,17 @@ class QuantizedMLP(Outputs):
     def _forward(self, X) -> np.ndarray:
         return self._network.forward(X)
 
+    # ---- pickling (the core's network is rebuilt from the arrays) -----------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_network"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._network = _core.QuantizedNetwork(self._hidden, *self._last, self._activation)
+
     # ---- persistence (no pickle) --------------------------------------------------------
 
     def save(self, path) -> None:
