@@ -199,21 +199,17 @@ class _BaseMLP(BaseEstimator):
         return hasattr(self, "_model")
 
     def quantize(self, dtype: str = "int8", calibration=None):
-        """A copy of this fitted estimator for int8 inference: its network is
-        ``MLP.quantize(dtype, calibration)``'s ``QuantizedMLP`` (hidden layers int8, the last
-        layer and the output function float32; ``calibration``: None for activation scales
-        from each call's batch, or a sample X for fixed ones). ``predict``, ``predict_proba``,
-        ``predict_log_proba`` and ``score`` work as this estimator's (``classes_`` included);
-        it cannot be fitted (fit the original and quantize again) and has no ``coefs_``."""
+        """A copy of this fitted estimator on ``MLP.quantize(dtype, calibration)``'s int8
+        ``QuantizedMLP``: predicts and scores as this one (``classes_`` included); cannot be
+        fitted (fit the original, quantize again) and has no ``coefs_``."""
         check_is_fitted(self)
-        if calibration is not None:
-            calibration, _ = self._check_X(calibration)
+        calibration = None if calibration is None else self._check_X(calibration)[0]
         quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
         quantized._model = self._model.quantize(dtype, calibration=calibration)
         return quantized
 
     def _refuse_if_quantized(self, what: str) -> None:
-        if not isinstance(self.__dict__.get("_model"), MLP) and hasattr(self, "_model"):
+        if "_model" in self.__dict__ and not isinstance(self._model, MLP):
             raise TypeError(f"this estimator was quantized for inference and has no {what}: "
                             "fit the original estimator and call quantize() again")
 
