@@ -115,12 +115,12 @@ def measure(calls: dict, rounds: int, batch: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--nets", default="mnist,wide")
     parser.add_argument("--batches", default="1,32,256")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     fastmlp.set_num_threads(1)
     print(f"fastmlp {fastmlp.__version__}: isa {fastmlp.ops.isa()}, int8 path "
           f"{fastmlp.ops.int8_path()}, 1 thread")
