@@ -230,17 +230,22 @@ void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, 
     index_t p = 0;
 #if defined(__SSE2__)
     if (cs == 1) {
-      __m128 v_mn = _mm_setzero_ps(), v_mx = _mm_setzero_ps();
-      for (; p + 4 <= K; p += 4) {
-        const __m128 v = _mm_loadu_ps(xr + p);
-        v_mn = _mm_min_ps(v_mn, v);
-        v_mx = _mm_max_ps(v_mx, v);
-      }
+      // Four independent chains: minps's latency (3 cycles) would otherwise set the pace.
+      __m128 v_mn[4], v_mx[4];
+      for (int c = 0; c < 4; ++c) v_mn[c] = v_mx[c] = _mm_setzero_ps();
+      for (; p + 16 <= K; p += 16)
+        for (int c = 0; c < 4; ++c) {
+          const __m128 v = _mm_loadu_ps(xr + p + 4 * c);
+          v_mn[c] = _mm_min_ps(v_mn[c], v);
+          v_mx[c] = _mm_max_ps(v_mx[c], v);
+        }
       float lanes[4];
-      _mm_storeu_ps(lanes, v_mn);
-      for (const float v : lanes) mn[1] = v < mn[1] ? v : mn[1];
-      _mm_storeu_ps(lanes, v_mx);
-      for (const float v : lanes) mx[1] = v > mx[1] ? v : mx[1];
+      for (int c = 0; c < 4; ++c) {
+        _mm_storeu_ps(lanes, v_mn[c]);
+        for (const float v : lanes) mn[1] = v < mn[1] ? v : mn[1];
+        _mm_storeu_ps(lanes, v_mx[c]);
+        for (const float v : lanes) mx[1] = v > mx[1] ? v : mx[1];
+      }
     }
 #endif
     if (cs == 1)
