@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 #include "../cpu.h"
@@ -34,15 +35,58 @@ bool cpuid_bit(unsigned subleaf, int reg, int bit) {
 #endif
 }
 
-// The portable kernel: the int8.h contract in plain loops, one row at a time.
+// The portable kernel's epilogue of one row's n sums (int8.h's contract).
+void finish_row(const std::int32_t* acc, index_t i, float* c, index_t ldc, index_t n,
+                const Int8Epilogue& ep) {
+  for (index_t j = 0; j < n; ++j) {
+    if (ep.raw) {
+      ep.raw[i * ep.ld_raw + j] = acc[j];
+      continue;
+    }
+    const float product = static_cast<float>(acc[j] - ep.zero_correction[j]) * ep.scale[j];
+    const float value = product + ep.bias[j];
+    c[i * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
+  }
+}
+
+// The portable kernel: the int8.h contract one row at a time. On x86-64 (SSE2, the baseline)
+// pmaddwd multiplies 8 int16 pairs and adds adjacent products: bytes widened to int16, the
+// row's 4 activations repeated twice against 2 channels' 4 weights give each channel's
+// (x0w0 + x1w1, x2w2 + x3w3); the two halves are added at the end. Elsewhere plain loops.
 void int8_kernel_portable(index_t k4, const std::uint8_t* a, index_t lda, index_t m,
                           const std::int8_t* panels, index_t panel_stride, float* c, index_t ldc,
                           index_t n, const Int8Epilogue& ep) {
   for (index_t i = 0; i < m; ++i) {
-    std::int32_t acc[64] = {};
+    alignas(16) std::int32_t acc[64] = {};
     const std::uint8_t* row = a + i * lda;
     for (index_t v = 0; v < 4 && 16 * v < n; ++v) {
       const std::int8_t* panel = panels + v * panel_stride;
+#if defined(__SSE2__)
+      // pairs[q]: for channels 2q and 2q+1 of the panel, 4 int32 partial sums.
+      __m128i pairs[8];
+      for (int q = 0; q < 8; ++q) pairs[q] = _mm_setzero_si128();
+      const __m128i zero = _mm_setzero_si128();
+      for (index_t g = 0; g < k4; ++g) {
+        std::int32_t four;
+        std::memcpy(&four, row + 4 * g, 4);
+        // x0 x1 x2 x3 x0 x1 x2 x3 as int16 (uint8 zero-extended)
+        const __m128i x = _mm_unpacklo_epi8(_mm_set1_epi32(four), zero);
+        const std::int8_t* w = panel + 64 * g;
+        for (int quarter = 0; quarter < 4; ++quarter) {  // 16 bytes: 4 channels × 4 k
+          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * quarter));
+          const __m128i sign = _mm_cmpgt_epi8(zero, bytes);  // int8 → int16 sign extension
+          const __m128i low = _mm_unpacklo_epi8(bytes, sign), high = _mm_unpackhi_epi8(bytes, sign);
+          pairs[2 * quarter] = _mm_add_epi32(pairs[2 * quarter], _mm_madd_epi16(low, x));
+          pairs[2 * quarter + 1] = _mm_add_epi32(pairs[2 * quarter + 1], _mm_madd_epi16(high, x));
+        }
+      }
+      for (int q = 0; q < 8; ++q) {
+        alignas(16) std::int32_t halves[4];
+        _mm_store_si128(reinterpret_cast<__m128i*>(halves), pairs[q]);
+        acc[16 * v + 2 * q] = halves[0] + halves[1];
+        acc[16 * v + 2 * q + 1] = halves[2] + halves[3];
+      }
+#else
       for (index_t g = 0; g < k4; ++g) {
         const std::uint8_t* x = row + 4 * g;
         const std::int8_t* w = panel + 64 * g;
@@ -50,16 +94,9 @@ void int8_kernel_portable(index_t k4, const std::uint8_t* a, index_t lda, index_
           acc[16 * v + col] += x[0] * w[4 * col] + x[1] * w[4 * col + 1] +
                                x[2] * w[4 * col + 2] + x[3] * w[4 * col + 3];
       }
+#endif
     }
-    for (index_t j = 0; j < n; ++j) {
-      if (ep.raw) {
-        ep.raw[i * ep.ld_raw + j] = acc[j];
-        continue;
-      }
-      const float product = static_cast<float>(acc[j] - ep.zero_correction[j]) * ep.scale[j];
-      const float value = product + ep.bias[j];
-      c[i * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
-    }
+    finish_row(acc, i, c, ldc, n, ep);
   }
 }
 
