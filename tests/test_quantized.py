@@ -312,3 +312,19 @@ def test_estimators_quantize_keeps_the_sklearn_api():
     from sklearn.exceptions import NotFittedError
     with pytest.raises(NotFittedError):
         MLPClassifier().quantize()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 300])
+def test_split_over_threads_gives_the_same_result(int8_path, rows):
+    model = MLP([70, 200, 130, 3], seed=0)
+    X = np.random.default_rng(rows).normal(size=(rows, 70)).astype(F32)
+    quantized = model.quantize()
+    previous = fastmlp.get_num_threads()
+    try:
+        fastmlp.set_num_threads(1)
+        one = quantized.forward(X)
+        fastmlp.set_num_threads(2)
+        with _testing.split_every_product():
+            np.testing.assert_array_equal(quantized.forward(X), one)
+    finally:
+        fastmlp.set_num_threads(previous)

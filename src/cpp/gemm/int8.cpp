@@ -8,6 +8,8 @@
 #include <stdexcept>
 
 #include "../cpu.h"
+#include "../threads.h"
+#include "gemm.h"
 
 #if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -180,23 +182,46 @@ void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8W
                float* c, index_t ldc, const Int8Epilogue& ep) {
   const Int8Kernels k = active_int8_kernels();
   const index_t panel_stride = 16 * W.K4;
-  // Column groups outer: a group's 4 panels (64·K4 bytes, 50 KB for K = 784) stay in L1/L2
-  // while every row block streams past them.
-  for (index_t j = 0; j < W.N; j += 64) {
-    const index_t n = std::min<index_t>(64, W.N - j);
-    Int8Epilogue tile = ep;
-    if (!ep.raw) {
-      tile.zero_correction += j;
-      tile.scale += j;
-      tile.bias += j;
+  // Rows [i0, i1) × column groups [g0, g1): column groups outer, so that a group's 4 panels
+  // (64·K4 bytes, 50 KB for K = 784) stay in L1/L2 while every row block streams past them.
+  auto run = [&](index_t i0, index_t i1, index_t g0, index_t g1) {
+    for (index_t j = 64 * g0; j < std::min(W.N, 64 * g1); j += 64) {
+      const index_t n = std::min<index_t>(64, W.N - j);
+      Int8Epilogue tile = ep;
+      if (!ep.raw) {
+        tile.zero_correction += j;
+        tile.scale += j;
+        tile.bias += j;
+      }
+      for (index_t i = i0; i < i1; i += k.MR) {
+        const index_t m = std::min(k.MR, i1 - i);
+        if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
+        k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data() + j * W.K4, panel_stride,
+                 c ? c + i * ldc + j : nullptr, ldc, n, tile);
+      }
     }
-    for (index_t i = 0; i < M; i += k.MR) {
-      const index_t m = std::min(k.MR, M - i);
-      if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
-      k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data() + j * W.K4, panel_stride,
-               c ? c + i * ldc + j : nullptr, ldc, n, tile);
-    }
-  }
+  };
+  const index_t groups = (W.N + 63) / 64;
+  const ParallelMode mode = current_parallel_mode();
+  const index_t threads = mode == ParallelMode::serial ? 1 : get_num_threads();
+  // gemm.h's cost model is measured on float32 products; an int8 product runs at ~3.5× the
+  // float32 rate (benchmarks/README.md, "Inference"), so it weighs a third of its operations.
+  const double weight = 2.0 * static_cast<double>(M) * static_cast<double>(W.N) *
+                        static_cast<double>(W.K) / 3.0;
+  if (threads <= 1 || (mode != ParallelMode::parallel && !gemm_split_pays<float>(weight)))
+    return run(0, M, 0, groups);
+  // One task per thread, over column groups when there are enough (each task then reads its
+  // own weights), else over row blocks; every element is computed by the same kernel calls
+  // whoever runs them, so the result is the same for any thread count.
+  const index_t row_blocks = (M + k.MR - 1) / k.MR;
+  const index_t tasks = std::min(threads, std::max(groups, row_blocks));
+  parallel_for(static_cast<int>(tasks), [&](int t) {
+    if (groups >= tasks)
+      run(0, M, t * groups / tasks, (t + 1) * groups / tasks);
+    else
+      run(std::min(M, t * row_blocks / tasks * k.MR),
+          std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups);
+  });
 }
 
 QuantParams quant_params(float lo, float hi) {
