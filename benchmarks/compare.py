@@ -5,8 +5,9 @@ medians; prints the machine and one table per section.
 
 Sections: "gemm" (GFLOP/s of common.GEMM_CASES), "sweep" (MLP-shaped products), "train"
 (samples/s and GFLOP/s of one SGD epoch of each common.NETS net), "threads" (two threads on an
-idle machine), "contention" (default threads while another process holds a core) and
-"latency" (one-sample predict). Each peer gets a ratio column fastmlp ÷ peer (throughput; > 1
+idle machine), "contention" (default threads while another process holds a core),
+"latency" (one-sample predict) and "inference" (predict_proba at batch 1, 32, 256 against
+onnxruntime float32 / int8 and PyTorch, see inference.py). Each peer gets a ratio column fastmlp ÷ peer (throughput; > 1
 means fastmlp is faster). Before timing, each implementation's first result is checked
 against NumPy's on the same inputs (product, or epoch loss from the same initial weights);
 a mismatch is flagged in the table and makes the exit status 1.
@@ -362,9 +363,58 @@ def latency_section(impls: list[str], dtype: str, budget: Budget) -> bool:
     return ok
 
 
+def inference_section(impls: list[str], dtype: str, budget: Budget) -> bool:
+    """predict_proba of the mnist-shaped and wide nets at batch 1, 32 and 256 (Python call
+    included): fastmlp float32, bfloat16 products and int8 (when ``MLP.quantize`` exists)
+    against onnxruntime float32 / dynamic int8 and PyTorch eager (inference_mode), those
+    left out when not installed (see inference.py). A row per implementation; each ratio
+    column is the speed ratio row ÷ peer (> 1: the row is faster). Float32 only; three times
+    the repeats of the other sections (at half their length): these calls take µs."""
+    import inference
+
+    if dtype != "float32":
+        print(f"\nInference: float32 only (onnxruntime int8 and bfloat16 quantize float32); "
+              f"skipped for --dtype {dtype}")
+        return True
+    budget = Budget(repeats=3 * budget.repeats, min_time=budget.min_time / 2)
+    peers = inference.available_peers()
+    columns = [Column("", "net", left=True), Column("", "batch"), Column("", "impl", left=True),
+               Column("", "µs/call"), Column("", "GFLOP/s"), Column("", "spread")]
+    rows, spreads, all_ok, seen = [], [], True, set()
+    for net_name in inference.NETS:
+        net = common.NET_BY_NAME[net_name]
+        for batch in inference.BATCHES:
+            found = inference.runners(net_name, batch)
+            runners = {name: run for name, (run, _) in found.items()}
+            results, first = first_calls(runners)
+            bad = [problem for name, (_, reduced) in found.items()
+                   if (problem := inference.check(name, reduced, results[name],
+                                                  results["fastmlp"])) is not None]
+            all_ok &= not bad
+            timings = timed(runners, budget, first)
+            seen |= set(found)
+            spreads += [(t.spread, f"{net_name} b{batch} {n}") for n, t in timings.items()]
+            for name, t in timings.items():
+                row = [net_name, str(batch), name, f"{t.seconds * 1e6:,.1f}",
+                       rate(inference.flops(net, batch) / t.seconds / 1e9), f"{t.spread:.0%}"]
+                row += [ratio(timings[p].seconds, t.seconds) if p in timings else "-"
+                        for p in peers]
+                rows.append(row + ["MISMATCH " + ", ".join(bad) if bad else "ok"])
+    columns += [Column("row ÷ peer", p) for p in peers] + [Column("", "check", left=True)]
+    print_table("Inference, float32 weights: predict_proba, one thread, Python call included "
+                "(median µs per call; 2·Σ in·out·batch FLOPs); row ÷ peer = speed ratio",
+                columns, rows)
+    print(f"peers: {inference.describe_peers()}")
+    missing = [p for p in ("ort fp32", "ort int8", "torch", "fastmlp int8") if p not in seen]
+    if missing:
+        print(f"not measured (not installed / not in this fastmlp): {', '.join(missing)}")
+    print_spread(spreads)
+    return all_ok
+
+
 SECTIONS = {"gemm": gemm_section, "sweep": sweep_section, "train": training_section,
             "threads": threads_section, "contention": contention_section,
-            "latency": latency_section}
+            "latency": latency_section, "inference": inference_section}
 
 
 class OtherLoad:

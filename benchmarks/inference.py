@@ -1,163 +1,167 @@
-"""Inference speed: fastmlp float32 (weights packed once vs packed per call) and int8 (dynamic
-and static activation scales) against onnxruntime float32 and int8 (quantize_dynamic), one
-thread each, predict_proba with the Python call included.
+"""Inference (``predict_proba``) runners for compare.py's "inference" section and
+bench_inference.py: fastmlp (float32, bfloat16 products, int8 when ``MLP.quantize`` exists)
+against onnxruntime (float32, and its ``quantize_dynamic`` int8 of the same graph) and
+PyTorch eager, each optional peer left out when it is not installed.
 
-    python benchmarks/inference.py [--rounds 30] [--nets mnist,wide] [--batches 1,32,256]
+Legend: B batch, layer_sizes [n_0, ..., n_L]; a call computes the class probabilities
+(B, n_L) of X (B, n_0), 2·Σ n_{l-1}·n_l·B FLOPs. Every runner is a zero-argument function
+that includes its Python call (the probabilities come back as a NumPy array), on one thread:
+onnxruntime with ``intra_op_num_threads = inter_op_num_threads = 1`` and sequential
+execution, torch under ``torch.set_num_threads(1)`` (common.single_threaded), fastmlp under
+``fastmlp.set_num_threads(1)``.
 
-Every implementation's calls are interleaved round by round (a noisy, shared machine slows
-them alike); each figure is the median per call, and the ratios are taken within one run.
-GFLOP/s counts 2·Σ n_{l-1}·n_l per sample (GOP/s for int8: the same operations).
-The single-sample latency is set beside the time to stream the weights from where they live:
-a copy (one read and one write of each byte) of a buffer of the weights' size, repeated so
-that it stays in the cache it fits in (L2 for the mnist-shaped net's 0.27 MB of int8 weights).
-
-onnxruntime is optional (pip install onnx onnxruntime); the net is exported here with
-onnx.helper as MatMul + Add (+ Relu) nodes and a Softmax, the layout its dynamic quantizer
-turns into DynamicQuantizeMatMul / MatMulInteger.
+onnxruntime int8: ``quantize_dynamic(weight_type=QuantType.QInt8, per_channel=False)``
+(onnxruntime's default weight type): weights int8 per tensor, activations quantized to uint8
+per call (DynamicQuantizeLinear → MatMulInteger). On this repository's benchmark machine (AMD
+EPYC, AVX-512 VNNI, one thread) QInt8 weights beat QUInt8: mnist-shaped net batch 256
+465 µs vs 817 µs, wide net 2.4 ms vs 4.7 ms (medians of 5, 2026-11-29).
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import functools
+import logging
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 
+import common
 import fastmlp
-from fastmlp import _core
 
-NETS = {"mnist": (784, 256, 256, 10), "wide": (1024, 1024, 1024, 10)}
+NETS = ("mnist", "wide")  # common.NET_BY_NAME: [784, 256, 256, 10] and [1024, 1024, 1024, 10]
+BATCHES = (1, 32, 256)
+ORT_INT8_WEIGHT_TYPE = "QInt8"
+# Agreement with fastmlp's float32 probabilities: the float32 peers do the same arithmetic in
+# another order; bfloat16 / int8 round the operands, so they are only checked to be close.
+FP32_ATOL = 1e-5
+REDUCED_ATOL = 0.05
 
 
-def onnx_sessions(model, directory: str) -> dict:
-    """{"ort fp32": session, "ort int8": session} of model, or {} without onnxruntime."""
+def optional_ort():
+    """The onnxruntime module, or None when it (or onnx, for the export) is not installed."""
     try:
-        import onnx
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx  # noqa: F401  (MLP.to_onnx needs it)
+        import onnxruntime
     except ImportError:
-        return {}
-    nodes, inits, current = [], [], "X"
-    for l, (W, b) in enumerate(zip(model.weights, model.biases)):
-        inits += [numpy_helper.from_array(np.ascontiguousarray(np.asarray(W).T), f"W{l}"),
-                  numpy_helper.from_array(np.asarray(b), f"b{l}")]
-        nodes += [helper.make_node("MatMul", [current, f"W{l}"], [f"m{l}"]),
-                  helper.make_node("Add", [f"m{l}", f"b{l}"], [f"a{l}"])]
-        current = f"a{l}"
-        if l < len(model.weights) - 1:
-            nodes.append(helper.make_node("Relu", [current], [f"h{l}"]))
-            current = f"h{l}"
-    nodes.append(helper.make_node("Softmax", [current], ["P"], axis=1))
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, model.n_features])],
-        [helper.make_tensor_value_info("P", TensorProto.FLOAT, [None, model.layer_sizes[-1]])],
-        inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    fp32_path, int8_path = os.path.join(directory, "fp32.onnx"), os.path.join(directory, "int8.onnx")
-    onnx.save(proto, fp32_path)
-    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+        return None
+    return onnxruntime
+
+
+def available_peers() -> list[str]:
+    """The peers ``runners`` includes on this machine, in table order."""
+    return ((["ort fp32", "ort int8"] if optional_ort() is not None else [])
+            + (["torch"] if common.optional_torch() is not None else []))
+
+
+def describe_peers() -> str:
+    """One line: the peers' versions and how onnxruntime's int8 graph was made."""
+    ort, torch = optional_ort(), common.optional_torch()
+    parts = [f"onnxruntime {ort.__version__} (int8: quantize_dynamic, {ORT_INT8_WEIGHT_TYPE} "
+             "weights per tensor, uint8 activations per call)" if ort else "no onnxruntime",
+             f"torch {torch.__version__} eager, inference_mode" if torch else "no torch"]
+    return "; ".join(parts)
+
+
+def flops(net: common.Net, batch: int) -> int:
+    return 2 * batch * sum(i * o for i, o in zip(net.layer_sizes[:-1], net.layer_sizes[1:]))
+
+
+@functools.lru_cache(maxsize=None)
+def model(net_name: str) -> fastmlp.MLP:
+    """The net's float32 classifier (He-initialised from common.INIT_SEED, small non-zero
+    biases so that a dropped bias shows in the checks)."""
+    net = common.NET_BY_NAME[net_name]
+    mlp = fastmlp.MLP(net.layer_sizes, activation="relu", output="softmax", dtype="float32",
+                      seed=common.INIT_SEED)
+    rng = np.random.default_rng(common.DATA_SEED)
+    mlp.biases = [0.1 * rng.standard_normal(b.shape) for b in mlp.biases]
+    return mlp
+
+
+@functools.lru_cache(maxsize=None)
+def inputs(net_name: str, batch: int) -> np.ndarray:
+    net = common.NET_BY_NAME[net_name]
+    X = common.synthetic_data(net, "float32")[0]
+    return np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
+
+
+@functools.lru_cache(maxsize=None)
+def _onnx_files(net_name: str) -> tuple[str, str]:
+    """(float32 graph, its dynamic int8 quantization): files in a temporary directory that
+    lives as long as the process (the cache keeps the object)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    directory = tempfile.TemporaryDirectory(prefix="fastmlp-bench-")
+    _onnx_files.directories.append(directory)
+    fp32 = os.path.join(directory.name, f"{net_name}.onnx")
+    int8 = os.path.join(directory.name, f"{net_name}.int8.onnx")
+    model(net_name).to_onnx(fp32)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice about pre-processing
+    try:
+        quantize_dynamic(fp32, int8, weight_type=getattr(QuantType, ORT_INT8_WEIGHT_TYPE),
+                         per_channel=False)
+    finally:
+        root.setLevel(level)
+    return fp32, int8
+
+
+_onnx_files.directories = []
+
+
+def _ort_runner(ort, path: str, X: np.ndarray):
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return {name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            for name, path in (("ort fp32", fp32_path), ("ort int8", int8_path))}
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(["probabilities"], {"X": X})[0]
 
 
-def copy_seconds(nbytes: int, repeats: int = 2000) -> float:
-    """Median time of one copy of an nbytes buffer into another, both kept warm in cache."""
-    src = np.ones(nbytes, np.uint8)
-    dst = np.empty_like(src)
-    for _ in range(50):
-        np.copyto(dst, src)
-    samples = []
-    for _ in range(20):
-        started = time.perf_counter()
-        for _ in range(repeats // 20):
-            np.copyto(dst, src)
-        samples.append((time.perf_counter() - started) / (repeats // 20))
-    return statistics.median(samples)
+def _torch_runner(torch, mlp: fastmlp.MLP, X: np.ndarray):
+    from reference_mlp import torch_mlp_from
+
+    module = torch_mlp_from(mlp).eval()
+
+    def run():
+        with torch.inference_mode():
+            return torch.softmax(module(torch.from_numpy(X)), dim=1).numpy()
+    return run
 
 
-def runners(model, X: np.ndarray, sessions: dict, calibration: np.ndarray) -> dict:
-    dynamic = model.quantize()
-    static = model.quantize(calibration=calibration)
-    unpacked = dict(weights=model._weights, biases=model._biases, activation=model.activation)
-    out = {
-        "fastmlp fp32": lambda: model.predict_proba(X),
-        # the float32 path as before packing (Wᵀ packed on every call), validation included
-        "fastmlp fp32 unpacked": lambda: _core.softmax(_core.mlp_forward(model._features(X),
-                                                                         **unpacked)),
-        "fastmlp int8 dynamic": lambda: dynamic.predict_proba(X),
-        "fastmlp int8 static": lambda: static.predict_proba(X),
-    }
-    for name, session in sessions.items():
-        out[name] = lambda s=session: s.run(None, {"X": X})[0]
-    return out
+IMPLEMENTATIONS = ("fastmlp", "fastmlp bf16", "fastmlp int8", "ort fp32", "ort int8", "torch")
 
 
-def measure(calls: dict, rounds: int, batch: int) -> dict:
-    """Median seconds per call of each runner, calls interleaved round by round."""
-    reps = max(1, 2000 // batch)
-    times = {name: [] for name in calls}
-    for name, call in calls.items():  # warm-up: packs, buffers, sessions
-        for _ in range(3):
-            call()
-    for _ in range(rounds):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            for _ in range(reps):
-                call()
-            times[name].append((time.perf_counter() - started) / reps)
-    return {name: statistics.median(t) for name, t in times.items()}
+@functools.lru_cache(maxsize=None)
+def runners(net_name: str, batch: int) -> dict[str, tuple]:
+    """name -> (zero-argument runner, reduced precision?) for every implementation of
+    IMPLEMENTATIONS available ("fastmlp int8" when MLP.quantize exists, the peers when they
+    are installed). Cached: the sessions and modules are built once per net and batch."""
+    mlp, X = model(net_name), inputs(net_name, batch)
+    found = {"fastmlp": (functools.partial(mlp.predict_proba, X), False)}
+    bf16 = copy.deepcopy(mlp)
+    bf16.precision = "bfloat16"
+    found["fastmlp bf16"] = (functools.partial(bf16.predict_proba, X), True)
+    if hasattr(mlp, "quantize"):
+        found["fastmlp int8"] = (functools.partial(mlp.quantize("int8").predict_proba, X), True)
+    ort = optional_ort()
+    if ort is not None:
+        fp32, int8 = _onnx_files(net_name)
+        found["ort fp32"] = (_ort_runner(ort, fp32, X), False)
+        found["ort int8"] = (_ort_runner(ort, int8, X), True)
+    torch = common.optional_torch()
+    if torch is not None:
+        found["torch"] = (_torch_runner(torch, mlp, X), False)
+    return found
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--nets", default="mnist,wide")
-    parser.add_argument("--batches", default="1,32,256")
-    args = parser.parse_args(argv)
-    fastmlp.set_num_threads(1)
-    print(f"fastmlp {fastmlp.__version__}: isa {fastmlp.ops.isa()}, int8 path "
-          f"{fastmlp.ops.int8_path()}, 1 thread")
-    rng = np.random.default_rng(0)
-    for net in args.nets.split(","):
-        sizes = NETS[net]
-        model = fastmlp.MLP(sizes, seed=0)
-        model.biases = [rng.normal(scale=0.05, size=b.shape) for b in model.biases]
-        flops = 2 * sum(a * b for a, b in zip(sizes, sizes[1:]))
-        calibration = rng.random((256, sizes[0]), dtype=np.float32)
-        with tempfile.TemporaryDirectory() as directory:
-            sessions = onnx_sessions(model, directory)
-            if not sessions:
-                print("(onnxruntime not installed: fastmlp only)")
-            for batch in (int(b) for b in args.batches.split(",")):
-                X = rng.random((batch, sizes[0]), dtype=np.float32)
-                calls = runners(model, X, sessions, calibration)
-                seconds = measure(calls, args.rounds, batch)
-                print(f"\n{net} {list(sizes)}, batch {batch}:")
-                for name, s in seconds.items():
-                    print(f"  {name:24s} {s * 1e6:9.1f} µs  {flops * batch / s / 1e9:7.1f} G(FL)OP/s")
-                ratio = lambda a, b: seconds[b] / seconds[a]  # >1: a is faster
-                print(f"  packed vs unpacked fp32: {ratio('fastmlp fp32', 'fastmlp fp32 unpacked'):.2f}x")
-                if sessions:
-                    print(f"  fastmlp fp32 vs ort fp32: {ratio('fastmlp fp32', 'ort fp32'):.2f}x; "
-                          f"int8 dynamic vs ort int8: {ratio('fastmlp int8 dynamic', 'ort int8'):.2f}x; "
-                          f"int8 static vs ort int8: {ratio('fastmlp int8 static', 'ort int8'):.2f}x")
-                if batch == 1:
-                    int8_bytes = sum(w.size for w in model.weights[:-1])
-                    fp32_bytes = sum(w.nbytes for w in model.weights)
-                    for label, nbytes, key in (("int8", int8_bytes, "fastmlp int8 static"),
-                                               ("fp32", fp32_bytes, "fastmlp fp32")):
-                        copy = copy_seconds(nbytes)
-                        print(f"  {label} batch-1 latency {seconds[key] * 1e6:.1f} µs; copying its "
-                              f"{nbytes / 1e6:.2f} MB of weights {copy * 1e6:.1f} µs "
-                              f"(latency / copy {seconds[key] / copy:.2f})")
-
-
-if __name__ == "__main__":
-    main()
+def check(name: str, reduced: bool, result, reference: np.ndarray) -> str | None:
+    """None if ``result`` agrees with fastmlp's float32 probabilities, else what is wrong."""
+    result = np.asarray(result)
+    if result.shape != reference.shape:
+        return f"{name} shape {result.shape}"
+    error = float(np.max(np.abs(result.astype(np.float64) - reference)))
+    return None if error <= (REDUCED_ATOL if reduced else FP32_ATOL) else f"{name} err {error:.1e}"

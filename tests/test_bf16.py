@@ -144,7 +144,8 @@ def test_matches_reference(bf16_path, m, k, n, trans_a, trans_b):
     assert_close_to_reference(got, a, b, trans_a, trans_b)
 
 
-@pytest.mark.parametrize("m, k, n", [(13, 31, 33), (97, 301, 65), (1, 7, 3), (250, 800, 40)])
+@pytest.mark.parametrize("m, k, n", [(13, 31, 33), (97, 301, 65), (1, 7, 3), (1, 301, 65),
+                                     (250, 800, 40)])
 def test_portable_path_on_every_flavour(isa, m, k, n):
     """The portable path runs the active flavour's float32 tile, blocking and packers (AVX-512's
     for row-major op(A) and op(B) = Wᵀ, the rounding copy for the rest)."""
@@ -155,6 +156,40 @@ def test_portable_path_on_every_flavour(isa, m, k, n):
         with _testing.bf16_path("portable"):
             got = ops.matmul(a, b, trans_a, trans_b, precision="bfloat16")
         assert_close_to_reference(got, a, b, trans_a, trans_b)
+
+
+@pytest.mark.parametrize("k", [1, 2, 15, 16, 31, 32, 33, 64, 301, 1537])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 65])
+def test_batch_of_one_against_rows_of_w(bf16_path, k, n):
+    """x (1,K) · Wᵀ with W (N,K) row-major: the GEMV (W read in place, rounded in registers
+    by the avx512bf16 path, block by block by the portable one); K around the 32-value pairs of
+    the kernel and its masked tail, N around its 8 rows per pass; x contiguous and strided, W's
+    rows further apart than K (NaN between them: never read)."""
+    rng = np.random.default_rng([k, n])
+    x_values = rng.standard_normal((1, k)).astype(np.float32)
+    w_values = rng.standard_normal((n, k)).astype(np.float32)
+    wide = np.full((n, k + 3), np.nan, np.float32)
+    wide[:, :k] = w_values
+    strided_x = np.full((1, 2 * k), np.nan, np.float32)
+    strided_x[:, ::2] = x_values
+    for x in (x_values, strided_x[:, ::2]):
+        for w in (w_values, wide[:, :k]):
+            got = ops.matmul(x, w, trans_b=True, precision="bfloat16")
+            assert_close_to_reference(got, x_values, w_values, trans_b=True)
+    # Special values on the GEMV's own rounding: 1 + 2⁻¹⁰ rounds to 1, a subnormal to 0, NaN
+    # and inf propagate, and the masked tail adds nothing.
+    x = np.full((1, k), 1 + 2.0**-10, np.float32)
+    w = np.ones((n, k), np.float32)
+    np.testing.assert_array_equal(ops.matmul(x, w, trans_b=True, precision="bfloat16"),
+                                  np.full((1, n), k, np.float32))
+    w[0] = 1e30
+    x[0, -1] = 1e-39
+    got = ops.matmul(x, w, trans_b=True, precision="bfloat16")
+    assert_close_to_reference(got, x, w, trans_b=True)
+    if n > 1:
+        w[-1, 0] = np.nan
+        got = ops.matmul(x, w, trans_b=True, precision="bfloat16")
+        assert np.isnan(got[0, -1]) and not np.isnan(got[0, :-1]).any()
 
 
 @pytest.mark.parametrize("layout_b", LAYOUTS)

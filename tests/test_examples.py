@@ -42,3 +42,16 @@ def test_spirals_writes_its_picture_to_out(tmp_path):
     assert result.returncode == 0, result.stderr
     picture = tmp_path / "pictures" / "spirals_decision_boundary.png"
     assert picture.read_bytes().startswith(b"\x89PNG") and f"wrote {picture}" in result.stdout
+
+
+def test_dask_digits_trains_on_a_local_cluster_and_writes_nothing(tmp_path):
+    for module in ("dask.array", "distributed", "dask_ml", "sklearn"):
+        pytest.importorskip(module)
+    before = digests(EXAMPLES)
+    result = run_example("dask_digits.py", tmp_path, "--passes", "3")
+    assert result.returncode == 0, result.stderr
+    assert "cluster: 2 workers" in result.stdout
+    accuracy = float(result.stdout.split("held-out accuracy ")[1].split()[0])
+    assert accuracy > 0.5  # 3 passes; 0.97 after the default 15
+    assert digests(EXAMPLES) == before
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

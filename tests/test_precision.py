@@ -145,3 +145,30 @@ def test_estimators_and_cli_take_the_precision(tmp_path):
     frame.to_csv(path, index=False)
     assert cli.main(["train", str(path), "--target", "label", "--epochs", "2", "--quiet",
                      "--precision", "bfloat16", "--out", str(tmp_path / "m.npz")]) in (0, None)
+
+
+def test_a_saved_model_keeps_its_precision(tmp_path):
+    """The precision is part of what a model file records: a bfloat16 model loads as one
+    (and predicts the same bits); a float32 model's file has no entry, as fastmlp 0.1 wrote it;
+    a file whose entry is unknown, or asks bfloat16 of float64 weights, is refused by name."""
+    X, _ = data(n=9)
+    model = fastmlp.MLP([70, 16, 5], seed=0, precision="bfloat16")
+    model.save(tmp_path / "bf16.npz")
+    loaded = fastmlp.MLP.load(tmp_path / "bf16.npz")
+    assert loaded.precision == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert "precision='bfloat16'" in fastmlp.io.read_model(tmp_path / "bf16.npz").describe()
+    model.precision = "float32"
+    model.save(tmp_path / "f32.npz")
+    assert "precision" not in np.load(tmp_path / "f32.npz").files
+    assert fastmlp.MLP.load(tmp_path / "f32.npz").precision == "float32"
+    for dtype, precision, message in [("float32", "half", "precision must be one of"),
+                                      ("float64", "bfloat16", "float64 model refuses")]:
+        arrays = dict(np.load(tmp_path / "f32.npz"))
+        arrays["dtype"] = np.array(dtype)
+        arrays = {k: (v.astype(dtype) if k[0] in "Wb" and k[1:].isdigit() else v)
+                  for k, v in arrays.items()}
+        arrays["precision"] = np.array(precision)
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(ValueError, match=message):
+            fastmlp.MLP.load(tmp_path / "bad.npz")

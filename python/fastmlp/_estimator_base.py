@@ -31,9 +31,10 @@ except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
     def _get_additional_lbfgs_options_dict(key, value):
         return {key: value}
 
-from fastmlp import _estimator_data as data
+from fastmlp import _estimator_data as data, onnx_export
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
+from fastmlp._estimator_quantize import Quantizable
 from fastmlp._validation import ACTIVATIONS
 from fastmlp.model import MLP
 from fastmlp.optim import SGD, Adam
@@ -112,7 +113,7 @@ class _Parameters(list):
 _PARAM_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-class _BaseMLP(BaseEstimator):
+class _BaseMLP(Quantizable, BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, validation, the training loop."""
 
     _is_classifier = False
@@ -197,21 +198,6 @@ class _BaseMLP(BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_model")
-
-    def quantize(self, dtype: str = "int8", calibration=None):
-        """A copy of this fitted estimator on ``MLP.quantize(dtype, calibration)``'s int8
-        ``QuantizedMLP``: predicts and scores as this one (``classes_`` included); cannot be
-        fitted (fit the original, quantize again) and has no ``coefs_``."""
-        check_is_fitted(self)
-        calibration = None if calibration is None else self._check_X(calibration)[0]
-        quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
-        quantized._model = self._model.quantize(dtype, calibration=calibration)
-        return quantized
-
-    def _refuse_if_quantized(self, what: str) -> None:
-        if "_model" in self.__dict__ and not isinstance(self._model, MLP):
-            raise TypeError(f"this estimator was quantized for inference and has no {what}: "
-                            "fit the original estimator and call quantize() again")
 
     # Before the first fit, coefs_ and intercepts_ are plain lists, as in scikit-learn, where
     # partial_fit and a warm-started fit start from them when both are assigned.
@@ -698,3 +684,15 @@ class _BaseMLP(BaseEstimator):
         """The network's outputs (N, K) for X, in the model's dtype."""
         X, _ = self._check_X(X)
         return self._model.forward(X)
+
+    def to_onnx(self, path=None):
+        """The fitted network as an ONNX graph (``onnx.ModelProto``), written atomically to
+        ``path`` when given (``pip install "fastmlp[onnx]"``; fastmlp.onnx_export has the
+        graph). Input ``X`` (N, F) in the estimator's ``dtype``; a classifier's first output
+        is ``probabilities``, ``predict_proba``'s columns in ``classes_`` order (stored in
+        ``metadata_props["classes"]``), a regressor's ``predictions``, ``predict``'s (N,) for
+        one target; the second is ``logits``. NotFittedError before ``fit``."""
+        check_is_fitted(self)
+        return onnx_export.record_to_onnx(
+            self._model._snapshot(), path, classes=getattr(self, "classes_", None),
+            feature_names=getattr(self, "feature_names_in_", None), squeeze_single_output=True)

@@ -60,7 +60,8 @@ from fastmlp.io import npz_names, read_npz, save_model
 
 __all__ = ["DataError", "Table", "read_table", "encode_labels", "infer_task", "numeric_targets",
            "Standardizer", "ModelMeta", "meta_path", "meta_document", "write_meta",
-           "save_with_meta", "read_meta", "atomic_write", "describe_path"]
+           "save_with_meta", "read_meta", "load_model", "atomic_write", "describe_path",
+           "check_output"]
 
 META_FORMAT = "fastmlp.cli-metadata"
 META_VERSION = 1
@@ -79,6 +80,15 @@ class DataError(Exception):
 
 def describe_path(path) -> str:
     return repr(os.fspath(path))
+
+
+def check_output(path: str, option: str) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DataError(f"{option} {path!r}: the directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise DataError(f"{option} {path!r} is a directory; expected a file name")
 
 
 # ---- reading tables -------------------------------------------------------------------------
@@ -627,3 +637,17 @@ def read_meta(model_path, model) -> ModelMeta | None:
                         "without its labels and scaling")
     return ModelMeta(classes, names, target, Standardizer(mean, std),
                      document.get("training") or {}, task, target_scaler)
+
+
+def load_model(model_path):
+    """(the MLP saved at ``model_path``, its sidecar's ModelMeta or None); DataError for a
+    missing or malformed model or sidecar."""
+    from fastmlp.model import MLP
+
+    if not os.path.exists(model_path):
+        raise DataError(f"no such model file: {describe_path(model_path)}")
+    try:
+        model = MLP.load(model_path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return model, read_meta(model_path, model)

@@ -20,7 +20,8 @@ import numpy as np
 from fastmlp import _core, io
 from fastmlp._threads import one_thread_fallback_message
 from fastmlp._sparse import SparseInput, sparse_updates_mode
-from fastmlp._validation import positive_float, positive_int, sample_weights
+from fastmlp._data_sources import epoch_parts, training_data
+from fastmlp._validation import positive_float, positive_int
 from fastmlp.optim import SGD, Optimizer, by_name
 
 __all__ = ["History", "fit"]
@@ -112,9 +113,8 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         sparse_updates="exact") -> History:
     """``MLP.fit`` (see its documentation)."""
 
-    X = model._features(X)
-    y = model._labels(y, X.shape[0])
-    weights = sample_weights(sample_weight, X.shape[0], model._dtype)
+    # X: an ndarray, a SparseInput, or data read window by window (_data_sources.py).
+    X, y, weights, shuffle = training_data(model, X, y, sample_weight, shuffle)
     lazy = sparse_updates_mode(sparse_updates)
     sparse = isinstance(X, SparseInput)
     alpha = positive_float(alpha, "alpha", allow_zero=True)
@@ -138,7 +138,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             raise TypeError("validation_data must be a pair (X_val, y_val)") from None
         X_val = model._features(X_val, "validation X")
         y_val = model._labels(y_val, X_val.shape[0])
-    if not sparse:
+    if isinstance(X, np.ndarray):
         X = np.require(X, requirements=["C", "A"])  # the engine reads rows in place
 
     with model._lock:
@@ -158,7 +158,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         start_epoch = 0
         if checkpoint is not None and resume and os.path.exists(checkpoint):
             optimizer, start_epoch = _resume(model, checkpoint, rng, history, batch_size,
-                                             bool(shuffle))
+                                             shuffle)
         trainer = new_trainer(model, optimizer, batch_size, alpha, sparse, lazy)
         trained = _parameter_ids(model)
         n = X.shape[0]
@@ -169,30 +169,18 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         steps_per_call = max(1, int(5e8 // flops_per_step))
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            trainer.begin_epoch(n, bool(shuffle), _draw_epoch_seed(rng) if rng else 0)
+            epoch_seed = _draw_epoch_seed(rng) if rng else 0
             total = penalty = 0.0
             fell_back = None  # the engine's wall/CPU ratio of the step that lost, if one did
-            while True:
-                call_started = time.perf_counter()
-                with model._lock:
-                    result = run_steps(trainer, X, y, weights, batch_size, steps_per_call)
-                if result.nonfinite:
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch + 1}: the loss, the gradients "
-                        "or the updated weights were not finite (NaN or infinity). The "
-                        "model keeps its weights from before that step; the optimizer's "
-                        "state may be corrupt, use a new one. Lower the learning rate or "
-                        "scale the inputs.")
-                total += result.data_loss_sum + result.penalty_sum
-                penalty += result.penalty_sum
-                if result.fell_back:
-                    fell_back = result.wall_to_cpu
-                if result.epoch_done:
-                    break
-                # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
-                elapsed = max(time.perf_counter() - call_started, 1e-6)
-                steps_per_call = max(1, min(steps_per_call * 4,
-                                            int(steps_per_call * _CALL_SECONDS / elapsed)))
+            # In-memory X is one part, shuffled by the engine; data read from disk comes in
+            # parts of whole batches, in a block-shuffled order (_shuffle.py).
+            with epoch_parts(X, y, weights, shuffle, epoch_seed, batch_size) as parts:
+                for part in parts:
+                    steps_per_call, part_loss, part_penalty, part_fell_back = _train_part(
+                        model, trainer, part, batch_size, steps_per_call, epoch)
+                    total += part_loss
+                    penalty += part_penalty
+                    fell_back = part_fell_back if part_fell_back is not None else fell_back
             elapsed = time.perf_counter() - started
             history.loss.append(total / n)
             history.l2_penalty.append(penalty / n)
@@ -209,7 +197,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
             done = epoch + 1
             if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
                 _save_checkpoint(model, checkpoint, optimizer, rng, history, done,
-                                 batch_size, bool(shuffle))
+                                 batch_size, shuffle)
             stop = False
             for callback in callbacks:
                 stop = bool(callback(model, history)) or stop
@@ -226,6 +214,40 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, shuffle, seed, validation
         with model._lock:
             model._drop_pack()
             model._training = False
+
+
+def _train_part(model, trainer, part, batch_size: int, steps_per_call: int, epoch: int):
+    """Trains on one part of an epoch (_data_sources.EpochPart) in engine calls of about
+    50 ms; returns (steps_per_call for the next call, loss sum, penalty sum, the wall/CPU
+    ratio of a step that fell back to one thread or None)."""
+    if part.order is not None:
+        trainer.begin_epoch_with_order(part.order, part.X.shape[0])
+    else:
+        trainer.begin_epoch(part.X.shape[0], part.shuffle, part.seed)
+    total = penalty = 0.0
+    fell_back = None
+    while True:
+        call_started = time.perf_counter()
+        with model._lock:
+            result = run_steps(trainer, part.X, part.y, part.weights, batch_size,
+                               steps_per_call)
+        if result.nonfinite:
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch + 1}: the loss, the gradients "
+                "or the updated weights were not finite (NaN or infinity). The "
+                "model keeps its weights from before that step; the optimizer's "
+                "state may be corrupt, use a new one. Lower the learning rate or "
+                "scale the inputs.")
+        total += result.data_loss_sum + result.penalty_sum
+        penalty += result.penalty_sum
+        if result.fell_back:
+            fell_back = result.wall_to_cpu
+        if result.epoch_done:
+            return steps_per_call, total, penalty, fell_back
+        # Back to Python about every 50 ms: responsive to Ctrl-C, cheap per step.
+        elapsed = max(time.perf_counter() - call_started, 1e-6)
+        steps_per_call = max(1, min(steps_per_call * 4,
+                                    int(steps_per_call * _CALL_SECONDS / elapsed)))
 
 
 def _print_epoch(history: History, epochs: int, verbose, fell_back) -> None:

@@ -28,6 +28,20 @@ def check_activation(value, name: str = "activation") -> str:
     return value
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(value, dtype) -> str:
+    """``value`` if it names a GEMM precision that a model of ``dtype`` can use, else
+    ``ValueError`` (bfloat16 rounds float32 operands: float64 models refuse it)."""
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
+    if value == "bfloat16" and np.dtype(dtype) != np.float32:
+        raise ValueError("precision='bfloat16' rounds float32 operands: a float64 model "
+                         "refuses it (use dtype='float32')")
+    return value
+
+
 def describe_dtype(a: np.ndarray) -> str:
     return str(a.dtype) if a.dtype.kind != "O" else "object"
 
@@ -92,8 +106,10 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.require(a, requirements=["C", "A"])
 
 
-def check_finite(a: np.ndarray, name: str, source: np.ndarray | None = None) -> None:
-    """ValueError naming the first row (of a 2-D array) holding NaN or Inf.
+def check_finite(a: np.ndarray, name: str, source: np.ndarray | None = None,
+                 first_row: int = 0) -> None:
+    """ValueError naming the first row (of a 2-D array) holding NaN or Inf; ``a`` may be rows
+    of a larger array that start at row ``first_row`` (the message counts from there).
 
     ``source``: the array ``a`` was converted from (same shape). Where it held a finite value
     that the conversion overflowed (a float64 1e39 as float32), the message says the value
@@ -110,9 +126,9 @@ def check_finite(a: np.ndarray, name: str, source: np.ndarray | None = None) -> 
     flat = np.flatnonzero(~np.isfinite(a).ravel())[0]
     position = np.unravel_index(flat, a.shape)
     if a.ndim >= 2:
-        where = f"row {int(position[0])}"
+        where = f"row {int(position[0]) + first_row}"
     else:
-        where = f"index {int(position[0])}"
+        where = f"index {int(position[0]) + first_row}"
     if source is not None:
         original = source[position]
         if np.isfinite(original):
@@ -128,22 +144,30 @@ def check_finite(a: np.ndarray, name: str, source: np.ndarray | None = None) -> 
                      "all values must be finite")
 
 
-def to_dtype(a: np.ndarray, dtype: np.dtype, name: str, requirements=None) -> np.ndarray:
+def to_dtype(a: np.ndarray, dtype: np.dtype, name: str, requirements=None,
+             first_row: int = 0) -> np.ndarray:
     """``a`` as ``dtype`` (copied only if needed), checked finite; a value the conversion
-    overflows (float64 beyond the float32 range) is reported as such, not as infinity."""
+    overflows (float64 beyond the float32 range) is reported as such, not as infinity.
+    first_row: see check_finite."""
     converted = a if a.dtype == dtype else None
     if converted is None:
         with np.errstate(over="ignore"):  # reported below, by position
             converted = a.astype(dtype)
     if requirements:
         converted = np.require(converted, requirements=requirements)
-    check_finite(converted, name, source=None if converted is a else a)
+    check_finite(converted, name, source=None if converted is a else a, first_row=first_row)
     return converted
 
 
 def feature_matrix(value, name: str, dtype: np.dtype, n_features: int | None = None) -> np.ndarray:
     """A finite 2-D array of `dtype` with at least one row (converted from ints, bools and
     other float widths; strings, objects and complex numbers are refused)."""
+    return strided_ok(to_dtype(feature_layout(value, name, n_features), dtype, name))
+
+
+def feature_layout(value, name: str, n_features: int | None = None) -> np.ndarray:
+    """``value`` as an array of real numbers (any width), 2-D with at least one row and
+    n_features columns; neither converted nor checked finite (feature_matrix does both)."""
     a = as_array(value, name)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers (float, int or bool), "
@@ -155,7 +179,7 @@ def feature_matrix(value, name: str, dtype: np.dtype, n_features: int | None = N
         raise ValueError(f"{name} has 0 samples; at least 1 is required")
     if n_features is not None and a.shape[1] != n_features:
         raise ValueError(f"{name} has {a.shape[1]} features but the model expects {n_features}")
-    return strided_ok(to_dtype(a, dtype, name))
+    return a
 
 
 def integer_labels(value, name: str, n_classes: int, n_samples: int | None = None,

@@ -10,6 +10,7 @@
     fastmlp evaluate MODEL DATA        accuracy and loss on labelled data (R², RMSE and loss
                                        for a regression model)
     fastmlp bench                      fastmlp vs NumPy (and PyTorch) training throughput
+    fastmlp export MODEL OUT.onnx      the model (and its sidecar's scaling) as an ONNX graph
 
 Data files, labels, feature standardisation and the sidecar are described in
 ``fastmlp._tabular``. User errors (missing files or columns, non-numeric features, a model
@@ -29,6 +30,8 @@ import sys
 import time
 
 import numpy as np
+
+from fastmlp import _cli_export
 
 __all__ = ["main"]
 
@@ -256,17 +259,6 @@ def _say(args, *parts) -> None:
         print(*parts, flush=True)
 
 
-def _check_output(path: str, option: str) -> None:
-    """Refuse an output path that cannot be written before any work is done."""
-    from fastmlp._tabular import DataError
-
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DataError(f"{option} {path!r}: the directory {directory!r} does not exist")
-    if os.path.isdir(path):
-        raise DataError(f"{option} {path!r} is a directory; expected a file name")
-
-
 def _check_model_size(sizes: list[int], state_arrays: int) -> None:
     """DataError when the model's parameters, gradients and optimizer state (float32) and its
     float64 initialisation cannot fit in this machine's memory: say so before allocating."""
@@ -325,9 +317,9 @@ def _regression_scores(model, X: np.ndarray, targets: np.ndarray, target_scaler)
 
 def run_train(args) -> int:
     from fastmlp import MLP
-    from fastmlp._tabular import (DataError, ModelMeta, Standardizer, encode_labels,
-                                  infer_task, meta_document, numeric_targets, read_table,
-                                  save_with_meta)
+    from fastmlp._tabular import (DataError, ModelMeta, Standardizer, check_output,
+                                  encode_labels, infer_task, meta_document, numeric_targets,
+                                  read_table, save_with_meta)
 
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise DataError("--plot needs matplotlib, which is not installed "
@@ -335,9 +327,9 @@ def run_train(args) -> int:
     is_npz = args.data.lower().endswith(".npz")
     if args.target is None and not is_npz:
         raise UsageError("name the label column of the CSV file with --target COL")
-    _check_output(args.out, "--out")
+    check_output(args.out, "--out")
     if args.plot:
-        _check_output(args.plot, "--plot")
+        check_output(args.plot, "--plot")
     table = read_table(args.data, target=args.target, need_target=True)
     for note in table.notes:
         _note(args, note, "warning")
@@ -427,17 +419,10 @@ def run_train(args) -> int:
 def _load_for_inference(args, need_target: bool):
     """(model, meta or None, X standardised for the model, y class indices (regression:
     targets, in the model's standardised units when the sidecar has them) or None)."""
-    from fastmlp import MLP
-    from fastmlp._tabular import (DataError, describe_path, labels_to_indices, numeric_targets,
-                                  read_meta, read_table)
+    from fastmlp._tabular import (DataError, describe_path, labels_to_indices, load_model,
+                                  numeric_targets, read_table)
 
-    if not os.path.exists(args.model):
-        raise DataError(f"no such model file: {describe_path(args.model)}")
-    try:
-        model = MLP.load(args.model)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
-    meta = read_meta(args.model, model)
+    model, meta = load_model(args.model)
     target = args.target or (meta.target if meta else None)
     if need_target and target is None and not args.data.lower().endswith(".npz"):
         raise UsageError("name the label column with --target (the model has no metadata "
@@ -498,10 +483,10 @@ def run_predict(args) -> int:
     import csv
     import io
 
-    from fastmlp._tabular import atomic_write
+    from fastmlp._tabular import atomic_write, check_output
 
     if args.out:
-        _check_output(args.out, "--out")
+        check_output(args.out, "--out")
     model, meta, X, _ = _load_for_inference(args, need_target=False)
     if args.proba:
         rows = _probability_rows(model, X)
@@ -642,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "PyTorch (when installed), each on one thread, and print samples/s and "
                     "their ratios (about 10 s; --quick about 3 s).")
     bench.add_argument("--quick", action="store_true", help="fewer nets and repeats")
+    _cli_export.add_parser(commands)
     return parser
 
 
@@ -655,7 +641,7 @@ def run_demo_command(args) -> int:
 
 
 COMMANDS = {"demo": run_demo_command, "train": run_train, "predict": run_predict, "evaluate": run_evaluate,
-            "bench": run_bench_command}
+            "bench": run_bench_command, "export": _cli_export.run_export}
 
 
 def _error(message: str) -> None:

@@ -10,6 +10,8 @@ An archive holds exactly these entries (all plain NumPy arrays, never unpickled)
 ``activation``     string, ``output`` string, ``dtype`` string
 ``W0`` … ``W{L-1}`` weights, shape (n_l, n_{l-1}), dtype as recorded
 ``b0`` … ``b{L-1}`` biases, shape (n_l,)
+``precision``      string, only when not ``"float32"`` (``MLP.precision``); a file without
+                   it is float32, so float32 models stay readable by fastmlp 0.1
 =================  ===========================================================
 
 Reading (``read_model``, ``read_checkpoint``, ``read_npz``) checks the member names, the
@@ -41,7 +43,7 @@ import numpy as np
 
 from fastmlp._npz import (DEFAULT_MAX_RATIO, READ_ERRORS, Archive, Header, MiB, Refused,
                           npz_names, open_archive, read_npz, reason)
-from fastmlp._validation import check_activation, model_dtype
+from fastmlp._validation import check_activation, check_precision, model_dtype
 from fastmlp.optim import Optimizer
 
 FORMAT_NAME = "fastmlp.MLP"
@@ -60,6 +62,8 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
         "output": np.array(model.output),
         "dtype": np.array(model.dtype.name),
     }
+    if model.precision != "float32":
+        arrays["precision"] = np.array(model.precision)
     for i, (w, b) in enumerate(zip(model.weights, model.biases)):
         arrays[f"W{i}"] = w
         arrays[f"b{i}"] = b
@@ -226,10 +230,12 @@ class ModelRecord:
     dtype: np.dtype
     weights: list[np.ndarray]  # W_l (n_{l+1}, n_l)
     biases: list[np.ndarray]   # b_l (n_{l+1},)
+    precision: str = "float32"  # the GEMMs' (MLP.precision)
 
     def describe(self) -> str:
+        precision = "" if self.precision == "float32" else f", precision={self.precision!r}"
         return (f"MLP({self.layer_sizes}, activation={self.activation!r}, "
-                f"output={self.output!r}, dtype={self.dtype.name!r})")
+                f"output={self.output!r}, dtype={self.dtype.name!r}{precision})")
 
 
 def _kind_name(h: Header) -> str:
@@ -276,6 +282,13 @@ class _Parameters:
         self.dtype = model_dtype(_read_string(archive, "dtype"))
         self.activation = check_activation(_read_string(archive, "activation"))
         self.output = _read_string(archive, "output")
+        self.precision = "float32"
+        if "precision" in names:
+            try:
+                self.precision = check_precision(_read_string(archive, "precision"),
+                                                 self.dtype)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
         h, sizes = _read_small(archive, "layer_sizes")
         if h.dtype.kind not in "iu" or len(h.shape) != 1 or h.shape[0] < 2:
             raise Refused("layer_sizes must be a 1-D integer array of at least 2 entries, "
@@ -291,6 +304,8 @@ class _Parameters:
 
     def check_names(self, archive: Archive, extra=()) -> None:
         expected = set(_HEADER) | set(self.shapes) | set(extra)
+        if "precision" in archive.names:
+            expected.add("precision")
         if set(archive.names) != expected:
             extra_names = sorted(set(archive.names) - expected)
             missing = sorted(expected - set(archive.names))
@@ -312,7 +327,7 @@ class _Parameters:
     def record(self, arrays: dict) -> ModelRecord:
         return ModelRecord(list(self.layer_sizes), self.activation, self.output, self.dtype,
                            [arrays[f"W{i}"] for i in range(self.n_layers)],
-                           [arrays[f"b{i}"] for i in range(self.n_layers)])
+                           [arrays[f"b{i}"] for i in range(self.n_layers)], self.precision)
 
 
 def read_model(path) -> ModelRecord:
@@ -432,8 +447,9 @@ def _progress(meta) -> dict:
     checked["batch_size"] = _count(meta, "batch_size", 1)
     if "steps" in meta:
         checked["steps"] = _count(meta, "steps", 0)
-    if not isinstance(meta["shuffle"], bool):
-        raise Refused(f"field 'shuffle' must be true or false, got {meta['shuffle']!r:.40}")
+    if not isinstance(meta["shuffle"], bool) and meta["shuffle"] != "block":
+        raise Refused(f"field 'shuffle' must be true, false or \"block\", got "
+                      f"{meta['shuffle']!r:.40}")
     checked["rng_state"] = _rng_state(meta["rng_state"])
     checked["history"] = _history(meta["history"], checked["epochs_done"])
     return checked
@@ -495,11 +511,11 @@ def _state_keys(opt: dict, names: list[str], n_params: int) -> dict[str, tuple[i
 def read_checkpoint(path) -> tuple[ModelRecord, Optimizer, dict]:
     """(model record, optimizer, progress) from a checkpoint written by
     ``fit(checkpoint=...)``. Everything ``_training._resume`` uses is checked: epochs_done
-    (int ≥ 0), batch_size (int ≥ 1), steps (int ≥ 0, if present), shuffle (bool), rng_state
-    (a PCG64 state), history (lists of numbers / bools, consistent lengths; returned as
-    floats / bools), the optimizer (``Optimizer.from_state_dict``). Memory is bounded as in
-    ``read_model``: the JSON member to 64 MiB, each optimizer array to its parameter's shape,
-    all checked before any array data is read."""
+    (int ≥ 0), batch_size (int ≥ 1), steps (int ≥ 0, if present), shuffle (bool or
+    "block"), rng_state (a PCG64 state), history (lists of numbers / bools, consistent
+    lengths; returned as floats / bools), the optimizer (``Optimizer.from_state_dict``).
+    Memory is bounded as in ``read_model``: the JSON member to 64 MiB, each optimizer array
+    to its parameter's shape, all checked before any array data is read."""
     path, archive = open_archive(path, "a fastmlp checkpoint", DEFAULT_MAX_RATIO)
     with archive:
         try:

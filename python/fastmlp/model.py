@@ -23,20 +23,19 @@ import weakref
 
 import numpy as np
 
-from fastmlp import _core, _training, io, torch_interop
+from fastmlp import _core, _training, io, onnx_export, torch_interop
 from fastmlp._outputs import Outputs
 from fastmlp._parameters import read_only_view
 from fastmlp._sparse import SparseInput
 from fastmlp._training import History
-from fastmlp._validation import (cache_aligned, check_activation, model_dtype, positive_float,
-                                 positive_int, sample_weights, to_dtype)
+from fastmlp._validation import (cache_aligned, check_activation, check_precision, model_dtype,
+                                 positive_float, positive_int, sample_weights, to_dtype)
 from fastmlp.optim import Optimizer
 from fastmlp.quantized import QuantizedMLP
 
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
 
-PRECISIONS = ("float32", "bfloat16")
 _OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 # Every MLP alive in this process, for _after_fork_in_child.
@@ -214,12 +213,7 @@ class MLP(Outputs):
 
     @precision.setter
     def precision(self, value) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}")
-        if value == "bfloat16" and self._dtype != np.float32:
-            raise ValueError("precision='bfloat16' rounds float32 operands: a float64 model "
-                             "refuses it (use dtype='float32')")
-        self._precision = value
+        self._precision = check_precision(value, self._dtype)
 
     @property
     def n_features(self) -> int:
@@ -409,9 +403,9 @@ class MLP(Outputs):
 
     # ---- training -----------------------------------------------------------------------
 
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32,
+    def fit(self, X, y=None, epochs: int = 10, batch_size: int = 32,
             optimizer: Optimizer | str | None = None,
-            shuffle: bool = True, seed=None, validation_data=None, verbose=False,
+            shuffle: bool | str = True, seed=None, validation_data=None, verbose=False,
             callbacks=None, sample_weight=None, alpha: float = 0.0, checkpoint=None,
             checkpoint_every: int = 1, resume: bool = False,
             sparse_updates: str = "exact") -> History:
@@ -434,6 +428,25 @@ class MLP(Outputs):
         With ``resume=True`` and an existing checkpoint, training continues from it up to
         ``epochs`` in total, and ends with the same weights as an uninterrupted run (the
         checkpoint's optimizer replaces ``optimizer``; batch_size and shuffle must match).
+
+        Data larger than memory: ``X`` may be memory-mapped (``np.load(path, mmap_mode="r")``,
+        ``np.memmap``), or a ``fastmlp.ParquetSource`` (with ``y=None``: its target column is
+        y). Such data is read window by window on a background thread while the engine trains
+        on the previous window, and ``shuffle=True`` then means a block-wise shuffle: each
+        epoch permutes blocks of contiguous rows (~512 KiB of a mapped file; a Parquet file's
+        row groups), then the rows inside each window of consecutive blocks (32 blocks, 16 MiB;
+        ``ParquetSource(window_row_groups=...)``), reproducible from ``seed``. Unlike a full
+        permutation, a batch mixes rows of one window only, so rows stored near each other
+        stay near each other in the epoch (shuffle a file sorted by label once when writing
+        it). The disk sees contiguous reads: an epoch from a file three times larger than the
+        memory the process may use ran at about half the in-memory speed, at the disk's
+        speed (benchmarks/README.md). Memory holds three windows, not the file, and the file
+        is never written. A mapped X is checked for NaN and infinity in one sequential pass
+        before training, and converted to the model's dtype window by window.
+        ``shuffle="full"`` forces the full permutation on a mapped X (fast only while the file
+        sits in the page cache); ``shuffle="block"`` asks for the block-wise one on an
+        in-memory X; ``shuffle=False`` reads the rows in order. In-memory arrays keep the
+        engine's full permutation under ``shuffle=True``, unchanged.
 
         ``X`` may be a scipy.sparse matrix (CSR is read in place; CSC, COO, … are converted
         to CSR), e.g. bag-of-words counts: the first layer then reads only the non-zeros and
@@ -494,7 +507,7 @@ class MLP(Outputs):
         with self._lock:
             return io.ModelRecord(list(self._layer_sizes), self._activation, self._output,
                                   self._dtype, [w.copy() for w in self._weights],
-                                  [b.copy() for b in self._biases])
+                                  [b.copy() for b in self._biases], self._precision)
 
     # ---- quantization -------------------------------------------------------------------
 
@@ -521,6 +534,17 @@ class MLP(Outputs):
         """The equivalent ``torch.nn.Sequential`` (same weights, same logits)."""
         return torch_interop.mlp_to_torch(self)
 
+    # ---- ONNX export (optional; the onnx package is never required) ---------------------
+
+    def to_onnx(self, path=None):
+        """The model as a standard ONNX graph (an ``onnx.ModelProto``), written atomically to
+        ``path`` when given; needs ``pip install "fastmlp[onnx]"``. Input ``X`` (N, F) in the
+        model's dtype, N symbolic; outputs ``probabilities`` (as ``predict_proba``; regression:
+        ``predictions``, as ``predict``) and ``logits`` (as ``forward``): see
+        fastmlp.onnx_export. The graph computes in the model's dtype whatever ``precision``
+        is (float32 for a bfloat16-precision model, whose parameters are float32)."""
+        return onnx_export.record_to_onnx(self._snapshot(), path)
+
     # ---- persistence --------------------------------------------------------------------
 
     def save(self, path) -> None:
@@ -541,7 +565,7 @@ class MLP(Outputs):
     def from_record(cls, record: io.ModelRecord) -> "MLP":
         """The MLP a ``fastmlp.io.ModelRecord`` describes (its parameters copied)."""
         model = cls(record.layer_sizes, activation=record.activation, output=record.output,
-                    dtype=record.dtype, _init=False)
+                    dtype=record.dtype, precision=record.precision, _init=False)
         model.weights = record.weights
         model.biases = record.biases
         return model

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastmlp import _core
 from fastmlp._validation import (check_activation, contiguous, float_array, integer_labels,
-                                 same_dtype,
+                                 PRECISIONS, same_dtype,
                                  sample_weights, strided_ok)
 
 __all__ = [
@@ -79,9 +79,6 @@ def cost_model(dtype="float32") -> dict:
     FLOPs is split when F / flops_per_second · (1 − 1/threads) ≥ risk_factor ·
     region_seconds."""
     return dict(_core.cost_model(np.dtype(dtype).name))
-
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 def matmul(a, b, trans_a: bool = False, trans_b: bool = False,

@@ -843,6 +843,22 @@ class PyTrainer {
     n_samples_ = n_samples;
   }
 
+  // An epoch over the rows order[0], …, order[len - 1] of data of n_rows rows (run's X, y
+  // and sample_weight have n_rows rows).
+  void begin_epoch_with_order(
+      const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& order,
+      py::ssize_t n_rows) {
+    if (order.ndim() != 1 || order.shape(0) < 1)
+      throw py::value_error("order must be a 1-D array of at least one row index");
+    const std::int64_t* rows = order.data();
+    for (py::ssize_t i = 0; i < order.shape(0); ++i)
+      if (rows[i] < 0 || rows[i] >= n_rows)
+        throw py::value_error("order[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                              " is not a row of the " + std::to_string(n_rows) + " rows");
+    trainer_->begin_epoch_with_order(rows, order.shape(0));
+    n_samples_ = n_rows;
+  }
+
   // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
   // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
   StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
@@ -910,6 +926,8 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("precision") = "float32")
       .def("begin_epoch", &PyTrainer<T>::begin_epoch, py::arg("n_samples"), py::arg("shuffle"),
            py::arg("seed"))
+      .def("begin_epoch_with_order", &PyTrainer<T>::begin_epoch_with_order, py::arg("order"),
+           py::arg("n_rows"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
            py::arg("batch_size"), py::arg("max_steps"))
       .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),

@@ -145,6 +145,13 @@ void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed
 }
 
 template <class T>
+void Trainer<T>::begin_epoch_with_order(const std::int64_t* order, index_t n) {
+  begin_epoch(n, false, 0);
+  order_.assign(order, order + n);
+  shuffled_ = true;
+}
+
+template <class T>
 double Trainer<T>::weight_squares() const {
   double total = 0.0;
   for (index_t l = 0; l < n_layers_; ++l)

@@ -86,6 +86,9 @@ class Trainer {
 
   // Starts an epoch over n samples: rows in order, or shuffled by a seeded Fisher–Yates.
   void begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed);
+  // Starts an epoch that visits the rows order[0], …, order[n-1] (each in [0, N), checked
+  // by the caller; copied): the block-wise shuffle of data read from disk (_shuffle.py).
+  void begin_epoch_with_order(const std::int64_t* order, index_t n);
   // The epoch's data: X (N, n_0) rows ldx apart; labels (N) for softmax/sigmoid outputs or
   // targets (N, n_L) for regression; sample weights (N) or null. Validated by the caller
   // (labels and weights are rechecked by the loss kernels). The pointers must stay valid

@@ -142,6 +142,12 @@ AlignedBuffer<float>& whole_product_buffer() {
   return buffer;
 }
 
+// The portable GEMV's rounded x and block of W; per thread.
+AlignedBuffer<float>& gemv_operands_buffer() {
+  static thread_local AlignedBuffer<float> buffer;
+  return buffer;
+}
+
 index_t round_up(index_t x, index_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 // The rest of the epilogue on an m×n block of C already holding the product (beta applied):
@@ -152,6 +158,49 @@ void finish_tile(float* c, index_t ldc, index_t m, index_t n, const TileEpilogue
     const float* mask_row = ep.mask ? ep.mask + i * ep.ld_mask : nullptr;
     for (index_t j = 0; j < n; ++j)
       c_row[j] = apply_epilogue(c_row[j], 0.0f, ep, j, mask_row ? mask_row[j] : 0.0f);
+  }
+}
+
+// A batch of one against op(B) = Wᵀ (W (N,K) row-major, rows g.cs_b apart): c = bf16(x)ᵀ
+// bf16(W)ᵀ, W read in place. The path's own GEMV kernel rounds in registers; the portable path
+// rounds x once and W a block of rows at a time into a per-thread buffer (in L1/L2), then runs
+// the active ISA's float32 GEMV on the block: the same rounded operands, float32 products.
+void gemv_bf16(const GemmArgs<float>& g, const Bf16Kernels& k) {
+  const TileSink<float>& out = g.sink;
+  const GemmContext<float>& cntx = active_gemm_context<float>();
+  const bool contiguous_x = g.cs_a == 1;
+  float* scratch = out.consumes()
+                       ? consumer_tile_buffer().reserve(static_cast<std::size_t>(g.N))
+                       : nullptr;
+  if (k.gemv && contiguous_x) {
+    out.put(0, 0, 1, g.N, true, true, scratch, g.N,
+            [&](float* c, index_t, const TileEpilogue<float>& ep) {
+              k.gemv(g.K, g.N, g.A, g.B, g.cs_b, c, ep);
+            });
+    return;
+  }
+  // Rows per block: about 16 KiB of rounded W, at least 8 (the GEMV's rows per pass).
+  const index_t block_rows = std::max<index_t>(8, 4096 / std::max<index_t>(g.K, 1));
+  float* buffer = gemv_operands_buffer().reserve(
+      static_cast<std::size_t>(g.K + std::min(block_rows, g.N) * g.K));
+  float* x = buffer;
+  float* w_block = buffer + g.K;
+  for (index_t p = 0; p < g.K; ++p) x[p] = bf16_round(g.A[p * g.cs_a]);
+  if (k.gemv) {  // a strided x, rounded above: the path's kernel rounds it again, unchanged
+    out.put(0, 0, 1, g.N, true, true, scratch, g.N,
+            [&](float* c, index_t, const TileEpilogue<float>& ep) {
+              k.gemv(g.K, g.N, x, g.B, g.cs_b, c, ep);
+            });
+    return;
+  }
+  for (index_t j0 = 0; j0 < g.N; j0 += block_rows) {
+    const index_t rows = std::min(block_rows, g.N - j0);
+    for (index_t r = 0; r < rows; ++r)
+      round_to_bf16(w_block + r * g.K, g.B + (j0 + r) * g.cs_b, g.K);
+    out.put(0, j0, 1, rows, true, true, scratch, rows,
+            [&](float* c, index_t, const TileEpilogue<float>& ep) {
+              cntx.gemv(g.K, rows, x, w_block, g.K, c, ep);
+            });
   }
 }
 
@@ -276,6 +325,9 @@ void gemm_bf16(const GemmArgs<float>& g) {
   if (out.consumes() && out.has_epilogue())
     throw std::invalid_argument("a GEMM with a tile consumer takes no epilogue");
   const Bf16Kernels& k = kernels_of(active_bf16_path());
+  // A batch of one: a GEMV, on one thread (it streams W once; a split would share that
+  // traffic between the threads' caches, not shorten it much).
+  if (g.M == 1 && g.rs_b == 1 && g.K > 0) return gemv_bf16(g, k);
   // A consumer's tiles must be final when handed over: with K = 0 or K over one block, the
   // product goes to a per-thread buffer and is handed over whole (as gemm.cpp does).
   if (out.consumes() && (g.K <= 0 || g.K > k.KC)) {

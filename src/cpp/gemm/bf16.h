@@ -79,6 +79,10 @@ struct Bf16Kernels {
                  const TileEpilogue<float>* last) = nullptr;
   // The portable path has no kernel of its own: it runs this float32 one (context.h's contract).
   MicroKernel<float> fp32_kernel = nullptr;
+  // A batch of one against op(B) = Wᵀ with W (n,k) row-major: c[j] = epilogue(Σ_p bf16(x[p])
+  // bf16(w[j,p])), W read in place and rounded in registers, never packed (gemv_simd.h's
+  // contract). Null: the path rounds W row block by row block and runs the float32 GEMV.
+  GemvKernel<float> gemv = nullptr;
 };
 
 // The active path's kernels, tile and blocks (what gemm_bf16 runs now).

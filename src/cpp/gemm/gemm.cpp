@@ -42,6 +42,10 @@ template <class T>
 GemmPath choose_path(const GemmArgs<T>& g, double flops) {
   if (flops <= kTinyGemmMaxFlops) return GemmPath::reference;
   if (flops <= kSmallGemmMaxFlops) return GemmPath::in_place;
+  // A batch of one against op(B) = Wᵀ, W's rows contiguous: the GEMV reads W once, which is
+  // the least any path can; packing would read it and write a copy (the wide net's 1024×1024
+  // layer: 2× the GEMV's time).
+  if (g.M == 1 && g.rs_b == 1) return GemmPath::in_place;
   const double b_bytes = static_cast<double>(g.K) * static_cast<double>(g.N) * sizeof(T);
   return g.M <= kSmallPathMaxRows && b_bytes <= kSmallPathMaxBBytes ? GemmPath::in_place
                                                                      : GemmPath::packed;

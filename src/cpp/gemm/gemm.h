@@ -160,10 +160,10 @@ enum class GemmPrecision { float32, bfloat16 };
 
 // Sets the calling thread's precision for the lifetime of the scope (scopes nest), as
 // ParallelScope (threads.h) does for the thread mode. Under bfloat16 every gemm<float> of this
-// thread, whatever its shape and sink (epilogue or consumer), runs gemm_bf16's packed driver:
-// GemmPath, forced or chosen, applies to float32 products only, so the operands of every bf16
-// product are rounded, a batch of one's included (that one then packs W instead of reading it
-// in place: slower than the float32 GEMV, never inconsistent). The workers of a product's
+// thread, whatever its shape and sink (epilogue or consumer), runs gemm_bf16: its packed driver,
+// or for a batch of one against Wᵀ its GEMV (W read in place, rounded in registers). GemmPath,
+// forced or chosen, applies to float32 products only, so the operands of every bf16 product
+// are rounded, a batch of one's included. The workers of a product's
 // parallel region need no scope (only the calling thread dispatches); code that calls gemm()
 // from inside its own parallel tasks opens the scope in each task.
 class PrecisionScope {

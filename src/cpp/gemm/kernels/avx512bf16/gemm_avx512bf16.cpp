@@ -27,6 +27,7 @@
 
 #include "../../bf16.h"
 #include "../../bf16_round.h"
+#include "../../gemv_simd.h"
 #include "../avx512/transpose_avx512.h"
 
 namespace fastmlp {
@@ -219,6 +220,26 @@ void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, flo
   }
 }
 
+// The batch of one (gemv_simd.h's loop): x and each row of W rounded in registers by
+// VCVTNE2PS2BF16 (the packers' rounding) 32 values at a time, so both operands put the same
+// pair of k in each 32-bit lane and VDPBF16PS sums matching products. Per 32 values of a row:
+// two loads, one conversion, one VDPBF16PS: the float32 GEMV's count of loads, for the same
+// traffic (W is read as float32 either way).
+struct Bf16Pairs {
+  static constexpr int lanes = 32;
+  static __m512 zero() { return _mm512_setzero_ps(); }
+  // Masked loads: lanes past the count hold +0 in both operands.
+  static __m512bh load_first(const float* p, index_t count) {
+    return _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(first_lanes(count - 16), p + 16),
+                               _mm512_maskz_loadu_ps(first_lanes(count), p));
+  }
+  static __m512bh loadu(const float* p) {
+    return _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
+  }
+  static __m512 fmadd(__m512bh a, __m512bh b, __m512 acc) { return _mm512_dpbf16_ps(acc, a, b); }
+  static float sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
+};
+
 }  // namespace
 
 Bf16Kernels avx512bf16_kernels() {
@@ -230,6 +251,7 @@ Bf16Kernels avx512bf16_kernels() {
   k.pack_a = &pack_a_bf16;
   k.pack_b = &pack_b_bf16;
   k.kernel = &kernel_avx512bf16<kMR>;
+  k.gemv = &gemv_simd<Bf16Pairs, float>;
   return k;
 }
 
