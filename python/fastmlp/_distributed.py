@@ -206,7 +206,9 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
             state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
             if rank != 0:
                 optimizer.load_state_dict(state)
-        for array in list(model.weights) + list(model.biases):  # the parameters: rank 0's
+        # The parameters: rank 0's, received into the model's own arrays (its public
+        # weights are read-only views; training_guard has dropped its packed copy).
+        for array in model._weights.arrays() + model._biases.arrays():
             comm.Bcast(array, root=0)
 
         trainer = new_trainer(model, optimizer, batch_size, args.alpha)

@@ -35,6 +35,7 @@ from fastmlp import _estimator_data as data, onnx_export
 from fastmlp import _estimator_distributed as distributed
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
+from fastmlp._estimator_quantize import Quantizable
 from fastmlp._validation import ACTIVATIONS
 from fastmlp.model import MLP
 from fastmlp.optim import SGD, Adam
@@ -113,7 +114,7 @@ class _Parameters(list):
 _PARAM_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-class _BaseMLP(BaseEstimator):
+class _BaseMLP(Quantizable, BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, validation, the training loop."""
 
     _is_classifier = False
@@ -207,6 +208,7 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_coefs" in self.__dict__:
             return self._initial_coefs
         check_is_fitted(self)
+        self._refuse_if_quantized("coefs_")
         return _Parameters(self._model, "weights")
 
     @coefs_.setter
@@ -221,6 +223,7 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_intercepts" in self.__dict__:
             return self._initial_intercepts
         check_is_fitted(self)
+        self._refuse_if_quantized("intercepts_")
         return _Parameters(self._model, "biases")
 
     @intercepts_.setter
@@ -233,8 +236,9 @@ class _BaseMLP(BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(state)
         # (An optimizer's state is rebuilt in the core's own memory when it is unpickled.)
-        if hasattr(self, "_model"):
-            if not all(a.flags.writeable for a in (*self._model.weights, *self._model.biases)):
+        if isinstance(self.__dict__.get("_model"), MLP):  # (not a quantized copy's)
+            if not all(a.flags.writeable for a in (*self._model._weights.arrays(),
+                                                   *self._model._biases.arrays())):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
                 self._model = copy.deepcopy(self._model)
                 self._best = copy.deepcopy(getattr(self, "_best", None))
@@ -268,8 +272,8 @@ class _BaseMLP(BaseEstimator):
         # in place (rounded to its dtype): no intermediate copy of a large first layer.
         for layer, (fan_in, fan_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
-            data.uniform_transposed_into(model.weights[layer], rng, -bound, bound)
-            model.biases[layer][...] = rng.uniform(-bound, bound, fan_out)
+            data.uniform_transposed_into(model._weights.arrays()[layer], rng, -bound, bound)
+            model._biases.arrays()[layer][...] = rng.uniform(-bound, bound, fan_out)
         self._model = model
         if adopt and None not in initial:
             self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units
@@ -310,6 +314,7 @@ class _BaseMLP(BaseEstimator):
         or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data. With comm:
         data-parallel over its ranks, each passing its shard (_estimator_distributed).
         """
+        self._refuse_if_quantized("fit")
         lbfgs = self.solver == "lbfgs"
         if lbfgs and X_val is not None:
             raise ValueError("X_val/y_val are scored after every epoch of solver='adam' or "
@@ -570,7 +575,9 @@ class _BaseMLP(BaseEstimator):
         if self._is_classifier:
             cap = -np.log(np.finfo(model.dtype).eps)
             clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
-        coefs = [w.T for w in model.weights]  # (in, out) views: writes go into the model
+        # (in, out) views of the model's own arrays: writes go into the model (unpack drops
+        # its packed weights)
+        coefs = [w.T for w in model._weights.arrays()]
         sizes = [c.size for c in coefs] + [b.size for b in model.biases]
         bounds = np.cumsum([0, *sizes])
         coef_parts = [slice(a, b) for a, b in zip(bounds[:len(coefs)], bounds[1:])]
@@ -583,8 +590,9 @@ class _BaseMLP(BaseEstimator):
             with np.errstate(over="ignore"):  # float32 models: beyond range is inf
                 for c, part in zip(coefs, coef_parts):
                     c[...] = x[part].reshape(c.shape)
-                for b, part in zip(model.biases, bias_parts):
+                for b, part in zip(model._biases.arrays(), bias_parts):
                     b[...] = x[part]
+            model._drop_pack()
 
         def loss_and_grad(x):
             unpack(x)
