@@ -35,6 +35,7 @@ from fastmlp import _estimator_data as data, onnx_export
 from fastmlp import _estimator_distributed as distributed
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
+from fastmlp._estimator_params import LayerViews
 from fastmlp._estimator_quantize import Quantizable
 from fastmlp._validation import ACTIVATIONS
 from fastmlp.model import MLP
@@ -70,45 +71,6 @@ def _num_threads(n):
         yield
     finally:
         set_num_threads(previous)
-
-
-class _Parameters(list):
-    """``coefs_`` or ``intercepts_``: read-only views of the model's weights, transposed to
-    (in, out), or of its biases. Assigned arrays are shape-checked, then the model checks
-    their values and copies them in."""
-
-    def __init__(self, model: MLP, kind: str):
-        self._model, self._kind = model, kind
-        self._name = "coefs_" if kind == "weights" else "intercepts_"
-        super().__init__(self._view(a) for a in getattr(model, kind))
-
-    def _view(self, a: np.ndarray) -> np.ndarray:
-        view = (a.T if self._kind == "weights" else a).view()
-        view.flags.writeable = False
-        return view
-
-    def _for_model(self, i: int, value) -> np.ndarray:
-        value = np.asarray(value)
-        if value.shape != self[i].shape:
-            raise ValueError(f"{self._name}[{i}] has shape {value.shape}, expected "
-                             f"{self[i].shape}")
-        return value.T if self._kind == "weights" else value
-
-    def __setitem__(self, index, value):
-        if isinstance(index, slice):
-            raise TypeError("assign parameters one at a time, or replace the whole list")
-        i = range(len(self))[index]
-        params = getattr(self._model, self._kind)
-        params[i] = self._for_model(i, value)
-        super().__setitem__(i, self._view(params[i]))
-
-    def assign(self, values) -> None:
-        """Replaces every layer's array (all or none)."""
-        values = list(values)
-        if len(values) != len(self):
-            raise ValueError(f"{self._name} needs {len(self)} arrays (one per layer), got "
-                             f"{len(values)}")
-        setattr(self._model, self._kind, [self._for_model(i, v) for i, v in enumerate(values)])
 
 
 _PARAM_NAMES: dict[type, tuple[str, ...]] = {}
@@ -209,7 +171,7 @@ class _BaseMLP(Quantizable, BaseEstimator):
             return self._initial_coefs
         check_is_fitted(self)
         self._refuse_if_quantized("coefs_")
-        return _Parameters(self._model, "weights")
+        return LayerViews(self._model, "weights")
 
     @coefs_.setter
     def coefs_(self, values) -> None:
@@ -224,7 +186,7 @@ class _BaseMLP(Quantizable, BaseEstimator):
             return self._initial_intercepts
         check_is_fitted(self)
         self._refuse_if_quantized("intercepts_")
-        return _Parameters(self._model, "biases")
+        return LayerViews(self._model, "biases")
 
     @intercepts_.setter
     def intercepts_(self, values) -> None:
