@@ -1,7 +1,7 @@
 """What an MLP's outputs mean, shared by ``MLP`` and ``QuantizedMLP``: input validation,
 labels and targets, probabilities, predictions and scores from the logits. A class using it
-has ``_layer_sizes``, ``_output``, ``_dtype`` and ``_forward(X)`` (the logits of a validated
-X)."""
+has ``_layer_sizes``, ``_activation``, ``_output``, ``_dtype`` and ``_forward(X)`` (the logits
+of a validated X)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,28 @@ __all__ = ["Outputs"]
 
 class Outputs:
     """The output side of an MLP (see the module's documentation)."""
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self._layer_sizes
+
+    @property
+    def activation(self) -> str:
+        return self._activation
+
+    @property
+    def output(self) -> str:
+        return self._output
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The model's dtype: its parameters' (an MLP), or that of the computation outside
+        the int8 products and of ``forward`` (a QuantizedMLP)."""
+        return self._dtype
+
+    @property
+    def n_features(self) -> int:
+        return self._layer_sizes[0]
 
     @property
     def is_classifier(self) -> bool:

@@ -186,22 +186,6 @@ class MLP(Outputs):
     # ---- architecture -------------------------------------------------------------------
 
     @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        return self._layer_sizes
-
-    @property
-    def activation(self) -> str:
-        return self._activation
-
-    @property
-    def output(self) -> str:
-        return self._output
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
     def precision(self) -> str:
         """The GEMMs' precision: "float32", or "bfloat16" (float32 models only): every
         matrix product of ``fit``, ``forward``/``predict*`` and ``loss_and_grad`` rounds its
@@ -215,10 +199,6 @@ class MLP(Outputs):
     @precision.setter
     def precision(self, value) -> None:
         self._precision = check_precision(value, self._dtype)
-
-    @property
-    def n_features(self) -> int:
-        return self._layer_sizes[0]
 
     def __repr__(self) -> str:
         return (f"MLP({list(self._layer_sizes)}, activation={self._activation!r}, "

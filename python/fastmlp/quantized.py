@@ -102,27 +102,6 @@ class QuantizedMLP(Outputs):
     # ---- description --------------------------------------------------------------------
 
     @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        return self._layer_sizes
-
-    @property
-    def activation(self) -> str:
-        return self._activation
-
-    @property
-    def output(self) -> str:
-        return self._output
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The dtype of the computation outside the int8 products (and of ``forward``)."""
-        return self._dtype
-
-    @property
-    def n_features(self) -> int:
-        return self._layer_sizes[0]
-
-    @property
     def calibration(self) -> str:
         """"static" (activation scales fixed from a calibration sample) or "dynamic"."""
         return "static" if self._hidden and self._hidden[0][3] is not None else "dynamic"
