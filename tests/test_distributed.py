@@ -149,6 +149,7 @@ def test_cli_train_under_mpiexec_shares_the_rows(tmp_path):
     assert job.returncode == 0, job.stdout + job.stderr
     assert job.stdout.count("saved model.npz") == 1  # rank 0 alone writes and prints
     assert job.stdout.count("training on ") == 1
+    assert "per rank, on 2 MPI ranks" in job.stdout
     evaluation = subprocess.run([sys.executable, "-m", "fastmlp", "evaluate", "model.npz",
                                  "data.npz"], capture_output=True, text=True, timeout=120,
                                 cwd=tmp_path)

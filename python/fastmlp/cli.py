@@ -384,8 +384,9 @@ def run_train(args) -> int:
     _say(args, f"{table.path}: {len(y)} rows, {table.X.shape[1]} features, {what}; "
                f"training on {int((~held_out).sum())}"
                + (f", validating on {int(held_out.sum())}" if held_out.any() else ""))
+    ranks = "" if comm is None else f" per rank, on {comm.Get_size()} MPI ranks"
     _say(args, f"model: {model!r}, {args.optimizer} (lr {optimizer.lr:g}), {args.epochs} "
-               f"epochs of {steps} steps (batch {batch_size})")
+               f"epochs of {steps} steps (batch {batch_size}){ranks}")
     progress = Progress(args.epochs, steps, sys.stdout, target_scaler) \
         if not args.quiet and _is_terminal(sys.stdout) else None
     started = time.perf_counter()
