@@ -3,12 +3,13 @@
 from fastmlp import _threadpool, ops
 from fastmlp._core import __version__
 from fastmlp._data_sources import ParquetSource
+from fastmlp._distributed import shard_rows
 from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
 from fastmlp.optim import SGD, Adam, AdamW
 
 __all__ = ["MLP", "History", "SGD", "Adam", "AdamW", "ops", "get_num_threads", "set_num_threads",
-           "__version__", "MLPClassifier", "MLPRegressor", "ParquetSource"]
+           "__version__", "MLPClassifier", "MLPRegressor", "ParquetSource", "shard_rows"]
 
 
 _threadpool.register()  # threadpoolctl sees and limits fastmlp's pool, when it is installed
