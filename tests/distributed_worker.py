@@ -236,6 +236,81 @@ def streamed(directory):
         sys.exit(1 if failures else 0)
 
 
+def estimators_more():
+    """fit(comm=...) of the estimators with class_weight="balanced", X_val + early stopping
+    (classifier and regressor: the reduced scores decide the same epochs as one process on
+    the union), early stopping's own split of each shard, and solver="lbfgs" (classifier and
+    weighted regressor): against one process on the concatenated data, replicas bitwise."""
+    import warnings
+    from fastmlp import MLPClassifier, MLPRegressor
+    X, y, w = shard(64, 400 + rank, np.float64)
+    X_val, y_val, _ = shard(20 + 6 * rank, 500 + rank, np.float64)
+    y[: 20 + 10 * rank] = 0  # unbalanced classes, differently on each rank
+    targets = X[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X[:, 2:4]
+    val_targets = X_val[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X_val[:, 2:4]
+    sgd = dict(hidden_layer_sizes=(16,), batch_size=BATCH, shuffle=False, solver="adam",
+               learning_rate_init=1e-2, dtype="float64")
+    stopping = dict(sgd, early_stopping=True, n_iter_no_change=2, tol=1e-3, max_iter=40)
+    lbfgs = dict(hidden_layer_sizes=(16,), solver="lbfgs", max_iter=40, alpha=1e-3,
+                 dtype="float64")
+    runs = {  # name: (estimator parameters, which data, fit keywords for this rank)
+        "balanced": (MLPClassifier, dict(sgd, class_weight="balanced", max_iter=3), "y", {}),
+        "classifier X_val": (MLPClassifier, stopping, "y", dict(X_val=X_val, y_val=y_val)),
+        "regressor X_val": (MLPRegressor, stopping, "t",
+                            dict(X_val=X_val, y_val=val_targets)),
+        "lbfgs classifier": (MLPClassifier, dict(lbfgs, class_weight="balanced"), "y", {}),
+        "lbfgs regressor": (MLPRegressor, lbfgs, "t", dict(sample_weight=w)),
+    }
+    failures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning after max_iter
+        split = MLPClassifier(**dict(stopping, validation_fraction=0.25),
+                              random_state=rank).fit(X, y, comm=comm)
+        fitted = {name: kind(random_state=rank, **params).fit(
+            X, y if which == "y" else targets, comm=comm, **kw)
+            for name, (kind, params, which, kw) in runs.items()}
+    mine = {name: f.coefs_ + f.intercepts_ for name, f in fitted.items()}
+    mine["split"] = split.coefs_ + split.intercepts_
+    record = {name: (getattr(f, "n_iter_", None), getattr(f, "validation_scores_", None))
+              for name, f in [*fitted.items(), ("split", split)]}
+    everyone = comm.gather((X, y, targets, w, X_val, y_val, val_targets, mine, record))
+    if rank != 0:
+        return
+    for other in everyone[1:]:
+        for name in mine:
+            if not all(np.array_equal(a, b) for a, b in zip(other[7][name], mine[name])):
+                failures.append(f"{name}: replicas differ")
+            if other[8][name] != record[name]:
+                failures.append(f"{name}: n_iter_/scores differ {other[8][name]} {record[name]}")
+    if not split.n_iter_ < 40 or len(split.validation_scores_) != split.n_iter_:
+        failures.append(f"split: did not stop early ({split.n_iter_})")
+    order = [(r, np.arange(s, s + BATCH)) for s in range(0, 64, BATCH) for r in range(ranks)]
+    g = [np.concatenate([everyone[r][k][rows] for r, rows in order]) for k in range(4)]
+    gX, gy, gt, gw = g
+    gX_val, gy_val, gt_val = (np.concatenate([e[k] for e in everyone]) for k in (4, 5, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, (kind, params, which, kw) in runs.items():
+            single = dict(params, batch_size=ranks * BATCH) if "batch_size" in params else params
+            kw = {"X_val": gX_val, "y_val": gy_val if which == "y" else gt_val} if (
+                "X_val" in kw) else ({"sample_weight": gw} if "sample_weight" in kw else {})
+            reference = kind(random_state=0, **single).fit(gX, gy if which == "y" else gt, **kw)
+            ref = reference.coefs_ + reference.intercepts_
+            rtol = 1e-6 if "lbfgs" in name else 1e-9
+            for a, b in zip(mine[name], ref):
+                if not np.allclose(a, b, rtol=rtol, atol=rtol):
+                    failures.append(f"{name}: weights differ by {np.max(np.abs(a - b)):.3g}")
+            if reference.n_iter_ != fitted[name].n_iter_:
+                failures.append(f"{name}: n_iter_ {fitted[name].n_iter_} vs {reference.n_iter_}")
+            if "X_val" in kw and not np.allclose(fitted[name].validation_scores_,
+                                                 reference.validation_scores_, rtol=1e-9):
+                failures.append(f"{name}: {fitted[name].validation_scores_} vs "
+                                f"{reference.validation_scores_}")
+            print(f"checked {name} n_iter_={reference.n_iter_}", flush=True)
+    print("\n".join(failures) or "ESTIMATORS MORE OK", flush=True)
+    sys.exit(1 if failures else 0)
+
+
 class FailingTrainer:
     """The engine of one rank, failing at its `at`-th gradient step with `error`."""
 
@@ -299,6 +374,8 @@ def main():
         assert seen == [expected] and fastmlp.get_num_threads() == before, (seen, before)
         print(f"rank {rank} threads ok", flush=True)
         return
+    if mode == "estimators_more":
+        return estimators_more()
     if mode == "streamed":
         return streamed(sys.argv[2])
     if mode == "checkpoint":
@@ -325,10 +402,10 @@ def main():
                     model.weights[0][0, 0] += 1.0
             MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, callbacks=[nudge],
                                    comm=comm)
-        elif mode == "estimator_unsupported":
-            from fastmlp import MLPClassifier
-            X, y, _ = shard(40, rank, np.float32)
-            MLPClassifier(early_stopping=True).fit(X, y, comm=comm)
+        elif mode == "estimator_small_split":  # early stopping's split of a 3-row shard
+            from fastmlp import MLPRegressor
+            X, y, _ = shard(40 if rank == 0 else 3, rank, np.float32)
+            MLPRegressor(early_stopping=True).fit(X, y.astype(np.float32), comm=comm)
         elif mode == "estimator_bad_shard":
             from fastmlp import MLPRegressor
             X, y, _ = shard(40, rank, np.float32)

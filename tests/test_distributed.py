@@ -76,6 +76,20 @@ def test_memory_mapped_and_parquet_shards_stream_each_ranks_rows_only(tmp_path):
     assert job.stdout.count("checked ") == 2
 
 
+def test_estimators_validate_stop_weigh_classes_and_run_lbfgs_over_all_ranks():
+    # class_weight="balanced" from the summed class counts; X_val per rank with early
+    # stopping (classifier: accuracy, regressor: R² of the union) takes the epochs one
+    # process takes on the union (n_iter_, validation_scores_, weights within 1e-9 in
+    # float64); early stopping's split of each shard stops on every rank together;
+    # solver="lbfgs" (balanced classifier, weighted regressor with alpha, 40 iterations)
+    # within 1e-6 of one process on the concatenated data. Replicas bitwise equal.
+    pytest.importorskip("sklearn")
+    job = run_job("estimators_more", 300)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "ESTIMATORS MORE OK" in job.stdout
+    assert job.stdout.count("checked ") == 5
+
+
 def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
     job = run_job("threads", 120, threads=None)
     assert job.returncode == 0, job.stdout + job.stderr
@@ -98,9 +112,9 @@ def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path)
     ("callback_changes_one_rank", ["rank 0 raised RuntimeError: after epoch 1 the parameters "
                                    "of rank(s) [1] differ from rank 0's",
                                    "rank 1 raised RuntimeError: after epoch 1"]),
-    ("estimator_unsupported", [
-        "rank 0 raised ValueError: fit(comm=...) does not support early_stopping=True yet",
-        "rank 1 raised ValueError: fit(comm=...) does not support early_stopping=True yet"]),
+    ("estimator_small_split", [
+        "rank 1 raised ValueError: The validation set is too small",
+        "rank 0 raised RuntimeError: rank 1 of 2 failed while validating its data"]),
     ("estimator_bad_shard", ["rank 0 raised ValueError: Input X contains NaN",
                              "rank 1 raised RuntimeError: rank 0 of 2 failed while validating "
                              "its data: ValueError: Input X contains NaN"]),

@@ -245,8 +245,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
             state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
             if rank != 0:
                 optimizer.load_state_dict(state)
-        for array in list(model.weights) + list(model.biases):  # the parameters: rank 0's
-            comm.Bcast(array, root=0)
+        broadcast_parameters(comm, model)
 
         trainer = new_trainer(model, optimizer, batch_size, args.alpha)
         trained = _parameter_ids(model)
@@ -295,11 +294,26 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
         return history
 
 
-def _check_replicas(comm, model, epoch: int) -> None:
+def broadcast_parameters(comm, model) -> None:
+    """Collective: rank 0's parameters into every rank's model (in place)."""
+    for array in list(model.weights) + list(model.biases):
+        comm.Bcast(array, root=0)
+
+
+def check_replicas(comm, model, when: str) -> None:
+    """Collective: RuntimeError on every rank unless the replicas are bitwise equal (for
+    callers outside fit: the estimators' L-BFGS)."""
+    try:
+        _check_replicas(comm, model, when)
+    except _AgreedError as agreed:
+        raise agreed.error from None
+
+
+def _check_replicas(comm, model, epoch) -> None:
     """Collective: RuntimeError on every rank unless the replicas are bitwise equal after an
     epoch (a CRC-32 of the parameters, ~1 ms per MB: what the design promises, checked, e.g.
     against an MPI whose allreduce differs between ranks, or a callback that changed the
-    weights on one rank only)."""
+    weights on one rank only). epoch: the 0-based epoch, or words saying when."""
     digest = 0
     for array in list(model.weights) + list(model.biases):
         digest = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), digest)
@@ -307,8 +321,9 @@ def _check_replicas(comm, model, epoch: int) -> None:
     if len(set(digests)) > 1:
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         raise _AgreedError(RuntimeError(
-            f"after epoch {epoch + 1} the parameters of rank(s) {differ} differ from rank 0's "
-            "(a callback that changes the model differently on each rank?)"))
+            f"{f'after epoch {epoch + 1}' if isinstance(epoch, int) else epoch} the parameters "
+            f"of rank(s) {differ} differ from rank 0's (a callback that changes the model "
+            "differently on each rank?)"))
 
 
 def _buckets(size: int, itemsize: int) -> list[slice]:
