@@ -421,6 +421,20 @@ def main():
             X = np.load(path, mmap_mode="r")
             MLP(SIZES, seed=0).fit(X, shard(40, 0, np.float32)[1], epochs=1, batch_size=BATCH,
                                    comm=comm)
+        elif mode == "parquet_nan":  # a NaN in rank 1's second row group, read mid-epoch
+            import tempfile
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            path = comm.bcast(tempfile.mkdtemp() if rank == 0 else None) + "/d.parquet"
+            if rank == 0:
+                X, y, _ = shard(60, 0, np.float32)
+                X[45, 3] = np.nan  # row group 3 (rows 45-59): rank 1's second
+                table = pa.table({**{f"f{j}": X[:, j] for j in range(SIZES[0])}, "y": y})
+                pq.write_table(table, path, row_group_size=15)
+            comm.Barrier()
+            source = fastmlp.ParquetSource(path, comm=comm)
+            MLP(SIZES, seed=0).fit(source, None, epochs=1, batch_size=BATCH, shuffle=False,
+                                   comm=comm)
         elif mode == "mismatch":
             X, y, _ = shard(40, rank, np.float32)
             MLP(SIZES, seed=0).fit(X, y, epochs=1, batch_size=BATCH + rank, comm=comm)

@@ -2,6 +2,7 @@
 tests/distributed_worker.py runs on each rank; a job that hangs fails here at its timeout.
 Skips without mpi4py or an ``mpiexec`` (``pip install "fastmlp[mpi]"`` brings both)."""
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -118,6 +119,11 @@ def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path)
     ("estimator_bad_shard", ["rank 0 raised ValueError: Input X contains NaN",
                              "rank 1 raised RuntimeError: rank 0 of 2 failed while validating "
                              "its data: ValueError: Input X contains NaN"]),
+    pytest.param("parquet_nan", [
+        "rank 1 raised ValueError: ", "features contains NaN or infinity",
+        "rank 0 raised RuntimeError: rank 1 of 2 failed while computing a step of epoch 1"],
+        marks=pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None,
+                                 reason="needs pyarrow")),
     ("same_file", ["rank 0 raised ValueError: ranks 0 and 1 read the same rows of",
                    "rank 1 raised ValueError: ranks 0 and 1 read the same rows of"]),
     ("mismatch", ["rank 0 raised ValueError: fit(comm=...) needs the same arguments on every "
