@@ -120,8 +120,8 @@ def torch_mlp_from(model):
     for layer, (W, b) in enumerate(zip(model.weights, model.biases)):
         linear = nn.Linear(W.shape[1], W.shape[0], dtype=dtype)
         with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(W))
-            linear.bias.copy_(torch.from_numpy(b))
+            linear.weight.copy_(torch.from_numpy(np.array(W)))  # (W: a read-only view)
+            linear.bias.copy_(torch.from_numpy(np.array(b)))
         layers.append(linear)
         if layer < last:
             layers.append(nn.ReLU())

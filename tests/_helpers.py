@@ -15,6 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
+from fastmlp._parameters import writable_target
+
 F32, F64 = np.float32, np.float64
 DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
 TRANS = [(False, False), (True, False), (False, True), (True, True)]
@@ -204,16 +206,27 @@ def ref_dense_backward(x, W, out, grad_out, activation):
     return grad_a @ W, grad_a.T @ x, grad_a.sum(axis=0)
 
 
+def set_entry(param, idx, value):
+    """param[idx] = value, also for a model's read-only parameter view (MLP.weights[l]): the
+    write goes into the model's array and the model is told (as Optimizer.step does), so
+    that it drops its packed weights."""
+    target, changed = writable_target(param)
+    target[idx] = value
+    if changed is not None:
+        changed()
+
+
 def central_differences(f, param, h):
-    """d f() / d param by central differences, perturbing `param` in place (restored after)."""
+    """d f() / d param by central differences, perturbing `param` in place (restored after);
+    param may be a model's read-only parameter view (set_entry)."""
     grad = np.zeros(param.shape)
     for idx in np.ndindex(param.shape):
         old = param[idx]
-        param[idx] = old + h
+        set_entry(param, idx, old + h)
         up = f()
-        param[idx] = old - h
+        set_entry(param, idx, old - h)
         down = f()
-        param[idx] = old
+        set_entry(param, idx, old)
         grad[idx] = (up - down) / (2 * h)
     return grad
 

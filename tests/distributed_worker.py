@@ -399,7 +399,9 @@ def main():
 
             def nudge(model, history):
                 if rank == 1:
-                    model.weights[0][0, 0] += 1.0
+                    nudged = model.weights[0].copy()
+                    nudged[0, 0] += 1.0
+                    model.weights[0] = nudged
             MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, callbacks=[nudge],
                                    comm=comm)
         elif mode == "estimator_small_split":  # early stopping's split of a 3-row shard

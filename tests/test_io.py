@@ -13,7 +13,7 @@ from fastmlp.io import FORMAT_VERSION
 @pytest.fixture
 def model():
     m = MLP([5, 7, 3], dtype="float32", seed=0)
-    m.biases[0][...] = np.arange(7) / 10
+    m.biases[0] = np.arange(7) / 10
     return m
 
 

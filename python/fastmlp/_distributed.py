@@ -295,9 +295,11 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
 
 
 def broadcast_parameters(comm, model) -> None:
-    """Collective: rank 0's parameters into every rank's model (in place)."""
-    for array in list(model.weights) + list(model.biases):
+    """Collective: rank 0's parameters received into every rank's model's own arrays (its
+    public weights are read-only views); its packed weights are dropped."""
+    for array in model._weights.arrays() + model._biases.arrays():
         comm.Bcast(array, root=0)
+    model._drop_pack()
 
 
 def check_replicas(comm, model, when: str) -> None:

@@ -28,6 +28,8 @@ from fastmlp import _estimator_distributed as distributed
 from fastmlp._estimator_lbfgs import train_lbfgs
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
+from fastmlp._estimator_params import LayerViews
+from fastmlp._estimator_quantize import Quantizable
 from fastmlp._validation import ACTIVATIONS
 from fastmlp.model import MLP
 from fastmlp.optim import SGD, Adam
@@ -65,49 +67,10 @@ def _num_threads(n):
         set_num_threads(previous)
 
 
-class _Parameters(list):
-    """``coefs_`` or ``intercepts_``: read-only views of the model's weights, transposed to
-    (in, out), or of its biases. Assigned arrays are shape-checked, then the model checks
-    their values and copies them in."""
-
-    def __init__(self, model: MLP, kind: str):
-        self._model, self._kind = model, kind
-        self._name = "coefs_" if kind == "weights" else "intercepts_"
-        super().__init__(self._view(a) for a in getattr(model, kind))
-
-    def _view(self, a: np.ndarray) -> np.ndarray:
-        view = (a.T if self._kind == "weights" else a).view()
-        view.flags.writeable = False
-        return view
-
-    def _for_model(self, i: int, value) -> np.ndarray:
-        value = np.asarray(value)
-        if value.shape != self[i].shape:
-            raise ValueError(f"{self._name}[{i}] has shape {value.shape}, expected "
-                             f"{self[i].shape}")
-        return value.T if self._kind == "weights" else value
-
-    def __setitem__(self, index, value):
-        if isinstance(index, slice):
-            raise TypeError("assign parameters one at a time, or replace the whole list")
-        i = range(len(self))[index]
-        params = getattr(self._model, self._kind)
-        params[i] = self._for_model(i, value)
-        super().__setitem__(i, self._view(params[i]))
-
-    def assign(self, values) -> None:
-        """Replaces every layer's array (all or none)."""
-        values = list(values)
-        if len(values) != len(self):
-            raise ValueError(f"{self._name} needs {len(self)} arrays (one per layer), got "
-                             f"{len(values)}")
-        setattr(self._model, self._kind, [self._for_model(i, v) for i, v in enumerate(values)])
-
-
 _PARAM_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-class _BaseMLP(BaseEstimator):
+class _BaseMLP(Quantizable, BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, validation, the training loop."""
 
     _is_classifier = False
@@ -201,7 +164,8 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_coefs" in self.__dict__:
             return self._initial_coefs
         check_is_fitted(self)
-        return _Parameters(self._model, "weights")
+        self._refuse_if_quantized("coefs_")
+        return LayerViews(self._model, "weights")
 
     @coefs_.setter
     def coefs_(self, values) -> None:
@@ -215,7 +179,8 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "_model") and "_initial_intercepts" in self.__dict__:
             return self._initial_intercepts
         check_is_fitted(self)
-        return _Parameters(self._model, "biases")
+        self._refuse_if_quantized("intercepts_")
+        return LayerViews(self._model, "biases")
 
     @intercepts_.setter
     def intercepts_(self, values) -> None:
@@ -227,8 +192,9 @@ class _BaseMLP(BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(state)
         # (An optimizer's state is rebuilt in the core's own memory when it is unpickled.)
-        if hasattr(self, "_model"):
-            if not all(a.flags.writeable for a in (*self._model.weights, *self._model.biases)):
+        if isinstance(self.__dict__.get("_model"), MLP):  # (not a quantized copy's)
+            if not all(a.flags.writeable for a in (*self._model._weights.arrays(),
+                                                   *self._model._biases.arrays())):
                 # e.g. joblib.load(mmap_mode="r"): train on private copies, not the map.
                 self._model = copy.deepcopy(self._model)
                 self._best = copy.deepcopy(getattr(self, "_best", None))
@@ -262,8 +228,8 @@ class _BaseMLP(BaseEstimator):
         # in place (rounded to its dtype): no intermediate copy of a large first layer.
         for layer, (fan_in, fan_out) in enumerate(zip(layer_units[:-1], layer_units[1:])):
             bound = np.sqrt(factor / (fan_in + fan_out))
-            data.uniform_transposed_into(model.weights[layer], rng, -bound, bound)
-            model.biases[layer][...] = rng.uniform(-bound, bound, fan_out)
+            data.uniform_transposed_into(model._weights.arrays()[layer], rng, -bound, bound)
+            model._biases.arrays()[layer][...] = rng.uniform(-bound, bound, fan_out)
         self._model = model
         if adopt and None not in initial:
             self.coefs_, self.intercepts_ = initial  # shapes checked against layer_units
@@ -304,6 +270,7 @@ class _BaseMLP(BaseEstimator):
         or for solver="lbfgs" up to max_iter L-BFGS iterations on the whole data. With comm:
         data-parallel over its ranks, each passing its shard (_estimator_distributed).
         """
+        self._refuse_if_quantized("fit")
         lbfgs = self.solver == "lbfgs"
         if lbfgs and X_val is not None:
             raise ValueError("X_val/y_val are scored after every epoch of solver='adam' or "

@@ -63,7 +63,9 @@ def train_lbfgs(estimator, X, targets, sw, alpha, warn, comm=None) -> None:
     if self._is_classifier:
         cap = -np.log(np.finfo(model.dtype).eps)
         clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
-    coefs = [w.T for w in model.weights]  # (in, out) views: writes go into the model
+    # (in, out) views of the model's own arrays: writes go into the model (unpack drops
+    # its packed weights)
+    coefs = [w.T for w in model._weights.arrays()]
     sizes = [c.size for c in coefs] + [b.size for b in model.biases]
     bounds = np.cumsum([0, *sizes])
     coef_parts = [slice(a, b) for a, b in zip(bounds[:len(coefs)], bounds[1:])]
@@ -77,8 +79,9 @@ def train_lbfgs(estimator, X, targets, sw, alpha, warn, comm=None) -> None:
         with np.errstate(over="ignore"):  # float32 models: beyond range is inf
             for c, part in zip(coefs, coef_parts):
                 c[...] = x[part].reshape(c.shape)
-            for b, part in zip(model.biases, bias_parts):
+            for b, part in zip(model._biases.arrays(), bias_parts):
                 b[...] = x[part]
+        model._drop_pack()
 
     def local_loss_and_grad():
         """This rank's mean data loss; its gradient into grad."""

@@ -48,6 +48,32 @@ def bf16_path(path: str):
         force_bf16_path(previous)
 
 
+def force_int8_path(path: str) -> str:
+    """Every int8 product takes ``path``: ``'portable'``, ``'avxvnni'``, ``'avx512vnni'``
+    (``ValueError`` on a CPU without it) or ``'automatic'``. Returns the previous one."""
+    return _hooks.force_int8_path(path)
+
+
+@contextlib.contextmanager
+def int8_path(path: str):
+    """Every int8 product takes ``path`` (see ``force_int8_path``) until the block ends."""
+    previous = force_int8_path(path)
+    try:
+        yield
+    finally:
+        force_int8_path(previous)
+
+
+def int8_matmul(Xq: np.ndarray, Wq: np.ndarray) -> np.ndarray:
+    """The int32 product ``Xq (M,K) uint8 · Wqᵀ``, Wq (N,K) int8, on the active int8 path."""
+    return _hooks.int8_matmul(np.ascontiguousarray(Xq, np.uint8), np.ascontiguousarray(Wq, np.int8))
+
+
+def quantize_rows(X: np.ndarray, scale: float, zero: int) -> np.ndarray:
+    """The C++ activation quantization of X (M,K) float32: uint8 (M,K)."""
+    return _hooks.quantize_rows(np.asarray(X, np.float32), float(scale), int(zero))
+
+
 @contextlib.contextmanager
 def gemm_precision(precision: str):
     """Every float32 GEMM product this thread runs until the block ends (``ops.matmul``,

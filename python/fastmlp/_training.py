@@ -81,8 +81,9 @@ def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
                 sparse_input: bool = False, lazy_sparse_updates: bool = False):
     """The C++ engine for model's parameters, updated in place by optimizer's rule."""
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
-    optimizer._prepare(list(model.weights) + list(model.biases))
-    return trainer_type(list(model.weights), list(model.biases), model.activation, model.output,
+    weights, biases = model._weights.arrays(), model._biases.arrays()  # (the writable ones)
+    optimizer._prepare(weights + biases)
+    return trainer_type(weights, biases, model.activation, model.output,
                         optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates,
                         model.precision)
 
@@ -105,7 +106,7 @@ def run_steps(trainer, X, y, weights, batch_size: int, max_steps: int):
 def _parameter_ids(model) -> list[int]:
     """Which arrays the model's parameters are (the engine holds the ones it was built with,
     so an id is never reused while it runs)."""
-    return [id(a) for a in model.weights] + [id(a) for a in model.biases]
+    return [id(a) for a in model._weights.arrays() + model._biases.arrays()]
 
 
 @dataclass
@@ -171,10 +172,13 @@ def training_guard(model):
                                "another thread); wait for it or train a copy")
         model._training = True
         model._trainer_thread = threading.get_ident()
+        model._drop_pack()  # the engine updates the weights in place
     try:
         yield
     finally:
-        model._training = False
+        with model._lock:
+            model._drop_pack()
+            model._training = False
 
 
 def validation_scores(model, X_val, y_val) -> tuple[float, float | None]:

@@ -25,14 +25,14 @@ import weakref
 import numpy as np
 
 from fastmlp import _core, _distributed, _training, io, onnx_export, torch_interop
-from fastmlp._sparse import SparseInput, is_sparse, sparse_features
+from fastmlp._outputs import Outputs
+from fastmlp._parameters import read_only_view
+from fastmlp._sparse import SparseInput
 from fastmlp._training import History
-from fastmlp._validation import (cache_aligned, check_activation, check_precision,
-                                 feature_matrix,
-                                 indicator_targets, integer_labels, model_dtype, poisson_targets,
-                                 positive_float, positive_int, regression_targets,
-                                 sample_weights, to_dtype)
+from fastmlp._validation import (cache_aligned, check_activation, check_precision, model_dtype,
+                                 positive_float, positive_int, sample_weights, to_dtype)
 from fastmlp.optim import Optimizer
+from fastmlp.quantized import QuantizedMLP
 
 __all__ = ["MLP", "History"]  # (History lives in _training, with the loop that fills it)
 
@@ -58,11 +58,39 @@ if hasattr(os, "register_at_fork"):
 
 
 class _ParameterList(list):
-    """The model's weights or biases: item assignment is validated, the length is fixed."""
+    """The model's weights or biases: item assignment is validated, the length is fixed, and
+    items read back are read-only views of the model's arrays (no copy): a
+    change goes through assignment or ``Optimizer.step``, which the model sees (it drops its
+    packed weights; fastmlp._parameters)."""
 
     def __init__(self, items, check):
         super().__init__(items)
-        self._check = check
+        self._check = check  # a bound method of the model
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        return read_only_view(a, self._check.__self__._drop_pack)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._view(a) for a in super().__getitem__(index)]
+        return self._view(super().__getitem__(index))
+
+    def __iter__(self):
+        return (self._view(a) for a in super().__iter__())
+
+    def __add__(self, other):  # model.weights + model.biases: views too
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def copy(self):
+        return list(self)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The model's own, writable arrays (for the engine and the fitting code, which drop
+        the model's packed weights around their in-place updates)."""
+        return list(super().__iter__())
 
     def __setitem__(self, index, value):
         if isinstance(index, slice):
@@ -77,10 +105,10 @@ class _ParameterList(list):
     __delitem__ = __iadd__ = __imul__ = _fixed
 
     def __reduce__(self):
-        return (_ParameterList, (list(self), self._check))
+        return (_ParameterList, (self.arrays(), self._check))
 
 
-class MLP:
+class MLP(Outputs):
     """A multilayer perceptron classifier on fastmlp's C++ kernels.
 
     Parameters
@@ -152,25 +180,10 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        self._packed = None  # the weights packed for inference (_packed_weights)
         _LIVE_MODELS.add(self)
 
     # ---- architecture -------------------------------------------------------------------
-
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        return self._layer_sizes
-
-    @property
-    def activation(self) -> str:
-        return self._activation
-
-    @property
-    def output(self) -> str:
-        return self._output
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
 
     @property
     def precision(self) -> str:
@@ -187,22 +200,6 @@ class MLP:
     def precision(self, value) -> None:
         self._precision = check_precision(value, self._dtype)
 
-    @property
-    def n_features(self) -> int:
-        return self._layer_sizes[0]
-
-    @property
-    def is_classifier(self) -> bool:
-        return self._output in ("softmax", "sigmoid", "multilabel")
-
-    @property
-    def n_classes(self) -> int:
-        """Classes of a classifier (2 for a sigmoid output; the labels for multilabel);
-        ValueError for regression."""
-        if not self.is_classifier:
-            raise ValueError(f"a regression MLP (output={self._output!r}) has no classes")
-        return 2 if self._output == "sigmoid" else self._layer_sizes[-1]
-
     def __repr__(self) -> str:
         return (f"MLP({list(self._layer_sizes)}, activation={self._activation!r}, "
                 f"output={self._output!r}, dtype={self._dtype.name!r})")
@@ -211,7 +208,17 @@ class MLP:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """Weights ``W_l`` of shape (n_l, n_{l-1}); assignable (shape and values validated)."""
+        """Weights ``W_l`` of shape (n_l, n_{l-1}): read-only views of the model's arrays (no
+        copy; writing into one raises ``ValueError: assignment destination is
+        read-only``, as the estimators' ``coefs_``). To change weights assign new arrays,
+        ``model.weights[l] = W`` or ``model.weights = [...]`` (shape and values validated,
+        copied in), e.g. ``model.weights[0] = model.weights[0] * 0.5``; a fastmlp optimizer's
+        ``step(model.weights + model.biases, grads)`` updates them in place too.
+
+        Why read-only: predictions at a batch of more than one row use a copy of the weights
+        packed for the GEMM kernels (built on first use, about the size of the weights; see
+        ``packed_nbytes``), which every assignment, ``fit`` and ``load`` renew; an in-place
+        write could not be seen, and would silently give stale predictions."""
         return self._weights
 
     @weights.setter
@@ -221,7 +228,7 @@ class MLP:
 
     @property
     def biases(self) -> list[np.ndarray]:
-        """Biases ``b_l`` of shape (n_l,); assignable (shape and values validated)."""
+        """Biases ``b_l`` of shape (n_l,): read-only views, assignable as ``weights``."""
         return self._biases
 
     @biases.setter
@@ -246,7 +253,9 @@ class MLP:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
         # Always a copy (the model owns its parameters); a float64 value beyond float32's
         # range is reported as such, not as the infinity the cast would make of it.
-        return cache_aligned(to_dtype(a, self._dtype, name))
+        checked = cache_aligned(to_dtype(a, self._dtype, name))
+        self._drop_pack()
+        return checked
 
     def _check_weight(self, i: int, value) -> np.ndarray:
         shape = (self._layer_sizes[i + 1], self._layer_sizes[i])
@@ -255,30 +264,43 @@ class MLP:
     def _check_bias(self, i: int, value) -> np.ndarray:
         return self._check_param(f"biases[{i}]", value, (self._layer_sizes[i + 1],))
 
+    def _drop_pack(self) -> None:
+        """Forgets the packed weights (the weights are about to change, or have)."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # (being built)
+            self._packed = None
+            return
+        with lock:
+            self._packed = None
+
+    def _packed_weights(self):
+        """The weights packed for the active ISA's GEMM kernels (built now if missing or
+        packed for another ISA), or None while the model trains (the engine is updating the
+        weights in place) and for bfloat16 products (which pack their own operands).
+        Call with the lock held."""
+        if self._training or self._precision != "float32":
+            return None
+        packed = self._packed
+        if packed is None or packed.isa != _core.isa():
+            pack_type = (_core.PackedWeightsFloat32 if self._dtype == np.float32
+                         else _core.PackedWeightsFloat64)
+            packed = self._packed = pack_type(self._weights, self._biases)
+        return packed
+
+    @property
+    def packed_nbytes(self) -> int:
+        """Bytes held by the packed copy of the weights that predictions of more than one row
+        read (0 until the first one): about the weights' size, each layer's output count
+        rounded up to the kernels' panel width (32 on AVX-512: a 10-class last layer is
+        stored 32 wide). Freed by any change of the weights, rebuilt by the next prediction."""
+        packed = self._packed
+        return 0 if packed is None else packed.nbytes
+
     @property
     def n_parameters(self) -> int:
         return sum(w.size + b.size for w, b in zip(self._weights, self._biases))
 
     # ---- inference ----------------------------------------------------------------------
-
-    def _features(self, X, name: str = "X"):
-        """X validated: a finite 2-D array of the model's dtype, or, for a scipy.sparse
-        matrix, a SparseInput (CSR, never made dense)."""
-        if is_sparse(X):
-            return sparse_features(X, name, self._dtype, self.n_features)
-        return feature_matrix(X, name, self._dtype, self.n_features)
-
-    def _labels(self, y, n_samples: int) -> np.ndarray:
-        """Class labels (int64, (n,)) of a classifier; targets ((n, n_outputs), the model's
-        dtype) of a regression MLP; indicator targets ((n, n_outputs) of 0/1) for multilabel."""
-        if self._output == "multilabel":
-            return indicator_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        if self._output == "poisson":
-            return poisson_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        if not self.is_classifier:
-            return regression_targets(y, "y", n_samples, self._layer_sizes[-1], self._dtype)
-        return integer_labels(y, "y", self.n_classes, n_samples,
-                              allow_bool=self._output == "sigmoid", allow_integral_float=True)
 
     def _forward(self, X) -> np.ndarray:
         """Logits of a validated X: all layers in one call into the core."""
@@ -287,65 +309,11 @@ class MLP:
                 return _core.mlp_forward_sparse(X.indptr, X.indices, X.values, X.shape[1],
                                                 self._weights, self._biases, self._activation,
                                                 self._precision)
+            # A batch of one reads W in place (a GEMV: packing would not pay); larger
+            # batches read the packed weights (built once, then reused).
+            packed = self._packed_weights() if X.shape[0] > 1 else None
             return _core.mlp_forward(X, self._weights, self._biases, self._activation,
-                                     self._precision)
-
-    def forward(self, X) -> np.ndarray:
-        """Logits (N, n_outputs) for inputs X (N, n_features), a NumPy array or a
-        scipy.sparse matrix (read as CSR, never made dense)."""
-        return self._forward(self._features(X))
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (N, K); for ``output='sigmoid'``, columns [P(0), P(1)]; for
-        ``output='multilabel'``, each label's probability P(y_k = 1) (N, n_outputs)."""
-        if not self.is_classifier:
-            raise TypeError("predict_proba needs a classifier "
-                            "(output 'softmax', 'sigmoid' or 'multilabel')")
-        logits = self.forward(X)
-        if self._output == "softmax":
-            return _core.softmax(logits)
-        if self._output == "multilabel":
-            return _core.sigmoid(logits)
-        p1 = _core.sigmoid(logits)
-        return np.concatenate([1.0 - p1, p1], axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)
-        (``exp(logits)`` for ``output='poisson'``); for multilabel the indicator matrix
-        (N, n_outputs), int64 0/1."""
-        return self._predict_logits(self.forward(X))
-
-    def _predict_logits(self, logits: np.ndarray) -> np.ndarray:
-        if self._output == "identity":
-            return logits
-        if self._output == "poisson":
-            with np.errstate(over="ignore"):
-                return np.exp(logits)
-        if self._output == "multilabel":
-            return (logits > 0).astype(np.int64)
-        if self._output == "softmax":
-            return np.argmax(logits, axis=1).astype(np.int64)
-        return (logits[:, 0] > 0).astype(np.int64)
-
-    def score(self, X, y) -> float:
-        """Accuracy (the fraction of samples whose predicted label equals y; for multilabel,
-        whose every label does, scikit-learn's subset accuracy); for regression the
-        coefficient of determination R², averaged over outputs (as scikit-learn)."""
-        X = self._features(X)
-        y = self._labels(y, X.shape[0])
-        prediction = self._predict_logits(self._forward(X))
-        if self.is_classifier:
-            return self._accuracy(prediction, y)
-        residual = ((y - prediction) ** 2).sum(axis=0, dtype=np.float64)
-        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
-        return float(r2.mean())
-
-    def _accuracy(self, prediction: np.ndarray, y: np.ndarray) -> float:
-        if self._output == "multilabel":
-            return float(np.mean(np.all(prediction == y, axis=1)))
-        return float(np.mean(prediction == y))
+                                     self._precision, packed)
 
     # ---- loss and gradients -------------------------------------------------------------
 
@@ -513,7 +481,7 @@ class MLP:
             state = self.__dict__.copy()
             state["_weights"] = [w.copy() for w in self._weights]
             state["_biases"] = [b.copy() for b in self._biases]
-        del state["_lock"], state["_training"], state["_trainer_thread"]
+        del state["_lock"], state["_training"], state["_trainer_thread"], state["_packed"]
         return state
 
     def __setstate__(self, state):
@@ -527,6 +495,7 @@ class MLP:
         self._lock = threading.RLock()
         self._training = False
         self._trainer_thread = None
+        self._packed = None
         _LIVE_MODELS.add(self)
 
     def _snapshot(self) -> io.ModelRecord:
@@ -535,6 +504,19 @@ class MLP:
             return io.ModelRecord(list(self._layer_sizes), self._activation, self._output,
                                   self._dtype, [w.copy() for w in self._weights],
                                   [b.copy() for b in self._biases], self._precision)
+
+    # ---- quantization -------------------------------------------------------------------
+
+    def quantize(self, dtype: str = "int8", calibration=None):
+        """A ``QuantizedMLP`` of this model for inference (``fastmlp.quantized``): hidden
+        layers int8 (weights per output channel, symmetric), the last layer and the output
+        function float32. ``calibration``: None for activation scales from each call's batch
+        (dynamic), or a sample X (n, n_features) whose float32 activations fix them (static).
+        A snapshot: later changes to this model do not reach it."""
+        if dtype != "int8":
+            raise ValueError(f"dtype must be 'int8', got {dtype!r}")
+        with self._lock:
+            return QuantizedMLP.from_mlp(self, calibration)
 
     # ---- PyTorch interop (optional; torch is never required) ----------------------------
 

@@ -23,7 +23,8 @@ from fastmlp._validation import (check_activation, contiguous, float_array, inte
 __all__ = [
     "matmul", "relu", "relu_grad", "sigmoid", "softmax", "softmax_nll", "sigmoid_bce",
     "squared_error", "dense_forward", "dense_backward", "isa", "supported_isas", "set_isa", "gemm_config",
-    "cache_sizes", "cost_model", "bf16_path", "supported_bf16_paths",
+    "cache_sizes", "cost_model", "bf16_path", "supported_bf16_paths", "int8_path",
+    "supported_int8_paths",
 ]
 
 
@@ -140,6 +141,19 @@ def _matmul_bf16(a, b, trans_a: bool, trans_b: bool) -> np.ndarray:
             ".astype(np.float32) first, or use precision='float32'"
         )
     return _core.matmul_bf16(strided_ok(a), strided_ok(b), trans_a, trans_b)
+
+
+def int8_path() -> str:
+    """The kernel of quantized inference's int8 products (``MLP.quantize``): ``'avx512vnni'``
+    (vpdpbusd on 512-bit registers, when the active ISA is avx512 and the CPU has
+    AVX512-VNNI), ``'avxvnni'`` (the VEX form on 256-bit registers: CPUs with AVX-VNNI, under
+    avx2 or without AVX512-VNNI) or ``'portable'``; follows ``set_isa`` / ``FASTMLP_ISA``."""
+    return _core.int8_path()
+
+
+def supported_int8_paths() -> list[str]:
+    """The int8 kernels this CPU can run (``_testing.int8_path`` forces one)."""
+    return list(_core.supported_int8_paths())
 
 
 def bf16_path() -> str:

@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from fastmlp import _core
+from fastmlp._parameters import writable_target
 from fastmlp._validation import FLOAT_DTYPES, as_array, positive_float
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "by_name"]
@@ -172,6 +173,11 @@ class Optimizer:
         grads = list(grads)
         if len(params) != len(grads):
             raise ValueError(f"step got {len(params)} parameters but {len(grads)} gradients")
+        # A model's parameter views (MLP.weights) are updated in their model's arrays, and the
+        # model told (it drops its packed weights).
+        targets = [writable_target(p) if isinstance(p, np.ndarray) else (p, None)
+                   for p in params]
+        params = [array for array, _ in targets]
         checked = [self._check_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
         self._prepare([p for p, _ in checked])
         # The core updates contiguous memory; a non-contiguous parameter is updated in a copy
@@ -181,6 +187,9 @@ class Optimizer:
         for (p, _), w in zip(checked, work):
             if w is not p:
                 p[...] = w
+        for _, changed in targets:
+            if changed is not None:
+                changed()
 
     def _prepare(self, params: list[np.ndarray]) -> None:
         """Binds the state to these parameters on first use; checks them after."""

@@ -30,6 +30,8 @@
 #include "threads.h"
 #include "narrow.h"
 #include "network.h"
+#include "quantized.h"
+#include "gemm/int8.h"
 #include "trainer.h"
 
 namespace py = pybind11;
@@ -1087,8 +1089,151 @@ py::array mlp_forward_sparse_py(const py::array& indptr, const py::array& indice
   });
 }
 
+// PackedWeights<T>(weights, biases): every W_l packed for the active ISA's GEMM kernels
+// (network.h). A snapshot: later changes to the arrays are not seen.
+template <class T>
+void bind_packed_weights(py::module_& m, const char* name) {
+  py::class_<PackedWeights<T>>(m, name, "the weights packed once for inference (network.h)")
+      .def(py::init([](py::list weights, py::list biases) {
+             const NetworkArgs<T> net = network_args<T>(weights, biases, "relu", "identity", false);
+             const T* const* w = net.weights.data();
+             std::unique_ptr<PackedWeights<T>> packed;
+             without_gil([&] { packed = std::make_unique<PackedWeights<T>>(net.shape, w); });
+             return packed;
+           }),
+           py::arg("weights"), py::arg("biases"))
+      .def_property_readonly("nbytes",
+                             [](const PackedWeights<T>& p) { return p.elements * sizeof(T); })
+      .def_property_readonly("isa", [](const PackedWeights<T>& p) {
+        return std::string(isa_name(p.isa));
+      });
+}
+
+// ---- quantized inference (quantized.h, gemm/int8.h) -------------------------------------------
+
+template <class T>
+const T* contiguous_of(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
+    throw py::type_error(std::string(name) + " must be a C-contiguous " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() + " array");
+  require_shape(a, name, shape);
+  return static_cast<const T*>(a.data());
+}
+
+// A hidden layer from W_q (N,K) int8, s_w (N), b (N) float32 and, for static quantization,
+// the input's (scale, zero point).
+QuantizedLayer quantized_layer(const py::array& Wq, const py::array& scale, const py::array& bias,
+                               const py::object& input) {
+  require_ndim(Wq, "W_q", 2);
+  const index_t N = Wq.shape(0), K = Wq.shape(1);
+  const std::int8_t* w = contiguous_of<std::int8_t>(Wq, "W_q", {N, K});
+  const float* s = contiguous_of<float>(scale, "weight scale", {N});
+  const float* b = contiguous_of<float>(bias, "bias", {N});
+  QuantizedLayer layer{PackedInt8Weights(w, K, N, K), std::vector<float>(s, s + N),
+                       std::vector<float>(b, b + N), std::nullopt};
+  if (!input.is_none()) {
+    const auto [x_scale, zero] = input.cast<std::pair<float, int>>();
+    if (!(x_scale > 0.0f) || !std::isfinite(x_scale) || zero < 0 || zero > 255)
+      throw py::value_error("an input's scale must be finite and > 0, its zero point in [0, 255]");
+    layer.input = QuantParams{x_scale, zero};
+  }
+  return layer;
+}
+
+std::unique_ptr<QuantizedNetwork> make_quantized_network(py::list hidden, const py::array& last_W,
+                                                         const py::array& last_b,
+                                                         const std::string& activation) {
+  std::vector<QuantizedLayer> layers;
+  std::vector<index_t> sizes;
+  for (py::handle item : hidden) {
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(item);
+    if (t.size() != 4) throw py::value_error("a hidden layer is (W_q, scale, bias, input)");
+    layers.push_back(quantized_layer(t[0].cast<py::array>(), t[1].cast<py::array>(),
+                                     t[2].cast<py::array>(), t[3]));
+    const PackedInt8Weights& W = layers.back().weights;
+    if (sizes.empty()) sizes.push_back(W.K);
+    if (W.K != sizes.back()) throw py::value_error("the hidden layers' shapes do not chain");
+    sizes.push_back(W.N);
+  }
+  require_ndim(last_W, "last W", 2);
+  const index_t n_out = last_W.shape(0), n_in = last_W.shape(1);
+  if (sizes.empty()) sizes.push_back(n_in);
+  if (n_in != sizes.back()) throw py::value_error("the last layer's shape does not chain");
+  sizes.push_back(n_out);
+  const float* W = contiguous_of<float>(last_W, "last W", {n_out, n_in});
+  const float* b = contiguous_of<float>(last_b, "last b", {n_out});
+  return std::make_unique<QuantizedNetwork>(std::move(layers), W, b, sizes,
+                                            parse_activation(activation));
+}
+
+void bind_quantized(py::module_& m, py::module_& testing) {
+  py::class_<QuantizedNetwork>(m, "QuantizedNetwork",
+                               "an MLP's int8 hidden layers and float32 last layer (quantized.h)")
+      .def(py::init(&make_quantized_network), py::arg("hidden"), py::arg("last_W"),
+           py::arg("last_b"), py::arg("activation"))
+      .def("forward", [](const QuantizedNetwork& net, const py::array& X) {
+        const StridedMatrix<float> xs = strided<float>(X, "X");
+        if (X.shape(1) != net.sizes().front())
+          throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
+                                std::to_string(net.sizes().front()));
+        const index_t B = X.shape(0);
+        py::array_t<float> logits({B, net.sizes().back()});
+        float* out = logits.mutable_data();
+        without_gil([&] { net.forward(out, xs, B); });
+        return logits;
+      }, py::arg("X"))
+      .def_property_readonly("nbytes", &QuantizedNetwork::nbytes);
+  m.def("int8_path", [] { return std::string(int8_path_name(active_int8_path())); },
+        "The int8 GEMM's path: 'portable', 'avxvnni' or 'avx512vnni'.");
+  m.def("supported_int8_paths", [] {
+    py::list out;
+    for (Int8Path p : {Int8Path::portable, Int8Path::avxvnni, Int8Path::avx512vnni})
+      if (int8_path_supported(p)) out.append(int8_path_name(p));
+    return out;
+  });
+  m.def("int8_quant_params", [](float lo, float hi) {
+    const QuantParams q = quant_params(lo, hi);
+    return std::make_pair(q.scale, static_cast<int>(q.zero));
+  }, py::arg("lo"), py::arg("hi"));
+  // Returns the previous forced int8 path's name.
+  testing.def("force_int8_path", [](const std::string& name) {
+    try {
+      return std::string(int8_path_name(testing_force_int8_path(parse_int8_path(name))));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("path"));
+  // The int32 product X_q (M,K) uint8 · W_qᵀ, W_q (N,K) int8, through the active path.
+  testing.def("int8_matmul", [](const py::array& Xq, const py::array& Wq) {
+    require_ndim(Xq, "X_q", 2);
+    require_ndim(Wq, "W_q", 2);
+    const index_t M = Xq.shape(0), K = Xq.shape(1), N = Wq.shape(0);
+    const std::uint8_t* x = contiguous_of<std::uint8_t>(Xq, "X_q", {M, K});
+    const std::int8_t* w = contiguous_of<std::int8_t>(Wq, "W_q", {N, K});
+    const PackedInt8Weights packed(w, K, N, K);
+    std::vector<std::uint8_t> padded(static_cast<std::size_t>(M * packed.K4), 0);
+    for (index_t i = 0; i < M; ++i) std::copy_n(x + i * K, K, padded.data() + i * packed.K4);
+    py::array_t<std::int32_t> out({M, N});
+    Int8Epilogue ep;
+    ep.raw = out.mutable_data();
+    ep.ld_raw = N;
+    int8_gemm(padded.data(), packed.K4, M, packed, nullptr, 0, ep);
+    return out;
+  }, py::arg("X_q"), py::arg("W_q"));
+  // quantize_rows of X (M,K) float32 with (scale, zero): (M,K) uint8.
+  testing.def("quantize_rows", [](const py::array& X, float scale, int zero) {
+    const StridedMatrix<float> xs = strided<float>(X, "X");
+    const index_t M = X.shape(0), K = X.shape(1);
+    py::array_t<std::uint8_t> out({M, K});
+    quantize_rows(out.mutable_data(), K, xs.data, xs.row_stride, xs.col_stride, M, K,
+                  QuantParams{scale, zero});
+    return out;
+  }, py::arg("X"), py::arg("scale"), py::arg("zero"));
+}
+
 py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
-                         const std::string& activation, const std::string& precision) {
+                         const std::string& activation, const std::string& precision,
+                         const py::object& packed_object) {
   return with_float_dtype(X, "X", [&](auto tag) -> py::array {
     using T = decltype(tag);
     // The output kind does not change the logits.
@@ -1099,11 +1244,21 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
       throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
     const index_t B = X.shape(0);
+    const PackedWeights<T>* packed = nullptr;
+    if (!packed_object.is_none()) {
+      if (!py::isinstance<PackedWeights<T>>(packed_object))
+        throw py::type_error("packed must be the PackedWeights of the weights' dtype");
+      packed = packed_object.cast<const PackedWeights<T>*>();
+      if (packed->sizes != net.shape.sizes)
+        throw py::value_error("packed was built for other layer sizes");
+      // The panels are float32 products' (a bfloat16 product packs its own operands).
+      if (rounding == GemmPrecision::bfloat16) packed = nullptr;
+    }
     py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
     T* out = logits.mutable_data();
     without_gil([&] {
       const PrecisionScope scope(requested_gemm_precision(rounding));
-      mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data());
+      mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data(), packed);
     });
     return logits;
   });
@@ -1243,6 +1398,7 @@ PYBIND11_MODULE(_core, m) {
       }
     throw py::value_error("layout must be 'automatic', 'rows' or 'features', got '" + name + "'");
   }, py::arg("layout"));
+  bind_quantized(m, testing);
   // Returns the previous forced bf16 path's name.
   testing.def("force_bf16_path", [](const std::string& name) {
     try {
@@ -1321,7 +1477,9 @@ PYBIND11_MODULE(_core, m) {
   bind_trainer<float>(m, "TrainerFloat32");
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
-        py::arg("activation"), py::arg("precision") = "float32");
+        py::arg("activation"), py::arg("precision") = "float32", py::arg("packed") = py::none());
+  bind_packed_weights<float>(m, "PackedWeightsFloat32");
+  bind_packed_weights<double>(m, "PackedWeightsFloat64");
   m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),
         py::arg("sample_weight"), py::arg("weights"), py::arg("biases"), py::arg("activation"),
         py::arg("output"), py::arg("precision") = "float32");

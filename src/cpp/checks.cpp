@@ -13,8 +13,17 @@ index_t first_nonfinite(const T* data, index_t n) {
   constexpr index_t kBlock = 4096;
   for (index_t start = 0; start < n; start += kBlock) {
     const index_t end = start + kBlock < n ? start + kBlock : n;
+    // 16 independent lanes (4 SSE2 vectors of floats): one OR chain would cap the loop at
+    // a vector per cycle (measured: 24 µs → 13 µs for a 256 × 784 float32 X, Zen 5).
+    constexpr index_t kLanes = 16;
+    unsigned lanes[kLanes] = {};
+    index_t i = start;
+    for (; i + kLanes <= end; i += kLanes)
+      for (index_t k = 0; k < kLanes; ++k)
+        lanes[k] |= !(std::fabs(data[i + k]) <= std::numeric_limits<T>::max());
     unsigned bad = 0;
-    for (index_t i = start; i < end; ++i)
+    for (const unsigned lane : lanes) bad |= lane;
+    for (; i < end; ++i)
       bad |= !(std::fabs(data[i]) <= std::numeric_limits<T>::max());
     if (bad)
       for (index_t i = start; i < end; ++i)

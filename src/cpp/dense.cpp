@@ -10,7 +10,7 @@ namespace fastmlp {
 
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
-                   index_t I, index_t O, Activation act) {
+                   index_t I, index_t O, Activation act, const T* packed_w) {
   GemmArgs<T> g;
   g.M = B;
   g.N = O;
@@ -21,6 +21,7 @@ void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, i
   g.B = W.data;  // Wᵀ (I,O): element (p,j) = W[j,p]
   g.rs_b = W.col_stride;
   g.cs_b = W.row_stride;
+  g.packed_b = packed_w;
   g.sink.C = out;
   g.sink.ldc = O;
   g.sink.bias = b;
@@ -98,7 +99,7 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \
   template void dense_forward<T>(T*, StridedMatrix<T>, StridedMatrix<T>, const T*, index_t,     \
-                                 index_t, index_t, Activation);                                 \
+                                 index_t, index_t, Activation, const T*);                       \
   template void dense_backward<T>(T*, T*, T*, T*, StridedMatrix<T>, StridedMatrix<T>, const T*, \
                                   const T*, index_t, index_t, index_t, Activation);              \
   template void bias_gradient<T>(T*, const T*, index_t, index_t);                               \

@@ -71,7 +71,7 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
       }
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
-                    n[l + 1], act);
+                    n[l + 1], act, packed_ ? packed_[l] : nullptr);
     } else {
       narrow_forward(ws.act[l], l == 0 ? batch.x.data : ws.act[l - 1], weights_[l], biases_[l],
                      B, n[l], n[l + 1], act);
@@ -219,7 +219,8 @@ namespace {
 // ping-pong between two (B, widest hidden) buffers of the calling thread, reused between calls.
 template <class T>
 void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
-                 const T* const* weights, const T* const* biases) {
+                 const T* const* weights, const T* const* biases,
+                 const T* const* packed = nullptr) {
   static thread_local AlignedBuffer<T> ping_pong;
   static thread_local Workspace<T> ws;  // its act vector keeps its capacity between calls
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
@@ -228,17 +229,37 @@ void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
   ws.act.clear();
   for (index_t l = 0; l < L; ++l)
     ws.act.push_back(l == L - 1 ? logits : buffers + (l % 2) * B * widest);
-  Network<T>(shape, weights, biases).template forward<Layout::rows>(batch, ws);
+  Network<T>(shape, weights, biases, false, packed).template forward<Layout::rows>(batch, ws);
 }
 }  // namespace
 
 template <class T>
+PackedWeights<T>::PackedWeights(const NetworkShape& shape, const T* const* weights)
+    : isa(active_isa()), sizes(shape.sizes) {
+  for (index_t l = 0; l < shape.layers(); ++l) {
+    const index_t K = shape.sizes[l], N = shape.sizes[l + 1];
+    const index_t count = prepacked_b_elements<T>(N, K);
+    buffers.push_back(std::make_unique<AlignedBuffer<T>>());
+    T* panels = buffers.back()->reserve(static_cast<std::size_t>(count));
+    prepack_b(panels, weights[l], K, N, K);
+    layers.push_back(panels);
+    elements += static_cast<std::size_t>(count);
+  }
+}
+
+template <class T>
+const T* const* PackedWeights<T>::for_active_isa() const {
+  return active_isa() == isa ? layers.data() : nullptr;
+}
+
+template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
-                 const T* const* weights, const T* const* biases) {
+                 const T* const* weights, const T* const* biases,
+                 const PackedWeights<T>* packed) {
   Batch<T> batch;
   batch.x = X;
   batch.rows = B;
-  forward_all(logits, batch, shape, weights, biases);
+  forward_all(logits, batch, shape, weights, biases, packed ? packed->for_active_isa() : nullptr);
 }
 
 template <class T>
@@ -265,8 +286,9 @@ void mlp_forward_sparse(T* logits, const SparseRows<T>& X, index_t B, const Netw
                                                        const GradientSink<T>&) const;          \
   template void add_l2_gradient<T>(T*, index_t, const T*, index_t, index_t, index_t, T);       \
   template double sum_of_squares<T>(const T*, index_t, index_t, index_t);                      \
+  template struct PackedWeights<T>;                                                            \
   template void mlp_forward<T>(T*, StridedMatrix<T>, index_t, const NetworkShape&,             \
-                               const T* const*, const T* const*);                             \
+                               const T* const*, const T* const*, const PackedWeights<T>*);    \
   template void mlp_forward_sparse<T>(T*, const SparseRows<T>&, index_t, const NetworkShape&,  \
                                       const T* const*, const T* const*);
 FASTMLP_INSTANTIATE(float)

@@ -13,9 +13,11 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "common.h"
+#include "cpu.h"
 #include "dense.h"
 #include "gemm/gemm.h"
 #include "sparse.h"
@@ -103,10 +105,11 @@ class Network {
   // pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous, must outlive it.
   // first_layer_transposed: weights[0] is W_0ᵀ (n_0, n_1), the layout in which sparse
   // batches read it fastest (sparse.h); only sparse batches may then be run.
+  // packed: each W_l pre-packed (PackedWeights::layers), read by forward only; or null.
   Network(const NetworkShape& shape, const T* const* weights, const T* const* biases,
-          bool first_layer_transposed = false)
+          bool first_layer_transposed = false, const T* const* packed = nullptr)
       : shape_(shape), weights_(weights), biases_(biases),
-        first_layer_transposed_(first_layer_transposed) {}
+        first_layer_transposed_(first_layer_transposed), packed_(packed) {}
 
   const NetworkShape& shape() const { return shape_; }
 
@@ -148,6 +151,7 @@ class Network {
   const T* const* weights_;
   const T* const* biases_;
   bool first_layer_transposed_ = false;
+  const T* const* packed_ = nullptr;
 };
 
 // The L2 penalty's gradient on a block of W (scikit-learn's alpha): grad += scale · W,
@@ -161,11 +165,32 @@ void add_l2_gradient(T* grad, index_t ld_grad, const T* W, index_t ld, index_t r
 template <class T>
 double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
 
+// Every layer's W_l packed once for the float32/float64 GEMM's kernels (gemm.h's prepack_b:
+// NR-column panels of Wᵀ spanning all of n_l), so that inference at any batch reads panels
+// instead of packing Wᵀ on each call. Memory: Σ_l round_up(n_{l+1}, NR)·n_l elements, the
+// weights' size plus the padding of each layer's last panel (NR = 32 floats on AVX-512: a
+// 10-class last layer is stored 32 wide). Valid for the ISA active when it was built (the
+// panels' width is that ISA's); `isa` says which. A snapshot: it does not follow later
+// changes to the weights (the owner rebuilds it).
+template <class T>
+struct PackedWeights {
+  Isa isa = Isa::generic;
+  std::vector<index_t> sizes;  // the net's n_0 … n_L
+  std::vector<std::unique_ptr<AlignedBuffer<T>>> buffers;
+  std::vector<const T*> layers;  // layers[l]: W_l's panels
+  std::size_t elements = 0;      // over all layers
+  PackedWeights(const NetworkShape& shape, const T* const* weights);
+  // The panels, or null where the active ISA is no longer the one they were built for.
+  const T* const* for_active_isa() const;
+};
+
 // Inference: logits (B, n_L) of X (B, n_0) through all layers in one call; the hidden
-// activations live in a reused per-thread buffer.
+// activations live in a reused per-thread buffer. packed: the weights' PackedWeights (its
+// panels are used where the active ISA matches), or null.
 template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
-                 const T* const* weights, const T* const* biases);
+                 const T* const* weights, const T* const* biases,
+                 const PackedWeights<T>* packed = nullptr);
 // The same for the B rows of a CSR matrix (sparse.h); W_0 in its own (n_1, n_0) layout.
 template <class T>
 void mlp_forward_sparse(T* logits, const SparseRows<T>& X, index_t B, const NetworkShape& shape,

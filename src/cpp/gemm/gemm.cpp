@@ -177,15 +177,20 @@ void gemm_packed(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
       const index_t kc = std::min(KC, g.K - pc);
       // The first K block applies beta and the bias, the last one the activation.
       const bool first = pc == 0, last = pc + kc == g.K;
-      pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
-             cntx.pack_b_transposed);
+      // A pre-packed op(B): the jr-th panel of this block is the slice [pc, pc+kc) of the
+      // whole-K panel (jc+jr)/NR, panels NR·K apart instead of NR·kc.
+      const T* b_block = g.packed_b ? g.packed_b + jc * g.K + pc * NR : packed_b;
+      const index_t b_panel_step = g.packed_b ? g.K : kc;
+      if (!g.packed_b)
+        pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
+               cntx.pack_b_transposed);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR,
                cntx.pack_a_rows);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
-          const T* b_panel = packed_b + jr * kc;
+          const T* b_panel = b_block + jr * b_panel_step;
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             const T* a_panel = packed_a + ir * kc;
@@ -229,7 +234,11 @@ void gemm_in_place(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
   // (row stride NR, panels K·NR apart), which is the same access pattern.
   const T* b = g.B;
   index_t b_rs = g.rs_b, panel_step = NR;
-  if (g.cs_b != 1) {
+  if (g.packed_b && !one_row) {
+    b = g.packed_b;
+    b_rs = NR;
+    panel_step = NR * g.K;
+  } else if (g.cs_b != 1) {
     const index_t padded_n = (g.N + NR - 1) / NR * NR;
     T* packed = packed_b_buffer<T>().reserve(packed_b_size(cntx, g.K * padded_n));
     pack_b(packed, g.B, g.rs_b, g.cs_b, g.K, g.N, NR,
@@ -441,6 +450,30 @@ void gemm_reference(const GemmArgs<T>& g) {
     }
 }
 
+template <class T>
+index_t prepack_nr() {
+  return active_gemm_context<T>().NR;
+}
+
+template <class T>
+index_t prepacked_b_elements(index_t N, index_t K) {
+  const index_t NR = prepack_nr<T>();
+  return (N + NR - 1) / NR * NR * K;
+}
+
+template <class T>
+void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K) {
+  const GemmContext<T>& cntx = active_gemm_context<T>();
+  // op(B) = Wᵀ: element (p, j) = W[j*ldw + p], so rs = 1, cs = ldw.
+  pack_b(packed, W, index_t{1}, ldw, K, N, cntx.NR, cntx.pack_b_transposed);
+}
+
+template index_t prepack_nr<float>();
+template index_t prepack_nr<double>();
+template index_t prepacked_b_elements<float>(index_t, index_t);
+template index_t prepacked_b_elements<double>(index_t, index_t);
+template void prepack_b<float>(float*, const float*, index_t, index_t, index_t);
+template void prepack_b<double>(double*, const double*, index_t, index_t, index_t);
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
 template void gemm_reference<float>(const GemmArgs<float>&);

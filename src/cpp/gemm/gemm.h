@@ -110,8 +110,28 @@ struct GemmArgs {
   index_t rs_a = 0, cs_a = 0;
   const T* B = nullptr;
   index_t rs_b = 0, cs_b = 0;
+  // Optional: op(B) already packed by prepack_b (NR-column panels spanning all of K, for the
+  // active ISA's float32 kernels); the in-place and packed paths then read its panels instead
+  // of packing op(B). B itself must still be given (the reference loop, the GEMV of a batch of
+  // one and the bfloat16 product read it).
+  const T* packed_b = nullptr;
   TileSink<T> sink;  // C and its epilogue, or a consumer
 };
+
+// ---- pre-packed op(B): weights packed once for inference --------------------------------------
+//
+// op(B) = Wᵀ, W (N,K) row-major (row stride ldw), packed into NR-column panels of the whole
+// reduction: packed[(j/NR)·NR·K + p·NR + j%NR] = W[j, p], zero-padded to a multiple of NR
+// columns. A K-block [pc, pc+kc) of a panel is then the contiguous kc×NR panel that
+// gemm_packed's micro-kernel reads, and the whole panel the in-place path's one.
+// Elements (≥ N·K: the padding of the last panel) the pack of (N,K) takes; the NR is the active
+// ISA's (prepack_nr), so a pack is only valid while that ISA is active.
+template <class T>
+index_t prepacked_b_elements(index_t N, index_t K);
+template <class T>
+index_t prepack_nr();
+template <class T>
+void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K);
 
 // The ways gemm() can compute a product. The automatic choice depends on the shape only
 // (gemm.cpp): the reference loop for tiny products, the in-place path for small ones and

@@ -51,6 +51,7 @@ void split_over_tiles(const GemmArgs<T>& g, index_t MR, index_t NR, index_t part
     part.N = c1 - c0;
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
+    part.packed_b = g.packed_b ? g.packed_b + c0 * g.K : nullptr;  // c0: a multiple of NR
     part.sink = g.sink.block(r0, c0);
     serial(part);
   });

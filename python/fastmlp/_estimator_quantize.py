@@ -1,0 +1,33 @@
+"""The estimators' ``quantize``: a copy of a fitted ``MLPClassifier`` / ``MLPRegressor`` whose
+network is the int8 ``QuantizedMLP`` (fastmlp.quantized), for inference only."""
+
+from __future__ import annotations
+
+import copy
+
+from sklearn.utils.validation import check_is_fitted
+
+from fastmlp.model import MLP
+
+__all__ = ["Quantizable"]
+
+
+class Quantizable:
+    """A mixin of ``_BaseMLP`` (which provides ``_model`` and ``_check_X``)."""
+
+    def quantize(self, dtype: str = "int8", calibration=None):
+        """A copy of this fitted estimator on ``MLP.quantize(dtype, calibration)``'s int8
+        ``QuantizedMLP`` (``calibration``: None for activation scales from each call's batch,
+        or a sample X for fixed ones): predicts and scores as this one (``classes_``
+        included); it cannot be fitted (fit the original, quantize again) and has no
+        ``coefs_`` / ``intercepts_``."""
+        check_is_fitted(self)
+        calibration = None if calibration is None else self._check_X(calibration)[0]
+        quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
+        quantized._model = self._model.quantize(dtype, calibration=calibration)
+        return quantized
+
+    def _refuse_if_quantized(self, what: str) -> None:
+        if "_model" in self.__dict__ and not isinstance(self._model, MLP):
+            raise TypeError(f"this estimator was quantized for inference and has no {what}: "
+                            "fit the original estimator and call quantize() again")

@@ -1,0 +1,34 @@
+"""Read-only views of a model's parameter arrays, and the one way around them for in-place
+updaters (``Optimizer.step``): the model keeps a packed copy of its weights for inference
+(``MLP.packed_nbytes``), so every change of a weight must reach the model. Assignment does;
+an in-place write into a view raises; ``Optimizer.step`` given a view writes into the model's
+own array and tells the model (which drops its packed copy)."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+# id(view) -> (weak reference to the view, the model's writable array, the callback that tells
+# the model it changed); an entry goes when its view does (arrays are unhashable, so no
+# WeakKeyDictionary).
+_OWNERS: dict[int, tuple] = {}
+
+
+def read_only_view(array: np.ndarray, changed) -> np.ndarray:
+    """A read-only view of ``array``; ``writable_target`` maps it back (with ``changed``)."""
+    view = array.view()
+    view.flags.writeable = False
+    key = id(view)
+    _OWNERS[key] = (weakref.ref(view, lambda _: _OWNERS.pop(key, None)), array, changed)
+    return view
+
+
+def writable_target(p: np.ndarray):
+    """``(array to update in place, callback to run after)`` for p: p itself (no callback)
+    unless p is a model's read-only parameter view."""
+    entry = _OWNERS.get(id(p)) if not p.flags.writeable else None
+    if entry is None or entry[0]() is not p:
+        return p, None
+    return entry[1], entry[2]

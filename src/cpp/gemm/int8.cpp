@@ -1,0 +1,330 @@
+// The int8 GEMM's framework, its portable kernel and the choice of path (see int8.h).
+#include "int8.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "../cpu.h"
+#include "../threads.h"
+#include "gemm.h"
+
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>  // the x86-64 baseline: quantization 4 floats at a time
+#endif
+
+namespace fastmlp {
+
+namespace {
+
+std::atomic<Int8Path> g_forced_int8_path{Int8Path::automatic};
+
+// CPUID leaf 7: subleaf 0 ECX bit 11 AVX512_VNNI, subleaf 1 EAX bit 4 AVX_VNNI; the OS saving
+// the registers is checked by isa_supported.
+bool cpuid_bit(unsigned subleaf, int reg, int bit) {
+#if defined(FASTMLP_X86) && (defined(__GNUC__) || defined(__clang__))
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(7, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1u;
+#else
+  (void)subleaf, (void)reg, (void)bit;
+  return false;
+#endif
+}
+
+// The portable kernel's epilogue of one row's n sums (int8.h's contract).
+void finish_row(const std::int32_t* acc, index_t i, float* c, index_t ldc, index_t n,
+                const Int8Epilogue& ep) {
+  for (index_t j = 0; j < n; ++j) {
+    if (ep.raw) {
+      ep.raw[i * ep.ld_raw + j] = acc[j];
+      continue;
+    }
+    const float product = static_cast<float>(acc[j] - ep.zero_correction[j]) * ep.scale[j];
+    const float value = product + ep.bias[j];
+    c[i * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
+  }
+}
+
+// The portable kernel: the int8.h contract one row at a time. On x86-64 (SSE2, the baseline)
+// pmaddwd multiplies 8 int16 pairs and adds adjacent products: bytes widened to int16, the
+// row's 4 activations repeated twice against 2 channels' 4 weights give each channel's
+// (x0w0 + x1w1, x2w2 + x3w3); the two halves are added at the end. Elsewhere plain loops.
+void int8_kernel_portable(index_t k4, const std::uint8_t* a, index_t lda, index_t m,
+                          const std::int8_t* panels, index_t panel_stride, float* c, index_t ldc,
+                          index_t n, const Int8Epilogue& ep) {
+  for (index_t i = 0; i < m; ++i) {
+    alignas(16) std::int32_t acc[64] = {};
+    const std::uint8_t* row = a + i * lda;
+    for (index_t v = 0; v < 4 && 16 * v < n; ++v) {
+      const std::int8_t* panel = panels + v * panel_stride;
+#if defined(__SSE2__)
+      // pairs[q]: for channels 2q and 2q+1 of the panel, 4 int32 partial sums.
+      __m128i pairs[8];
+      for (int q = 0; q < 8; ++q) pairs[q] = _mm_setzero_si128();
+      const __m128i zero = _mm_setzero_si128();
+      for (index_t g = 0; g < k4; ++g) {
+        std::int32_t four;
+        std::memcpy(&four, row + 4 * g, 4);
+        // x0 x1 x2 x3 x0 x1 x2 x3 as int16 (uint8 zero-extended)
+        const __m128i x = _mm_unpacklo_epi8(_mm_set1_epi32(four), zero);
+        const std::int8_t* w = panel + 64 * g;
+        for (int quarter = 0; quarter < 4; ++quarter) {  // 16 bytes: 4 channels × 4 k
+          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * quarter));
+          const __m128i sign = _mm_cmpgt_epi8(zero, bytes);  // int8 → int16 sign extension
+          const __m128i low = _mm_unpacklo_epi8(bytes, sign), high = _mm_unpackhi_epi8(bytes, sign);
+          pairs[2 * quarter] = _mm_add_epi32(pairs[2 * quarter], _mm_madd_epi16(low, x));
+          pairs[2 * quarter + 1] = _mm_add_epi32(pairs[2 * quarter + 1], _mm_madd_epi16(high, x));
+        }
+      }
+      for (int q = 0; q < 8; ++q) {
+        alignas(16) std::int32_t halves[4];
+        _mm_store_si128(reinterpret_cast<__m128i*>(halves), pairs[q]);
+        acc[16 * v + 2 * q] = halves[0] + halves[1];
+        acc[16 * v + 2 * q + 1] = halves[2] + halves[3];
+      }
+#else
+      for (index_t g = 0; g < k4; ++g) {
+        const std::uint8_t* x = row + 4 * g;
+        const std::int8_t* w = panel + 64 * g;
+        for (index_t col = 0; col < 16; ++col)
+          acc[16 * v + col] += x[0] * w[4 * col] + x[1] * w[4 * col + 1] +
+                               x[2] * w[4 * col + 2] + x[3] * w[4 * col + 3];
+      }
+#endif
+    }
+    finish_row(acc, i, c, ldc, n, ep);
+  }
+}
+
+}  // namespace
+
+const char* int8_path_name(Int8Path path) {
+  switch (path) {
+    case Int8Path::automatic: return "automatic";
+    case Int8Path::portable: return "portable";
+    case Int8Path::avxvnni: return "avxvnni";
+    case Int8Path::avx512vnni: return "avx512vnni";
+  }
+  return "unknown";
+}
+
+Int8Path parse_int8_path(const std::string& name) {
+  for (Int8Path p : {Int8Path::automatic, Int8Path::portable, Int8Path::avxvnni,
+                     Int8Path::avx512vnni})
+    if (name == int8_path_name(p)) return p;
+  throw std::invalid_argument("unknown int8 path '" + name +
+                              "': expected one of automatic, portable, avxvnni, avx512vnni");
+}
+
+bool int8_path_supported(Int8Path path) {
+  switch (path) {
+    case Int8Path::automatic:
+    case Int8Path::portable: return true;
+    case Int8Path::avxvnni: return isa_supported(Isa::avx2) && cpuid_bit(1, 0, 4);
+    case Int8Path::avx512vnni: return isa_supported(Isa::avx512) && cpuid_bit(0, 2, 11);
+  }
+  return false;
+}
+
+Int8Path active_int8_path() {
+  const Int8Path forced = g_forced_int8_path.load(std::memory_order_relaxed);
+  if (forced != Int8Path::automatic) return forced;
+  static const bool has_avx512vnni = int8_path_supported(Int8Path::avx512vnni);
+  static const bool has_avxvnni = int8_path_supported(Int8Path::avxvnni);
+  const Isa isa = active_isa();
+  if (isa == Isa::avx512 && has_avx512vnni) return Int8Path::avx512vnni;
+  if (isa != Isa::generic && has_avxvnni) return Int8Path::avxvnni;
+  return Int8Path::portable;
+}
+
+Int8Path testing_force_int8_path(Int8Path path) {
+  if (!int8_path_supported(path))
+    throw std::invalid_argument(std::string("int8 path ") + int8_path_name(path) +
+                                " is not supported by this CPU");
+  return g_forced_int8_path.exchange(path);
+}
+
+Int8Kernels active_int8_kernels() {
+  switch (active_int8_path()) {
+#ifdef FASTMLP_X86
+    case Int8Path::avx512vnni: return avx512vnni_int8_kernels();
+    case Int8Path::avxvnni: return avxvnni_int8_kernels();
+#endif
+    default: return Int8Kernels{4, &int8_kernel_portable};
+  }
+}
+
+PackedInt8Weights::PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t n, index_t k)
+    : N(n), K(k), K4((k + 3) / 4 * 4), padded_N((n + 63) / 64 * 64) {
+  if (K > 65000) throw std::invalid_argument("int8 layers take at most 65,000 inputs");
+  storage.assign(nbytes() + 63, 0);
+  offset = (64 - reinterpret_cast<std::uintptr_t>(storage.data()) % 64) % 64;
+  std::int8_t* data = storage.data() + offset;
+  row_sums.assign(static_cast<std::size_t>(N), 0);
+  for (index_t j = 0; j < N; ++j) {
+    std::int8_t* panel = data + (j / 16) * 16 * K4 + (j % 16) * 4;
+    std::int32_t sum = 0;
+    for (index_t p = 0; p < K; ++p) {
+      panel[(p / 4) * 64 + p % 4] = Wq[j * ldw + p];
+      sum += Wq[j * ldw + p];
+    }
+    row_sums[static_cast<std::size_t>(j)] = sum;
+  }
+}
+
+void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
+               float* c, index_t ldc, const Int8Epilogue& ep) {
+  const Int8Kernels k = active_int8_kernels();
+  const index_t panel_stride = 16 * W.K4;
+  // Rows [i0, i1) × column groups [g0, g1): column groups outer, so that a group's 4 panels
+  // (64·K4 bytes, 50 KB for K = 784) stay in L1/L2 while every row block streams past them.
+  auto run = [&](index_t i0, index_t i1, index_t g0, index_t g1) {
+    for (index_t j = 64 * g0; j < std::min(W.N, 64 * g1); j += 64) {
+      const index_t n = std::min<index_t>(64, W.N - j);
+      Int8Epilogue tile = ep;
+      if (!ep.raw) {
+        tile.zero_correction += j;
+        tile.scale += j;
+        tile.bias += j;
+      }
+      for (index_t i = i0; i < i1; i += k.MR) {
+        const index_t m = std::min(k.MR, i1 - i);
+        if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
+        k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data() + j * W.K4, panel_stride,
+                 c ? c + i * ldc + j : nullptr, ldc, n, tile);
+      }
+    }
+  };
+  const index_t groups = (W.N + 63) / 64;
+  const ParallelMode mode = current_parallel_mode();
+  const index_t threads = mode == ParallelMode::serial ? 1 : get_num_threads();
+  // gemm.h's cost model is measured on float32 products; an int8 product runs at ~3.5× the
+  // float32 rate (benchmarks/README.md, "Inference"), so it weighs a third of its operations.
+  const double weight = 2.0 * static_cast<double>(M) * static_cast<double>(W.N) *
+                        static_cast<double>(W.K) / 3.0;
+  if (threads <= 1 || (mode != ParallelMode::parallel && !gemm_split_pays<float>(weight)))
+    return run(0, M, 0, groups);
+  // One task per thread, over column groups when there are enough (each task then reads its
+  // own weights), else over row blocks; every element is computed by the same kernel calls
+  // whoever runs them, so the result is the same for any thread count.
+  const index_t row_blocks = (M + k.MR - 1) / k.MR;
+  const index_t tasks = std::min(threads, std::max(groups, row_blocks));
+  parallel_for(static_cast<int>(tasks), [&](int t) {
+    if (groups >= tasks)
+      run(0, M, t * groups / tasks, (t + 1) * groups / tasks);
+    else
+      run(std::min(M, t * row_blocks / tasks * k.MR),
+          std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups);
+  });
+}
+
+QuantParams quant_params(float lo, float hi) {
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  QuantParams q;
+  q.scale = (hi - lo) / 255.0f;
+  if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;
+  const float zero = std::nearbyint(-lo / q.scale);
+  q.zero = static_cast<std::int32_t>(std::min(255.0f, std::max(0.0f, zero)));
+  return q;
+}
+
+void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
+                   index_t M, index_t K, QuantParams q) {
+  const float inverse = 1.0f / q.scale;
+  const float lo = static_cast<float>(-q.zero), hi = static_cast<float>(255 - q.zero);
+  // Adding and subtracting 1.5·2²³ rounds a float of magnitude < 2²² to an integer, ties to
+  // even (the FPU's rounding), as rint; clamping first to the integer bounds changes nothing
+  // and keeps the value in range. A loop the compiler vectorises at any ISA level.
+  constexpr float kRound = 12582912.0f;
+  for (index_t i = 0; i < M; ++i) {
+    std::uint8_t* row = out + i * ldo;
+    const float* xr = x + i * rs;
+    if (cs == 1) {
+      index_t p = 0;
+#if defined(__SSE2__)
+      // cvtps2dq rounds to nearest even (MXCSR's default), as the loop below; then int32 →
+      // int16 → uint8 with saturation (the values are in [0, 255] already).
+      const __m128 v_inverse = _mm_set1_ps(inverse), v_lo = _mm_set1_ps(lo), v_hi = _mm_set1_ps(hi);
+      const __m128i v_zero = _mm_set1_epi32(q.zero);
+      auto four = [&](index_t at) {
+        const __m128 v = _mm_min_ps(v_hi, _mm_max_ps(v_lo, _mm_mul_ps(_mm_loadu_ps(xr + at),
+                                                                       v_inverse)));
+        return _mm_add_epi32(_mm_cvtps_epi32(v), v_zero);
+      };
+      for (; p + 16 <= K; p += 16) {
+        const __m128i low = _mm_packs_epi32(four(p), four(p + 4));
+        const __m128i high = _mm_packs_epi32(four(p + 8), four(p + 12));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), _mm_packus_epi16(low, high));
+      }
+#endif
+      for (; p < K; ++p) {
+        const float v = std::min(hi, std::max(lo, xr[p] * inverse));
+        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
+                                           q.zero);
+      }
+    } else {
+      for (index_t p = 0; p < K; ++p) {
+        const float v = std::min(hi, std::max(lo, xr[p * cs] * inverse));
+        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
+                                           q.zero);
+      }
+    }
+    for (index_t p = K; p < ldo; ++p) row[p] = 0;
+  }
+}
+
+void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
+                  float* hi) {
+  // 16 lanes of partial minima and maxima, elementwise selects the compiler vectorises (a
+  // min/max reduction it would not, without -ffinite-math-only); 0 starts them, as 0 is always
+  // in the range (quant_params).
+  constexpr index_t kLanes = 16;
+  float mn[kLanes] = {}, mx[kLanes] = {};
+  for (index_t i = 0; i < M; ++i) {
+    const float* xr = x + i * rs;
+    index_t p = 0;
+#if defined(__SSE2__)
+    if (cs == 1) {
+      // Four independent chains: minps's latency (3 cycles) would otherwise set the pace.
+      __m128 v_mn[4], v_mx[4];
+      for (int c = 0; c < 4; ++c) v_mn[c] = v_mx[c] = _mm_setzero_ps();
+      for (; p + 16 <= K; p += 16)
+        for (int c = 0; c < 4; ++c) {
+          const __m128 v = _mm_loadu_ps(xr + p + 4 * c);
+          v_mn[c] = _mm_min_ps(v_mn[c], v);
+          v_mx[c] = _mm_max_ps(v_mx[c], v);
+        }
+      float lanes[4];
+      for (int c = 0; c < 4; ++c) {
+        _mm_storeu_ps(lanes, v_mn[c]);
+        for (const float v : lanes) mn[1] = v < mn[1] ? v : mn[1];
+        _mm_storeu_ps(lanes, v_mx[c]);
+        for (const float v : lanes) mx[1] = v > mx[1] ? v : mx[1];
+      }
+    }
+#endif
+    if (cs == 1)
+      for (; p + kLanes <= K; p += kLanes)
+        for (index_t t = 0; t < kLanes; ++t) {
+          const float v = xr[p + t];
+          mn[t] = v < mn[t] ? v : mn[t];
+          mx[t] = v > mx[t] ? v : mx[t];
+        }
+    for (; p < K; ++p) {
+      const float v = xr[p * cs];
+      mn[0] = v < mn[0] ? v : mn[0];
+      mx[0] = v > mx[0] ? v : mx[0];
+    }
+  }
+  *lo = *std::min_element(mn, mn + kLanes);
+  *hi = *std::max_element(mx, mx + kLanes);
+}
+
+}  // namespace fastmlp

@@ -1,0 +1,119 @@
+// The int8 GEMM of quantized inference: C (M,N) = epilogue(Xq (M,K) · Wqᵀ (K,N)), Xq uint8
+// activations, Wq int8 weights, products accumulated exactly in int32.
+//
+// Legend: M rows (batch), N output channels, K the reduction; K4 = K rounded up to a multiple
+// of 4 (vpdpbusd multiplies groups of 4 bytes); MR the kernel's row tile; a column group is
+// 64 channels (4 panels of 16).
+//
+// Quantization (affine, as onnxruntime's dynamic QUInt8 activations / QInt8 weights):
+//   x ≈ s_x · (x_q − z),  x_q = clamp(rint(x / s_x) + z, 0, 255) uint8   (one s_x, z per tensor)
+//   W[j,:] ≈ s_w[j] · W_q[j,:],  W_q = clamp(rint(W / s_w), −127, 127) int8  (per output channel)
+// so  x·W[j,:] ≈ s_x s_w[j] (Σ_p x_q[p] W_q[j,p] − z Σ_p W_q[j,p]);
+// the sum is exact in int32 for K ≤ 65,000 (|x_q W_q| ≤ 255·127), and the row sums Σ_p W_q[j,p]
+// are computed once with the pack. vpdpbusd multiplies unsigned by signed bytes: hence uint8
+// activations with a zero point, int8 weights.
+//
+// Paths (Int8Path), chosen at run time from the active ISA, each forceable by a test hook:
+//   portable:    plain loops (any CPU);
+//   avxvnni:     VEX vpdpbusd on 256-bit registers (AVX-VNNI: Alder Lake+, Zen 5), when the
+//                active ISA is avx2 or avx512 and the CPU has AVX-VNNI but not AVX512-VNNI, or
+//                the active ISA is avx2;
+//   avx512vnni:  EVEX vpdpbusd on 512-bit registers (AVX512-VNNI), when the active ISA is
+//                avx512 and the CPU has it.
+// AMX-INT8 is not implemented (no CPU to test it on).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../common.h"
+
+namespace fastmlp {
+
+enum class Int8Path { automatic = 0, portable = 1, avxvnni = 2, avx512vnni = 3 };
+
+const char* int8_path_name(Int8Path path);
+Int8Path parse_int8_path(const std::string& name);  // throws std::invalid_argument
+bool int8_path_supported(Int8Path path);
+Int8Path active_int8_path();
+// Every int8 product takes `path` (automatic: the choice above again); an unsupported one
+// throws std::invalid_argument. Returns the previous forced path.
+Int8Path testing_force_int8_path(Int8Path path);
+
+// What a kernel does with its int32 tile acc (m ≤ MR rows × n ≤ 64 columns):
+//   raw set:  raw[i*ld_raw + j] = acc[i][j]
+//   else:     c[i*ldc + j] = relu?( float(acc[i][j] − zero_correction[j]) · scale[j] + bias[j] )
+// (a multiply then an add, never fused: the tests' NumPy reference does the same float32 ops).
+// The arrays are offset to the tile's first column and hold its n valid columns.
+struct Int8Epilogue {
+  const std::int32_t* zero_correction = nullptr;  // z · Σ_p W_q[j,p]
+  const float* scale = nullptr;                   // s_x · s_w[j]
+  const float* bias = nullptr;
+  bool relu = false;
+  std::int32_t* raw = nullptr;
+  index_t ld_raw = 0;
+};
+
+// W_q (N,K) packed: panels of 16 channels, each K4/4 groups of 64 bytes (channel-major inside
+// a group: byte 4·c + t is W_q[16·panel + c, 4·g + t]); N padded to a multiple of 64 and K to
+// K4 with zeros:
+//   data[(j/16)·16·K4 + (p/4)·64 + (j%16)·4 + p%4] = W_q[j, p].
+struct PackedInt8Weights {
+  index_t N = 0, K = 0, K4 = 0, padded_N = 0;
+  std::vector<std::int8_t> storage;      // padded_N · K4 bytes from a 64-byte boundary on
+  std::vector<std::int32_t> row_sums;    // (N) Σ_p W_q[j,p]
+  PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t N, index_t K);
+  PackedInt8Weights(PackedInt8Weights&& other) noexcept = default;  // (the buffer moves too)
+  PackedInt8Weights(const PackedInt8Weights&) = delete;  // a copy's buffer aligns elsewhere
+  // The panels: each 64-byte group on a cache line of its own (a load split over two lines
+  // costs two).
+  const std::int8_t* data() const { return storage.data() + offset; }
+  std::size_t nbytes() const { return static_cast<std::size_t>(padded_N * K4); }
+
+ private:
+  std::size_t offset = 0;
+};
+
+// The kernel of a path: rows [0, m) (m ≤ MR) of a (row stride lda, ≥ K4 readable bytes per
+// row) against the column group at `panels` (4 panels, panel_stride bytes apart), k4 = K4/4
+// groups; n ≤ 64 valid columns; the tile goes through ep (above).
+using Int8Kernel = void (*)(index_t k4, const std::uint8_t* a, index_t lda, index_t m,
+                            const std::int8_t* panels, index_t panel_stride, float* c,
+                            index_t ldc, index_t n, const Int8Epilogue& ep);
+struct Int8Kernels {
+  index_t MR = 0;
+  Int8Kernel kernel = nullptr;
+};
+Int8Kernels active_int8_kernels();
+#ifdef FASTMLP_X86
+Int8Kernels avx512vnni_int8_kernels();  // kernels/avx512vnni/: only where supported
+Int8Kernels avxvnni_int8_kernels();     // kernels/avxvnni/
+#endif
+
+// The product of Xq (M rows of K4 bytes, row stride lda, bytes K..K4 of a row zero or any
+// value: the weights' padding is zero) with the packed weights through ep (its arrays of N
+// channels; raw, if set, (M,N) with row stride ld_raw), into c (M,N) row stride ldc.
+void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
+               float* c, index_t ldc, const Int8Epilogue& ep);
+
+// ---- activation quantization ---------------------------------------------------------------
+
+// The scale and zero point of a tensor whose values span [lo, hi] (0 always included, so that
+// zero and ReLU outputs are exact): s = (hi − lo)/255 (1 if that is 0), z = clamp(rint(−lo/s),
+// 0, 255), in float32 arithmetic.
+struct QuantParams {
+  float scale = 1.0f;
+  std::int32_t zero = 0;
+};
+QuantParams quant_params(float lo, float hi);
+
+// out[i*ldo + p] = clamp(rint(x[i,p] · (1/s)), −z, 255 − z) + z for p < K (float32 product,
+// ties to even), and 0 for K ≤ p < ldo. x element (i,p) at x[i*rs + p*cs].
+void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
+                   index_t M, index_t K, QuantParams q);
+// min and max over the (M,K) elements.
+void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
+                  float* hi);
+
+}  // namespace fastmlp

@@ -1,0 +1,79 @@
+// Quantized inference of an MLP (see quantized.h).
+#include "quantized.h"
+
+#include <algorithm>
+
+#include "activations.h"
+
+namespace fastmlp {
+
+QuantizedNetwork::QuantizedNetwork(std::vector<QuantizedLayer> hidden, const float* last_W,
+                                   const float* last_b, std::vector<index_t> sizes,
+                                   Activation activation)
+    : hidden_(std::move(hidden)), sizes_(std::move(sizes)), activation_(activation) {
+  const index_t L = static_cast<index_t>(sizes_.size()) - 1;
+  const index_t n_in = sizes_[L - 1], n_out = sizes_[L];
+  last_W_.assign(last_W, last_W + n_in * n_out);
+  last_b_.assign(last_b, last_b + n_out);
+}
+
+std::size_t QuantizedNetwork::nbytes() const {
+  std::size_t total = (last_W_.size() + last_b_.size()) * sizeof(float);
+  for (const QuantizedLayer& layer : hidden_)
+    total += layer.weights.nbytes() + layer.weights.row_sums.size() * 4 +
+             (layer.weight_scale.size() + layer.bias.size()) * sizeof(float);
+  return total;
+}
+
+void QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B) const {
+  // Per-thread buffers, reused between calls: the quantized input of a layer (B rows of K4
+  // bytes), the hidden activations ping-pong (B × widest hidden), the epilogue's per-channel
+  // arrays.
+  static thread_local std::vector<std::uint8_t> quantized;
+  static thread_local AlignedBuffer<float> ping_pong;
+  static thread_local std::vector<float> scale;
+  static thread_local std::vector<std::int32_t> correction;
+  const index_t L = static_cast<index_t>(sizes_.size()) - 1;
+  index_t widest = 1, widest_k4 = 4;
+  for (const QuantizedLayer& layer : hidden_) {
+    widest = std::max(widest, layer.weights.N);
+    widest_k4 = std::max(widest_k4, layer.weights.K4);
+  }
+  float* buffers = ping_pong.reserve(static_cast<std::size_t>(2 * B * widest));
+  quantized.resize(static_cast<std::size_t>(B * widest_k4));
+
+  StridedMatrix<float> in = X;
+  for (index_t l = 0; l < L - 1; ++l) {
+    const QuantizedLayer& layer = hidden_[static_cast<std::size_t>(l)];
+    const index_t K = layer.weights.K, N = layer.weights.N, K4 = layer.weights.K4;
+    QuantParams q;
+    if (layer.input) {
+      q = *layer.input;
+    } else {
+      float lo, hi;
+      tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi);
+      q = quant_params(lo, hi);
+    }
+    quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q);
+    scale.resize(static_cast<std::size_t>(N));
+    correction.resize(static_cast<std::size_t>(N));
+    for (index_t j = 0; j < N; ++j) {
+      scale[j] = q.scale * layer.weight_scale[j];
+      correction[j] = q.zero * layer.weights.row_sums[j];
+    }
+    Int8Epilogue ep;
+    ep.zero_correction = correction.data();
+    ep.scale = scale.data();
+    ep.bias = layer.bias.data();
+    ep.relu = activation_ == Activation::relu;
+    float* out = buffers + (l % 2) * B * widest;
+    int8_gemm(quantized.data(), K4, B, layer.weights, out, N, ep);
+    if (activation_ == Activation::tanh || activation_ == Activation::logistic)
+      activation_forward_inplace(out, B * N, activation_);
+    in = StridedMatrix<float>{out, N, 1};
+  }
+  dense_forward(logits, in, StridedMatrix<float>{last_W_.data(), sizes_[L - 1], 1},
+                last_b_.data(), B, sizes_[L - 1], sizes_[L], Activation::identity);
+}
+
+}  // namespace fastmlp

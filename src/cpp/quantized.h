@@ -1,0 +1,51 @@
+// Quantized inference of an MLP: hidden layers on the int8 GEMM (gemm/int8.h), the last layer
+// in float32 (the caller applies softmax/sigmoid in float32).
+//
+// Legend as network.h: L layers, sizes n_0 … n_L, B batch rows. Hidden layer l < L−1:
+//   x_q = quantize(in_l; s_x, z)                        (uint8; s_x, z per tensor)
+//   out_l = act( s_x s_w[j] (Σ_p x_q[p] W_q[j,p] − z Σ_p W_q[j,p]) + b_l[j] )   (float32)
+// with the int32 sum, dequantization, bias and ReLU in the kernel's epilogue (tanh / logistic
+// in a pass after it). s_x, z come from each call's (B, n_l) input's min and max (dynamic), or
+// were fixed from a calibration sample (static: values outside its range are clamped).
+// The last layer: logits = out_{L-2} W_{L-1}ᵀ + b_{L-1} in float32 on the float32 GEMM.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "common.h"
+#include "dense.h"
+#include "gemm/int8.h"
+
+namespace fastmlp {
+
+struct QuantizedLayer {
+  PackedInt8Weights weights;         // W_q (n_{l+1}, n_l) packed
+  std::vector<float> weight_scale;   // s_w (n_{l+1})
+  std::vector<float> bias;           // (n_{l+1})
+  std::optional<QuantParams> input;  // static: the calibrated s_x, z; dynamic: none
+};
+
+class QuantizedNetwork {
+ public:
+  // hidden: layers 0 … L−2; last_W (n_L, n_{L−1}) and last_b (n_L) copied.
+  QuantizedNetwork(std::vector<QuantizedLayer> hidden, const float* last_W, const float* last_b,
+                   std::vector<index_t> sizes, Activation activation);
+
+  // logits (B, n_L) of X (B, n_0), element (i,p) at X.data[i*rs + p*cs].
+  void forward(float* logits, StridedMatrix<float> X, index_t B) const;
+
+  const std::vector<index_t>& sizes() const { return sizes_; }
+  // Bytes of the packed int8 weights (with their padding), row sums and scales, and the float32
+  // last layer.
+  std::size_t nbytes() const;
+
+ private:
+  std::vector<QuantizedLayer> hidden_;
+  std::vector<float> last_W_, last_b_;
+  std::vector<index_t> sizes_;
+  Activation activation_;
+};
+
+}  // namespace fastmlp

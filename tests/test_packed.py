@@ -1,0 +1,153 @@
+"""Pre-packed inference: a model packs its weights for the GEMM kernels once (MLP.packed_nbytes)
+and every prediction of more than one row reads the pack. The pack must never be stale: every
+way of changing a weight drops it, and in-place writes into the weight views raise."""
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, SGD, _core
+
+from _helpers import ON_EVERY_ISA_AND_THREAD_COUNT
+
+
+def reference_logits(model, X):
+    h = np.asarray(X, np.float64)
+    for l, (W, b) in enumerate(zip(model.weights, model.biases)):
+        h = h @ np.asarray(W, np.float64).T + b
+        if l < len(model.weights) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+def data(rows, features, seed=0):
+    return np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
+
+
+@ON_EVERY_ISA_AND_THREAD_COUNT
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes", [[784, 256, 256, 10], [7, 33, 5], [300, 97, 1]])
+@pytest.mark.parametrize("rows", [2, 13, 129, 300])
+def test_packed_forward_is_bitwise_the_unpacked_one(sizes, rows, dtype):
+    """Same panels, same kernels, same order of additions: identical logits at every batch."""
+    output = "sigmoid" if sizes[-1] == 1 else "softmax"
+    model = MLP(sizes, output=output, seed=1, dtype=dtype)
+    X = data(rows, sizes[0]).astype(dtype)
+    packed_type = _core.PackedWeightsFloat32 if dtype == "float32" else _core.PackedWeightsFloat64
+    packed = packed_type(model._weights, model._biases)
+    unpacked = _core.mlp_forward(X, model._weights, model._biases, "relu")
+    np.testing.assert_array_equal(
+        _core.mlp_forward(X, model._weights, model._biases, "relu", packed=packed), unpacked)
+    np.testing.assert_array_equal(model.forward(X), unpacked)
+    assert model.packed_nbytes >= sum(w.nbytes for w in model.weights)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(unpacked, reference_logits(model, X), rtol=tol, atol=tol)
+
+
+def test_pack_is_built_on_first_batch_prediction_and_its_size_reported():
+    model = MLP([784, 256, 256, 10], seed=0)
+    assert model.packed_nbytes == 0
+    model.predict(data(1, 784))  # a batch of one reads W in place: no pack
+    assert model.packed_nbytes == 0
+    model.predict(data(5, 784))
+    # NR = 32 floats on AVX-512 and AVX2's 16? Each layer's outputs round up to the panel width.
+    weights_bytes = sum(w.nbytes for w in model.weights)
+    assert weights_bytes <= model.packed_nbytes <= weights_bytes + 4 * 64 * (784 + 256 + 256)
+
+
+def test_a_never_fitted_model_predicts():
+    model = MLP([20, 8, 3], seed=0)
+    X = data(17, 20)
+    np.testing.assert_array_equal(model.predict(X), reference_logits(model, X).argmax(axis=1))
+
+
+def changes():
+    """Every way a weight or bias can change, each returning the model changed."""
+    X, y = data(40, 12, seed=3), np.arange(40) % 3
+
+    def assign_item(m):
+        m.weights[0] = m.weights[0] * 0.5
+
+    def assign_list(m):
+        m.weights = [w[::-1].copy() for w in m.weights]
+
+    def assign_bias(m):
+        m.biases[1] = np.array([5.0, -5.0, 0.0])
+
+    def fit(m):
+        m.fit(X, y, epochs=2, batch_size=8, optimizer=SGD(lr=0.5))
+
+    def optimizer_step(m):
+        _, gw, gb = m.loss_and_grad(X, y)
+        SGD(lr=5.0).step(m.weights + m.biases, gw + gb)
+
+    def load(m, tmp_path):
+        other = MLP([12, 9, 3], seed=99)
+        other.save(tmp_path / "m.npz")
+        return MLP.load(tmp_path / "m.npz")
+
+    return [assign_item, assign_list, assign_bias, fit, optimizer_step, load]
+
+
+@pytest.mark.parametrize("change", changes(), ids=lambda f: f.__name__)
+def test_every_change_of_the_weights_is_seen_by_the_next_prediction(change, tmp_path):
+    model = MLP([12, 9, 3], seed=0)
+    X = data(25, 12, seed=4)
+    before = model.forward(X)  # builds the pack
+    assert model.packed_nbytes > 0
+    changed = (change(model, tmp_path) if change.__name__ == "load" else change(model)) or model
+    after = changed.forward(X)
+    assert not np.array_equal(after, before)
+    np.testing.assert_allclose(after, reference_logits(changed, X), rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_writes_into_the_weights_raise_instead_of_going_stale():
+    model = MLP([12, 9, 3], seed=0)
+    model.forward(data(4, 12))
+    with pytest.raises(ValueError, match="read-only"):
+        model.weights[0][0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        for b in model.biases:
+            b += 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        (model.weights + model.biases)[0][...] = 0.0
+    # The views share the model's memory (no copy); an assignment puts a new array in.
+    assert np.shares_memory(model.weights[0], model._weights.arrays()[0])
+    model.weights[0] = np.zeros((9, 12))
+    assert np.all(model.weights[0] == 0)
+
+
+def test_the_pack_follows_the_active_isa():
+    model = MLP([40, 30, 3], seed=0)
+    X = data(9, 40)
+    expected = {}
+    for isa in fastmlp.ops.supported_isas():
+        fastmlp.ops.set_isa(isa)
+        expected[isa] = _core.mlp_forward(X, model._weights, model._biases, "relu")
+    try:
+        for isa in fastmlp.ops.supported_isas():
+            fastmlp.ops.set_isa(isa)
+            np.testing.assert_array_equal(model.forward(X), expected[isa])
+    finally:
+        fastmlp.ops.set_isa(fastmlp.ops.supported_isas()[-1])
+
+
+def test_bfloat16_models_use_the_unpacked_bf16_path():
+    model = MLP([64, 48, 4], seed=0, precision="bfloat16")
+    X = data(20, 64)
+    np.testing.assert_array_equal(
+        model.forward(X), _core.mlp_forward(X, model._weights, model._biases, "relu", "bfloat16"))
+    assert model.packed_nbytes == 0
+
+
+def test_pickled_and_copied_models_drop_the_pack():
+    import copy
+    import pickle
+    model = MLP([12, 9, 3], seed=0)
+    X = data(6, 12)
+    expected = model.forward(X)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert clone.packed_nbytes == 0
+        np.testing.assert_array_equal(clone.forward(X), expected)
+        clone.weights[0] = clone.weights[0] * 2  # the original's pack is untouched
+    np.testing.assert_array_equal(model.forward(X), expected)

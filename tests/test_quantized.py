@@ -1,0 +1,330 @@
+"""int8 inference (MLP.quantize, fastmlp.quantized): the integer products exact against NumPy
+on every int8 path, the quantization steps and the whole forward against a NumPy model of
+the same arithmetic, accuracy against float32, and QuantizedMLP's API."""
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, QuantizedMLP, _core, _testing, ops
+from fastmlp.datasets import load_digits
+from fastmlp.quantized import quantize_weights
+
+F32 = np.float32
+
+# Shapes (M, K, N): one row, primes, K not a multiple of 4, N not a multiple of 16 or 64,
+# M not a multiple of any kernel's row tile (3, 4, 6).
+SHAPES = [(1, 1, 1), (1, 784, 256), (2, 3, 5), (7, 13, 17), (13, 67, 129), (29, 256, 64),
+          (64, 4, 65), (100, 301, 10), (5, 1031, 3)]
+
+
+@pytest.fixture(params=ops.supported_int8_paths())
+def int8_path(request):
+    with _testing.int8_path(request.param):
+        yield request.param
+
+
+def test_paths_are_reported_and_follow_the_isa():
+    assert ops.int8_path() in ops.supported_int8_paths()
+    assert "portable" in ops.supported_int8_paths()
+    previous = ops.isa()
+    try:
+        ops.set_isa("generic")
+        assert ops.int8_path() == "portable"
+    finally:
+        ops.set_isa(previous)
+    with pytest.raises(ValueError, match="unknown int8 path"):
+        _testing.force_int8_path("amx")
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+def test_int8_products_are_exact(int8_path, M, K, N):
+    rng = np.random.default_rng(M * 1000 + K + N)
+    Xq = rng.integers(0, 256, (M, K), dtype=np.uint8)
+    Wq = rng.integers(-127, 128, (N, K), dtype=np.int8)
+    expected = Xq.astype(np.int32) @ Wq.astype(np.int32).T
+    np.testing.assert_array_equal(_testing.int8_matmul(Xq, Wq), expected)
+
+
+def test_int8_products_at_the_extremes_do_not_overflow(int8_path):
+    K = 4099  # 255 · 127 · 4099 ≈ 1.3e8, far inside int32; every lane's pair sum at its limits
+    Xq = np.full((3, K), 255, np.uint8)
+    Wq = np.stack([np.full(K, 127), np.full(K, -127), np.resize([127, -127], K)]).astype(np.int8)
+    expected = Xq.astype(np.int64) @ Wq.astype(np.int64).T
+    np.testing.assert_array_equal(_testing.int8_matmul(Xq, Wq), expected)
+
+
+# ---- the NumPy model of the arithmetic --------------------------------------------------------
+
+def reference_params(lo, hi):
+    """quant_params in float32, as the C++ does."""
+    lo, hi = F32(min(lo, 0.0)), F32(max(hi, 0.0))
+    scale = F32(hi - lo) / F32(255)
+    if not scale > 0:
+        scale = F32(1)
+    zero = int(np.clip(np.rint(F32(-lo) / scale), 0, 255))
+    return scale, zero
+
+
+def reference_quantize(x, scale, zero):
+    inverse = F32(1) / F32(scale)
+    v = np.clip(np.asarray(x, F32) * inverse, F32(-zero), F32(255 - zero))
+    return (np.rint(v).astype(np.int32) + zero).astype(np.uint8)
+
+
+def reference_forward(model, qmodel_inputs, X, activation):
+    """The logits the quantized model computes, in NumPy: the same float32 operations for the
+    hidden layers (exact), the last layer in float64."""
+    h = np.asarray(X, F32)
+    weights = [np.asarray(w, F32) for w in model.weights]
+    biases = [np.asarray(b, F32) for b in model.biases]
+    for l, (W, b) in enumerate(zip(weights[:-1], biases[:-1])):
+        Wq, sw = quantize_weights(W)
+        scale, zero = qmodel_inputs[l] or reference_params(float(h.min()), float(h.max()))
+        xq = reference_quantize(h, scale, zero)
+        acc = xq.astype(np.int32) @ Wq.astype(np.int32).T
+        corrected = acc - zero * Wq.astype(np.int32).sum(axis=1)
+        h = corrected.astype(F32) * (F32(scale) * sw) + b
+        h = {"relu": lambda a: np.maximum(a, F32(0)), "identity": lambda a: a,
+             "tanh": np.tanh, "logistic": lambda a: F32(1) / (F32(1) + np.exp(-a))}[activation](h)
+    return h.astype(np.float64) @ weights[-1].T.astype(np.float64) + biases[-1]
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 1.0), (-3.0, 5.0), (-2.0, -1.0), (0.0, 0.0),
+                                    (1e-30, 2e-30), (-1e30, 1e30), (-0.1, 700.0)])
+def test_quant_params(lo, hi):
+    assert _core.int8_quant_params(lo, hi) == pytest.approx(reference_params(lo, hi), rel=0)
+
+
+def test_quantize_rows_rounds_ties_to_even_and_clamps():
+    scale, zero = 0.5, 10
+    # x / s = -5.5 … 250: ties at every .5 (exact in float32), below -z and above 255 - z
+    x = np.array([[-6.0, -5.25, -2.75, -0.25, 0.25, 0.75, 1.25, 100.0, 122.25, 122.75, 125.0]],
+                 F32)
+    expected = reference_quantize(x, scale, zero)
+    np.testing.assert_array_equal(_testing.quantize_rows(x, scale, zero), expected)
+    assert expected[0, 0] == 0 and expected[0, -1] == 255  # clamped
+    assert list(expected[0, 3:7]) == [10, 10, 12, 12]  # -0.5, 0.5, 1.5, 2.5 -> -0, 0, 2, 2
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(37, 101)).astype(F32) * 4
+    for s, z in [(0.03, 128), (0.1, 0), (0.007, 255)]:
+        np.testing.assert_array_equal(_testing.quantize_rows(wide, s, z),
+                                      reference_quantize(wide, s, z))
+        np.testing.assert_array_equal(_testing.quantize_rows(wide[:, ::3], s, z),
+                                      reference_quantize(wide[:, ::3], s, z))
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity", "tanh", "logistic"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("sizes", [[30, 17, 5], [784, 256, 256, 10], [11, 64, 3, 7, 2]])
+def test_forward_matches_the_numpy_model(int8_path, sizes, activation, static):
+    rng = np.random.default_rng(len(sizes))
+    model = MLP(sizes, activation=activation, seed=2)
+    model.biases = [rng.normal(scale=0.1, size=b.shape) for b in model.biases]
+    X = rng.normal(size=(23, sizes[0])).astype(F32)
+    quantized = model.quantize(calibration=X[:9] if static else None)
+    inputs = [q for *_, q in quantized._hidden]
+    assert all((q is not None) == static for q in inputs)
+    expected = reference_forward(model, inputs, X, activation)
+    # relu and identity: the hidden layers are the same float32 operations, exact; tanh and
+    # logistic: the core's own functions differ from NumPy's by an ulp, which can move a
+    # requantized value by one step.
+    tolerance = 2e-5 if activation in ("relu", "identity") else 2e-2
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(quantized.forward(X), expected, rtol=0, atol=tolerance * scale)
+
+
+def test_static_calibration_clamps_and_ignores_the_batch():
+    rng = np.random.default_rng(0)
+    model = MLP([20, 16, 3], seed=0)
+    X = rng.normal(size=(50, 20)).astype(F32)
+    static = model.quantize(calibration=X)
+    dynamic = model.quantize()
+    # Static: a row's prediction does not depend on its batch (up to the float32 last layer's
+    # order of additions, which depends on the batch size); dynamic: it does.
+    close = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(static.forward(X[:1]), static.forward(X)[:1], **close)
+    outlier = np.vstack([X[:1], 100 * X[1:2]])
+    np.testing.assert_allclose(static.forward(outlier)[:1], static.forward(X[:2])[:1], **close)
+    assert np.abs(dynamic.forward(outlier)[:1] - dynamic.forward(X[:2])[:1]).max() > 1e-3
+
+
+# ---- accuracy ---------------------------------------------------------------------------------
+
+def digits_split(scale):
+    X, y = load_digits()
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = (X[order] * scale).astype(F32), y[order]
+    return X[:1400], y[:1400], X[1400:], y[1400:]
+
+
+@pytest.mark.parametrize("name, sizes, scale", [("digits", [64, 256, 256, 10], 1.0),
+                                                 ("demo", [64, 128, 10], 1 / 16)])
+def test_accuracy_within_half_a_point_of_float32(name, sizes, scale):
+    """digits: raw pixel counts 0..16 through two hidden layers; demo: `fastmlp demo`'s net
+    and scaling. The largest probability difference is printed for the record."""
+    Xtr, ytr, Xte, yte = digits_split(scale)
+    model = MLP(sizes, seed=0)
+    model.fit(Xtr, ytr, epochs=20, batch_size=32, optimizer=fastmlp.Adam(lr=3e-3), seed=0)
+    reference = model.score(Xte, yte)
+    probabilities = model.predict_proba(Xte)
+    for quantized in (model.quantize(), model.quantize(calibration=Xtr[:200])):
+        accuracy = quantized.score(Xte, yte)
+        difference = np.abs(quantized.predict_proba(Xte) - probabilities).max()
+        print(f"{name} {quantized.calibration}: float32 {reference:.4f} int8 {accuracy:.4f} "
+              f"max |Δp| {difference:.4f}")
+        assert abs(accuracy - reference) <= 0.005
+        assert difference < 0.5
+
+
+# ---- the QuantizedMLP API -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("output, n_out", [("softmax", 3), ("sigmoid", 1), ("identity", 2),
+                                           ("multilabel", 4), ("poisson", 2)])
+def test_every_output_kind_predicts_like_mlp_on_its_logits(output, n_out):
+    model = MLP([6, 8, n_out], output=output, seed=0)
+    X = np.random.default_rng(1).normal(size=(15, 6))
+    quantized = model.quantize()
+    logits = quantized.forward(X)
+    np.testing.assert_array_equal(quantized.predict(X), model._predict_logits(logits))
+    if model.is_classifier:
+        assert quantized.predict_proba(X).shape == model.predict_proba(X).shape
+    else:
+        with pytest.raises(TypeError, match="predict_proba needs a classifier"):
+            quantized.predict_proba(X)
+    np.testing.assert_allclose(logits, model.forward(X), atol=0.1 * np.abs(logits).max())
+
+
+def test_a_net_without_hidden_layers_is_float32():
+    model = MLP([5, 3], seed=0)
+    X = np.random.default_rng(0).normal(size=(4, 5))
+    np.testing.assert_allclose(model.quantize().forward(X), model.forward(X), rtol=1e-6)
+
+
+def test_validation_is_mlp_s():
+    model = MLP([4, 6, 3], seed=0)
+    quantized = model.quantize()
+    for bad, error in [(np.zeros((2, 5)), ValueError), (np.zeros(4), ValueError),
+                       (np.array([[1, 2, np.nan, 4]]), ValueError),
+                       (np.array([["a", "b", "c", "d"]]), TypeError), (np.zeros((0, 4)), ValueError)]:
+        with pytest.raises(error) as from_mlp:
+            model.predict(bad)
+        with pytest.raises(error, match=str(from_mlp.value).split("(")[0][:30]):
+            quantized.predict(bad)
+    with pytest.raises(ValueError, match=r"y\[1\] = 7 is out of range"):
+        quantized.score(np.zeros((2, 4)), [0, 7])
+    with pytest.raises(ValueError, match="dtype must be 'int8'"):
+        model.quantize("int4")
+    with pytest.raises(ValueError, match="calibration has 5 features"):
+        model.quantize(calibration=np.zeros((3, 5)))
+    assert repr(quantized) == ("QuantizedMLP([4, 6, 3], activation='relu', output='softmax', "
+                               "int8 hidden layers, dynamic)")
+
+
+def test_sparse_input_is_accepted():
+    sp = pytest.importorskip("scipy.sparse")
+    model = MLP([10, 6, 3], seed=0)
+    X = sp.random(8, 10, density=0.3, random_state=0, format="csr", dtype=np.float64)
+    quantized = model.quantize()
+    np.testing.assert_array_equal(quantized.predict(X), quantized.predict(X.toarray()))
+
+
+def test_quantized_model_is_a_snapshot():
+    model = MLP([8, 6, 3], seed=0)
+    X = np.random.default_rng(0).normal(size=(5, 8))
+    quantized = model.quantize()
+    before = quantized.forward(X)
+    model.weights[0] = model.weights[0] * 3
+    np.testing.assert_array_equal(quantized.forward(X), before)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_save_and_load_round_trip(tmp_path, static):
+    model = MLP([12, 9, 7, 3], activation="tanh", seed=0)
+    X = np.random.default_rng(0).normal(size=(20, 12))
+    quantized = model.quantize(calibration=X if static else None)
+    path = tmp_path / "q.npz"
+    quantized.save(path)
+    loaded = QuantizedMLP.load(path)
+    assert repr(loaded) == repr(quantized)
+    np.testing.assert_array_equal(loaded.predict_proba(X), quantized.predict_proba(X))
+    with np.load(path, allow_pickle=False) as archive:  # no pickled objects
+        assert archive["Wq0"].dtype == np.int8
+
+
+def test_load_refuses_what_is_not_a_quantized_model(tmp_path):
+    model = MLP([4, 6, 3], seed=0)
+    model.save(tmp_path / "float.npz")
+    with pytest.raises(ValueError, match="not a valid fastmlp QuantizedMLP: format is"):
+        QuantizedMLP.load(tmp_path / "float.npz")
+    model.quantize().save(tmp_path / "q.npz")
+    with np.load(tmp_path / "q.npz") as archive:
+        arrays = dict(archive)
+    arrays["Wq0"] = arrays["Wq0"].astype(np.int16)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="entry 'Wq0' is a int16 array"):
+        QuantizedMLP.load(tmp_path / "bad.npz")
+    arrays["Wq0"] = arrays["Wq0"].astype(np.int8)
+    del arrays["last_W"]
+    np.savez(tmp_path / "missing.npz", **arrays)
+    with pytest.raises(ValueError, match="missing entry 'last_W'"):
+        QuantizedMLP.load(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError):
+        QuantizedMLP.load(tmp_path / "text.npz")
+
+
+# ---- the estimators' quantize -------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_estimators_quantize_keeps_the_sklearn_api():
+    pytest.importorskip("sklearn")
+    import pickle
+    from fastmlp.estimators import MLPClassifier, MLPRegressor
+    X, y = load_digits()
+    labels = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                       "nine"])[y]
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=30, random_state=0).fit(X[:1200],
+                                                                                   labels[:1200])
+    for quantized in (clf.quantize(), clf.quantize(calibration=X[:100])):
+        predicted = quantized.predict(X[1200:])
+        assert predicted.dtype == clf.classes_.dtype and set(predicted) <= set(clf.classes_)
+        assert abs(quantized.score(X[1200:], labels[1200:]) - clf.score(X[1200:], labels[1200:])) \
+            <= 0.005
+        proba = quantized.predict_proba(X[1200:])
+        assert proba.shape == (len(X) - 1200, 10)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+        assert np.abs(proba - clf.predict_proba(X[1200:])).max() < 0.5
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(quantized)).predict(X[1200:]),
+                                      predicted)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.fit(X, labels)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.partial_fit(X, labels)
+        with pytest.raises(TypeError, match="quantized for inference"):
+            quantized.coefs_
+    assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits
+    clf.partial_fit(X[:50], labels[:50])
+    reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y * 1.0)
+    quantized = reg.quantize()
+    assert quantized.predict(X).shape == (len(X),)
+    assert quantized.score(X, y * 1.0) > reg.score(X, y * 1.0) - 0.02
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        MLPClassifier().quantize()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 300])
+def test_split_over_threads_gives_the_same_result(int8_path, rows):
+    model = MLP([70, 200, 130, 3], seed=0)
+    X = np.random.default_rng(rows).normal(size=(rows, 70)).astype(F32)
+    quantized = model.quantize()
+    previous = fastmlp.get_num_threads()
+    try:
+        fastmlp.set_num_threads(1)
+        one = quantized.forward(X)
+        fastmlp.set_num_threads(2)
+        with _testing.split_every_product():
+            np.testing.assert_array_equal(quantized.forward(X), one)
+    finally:
+        fastmlp.set_num_threads(previous)
