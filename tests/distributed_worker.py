@@ -24,15 +24,18 @@ def shard(n_rows, seed, dtype):
     return X, y, w
 
 
-def global_batches(shards, epochs, seed, shuffle):
+def global_batches(shards, epochs, seed, shuffle, rank_order=None):
     """The rows one process must see, in its batches of ranks × BATCH rows, to take the
-    same steps as the ranks: step s of the global run is rank 0's batch s, then rank 1's."""
+    same steps as the ranks: step s of the global run is rank 0's batch s, then rank 1's.
+    rank_order(n_rows, epoch_length, epoch_seed, rank): a rank's epoch (default: in memory)."""
     epoch_length = max(len(X) for X, _, _ in shards)
+    rank_order = rank_order or (lambda n, length, epoch_seed, r: _distributed.rank_epoch_order(
+        n, length, epoch_seed, r, shuffle))
     rng = np.random.default_rng(seed)
     parts = []
     for _ in range(epochs):
         epoch_seed = int(rng.integers(0, 2**63))
-        orders = [_distributed.rank_epoch_order(len(X), epoch_length, epoch_seed, r, shuffle)
+        orders = [rank_order(len(X), epoch_length, epoch_seed, r)
                   for r, (X, _, _) in enumerate(shards)]
         for start in range(0, epoch_length, BATCH):
             for r, order in enumerate(orders):
@@ -131,6 +134,183 @@ def estimators():
     sys.exit(1 if failures else 0)
 
 
+def streamed(directory):
+    """fit(comm=...) on a memory-mapped .npy (each rank its X[shard_rows(...)]) and on a
+    ParquetSource(comm=comm) (row groups rank, rank + 2, ...), shards of unequal length,
+    block-shuffled: each rank reads only its byte range / row groups (recorded), the
+    replicas are bitwise equal and match one process on the same global batches."""
+    import os
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fastmlp import _data_sources
+
+    # (rank 0 has 80 rows, a multiple of BATCH: the reference cuts its batches across epochs)
+    n_rows, group_rows = 159, [16, 15, 16, 15, 16, 15, 16, 14, 16]
+    rng = np.random.default_rng(5)
+    X_all = rng.standard_normal((n_rows, SIZES[0])).astype(np.float32)
+    y_all = rng.integers(0, SIZES[-1], n_rows)
+    npy, parquet = f"{directory}/X.npy", f"{directory}/data.parquet"
+    if rank == 0:
+        np.save(npy, X_all)
+        table = pa.table({**{f"f{j}": X_all[:sum(group_rows), j] for j in range(SIZES[0])},
+                          "y": y_all[:sum(group_rows)]})
+        with pq.ParquetWriter(parquet, table.schema) as writer:
+            start = 0
+            for rows in group_rows:
+                writer.write_table(table.slice(start, rows))
+                start += rows
+    comm.Barrier()
+
+    # What each rank reads: byte ranges of X.npy (pread) and row groups of the Parquet file.
+    reads, groups = [], []
+    preadv = os.preadv
+
+    def recording_preadv(fd, buffers, offset):
+        n = preadv(fd, buffers, offset)
+        if os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")) == os.path.realpath(npy):
+            reads.append((offset, offset + n))
+        return n
+    os.preadv = recording_preadv
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def recording_read_row_group(self, i, *args, **kwargs):
+        groups.append(i)
+        return read_row_group(self, i, *args, **kwargs)
+    pq.ParquetFile.read_row_group = recording_read_row_group
+    _data_sources.BLOCK_BYTES = 5 * SIZES[0] * 4  # blocks of 5 rows, 3 per window
+    _data_sources.WINDOW_BLOCKS = 3
+
+    failures = []
+    rows = fastmlp.shard_rows(n_rows, comm)
+    mapped = np.load(npy, mmap_mode="r")
+    source = fastmlp.ParquetSource(parquet, target="y", window_row_groups=2, comm=comm)
+    for kind in ("memmap", "parquet"):
+        model = MLP(SIZES, seed=rank)
+        initial = comm.bcast([a.copy() for a in model.weights + model.biases])
+        X, y = (mapped[rows], y_all[rows]) if kind == "memmap" else (source, None)
+        history = model.fit(X, y, epochs=2, batch_size=BATCH, optimizer=Adam(lr=1e-2), seed=7,
+                            shuffle=True, comm=comm)
+        if kind == "memmap":  # this rank's rows, in memory for the reference
+            shard = (X_all[rows], y_all[rows], np.ones(rows.stop - rows.start))
+            lengths, window = _data_sources.fixed_blocks(rows.stop - rows.start, 5), 3
+            header = mapped.offset
+            allowed = (header + rows.start * SIZES[0] * 4, header + rows.stop * SIZES[0] * 4)
+            outside = [r for r in reads if r[0] < allowed[0] or r[1] > allowed[1]]
+            if outside or not reads:
+                failures.append(f"rank {rank} read {outside[:3]} outside {allowed}")
+        else:
+            starts = np.cumsum([0] + group_rows)
+            mine = list(range(rank, len(group_rows), ranks))
+            picked = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in mine])
+            shard = (X_all[picked], y_all[picked], np.ones(len(picked)))
+            lengths, window = source.block_lengths, 2
+            if set(groups) != set(mine):
+                failures.append(f"rank {rank} read row groups {sorted(set(groups))}, not {mine}")
+        params = [a for a in model.weights + model.biases]
+        everyone = comm.gather((params, shard, lengths, window, failures))
+        if rank != 0:
+            continue
+        failures = [f for _, _, _, _, fs in everyone for f in fs]
+        for other in everyone[1:]:
+            if not all(np.array_equal(a, b) for a, b in zip(params, other[0])):
+                failures.append(f"{kind}: replicas differ")
+
+        def rank_order(n, length, epoch_seed, r):
+            return _distributed.rank_block_epoch_order(everyone[r][2], everyone[r][3], length,
+                                                       epoch_seed, r)
+        gX, gy, _ = global_batches([e[1] for e in everyone], 2, 7, True, rank_order)
+        reference = MLP(SIZES, seed=0)
+        reference.weights = [a.copy() for a in initial[:len(SIZES) - 1]]
+        reference.biases = [a.copy() for a in initial[len(SIZES) - 1:]]
+        ref_history = reference.fit(gX, gy, epochs=1, batch_size=ranks * BATCH, shuffle=False,
+                                    optimizer=Adam(lr=1e-2))
+        for a, b in zip(params, reference.weights + reference.biases):
+            error = np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+            if not error <= 1e-5:
+                failures.append(f"{kind}: weights differ by {error:.3g} (rel)")
+        if not np.isclose(np.mean(history.loss), ref_history.loss[0], rtol=1e-4):
+            failures.append(f"{kind}: loss {history.loss} vs {ref_history.loss}")
+        print(f"checked {kind} {len(gX)} rows", flush=True)
+    if rank == 0:
+        print("\n".join(failures) or "STREAMED OK", flush=True)
+        sys.exit(1 if failures else 0)
+
+
+def estimators_more():
+    """fit(comm=...) of the estimators with class_weight="balanced", X_val + early stopping
+    (classifier and regressor: the reduced scores decide the same epochs as one process on
+    the union), early stopping's own split of each shard, and solver="lbfgs" (classifier and
+    weighted regressor): against one process on the concatenated data, replicas bitwise."""
+    import warnings
+    from fastmlp import MLPClassifier, MLPRegressor
+    X, y, w = shard(64, 400 + rank, np.float64)
+    X_val, y_val, _ = shard(20 + 6 * rank, 500 + rank, np.float64)
+    y[: 20 + 10 * rank] = 0  # unbalanced classes, differently on each rank
+    targets = X[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X[:, 2:4]
+    val_targets = X_val[:, :2] @ np.array([[1.0, -2.0], [0.5, 1.0]]) + 0.1 * X_val[:, 2:4]
+    sgd = dict(hidden_layer_sizes=(16,), batch_size=BATCH, shuffle=False, solver="adam",
+               learning_rate_init=1e-2, dtype="float64")
+    stopping = dict(sgd, early_stopping=True, n_iter_no_change=2, tol=1e-3, max_iter=40)
+    lbfgs = dict(hidden_layer_sizes=(16,), solver="lbfgs", max_iter=40, alpha=1e-3,
+                 dtype="float64")
+    runs = {  # name: (estimator parameters, which data, fit keywords for this rank)
+        "balanced": (MLPClassifier, dict(sgd, class_weight="balanced", max_iter=3), "y", {}),
+        "classifier X_val": (MLPClassifier, stopping, "y", dict(X_val=X_val, y_val=y_val)),
+        "regressor X_val": (MLPRegressor, stopping, "t",
+                            dict(X_val=X_val, y_val=val_targets)),
+        "lbfgs classifier": (MLPClassifier, dict(lbfgs, class_weight="balanced"), "y", {}),
+        "lbfgs regressor": (MLPRegressor, lbfgs, "t", dict(sample_weight=w)),
+    }
+    failures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning after max_iter
+        split = MLPClassifier(**dict(stopping, validation_fraction=0.25),
+                              random_state=rank).fit(X, y, comm=comm)
+        fitted = {name: kind(random_state=rank, **params).fit(
+            X, y if which == "y" else targets, comm=comm, **kw)
+            for name, (kind, params, which, kw) in runs.items()}
+    mine = {name: f.coefs_ + f.intercepts_ for name, f in fitted.items()}
+    mine["split"] = split.coefs_ + split.intercepts_
+    record = {name: (getattr(f, "n_iter_", None), getattr(f, "validation_scores_", None))
+              for name, f in [*fitted.items(), ("split", split)]}
+    everyone = comm.gather((X, y, targets, w, X_val, y_val, val_targets, mine, record))
+    if rank != 0:
+        return
+    for other in everyone[1:]:
+        for name in mine:
+            if not all(np.array_equal(a, b) for a, b in zip(other[7][name], mine[name])):
+                failures.append(f"{name}: replicas differ")
+            if other[8][name] != record[name]:
+                failures.append(f"{name}: n_iter_/scores differ {other[8][name]} {record[name]}")
+    if not split.n_iter_ < 40 or len(split.validation_scores_) != split.n_iter_:
+        failures.append(f"split: did not stop early ({split.n_iter_})")
+    order = [(r, np.arange(s, s + BATCH)) for s in range(0, 64, BATCH) for r in range(ranks)]
+    g = [np.concatenate([everyone[r][k][rows] for r, rows in order]) for k in range(4)]
+    gX, gy, gt, gw = g
+    gX_val, gy_val, gt_val = (np.concatenate([e[k] for e in everyone]) for k in (4, 5, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, (kind, params, which, kw) in runs.items():
+            single = dict(params, batch_size=ranks * BATCH) if "batch_size" in params else params
+            kw = {"X_val": gX_val, "y_val": gy_val if which == "y" else gt_val} if (
+                "X_val" in kw) else ({"sample_weight": gw} if "sample_weight" in kw else {})
+            reference = kind(random_state=0, **single).fit(gX, gy if which == "y" else gt, **kw)
+            ref = reference.coefs_ + reference.intercepts_
+            rtol = 1e-6 if "lbfgs" in name else 1e-9
+            for a, b in zip(mine[name], ref):
+                if not np.allclose(a, b, rtol=rtol, atol=rtol):
+                    failures.append(f"{name}: weights differ by {np.max(np.abs(a - b)):.3g}")
+            if reference.n_iter_ != fitted[name].n_iter_:
+                failures.append(f"{name}: n_iter_ {fitted[name].n_iter_} vs {reference.n_iter_}")
+            if "X_val" in kw and not np.allclose(fitted[name].validation_scores_,
+                                                 reference.validation_scores_, rtol=1e-9):
+                failures.append(f"{name}: {fitted[name].validation_scores_} vs "
+                                f"{reference.validation_scores_}")
+            print(f"checked {name} n_iter_={reference.n_iter_}", flush=True)
+    print("\n".join(failures) or "ESTIMATORS MORE OK", flush=True)
+    sys.exit(1 if failures else 0)
+
+
 class FailingTrainer:
     """The engine of one rank, failing at its `at`-th gradient step with `error`."""
 
@@ -194,6 +374,10 @@ def main():
         assert seen == [expected] and fastmlp.get_num_threads() == before, (seen, before)
         print(f"rank {rank} threads ok", flush=True)
         return
+    if mode == "estimators_more":
+        return estimators_more()
+    if mode == "streamed":
+        return streamed(sys.argv[2])
     if mode == "checkpoint":
         return checkpoint_and_callbacks(sys.argv[2])
     try:
@@ -220,16 +404,39 @@ def main():
                     model.weights[0] = nudged
             MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, callbacks=[nudge],
                                    comm=comm)
-        elif mode == "estimator_unsupported":
-            from fastmlp import MLPClassifier
-            X, y, _ = shard(40, rank, np.float32)
-            MLPClassifier(early_stopping=True).fit(X, y, comm=comm)
+        elif mode == "estimator_small_split":  # early stopping's split of a 3-row shard
+            from fastmlp import MLPRegressor
+            X, y, _ = shard(40 if rank == 0 else 3, rank, np.float32)
+            MLPRegressor(early_stopping=True).fit(X, y.astype(np.float32), comm=comm)
         elif mode == "estimator_bad_shard":
             from fastmlp import MLPRegressor
             X, y, _ = shard(40, rank, np.float32)
             if rank == 0:
                 X[3, 2] = np.nan
             MLPRegressor(max_iter=2).fit(X, y.astype(np.float32), comm=comm)
+        elif mode == "same_file":  # every rank passes the whole memory-mapped file
+            import tempfile
+            path = comm.bcast(tempfile.mkdtemp() if rank == 0 else None) + "/X.npy"
+            if rank == 0:
+                np.save(path, shard(40, 0, np.float32)[0])
+            comm.Barrier()
+            X = np.load(path, mmap_mode="r")
+            MLP(SIZES, seed=0).fit(X, shard(40, 0, np.float32)[1], epochs=1, batch_size=BATCH,
+                                   comm=comm)
+        elif mode == "parquet_nan":  # a NaN in rank 1's second row group, read mid-epoch
+            import tempfile
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            path = comm.bcast(tempfile.mkdtemp() if rank == 0 else None) + "/d.parquet"
+            if rank == 0:
+                X, y, _ = shard(60, 0, np.float32)
+                X[45, 3] = np.nan  # row group 3 (rows 45-59): rank 1's second
+                table = pa.table({**{f"f{j}": X[:, j] for j in range(SIZES[0])}, "y": y})
+                pq.write_table(table, path, row_group_size=15)
+            comm.Barrier()
+            source = fastmlp.ParquetSource(path, comm=comm)
+            MLP(SIZES, seed=0).fit(source, None, epochs=1, batch_size=BATCH, shuffle=False,
+                                   comm=comm)
         elif mode == "mismatch":
             X, y, _ = shard(40, rank, np.float32)
             MLP(SIZES, seed=0).fit(X, y, epochs=1, batch_size=BATCH + rank, comm=comm)

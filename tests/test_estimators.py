@@ -236,10 +236,10 @@ def test_ctrl_c_stops_training_with_a_warning_and_a_usable_model(monkeypatch):
     clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0)
     record_epoch = MLPClassifier._record_epoch
 
-    def interrupted_at_epoch_3(self, validation):
+    def interrupted_at_epoch_3(self, validation, comm=None):
         if len(self.loss_curve_) == 3:
             raise KeyboardInterrupt
-        return record_epoch(self, validation)
+        return record_epoch(self, validation, comm)
 
     monkeypatch.setattr(MLPClassifier, "_record_epoch", interrupted_at_epoch_3)
     with pytest.warns(UserWarning, match="Training interrupted by user"):

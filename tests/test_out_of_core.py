@@ -366,3 +366,35 @@ def test_the_engine_refuses_an_order_outside_the_data():
         trainer.run(X[:19], y[:19], None, 8, 10)
     result = trainer.run(X, y, None, 8, 10)
     assert (result.samples, result.epoch_done) == (3, True)
+
+
+@pytest.mark.parametrize("epoch_length, batch", [(1000, 32), (1437, 32), (2500, 64), (1001, 7)])
+def test_a_short_shard_streams_its_order_repeated_up_to_the_epoch_length(
+        tmp_path, small_blocks, epoch_length, batch):
+    # fit(comm=...) with shards of unequal length: a memory-mapped shard shorter than the
+    # largest reads its block-shuffled order again from the start, and the parts cut it
+    # every `batch` rows as np.resize(order, epoch_length) (what the ranks' steps need).
+    X, y = data()
+    Xm, _ = mapped(tmp_path, X)
+    source = _data_sources.ArrayBlocks(Xm, "X", np.float32, F).labelled(y, None)
+    expected = np.resize(block_shuffled_order(source.block_lengths, 3, 11), epoch_length)
+    seen, cuts = [], []
+    with _data_sources.epoch_parts(source, None, None, "block", 11, batch,
+                                   epoch_length) as parts:
+        for part in parts:
+            rows = part.X[part.order] if part.order is not None else part.X
+            seen.append(np.asarray(rows))
+            cuts.append(len(rows))
+    np.testing.assert_array_equal(np.concatenate(seen), X[expected])
+    assert all(c % batch == 0 for c in cuts[:-1]) and sum(cuts) == epoch_length
+
+
+def test_shard_rows_splits_contiguously_and_evenly():
+    for n, size in ((10, 3), (2, 4), (0, 2), (159, 2)):
+        slices = [fastmlp.shard_rows(n, rank=r, size=size) for r in range(size)]
+        lengths = [s.stop - s.start for s in slices]
+        assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]]
+        assert slices[0].start == 0 and slices[-1].stop == n
+        assert max(lengths) - min(lengths) <= 1
+    with pytest.raises(ValueError, match="0 <= rank < size"):
+        fastmlp.shard_rows(10, rank=3, size=3)

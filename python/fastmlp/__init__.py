@@ -3,13 +3,15 @@
 from fastmlp import _threadpool, ops
 from fastmlp._core import __version__
 from fastmlp._data_sources import ParquetSource
+from fastmlp._distributed import shard_rows
 from fastmlp._threads import get_num_threads, set_num_threads
 from fastmlp.model import MLP, History
 from fastmlp.optim import SGD, Adam, AdamW
 from fastmlp.quantized import QuantizedMLP
 
 __all__ = ["MLP", "History", "QuantizedMLP", "SGD", "Adam", "AdamW", "ops", "get_num_threads",
-           "set_num_threads", "__version__", "MLPClassifier", "MLPRegressor", "ParquetSource"]
+           "set_num_threads", "__version__", "MLPClassifier", "MLPRegressor", "ParquetSource",
+           "shard_rows"]
 
 
 _threadpool.register()  # threadpoolctl sees and limits fastmlp's pool, when it is installed

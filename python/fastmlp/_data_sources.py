@@ -21,6 +21,7 @@ Nothing is ever written to the file (it is mapped or opened read-only).
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import queue
@@ -74,7 +75,7 @@ def _mapping_of(X):
     return None
 
 
-def _file_range_of(X):
+def file_range_of(X):
     """(path, byte offset of row 0) where X's rows are one contiguous byte range of a file
     that np.memmap / np.load(mmap_mode="r" or "r+") maps shared; else None (an mmap.mmap of
     unknown file, a copy-on-write mapping whose changes the file does not hold, strided X)."""
@@ -111,7 +112,7 @@ class ArrayBlocks:
         self._row_bytes = a.shape[1] * a.itemsize
         self.block_rows = max(1, (block_bytes or BLOCK_BYTES) // max(1, self._row_bytes))
         self.block_lengths = fixed_blocks(a.shape[0], self.block_rows)
-        self._file_range = _file_range_of(a)
+        self.file_range = file_range_of(a)
         self._fd = None
         # One sequential pass before any training: a NaN or an out-of-range value stops fit
         # before the first step, not in the middle of an epoch.
@@ -133,8 +134,8 @@ class ArrayBlocks:
 
     def __enter__(self):
         """Opens the file (read-only) for the reads that follow."""
-        if self._file_range is not None:
-            self._fd = os.open(self._file_range[0], os.O_RDONLY)
+        if self.file_range is not None:
+            self._fd = os.open(self.file_range[0], os.O_RDONLY)
         return self
 
     def __exit__(self, *exc):
@@ -148,7 +149,7 @@ class ArrayBlocks:
         if self._fd is None or not hasattr(os, "posix_fadvise"):
             return
         for b in blocks:
-            start = self._file_range[1] + int(b) * self.block_rows * self._row_bytes
+            start = self.file_range[1] + int(b) * self.block_rows * self._row_bytes
             try:
                 os.posix_fadvise(self._fd, start, int(self.block_lengths[b]) * self._row_bytes,
                                  os.POSIX_FADV_WILLNEED)
@@ -161,12 +162,12 @@ class ArrayBlocks:
             np.copyto(out, self.X[first:first + len(out)])
             return
         view = memoryview(out).cast("B")
-        position = self._file_range[1] + first * self._row_bytes
+        position = self.file_range[1] + first * self._row_bytes
         done = 0
         while done < len(view):
             n = os.preadv(self._fd, [view[done:]], position + done)
             if n == 0:
-                raise OSError(f"{self._file_range[0]!r} ended early: was it truncated while "
+                raise OSError(f"{self.file_range[0]!r} ended early: was it truncated while "
                               "training?")
             done += n
 
@@ -326,13 +327,16 @@ def training_data(model, X, y, sample_weight, shuffle):
         "block" if shuffle else False)
 
 
-def epoch_parts(data, y, weights, shuffle, seed, batch_size: int):
+def epoch_parts(data, y, weights, shuffle, seed, batch_size: int,
+                epoch_length: int | None = None):
     """The parts of an epoch: in-memory X (an ndarray or SparseInput) is one part that the
     engine shuffles itself (a full permutation); a ArrayBlocks or ParquetSource is read by a
     background thread into batch-aligned parts. Use as a context manager (it stops the
-    thread)."""
+    thread). epoch_length (data read from disk only; fit(comm=...)'s shorter shards): the
+    epoch's rows, the epoch's order repeated from its start past the shard's end, as
+    np.resize(order, epoch_length)."""
     if isinstance(data, (ArrayBlocks, ParquetSource)):
-        return _WindowReader(data, shuffle, seed, batch_size)
+        return _WindowReader(data, shuffle, seed, batch_size, epoch_length)
     return _Single(EpochPart(data, y, weights, bool(shuffle), seed))
 
 
@@ -356,11 +360,16 @@ class _WindowReader:
     Batches cut the epoch's order (block_shuffled_order) every B rows, as if the engine read
     the whole epoch at once: each part ends on a batch boundary, and the rows of a window
     past the last whole batch (< B) start the next part; the last part holds the epoch's
-    partial batch. The engine trains each part in row order."""
+    partial batch. The engine trains each part in row order.
 
-    def __init__(self, source, shuffle, seed, batch_size):
+    With epoch_length > N (a short shard of fit(comm=...)), the windows are read again from
+    the first (the same order) until epoch_length rows are out: batches then span the end of
+    one pass and the start of the next, exactly as np.resize(order, epoch_length) cuts."""
+
+    def __init__(self, source, shuffle, seed, batch_size, epoch_length=None):
         window_blocks = getattr(source, "window_blocks", WINDOW_BLOCKS)
         self.windows = block_shuffle_plan(source.block_lengths, window_blocks, seed, shuffle)
+        self.epoch_length = max(source.shape[0], epoch_length or 0)
         self.source, self.batch_size = source, batch_size
         self.parts = queue.Queue(maxsize=1)
         self.stop = threading.Event()
@@ -420,12 +429,13 @@ class _WindowReader:
         # so had finished part m - 3.
         most = max(int(lengths[w.blocks].sum()) for w in windows) if windows else 0
         part_buffers = [None] * 3
-        parts = 0
-        for k, window in enumerate(windows):
+        parts = emitted = 0  # parts and rows handed to the engine
+        for k in itertools.count() if windows else ():
+            window = windows[k % len(windows)]
             if self.stop.is_set():
                 return
-            if k + 1 < len(windows):
-                source.prefetch(windows[k + 1].blocks)
+            if k + 1 < len(windows) or self.epoch_length > source.shape[0]:
+                source.prefetch(windows[(k + 1) % len(windows)].blocks)
             c = carry[0].shape[0]
             rows = int(lengths[window.blocks].sum())
             # The part: the carried rows, then the window's rows as read (file order within
@@ -448,7 +458,8 @@ class _WindowReader:
             order = None
             if window.permutation is not None:
                 order = np.concatenate([np.arange(c), c + window.permutation])
-            whole = c + rows if k + 1 == len(windows) else (c + rows) // B * B
+            last = emitted + c + rows >= self.epoch_length
+            whole = self.epoch_length - emitted if last else (c + rows) // B * B
             rest = np.arange(whole, c + rows) if order is None else order[whole:]
             carry = (X[rest], y[rest], None if w is None else w[rest])
             if not whole:
@@ -461,3 +472,6 @@ class _WindowReader:
             if not self._put(part):
                 return
             parts += 1
+            emitted += whole
+            if last:
+                return

@@ -30,6 +30,7 @@ docs/distributed.md for the measurement behind that decision.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -40,12 +41,16 @@ import zlib
 import numpy as np
 
 from fastmlp import _core
+from fastmlp._data_sources import ArrayBlocks, ParquetSource, epoch_parts
+from fastmlp._shuffle import block_shuffled_order
+from fastmlp._sparse import SparseInput
 from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
 from fastmlp._training import (History, _parameter_ids, _resume, _save_checkpoint,
                                _draw_epoch_seed, diverged, fit_arguments, new_trainer,
                                print_epoch, training_guard, validation_scores)
 
-__all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "run_agreed", "BUCKET_BYTES"]
+__all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "rank_block_epoch_order", "shard_rows",
+           "run_agreed", "BUCKET_BYTES"]
 
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket (bucket_cap_mb=25)
 _TAIL = 3
@@ -73,6 +78,37 @@ def rank_epoch_order(n_samples: int, epoch_length: int, epoch_seed: int, rank: i
     order = (_core.shuffled_indices(n_samples, rank_epoch_seed(epoch_seed, rank)) if shuffle
              else np.arange(n_samples, dtype=np.int64))
     return np.resize(order, max(epoch_length, n_samples))
+
+
+def rank_block_epoch_order(block_lengths, window_blocks: int, epoch_length: int,
+                           epoch_seed: int, rank: int, shuffle: bool = True) -> np.ndarray:
+    """The rows of rank's memory-mapped or Parquet shard (row ids into the concatenation of
+    its blocks: a memory-mapped array's rows, the rank's row groups in file order) that an
+    epoch visits, in order: its block-shuffled order (_shuffle.block_shuffled_order), repeated
+    up to epoch_length rows when the shard is shorter."""
+    order = block_shuffled_order(block_lengths, window_blocks,
+                                 rank_epoch_seed(epoch_seed, rank) if shuffle else 0, shuffle)
+    return np.resize(order, max(epoch_length, order.shape[0]))
+
+
+def shard_rows(n_rows: int, comm=None, *, rank: int | None = None,
+               size: int | None = None) -> slice:
+    """The contiguous rows of rank (comm's rank, or rank of size) in n_rows split as evenly as
+    possible (lengths differ by at most 1): ``X[shard_rows(len(X), comm)]`` of a memory-mapped
+    X is a view of that byte range only, which fit(comm=...) reads (and nothing else)."""
+    if comm is not None:
+        if rank is not None or size is not None:
+            raise ValueError("pass either comm or rank/size, not both")
+        rank, size = comm.Get_rank(), comm.Get_size()
+    rank, size = (0 if rank is None else rank), (1 if size is None else size)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+               for v in (n_rows, rank, size)) or not (size >= 1 and 0 <= rank < size
+                                                      and n_rows >= 0):
+        raise ValueError(f"shard_rows needs n_rows >= 0 and 0 <= rank < size, got "
+                         f"n_rows={n_rows!r}, rank={rank!r}, size={size!r}")
+    base, extra = divmod(int(n_rows), int(size))
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 def _mpi():
@@ -172,13 +208,16 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                              validation_data=validation_data, callbacks=callbacks,
                              sample_weight=sample_weight, alpha=alpha,
                              checkpoint_every=checkpoint_every, sparse_updates=sparse_updates)
-        if not isinstance(args.X, np.ndarray):
-            raise TypeError("fit(comm=...) takes X as a dense array in memory; sparse, "
-                            "memory-mapped and Parquet input train in one process")
+        if isinstance(args.X, SparseInput):
+            raise TypeError("fit(comm=...) takes dense X (in memory, memory-mapped or a "
+                            "ParquetSource); sparse input trains in one process")
         return args, np.random.default_rng(seed)
     args, rng = _collective(comm, "validating its arguments", validate)
-    shuffle = bool(args.shuffle)  # True, "full", "block": each rank's engine shuffles
+    # True, "full", "block": each rank shuffles its shard (data read from disk block-wise).
+    streamed = isinstance(args.X, (ArrayBlocks, ParquetSource))
+    shuffle = bool(args.shuffle)
     _check_same_setup(comm, model, args, shuffle, checkpoint, resume)
+    _check_distinct_shards(comm, args.X)
     shard_rows = comm.allgather(args.X.shape[0])
     epoch_length = max(shard_rows)
     batch_size = min(args.batch_size, epoch_length)
@@ -206,10 +245,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
             state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
             if rank != 0:
                 optimizer.load_state_dict(state)
-        # The parameters: rank 0's, received into the model's own arrays (its public
-        # weights are read-only views; training_guard has dropped its packed copy).
-        for array in model._weights.arrays() + model._biases.arrays():
-            comm.Bcast(array, root=0)
+        broadcast_parameters(comm, model)
 
         trainer = new_trainer(model, optimizer, batch_size, args.alpha)
         trained = _parameter_ids(model)
@@ -219,24 +255,27 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
         scale_before_sum = args.weights is not None  # unweighted: equal rows on every rank
         for epoch in range(start_epoch, args.epochs):
             started = time.perf_counter()
-            n_rows = args.X.shape[0]
             epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
-            if n_rows < epoch_length:  # a short shard wraps around its order
-                trainer.begin_epoch_with_order(
-                    rank_epoch_order(n_rows, epoch_length, epoch_seed, rank, shuffle), n_rows)
-            else:
-                trainer.begin_epoch(n_rows, shuffle,
-                                    rank_epoch_seed(epoch_seed, rank) if shuffle else 0)
+            make = _streamed_batches if streamed else _in_memory_batches
             total = penalty = 0.0
             samples, fell_back = 0, False
-            for _ in range(steps_per_epoch):
-                loss, penalty_step, rows, fell = _step(comm, MPI, trainer, args, grad, buckets,
-                                                       batch_size, ranks, scale_before_sum,
-                                                       epoch)
-                total += (loss + penalty_step) * rows
-                penalty += penalty_step * rows
-                samples += rows
-                fell_back |= fell
+            with contextlib.closing(make(trainer, args, epoch_seed, rank, batch_size,
+                                         epoch_length)) as batches:
+                for _ in range(steps_per_epoch):
+                    # A read that fails (data read from disk) fails this rank's step: the
+                    # other ranks learn it in the step's allreduce.
+                    data, error = None, None
+                    try:
+                        data = next(batches)
+                    except Exception as exc:  # noqa: BLE001 - agreed on in _step
+                        error = exc
+                    loss, penalty_step, rows, fell = _step(
+                        comm, MPI, trainer, data, error, args, grad, buckets, batch_size,
+                        ranks, scale_before_sum, epoch)
+                    total += (loss + penalty_step) * rows
+                    penalty += penalty_step * rows
+                    samples += rows
+                    fell_back |= fell
             elapsed = time.perf_counter() - started
             history.loss.append(total / samples)
             history.l2_penalty.append(penalty / samples)
@@ -255,11 +294,28 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
         return history
 
 
-def _check_replicas(comm, model, epoch: int) -> None:
+def broadcast_parameters(comm, model) -> None:
+    """Collective: rank 0's parameters received into every rank's model's own arrays (its
+    public weights are read-only views); its packed weights are dropped."""
+    for array in model._weights.arrays() + model._biases.arrays():
+        comm.Bcast(array, root=0)
+    model._drop_pack()
+
+
+def check_replicas(comm, model, when: str) -> None:
+    """Collective: RuntimeError on every rank unless the replicas are bitwise equal (for
+    callers outside fit: the estimators' L-BFGS)."""
+    try:
+        _check_replicas(comm, model, when)
+    except _AgreedError as agreed:
+        raise agreed.error from None
+
+
+def _check_replicas(comm, model, epoch) -> None:
     """Collective: RuntimeError on every rank unless the replicas are bitwise equal after an
     epoch (a CRC-32 of the parameters, ~1 ms per MB: what the design promises, checked, e.g.
     against an MPI whose allreduce differs between ranks, or a callback that changed the
-    weights on one rank only)."""
+    weights on one rank only). epoch: the 0-based epoch, or words saying when."""
     digest = 0
     for array in list(model.weights) + list(model.biases):
         digest = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), digest)
@@ -267,8 +323,9 @@ def _check_replicas(comm, model, epoch: int) -> None:
     if len(set(digests)) > 1:
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         raise _AgreedError(RuntimeError(
-            f"after epoch {epoch + 1} the parameters of rank(s) {differ} differ from rank 0's "
-            "(a callback that changes the model differently on each rank?)"))
+            f"{f'after epoch {epoch + 1}' if isinstance(epoch, int) else epoch} the parameters "
+            f"of rank(s) {differ} differ from rank 0's (a callback that changes the model "
+            "differently on each rank?)"))
 
 
 def _buckets(size: int, itemsize: int) -> list[slice]:
@@ -278,18 +335,54 @@ def _buckets(size: int, itemsize: int) -> list[slice]:
     return [slice(start, min(start + per_bucket, size)) for start in range(0, size, per_bucket)]
 
 
-def _step(comm, MPI, trainer, args, grad, buckets, batch_size, ranks, scale_before_sum, epoch):
-    """One data-parallel step; returns (global data loss, L2 penalty, global rows, whether
-    this rank's contention guard fell back to one thread)."""
+def _in_memory_batches(trainer, args, epoch_seed, rank, batch_size, epoch_length):
+    """Yields (X, y, weights) of the shard once per step of the epoch (the engine takes the
+    next batch in its epoch order): a full permutation of the shard, a short shard's order
+    repeated up to epoch_length rows (rank_epoch_order)."""
+    n_rows = args.X.shape[0]
+    shuffle = bool(args.shuffle)
+    if n_rows < epoch_length:  # a short shard wraps around its order
+        trainer.begin_epoch_with_order(
+            rank_epoch_order(n_rows, epoch_length, epoch_seed, rank, shuffle), n_rows)
+    else:
+        trainer.begin_epoch(n_rows, shuffle, rank_epoch_seed(epoch_seed, rank) if shuffle else 0)
+    while True:
+        yield args.X, args.y, args.weights
+
+
+def _streamed_batches(trainer, args, epoch_seed, rank, batch_size, epoch_length):
+    """Yields the part (X, y, weights) holding the next batch, once per step: a memory-mapped
+    or Parquet shard read window by window in its block-shuffled order (_data_sources.py,
+    seeded with rank_epoch_seed), the order repeated past the shard's end up to epoch_length
+    rows (rank_block_epoch_order gives the rows). Parts end on batch boundaries."""
+    seed = rank_epoch_seed(epoch_seed, rank) if args.shuffle else 0
+    with epoch_parts(args.X, None, None, args.shuffle, seed, batch_size,
+                     epoch_length) as parts:
+        for part in parts:
+            if part.order is not None:
+                trainer.begin_epoch_with_order(part.order, part.X.shape[0])
+                rows = part.order.shape[0]
+            else:
+                trainer.begin_epoch(part.X.shape[0], False, 0)
+                rows = part.X.shape[0]
+            for _ in range(-(-rows // batch_size)):
+                yield part.X, part.y, part.weights
+
+
+def _step(comm, MPI, trainer, data, error, args, grad, buckets, batch_size, ranks,
+          scale_before_sum, epoch):
+    """One data-parallel step on the next batch of data (X, y, weights), or, when this rank
+    could not get it, a step that reports error; returns (global data loss, L2 penalty,
+    global rows, whether this rank's contention guard fell back to one thread)."""
     gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
-    error = None
     try:
+        if error is not None:
+            raise error
         # Unweighted, every rank's batch has the same rows: the global mean is the mean of
         # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
         # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
         loss, rows, weight_sum, squares, fell_back = trainer.gradient_step(
-            args.X, args.y, args.weights, batch_size, gradient,
-            1.0 if scale_before_sum else 1.0 / ranks)
+            *data, batch_size, gradient, 1.0 if scale_before_sum else 1.0 / ranks)
         flag = _OK if math.isfinite(loss) else _DIVERGED
     except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
         error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
@@ -339,6 +432,25 @@ def _end_epoch(comm, model, args, history, optimizer, rng, epoch, batch_size, sh
     for callback in args.callbacks:
         stop = bool(callback(model, history)) or stop
     return stop
+
+
+def _check_distinct_shards(comm, X) -> None:
+    """Collective: ValueError on every rank when two ranks of one host read the same rows of
+    the same file (every rank passed the whole memory-mapped file, or a ParquetSource made
+    without comm/rank/size): each rank must pass its own shard."""
+    if isinstance(X, ParquetSource):
+        key = ("row groups", os.path.realpath(X.path), X.rank, X.size)
+    elif isinstance(X, ArrayBlocks) and X.file_range is not None:
+        key = ("rows", os.path.realpath(X.file_range[0]), X.file_range[1], X.shape[0])
+    else:
+        key = None  # (still collective: the other ranks' X may be files)
+    keys = comm.allgather((_mpi().Get_processor_name(), key))
+    for r, theirs in enumerate(keys):
+        if theirs[1] is not None and keys.index(theirs) != r:
+            raise _AgreedError(ValueError(
+                f"ranks {keys.index(theirs)} and {r} read the same {key[0]} of "
+                f"{theirs[1][1]!r}: each rank must pass its own shard (ParquetSource(path, "
+                "comm=comm); a memory-mapped X[fastmlp.shard_rows(len(X), comm)])"))
 
 
 def _check_same_setup(comm, model, args, shuffle, checkpoint, resume) -> None:

@@ -1,7 +1,7 @@
 """The shared base of fastmlp's scikit-learn estimators (``estimators.py``): parameters and
 their constraints, the fitted state (``coefs_``/``intercepts_`` as views of the ``MLP``), the
 fit path shared by ``fit`` and ``partial_fit``, the training loop around the engine, and
-``solver="lbfgs"`` (SciPy's L-BFGS-B on the network's full-batch loss and gradient).
+``solver="lbfgs"`` (SciPy's L-BFGS-B: _estimator_lbfgs.py).
 
 Legend: N samples, F features, K classes or regression outputs,
 ``layer_units = [F, *hidden_layer_sizes, K]``; ``coefs_[i]`` (layer_units[i],
@@ -17,22 +17,15 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.optimize
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import check_is_fitted, validate_data
-
-try:
-    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
-except ImportError:  # scikit-learn < 1.7 passes iprint to every SciPy
-    def _get_additional_lbfgs_options_dict(key, value):
-        return {key: value}
 
 from fastmlp import _estimator_data as data, onnx_export
 from fastmlp import _estimator_distributed as distributed
+from fastmlp._estimator_lbfgs import train_lbfgs
 from fastmlp._threads import get_num_threads, one_thread_fallback_message, set_num_threads
 from fastmlp._core import first_nonfinite
 from fastmlp._estimator_params import LayerViews
@@ -42,7 +35,8 @@ from fastmlp.model import MLP
 from fastmlp.optim import SGD, Adam
 
 
-_MODULES = {__name__, "fastmlp.estimators", "fastmlp._estimator_data"}
+_MODULES = {__name__, "fastmlp.estimators", "fastmlp._estimator_data",
+            "fastmlp._estimator_lbfgs", "fastmlp._estimator_distributed"}
 
 
 def _warn(message: str, category) -> None:
@@ -285,14 +279,15 @@ class _BaseMLP(Quantizable, BaseEstimator):
         with _num_threads(self.n_threads):
             before = dict(self.__dict__)
             try:
-                if comm is not None:  # refuses what it cannot do yet; classes_: every rank's
+                if comm is not None:  # classes_: the union of every rank's labels
                     classes = distributed.agreed_classes(comm, self, y, X_val)
                 if not lbfgs and hasattr(self, "_model") and not hasattr(self, "loss_curve_"):
                     self._init_epoch_state()  # warm start after an lbfgs fit
                 # (with comm, a shard that fails validation raises on every rank)
-                prepared = distributed.run_agreed(comm, "validating its data", lambda: (
-                    self._prepare(X, y, sample_weight, incremental, classes, X_val, y_val,
-                                  sample_weight_val)))
+                with distributed.global_class_weight(comm, self, y, sample_weight, classes):
+                    prepared = distributed.run_agreed(comm, "validating its data", lambda: (
+                        self._prepare(X, y, sample_weight, incremental, classes, X_val, y_val,
+                                      sample_weight_val)))
             except BaseException:
                 # Invalid input leaves a fitted estimator as it was (classes_, n_features_in_,
                 # feature_names_in_ and the model belong together).
@@ -301,7 +296,7 @@ class _BaseMLP(Quantizable, BaseEstimator):
                 raise
             if lbfgs:
                 X, targets, sw, _, _, alpha, _ = prepared
-                self._train_lbfgs(X, targets, sw, alpha)
+                self._train_lbfgs(X, targets, sw, alpha, comm)
             else:
                 self._train(*prepared, epochs=1 if incremental else int(self.max_iter),
                             incremental=incremental, comm=comm)
@@ -442,7 +437,7 @@ class _BaseMLP(Quantizable, BaseEstimator):
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
                 if history.one_thread_fallback[-1]:
                     print(one_thread_fallback_message())
-            if self._record_epoch(validation):
+            if self._record_epoch(validation, comm):
                 self._no_improvement_count = 0
             else:
                 self._no_improvement_count += 1
@@ -517,102 +512,16 @@ class _BaseMLP(Quantizable, BaseEstimator):
             print(f"Iteration {self.n_iter_}, loss = {nan:.8f}")
             print(f"Validation score: {nan:f}")
 
-    def _train_lbfgs(self, X, targets, sw, alpha) -> None:
-        """scikit-learn's ``_fit_lbfgs``: SciPy's L-BFGS-B over every parameter, packed as
-        scikit-learn packs them (each ``coefs_[i]`` raveled, then each ``intercepts_[i]``),
-        for up to ``max_iter`` iterations and ``max_fun`` evaluations, ``tol`` the gradient
-        tolerance. Each evaluation is the network's full-batch pass (``MLP.loss_and_grad``,
-        in the model's dtype), handed to SciPy in float64. As in scikit-learn: no epochs (no
-        loss curve, validation or early stopping), ``n_iter_`` the iterations run."""
-        model = self._model
-        n = X.shape[0]
-        # Objective f = data loss / outputs + alpha/2 · Σ‖W‖² / n, gradient that of the data
-        # loss summed over outputs plus alpha · W / n: scikit-learn's pair (for several
-        # regression outputs its gradient is not that of its loss; the trajectory is its).
-        outputs = self.n_outputs_ if self._output_kind() == "identity" else 1
-        # scikit-learn clips each sample's log-loss at -log(eps); the engine's is exact. The
-        # loss is recomputed its way (one more forward pass) only when the mean is high
-        # enough for a sample to exceed the cap: mean ≥ w_i · cap / Σw for that sample.
-        clip_from = np.inf
-        if self._is_classifier:
-            cap = -np.log(np.finfo(model.dtype).eps)
-            clip_from = 0.999 * cap * (1 / n if sw is None else sw[sw > 0].min() / sw.sum())
-        # (in, out) views of the model's own arrays: writes go into the model (unpack drops
-        # its packed weights)
-        coefs = [w.T for w in model._weights.arrays()]
-        sizes = [c.size for c in coefs] + [b.size for b in model.biases]
-        bounds = np.cumsum([0, *sizes])
-        coef_parts = [slice(a, b) for a, b in zip(bounds[:len(coefs)], bounds[1:])]
-        bias_parts = [slice(a, b) for a, b in zip(bounds[len(coefs):-1], bounds[len(coefs) + 1:])]
-        x0 = np.concatenate([c.ravel() for c in coefs] + list(model.biases)).astype(np.float64)
-        grad = np.empty_like(x0)
-        best = {"loss": np.inf, "x": x0, "iterations": 0}  # for Ctrl-C
+    def _train_lbfgs(self, X, targets, sw, alpha, comm=None) -> None:
+        """solver="lbfgs": _estimator_lbfgs.train_lbfgs (with comm, data-parallel)."""
+        train_lbfgs(self, X, targets, sw, alpha, _warn, comm)
 
-        def unpack(x):
-            with np.errstate(over="ignore"):  # float32 models: beyond range is inf
-                for c, part in zip(coefs, coef_parts):
-                    c[...] = x[part].reshape(c.shape)
-                for b, part in zip(model._biases.arrays(), bias_parts):
-                    b[...] = x[part]
-            model._drop_pack()
-
-        def loss_and_grad(x):
-            unpack(x)
-            loss, grad_weights, grad_biases = model.loss_and_grad(X, targets, sample_weight=sw)
-            if loss >= clip_from:
-                loss = data.clipped_log_loss(model.forward(X), targets, sw)
-            squares = 0.0
-            for c, g, part in zip(coefs, grad_weights, coef_parts):
-                w = x[part]
-                squares += np.dot(w, w)
-                grad[part] = g.T.ravel()
-                grad[part] += (alpha / n) * w
-            for g, part in zip(grad_biases, bias_parts):
-                grad[part] = g
-            loss = float(loss) / outputs + 0.5 * alpha * squares / n
-            if loss < best["loss"]:
-                best.update(loss=loss, x=x.copy())
-            return loss, grad.copy()
-
-        def count_iteration(intermediate_result):
-            best["iterations"] += 1
-
-        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
-        self.__dict__.pop("_optimizer", None)
-        try:
-            result = scipy.optimize.minimize(
-                loss_and_grad, x0, method="L-BFGS-B", jac=True, callback=count_iteration,
-                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
-        except KeyboardInterrupt:
-            # As the stochastic solvers: a usable model (the best weights evaluated) and a
-            # warning; scikit-learn's lbfgs lets the interrupt through.
-            unpack(best["x"])
-            self.n_iter_, self.loss_ = best["iterations"], best["loss"]
-            _warn("Training interrupted by user.", UserWarning)
-            return
-        except BaseException:
-            unpack(x0)  # the initial weights, not an arbitrary trial point
-            raise
-        unpack(result.x)
-        if not all(np.isfinite(p).all() for p in (*model.weights, *model.biases)):
-            unpack(x0)
-            raise ValueError("Solver produced non-finite parameter weights. The input data may "
-                             "contain large values and need to be preprocessed.")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
-        for warning in caught:
-            _warn(str(warning.message), warning.category)
-        self.loss_ = float(result.fun)
-
-    def _record_epoch(self, validation) -> bool:
-        """Scores the validation set (when there is one), keeps the best values (and, with
-        early stopping, the best weights); True when the epoch counts as an improvement."""
+    def _record_epoch(self, validation, comm=None) -> bool:
+        """Scores the validation set (when there is one; with comm, every rank's together),
+        keeps the best values (and, with early stopping, the best weights); True when the
+        epoch counts as an improvement."""
         if validation is not None:
-            X_val, val_targets, sw_val = validation
-            score, loss = self._validation_metrics(self._model.forward(X_val), val_targets,
-                                                   sw_val)
+            score, loss = distributed.validation_metrics(comm, self, *validation)
             self.validation_scores_.append(score)
             self.validation_loss_curve_.append(loss)
             if self.verbose:

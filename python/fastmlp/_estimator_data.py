@@ -185,11 +185,7 @@ def class_weights(class_weight, classes: np.ndarray, encoded: np.ndarray, sample
                 "only a part of the data. Pass a dict computed on all of it instead, e.g. "
                 "dict(zip(classes, sklearn.utils.class_weight.compute_class_weight("
                 "'balanced', classes=classes, y=y_all))).")
-        counts = np.bincount(encoded, weights=sample_weight, minlength=k).astype(np.float64)
-        present = counts > 0
-        per_class = np.zeros(k)
-        per_class[present] = counts.sum() / (np.count_nonzero(present) * counts[present])
-        return per_class[encoded]
+        return balanced_class_weights(class_counts(encoded, sample_weight, k))[encoded]
     per_class = np.ones(k)
     unweighted = []
     for i, label in enumerate(classes):
@@ -206,6 +202,20 @@ def class_weights(class_weight, classes: np.ndarray, encoded: np.ndarray, sample
     if unweighted and k - len(unweighted) != len(class_weight):
         raise ValueError(f"The classes, {unweighted}, are not in class_weight")
     return per_class[encoded]
+
+
+def class_counts(encoded: np.ndarray, sample_weight, n_classes: int) -> np.ndarray:
+    """Each class's count (K,) in float64, weighted by sample_weight (None: 1 each)."""
+    return np.bincount(encoded, weights=sample_weight, minlength=n_classes).astype(np.float64)
+
+
+def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
+    """class_weight="balanced" per class (K,) from the class counts: total / (classes
+    present · count), 0 for a class with no count."""
+    present = counts > 0
+    per_class = np.zeros(counts.size)
+    per_class[present] = counts.sum() / (np.count_nonzero(present) * counts[present])
+    return per_class
 
 
 def regression_targets(y: np.ndarray, dtype: np.dtype, name: str = "y") -> np.ndarray:
@@ -338,6 +348,12 @@ def r2(y: np.ndarray, pred: np.ndarray, weights=None) -> float:
     w = np.ones((len(y), 1)) if weights is None else np.asarray(weights).reshape(-1, 1)
     numerator = (w * (y - pred) ** 2).sum(axis=0)
     denominator = (w * (y - np.average(y, axis=0, weights=w[:, 0])) ** 2).sum(axis=0)
+    return r2_of_sums(numerator, denominator)
+
+
+def r2_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """R² averaged over outputs from each output's Σw(y - pred)² and Σw(y - mean y)²
+    (force_finite: a constant target scores 1 when predicted exactly, else 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(denominator > 0, 1.0 - numerator / denominator,
                       np.where(numerator > 0, 0.0, 1.0))

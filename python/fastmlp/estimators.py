@@ -324,9 +324,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
         stopping instead of a ``validation_fraction`` split; without early stopping it is only
         scored (``validation_scores_``, ``validation_loss_curve_``). ``comm``: an mpi4py
-        communicator, each rank passing its shard: data-parallel training as
-        ``MLP.fit(comm=...)`` (docs/distributed.md; solvers "adam" and "sgd", without
-        early_stopping, X_val or class_weight="balanced"). Returns self.
+        communicator, each rank passing its shard (and its X_val): data-parallel training as
+        ``MLP.fit(comm=...)``, validation scores, early stopping, "balanced" class weights
+        and "lbfgs" over the union of the ranks' rows (docs/distributed.md). Returns self.
         """
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
                          sample_weight_val=sample_weight_val, comm=comm)
@@ -517,9 +517,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         mean). ``X_val``/``y_val`` (and ``sample_weight_val``): the validation set for early
         stopping instead of a ``validation_fraction`` split; without early stopping it is only
         scored (``validation_scores_``, ``validation_loss_curve_``). ``comm``: an mpi4py
-        communicator, each rank passing its shard: data-parallel training as
-        ``MLP.fit(comm=...)`` (docs/distributed.md; solvers "adam" and "sgd", without
-        early_stopping, X_val or class_weight="balanced"). Returns self.
+        communicator, each rank passing its shard (and its X_val): data-parallel training as
+        ``MLP.fit(comm=...)``, validation scores, early stopping, "balanced" class weights
+        and "lbfgs" over the union of the ranks' rows (docs/distributed.md). Returns self.
         """
         return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val,
                          sample_weight_val=sample_weight_val, comm=comm)

@@ -455,7 +455,9 @@ class MLP(Outputs):
         the same other arguments; ``batch_size`` is per rank; the parameters (and the
         optimizer's state) start from rank 0's; each step's gradients are averaged over the
         ranks, so the replicas stay identical. Each epoch runs as many steps as the largest
-        shard needs; smaller shards wrap around. Validation scores are reduced over the
+        shard needs; smaller shards wrap around. A shard may be memory-mapped (each rank's
+        ``X[fastmlp.shard_rows(len(X), comm)]``) or a ``ParquetSource(..., comm=comm)``:
+        each rank streams only its rows. Validation scores are reduced over the
         ranks' ``validation_data``, checkpoints are written by rank 0, and an error on one
         rank ends ``fit`` on every rank (or, where the ranks cannot agree on it, the job,
         through ``comm.Abort``). Each rank uses at most its node's CPUs divided by the ranks
