@@ -205,6 +205,40 @@ def test_predict_proba_predict_score_softmax():
     assert model.score(X, y) == pytest.approx(20 / 30)
 
 
+@pytest.mark.parametrize("dtype, precision", [("float32", "float32"), ("float64", "float32"),
+                                              ("float32", "bfloat16")])
+def test_predict_proba_in_one_call_is_the_general_path(dtype, precision):
+    """predict_proba of a C-contiguous X of the model's dtype runs validation, forward pass
+    and softmax in one call into the core: the very bits of softmax(forward(X)) at a batch
+    of one (the GEMV), small batches and a packed one; X in any other form takes the
+    general path and gets the same probabilities; non-finite X the same error."""
+    from fastmlp import _core
+    model = MLP([37, 29, 11, 5], dtype=dtype, precision=precision, seed=0)
+    rng = np.random.default_rng(0)
+    for batch in (1, 2, 7, 300):
+        X = rng.normal(size=(batch, 37)).astype(dtype)
+        expected = _core.softmax(model.forward(X))
+        assert model._probabilities_in_one_call(X) is not None
+        got = model.predict_proba(X)
+        assert got.dtype == np.dtype(dtype) and got.shape == (batch, 5)
+        np.testing.assert_array_equal(got, expected)
+        tolerance = 1e-6 if dtype == "float32" else 1e-13
+        for other in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2], X.tolist()):
+            if batch > 1 or not isinstance(other, np.ndarray):  # (1 row: still C order)
+                assert model._probabilities_in_one_call(other) is None
+            np.testing.assert_allclose(model.predict_proba(other), expected, rtol=tolerance,
+                                       atol=tolerance)
+    X = rng.normal(size=(4, 37)).astype(dtype)
+    for bad in (np.nan, np.inf):
+        X[2, 30] = bad
+        assert _core.mlp_predict_proba(X, model._weights, model._biases, "relu",
+                                       precision) is None
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at row 2\)"):
+            model.predict_proba(X)
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at row 2\)"):
+            model.predict_proba(X[:3])
+
+
 def test_predict_proba_sigmoid_has_two_columns():
     model = MLP([3, 5, 1], output="sigmoid", dtype="float64", seed=0)
     X = np.random.default_rng(0).normal(size=(12, 3))

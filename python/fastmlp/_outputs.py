@@ -82,6 +82,9 @@ class Outputs:
         if not self.is_classifier:
             raise TypeError("predict_proba needs a classifier "
                             "(output 'softmax', 'sigmoid' or 'multilabel')")
+        probabilities = self._probabilities_in_one_call(X)
+        if probabilities is not None:
+            return probabilities
         logits = self.forward(X)
         if self._output == "softmax":
             return _core.softmax(logits)
@@ -89,6 +92,12 @@ class Outputs:
             return _core.sigmoid(logits)
         p1 = _core.sigmoid(logits)
         return np.concatenate([1.0 - p1, p1], axis=1)
+
+    def _probabilities_in_one_call(self, X) -> np.ndarray | None:
+        """predict_proba's result from one call into the core, where a model has such a path
+        for X (MLP: a softmax output and X already as the kernels read it); None: the
+        general path runs (and its validation reports what is wrong with X)."""
+        return None
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels (N,), int64; for regression the outputs (N, n_outputs)

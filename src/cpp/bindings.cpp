@@ -1231,10 +1231,14 @@ void bind_quantized(py::module_& m, py::module_& testing) {
   }, py::arg("X"), py::arg("scale"), py::arg("zero"));
 }
 
-py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
-                         const std::string& activation, const std::string& precision,
-                         const py::object& packed_object) {
-  return with_float_dtype(X, "X", [&](auto tag) -> py::array {
+// The logits of X (B, F) through the network; with `probabilities` (predict_proba of a
+// softmax network in one call, what a single-sample prediction's latency is made of), X is
+// first checked finite and the logits become softmax(logits) in place: None instead when X
+// is not finite or not C-contiguous, for the caller's full validation to say where.
+py::object mlp_forward_impl(const py::array& X, py::list weights, py::list biases,
+                            const std::string& activation, const std::string& precision,
+                            const py::object& packed_object, bool probabilities) {
+  return with_float_dtype(X, "X", [&](auto tag) -> py::object {
     using T = decltype(tag);
     // The output kind does not change the logits.
     const NetworkArgs<T> net = network_args<T>(weights, biases, activation, "identity", false);
@@ -1244,6 +1248,7 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
       throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
     const index_t B = X.shape(0);
+    if (probabilities && !(X.flags() & py::array::c_style)) return py::none();
     const PackedWeights<T>* packed = nullptr;
     if (!packed_object.is_none()) {
       if (!py::isinstance<PackedWeights<T>>(packed_object))
@@ -1254,14 +1259,31 @@ py::array mlp_forward_py(const py::array& X, py::list weights, py::list biases,
       // The panels are float32 products' (a bfloat16 product packs its own operands).
       if (rounding == GemmPrecision::bfloat16) packed = nullptr;
     }
-    py::array_t<T> logits({static_cast<index_t>(B), net.shape.sizes.back()});
+    const index_t K = net.shape.sizes.back();
+    py::array_t<T> logits({B, K});
     T* out = logits.mutable_data();
-    without_gil([&] {
+    const bool finite = without_gil([&] {
+      if (probabilities && first_nonfinite(xs.data, B * X.shape(1)) >= 0) return false;
       const PrecisionScope scope(requested_gemm_precision(rounding));
       mlp_forward(out, xs, B, net.shape, net.weights.data(), net.biases.data(), packed);
+      if (probabilities && K > 0) softmax_forward(out, out, B, K);
+      return true;
     });
-    return logits;
+    if (!finite) return py::none();
+    return std::move(logits);
   });
+}
+
+py::object mlp_forward_py(const py::array& X, py::list weights, py::list biases,
+                          const std::string& activation, const std::string& precision,
+                          const py::object& packed_object) {
+  return mlp_forward_impl(X, weights, biases, activation, precision, packed_object, false);
+}
+
+py::object mlp_predict_proba_py(const py::array& X, py::list weights, py::list biases,
+                                const std::string& activation, const std::string& precision,
+                                const py::object& packed_object) {
+  return mlp_forward_impl(X, weights, biases, activation, precision, packed_object, true);
 }
 
 }  // namespace
@@ -1478,6 +1500,9 @@ PYBIND11_MODULE(_core, m) {
   bind_trainer<double>(m, "TrainerFloat64");
   m.def("mlp_forward", &mlp_forward_py, py::arg("X"), py::arg("weights"), py::arg("biases"),
         py::arg("activation"), py::arg("precision") = "float32", py::arg("packed") = py::none());
+  m.def("mlp_predict_proba", &mlp_predict_proba_py, py::arg("X"), py::arg("weights"),
+        py::arg("biases"), py::arg("activation"), py::arg("precision") = "float32",
+        py::arg("packed") = py::none());
   bind_packed_weights<float>(m, "PackedWeightsFloat32");
   bind_packed_weights<double>(m, "PackedWeightsFloat64");
   m.def("network_gradients", &network_gradients_py, py::arg("X"), py::arg("y"),

@@ -59,6 +59,11 @@ def poisson_deviance(raw: _Float, target: _Float,
 def mlp_forward(X: _Float, weights: list[_Float], biases: list[_Float],
                 activation: str, precision: str = "float32",
                 packed: PackedWeightsFloat32 | PackedWeightsFloat64 | None = None) -> _Float: ...
+def mlp_predict_proba(X: _Float, weights: list[_Float], biases: list[_Float],
+                      activation: str, precision: str = "float32",
+                      packed: PackedWeightsFloat32 | PackedWeightsFloat64 | None = None
+                      ) -> _Float | None:
+    """softmax(logits) of a C-contiguous, finite X in one call; None otherwise."""
 
 class QuantizedNetwork(metaclass=_pybind11_type):
     """An MLP's int8 hidden layers and float32 last layer (quantized.h)."""
