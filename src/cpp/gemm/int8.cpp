@@ -45,9 +45,7 @@ void finish_row(const std::int32_t* acc, index_t i, float* c, index_t ldc, index
       ep.raw[i * ep.ld_raw + j] = acc[j];
       continue;
     }
-    const float product = static_cast<float>(acc[j] - ep.zero_correction[j]) * ep.scale[j];
-    const float value = product + ep.bias[j];
-    c[i * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
+    c[i * ldc + j] = int8_output(acc[j], j, ep);
   }
 }
 

@@ -55,6 +55,14 @@ struct Int8Epilogue {
   index_t ld_raw = 0;
 };
 
+// The epilogue of column j's int32 sum, as every kernel applies it to the elements it writes
+// back one by one (`static`: each ISA's translation unit keeps its own copy, as tile.h's).
+static inline float int8_output(std::int32_t sum, index_t j, const Int8Epilogue& ep) {
+  const float product = static_cast<float>(sum - ep.zero_correction[j]) * ep.scale[j];
+  const float value = product + ep.bias[j];
+  return ep.relu && !(value > 0.0f) ? 0.0f : value;
+}
+
 // W_q (N,K) packed: panels of 16 channels, each K4/4 groups of 64 bytes (channel-major inside
 // a group: byte 4·c + t is W_q[16·panel + c, 4·g + t]); N padded to a multiple of 64 and K to
 // K4 with zeros:

@@ -54,9 +54,7 @@ void half_tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t
         ep.raw[r * ep.ld_raw + j] = sums[j];
         continue;
       }
-      const float product = static_cast<float>(sums[j] - ep.zero_correction[j]) * ep.scale[j];
-      const float value = product + ep.bias[j];
-      c[r * ldc + j] = ep.relu && !(value > 0.0f) ? 0.0f : value;
+      c[r * ldc + j] = int8_output(sums[j], j, ep);
     }
   }
 }
