@@ -16,10 +16,18 @@ import numpy as np
 _OWNERS: dict[int, tuple] = {}
 
 
-def read_only_view(array: np.ndarray, changed) -> np.ndarray:
-    """A read-only view of ``array``; ``writable_target`` maps it back (with ``changed``)."""
-    view = array.view()
-    view.flags.writeable = False
+def read_only_alias(array: np.ndarray) -> np.ndarray:
+    """``array``'s memory (C-contiguous) seen through a read-only buffer: unlike a plain view
+    flagged read-only, neither it nor any view of it can be flagged writeable again (NumPy
+    allows ``view.flags.writeable = True`` on a view of a writeable array, and a write through
+    it would bypass the model's packed copy)."""
+    return np.frombuffer(memoryview(array).toreadonly(), array.dtype).reshape(array.shape)
+
+
+def read_only_view(array: np.ndarray, changed, alias: np.ndarray | None = None) -> np.ndarray:
+    """A read-only view of ``array`` (through ``alias``, its ``read_only_alias``, when the
+    caller keeps one); ``writable_target`` maps it back (with ``changed``)."""
+    view = (read_only_alias(array) if alias is None else alias).view()
     key = id(view)
     _OWNERS[key] = (weakref.ref(view, lambda _: _OWNERS.pop(key, None)), array, changed)
     return view
