@@ -350,6 +350,41 @@ def test_parquet_source_errors(tmp_path):
     assert reader_threads() == []
 
 
+@pytest.mark.parametrize("column", ["strings", "numeric strings", "timestamps", "decimals",
+                                    "dictionary", "lists"])
+def test_parquet_source_refuses_non_numeric_columns_when_built(tmp_path, column):
+    """Numeric strings, timestamps and decimals were cast silently (timestamps to nanoseconds:
+    the model trained on 1.6e18s), other strings and lists failed in NumPy mid-epoch."""
+    import datetime
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    n = 6
+    values = {"strings": pa.array([f"x{i}" for i in range(n)]),
+              "numeric strings": pa.array([f"{i}.5" for i in range(n)]),
+              "timestamps": pa.array([datetime.datetime(2020, 1, 1 + i) for i in range(n)]),
+              "decimals": pa.array([i for i in range(n)], pa.decimal128(5, 2)),
+              "dictionary": pa.array(["u", "v"] * (n // 2)).dictionary_encode(),
+              "lists": pa.array([[1.0, 2.0]] * n)}[column]
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(n, dtype=float), "b": values,
+                             "y": np.arange(n) % 2}), path)
+    with pytest.raises(TypeError, match="column 'b' holds .*must be numeric columns"):
+        fastmlp.ParquetSource(path)
+    pq.write_table(pa.table({"a": np.arange(n, dtype=float), "y": values}), path)
+    with pytest.raises(TypeError, match="column 'y' holds .*must be numeric columns"):
+        fastmlp.ParquetSource(path)
+
+
+def test_parquet_source_refuses_a_string_as_the_feature_list(tmp_path):
+    """features="ab" was taken as the columns "a" and "b"."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0], "ab": [5.0, 6.0], "y": [0, 1]}),
+                   path)
+    with pytest.raises(TypeError, match="features must be a list of column names"):
+        fastmlp.ParquetSource(path, features="ab")
+    assert fastmlp.ParquetSource(path, features=["ab"]).features == ["ab"]
+
+
 def test_the_engine_refuses_an_order_outside_the_data():
     """The private engine call the reader uses checks every row id before it trains."""
     from fastmlp._training import new_trainer

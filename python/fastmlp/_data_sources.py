@@ -184,6 +184,17 @@ class ArrayBlocks:
         return self.y[first:last], None if self.weights is None else self.weights[first:last]
 
 
+def _check_numeric_column(path: str, name: str, arrow_type) -> None:
+    """TypeError unless the Parquet column holds plain numbers (int, float, bool): strings,
+    timestamps, decimals, dictionaries or lists would be parsed, cast to nanoseconds or
+    refused by NumPy mid-epoch, never what the model should train on."""
+    import pyarrow as pa
+    if not (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+            or pa.types.is_boolean(arrow_type)):
+        raise TypeError(f"{path!r}: column {name!r} holds {arrow_type}; features and target "
+                        "must be numeric columns (int, float or bool)")
+
+
 class ParquetSource:
     """Training data streamed from a Parquet file by row groups (needs pyarrow: the
     ``parquet`` extra). Pass it to ``MLP.fit`` in place of X, with ``y=None``.
@@ -221,17 +232,23 @@ class ParquetSource:
         self._open = pq.ParquetFile
         self._file = pq.ParquetFile(self.path)
         try:
-            names, metadata = self._file.schema_arrow.names, self._file.metadata
+            schema, metadata = self._file.schema_arrow, self._file.metadata
         finally:
             self._file.close()
             self._file = None
+        names = schema.names
         if target not in names:
             raise ValueError(f"{self.path!r} has no column {target!r} (columns: {names})")
+        if isinstance(features, (str, bytes)):  # list("ab") would be the columns a and b
+            raise TypeError(f"features must be a list of column names, got the string "
+                            f"{features!r} (use [{features!r}] for one column)")
         features = [c for c in names if c != target] if features is None else list(features)
         missing = [c for c in features if c not in names]
         if missing or not features or target in features:
             raise ValueError(f"features must be columns of {self.path!r} other than the target "
                              f"{target!r}; got {features} (columns: {names})")
+        for name in features + [target]:
+            _check_numeric_column(self.path, name, schema.field(name).type)
         self.features, self.target = features, target
         self.rank, self.size, self.window_blocks = int(rank), int(size), int(window_row_groups)
         self.row_groups = np.arange(self.rank, metadata.num_row_groups, self.size)
