@@ -158,7 +158,12 @@ def write_atomically(path, write, before_replace=None) -> None:
     before_replace(tmp_path), if given, runs once the temporary is complete and durable, just
     before the rename (the CLI writes the model's sidecar there, so that the model never
     appears without it); if it raises, nothing is replaced."""
-    path = os.path.realpath(os.fspath(path))
+    given = os.fspath(path)
+    if not given:  # realpath("") is the working directory
+        raise ValueError("the path to write is empty; expected a file name")
+    path = os.path.realpath(given)
+    if os.path.isdir(path):  # refused before the write, not by the rename after it
+        raise IsADirectoryError(errno.EISDIR, "is a directory; expected a file name", given)
     directory, name = os.path.split(path)
     remove_stale_temporaries(path)
     try:
