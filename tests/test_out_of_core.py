@@ -433,3 +433,27 @@ def test_shard_rows_splits_contiguously_and_evenly():
         assert max(lengths) - min(lengths) <= 1
     with pytest.raises(ValueError, match="0 <= rank < size"):
         fastmlp.shard_rows(10, rank=3, size=3)
+
+
+@pytest.mark.parametrize("comm", ["world", 2, object()])
+def test_shard_rows_and_parquet_source_refuse_what_is_not_a_communicator(tmp_path, comm):
+    """They raised AttributeError ('str' object has no attribute 'Get_rank'), as fit(comm=...)
+    does not (TypeError)."""
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastmlp.shard_rows(10, comm)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [0, 1]}), tmp_path / "t.parquet")
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastmlp.ParquetSource(tmp_path / "t.parquet", comm=comm)
+
+
+def test_shard_rows_and_parquet_source_refuse_comm_null(tmp_path):
+    """MPI.COMM_NULL raised mpi4py's bare Exception with MPICH's error stack."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        fastmlp.shard_rows(10, MPI.COMM_NULL)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [0, 1]}), tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        fastmlp.ParquetSource(tmp_path / "t.parquet", comm=MPI.COMM_NULL)
+    assert fastmlp.shard_rows(10, MPI.COMM_SELF) == slice(0, 10)

@@ -32,7 +32,7 @@ import numpy as np
 
 from fastmlp._shuffle import block_shuffle_plan, fixed_blocks
 from fastmlp._sparse import is_sparse
-from fastmlp._validation import feature_layout, sample_weights, to_dtype
+from fastmlp._validation import feature_layout, rank_and_size, sample_weights, to_dtype
 
 __all__ = ["ParquetSource", "is_memory_mapped", "training_data", "epoch_parts"]
 
@@ -215,10 +215,7 @@ class ParquetSource:
         except ImportError:
             raise ImportError("ParquetSource needs pyarrow: pip install "
                               "'fastmlp[parquet]'") from None
-        if comm is not None:
-            if rank is not None or size is not None:
-                raise ValueError("pass either comm or rank/size, not both")
-            rank, size = comm.Get_rank(), comm.Get_size()
+        rank, size = rank_and_size(comm, rank, size)
         rank = 0 if rank is None else rank
         size = 1 if size is None else size
         if not (isinstance(size, (int, np.integer)) and size >= 1
