@@ -366,6 +366,8 @@ def test_estimators_quantize_keeps_the_sklearn_api():
             quantized.partial_fit(X, labels)
         with pytest.raises(TypeError, match="quantized for inference"):
             quantized.coefs_
+        with pytest.raises(TypeError, match="quantized for inference.*no quantize"):
+            quantized.quantize()  # (was AttributeError: 'QuantizedMLP' has no 'quantize')
     assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits
     clf.partial_fit(X[:50], labels[:50])
     reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y * 1.0)
