@@ -17,11 +17,11 @@ _OWNERS: dict[int, tuple] = {}
 
 
 def read_only_alias(array: np.ndarray) -> np.ndarray:
-    """``array``'s memory (C-contiguous) seen through a read-only buffer: unlike a plain view
-    flagged read-only, neither it nor any view of it can be flagged writeable again (NumPy
-    allows ``view.flags.writeable = True`` on a view of a writeable array, and a write through
-    it would bypass the model's packed copy)."""
-    return np.frombuffer(memoryview(array).toreadonly(), array.dtype).reshape(array.shape)
+    """``array``'s memory (same shape and strides) seen through a read-only buffer: unlike a
+    plain view flagged read-only, neither it nor any view of it can be flagged writeable again
+    (NumPy allows ``view.flags.writeable = True`` on a view of a writeable array, and a write
+    through it would bypass the model's packed copy)."""
+    return np.asarray(memoryview(array).toreadonly())
 
 
 def read_only_view(array: np.ndarray, changed, alias: np.ndarray | None = None) -> np.ndarray:
