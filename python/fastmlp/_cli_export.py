@@ -37,13 +37,8 @@ def run_export(args) -> int:
     from fastmlp._tabular import DataError, check_output, describe_path, load_model, meta_path
     from fastmlp.onnx_export import record_to_onnx
 
-    check_output(args.out, "OUT")
-    # Neither the model nor its sidecar (the labels and scaling) may be overwritten.
-    for kept, what in ((args.model, "the model file itself"),
-                       (meta_path(args.model), "the model's metadata sidecar")):
-        if os.path.exists(args.out) and os.path.exists(kept) and os.path.samefile(args.out, kept):
-            raise DataError(f"OUT {describe_path(args.out)} is {what}; choose another name "
-                            "(e.g. model.onnx)")
+    check_output(args.out, "OUT", [(args.model, "the model file itself"),
+                                   (meta_path(args.model), "the model's metadata sidecar")])
     model, meta = load_model(args.model)
     options = {}
     if meta is not None:
