@@ -193,3 +193,19 @@ def test_a_prediction_between_the_check_and_the_store_of_an_assignment_is_not_pa
         model.weights = [w * 0.5 for w in model.weights]
     monkeypatch.undo()
     np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)
+
+
+def test_an_optimizer_step_on_views_of_replaced_arrays_raises_instead_of_being_lost():
+    """Views taken before an assignment map to the arrays the model dropped: the step went into
+    them and the model never changed."""
+    model = MLP([12, 9, 3], seed=0)
+    X, y = data(20, 12, seed=5), np.arange(20) % 3
+    params = model.weights + model.biases
+    model.weights[0] = model.weights[0] * 0.5
+    _, gw, gb = model.loss_and_grad(X, y)
+    with pytest.raises(ValueError, match="no longer holds"):
+        SGD(lr=1.0).step(params, gw + gb)
+    before = [w.copy() for w in model.weights]
+    SGD(lr=1.0).step(model.weights + model.biases, gw + gb)  # fresh views: the model changes
+    assert not np.array_equal(model.weights[0], before[0])
+    np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)

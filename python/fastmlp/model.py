@@ -70,8 +70,9 @@ class _ParameterList(list):
         self._aliases = [read_only_alias(a) for a in self.arrays()]
 
     def _view(self, position: int) -> np.ndarray:
-        return read_only_view(list.__getitem__(self, position),
-                              self._check.__self__._drop_pack, self._aliases[position])
+        array, model = list.__getitem__(self, position), self._check.__self__
+        return read_only_view(array, model._drop_pack, self._aliases[position],
+                              functools.partial(model._holds, array))
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -286,6 +287,10 @@ class MLP(Outputs):
 
     def _check_bias(self, i: int, value) -> np.ndarray:
         return self._check_param(f"biases[{i}]", value, (self._layer_sizes[i + 1],))
+
+    def _holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` is one of this model's parameter arrays (not a replaced one)."""
+        return any(a is array for a in self._weights.arrays() + self._biases.arrays())
 
     def _drop_pack(self) -> None:
         """Forgets the packed weights (the weights are about to change, or have)."""
