@@ -209,3 +209,17 @@ def test_an_optimizer_step_on_views_of_replaced_arrays_raises_instead_of_being_l
     SGD(lr=1.0).step(model.weights + model.biases, gw + gb)  # fresh views: the model changes
     assert not np.array_equal(model.weights[0], before[0])
     np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)
+
+
+def test_estimator_coefs_cannot_be_flagged_writeable_again():
+    """coefs_ / intercepts_ view the model's weights: flagged writeable again, a write into
+    them bypassed the model's pack as one into MLP.weights did."""
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    X, y = data(30, 4, seed=6), np.arange(30) % 3
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0)
+    with pytest.warns(Warning):  # (max_iter=2 does not converge)
+        clf.fit(X, y)
+    for view in (*clf.coefs_, *clf.intercepts_):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            view.flags.writeable = True
