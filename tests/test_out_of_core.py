@@ -457,3 +457,19 @@ def test_shard_rows_and_parquet_source_refuse_comm_null(tmp_path):
     with pytest.raises(ValueError, match="COMM_NULL"):
         fastmlp.ParquetSource(tmp_path / "t.parquet", comm=MPI.COMM_NULL)
     assert fastmlp.shard_rows(10, MPI.COMM_SELF) == slice(0, 10)
+
+
+def test_parquet_values_beyond_float32_are_reported_as_such(tmp_path):
+    """A float64 column holding 1e300 was reported as 'contains NaN or infinity' (the cast to
+    the float32 model overflowed before the check)."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "t.parquet"
+    a = np.arange(8, dtype=float)
+    for value, message in ((1e300, r"outside the float32 range \(first at row 5, column 0: "
+                                   r"1e\+300"),
+                           (np.nan, r"contains NaN or infinity \(first at row 5\)")):
+        a[5] = value
+        pq.write_table(pa.table({"a": a, "b": np.ones(8), "y": np.arange(8) % 2}), path,
+                       row_group_size=4)
+        with pytest.raises(ValueError, match=message):
+            MLP([2, 3, 2]).fit(fastmlp.ParquetSource(path), None, epochs=1, batch_size=4)

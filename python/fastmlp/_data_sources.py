@@ -32,7 +32,8 @@ import numpy as np
 
 from fastmlp._shuffle import block_shuffle_plan, fixed_blocks
 from fastmlp._sparse import is_sparse
-from fastmlp._validation import feature_layout, rank_and_size, sample_weights, to_dtype
+from fastmlp._validation import (check_finite, feature_layout, rank_and_size, sample_weights,
+                                 to_dtype)
 
 __all__ = ["ParquetSource", "is_memory_mapped", "training_data", "epoch_parts"]
 
@@ -289,14 +290,22 @@ class ParquetSource:
     def read(self, block: int, out: np.ndarray):
         table = self._file.read_row_group(int(self.row_groups[block]),
                                           columns=self.features + [self.target])
+        columns = []
         for j, name in enumerate(self.features):
             column = table.column(name)
             if column.null_count:
                 raise ValueError(f"{self.path!r}: column {name!r} has missing values in row "
                                  f"group {int(self.row_groups[block])}")
-            np.copyto(out[:, j], column.to_numpy(), casting="unsafe")
-        first = int(self._first_rows[block])
-        to_dtype(out, self.dtype, f"{self.path!r} features", first_row=first)
+            columns.append(column.to_numpy())
+            with np.errstate(over="ignore"):  # a float64 beyond float32: reported below
+                np.copyto(out[:, j], columns[-1], casting="unsafe")
+        first, name = int(self._first_rows[block]), f"{self.path!r} features"
+        try:
+            to_dtype(out, self.dtype, name, first_row=first)
+        except ValueError:
+            # Again with the file's values, which tell an overflow of the cast from a NaN.
+            check_finite(out, name, source=np.column_stack(columns), first_row=first)
+            raise
         y = self._labels(table.column(self.target).to_numpy(), out.shape[0])
         return y, None
 
