@@ -619,3 +619,10 @@ def test_saving_to_an_empty_path_or_a_directory_is_refused_before_writing(tmp_pa
         write(tmp_path / "d")
     assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == []
     assert not [n for n in os.listdir(tmp_path.parent) if n.endswith(".tmp")]
+
+
+def test_loading_an_int8_model_as_an_mlp_names_its_format(tmp_path):
+    """MLP.load (and so the CLI) of a QuantizedMLP archive said "missing entries ['dtype']"."""
+    MLP([3, 4, 2], seed=0).quantize().save(tmp_path / "q.npz")
+    with pytest.raises(ValueError, match="format is 'fastmlp.QuantizedMLP'.*QuantizedMLP.load"):
+        MLP.load(tmp_path / "q.npz")

@@ -273,11 +273,13 @@ class _Parameters:
             listed = ", ".join(repr(n) for n in names[:10]) or "none"
             raise Refused(f"it has no 'format' entry, so it is not a fastmlp model archive "
                           f"(arrays: {listed}{', ...' if len(names) > 10 else ''})")
+        fmt = _read_string(archive, "format")  # first: another format lacks other entries
+        if fmt != FORMAT_NAME:
+            hint = (" (an int8 model: read it with fastmlp.QuantizedMLP.load)"
+                    if fmt == "fastmlp.QuantizedMLP" else "")
+            raise Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}{hint}")
         if missing:
             raise Refused(f"missing entries {missing}")
-        fmt = _read_string(archive, "format")
-        if fmt != FORMAT_NAME:
-            raise Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}")
         h, version = _read_small(archive, "format_version")
         if h.shape != () or h.dtype.kind not in "iu":
             raise Refused(f"format_version must be an integer scalar, got a {_kind_name(h)}")
