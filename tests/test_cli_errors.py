@@ -3,8 +3,10 @@ features of any finite scale, absurd sizes and seeds, labels that are complex or
 beyond 2**53, regression models, malformed sidecars, and a model file never left without its
 sidecar. Each case gives a correct result or one line on stderr and a non-zero exit."""
 
+import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -378,3 +380,30 @@ def test_train_keeps_the_mode_of_a_replaced_model_and_follows_a_symlink(capsys, 
     code, out, err = run(capsys, "evaluate", tmp_path / "link.npz", tmp_path / "data.npz")
     assert code == 0, err
     assert not [p for p in os.listdir(tmp_path) if "fastmlp" in p and p.endswith(".tmp")]
+
+
+def test_no_command_writes_its_output_over_one_of_its_inputs(trained, capsys):
+    """`train d.npz --out d.npz` replaced the training data with the model, `predict m d.csv
+    --out d.csv` the data with the predictions, `predict m d --out m.npz.meta.json` the
+    sidecar: nothing a user saved may be lost."""
+    folder, data = trained.parent, trained.parent / "data.npz"
+    sidecar = folder / (trained.name + ".meta.json")
+    (folder / "link").symlink_to(data)
+    saved = {p: p.read_bytes() for p in (data, trained, sidecar)}
+    for argv, fragment in [
+            (("train", data, "--out", data), "--out .* is the training data DATA"),
+            (("train", data, "--out", folder / "link"), "--out .* is the training data DATA"),
+            (("train", data, "--out", folder / "data"), "--out's sidecar .* is the training data"),
+            (("train", data, "--plot", data), "--plot .* is the training data DATA"),
+            (("predict", trained, data, "--out", data), "--out .* is the data DATA"),
+            (("predict", trained, data, "--out", trained), "--out .* is the model MODEL"),
+            (("predict", trained, data, "--out", sidecar), "--out .* is the model's sidecar")]:
+        if "--plot" in argv and importlib.util.find_spec("matplotlib") is None:
+            continue  # (refused earlier: --plot needs matplotlib)
+        if "--out" in argv and argv[-1] == folder / "data":
+            (folder / "data.meta.json").unlink(missing_ok=True)
+            (folder / "data.meta.json").symlink_to(data)
+        code, _, err = run(capsys, *argv)
+        assert code == 1, (argv, err)
+        assert re.search(fragment, one_line_error(err)), (argv, err)
+        assert all(p.read_bytes() == content for p, content in saved.items()), argv

@@ -598,3 +598,31 @@ def test_a_valid_checkpoint_reads_back_normalised(tmp_path, checkpoint_entries):
     assert read["epochs_done"] == 2 and read["batch_size"] == meta["batch_size"]
     assert read["history"]["loss"] == meta["history"]["loss"]
     assert record.layer_sizes == [4, 6, 3] and optimizer.steps == meta["optimizer"]["steps"]
+
+
+@pytest.mark.parametrize("save", ["mlp", "quantized", "onnx"])
+def test_saving_to_an_empty_path_or_a_directory_is_refused_before_writing(tmp_path, save,
+                                                                         monkeypatch):
+    """save("") wrote a temporary beside the working directory (realpath("") is the working
+    directory) and failed at the rename with that temporary's name; a directory failed only
+    after the whole file was written."""
+    model = MLP([3, 4, 2], seed=0)
+    if save == "onnx":
+        pytest.importorskip("onnx")
+    write = {"mlp": model.save, "quantized": model.quantize().save,
+             "onnx": model.to_onnx}[save]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        write("")
+    with pytest.raises(IsADirectoryError, match="directory"):
+        write(tmp_path / "d")
+    assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == []
+    assert not [n for n in os.listdir(tmp_path.parent) if n.endswith(".tmp")]
+
+
+def test_loading_an_int8_model_as_an_mlp_names_its_format(tmp_path):
+    """MLP.load (and so the CLI) of a QuantizedMLP archive said "missing entries ['dtype']"."""
+    MLP([3, 4, 2], seed=0).quantize().save(tmp_path / "q.npz")
+    with pytest.raises(ValueError, match="format is 'fastmlp.QuantizedMLP'.*QuantizedMLP.load"):
+        MLP.load(tmp_path / "q.npz")

@@ -322,3 +322,22 @@ def test_export_errors_are_one_line_and_leave_files_alone(tmp_path, capsys, monk
     assert "fastmlp[onnx]" in error(model_path, tmp_path / "x.onnx")
     assert model_path.read_bytes() == saved
     assert sorted(os.listdir(tmp_path)) == ["junk.npz", "m.npz"]
+
+
+def test_export_refuses_to_overwrite_the_model_s_sidecar(tmp_path, capsys, raw_features):
+    """`fastmlp export m.npz m.npz.meta.json` wrote the ONNX graph over the sidecar: the class
+    labels and the scaling `fastmlp predict` needs were lost."""
+    X = np.round(raw_features, 6)
+    data = write_csv(tmp_path / "d.csv", X, np.where(X[:, 0] > 0, "yes", "no"), "label")
+    model_path = tmp_path / "m.npz"
+    assert cli_run(capsys, "train", data, "--target", "label", "--epochs", "1", "--quiet",
+                   "--out", model_path)[0] == 0
+    sidecar = tmp_path / "m.npz.meta.json"
+    saved = sidecar.read_bytes()
+    (tmp_path / "link.json").symlink_to(sidecar)
+    for out in (sidecar, tmp_path / "link.json"):
+        for raw in ([], ["--raw"]):
+            code, _, err = cli_run(capsys, "export", model_path, out, *raw)
+            assert code == 1 and "is the model's metadata sidecar" in err, err
+    assert sidecar.read_bytes() == saved
+    assert cli_run(capsys, "predict", model_path, data)[0] == 0

@@ -350,6 +350,41 @@ def test_parquet_source_errors(tmp_path):
     assert reader_threads() == []
 
 
+@pytest.mark.parametrize("column", ["strings", "numeric strings", "timestamps", "decimals",
+                                    "dictionary", "lists"])
+def test_parquet_source_refuses_non_numeric_columns_when_built(tmp_path, column):
+    """Numeric strings, timestamps and decimals were cast silently (timestamps to nanoseconds:
+    the model trained on 1.6e18s), other strings and lists failed in NumPy mid-epoch."""
+    import datetime
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    n = 6
+    values = {"strings": pa.array([f"x{i}" for i in range(n)]),
+              "numeric strings": pa.array([f"{i}.5" for i in range(n)]),
+              "timestamps": pa.array([datetime.datetime(2020, 1, 1 + i) for i in range(n)]),
+              "decimals": pa.array([i for i in range(n)], pa.decimal128(5, 2)),
+              "dictionary": pa.array(["u", "v"] * (n // 2)).dictionary_encode(),
+              "lists": pa.array([[1.0, 2.0]] * n)}[column]
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(n, dtype=float), "b": values,
+                             "y": np.arange(n) % 2}), path)
+    with pytest.raises(TypeError, match="column 'b' holds .*must be numeric columns"):
+        fastmlp.ParquetSource(path)
+    pq.write_table(pa.table({"a": np.arange(n, dtype=float), "y": values}), path)
+    with pytest.raises(TypeError, match="column 'y' holds .*must be numeric columns"):
+        fastmlp.ParquetSource(path)
+
+
+def test_parquet_source_refuses_a_string_as_the_feature_list(tmp_path):
+    """features="ab" was taken as the columns "a" and "b"."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0], "ab": [5.0, 6.0], "y": [0, 1]}),
+                   path)
+    with pytest.raises(TypeError, match="features must be a list of column names"):
+        fastmlp.ParquetSource(path, features="ab")
+    assert fastmlp.ParquetSource(path, features=["ab"]).features == ["ab"]
+
+
 def test_the_engine_refuses_an_order_outside_the_data():
     """The private engine call the reader uses checks every row id before it trains."""
     from fastmlp._training import new_trainer
@@ -398,3 +433,43 @@ def test_shard_rows_splits_contiguously_and_evenly():
         assert max(lengths) - min(lengths) <= 1
     with pytest.raises(ValueError, match="0 <= rank < size"):
         fastmlp.shard_rows(10, rank=3, size=3)
+
+
+@pytest.mark.parametrize("comm", ["world", 2, object()])
+def test_shard_rows_and_parquet_source_refuse_what_is_not_a_communicator(tmp_path, comm):
+    """They raised AttributeError ('str' object has no attribute 'Get_rank'), as fit(comm=...)
+    does not (TypeError)."""
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastmlp.shard_rows(10, comm)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [0, 1]}), tmp_path / "t.parquet")
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastmlp.ParquetSource(tmp_path / "t.parquet", comm=comm)
+
+
+def test_shard_rows_and_parquet_source_refuse_comm_null(tmp_path):
+    """MPI.COMM_NULL raised mpi4py's bare Exception with MPICH's error stack."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        fastmlp.shard_rows(10, MPI.COMM_NULL)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [0, 1]}), tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        fastmlp.ParquetSource(tmp_path / "t.parquet", comm=MPI.COMM_NULL)
+    assert fastmlp.shard_rows(10, MPI.COMM_SELF) == slice(0, 10)
+
+
+def test_parquet_values_beyond_float32_are_reported_as_such(tmp_path):
+    """A float64 column holding 1e300 was reported as 'contains NaN or infinity' (the cast to
+    the float32 model overflowed before the check)."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "t.parquet"
+    a = np.arange(8, dtype=float)
+    for value, message in ((1e300, r"outside the float32 range \(first at row 5, column 0: "
+                                   r"1e\+300"),
+                           (np.nan, r"contains NaN or infinity \(first at row 5\)")):
+        a[5] = value
+        pq.write_table(pa.table({"a": a, "b": np.ones(8), "y": np.arange(8) % 2}), path,
+                       row_group_size=4)
+        with pytest.raises(ValueError, match=message):
+            MLP([2, 3, 2]).fit(fastmlp.ParquetSource(path), None, epochs=1, batch_size=4)

@@ -151,3 +151,75 @@ def test_pickled_and_copied_models_drop_the_pack():
         np.testing.assert_array_equal(clone.forward(X), expected)
         clone.weights[0] = clone.weights[0] * 2  # the original's pack is untouched
     np.testing.assert_array_equal(model.forward(X), expected)
+
+
+def test_weight_views_cannot_be_flagged_writeable_again():
+    """NumPy lets a read-only view of a writeable array be flagged writeable again; a write
+    through it would then bypass the pack (batch predictions silently kept the old weights)."""
+    model = MLP([12, 9, 3], seed=0)
+    X = data(25, 12, seed=4)
+    model.forward(X)  # builds the pack
+    for views in (model.weights, model.biases, model.weights + model.biases,
+                  [model.weights[-1]], model.weights[0:1]):
+        for view in views:
+            with pytest.raises(ValueError, match="WRITEABLE"):
+                view.flags.writeable = True
+            with pytest.raises(ValueError):
+                view.setflags(write=True)
+            with pytest.raises(ValueError):
+                view.T.flags.writeable = True
+    assert np.shares_memory(model.weights[0], model._weights.arrays()[0])
+    np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("assign", ["item", "list"])
+def test_a_prediction_between_the_check_and_the_store_of_an_assignment_is_not_packed_stale(
+        assign, monkeypatch):
+    """An assignment validates the new array (dropping the pack) before storing it; another
+    thread's prediction in between packed the old weights and the pack outlived the store."""
+    model = MLP([12, 9, 3], seed=0)
+    X = data(25, 12, seed=4)
+    model.forward(X)
+    drop = model._drop_pack
+
+    def drop_then_predict():  # what a predicting thread can do right after the drop
+        drop()
+        model.forward(X)
+
+    monkeypatch.setattr(model, "_drop_pack", drop_then_predict)
+    if assign == "item":
+        model.weights[0] = model.weights[0] * 0.5
+    else:
+        model.weights = [w * 0.5 for w in model.weights]
+    monkeypatch.undo()
+    np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)
+
+
+def test_an_optimizer_step_on_views_of_replaced_arrays_raises_instead_of_being_lost():
+    """Views taken before an assignment map to the arrays the model dropped: the step went into
+    them and the model never changed."""
+    model = MLP([12, 9, 3], seed=0)
+    X, y = data(20, 12, seed=5), np.arange(20) % 3
+    params = model.weights + model.biases
+    model.weights[0] = model.weights[0] * 0.5
+    _, gw, gb = model.loss_and_grad(X, y)
+    with pytest.raises(ValueError, match="no longer holds"):
+        SGD(lr=1.0).step(params, gw + gb)
+    before = [w.copy() for w in model.weights]
+    SGD(lr=1.0).step(model.weights + model.biases, gw + gb)  # fresh views: the model changes
+    assert not np.array_equal(model.weights[0], before[0])
+    np.testing.assert_allclose(model.forward(X), reference_logits(model, X), rtol=1e-4, atol=1e-5)
+
+
+def test_estimator_coefs_cannot_be_flagged_writeable_again():
+    """coefs_ / intercepts_ view the model's weights: flagged writeable again, a write into
+    them bypassed the model's pack as one into MLP.weights did."""
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    X, y = data(30, 4, seed=6), np.arange(30) % 3
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0)
+    with pytest.warns(Warning):  # (max_iter=2 does not converge)
+        clf.fit(X, y)
+    for view in (*clf.coefs_, *clf.intercepts_):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            view.flags.writeable = True

@@ -59,7 +59,10 @@ def test_int8_products_at_the_extremes_do_not_overflow(int8_path):
 def reference_params(lo, hi):
     """quant_params in float32, as the C++ does."""
     lo, hi = F32(min(lo, 0.0)), F32(max(hi, 0.0))
-    scale = F32(hi - lo) / F32(255)
+    with np.errstate(over="ignore"):
+        scale = F32(hi - lo) / F32(255)
+    if np.isinf(scale):  # a span beyond float32: divided first
+        scale = hi / F32(255) - lo / F32(255)
     if not scale > 0:
         scale = F32(1)
     zero = int(np.clip(np.rint(F32(-lo) / scale), 0, 255))
@@ -94,6 +97,35 @@ def reference_forward(model, qmodel_inputs, X, activation):
                                     (1e-30, 2e-30), (-1e30, 1e30), (-0.1, 700.0)])
 def test_quant_params(lo, hi):
     assert _core.int8_quant_params(lo, hi) == pytest.approx(reference_params(lo, hi), rel=0)
+
+
+def test_a_range_wider_than_float32_keeps_its_scale():
+    """hi - lo overflowed to inf for lo, hi near ±3.4e38 and the scale fell back to 1, which
+    clamped every input to 0 or 255: logits off by ~40 orders of magnitude, all finite."""
+    big = float(np.finfo(F32).max) * 0.9
+    scale, zero = _core.int8_quant_params(-big, big)
+    assert scale == pytest.approx(2 * big / 255, rel=1e-6) and zero in (127, 128)
+    model = MLP([4, 16, 3], seed=0)
+    model.weights[0] = model.weights[0] * 1e-30  # the first layer's outputs stay ~1e8
+    X = np.random.default_rng(0).uniform(-1, 1, size=(9, 4)).astype(F32) * F32(big)
+    X[0, 0], X[1, 0] = big, -big
+    expected = model.forward(X)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(model.quantize().forward(X), expected,
+                               atol=0.05 * np.abs(expected).max())
+
+
+def test_an_overflowing_hidden_activation_gives_nan_not_clamped_values():
+    """A hidden layer whose float32 outputs overflow to inf: no int8 scale spans them (it fell
+    back to 1 and clamped: finite garbage). The float32 model's logits are not finite there."""
+    model = MLP([4, 8, 8, 3], seed=0)
+    model.weights[0] = model.weights[0] * 1e30
+    X = np.full((3, 4), 1e10, F32)
+    assert not np.isfinite(model.forward(X)).all()
+    assert np.isnan(model.quantize().forward(X)).all()
+    with pytest.raises(ValueError, match="calibration's float32 activations at the input of "
+                                         "layer 1 overflow"):
+        model.quantize(calibration=X)
 
 
 def test_quantize_rows_rounds_ties_to_even_and_clamps():
@@ -274,6 +306,37 @@ def test_load_refuses_what_is_not_a_quantized_model(tmp_path):
         QuantizedMLP.load(tmp_path / "text.npz")
 
 
+def _edited_archive(tmp_path, **entries):
+    MLP([4, 6, 3], seed=0).quantize(calibration=np.eye(4)).save(tmp_path / "q.npz")
+    with np.load(tmp_path / "q.npz") as archive:
+        arrays = dict(archive)
+    arrays.update(entries)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    return tmp_path / "edited.npz"
+
+
+@pytest.mark.parametrize("entry, value, message", [
+    ("scale0", -np.ones(6, F32), "weight scales must be > 0"),
+    ("scale0", np.zeros(6, F32), "weight scales must be > 0"),
+    ("scale0", np.full(6, np.nan, F32), "weight scales contains NaN"),
+    ("scale0", np.full(6, np.inf, F32), "weight scales contains NaN"),
+    ("b0", np.full(6, np.nan, F32), "biases contains NaN"),
+    ("last_W", np.full((3, 6), np.inf, F32), "last layer's weights contains NaN"),
+    ("last_b", np.full(3, np.nan, F32), "last layer's biases contains NaN"),
+    ("Wq0", np.full((6, 4), -128, np.int8), "hold -128"),
+    ("input0", np.array([0.01, 2.7]), "zero point must be an integer in"),
+    ("input0", np.array([0.01, 1e30]), "zero point must be an integer in"),
+    ("input0", np.array([0.01, np.nan]), "zero point must be an integer in"),
+    ("layer_sizes", np.array([4.5, 6, 3]), "expected 1-D integers"),
+])
+def test_load_refuses_hand_edited_values_that_would_compute_garbage(tmp_path, entry, value,
+                                                                    message):
+    """Each of these loaded and predicted finite garbage (NaN scales and biases turned to 0 by
+    the ReLU epilogue), or raised a RuntimeError (a zero point beyond int)."""
+    with pytest.raises(ValueError, match="not a valid fastmlp QuantizedMLP: .*" + message):
+        QuantizedMLP.load(_edited_archive(tmp_path, **{entry: value}))
+
+
 # ---- the estimators' quantize -------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
@@ -303,6 +366,8 @@ def test_estimators_quantize_keeps_the_sklearn_api():
             quantized.partial_fit(X, labels)
         with pytest.raises(TypeError, match="quantized for inference"):
             quantized.coefs_
+        with pytest.raises(TypeError, match="quantized for inference.*no quantize"):
+            quantized.quantize()  # (was AttributeError: 'QuantizedMLP' has no 'quantize')
     assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits
     clf.partial_fit(X[:50], labels[:50])
     reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(X, y * 1.0)

@@ -34,14 +34,11 @@ def add_parser(commands) -> None:
 
 
 def run_export(args) -> int:
-    from fastmlp._tabular import DataError, check_output, describe_path, load_model
+    from fastmlp._tabular import DataError, check_output, describe_path, load_model, meta_path
     from fastmlp.onnx_export import record_to_onnx
 
-    check_output(args.out, "OUT")
-    if os.path.exists(args.out) and os.path.exists(args.model) \
-            and os.path.samefile(args.out, args.model):
-        raise DataError(f"OUT {describe_path(args.out)} is the model file itself; "
-                        "choose another name (e.g. model.onnx)")
+    check_output(args.out, "OUT", [(args.model, "the model file itself"),
+                                   (meta_path(args.model), "the model's metadata sidecar")])
     model, meta = load_model(args.model)
     options = {}
     if meta is not None:

@@ -32,7 +32,8 @@ import numpy as np
 
 from fastmlp._shuffle import block_shuffle_plan, fixed_blocks
 from fastmlp._sparse import is_sparse
-from fastmlp._validation import feature_layout, sample_weights, to_dtype
+from fastmlp._validation import (check_finite, feature_layout, rank_and_size, sample_weights,
+                                 to_dtype)
 
 __all__ = ["ParquetSource", "is_memory_mapped", "training_data", "epoch_parts"]
 
@@ -184,6 +185,17 @@ class ArrayBlocks:
         return self.y[first:last], None if self.weights is None else self.weights[first:last]
 
 
+def _check_numeric_column(path: str, name: str, arrow_type) -> None:
+    """TypeError unless the Parquet column holds plain numbers (int, float, bool): strings,
+    timestamps, decimals, dictionaries or lists would be parsed, cast to nanoseconds or
+    refused by NumPy mid-epoch, never what the model should train on."""
+    import pyarrow as pa
+    if not (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+            or pa.types.is_boolean(arrow_type)):
+        raise TypeError(f"{path!r}: column {name!r} holds {arrow_type}; features and target "
+                        "must be numeric columns (int, float or bool)")
+
+
 class ParquetSource:
     """Training data streamed from a Parquet file by row groups (needs pyarrow: the
     ``parquet`` extra). Pass it to ``MLP.fit`` in place of X, with ``y=None``.
@@ -204,10 +216,7 @@ class ParquetSource:
         except ImportError:
             raise ImportError("ParquetSource needs pyarrow: pip install "
                               "'fastmlp[parquet]'") from None
-        if comm is not None:
-            if rank is not None or size is not None:
-                raise ValueError("pass either comm or rank/size, not both")
-            rank, size = comm.Get_rank(), comm.Get_size()
+        rank, size = rank_and_size(comm, rank, size)
         rank = 0 if rank is None else rank
         size = 1 if size is None else size
         if not (isinstance(size, (int, np.integer)) and size >= 1
@@ -221,17 +230,23 @@ class ParquetSource:
         self._open = pq.ParquetFile
         self._file = pq.ParquetFile(self.path)
         try:
-            names, metadata = self._file.schema_arrow.names, self._file.metadata
+            schema, metadata = self._file.schema_arrow, self._file.metadata
         finally:
             self._file.close()
             self._file = None
+        names = schema.names
         if target not in names:
             raise ValueError(f"{self.path!r} has no column {target!r} (columns: {names})")
+        if isinstance(features, (str, bytes)):  # list("ab") would be the columns a and b
+            raise TypeError(f"features must be a list of column names, got the string "
+                            f"{features!r} (use [{features!r}] for one column)")
         features = [c for c in names if c != target] if features is None else list(features)
         missing = [c for c in features if c not in names]
         if missing or not features or target in features:
             raise ValueError(f"features must be columns of {self.path!r} other than the target "
                              f"{target!r}; got {features} (columns: {names})")
+        for name in features + [target]:
+            _check_numeric_column(self.path, name, schema.field(name).type)
         self.features, self.target = features, target
         self.rank, self.size, self.window_blocks = int(rank), int(size), int(window_row_groups)
         self.row_groups = np.arange(self.rank, metadata.num_row_groups, self.size)
@@ -275,14 +290,22 @@ class ParquetSource:
     def read(self, block: int, out: np.ndarray):
         table = self._file.read_row_group(int(self.row_groups[block]),
                                           columns=self.features + [self.target])
+        columns = []
         for j, name in enumerate(self.features):
             column = table.column(name)
             if column.null_count:
                 raise ValueError(f"{self.path!r}: column {name!r} has missing values in row "
                                  f"group {int(self.row_groups[block])}")
-            np.copyto(out[:, j], column.to_numpy(), casting="unsafe")
-        first = int(self._first_rows[block])
-        to_dtype(out, self.dtype, f"{self.path!r} features", first_row=first)
+            columns.append(column.to_numpy())
+            with np.errstate(over="ignore"):  # a float64 beyond float32: reported below
+                np.copyto(out[:, j], columns[-1], casting="unsafe")
+        first, name = int(self._first_rows[block]), f"{self.path!r} features"
+        try:
+            to_dtype(out, self.dtype, name, first_row=first)
+        except ValueError:
+            # Again with the file's values, which tell an overflow of the cast from a NaN.
+            check_finite(out, name, source=np.column_stack(columns), first_row=first)
+            raise
         y = self._labels(table.column(self.target).to_numpy(), out.shape[0])
         return y, None
 

@@ -45,6 +45,7 @@ from fastmlp._data_sources import ArrayBlocks, ParquetSource, epoch_parts
 from fastmlp._shuffle import block_shuffled_order
 from fastmlp._sparse import SparseInput
 from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
+from fastmlp._validation import rank_and_size
 from fastmlp._training import (History, _parameter_ids, _resume, _save_checkpoint,
                                _draw_epoch_seed, diverged, fit_arguments, new_trainer,
                                print_epoch, training_guard, validation_scores)
@@ -96,10 +97,7 @@ def shard_rows(n_rows: int, comm=None, *, rank: int | None = None,
     """The contiguous rows of rank (comm's rank, or rank of size) in n_rows split as evenly as
     possible (lengths differ by at most 1): ``X[shard_rows(len(X), comm)]`` of a memory-mapped
     X is a view of that byte range only, which fit(comm=...) reads (and nothing else)."""
-    if comm is not None:
-        if rank is not None or size is not None:
-            raise ValueError("pass either comm or rank/size, not both")
-        rank, size = comm.Get_rank(), comm.Get_size()
+    rank, size = rank_and_size(comm, rank, size)
     rank, size = (0 if rank is None else rank), (1 if size is None else size)
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                for v in (n_rows, rank, size)) or not (size >= 1 and 0 <= rank < size

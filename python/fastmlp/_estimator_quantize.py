@@ -22,6 +22,7 @@ class Quantizable:
         included); it cannot be fitted (fit the original, quantize again) and has no
         ``coefs_`` / ``intercepts_``."""
         check_is_fitted(self)
+        self._refuse_if_quantized("quantize (it is int8 already)")
         calibration = None if calibration is None else self._check_X(calibration)[0]
         quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
         quantized._model = self._model.quantize(dtype, calibration=calibration)

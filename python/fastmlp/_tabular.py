@@ -82,13 +82,19 @@ def describe_path(path) -> str:
     return repr(os.fspath(path))
 
 
-def check_output(path: str, option: str) -> None:
-    """Refuse an output path that cannot be written before any work is done."""
+def check_output(path: str, option: str, inputs=()) -> None:
+    """Refuse an output path that cannot be written before any work is done, or that is
+    (a link to) one of the command's input files: ``inputs``, ``(path, what)`` pairs (the
+    data, the model, its sidecar), which the output would overwrite."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise DataError(f"{option} {path!r}: the directory {directory!r} does not exist")
     if os.path.isdir(path):
         raise DataError(f"{option} {path!r} is a directory; expected a file name")
+    for kept, what in inputs:
+        if os.path.exists(path) and os.path.exists(kept) and os.path.samefile(path, kept):
+            raise DataError(f"{option} {path!r} is {what}, which it would overwrite; choose "
+                            "another name")
 
 
 # ---- reading tables -------------------------------------------------------------------------

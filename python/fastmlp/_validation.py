@@ -287,6 +287,27 @@ def positive_float(value, name: str, allow_zero: bool = False) -> float:
     return value
 
 
+def rank_and_size(comm, rank, size) -> tuple:
+    """``(rank, size)``: comm's (an mpi4py communicator, or anything with ``Get_rank`` and
+    ``Get_size``), or the given ones (None, None without comm); ``TypeError`` for a comm that
+    is none (a path or a number passed by mistake), ``ValueError`` for MPI.COMM_NULL and for
+    comm together with rank/size. The values themselves are the caller's to check."""
+    if comm is None:
+        return rank, size
+    if rank is not None or size is not None:
+        raise ValueError("pass either comm or rank/size, not both")
+    if not (callable(getattr(comm, "Get_rank", None)) and callable(getattr(comm, "Get_size", None))):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD), got {comm!r}")
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        MPI = None
+    if MPI is not None and isinstance(comm, MPI.Comm) and comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL, which has no ranks; pass a communicator such "
+                         "as MPI.COMM_WORLD")
+    return comm.Get_rank(), comm.Get_size()
+
+
 def model_dtype(value) -> np.dtype:
     """np.dtype float32 or float64 from a name ("float32", "f8"), a NumPy type or a dtype;
     ``ValueError`` for anything else (None included: no silent default)."""

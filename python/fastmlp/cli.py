@@ -319,8 +319,8 @@ def run_train(args) -> int:
     from fastmlp import MLP
     from fastmlp._cli_distributed import rank_share
     from fastmlp._tabular import (DataError, ModelMeta, Standardizer, check_output,
-                                  encode_labels, infer_task, meta_document, numeric_targets,
-                                  read_table, save_with_meta)
+                                  encode_labels, infer_task, meta_document, meta_path,
+                                  numeric_targets, read_table, save_with_meta)
 
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise DataError("--plot needs matplotlib, which is not installed "
@@ -328,9 +328,11 @@ def run_train(args) -> int:
     is_npz = args.data.lower().endswith(".npz")
     if args.target is None and not is_npz:
         raise UsageError("name the label column of the CSV file with --target COL")
-    check_output(args.out, "--out")
+    data = [(args.data, "the training data DATA")]
+    check_output(args.out, "--out", data)
+    check_output(meta_path(args.out), "--out's sidecar", data)
     if args.plot:
-        check_output(args.plot, "--plot")
+        check_output(args.plot, "--plot", data)
     table = read_table(args.data, target=args.target, need_target=True)
     for note in table.notes:
         _note(args, note, "warning")
@@ -487,10 +489,12 @@ def run_predict(args) -> int:
     import csv
     import io
 
-    from fastmlp._tabular import atomic_write, check_output
+    from fastmlp._tabular import atomic_write, check_output, meta_path
 
     if args.out:
-        check_output(args.out, "--out")
+        check_output(args.out, "--out", [(args.data, "the data DATA"),
+                                         (args.model, "the model MODEL"),
+                                         (meta_path(args.model), "the model's sidecar")])
     model, meta, X, _ = _load_for_inference(args, need_target=False)
     if args.proba:
         rows = _probability_rows(model, X)

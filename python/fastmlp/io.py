@@ -158,7 +158,12 @@ def write_atomically(path, write, before_replace=None) -> None:
     before_replace(tmp_path), if given, runs once the temporary is complete and durable, just
     before the rename (the CLI writes the model's sidecar there, so that the model never
     appears without it); if it raises, nothing is replaced."""
-    path = os.path.realpath(os.fspath(path))
+    given = os.fspath(path)
+    if not given:  # realpath("") is the working directory
+        raise ValueError("the path to write is empty; expected a file name")
+    path = os.path.realpath(given)
+    if os.path.isdir(path):  # refused before the write, not by the rename after it
+        raise IsADirectoryError(errno.EISDIR, "is a directory; expected a file name", given)
     directory, name = os.path.split(path)
     remove_stale_temporaries(path)
     try:
@@ -268,11 +273,13 @@ class _Parameters:
             listed = ", ".join(repr(n) for n in names[:10]) or "none"
             raise Refused(f"it has no 'format' entry, so it is not a fastmlp model archive "
                           f"(arrays: {listed}{', ...' if len(names) > 10 else ''})")
+        fmt = _read_string(archive, "format")  # first: another format lacks other entries
+        if fmt != FORMAT_NAME:
+            hint = (" (an int8 model: read it with fastmlp.QuantizedMLP.load)"
+                    if fmt == "fastmlp.QuantizedMLP" else "")
+            raise Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}{hint}")
         if missing:
             raise Refused(f"missing entries {missing}")
-        fmt = _read_string(archive, "format")
-        if fmt != FORMAT_NAME:
-            raise Refused(f"format is {fmt!r}, expected {FORMAT_NAME!r}")
         h, version = _read_small(archive, "format_version")
         if h.shape != () or h.dtype.kind not in "iu":
             raise Refused(f"format_version must be an integer scalar, got a {_kind_name(h)}")

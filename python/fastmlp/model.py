@@ -26,7 +26,7 @@ import numpy as np
 
 from fastmlp import _core, _distributed, _training, io, onnx_export, torch_interop
 from fastmlp._outputs import Outputs
-from fastmlp._parameters import read_only_view
+from fastmlp._parameters import read_only_alias, read_only_view
 from fastmlp._sparse import SparseInput
 from fastmlp._training import History
 from fastmlp._validation import (cache_aligned, check_activation, check_precision, model_dtype,
@@ -66,17 +66,21 @@ class _ParameterList(list):
     def __init__(self, items, check):
         super().__init__(items)
         self._check = check  # a bound method of the model
+        # Per array, its read_only_alias (built once: a view of it is as cheap as any view).
+        self._aliases = [read_only_alias(a) for a in self.arrays()]
 
-    def _view(self, a: np.ndarray) -> np.ndarray:
-        return read_only_view(a, self._check.__self__._drop_pack)
+    def _view(self, position: int) -> np.ndarray:
+        array, model = list.__getitem__(self, position), self._check.__self__
+        return read_only_view(array, model._drop_pack, self._aliases[position],
+                              functools.partial(model._holds, array))
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self._view(a) for a in super().__getitem__(index)]
-        return self._view(super().__getitem__(index))
+            return [self._view(i) for i in range(len(self))[index]]
+        return self._view(range(len(self))[index])
 
     def __iter__(self):
-        return (self._view(a) for a in super().__iter__())
+        return (self._view(i) for i in range(len(self)))
 
     def __add__(self, other):  # model.weights + model.biases: views too
         return list(self) + list(other)
@@ -96,7 +100,14 @@ class _ParameterList(list):
         if isinstance(index, slice):
             raise TypeError("assign parameters one at a time, or replace the whole list")
         position = range(len(self))[index]
-        super().__setitem__(position, self._check(position, value))
+        checked = self._check(position, value)
+        model = self._check.__self__
+        with model._lock:
+            super().__setitem__(position, checked)
+            self._aliases[position] = read_only_alias(checked)
+            # Dropped again now that the new array is in place: a prediction between the
+            # check (which dropped it) and the store would have packed the old array.
+            model._drop_pack()
 
     def _fixed(self, *args, **kwargs):
         raise TypeError("the number of layers is fixed; build a new MLP for another architecture")
@@ -223,8 +234,9 @@ class MLP(Outputs):
 
     @weights.setter
     def weights(self, values) -> None:
-        self._weights = _ParameterList(self._check_list(values, "weights", self._check_weight),
-                                       self._check_weight)
+        checked = _ParameterList(self._check_list(values, "weights", self._check_weight),
+                                 self._check_weight)
+        self._replace_parameters("_weights", checked)
 
     @property
     def biases(self) -> list[np.ndarray]:
@@ -233,8 +245,20 @@ class MLP(Outputs):
 
     @biases.setter
     def biases(self, values) -> None:
-        self._biases = _ParameterList(self._check_list(values, "biases", self._check_bias),
-                                      self._check_bias)
+        checked = _ParameterList(self._check_list(values, "biases", self._check_bias),
+                                 self._check_bias)
+        self._replace_parameters("_biases", checked)
+
+    def _replace_parameters(self, name: str, checked: "_ParameterList") -> None:
+        # The pack is dropped after the new list is in place: a prediction between the checks
+        # (which dropped it) and the store would have packed the old arrays.
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # (being built)
+            setattr(self, name, checked)
+            return
+        with lock:
+            setattr(self, name, checked)
+            self._packed = None
 
     def _check_list(self, values, name, check):
         values = list(values)
@@ -263,6 +287,10 @@ class MLP(Outputs):
 
     def _check_bias(self, i: int, value) -> np.ndarray:
         return self._check_param(f"biases[{i}]", value, (self._layer_sizes[i + 1],))
+
+    def _holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` is one of this model's parameter arrays (not a replaced one)."""
+        return any(a is array for a in self._weights.arrays() + self._biases.arrays())
 
     def _drop_pack(self) -> None:
         """Forgets the packed weights (the weights are about to change, or have)."""

@@ -24,7 +24,7 @@ from fastmlp import _core, io
 from fastmlp._npz import read_npz
 from fastmlp._outputs import Outputs
 from fastmlp._sparse import SparseInput, is_sparse
-from fastmlp._validation import check_activation, feature_matrix
+from fastmlp._validation import check_activation, check_finite, feature_matrix
 
 __all__ = ["QuantizedMLP", "quantize_weights"]
 
@@ -45,6 +45,28 @@ def quantize_weights(W) -> tuple[np.ndarray, np.ndarray]:
     return Wq, scale
 
 
+def _checked_hidden_layer(l: int, Wq, scale, bias, inputs):
+    """``(W_q, s_w, b, (s_x, z) or None)`` of hidden layer l as the core takes them, or
+    ``ValueError``: W_q in [-127, 127], s_w finite and > 0, b finite, z an integer in [0, 255]
+    (s_x is checked by the core). A hand-edited or corrupted archive must not compute garbage."""
+    Wq, scale = np.ascontiguousarray(Wq, np.int8), np.ascontiguousarray(scale, np.float32)
+    bias = np.ascontiguousarray(bias, np.float32)
+    if Wq.size and Wq.min() < -127:
+        raise ValueError(f"hidden layer {l}'s int8 weights hold -128; the symmetric "
+                         "quantization uses [-127, 127]")
+    check_finite(scale, f"hidden layer {l}'s weight scales")
+    if scale.size and not scale.min() > 0:
+        raise ValueError(f"hidden layer {l}'s weight scales must be > 0, got {scale.min()}")
+    check_finite(bias, f"hidden layer {l}'s biases")
+    if inputs is None:
+        return Wq, scale, bias, None
+    x_scale, zero = float(inputs[0]), float(inputs[1])
+    if not (zero.is_integer() and 0 <= zero <= 255):
+        raise ValueError(f"hidden layer {l}'s input zero point must be an integer in [0, 255], "
+                         f"got {zero}")
+    return Wq, scale, bias, (x_scale, int(zero))
+
+
 class QuantizedMLP(Outputs):
     """An MLP whose hidden layers compute in int8 (see the module's documentation); built by
     ``MLP.quantize``, or read by ``QuantizedMLP.load``. ``predict``, ``predict_proba``,
@@ -61,12 +83,11 @@ class QuantizedMLP(Outputs):
             raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
         self._output = output
         self._dtype = np.dtype(np.float32)
-        self._hidden = [(np.ascontiguousarray(Wq, np.int8), np.ascontiguousarray(s, np.float32),
-                         np.ascontiguousarray(b, np.float32),
-                         None if q is None else (float(q[0]), int(q[1])))
-                        for Wq, s, b, q in hidden]
+        self._hidden = [_checked_hidden_layer(l, *layer) for l, layer in enumerate(hidden)]
         self._last = (np.ascontiguousarray(last_weight, np.float32),
                       np.ascontiguousarray(last_bias, np.float32))
+        check_finite(self._last[0], "the last layer's weights")
+        check_finite(self._last[1], "the last layer's biases")
         self._network = _core.QuantizedNetwork(self._hidden, *self._last, self._activation)
         if tuple(self._network_sizes()) != self._layer_sizes:
             raise ValueError(f"the layers' shapes {self._network_sizes()} do not match "
@@ -82,6 +103,9 @@ class QuantizedMLP(Outputs):
         activation scales, None for dynamic ones."""
         weights = [np.asarray(w, np.float32) for w in model.weights]
         biases = [np.asarray(b, np.float32) for b in model.biases]
+        for l, (w, b) in enumerate(zip(weights, biases)):  # (a diverged fit leaves NaN)
+            check_finite(w, f"the model's weights[{l}] (as float32)")
+            check_finite(b, f"the model's biases[{l}] (as float32)")
         inputs = [None] * (len(weights) - 1)
         if calibration is not None:
             X = model._features(calibration, "calibration")
@@ -93,6 +117,10 @@ class QuantizedMLP(Outputs):
                 # The float32 input of layer l: X, or the activation of layer l-1's output.
                 h = X if l == 0 else activation(
                     _core.mlp_forward(X, weights[:l], biases[:l], model.activation))
+                if not (np.isfinite(h.min()) and np.isfinite(h.max())):
+                    raise ValueError(f"calibration's float32 activations at the input of layer "
+                                     f"{l} overflow (beyond ±3.4e38): no int8 scale spans them; "
+                                     "rescale the data")
                 inputs[l] = _core.int8_quant_params(float(h.min()), float(h.max()))
         hidden = [(*quantize_weights(w), b, q)
                   for w, b, q in zip(weights[:-1], biases[:-1], inputs)]
@@ -170,6 +198,9 @@ class QuantizedMLP(Outputs):
         if int(arrays["format_version"]) != FORMAT_VERSION:
             raise ValueError(f"format_version {int(arrays['format_version'])} is not "
                              f"{FORMAT_VERSION}")
+        if arrays["layer_sizes"].dtype.kind not in "iu" or arrays["layer_sizes"].ndim != 1:
+            raise ValueError(f"layer_sizes is a {arrays['layer_sizes'].dtype} array of shape "
+                             f"{arrays['layer_sizes'].shape}, expected 1-D integers")
         sizes = [int(n) for n in arrays["layer_sizes"]]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"layer_sizes {sizes} is not a list of >= 2 positive sizes")
@@ -187,7 +218,7 @@ class QuantizedMLP(Outputs):
             q = None
             if f"input{l}" in arrays:
                 scale, zero = typed(f"input{l}", np.float64, (2,))
-                q = (float(scale), int(zero))
+                q = (float(scale), float(zero))  # (checked integral by _checked_hidden_layer)
             hidden.append((typed(f"Wq{l}", np.int8, (n_out, n_in)),
                            typed(f"scale{l}", np.float32, (n_out,)),
                            typed(f"b{l}", np.float32, (n_out,)), q))

@@ -2,6 +2,8 @@
 #include "quantized.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "activations.h"
 
@@ -52,6 +54,12 @@ void QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B)
     } else {
       float lo, hi;
       tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi);
+      if (!std::isfinite(lo) || !std::isfinite(hi)) {
+        // A hidden activation overflowed float32 (the inputs are finite): no scale holds it,
+        // and the float32 model's logits are not finite either. NaN, not clamped values.
+        std::fill(logits, logits + B * sizes_[L], std::numeric_limits<float>::quiet_NaN());
+        return;
+      }
       q = quant_params(lo, hi);
     }
     quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q);

@@ -6,7 +6,8 @@
 //   out_l = act( s_x s_w[j] (Σ_p x_q[p] W_q[j,p] − z Σ_p W_q[j,p]) + b_l[j] )   (float32)
 // with the int32 sum, dequantization, bias and ReLU in the kernel's epilogue (tanh / logistic
 // in a pass after it). s_x, z come from each call's (B, n_l) input's min and max (dynamic), or
-// were fixed from a calibration sample (static: values outside its range are clamped).
+// were fixed from a calibration sample (static: values outside its range are clamped). A
+// dynamic input holding ±inf (a float32 overflow in the layer before) makes every logit NaN.
 // The last layer: logits = out_{L-2} W_{L-1}ᵀ + b_{L-1} in float32 on the float32 GEMM.
 #pragma once
 

@@ -227,6 +227,10 @@ QuantParams quant_params(float lo, float hi) {
   hi = std::max(hi, 0.0f);
   QuantParams q;
   q.scale = (hi - lo) / 255.0f;
+  // A span beyond float32 (lo and hi both near ±3.4e38) is divided before the subtraction:
+  // a scale of 1 would clamp nearly every value to 0 or 255.
+  if (std::isinf(q.scale) && std::isfinite(lo) && std::isfinite(hi))
+    q.scale = hi / 255.0f - lo / 255.0f;
   if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;
   const float zero = std::nearbyint(-lo / q.scale);
   q.zero = static_cast<std::int32_t>(std::min(255.0f, std::max(0.0f, zero)));

@@ -108,8 +108,9 @@ void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8W
 // ---- activation quantization ---------------------------------------------------------------
 
 // The scale and zero point of a tensor whose values span [lo, hi] (0 always included, so that
-// zero and ReLU outputs are exact): s = (hi − lo)/255 (1 if that is 0), z = clamp(rint(−lo/s),
-// 0, 255), in float32 arithmetic.
+// zero and ReLU outputs are exact): s = (hi − lo)/255 (hi/255 − lo/255 where hi − lo
+// overflows; 1 if it is 0 or lo or hi is not finite), z = clamp(rint(−lo/s), 0, 255), in
+// float32 arithmetic.
 struct QuantParams {
   float scale = 1.0f;
   std::int32_t zero = 0;
