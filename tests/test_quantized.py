@@ -253,6 +253,29 @@ def test_validation_is_mlp_s():
                                "int8 hidden layers, dynamic)")
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_predict_proba_in_one_call_is_the_general_path(static):
+    """A C-contiguous float32 X goes through the core in one call (finite check, forward,
+    softmax): the very bits of softmax(forward(X)); other layouts and dtypes take the general
+    path, with the same probabilities; a non-finite X gets predict's error."""
+    rng = np.random.default_rng(0)
+    model = MLP([37, 29, 11, 5], seed=0)
+    quantized = model.quantize(calibration=rng.normal(size=(50, 37)) if static else None)
+    for batch in (1, 2, 7, 300):
+        X = rng.normal(size=(batch, 37)).astype(np.float32)
+        expected = _core.softmax(quantized.forward(X))
+        assert quantized._probabilities_in_one_call(X) is not None
+        np.testing.assert_array_equal(quantized.predict_proba(X), expected)
+        for other in (X.astype(np.float64), np.repeat(X, 2, axis=1)[:, ::2], X.tolist()):
+            assert quantized._probabilities_in_one_call(other) is None
+            np.testing.assert_array_equal(quantized.predict_proba(other), expected)
+    X = rng.normal(size=(4, 37)).astype(np.float32)
+    X[2, 30] = np.inf
+    assert quantized._network.predict_proba(X) is None
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at row 2\)"):
+        quantized.predict_proba(X)
+
+
 def test_sparse_input_is_accepted():
     sp = pytest.importorskip("scipy.sparse")
     model = MLP([10, 6, 3], seed=0)

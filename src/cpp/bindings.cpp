@@ -1182,6 +1182,26 @@ void bind_quantized(py::module_& m, py::module_& testing) {
         without_gil([&] { net.forward(out, xs, B); });
         return logits;
       }, py::arg("X"))
+      // predict_proba of a softmax network in one call (as mlp_predict_proba): X checked
+      // finite, the logits, softmax in place; None when X is not finite or not C-contiguous.
+      .def("predict_proba", [](const QuantizedNetwork& net, const py::array& X) -> py::object {
+        const StridedMatrix<float> xs = strided<float>(X, "X");
+        if (X.shape(1) != net.sizes().front())
+          throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
+                                std::to_string(net.sizes().front()));
+        if (!(X.flags() & py::array::c_style)) return py::none();
+        const index_t B = X.shape(0), K = net.sizes().back();
+        py::array_t<float> probabilities({B, K});
+        float* out = probabilities.mutable_data();
+        const bool finite = without_gil([&] {
+          if (first_nonfinite(xs.data, B * X.shape(1)) >= 0) return false;
+          net.forward(out, xs, B);
+          if (K > 0) softmax_forward(out, out, B, K);
+          return true;
+        });
+        if (!finite) return py::none();
+        return std::move(probabilities);
+      }, py::arg("X"))
       .def_property_readonly("nbytes", &QuantizedNetwork::nbytes);
   m.def("int8_path", [] { return std::string(int8_path_name(active_int8_path())); },
         "The int8 GEMM's path: 'portable', 'avxvnni' or 'avx512vnni'.");
