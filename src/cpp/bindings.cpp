@@ -1194,8 +1194,7 @@ void bind_quantized(py::module_& m, py::module_& testing) {
         py::array_t<float> probabilities({B, K});
         float* out = probabilities.mutable_data();
         const bool finite = without_gil([&] {
-          if (first_nonfinite(xs.data, B * X.shape(1)) >= 0) return false;
-          net.forward(out, xs, B);
+          if (!net.forward(out, xs, B, /*finite_input=*/true)) return false;
           if (K > 0) softmax_forward(out, out, B, K);
           return true;
         });

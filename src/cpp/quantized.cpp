@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "activations.h"
+#include "checks.h"
 
 namespace fastmlp {
 
@@ -27,7 +28,11 @@ std::size_t QuantizedNetwork::nbytes() const {
   return total;
 }
 
-void QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B) const {
+bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
+                               bool finite_input) const {
+  const bool range_checks_input = !hidden_.empty() && !hidden_.front().input;
+  if (finite_input && !range_checks_input && first_nonfinite(X.data, B * sizes_.front()) >= 0)
+    return false;
   // Per-thread buffers, reused between calls: the quantized input of a layer (B rows of K4
   // bytes), the hidden activations ping-pong (B × widest hidden), the epilogue's per-channel
   // arrays.
@@ -53,12 +58,15 @@ void QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B)
       q = *layer.input;
     } else {
       float lo, hi;
-      tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi);
+      bool has_nan = false;
+      tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi, &has_nan);
+      if (finite_input && l == 0 && (has_nan || !std::isfinite(lo) || !std::isfinite(hi)))
+        return false;
       if (!std::isfinite(lo) || !std::isfinite(hi)) {
         // A hidden activation overflowed float32 (the inputs are finite): no scale holds it,
         // and the float32 model's logits are not finite either. NaN, not clamped values.
         std::fill(logits, logits + B * sizes_[L], std::numeric_limits<float>::quiet_NaN());
-        return;
+        return true;
       }
       q = quant_params(lo, hi);
     }
@@ -82,6 +90,7 @@ void QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B)
   }
   dense_forward(logits, in, StridedMatrix<float>{last_W_.data(), sizes_[L - 1], 1},
                 last_b_.data(), B, sizes_[L - 1], sizes_[L], Activation::identity);
+  return true;
 }
 
 }  // namespace fastmlp

@@ -34,8 +34,11 @@ class QuantizedNetwork {
   QuantizedNetwork(std::vector<QuantizedLayer> hidden, const float* last_W, const float* last_b,
                    std::vector<index_t> sizes, Activation activation);
 
-  // logits (B, n_L) of X (B, n_0), element (i,p) at X.data[i*rs + p*cs].
-  void forward(float* logits, StridedMatrix<float> X, index_t B) const;
+  // logits (B, n_L) of X (B, n_0), element (i,p) at X.data[i*rs + p*cs]. With finite_input,
+  // X (C-contiguous) is first checked finite (by the first layer's range pass where its
+  // scale is dynamic: no pass of its own); returns false, writing nothing, if it is not.
+  bool forward(float* logits, StridedMatrix<float> X, index_t B,
+               bool finite_input = false) const;
 
   const std::vector<index_t>& sizes() const { return sizes_; }
   // Bytes of the packed int8 weights (with their padding), row sums and scales, and the float32

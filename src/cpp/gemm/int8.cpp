@@ -283,26 +283,32 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
 }
 
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
-                  float* hi) {
+                  float* hi, bool* has_nan) {
   // 16 lanes of partial minima and maxima, elementwise selects the compiler vectorises (a
   // min/max reduction it would not, without -ffinite-math-only); 0 starts them, as 0 is always
   // in the range (quant_params).
+  // NaN passes every select unnoticed; has_nan (if given) says whether one was seen.
   constexpr index_t kLanes = 16;
   float mn[kLanes] = {}, mx[kLanes] = {};
+  bool nan_seen = false;
   for (index_t i = 0; i < M; ++i) {
     const float* xr = x + i * rs;
     index_t p = 0;
 #if defined(__SSE2__)
     if (cs == 1) {
       // Four independent chains: minps's latency (3 cycles) would otherwise set the pace.
-      __m128 v_mn[4], v_mx[4];
-      for (int c = 0; c < 4; ++c) v_mn[c] = v_mx[c] = _mm_setzero_ps();
+      __m128 v_mn[4], v_mx[4], v_nan[4];
+      for (int c = 0; c < 4; ++c) v_mn[c] = v_mx[c] = v_nan[c] = _mm_setzero_ps();
       for (; p + 16 <= K; p += 16)
         for (int c = 0; c < 4; ++c) {
           const __m128 v = _mm_loadu_ps(xr + p + 4 * c);
           v_mn[c] = _mm_min_ps(v_mn[c], v);
           v_mx[c] = _mm_max_ps(v_mx[c], v);
+          v_nan[c] = _mm_or_ps(v_nan[c], _mm_cmpunord_ps(v, v));  // all ones where v is NaN
         }
+      const __m128 any_nan = _mm_or_ps(_mm_or_ps(v_nan[0], v_nan[1]),
+                                       _mm_or_ps(v_nan[2], v_nan[3]));
+      nan_seen = nan_seen || _mm_movemask_ps(any_nan) != 0;
       float lanes[4];
       for (int c = 0; c < 4; ++c) {
         _mm_storeu_ps(lanes, v_mn[c]);
@@ -318,15 +324,18 @@ void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, 
           const float v = xr[p + t];
           mn[t] = v < mn[t] ? v : mn[t];
           mx[t] = v > mx[t] ? v : mx[t];
+          nan_seen |= v != v;
         }
     for (; p < K; ++p) {
       const float v = xr[p * cs];
       mn[0] = v < mn[0] ? v : mn[0];
       mx[0] = v > mx[0] ? v : mx[0];
+      nan_seen |= v != v;
     }
   }
   *lo = *std::min_element(mn, mn + kLanes);
   *hi = *std::max_element(mx, mx + kLanes);
+  if (has_nan) *has_nan = nan_seen;
 }
 
 }  // namespace fastmlp

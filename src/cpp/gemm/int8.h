@@ -121,8 +121,9 @@ QuantParams quant_params(float lo, float hi);
 // ties to even), and 0 for K ≤ p < ldo. x element (i,p) at x[i*rs + p*cs].
 void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
                    index_t M, index_t K, QuantParams q);
-// min and max over the (M,K) elements.
+// min and max over the (M,K) elements and 0; has_nan (if given): whether any element is NaN
+// (which the min and max skip).
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
-                  float* hi);
+                  float* hi, bool* has_nan = nullptr);
 
 }  // namespace fastmlp
