@@ -337,26 +337,19 @@ class MLP(Outputs):
                 return _core.mlp_forward_sparse(X.indptr, X.indices, X.values, X.shape[1],
                                                 self._weights, self._biases, self._activation,
                                                 self._precision)
-            # A batch of one reads W in place (a GEMV: packing would not pay); larger
-            # batches read the packed weights (built once, then reused).
-            packed = self._packed_weights() if X.shape[0] > 1 else None
             return _core.mlp_forward(X, self._weights, self._biases, self._activation,
-                                     self._precision, packed)
+                                     self._precision, self._inference_pack(X.shape[0]))
 
-    def _probabilities_in_one_call(self, X) -> np.ndarray | None:
-        # The common case of predict_proba, a C-contiguous array of the model's dtype and
-        # shape: X's finiteness, the forward pass and the softmax in one call into the core
-        # (a single-sample prediction is ~12 µs, of which the Python-side validation and a
-        # second call for the softmax took ~2). Anything else, non-finite X included (the
-        # core returns None), takes the general path, whose validation says what is wrong.
-        if (self._output != "softmax" or type(X) is not np.ndarray or X.dtype != self._dtype
-                or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self._layer_sizes[0]
-                or not X.flags.c_contiguous or not X.flags.aligned):
-            return None
+    def _softmax_in_one_call(self, X: np.ndarray) -> np.ndarray | None:
         with self._lock:
-            packed = self._packed_weights() if X.shape[0] > 1 else None
             return _core.mlp_predict_proba(X, self._weights, self._biases, self._activation,
-                                           self._precision, packed)
+                                           self._precision, self._inference_pack(X.shape[0]))
+
+    def _inference_pack(self, rows: int):
+        """The packed weights a prediction of `rows` rows reads (call under the lock): None
+        for one row, which reads W in place (a GEMV: packing would not pay); larger batches
+        read the weights packed once, then reused."""
+        return self._packed_weights() if rows > 1 else None
 
     # ---- loss and gradients -------------------------------------------------------------
 

@@ -154,14 +154,7 @@ class QuantizedMLP(Outputs):
     def _forward(self, X) -> np.ndarray:
         return self._network.forward(X)
 
-    def _probabilities_in_one_call(self, X) -> np.ndarray | None:
-        # As MLP's: a C-contiguous float32 X of the right width goes to the core in one call
-        # (finite check, forward, softmax); anything else, non-finite X included (None from
-        # the core), takes the general path and its validation.
-        if (self._output != "softmax" or type(X) is not np.ndarray or X.dtype != np.float32
-                or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self._layer_sizes[0]
-                or not X.flags.c_contiguous or not X.flags.aligned):
-            return None
+    def _softmax_in_one_call(self, X: np.ndarray) -> np.ndarray | None:
         return self._network.predict_proba(X)
 
     # ---- pickling (the core's network is rebuilt from the arrays) -----------------------

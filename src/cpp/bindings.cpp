@@ -1166,16 +1166,22 @@ std::unique_ptr<QuantizedNetwork> make_quantized_network(py::list hidden, const 
                                             parse_activation(activation));
 }
 
+// X (B, n_0) float32 as the quantized network reads it.
+StridedMatrix<float> quantized_network_input(const QuantizedNetwork& net, const py::array& X) {
+  const StridedMatrix<float> xs = strided<float>(X, "X");
+  if (X.shape(1) != net.sizes().front())
+    throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
+                          std::to_string(net.sizes().front()));
+  return xs;
+}
+
 void bind_quantized(py::module_& m, py::module_& testing) {
   py::class_<QuantizedNetwork>(m, "QuantizedNetwork",
                                "an MLP's int8 hidden layers and float32 last layer (quantized.h)")
       .def(py::init(&make_quantized_network), py::arg("hidden"), py::arg("last_W"),
            py::arg("last_b"), py::arg("activation"))
       .def("forward", [](const QuantizedNetwork& net, const py::array& X) {
-        const StridedMatrix<float> xs = strided<float>(X, "X");
-        if (X.shape(1) != net.sizes().front())
-          throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
-                                std::to_string(net.sizes().front()));
+        const StridedMatrix<float> xs = quantized_network_input(net, X);
         const index_t B = X.shape(0);
         py::array_t<float> logits({B, net.sizes().back()});
         float* out = logits.mutable_data();
@@ -1185,10 +1191,7 @@ void bind_quantized(py::module_& m, py::module_& testing) {
       // predict_proba of a softmax network in one call (as mlp_predict_proba): X checked
       // finite, the logits, softmax in place; None when X is not finite or not C-contiguous.
       .def("predict_proba", [](const QuantizedNetwork& net, const py::array& X) -> py::object {
-        const StridedMatrix<float> xs = strided<float>(X, "X");
-        if (X.shape(1) != net.sizes().front())
-          throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
-                                std::to_string(net.sizes().front()));
+        const StridedMatrix<float> xs = quantized_network_input(net, X);
         if (!(X.flags() & py::array::c_style)) return py::none();
         const index_t B = X.shape(0), K = net.sizes().back();
         py::array_t<float> probabilities({B, K});
