@@ -167,32 +167,32 @@ void finish_tile(float* c, index_t ldc, index_t m, index_t n, const TileEpilogue
 // the active ISA's float32 GEMV on the block: the same rounded operands, float32 products.
 void gemv_bf16(const GemmArgs<float>& g, const Bf16Kernels& k) {
   const TileSink<float>& out = g.sink;
-  const GemmContext<float>& cntx = active_gemm_context<float>();
-  const bool contiguous_x = g.cs_a == 1;
   float* scratch = out.consumes()
                        ? consumer_tile_buffer().reserve(static_cast<std::size_t>(g.N))
                        : nullptr;
-  if (k.gemv && contiguous_x) {
-    out.put(0, 0, 1, g.N, true, true, scratch, g.N,
-            [&](float* c, index_t, const TileEpilogue<float>& ep) {
-              k.gemv(g.K, g.N, g.A, g.B, g.cs_b, c, ep);
-            });
-    return;
+  // Rows per block of the portable path: about 16 KiB of rounded W, at least 8 (the GEMV's
+  // rows per pass); the path's own kernel needs no block.
+  const index_t block_rows =
+      k.gemv ? 0 : std::max<index_t>(8, 4096 / std::max<index_t>(g.K, 1));
+  const bool copy_x = !k.gemv || g.cs_a != 1;
+  float* buffer = gemv_operands_buffer().reserve(static_cast<std::size_t>(
+      (copy_x ? g.K : 0) + std::min(block_rows, g.N) * g.K));
+  // x contiguous, rounded where the portable path needs it (the path's kernel rounds a strided
+  // x's copy again, unchanged).
+  const float* x = g.A;
+  if (copy_x) {
+    for (index_t p = 0; p < g.K; ++p) buffer[p] = bf16_round(g.A[p * g.cs_a]);
+    x = buffer;
   }
-  // Rows per block: about 16 KiB of rounded W, at least 8 (the GEMV's rows per pass).
-  const index_t block_rows = std::max<index_t>(8, 4096 / std::max<index_t>(g.K, 1));
-  float* buffer = gemv_operands_buffer().reserve(
-      static_cast<std::size_t>(g.K + std::min(block_rows, g.N) * g.K));
-  float* x = buffer;
-  float* w_block = buffer + g.K;
-  for (index_t p = 0; p < g.K; ++p) x[p] = bf16_round(g.A[p * g.cs_a]);
-  if (k.gemv) {  // a strided x, rounded above: the path's kernel rounds it again, unchanged
+  if (k.gemv) {
     out.put(0, 0, 1, g.N, true, true, scratch, g.N,
             [&](float* c, index_t, const TileEpilogue<float>& ep) {
               k.gemv(g.K, g.N, x, g.B, g.cs_b, c, ep);
             });
     return;
   }
+  const GemmContext<float>& cntx = active_gemm_context<float>();
+  float* w_block = buffer + g.K;
   for (index_t j0 = 0; j0 < g.N; j0 += block_rows) {
     const index_t rows = std::min(block_rows, g.N - j0);
     for (index_t r = 0; r < rows; ++r)
