@@ -128,7 +128,7 @@ def test_an_overflowing_hidden_activation_gives_nan_not_clamped_values():
         model.quantize(calibration=X)
 
 
-def test_quantize_rows_rounds_ties_to_even_and_clamps():
+def test_quantize_rows_rounds_ties_to_even_and_clamps(int8_path):
     scale, zero = 0.5, 10
     # x / s = -5.5 … 250: ties at every .5 (exact in float32), below -z and above 255 - z
     x = np.array([[-6.0, -5.25, -2.75, -0.25, 0.25, 0.75, 1.25, 100.0, 122.25, 122.75, 125.0]],
@@ -144,6 +144,46 @@ def test_quantize_rows_rounds_ties_to_even_and_clamps():
                                       reference_quantize(wide, s, z))
         np.testing.assert_array_equal(_testing.quantize_rows(wide[:, ::3], s, z),
                                       reference_quantize(wide[:, ::3], s, z))
+
+
+# Widths around the AVX-512 loops' steps (16 floats, 64 for the range), and strided columns.
+@pytest.mark.parametrize("K", [1, 15, 16, 17, 63, 64, 65, 130])
+def test_quantize_rows_reports_non_finite_inputs(int8_path, K):
+    rng = np.random.default_rng(K)
+    x = rng.normal(size=(5, K)).astype(F32)
+    out, finite = _testing.quantize_rows_checked(x, 0.02, 100)
+    assert finite
+    np.testing.assert_array_equal(out, reference_quantize(x, 0.02, 100))
+    for bad in (np.nan, np.inf, -np.inf):
+        for i, p in [(0, 0), (4, K - 1), (2, K // 2)]:
+            y = x.copy()
+            y[i, p] = bad
+            out, finite = _testing.quantize_rows_checked(y, 0.02, 100)
+            assert not finite, (bad, i, p)
+            # NaN quantizes to z - z = 0; ±inf to the bounds; the rest as before
+            assert out[i, p] == {True: 0, False: 255 if bad > 0 else 0}[bool(np.isnan(bad))]
+            keep = np.ones(y.shape, bool)
+            keep[i, p] = False
+            np.testing.assert_array_equal(out[keep], reference_quantize(x, 0.02, 100)[keep])
+        strided = y[:, ::2]  # the portable loop over strided columns
+        assert _testing.quantize_rows_checked(strided, 0.02, 100)[1] == np.isfinite(strided).all()
+
+
+@pytest.mark.parametrize("K", [1, 15, 16, 17, 63, 64, 65, 130])
+def test_tensor_range_skips_and_reports_nan(int8_path, K):
+    rng = np.random.default_rng(K)
+    x = rng.normal(size=(6, K)).astype(F32) + F32(3)  # all > 0 for most K: 0 still in range
+    lo, hi, has_nan = _testing.tensor_range(x)
+    assert (lo, hi, has_nan) == (min(F32(0), x.min()), max(F32(0), x.max()), False)
+    x[5, K - 1] = -7.5
+    x[0, 0] = 9.25
+    assert _testing.tensor_range(x) == (-7.5, max(9.25, x.max()), False)
+    x[3, K // 2] = np.nan
+    lo, hi, has_nan = _testing.tensor_range(x)
+    assert has_nan and lo == np.nanmin(x) and hi == np.nanmax(x)
+    assert _testing.tensor_range(x[:, ::2])[2] == bool(np.isnan(x[:, ::2]).any())
+    x[3, K // 2] = -np.inf
+    assert _testing.tensor_range(x) == (-np.inf, max(9.25, x.max()), False)
 
 
 @pytest.mark.parametrize("activation", ["relu", "identity", "tanh", "logistic"])
@@ -254,7 +294,7 @@ def test_validation_is_mlp_s():
 
 
 @pytest.mark.parametrize("static", [False, True])
-def test_predict_proba_in_one_call_is_the_general_path(static):
+def test_predict_proba_in_one_call_is_the_general_path(int8_path, static):
     """A C-contiguous float32 X goes through the core in one call (finite check, forward,
     softmax): the very bits of softmax(forward(X)); other layouts and dtypes take the general
     path, with the same probabilities; a non-finite X gets predict's error."""
@@ -269,7 +309,8 @@ def test_predict_proba_in_one_call_is_the_general_path(static):
         for other in (X.astype(np.float64), np.repeat(X, 2, axis=1)[:, ::2], X.tolist()):
             assert quantized._probabilities_in_one_call(other) is None
             np.testing.assert_array_equal(quantized.predict_proba(other), expected)
-    # (Dynamic scales: the first layer's range pass finds them, SIMD body and scalar tail.)
+    # (The first layer's range pass (dynamic) or quantization (static) finds them, SIMD body
+    # and tail.)
     for bad in (np.nan, np.inf, -np.inf):
         for column in (3, 30, 35):
             X = rng.normal(size=(4, 37)).astype(np.float32)

@@ -71,7 +71,18 @@ def int8_matmul(Xq: np.ndarray, Wq: np.ndarray) -> np.ndarray:
 
 def quantize_rows(X: np.ndarray, scale: float, zero: int) -> np.ndarray:
     """The C++ activation quantization of X (M,K) float32: uint8 (M,K)."""
+    return quantize_rows_checked(X, scale, zero)[0]
+
+
+def quantize_rows_checked(X: np.ndarray, scale: float, zero: int) -> tuple[np.ndarray, bool]:
+    """``(quantize_rows(X, scale, zero), whether every element of X is finite)``."""
     return _hooks.quantize_rows(np.asarray(X, np.float32), float(scale), int(zero))
+
+
+def tensor_range(X: np.ndarray) -> tuple[float, float, bool]:
+    """The C++ range of X (M,K) float32 for a dynamic scale: (min(X, 0), max(X, 0), whether X
+    holds NaN), NaN skipped by the min and max."""
+    return _hooks.tensor_range(np.asarray(X, np.float32))
 
 
 @contextlib.contextmanager

@@ -1242,15 +1242,24 @@ void bind_quantized(py::module_& m, py::module_& testing) {
     int8_gemm(padded.data(), packed.K4, M, packed, nullptr, 0, ep);
     return out;
   }, py::arg("X_q"), py::arg("W_q"));
-  // quantize_rows of X (M,K) float32 with (scale, zero): (M,K) uint8.
+  // quantize_rows of X (M,K) float32 with (scale, zero): ((M,K) uint8, whether X is finite).
   testing.def("quantize_rows", [](const py::array& X, float scale, int zero) {
     const StridedMatrix<float> xs = strided<float>(X, "X");
     const index_t M = X.shape(0), K = X.shape(1);
     py::array_t<std::uint8_t> out({M, K});
-    quantize_rows(out.mutable_data(), K, xs.data, xs.row_stride, xs.col_stride, M, K,
-                  QuantParams{scale, zero});
-    return out;
+    const bool finite = quantize_rows(out.mutable_data(), K, xs.data, xs.row_stride,
+                                      xs.col_stride, M, K, QuantParams{scale, zero});
+    return py::make_tuple(out, finite);
   }, py::arg("X"), py::arg("scale"), py::arg("zero"));
+  // tensor_range of X (M,K) float32: (lo, hi, has_nan).
+  testing.def("tensor_range", [](const py::array& X) {
+    const StridedMatrix<float> xs = strided<float>(X, "X");
+    float lo, hi;
+    bool has_nan;
+    tensor_range(xs.data, xs.row_stride, xs.col_stride, X.shape(0), X.shape(1), &lo, &hi,
+                 &has_nan);
+    return py::make_tuple(lo, hi, has_nan);
+  }, py::arg("X"));
 }
 
 // The logits of X (B, F) through the network; with `probabilities` (predict_proba of a

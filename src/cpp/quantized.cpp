@@ -30,8 +30,9 @@ std::size_t QuantizedNetwork::nbytes() const {
 
 bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
                                bool finite_input) const {
-  const bool range_checks_input = !hidden_.empty() && !hidden_.front().input;
-  if (finite_input && !range_checks_input && first_nonfinite(X.data, B * sizes_.front()) >= 0)
+  // With hidden layers, the first layer's range pass (dynamic) or quantization (static) sees
+  // every input: no pass of its own.
+  if (finite_input && hidden_.empty() && first_nonfinite(X.data, B * sizes_.front()) >= 0)
     return false;
   // Per-thread buffers, reused between calls: the quantized input of a layer (B rows of K4
   // bytes), the hidden activations ping-pong (B × widest hidden), the epilogue's per-channel
@@ -70,7 +71,9 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
       }
       q = quant_params(lo, hi);
     }
-    quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q);
+    const bool finite =
+        quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q);
+    if (finite_input && l == 0 && !finite) return false;
     scale.resize(static_cast<std::size_t>(N));
     correction.resize(static_cast<std::size_t>(N));
     for (index_t j = 0; j < N; ++j) {

@@ -35,8 +35,9 @@ class QuantizedNetwork {
                    std::vector<index_t> sizes, Activation activation);
 
   // logits (B, n_L) of X (B, n_0), element (i,p) at X.data[i*rs + p*cs]. With finite_input,
-  // X (C-contiguous) is first checked finite (by the first layer's range pass where its
-  // scale is dynamic: no pass of its own); returns false, writing nothing, if it is not.
+  // X (C-contiguous) is checked finite (by the first layer's range pass where its scale is
+  // dynamic, by its quantization where static: no pass of its own); returns false, writing
+  // nothing, if it is not.
   bool forward(float* logits, StridedMatrix<float> X, index_t B,
                bool finite_input = false) const;
 

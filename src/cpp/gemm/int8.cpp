@@ -237,14 +237,20 @@ QuantParams quant_params(float lo, float hi) {
   return q;
 }
 
-void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
+bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
                    index_t M, index_t K, QuantParams q) {
+#ifdef FASTMLP_X86
+  if (cs == 1 && active_int8_path() == Int8Path::avx512vnni)
+    return quantize_rows_avx512(out, ldo, x, rs, M, K, q);
+#endif
   const float inverse = 1.0f / q.scale;
   const float lo = static_cast<float>(-q.zero), hi = static_cast<float>(255 - q.zero);
   // Adding and subtracting 1.5·2²³ rounds a float of magnitude < 2²² to an integer, ties to
   // even (the FPU's rounding), as rint; clamping first to the integer bounds changes nothing
   // and keeps the value in range. A loop the compiler vectorises at any ISA level.
   constexpr float kRound = 12582912.0f;
+  // x − x is 0 for a finite x, NaN for ±inf and NaN: OR-ed over the elements.
+  bool finite = true;
   for (index_t i = 0; i < M; ++i) {
     std::uint8_t* row = out + i * ldo;
     const float* xr = x + i * rs;
@@ -255,9 +261,11 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
       // int16 → uint8 with saturation (the values are in [0, 255] already).
       const __m128 v_inverse = _mm_set1_ps(inverse), v_lo = _mm_set1_ps(lo), v_hi = _mm_set1_ps(hi);
       const __m128i v_zero = _mm_set1_epi32(q.zero);
+      __m128 v_unordered = _mm_setzero_ps();
       auto four = [&](index_t at) {
-        const __m128 v = _mm_min_ps(v_hi, _mm_max_ps(v_lo, _mm_mul_ps(_mm_loadu_ps(xr + at),
-                                                                       v_inverse)));
+        const __m128 x4 = _mm_loadu_ps(xr + at);
+        v_unordered = _mm_or_ps(v_unordered, _mm_cmpunord_ps(_mm_sub_ps(x4, x4), x4));
+        const __m128 v = _mm_min_ps(v_hi, _mm_max_ps(v_lo, _mm_mul_ps(x4, v_inverse)));
         return _mm_add_epi32(_mm_cvtps_epi32(v), v_zero);
       };
       for (; p + 16 <= K; p += 16) {
@@ -265,14 +273,17 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
         const __m128i high = _mm_packs_epi32(four(p + 8), four(p + 12));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), _mm_packus_epi16(low, high));
       }
+      finite = finite && _mm_movemask_ps(v_unordered) == 0;
 #endif
       for (; p < K; ++p) {
+        finite = finite && xr[p] - xr[p] == 0.0f;
         const float v = std::min(hi, std::max(lo, xr[p] * inverse));
         row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
                                            q.zero);
       }
     } else {
       for (index_t p = 0; p < K; ++p) {
+        finite = finite && xr[p * cs] - xr[p * cs] == 0.0f;
         const float v = std::min(hi, std::max(lo, xr[p * cs] * inverse));
         row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
                                            q.zero);
@@ -280,10 +291,15 @@ void quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
     }
     for (index_t p = K; p < ldo; ++p) row[p] = 0;
   }
+  return finite;
 }
 
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
                   float* hi, bool* has_nan) {
+#ifdef FASTMLP_X86
+  if (cs == 1 && active_int8_path() == Int8Path::avx512vnni)
+    return tensor_range_avx512(x, rs, M, K, lo, hi, has_nan);
+#endif
   // 16 lanes of partial minima and maxima, elementwise selects the compiler vectorises (a
   // min/max reduction it would not, without -ffinite-math-only); 0 starts them, as 0 is always
   // in the range (quant_params).

@@ -89,4 +89,72 @@ void kernel(index_t k4, const std::uint8_t* a, index_t lda, index_t m, const std
 
 Int8Kernels avx512vnni_int8_kernels() { return Int8Kernels{kMR, &kernel}; }
 
+// ---- activation quantization, 16 floats at a time (int8.h's contracts, rows contiguous) -----
+
+void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float* lo, float* hi,
+                         bool* has_nan) {
+  // Four independent chains per bound: vminps's latency would otherwise set the pace. The
+  // accumulator is the second operand, which vminps / vmaxps return when either is NaN: NaN
+  // is skipped, and recorded by an unordered compare. The tail loads are masked, their lanes
+  // 0 (0 is always in the range).
+  __m512 mn[4], mx[4];
+  for (int c = 0; c < 4; ++c) mn[c] = mx[c] = _mm512_setzero_ps();
+  __mmask16 nan = 0;
+  for (index_t i = 0; i < M; ++i) {
+    const float* row = x + i * rs;
+    index_t p = 0;
+    for (; p + 64 <= K; p += 64)
+      for (int c = 0; c < 4; ++c) {
+        const __m512 v = _mm512_loadu_ps(row + p + 16 * c);
+        mn[c] = _mm512_min_ps(v, mn[c]);
+        mx[c] = _mm512_max_ps(v, mx[c]);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+    for (; p < K; p += 16) {
+      const __mmask16 valid = K - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - p)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(valid, row + p);
+      mn[0] = _mm512_min_ps(v, mn[0]);
+      mx[0] = _mm512_max_ps(v, mx[0]);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+  }
+  *lo = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(mn[0], mn[1]),
+                                           _mm512_min_ps(mn[2], mn[3])));
+  *hi = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx[0], mx[1]),
+                                           _mm512_max_ps(mx[2], mx[3])));
+  if (has_nan) *has_nan = nan != 0;
+}
+
+bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
+                          index_t K, QuantParams q) {
+  // As quantize_rows: v = clamp(x · (1/s), −z, 255 − z) (vmaxps first with the bound second,
+  // so that NaN becomes −z, as std::max(lo, NaN) = lo in the portable loop), vcvtps2dq rounds
+  // ties to even, + z ∈ [0, 255] narrowed to bytes. Non-finite: |x| > FLT_MAX or unordered.
+  const __m512 inverse = _mm512_set1_ps(1.0f / q.scale);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(-q.zero));
+  const __m512 hi = _mm512_set1_ps(static_cast<float>(255 - q.zero));
+  const __m512i zero = _mm512_set1_epi32(q.zero);
+  const __m512 largest = _mm512_set1_ps(3.40282347e38f);
+  __mmask16 nonfinite = 0;
+  auto sixteen = [&](const float* from, __mmask16 valid) {
+    const __m512 v = _mm512_maskz_loadu_ps(valid, from);
+    nonfinite |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), largest, _CMP_NLE_UQ);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inverse), lo), hi);
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
+  };
+  for (index_t i = 0; i < M; ++i) {
+    std::uint8_t* row = out + i * ldo;
+    const float* xr = x + i * rs;
+    index_t p = 0;
+    for (; p + 16 <= K; p += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), sixteen(xr + p, 0xFFFF));
+    if (p < K) {
+      const __mmask16 valid = static_cast<__mmask16>((1u << (K - p)) - 1u);
+      _mm_mask_storeu_epi8(row + p, valid, sixteen(xr + p, valid));
+    }
+    for (p = K; p < ldo; ++p) row[p] = 0;
+  }
+  return nonfinite == 0;
+}
+
 }  // namespace fastmlp
