@@ -136,8 +136,9 @@ class QuantizedMLP(Outputs):
 
     @property
     def nbytes(self) -> int:
-        """Bytes the computation reads: packed int8 weights (padded to 64 channels), their row
-        sums and scales, biases and the float32 last layer."""
+        """Bytes the computation keeps: packed int8 weights (padded to 64 channels), their row
+        sums and scales, biases and the float32 last layer (twice where it has at most 32
+        outputs: as given and transposed, for the few-outputs kernel)."""
         return self._network.nbytes
 
     def __repr__(self) -> str:

@@ -18,10 +18,16 @@ QuantizedNetwork::QuantizedNetwork(std::vector<QuantizedLayer> hidden, const flo
   const index_t n_in = sizes_[L - 1], n_out = sizes_[L];
   last_W_.assign(last_W, last_W + n_in * n_out);
   last_b_.assign(last_b, last_b + n_out);
+  if (n_out <= 32) {
+    last_N16_ = n_out <= 16 ? 16 : 32;
+    last_WT_.assign(static_cast<std::size_t>(n_in * last_N16_), 0.0f);
+    for (index_t j = 0; j < n_out; ++j)
+      for (index_t p = 0; p < n_in; ++p) last_WT_[p * last_N16_ + j] = last_W[j * n_in + p];
+  }
 }
 
 std::size_t QuantizedNetwork::nbytes() const {
-  std::size_t total = (last_W_.size() + last_b_.size()) * sizeof(float);
+  std::size_t total = (last_W_.size() + last_WT_.size() + last_b_.size()) * sizeof(float);
   for (const QuantizedLayer& layer : hidden_)
     total += layer.weights.nbytes() + layer.weights.row_sums.size() * 4 +
              (layer.weight_scale.size() + layer.bias.size()) * sizeof(float);
@@ -91,6 +97,12 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
       activation_forward_inplace(out, B * N, activation_);
     in = StridedMatrix<float>{out, N, 1};
   }
+#ifdef FASTMLP_X86
+  if (!last_WT_.empty() && in.col_stride == 1 && active_int8_path() == Int8Path::avx512vnni &&
+      narrow_dense_avx512(logits, sizes_[L], in.data, in.row_stride, B, sizes_[L - 1],
+                          last_WT_.data(), last_b_.data(), sizes_[L]))
+    return true;
+#endif
   dense_forward(logits, in, StridedMatrix<float>{last_W_.data(), sizes_[L - 1], 1},
                 last_b_.data(), B, sizes_[L - 1], sizes_[L], Activation::identity);
   return true;

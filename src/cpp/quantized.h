@@ -43,12 +43,16 @@ class QuantizedNetwork {
 
   const std::vector<index_t>& sizes() const { return sizes_; }
   // Bytes of the packed int8 weights (with their padding), row sums and scales, and the float32
-  // last layer.
+  // last layer (with its transposed copy where it has ≤ 32 outputs).
   std::size_t nbytes() const;
 
  private:
   std::vector<QuantizedLayer> hidden_;
   std::vector<float> last_W_, last_b_;
+  // last_Wᵀ (n_{L−1}, N16) with zero columns up to N16 = 16 or 32, for narrow_dense_avx512
+  // (empty when n_L > 32).
+  std::vector<float> last_WT_;
+  index_t last_N16_ = 0;
   std::vector<index_t> sizes_;
   Activation activation_;
 };

@@ -133,6 +133,12 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
                           index_t K, QuantParams q);
 void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float* lo, float* hi,
                          bool* has_nan);
+// The float32 last layer of a quantized network when it has few outputs, as a float32 GEMM
+// would waste most of its 32-column tiles on them: out (B,N) row stride ldo = h (B,K) row
+// stride ldh · WT + b, WT (K, N16) Wᵀ with zero columns up to N16 = 16 (N ≤ 16) or 32
+// (N ≤ 32). Returns false, computing nothing, for other N or B < 12 (N ≤ 16) / 6 rows.
+bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
+                         index_t K, const float* WT, const float* b, index_t N);
 #endif
 
 }  // namespace fastmlp

@@ -157,4 +157,65 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
   return nonfinite == 0;
 }
 
+// ---- the float32 last layer of a quantized network: few outputs -----------------------------
+
+namespace {
+
+// Rows [0, ROWS) of out = h · WT + b, V vectors of 16 columns: per p, V loads of WT's row p
+// and ROWS broadcasts of h[r, p], ROWS·V FMAs into as many accumulators.
+template <int ROWS, int V>
+void narrow_tile(float* out, index_t ldo, const float* h, index_t ldh, index_t K, const float* WT,
+                 const float* b, index_t N) {
+  __m512 acc[ROWS][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (index_t p = 0; p < K; ++p) {
+    __m512 w[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_ps(WT + p * 16 * V + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 x = _mm512_set1_ps(h[r * ldh + p]);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) {
+    const index_t cols = N - 16 * v < 16 ? N - 16 * v : 16;
+    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1u);
+    const __m512 bias = _mm512_maskz_loadu_ps(mask, b + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r)
+      _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask, _mm512_add_ps(acc[r][v], bias));
+  }
+}
+
+template <int ROWS, int V>
+void narrow_rows(float* out, index_t ldo, const float* h, index_t ldh, index_t B, index_t K,
+                 const float* WT, const float* b, index_t N) {
+  // The last block overlaps the one before rather than run a narrower tile: its rows are
+  // computed again by the same operations, the same values written.
+  for (index_t i = 0; i < B; i += ROWS) {
+    const index_t at = i + ROWS <= B ? i : B - ROWS;
+    narrow_tile<ROWS, V>(out + at * ldo, ldo, h + at * ldh, ldh, K, WT, b, N);
+  }
+}
+
+}  // namespace
+
+bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
+                         index_t K, const float* WT, const float* b, index_t N) {
+  if (N <= 16) {
+    if (B < 12) return false;
+    narrow_rows<12, 1>(out, ldo, h, ldh, B, K, WT, b, N);
+  } else {
+    if (N > 32 || B < 6) return false;
+    narrow_rows<6, 2>(out, ldo, h, ldh, B, K, WT, b, N);
+  }
+  return true;
+}
+
 }  // namespace fastmlp
