@@ -142,7 +142,7 @@ def softmax_atol(dtype, k):
 
 @pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=lambda s: str(s))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_matches_reference(dtype, shape):
+def test_softmax_matches_reference(isa, dtype, shape):
     x = normal(rng_for("softmax", dtype, shape), shape, dtype, scale=3.0)
     frozen = freeze(x)
     got = ops.softmax(x)
@@ -169,7 +169,7 @@ def test_softmax_any_layout(dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_extreme_logits_are_exact(dtype):
+def test_softmax_extreme_logits_are_exact(isa, dtype):
     x = np.array([[1e4, 0], [0, 1e4], [-1e4, 1e4], [1e4, 1e4], [-1e4, -1e4]], dtype)
     got = ops.softmax(x)
     expected = np.array([[1, 0], [0, 1], [0, 1], [0.5, 0.5], [0.5, 0.5]], dtype)
@@ -177,7 +177,7 @@ def test_softmax_extreme_logits_are_exact(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_is_shift_invariant_at_large_logits(dtype):
+def test_softmax_is_shift_invariant_at_large_logits(isa, dtype):
     rng = rng_for("softmax-shift", dtype)
     x = normal(rng, (6, 11), dtype, scale=2.0)
     for shift in (1e4, -1e4):
@@ -185,3 +185,29 @@ def test_softmax_is_shift_invariant_at_large_logits(dtype):
         got = ops.softmax(shifted)
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, ref_softmax(shifted), rtol=0, atol=softmax_atol(dtype, 11))
+
+
+def test_softmax_float32_is_within_a_few_ulp(isa):
+    """float32 on the avx512 ISA computes e^x by a polynomial (activations.h): each probability
+    within a few ulp of the float64 softmax of the float32 differences x - max (what either
+    path exponentiates), down to the subnormals; -inf logits give exactly 0, NaN stays NaN."""
+    rng = rng_for("softmax-ulp", F32)
+    x = (rng.standard_normal((64, 10)) * 20).astype(F32)
+    x[:, 0] = np.linspace(-110, 0, 64)  # e^(x - max) down to ~1e-48: subnormal probabilities
+    x[:, 1] = 0
+    got = ops.softmax(x)
+    e = np.exp((x - x.max(axis=1, keepdims=True)).astype(F64))
+    expected = e / e.sum(axis=1, keepdims=True)
+    tiny = np.finfo(F32).tiny
+    normal_part = expected >= tiny
+    np.testing.assert_allclose(got[normal_part], expected[normal_part], rtol=10 * eps(F32), atol=0)
+    np.testing.assert_allclose(got[~normal_part], expected[~normal_part], rtol=0,
+                               atol=tiny * eps(F32))
+    x[3, 5] = -np.inf
+    x[4, :] = -np.inf
+    x[4, 7] = 1.0
+    x[5, 9] = np.nan
+    got = ops.softmax(x)
+    assert got[3, 5] == 0 and np.isclose(got[3].sum(), 1, rtol=1e-6)
+    assert got[4, 7] == 1 and (np.delete(got[4], 7) == 0).all()
+    assert np.isnan(got[5]).all()

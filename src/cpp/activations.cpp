@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+
+#include "cpu.h"
 
 namespace fastmlp {
 
@@ -23,6 +26,10 @@ void sigmoid_forward(T* out, const T* x, index_t n) {
 
 template <class T>
 void softmax_forward(T* out, const T* x, index_t rows, index_t cols) {
+#ifdef FASTMLP_X86
+  if constexpr (std::is_same_v<T, float>)
+    if (active_isa() == Isa::avx512) return softmax_rows_avx512(out, x, rows, cols);
+#endif
   for (index_t r = 0; r < rows; ++r) {
     const T* xr = x + r * cols;
     T* outr = out + r * cols;

@@ -1,0 +1,132 @@
+// Inference's float32 tail on AVX-512F: the last layer of a quantized network when it has few
+// outputs (int8.h's narrow_dense_avx512), and the softmax of predict_proba (activations.h's
+// softmax_forward, float32). Compiled with AVX-512 flags; called only where the CPU has them.
+#include <immintrin.h>
+
+#include "../../../activations.h"
+#include "../../int8.h"
+
+namespace fastmlp {
+
+// ---- the last layer: few outputs ------------------------------------------------------------
+
+namespace {
+
+// Rows [0, ROWS) of out = h · WT + b, V vectors of 16 columns: per p, V loads of WT's row p
+// and ROWS broadcasts of h[r, p], ROWS·V FMAs into as many accumulators.
+template <int ROWS, int V>
+void narrow_tile(float* out, index_t ldo, const float* h, index_t ldh, index_t K, const float* WT,
+                 const float* b, index_t N) {
+  __m512 acc[ROWS][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (index_t p = 0; p < K; ++p) {
+    __m512 w[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_ps(WT + p * 16 * V + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 x = _mm512_set1_ps(h[r * ldh + p]);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) {
+    const index_t cols = N - 16 * v < 16 ? N - 16 * v : 16;
+    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1u);
+    const __m512 bias = _mm512_maskz_loadu_ps(mask, b + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r)
+      _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask, _mm512_add_ps(acc[r][v], bias));
+  }
+}
+
+template <int ROWS, int V>
+void narrow_rows(float* out, index_t ldo, const float* h, index_t ldh, index_t B, index_t K,
+                 const float* WT, const float* b, index_t N) {
+  // The last block overlaps the one before rather than run a narrower tile: its rows are
+  // computed again by the same operations, the same values written.
+  for (index_t i = 0; i < B; i += ROWS) {
+    const index_t at = i + ROWS <= B ? i : B - ROWS;
+    narrow_tile<ROWS, V>(out + at * ldo, ldo, h + at * ldh, ldh, K, WT, b, N);
+  }
+}
+
+}  // namespace
+
+bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
+                         index_t K, const float* WT, const float* b, index_t N) {
+  if (N <= 16) {
+    if (B < 12) return false;
+    narrow_rows<12, 1>(out, ldo, h, ldh, B, K, WT, b, N);
+  } else {
+    if (N > 32 || B < 6) return false;
+    narrow_rows<6, 2>(out, ldo, h, ldh, B, K, WT, b, N);
+  }
+  return true;
+}
+
+// ---- softmax --------------------------------------------------------------------------------
+
+namespace {
+
+// e^x for x ≤ 0 (a softmax's x − max): x = n·ln2 + r, |r| ≤ ln2/2 (ln2 split in two so that
+// n·ln2 is exact), e^r by its degree-7 Taylor polynomial (truncation < 6e-9 relative on that
+// interval, a tenth of float32's half-ulp), then scaled by 2ⁿ with vscalefps, which rounds
+// subnormal results and gives 0 below them. x is first raised to −150 (e^−150 < 2^−149, the
+// smallest float: still 0), so that −inf gives 0, not ∞ − ∞; vmaxps returns its second
+// operand, x, when x is NaN, which stays NaN.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+}  // namespace
+
+void softmax_rows_avx512(float* out, const float* x, index_t rows, index_t cols) {
+  // Per row: the max, e^(x − max) written and summed, then scaled by 1/sum (softmax_forward's
+  // steps); 16 columns at a time, the last ones masked (their lanes −inf for the max, 0 for
+  // the sum).
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (index_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* outr = out + r * cols;
+    auto mask_at = [&](index_t j) {
+      return cols - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (cols - j)) - 1u);
+    };
+    __m512 row_max = minus_inf;
+    for (index_t j = 0; j < cols; j += 16)
+      row_max = _mm512_max_ps(row_max, _mm512_mask_loadu_ps(minus_inf, mask_at(j), xr + j));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(row_max));
+    __m512 sum = _mm512_setzero_ps();
+    for (index_t j = 0; j < cols; j += 16) {
+      const __mmask16 m = mask_at(j);
+      const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + j), shift));
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+      _mm512_mask_storeu_ps(outr + j, m, e);
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (index_t j = 0; j < cols; j += 16) {
+      const __mmask16 m = mask_at(j);
+      _mm512_mask_storeu_ps(outr + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, outr + j),
+                                                       inverse));
+    }
+  }
+}
+
+}  // namespace fastmlp
