@@ -11,12 +11,14 @@ from fastmlp import MLP, SGD, _core
 from _helpers import ON_EVERY_ISA_AND_THREAD_COUNT
 
 
-def reference_logits(model, X):
+def reference_logits(model, X, activation="relu"):
+    act = {"relu": lambda a: np.maximum(a, 0), "tanh": np.tanh, "identity": lambda a: a,
+           "logistic": lambda a: 1 / (1 + np.exp(-a))}[activation]
     h = np.asarray(X, np.float64)
     for l, (W, b) in enumerate(zip(model.weights, model.biases)):
         h = h @ np.asarray(W, np.float64).T + b
         if l < len(model.weights) - 1:
-            h = np.maximum(h, 0)
+            h = act(h)
     return h
 
 
@@ -44,11 +46,37 @@ def test_packed_forward_is_bitwise_the_unpacked_one(sizes, rows, dtype):
     np.testing.assert_allclose(unpacked, reference_logits(model, X), rtol=tol, atol=tol)
 
 
+@ON_EVERY_ISA_AND_THREAD_COUNT
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("sizes", [[784, 256, 256, 10], [7, 33, 5], [301, 97, 65, 1],
+                                   [1, 16, 48, 17]])
+def test_a_batch_of_one_on_the_pack_matches_the_in_place_gemv(sizes, activation):
+    """float32, one row: on AVX-512 a GEMV over the panels (its sums in another order), else W
+    in place; either way the reference logits, and predict_proba's one call agrees."""
+    output = "sigmoid" if sizes[-1] == 1 else "softmax"
+    model = MLP(sizes, activation=activation, output=output, seed=3)
+    model.biases = [np.random.default_rng(1).normal(size=b.shape) for b in model.biases]
+    packed = _core.PackedWeightsFloat32(model._weights, model._biases)
+    for seed in range(3):
+        x = data(1, sizes[0], seed)
+        in_place = _core.mlp_forward(x, model._weights, model._biases, activation)
+        on_pack = _core.mlp_forward(x, model._weights, model._biases, activation, packed=packed)
+        scale = np.abs(in_place).max() + 1
+        np.testing.assert_allclose(on_pack, in_place, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(on_pack, reference_logits(model, x, activation), rtol=0,
+                                   atol=1e-4 * scale)
+        np.testing.assert_array_equal(model.forward(x), on_pack)
+        strided = np.repeat(x, 2, axis=1)[:, ::2]  # not contiguous: the general path
+        np.testing.assert_allclose(model.forward(strided), on_pack, rtol=0, atol=1e-5 * scale)
+
+
 def test_pack_is_built_on_first_batch_prediction_and_its_size_reported():
     model = MLP([784, 256, 256, 10], seed=0)
     assert model.packed_nbytes == 0
-    model.predict(data(1, 784))  # a batch of one reads W in place: no pack
-    assert model.packed_nbytes == 0
+    model.predict(data(1, 784))
+    # A float32 batch of one reads the pack on AVX-512 (a GEMV over the panels), elsewhere W
+    # in place: no pack.
+    assert (model.packed_nbytes > 0) == (fastmlp.ops.isa() == "avx512")
     model.predict(data(5, 784))
     # NR = 32 floats on AVX-512 and AVX2's 16? Each layer's outputs round up to the panel width.
     weights_bytes = sum(w.nbytes for w in model.weights)

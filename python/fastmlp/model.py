@@ -318,9 +318,10 @@ class MLP(Outputs):
     @property
     def packed_nbytes(self) -> int:
         """Bytes held by the packed copy of the weights that predictions of more than one row
-        read (0 until the first one): about the weights' size, each layer's output count
-        rounded up to the kernels' panel width (32 on AVX-512: a 10-class last layer is
-        stored 32 wide). Freed by any change of the weights, rebuilt by the next prediction."""
+        (and float32 ones of one row on AVX-512) read (0 until the first one): about the
+        weights' size, each layer's output count rounded up to the kernels' panel width (32
+        on AVX-512: a 10-class last layer is stored 32 wide). Freed by any change of the
+        weights, rebuilt by the next prediction."""
         packed = self._packed
         return 0 if packed is None else packed.nbytes
 
@@ -346,10 +347,13 @@ class MLP(Outputs):
                                            self._precision, self._inference_pack(X.shape[0]))
 
     def _inference_pack(self, rows: int):
-        """The packed weights a prediction of `rows` rows reads (call under the lock): None
-        for one row, which reads W in place (a GEMV: packing would not pay); larger batches
-        read the weights packed once, then reused."""
-        return self._packed_weights() if rows > 1 else None
+        """The packed weights a prediction of `rows` rows reads (call under the lock): batches
+        of more than one row, and a float32 batch of one on AVX-512 (a GEMV over the panels,
+        one contiguous stream of weights), read the weights packed once, then reused; other
+        batches of one read W in place (None)."""
+        if rows > 1 or (self._dtype == np.float32 and _core.isa() == "avx512"):
+            return self._packed_weights()
+        return None
 
     # ---- loss and gradients -------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 
 #include "activations.h"
 #include "loss.h"
@@ -256,10 +257,17 @@ template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases,
                  const PackedWeights<T>* packed) {
+  const T* const* panels = packed ? packed->for_active_isa() : nullptr;
+#ifdef FASTMLP_X86
+  if constexpr (std::is_same_v<T, float>)
+    if (B == 1 && panels && X.col_stride == 1 && active_isa() == Isa::avx512 &&
+        mlp_forward_row_avx512(logits, X.data, shape, panels, biases, prepack_nr<float>()))
+      return;
+#endif
   Batch<T> batch;
   batch.x = X;
   batch.rows = B;
-  forward_all(logits, batch, shape, weights, biases, packed ? packed->for_active_isa() : nullptr);
+  forward_all(logits, batch, shape, weights, biases, panels);
 }
 
 template <class T>

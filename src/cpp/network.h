@@ -186,11 +186,20 @@ struct PackedWeights {
 
 // Inference: logits (B, n_L) of X (B, n_0) through all layers in one call; the hidden
 // activations live in a reused per-thread buffer. packed: the weights' PackedWeights (its
-// panels are used where the active ISA matches), or null.
+// panels are used where the active ISA matches), or null. A float32 batch of one on packed
+// weights with the avx512 ISA reads the panels by mlp_forward_row_avx512.
 template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases,
                  const PackedWeights<T>* packed = nullptr);
+#ifdef FASTMLP_X86
+// logits (n_L) of one contiguous row x (n_0) from prepack_b's panels (NR columns each) of every
+// layer: a GEMV per layer that vectorises over the panel's NR outputs (kernels/avx512's
+// inference_avx512.cpp; the sums in another order than the GEMM's, so not bitwise a batch
+// row's). Returns false, computing nothing, for an NR other than 16, 32, 48 or 64.
+bool mlp_forward_row_avx512(float* logits, const float* x, const NetworkShape& shape,
+                            const float* const* panels, const float* const* biases, index_t NR);
+#endif
 // The same for the B rows of a CSR matrix (sparse.h); W_0 in its own (n_1, n_0) layout.
 template <class T>
 void mlp_forward_sparse(T* logits, const SparseRows<T>& X, index_t B, const NetworkShape& shape,
