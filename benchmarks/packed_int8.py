@@ -6,6 +6,11 @@ thread, ``predict_proba`` with the Python call included.
 
     python benchmarks/packed_int8.py [--rounds 20] [--nets mnist,wide] [--batches 1,32,256]
 
+The issue's targets (issue 15, mnist-shaped net; ratios > 1: fastmlp faster), printed last
+when the mnist net is run at batches 1 and 256 with onnxruntime installed:
+
+    python benchmarks/packed_int8.py --nets mnist --batches 1,256 --rounds 30
+
 Every runner's calls are interleaved round by round (a noisy, shared machine slows them
 alike); each figure is the median per call, and the ratios are taken within one run.
 G(FL)OP/s counts 2·Σ n_{l-1}·n_l per sample (int8: the same operations). At batch 1 the
@@ -85,13 +90,14 @@ def main(argv=None) -> None:
     parser.add_argument("--nets", default="mnist,wide")
     parser.add_argument("--batches", default="1,32,256")
     args = parser.parse_args(argv)
+    ratios = {}  # (net, batch) -> {name: seconds}
     with common.single_threaded():
         print(f"fastmlp {fastmlp.__version__}: isa {fastmlp.ops.isa()}, int8 path "
               f"{fastmlp.ops.int8_path()}, 1 thread; {inference.describe_peers()}")
         for net in args.nets.split(","):
             sizes = common.NET_BY_NAME[net].layer_sizes
             for batch in (int(b) for b in args.batches.split(",")):
-                seconds = measure(runners(net, batch), args.rounds, batch)
+                seconds = ratios[net, batch] = measure(runners(net, batch), args.rounds, batch)
                 flops = inference.flops(common.NET_BY_NAME[net], batch)
                 print(f"\n{net} {list(sizes)}, batch {batch}:")
                 for name, s in seconds.items():
@@ -116,6 +122,31 @@ def main(argv=None) -> None:
                         print(f"  {label} batch-1 latency {seconds[key] * 1e6:.1f} µs; copying "
                               f"its {nbytes / 1e6:.2f} MB of weights {copy * 1e6:.1f} µs "
                               f"(latency / copy {seconds[key] / copy:.2f})")
+
+    print_targets(ratios)
+
+
+# Issue 15's targets: (batch, fastmlp runner, peer, at least this ratio peer / fastmlp).
+TARGETS = [(256, "fastmlp int8 dynamic", "ort int8", 1.2),
+           (256, "fastmlp int8 static", "ort int8", 1.2),
+           (1, "fastmlp fp32", "ort fp32", 1.5),
+           (1, "fastmlp int8 dynamic", "ort int8", 1.0),
+           (1, "fastmlp int8 static", "ort int8", 1.0),
+           (256, "fastmlp fp32", "ort fp32", 1.0)]
+
+
+def print_targets(seconds: dict) -> None:
+    """One line per target of issue 15 that this run measured (mnist net, onnxruntime)."""
+    lines = []
+    for batch, ours, peer, goal in TARGETS:
+        measured = seconds.get(("mnist", batch), {})
+        if ours in measured and peer in measured:
+            ratio = measured[peer] / measured[ours]
+            lines.append(f"  batch {batch:3d}: {ours} vs {peer}: {ratio:.2f}x (target >= {goal}: "
+                         f"{'met' if ratio >= goal else 'NOT met'})")
+    if lines:
+        print("\nissue 15 targets, mnist net, this run (medians, interleaved):")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
