@@ -51,8 +51,9 @@ def test_packed_forward_is_bitwise_the_unpacked_one(sizes, rows, dtype):
 @pytest.mark.parametrize("sizes", [[784, 256, 256, 10], [7, 33, 5], [301, 97, 65, 1],
                                    [1, 16, 48, 17]])
 def test_a_batch_of_one_on_the_pack_matches_the_in_place_gemv(sizes, activation):
-    """float32, one row: on AVX-512 a GEMV over the panels (its sums in another order), else W
-    in place; either way the reference logits, and predict_proba's one call agrees."""
+    """float32, one row: on AVX-512 a GEMV over the panels (the GEMM micro-kernel's operations),
+    else W in place; either way the reference logits. On AVX-512 the mnist-shaped net's rows
+    are bitwise those of a batch (scikit-learn's check_methods_subset_invariance allows ~1 ulp)."""
     output = "sigmoid" if sizes[-1] == 1 else "softmax"
     model = MLP(sizes, activation=activation, output=output, seed=3)
     model.biases = [np.random.default_rng(1).normal(size=b.shape) for b in model.biases]
@@ -68,6 +69,13 @@ def test_a_batch_of_one_on_the_pack_matches_the_in_place_gemv(sizes, activation)
         np.testing.assert_array_equal(model.forward(x), on_pack)
         strided = np.repeat(x, 2, axis=1)[:, ::2]  # not contiguous: the general path
         np.testing.assert_allclose(model.forward(strided), on_pack, rtol=0, atol=1e-5 * scale)
+    if fastmlp.ops.isa() == "avx512" and sizes[0] == 784:
+        X = data(7, sizes[0])
+        batch = _core.mlp_forward(X, model._weights, model._biases, activation, packed=packed)
+        for i in range(7):
+            np.testing.assert_array_equal(
+                _core.mlp_forward(X[i:i + 1], model._weights, model._biases, activation,
+                                  packed=packed), batch[i:i + 1])
 
 
 def test_pack_is_built_on_first_batch_prediction_and_its_size_reported():

@@ -194,9 +194,11 @@ void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& s
                  const PackedWeights<T>* packed = nullptr);
 #ifdef FASTMLP_X86
 // logits (n_L) of one contiguous row x (n_0) from prepack_b's panels (NR columns each) of every
-// layer: a GEMV per layer that vectorises over the panel's NR outputs (kernels/avx512's
-// inference_avx512.cpp; the sums in another order than the GEMM's, so not bitwise a batch
-// row's). Returns false, computing nothing, for an NR other than 16, 32, 48 or 64.
+// layer: a GEMV per layer that vectorises over the panel's NR outputs with the AVX-512 GEMM
+// micro-kernel's operations (kernels/avx512's inference_avx512.cpp): the same bits as the row
+// in a batch wherever the GEMM runs the packed panels over the whole of K (the mnist-shaped
+// net); small products the GEMM takes another way agree to rounding. Returns false, computing
+// nothing, for an NR other than 16 or 32.
 bool mlp_forward_row_avx512(float* logits, const float* x, const NetworkShape& shape,
                             const float* const* panels, const float* const* biases, index_t NR);
 #endif

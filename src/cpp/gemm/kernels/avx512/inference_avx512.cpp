@@ -78,51 +78,60 @@ bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, i
 
 namespace {
 
-// y (N) = relu?(Wx + b) from W's prepack_b panels: panel q holds Wᵀ's columns [V·16·q,
-// V·16·(q+1)) as K rows of NR = 16·V floats. Per panel, x[p] broadcast against row p, summed
-// in 4 interleaved partial sums (p mod 4: 4·V independent FMA chains, as an FMA's latency
-// needs), added ((s0 + s1) + (s2 + s3)) at the end. One contiguous stream of weights, which
-// the hardware prefetcher follows far better than the 8 row streams of a GEMV on W in place
-// (mnist net, batch 1: 7.0 µs against 9.6, benchmarks/README.md).
+// y (N) = relu?(Wx + b) from W's prepack_b panels: panel q holds Wᵀ's columns [NR·q,
+// NR·(q+1)) as K rows of NR = 16·V floats. G panels at a time, x[p] broadcast against their
+// rows p: one FMA chain per output vector, over p in order, then + b and max(0, ·), the very
+// operations of the GEMM micro-kernel's row on the same panels (gemm_avx512.cpp's
+// tile_avx512 with the whole of K in one tile): the batch of one gives the bits of its row
+// in a batch that the GEMM computes so (network.h). G·V
+// chains hide the FMA latency; the panels are contiguous streams, which the hardware
+// prefetcher follows better than the 8 row streams of a GEMV on W in place.
+template <int V, int G>
+void panel_group(float* y, const float* x, const float* panels, index_t K, index_t N,
+                 const float* b, bool relu) {
+  constexpr index_t NR = 16 * V;
+  __m512 acc[G][V];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[g][v] = _mm512_setzero_ps();
+  for (index_t p = 0; p < K; ++p) {
+    const __m512 xp = _mm512_set1_ps(x[p]);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v)
+        acc[g][v] = _mm512_fmadd_ps(xp, _mm512_loadu_ps(panels + g * NR * K + p * NR + 16 * v),
+                                    acc[g][v]);
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      const index_t j = g * NR + 16 * v, cols = N - j;
+      if (cols <= 0) break;
+      const __mmask16 mask =
+          cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << cols) - 1u);
+      __m512 sum = _mm512_add_ps(acc[g][v], _mm512_maskz_loadu_ps(mask, b + j));
+      // max(0, v) returns v where v is NaN, as the GEMM's ReLU
+      if (relu) sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
+      _mm512_mask_storeu_ps(y + j, mask, sum);
+    }
+}
+
 template <int V>
 void panel_gemv(float* y, const float* x, const float* panels, index_t K, index_t N,
                 const float* b, bool relu) {
   constexpr index_t NR = 16 * V;
-  for (index_t j = 0; j < N; j += NR) {
-    const float* panel = panels + j * K;
-    __m512 acc[4][V];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u)
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[u][v] = _mm512_setzero_ps();
-    index_t p = 0;
-    for (; p + 4 <= K; p += 4)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
-        const __m512 xp = _mm512_set1_ps(x[p + u]);
-#pragma GCC unroll 4
-        for (int v = 0; v < V; ++v)
-          acc[u][v] = _mm512_fmadd_ps(xp, _mm512_loadu_ps(panel + (p + u) * NR + 16 * v),
-                                      acc[u][v]);
-      }
-    for (; p < K; ++p) {
-      const __m512 xp = _mm512_set1_ps(x[p]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v)
-        acc[0][v] = _mm512_fmadd_ps(xp, _mm512_loadu_ps(panel + p * NR + 16 * v), acc[0][v]);
-    }
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      const index_t cols = N - j - 16 * v;
-      if (cols <= 0) break;
-      const __mmask16 mask =
-          cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << cols) - 1u);
-      __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]),
-                                 _mm512_add_ps(acc[2][v], acc[3][v]));
-      sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, b + j + 16 * v));
-      // max(0, v) returns v where v is NaN (the GEMM epilogue's ReLU lets NaN through too)
-      if (relu) sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
-      _mm512_mask_storeu_ps(y + j + 16 * v, mask, sum);
+  // 4 panels at a time (the last of them possibly part-filled), then the 1–3 left.
+  for (index_t j = 0; j < N; j += 4 * NR) {
+    const index_t panels_left = (N - j + NR - 1) / NR;
+    const float* at = panels + j * K;
+    switch (panels_left) {
+      case 1: panel_group<V, 1>(y + j, x, at, K, N - j, b + j, relu); break;
+      case 2: panel_group<V, 2>(y + j, x, at, K, N - j, b + j, relu); break;
+      case 3: panel_group<V, 3>(y + j, x, at, K, N - j, b + j, relu); break;
+      default: panel_group<V, 4>(y + j, x, at, K, N - j, b + j, relu);
     }
   }
 }
@@ -133,8 +142,7 @@ bool mlp_forward_row_avx512(float* logits, const float* x, const NetworkShape& s
                             const float* const* panels, const float* const* biases,
                             index_t NR) {
   using Gemv = void (*)(float*, const float*, const float*, index_t, index_t, const float*, bool);
-  Gemv gemv = NR == 16 ? &panel_gemv<1> : NR == 32 ? &panel_gemv<2> : NR == 48 ? &panel_gemv<3>
-              : NR == 64 ? &panel_gemv<4> : nullptr;
+  const Gemv gemv = NR == 16 ? &panel_gemv<1> : NR == 32 ? &panel_gemv<2> : nullptr;
   if (!gemv) return false;
   static thread_local std::vector<float> ping_pong;
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
