@@ -57,6 +57,10 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
   quantized.resize(static_cast<std::size_t>(B * widest_k4));
 
   StridedMatrix<float> in = X;
+  // The range of the layer's input where the layer before found it in its epilogue (dynamic
+  // scales, ReLU or identity: its output is the next input as written).
+  float found_range[2];
+  bool range_found = false;
   for (index_t l = 0; l < L - 1; ++l) {
     const QuantizedLayer& layer = hidden_[static_cast<std::size_t>(l)];
     const index_t K = layer.weights.K, N = layer.weights.N, K4 = layer.weights.K4;
@@ -64,9 +68,10 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
     if (layer.input) {
       q = *layer.input;
     } else {
-      float lo, hi;
+      float lo = found_range[0], hi = found_range[1];
       bool has_nan = false;
-      tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi, &has_nan);
+      if (!range_found)
+        tensor_range(in.data, in.row_stride, in.col_stride, B, K, &lo, &hi, &has_nan);
       if (finite_input && l == 0 && (has_nan || !std::isfinite(lo) || !std::isfinite(hi)))
         return false;
       if (!std::isfinite(lo) || !std::isfinite(hi)) {
@@ -92,7 +97,11 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
     ep.bias = layer.bias.data();
     ep.relu = activation_ == Activation::relu;
     float* out = buffers + (l % 2) * B * widest;
-    int8_gemm(quantized.data(), K4, B, layer.weights, out, N, ep);
+    const bool next_dynamic = l + 1 < L - 1 && !hidden_[static_cast<std::size_t>(l + 1)].input;
+    range_found = next_dynamic &&
+                  (activation_ == Activation::relu || activation_ == Activation::identity);
+    int8_gemm(quantized.data(), K4, B, layer.weights, out, N, ep,
+              range_found ? found_range : nullptr);
     if (activation_ == Activation::tanh || activation_ == Activation::logistic)
       activation_forward_inplace(out, B * N, activation_);
     in = StridedMatrix<float>{out, N, 1};

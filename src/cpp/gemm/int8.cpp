@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "../cpu.h"
 #include "../threads.h"
@@ -177,15 +178,19 @@ PackedInt8Weights::PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t
 }
 
 void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
-               float* c, index_t ldc, const Int8Epilogue& ep) {
+               float* c, index_t ldc, const Int8Epilogue& ep, float* range) {
   const Int8Kernels k = active_int8_kernels();
   const index_t panel_stride = 16 * W.K4;
+  // Each task's range lanes (int8.h), 0 at first (0 is in every range).
+  constexpr index_t kRangeLanes = 32;
+  std::vector<float> lanes;
   // Rows [i0, i1) × column groups [g0, g1): column groups outer, so that a group's 4 panels
   // (64·K4 bytes, 50 KB for K = 784) stay in L1/L2 while every row block streams past them.
-  auto run = [&](index_t i0, index_t i1, index_t g0, index_t g1) {
+  auto run = [&](index_t i0, index_t i1, index_t g0, index_t g1, index_t task) {
     for (index_t j = 64 * g0; j < std::min(W.N, 64 * g1); j += 64) {
       const index_t n = std::min<index_t>(64, W.N - j);
       Int8Epilogue tile = ep;
+      if (range) tile.range_lanes = lanes.data() + task * kRangeLanes;
       if (!ep.raw) {
         tile.zero_correction += j;
         tile.scale += j;
@@ -206,20 +211,33 @@ void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8W
   // float32 rate (benchmarks/README.md, "Inference"), so it weighs a third of its operations.
   const double weight = 2.0 * static_cast<double>(M) * static_cast<double>(W.N) *
                         static_cast<double>(W.K) / 3.0;
-  if (threads <= 1 || (mode != ParallelMode::parallel && !gemm_split_pays<float>(weight)))
-    return run(0, M, 0, groups);
+  const bool serial =
+      threads <= 1 || (mode != ParallelMode::parallel && !gemm_split_pays<float>(weight));
   // One task per thread, over column groups when there are enough (each task then reads its
   // own weights), else over row blocks; every element is computed by the same kernel calls
   // whoever runs them, so the result is the same for any thread count.
   const index_t row_blocks = (M + k.MR - 1) / k.MR;
-  const index_t tasks = std::min(threads, std::max(groups, row_blocks));
-  parallel_for(static_cast<int>(tasks), [&](int t) {
-    if (groups >= tasks)
-      run(0, M, t * groups / tasks, (t + 1) * groups / tasks);
-    else
-      run(std::min(M, t * row_blocks / tasks * k.MR),
-          std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups);
-  });
+  const index_t tasks = serial ? 1 : std::min(threads, std::max(groups, row_blocks));
+  if (range) lanes.assign(static_cast<std::size_t>(tasks * kRangeLanes), 0.0f);
+  if (serial) {
+    run(0, M, 0, groups, 0);
+  } else {
+    parallel_for(static_cast<int>(tasks), [&](int t) {
+      if (groups >= tasks)
+        run(0, M, t * groups / tasks, (t + 1) * groups / tasks, t);
+      else
+        run(std::min(M, t * row_blocks / tasks * k.MR),
+            std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups, t);
+    });
+  }
+  if (range) {
+    range[0] = range[1] = 0.0f;
+    for (index_t t = 0; t < tasks; ++t)
+      for (index_t lane = 0; lane < 16; ++lane) {
+        range[0] = std::min(range[0], lanes[t * kRangeLanes + lane]);
+        range[1] = std::max(range[1], lanes[t * kRangeLanes + 16 + lane]);
+      }
+  }
 }
 
 QuantParams quant_params(float lo, float hi) {

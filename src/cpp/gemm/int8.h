@@ -53,6 +53,10 @@ struct Int8Epilogue {
   bool relu = false;
   std::int32_t* raw = nullptr;
   index_t ld_raw = 0;
+  // Optional (not with raw): 32 floats, lane minima [0, 16) and maxima [16, 32), lowered and
+  // raised by every value the kernel writes (in any lane: int8_gemm reduces them), so that the
+  // next layer's dynamic scale needs no pass of its own over this output.
+  float* range_lanes = nullptr;
 };
 
 // The epilogue of column j's int32 sum, as every kernel applies it to the elements it writes
@@ -60,7 +64,12 @@ struct Int8Epilogue {
 static inline float int8_output(std::int32_t sum, index_t j, const Int8Epilogue& ep) {
   const float product = static_cast<float>(sum - ep.zero_correction[j]) * ep.scale[j];
   const float value = product + ep.bias[j];
-  return ep.relu && !(value > 0.0f) ? 0.0f : value;
+  const float out = ep.relu && !(value > 0.0f) ? 0.0f : value;
+  if (ep.range_lanes) {
+    ep.range_lanes[0] = out < ep.range_lanes[0] ? out : ep.range_lanes[0];
+    ep.range_lanes[16] = out > ep.range_lanes[16] ? out : ep.range_lanes[16];
+  }
+  return out;
 }
 
 // W_q (N,K) packed: panels of 16 channels, each K4/4 groups of 64 bytes (channel-major inside
@@ -102,8 +111,10 @@ Int8Kernels avxvnni_int8_kernels();     // kernels/avxvnni/
 // The product of Xq (M rows of K4 bytes, row stride lda, bytes K..K4 of a row zero or any
 // value: the weights' padding is zero) with the packed weights through ep (its arrays of N
 // channels; raw, if set, (M,N) with row stride ld_raw), into c (M,N) row stride ldc.
+// range (if given, not with raw): {min, max} of the outputs written and 0, as tensor_range's
+// lo and hi (the outputs are never NaN: finite or ±inf).
 void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
-               float* c, index_t ldc, const Int8Epilogue& ep);
+               float* c, index_t ldc, const Int8Epilogue& ep, float* range = nullptr);
 
 // ---- activation quantization ---------------------------------------------------------------
 

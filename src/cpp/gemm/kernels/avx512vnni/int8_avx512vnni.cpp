@@ -50,6 +50,12 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
   }
   const __m512i acc[6][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
                              {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}};
+  // The range lanes (int8.h): the valid columns' values folded in, masked.
+  __m512 lane_min = _mm512_setzero_ps(), lane_max = _mm512_setzero_ps();
+  if (ep.range_lanes) {
+    lane_min = _mm512_loadu_ps(ep.range_lanes);
+    lane_max = _mm512_loadu_ps(ep.range_lanes + 16);
+  }
   for (int v = 0; v < 4 && 16 * v < n; ++v) {
     const index_t cols = n - 16 * v < 16 ? n - 16 * v : 16;
     const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1u);
@@ -67,7 +73,13 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
       __m512 value = _mm512_add_ps(product, bias);
       if (ep.relu) value = _mm512_max_ps(value, _mm512_setzero_ps());  // max(v, 0): 0 for NaN
       _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask, value);
+      lane_min = _mm512_mask_min_ps(lane_min, mask, value, lane_min);
+      lane_max = _mm512_mask_max_ps(lane_max, mask, value, lane_max);
     }
+  }
+  if (ep.range_lanes) {
+    _mm512_storeu_ps(ep.range_lanes, lane_min);
+    _mm512_storeu_ps(ep.range_lanes + 16, lane_max);
   }
 }
 
@@ -142,7 +154,9 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
     const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inverse), lo), hi);
     return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
   };
-  for (index_t i = 0; i < M; ++i) {
+  // Rows last to first: a dynamic scale's range pass has just read x first to last, so its
+  // last rows are the ones still in L2 (mnist batch of 256, 0.8 MB of X: ~2 µs less).
+  for (index_t i = M - 1; i >= 0; --i) {
     std::uint8_t* row = out + i * ldo;
     const float* xr = x + i * rs;
     index_t p = 0;
