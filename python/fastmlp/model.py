@@ -192,6 +192,7 @@ class MLP(Outputs):
         self._training = False
         self._trainer_thread = None
         self._packed = None  # the weights packed for inference (_packed_weights)
+        self._packed_isa = None  # the ISA they were packed for (packed.isa, kept as a str)
         _LIVE_MODELS.add(self)
 
     # ---- architecture -------------------------------------------------------------------
@@ -301,18 +302,20 @@ class MLP(Outputs):
         with lock:
             self._packed = None
 
-    def _packed_weights(self):
+    def _packed_weights(self, isa: str | None = None):
         """The weights packed for the active ISA's GEMM kernels (built now if missing or
         packed for another ISA), or None while the model trains (the engine is updating the
         weights in place) and for bfloat16 products (which pack their own operands).
         Call with the lock held."""
         if self._training or self._precision != "float32":
             return None
+        isa = isa or _core.isa()
         packed = self._packed
-        if packed is None or packed.isa != _core.isa():
+        if packed is None or self._packed_isa != isa:
             pack_type = (_core.PackedWeightsFloat32 if self._dtype == np.float32
                          else _core.PackedWeightsFloat64)
             packed = self._packed = pack_type(self._weights, self._biases)
+            self._packed_isa = packed.isa
         return packed
 
     @property
@@ -351,8 +354,9 @@ class MLP(Outputs):
         of more than one row, and a float32 batch of one on AVX-512 (a GEMV over the panels,
         one contiguous stream of weights), read the weights packed once, then reused; other
         batches of one read W in place (None)."""
-        if rows > 1 or (self._dtype == np.float32 and _core.isa() == "avx512"):
-            return self._packed_weights()
+        isa = _core.isa()
+        if rows > 1 or (isa == "avx512" and self._dtype.char == "f"):
+            return self._packed_weights(isa)
         return None
 
     # ---- loss and gradients -------------------------------------------------------------
@@ -522,6 +526,7 @@ class MLP(Outputs):
             state["_weights"] = [w.copy() for w in self._weights]
             state["_biases"] = [b.copy() for b in self._biases]
         del state["_lock"], state["_training"], state["_trainer_thread"], state["_packed"]
+        state.pop("_packed_isa", None)
         return state
 
     def __setstate__(self, state):
@@ -536,6 +541,7 @@ class MLP(Outputs):
         self._training = False
         self._trainer_thread = None
         self._packed = None
+        self._packed_isa = None
         _LIVE_MODELS.add(self)
 
     def _snapshot(self) -> io.ModelRecord:
