@@ -42,6 +42,7 @@ import numpy as np
 
 from fastmlp import _core
 from fastmlp._data_sources import ArrayBlocks, ParquetSource, epoch_parts
+from fastmlp._node_exchange import NodeExchange, shard_ranges
 from fastmlp._shuffle import block_shuffled_order
 from fastmlp._sparse import SparseInput
 from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
@@ -54,6 +55,9 @@ __all__ = ["fit", "rank_epoch_seed", "rank_epoch_order", "rank_block_epoch_order
            "run_agreed", "BUCKET_BYTES"]
 
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket (bucket_cap_mb=25)
+# Ranks that share one node exchange gradients over shared memory (_node_exchange.py) unless
+# this is False or FASTMLP_MPI_NODE_EXCHANGE=0 (then MPI allreduce, as across nodes).
+NODE_EXCHANGE = True
 _TAIL = 3
 _OK, _DIVERGED, _RAISED = 0, 1, 2
 
@@ -247,50 +251,48 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
 
         trainer = new_trainer(model, optimizer, batch_size, args.alpha)
         trained = _parameter_ids(model)
-        dtype = model._dtype
-        grad = np.empty(trainer.gradient_elements() + _TAIL, dtype=dtype)
-        buckets = _buckets(grad.size, grad.itemsize)
-        scale_before_sum = args.weights is not None  # unweighted: equal rows on every rank
-        for epoch in range(start_epoch, args.epochs):
-            started = time.perf_counter()
-            epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
-            make = _streamed_batches if streamed else _in_memory_batches
-            total = penalty = 0.0
-            samples, fell_back = 0, False
-            with contextlib.closing(make(trainer, args, epoch_seed, rank, batch_size,
-                                         epoch_length)) as batches:
-                for _ in range(steps_per_epoch):
-                    # A read that fails (data read from disk) fails this rank's step: the
-                    # other ranks learn it in the step's allreduce.
-                    data, error = None, None
-                    try:
-                        data = next(batches)
-                    except Exception as exc:  # noqa: BLE001 - agreed on in _step
-                        error = exc
-                    loss, penalty_step, rows, fell = _step(
-                        comm, MPI, trainer, data, error, args, grad, buckets, batch_size,
-                        ranks, scale_before_sum, epoch)
-                    total += (loss + penalty_step) * rows
-                    penalty += penalty_step * rows
-                    samples += rows
-                    fell_back |= fell
-            elapsed = time.perf_counter() - started
-            history.loss.append(total / samples)
-            history.l2_penalty.append(penalty / samples)
-            history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)
-            # (any rank's contention guard: docs/threads.md)
-            history.one_thread_fallback.append(comm.allreduce(fell_back, op=MPI.LOR))
-            stop = _collective(comm, "ending an epoch", lambda: _end_epoch(
-                comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
-                checkpoint, verbose, rank))
-            _check_replicas(comm, model, epoch)
-            if comm.allreduce(bool(stop), op=MPI.LOR):
-                break
-            if _parameter_ids(model) != trained:  # a callback assigned new arrays
-                trainer = new_trainer(model, optimizer, batch_size, args.alpha)
-                trained = _parameter_ids(model)
-        return history
+        exchange = _Exchange.create(comm, MPI, trainer.gradient_elements(), model._dtype,
+                                    args.weights is not None)
+        with _freed_together(exchange):
+            for epoch in range(start_epoch, args.epochs):
+                started = time.perf_counter()
+                epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
+                make = _streamed_batches if streamed else _in_memory_batches
+                total = penalty = 0.0
+                samples, fell_back = 0, False
+                with contextlib.closing(make(trainer, args, epoch_seed, rank, batch_size,
+                                             epoch_length)) as batches:
+                    for _ in range(steps_per_epoch):
+                        # A read that fails (data read from disk) fails this rank's step: the
+                        # other ranks learn it in the step's allreduce.
+                        data, error = None, None
+                        try:
+                            data = next(batches)
+                        except Exception as exc:  # noqa: BLE001 - agreed on in _step
+                            error = exc
+                        loss, penalty_step, rows, fell = exchange.step(trainer, data, error,
+                                                                       args, batch_size, epoch)
+                        total += (loss + penalty_step) * rows
+                        penalty += penalty_step * rows
+                        samples += rows
+                        fell_back |= fell
+                elapsed = time.perf_counter() - started
+                history.loss.append(total / samples)
+                history.l2_penalty.append(penalty / samples)
+                history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)
+                # (any rank's contention guard: docs/threads.md)
+                history.one_thread_fallback.append(comm.allreduce(fell_back, op=MPI.LOR))
+                stop = _collective(comm, "ending an epoch", lambda: _end_epoch(
+                    comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
+                    checkpoint, verbose, rank))
+                _check_replicas(comm, model, epoch)
+                if comm.allreduce(bool(stop), op=MPI.LOR):
+                    break
+                if _parameter_ids(model) != trained:  # a callback assigned new arrays
+                    trainer = new_trainer(model, optimizer, batch_size, args.alpha)
+                    trained = _parameter_ids(model)
 
+        return history
 
 def broadcast_parameters(comm, model) -> None:
     """Collective: rank 0's parameters received into every rank's model's own arrays (its
@@ -367,12 +369,11 @@ def _streamed_batches(trainer, args, epoch_seed, rank, batch_size, epoch_length)
                 yield part.X, part.y, part.weights
 
 
-def _step(comm, MPI, trainer, data, error, args, grad, buckets, batch_size, ranks,
-          scale_before_sum, epoch):
-    """One data-parallel step on the next batch of data (X, y, weights), or, when this rank
-    could not get it, a step that reports error; returns (global data loss, L2 penalty,
-    global rows, whether this rank's contention guard fell back to one thread)."""
-    gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
+def _local_gradient(trainer, data, error, buffer, batch_size, ranks, weighted):
+    """This rank's part of a step: the gradient of its next batch of data (X, y, weights) into
+    buffer[:-TAIL] and the tail [weight sum, weight sum × loss, flag] into buffer[-TAIL:]
+    (error: this rank could not get the batch). Returns (the error it met or None, rows,
+    Σ‖W‖² before the step, whether its contention guard fell back to one thread)."""
     try:
         if error is not None:
             raise error
@@ -380,30 +381,132 @@ def _step(comm, MPI, trainer, data, error, args, grad, buckets, batch_size, rank
         # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
         # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
         loss, rows, weight_sum, squares, fell_back = trainer.gradient_step(
-            *data, batch_size, gradient, 1.0 if scale_before_sum else 1.0 / ranks)
+            *data, batch_size, buffer[:-_TAIL], 1.0 if weighted else 1.0 / ranks)
         flag = _OK if math.isfinite(loss) else _DIVERGED
     except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
         error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
         fell_back = False
+    buffer[-_TAIL:] = (weight_sum, loss * weight_sum if flag == _OK else 0.0, flag)
+    return error, rows, squares, fell_back
+
+
+def _agreed_outcome(comm, tails, error, epoch):
+    """Every rank's tail summed (in rank order): raises on every rank when a rank's step
+    failed; else (total weight, Σ weight × loss)."""
+    flag = max(float(t[2]) for t in tails)  # (a sum of flags from the allreduce: its max)
     if flag != _OK:
-        loss = 0.0
-    elif scale_before_sum:
-        gradient *= weight_sum
-    tail[0], tail[1], tail[2] = weight_sum, loss * weight_sum, flag
-    for bucket in buckets:
-        comm.Allreduce(MPI.IN_PLACE, grad[bucket], op=MPI.SUM)
-    if tail[2] != _OK:
-        if tail[2] >= _RAISED:
+        if flag >= _RAISED:
             _agree(comm, error, f"computing a step of epoch {epoch + 1}")
         raise _AgreedError(diverged(epoch))
-    total_weight = float(tail[0])
-    if scale_before_sum:
-        gradient *= 1.0 / total_weight
-    global_rows = rows * ranks  # every rank runs the same rows per step (shards wrap)
-    if not trainer.apply_gradients(gradient, global_rows):
-        raise _AgreedError(diverged(epoch))  # identical replicas: every rank sees it
-    penalty = 0.5 * args.alpha * squares / global_rows
-    return float(tail[1]) / total_weight, penalty, global_rows, fell_back
+    return sum(float(t[0]) for t in tails), sum(float(t[1]) for t in tails)
+
+
+class _Exchange:
+    """How a step's gradients are summed over the ranks and the update applied: over shared
+    memory when every rank is on one node (_node_exchange.py), else MPI allreduce."""
+
+    def __init__(self, comm, MPI, elements, dtype, weighted):
+        self.comm, self.MPI, self.weighted = comm, MPI, weighted
+        self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
+        self.elements, self.steps, self.node = elements, 0, None
+        self.grad = None  # the allreduce's buffer
+
+    @classmethod
+    def create(cls, comm, MPI, elements, dtype, weighted) -> _Exchange:
+        """Collective: the node's shared memory when every rank wants it (NODE_EXCHANGE, the
+        FASTMLP_MPI_NODE_EXCHANGE variable not "0") and it can be had, else the allreduce."""
+        exchange = cls(comm, MPI, elements, dtype, weighted)
+        wanted = NODE_EXCHANGE and os.environ.get("FASTMLP_MPI_NODE_EXCHANGE", "1") != "0"
+        if comm.allreduce(wanted, op=MPI.LAND):
+            # (one more value per slot: whether the rank's sharded update stayed finite)
+            exchange.node = NodeExchange.create(comm, MPI, elements + _TAIL + 1, dtype)
+        if exchange.node is None:
+            exchange.grad = np.empty(elements + _TAIL, dtype=dtype)
+            exchange.buckets = _buckets(exchange.grad.size, exchange.grad.itemsize)
+        else:
+            exchange.ranges = shard_ranges(elements, exchange.ranks)
+        return exchange
+
+    def free(self) -> None:
+        """Collective: releases the shared memory (call where every rank does)."""
+        if self.node is not None:
+            self.node.free()
+            self.node = None
+
+    def step(self, trainer, data, error, args, batch_size, epoch):
+        """One data-parallel step on the next batch of data, or, when this rank could not
+        get it, a step that reports error; returns (global data loss, L2 penalty, global
+        rows, whether this rank's contention guard fell back to one thread)."""
+        step = self.steps
+        self.steps += 1
+        slot = self.grad if self.node is None else self.node.slot(step)[:-1]
+        error, rows, squares, fell_back = _local_gradient(
+            trainer, data, error, slot, batch_size, self.ranks, self.weighted)
+        global_rows = rows * self.ranks  # every rank runs the same rows per step (shards wrap)
+        if self.node is None:
+            total_weight, loss_sum = self._allreduce_update(trainer, error, global_rows, epoch)
+        else:
+            total_weight, loss_sum = self._node_update(trainer, error, global_rows, epoch, step)
+        penalty = 0.5 * args.alpha * squares / global_rows
+        return loss_sum / total_weight, penalty, global_rows, fell_back
+
+    def _allreduce_update(self, trainer, error, global_rows, epoch):
+        MPI, grad = self.MPI, self.grad
+        gradient, tail = grad[:-_TAIL], grad[-_TAIL:]
+        if self.weighted and tail[2] == _OK:
+            gradient *= tail[0]
+        for bucket in self.buckets:
+            self.comm.Allreduce(MPI.IN_PLACE, grad[bucket], op=MPI.SUM)
+        total_weight, loss_sum = _agreed_outcome(self.comm, [tail], error, epoch)
+        if self.weighted:
+            gradient *= 1.0 / total_weight
+        if not trainer.apply_gradients(gradient, global_rows):
+            raise _AgreedError(diverged(epoch))  # identical replicas: every rank sees it
+        return total_weight, loss_sum
+
+    def _node_update(self, trainer, error, global_rows, epoch, step):
+        node = self.node
+        node.exchange()
+        slots = node.sources(step)
+        total_weight, loss_sum = _agreed_outcome(
+            self.comm, [s[-_TAIL - 1:-1] for s in slots], error, epoch)
+        gradients = [s[:self.elements] for s in slots]
+        coefficients = ([float(s[-_TAIL - 1]) / total_weight for s in slots] if self.weighted
+                        else [1.0] * self.ranks)
+        if trainer.update_reads_state() or self.ranks == 1:
+            # Every rank updates everything (its own optimizer state stays current).
+            finite = trainer.apply_gradient_sum(gradients, coefficients, global_rows, 0,
+                                                self.elements)
+            trainer.finish_gradient_sum(finite, 0, self.elements)
+        else:
+            # This rank's slice, published over its own gradient there (which no other rank
+            # reads), then every other rank's slice copied from theirs.
+            begin, end = self.ranges[self.rank]
+            mine = slots[self.rank]
+            mine[-1] = trainer.apply_gradient_sum(gradients, coefficients, global_rows, begin,
+                                                  end, publish=mine[:self.elements])
+            node.exchange()
+            finite = all(s[-1] == 1 for s in slots)
+            trainer.finish_gradient_sum(finite, begin, end)
+            if finite:
+                for r, (first, last) in enumerate(self.ranges):
+                    if r != self.rank:
+                        trainer.set_flat_parameters(gradients[r], first, last)
+        if not finite:
+            raise _AgreedError(diverged(epoch))  # every rank knows it
+        return total_weight, loss_sum
+
+
+@contextlib.contextmanager
+def _freed_together(exchange):
+    """Frees the exchange's shared memory (collective) when fit ends on every rank together:
+    normally or with an error all ranks raise. Any other error aborts the job (fit)."""
+    try:
+        yield exchange
+    except _AgreedError:
+        exchange.free()
+        raise
+    exchange.free()
 
 
 def _end_epoch(comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
