@@ -151,6 +151,8 @@ def mpiexec() -> str | None:
 def launch(impl, net, epochs, ranks) -> dict | None:
     env = dict(os.environ, FASTMLP_NUM_THREADS="1", OMP_NUM_THREADS="1",
                HYDRA_LAUNCHER="fork")
+    if impl == "fastmlp-allreduce":  # the path of ranks on different nodes, on this one
+        env["FASTMLP_MPI_NODE_EXCHANGE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         env["STORE"] = os.path.join(tmp, "store")
         command = [sys.executable, __file__, "--worker", impl, net, str(epochs), str(ranks)]
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--nets", default="mnist,wide")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's runs")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -176,7 +179,7 @@ def main() -> None:
         if impl == "fastmlp-2-threads":  # one process, 2 threads: the ranks-or-threads choice
             result = run_fastmlp(net, int(epochs), False, threads=2)
         else:
-            run = run_fastmlp if impl == "fastmlp" else run_torch
+            run = run_fastmlp if impl.startswith("fastmlp") else run_torch
             result = run(net, int(epochs), int(ranks) > 1)
         if result is not None:
             print("RESULT " + json.dumps(result), flush=True)
@@ -185,8 +188,9 @@ def main() -> None:
     from common import environment_report, optional_torch
     print("\n".join(environment_report()))
     print(f"mpiexec   {mpiexec()}; {os.cpu_count()} CPUs shared with other work (noisy)")
-    configs = [("fastmlp", 1), ("fastmlp", 2), ("fastmlp-2-threads", 1)]
-    if optional_torch() is not None:
+    configs = [("fastmlp", 1), ("fastmlp", 2), ("fastmlp-allreduce", 2),
+               ("fastmlp-2-threads", 1)]
+    if optional_torch() is not None and not args.no_torch:
         configs += [("torch", 1), ("torch", 2)]
     for net in args.nets.split(","):
         results = {config: [] for config in configs}
@@ -204,11 +208,14 @@ def main() -> None:
         print(f"\n{net} {'-'.join(map(str, sizes))}, B {batch} per rank, "
               f"median of {args.repeats}, global samples/s")
         for (impl, ranks), value in median.items():
-            label = ("fastmlp  1 process × 2 threads" if impl == "fastmlp-2-threads"
-                     else f"{impl:8s} {ranks} rank(s) × 1 thread")
+            label = {"fastmlp-2-threads": "fastmlp  1 process × 2 threads",
+                     "fastmlp-allreduce": "fastmlp  2 ranks, MPI allreduce"}.get(
+                         impl, f"{impl:8s} {ranks} rank(s) × 1 thread")
             print(f"  {label:31s} {value:10,.0f}")
         fast2 = median[("fastmlp", 2)]
         print(f"  fastmlp 2 ranks / fastmlp 1 process  {fast2 / median[('fastmlp', 1)]:.2f}x")
+        print(f"  fastmlp 2 ranks, MPI allreduce / fastmlp 1 process  "
+              f"{median[('fastmlp-allreduce', 2)] / median[('fastmlp', 1)]:.2f}x")
         print(f"  fastmlp 2 ranks / fastmlp 1 process × 2 threads  "
               f"{fast2 / median[('fastmlp-2-threads', 1)]:.2f}x")
         if ("torch", 2) in median:

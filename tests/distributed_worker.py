@@ -43,10 +43,21 @@ def global_batches(shards, epochs, seed, shuffle, rank_order=None):
     return [np.concatenate([shards[r][k][rows] for r, rows in parts]) for k in range(3)]
 
 
-def equivalence():
+def equivalence(exchange):
     failures = []
+    _distributed.NODE_EXCHANGE = exchange == "shared_memory"
+    used = []  # whether each fit exchanged over shared memory
+    create = _distributed._Exchange.create
+
+    def recording(*args):
+        exchange = create(*args)
+        used.append(exchange.node is not None)
+        return exchange
+    _distributed._Exchange.create = recording
     for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        # (Plain SGD's update is sharded over the ranks of a node: _node_exchange.py.)
         for name, make in (("sgd", lambda: SGD(lr=0.05, momentum=0.9)),
+                           ("plain sgd", lambda: SGD(lr=0.05)),
                            ("adam", lambda: Adam(lr=1e-3))):
             for unequal, weighted, alpha in ((False, False, 0.0), (True, True, 1e-3)):
                 n_rows = 80 if rank == 0 or not unequal else 53  # 10 steps/epoch × 2 epochs
@@ -87,8 +98,11 @@ def equivalence():
                 val_loss = reference.loss(*val)
                 if not np.isclose(history.val_loss[-1], val_loss, rtol=1e-4):
                     failures.append(f"{label}: val_loss {history.val_loss[-1]} vs {val_loss}")
+                if used[-1] != _distributed.NODE_EXCHANGE:
+                    failures.append(f"{label}: the exchange was not {exchange}")
                 print(f"checked {label}", flush=True)
     if rank == 0:
+        print(f"exchange: {'shared memory' if _distributed.NODE_EXCHANGE else 'allreduce'}")
         print("\n".join(failures) or "EQUIVALENT", flush=True)
         sys.exit(1 if failures else 0)
 
@@ -335,6 +349,48 @@ def failing(error):
     MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, comm=comm)
 
 
+class FailingUpdate:
+    """The engine whose update at its `at`-th step is not finite: rank 1's slice of a sharded
+    update (an infinite gradient there), every rank's when each updates everything;
+    snapshot: the parameters before that step."""
+
+    def __init__(self, trainer, model, at):
+        self.trainer, self.model, self.at, self.calls = trainer, model, at, 0
+        self.snapshot = None
+
+    def __getattr__(self, name):
+        return getattr(self.trainer, name)
+
+    def apply_gradient_sum(self, grads, coefficients, rows, begin, end, publish=None):
+        self.calls += 1
+        if self.calls == self.at:
+            self.snapshot = [a.copy() for a in self.model.weights + self.model.biases]
+            # (A rank that updates everything sums what every rank sums: inject on all.)
+            if rank == 1 or (begin, end) == (0, grads[0].size):
+                grads = [g.copy() for g in grads]
+                grads[0][end - 1] = np.inf
+        return self.trainer.apply_gradient_sum(grads, coefficients, rows, begin, end, publish)
+
+
+def update_fails_on_one_rank(optimizer):
+    """Rank 1's update of step 3 is not finite: every rank raises FloatingPointError with the
+    parameters of before that step, the replicas equal."""
+    X, y, _ = shard(80, rank, np.float32)
+    model = MLP(SIZES, seed=0)
+    make, engines = _distributed.new_trainer, []
+    _distributed.new_trainer = lambda *a: engines.append(FailingUpdate(make(*a), model, 3)) \
+        or engines[-1]
+    try:
+        model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
+    except FloatingPointError:
+        params = [a for a in model.weights + model.biases]
+        kept = all(np.array_equal(a, b) for a, b in zip(params, engines[0].snapshot))
+        everyone = comm.allgather(params)
+        same = all(np.array_equal(a, b) for a, b in zip(*everyone))
+        print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}")
+        raise
+
+
 def checkpoint_and_callbacks(directory):
     """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4; a callback
     that asks to stop on one rank stops every rank."""
@@ -360,7 +416,7 @@ def checkpoint_and_callbacks(directory):
 def main():
     mode = sys.argv[1]
     if mode == "equivalence":
-        return equivalence()
+        return equivalence(sys.argv[2])
     if mode == "estimators":
         return estimators()
     if mode == "threads":  # run without FASTMLP_NUM_THREADS / OMP_NUM_THREADS
@@ -385,6 +441,10 @@ def main():
             failing(ValueError("injected failure"))
         elif mode == "interrupt":  # one rank alone: no agreement possible, the job aborts
             failing(KeyboardInterrupt())
+        elif mode == "update_fails_sharded":
+            update_fails_on_one_rank(SGD(lr=0.1))
+        elif mode == "update_fails_everywhere":  # momentum: every rank updates everything
+            update_fails_on_one_rank(SGD(lr=0.1, momentum=0.9))
         elif mode == "bad_labels":
             X, y, _ = shard(40, rank, np.float32)
             if rank == 1:
