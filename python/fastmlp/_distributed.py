@@ -247,12 +247,11 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
             state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
             if rank != 0:
                 optimizer.load_state_dict(state)
-        broadcast_parameters(comm, model)
-
         trainer = new_trainer(model, optimizer, batch_size, args.alpha)
         trained = _parameter_ids(model)
         exchange = _Exchange.create(comm, MPI, trainer.gradient_elements(), model._dtype,
                                     args.weights is not None)
+        exchange.broadcast_parameters(model)
         with _freed_together(exchange):
             for epoch in range(start_epoch, args.epochs):
                 started = time.perf_counter()
@@ -285,7 +284,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                 stop = _collective(comm, "ending an epoch", lambda: _end_epoch(
                     comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,
                     checkpoint, verbose, rank))
-                _check_replicas(comm, model, epoch)
+                exchange.check_replicas(model, epoch)
                 if comm.allreduce(bool(stop), op=MPI.LOR):
                     break
                 if _parameter_ids(model) != trained:  # a callback assigned new arrays
@@ -320,8 +319,12 @@ def _check_replicas(comm, model, epoch) -> None:
     for array in list(model.weights) + list(model.biases):
         digest = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), digest)
     digests = comm.allgather(digest)
-    if len(set(digests)) > 1:
-        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    _raise_if_replicas_differ([r for r, d in enumerate(digests) if d != digests[0]], epoch)
+
+
+def _raise_if_replicas_differ(differ: list[int], epoch) -> None:
+    """The RuntimeError every rank raises when the ranks differ (from rank 0)."""
+    if differ:
         raise _AgreedError(RuntimeError(
             f"{f'after epoch {epoch + 1}' if isinstance(epoch, int) else epoch} the parameters "
             f"of rank(s) {differ} differ from rank 0's (a callback that changes the model "
@@ -432,6 +435,49 @@ class _Exchange:
         if self.node is not None:
             self.node.free()
             self.node = None
+
+    def broadcast_parameters(self, model) -> None:
+        """Collective: rank 0's parameters into every rank's model (broadcast_parameters),
+        over shared memory: rank 0 writes them into its slot of odd steps (which the first
+        step does not use, and the others have read before the second)."""
+        if self.node is None:
+            return broadcast_parameters(self.comm, model)
+        views = self._parameter_views(model, self.node.sources(1)[0])
+        arrays = model._weights.arrays() + model._biases.arrays()
+        if self.rank == 0:
+            for array, view in zip(arrays, views):
+                view[...] = array
+        self.node.exchange()
+        if self.rank != 0:
+            for array, view in zip(arrays, views):
+                array[...] = view
+        model._drop_pack()
+
+    def check_replicas(self, model, epoch) -> None:
+        """Collective: _check_replicas, over shared memory: every rank writes its parameters
+        into its slot of the next step (which no rank reads now) and compares their bytes
+        with rank 0's, then the ranks agree (an allgather, after which the slots are free)."""
+        if self.node is None:
+            return _check_replicas(self.comm, model, epoch)
+        slots = self.node.sources(self.steps)
+        mine = self._parameter_views(model, slots[self.rank])
+        for array, view in zip(list(model.weights) + list(model.biases), mine):
+            view[...] = array
+        self.node.exchange()
+        size = sum(view.size for view in mine)
+        bits = np.dtype(f"u{slots[0].itemsize}")  # bitwise: NaN equals the same NaN
+        same = np.array_equal(slots[self.rank][:size].view(bits), slots[0][:size].view(bits))
+        verdicts = self.comm.allgather(same)
+        _raise_if_replicas_differ([r for r, ok in enumerate(verdicts) if not ok], epoch)
+
+    @staticmethod
+    def _parameter_views(model, slot):
+        """Views of slot shaped as model's weights then biases, one after the other."""
+        views, start = [], 0
+        for array in list(model.weights) + list(model.biases):
+            views.append(slot[start:start + array.size].reshape(array.shape))
+            start += array.size
+        return views
 
     def step(self, trainer, data, error, args, batch_size, epoch):
         """One data-parallel step on the next batch of data, or, when this rank could not
