@@ -344,9 +344,44 @@ class FailingTrainer:
 def failing(error):
     if rank == 1:
         make = _distributed.new_trainer
-        _distributed.new_trainer = lambda *a: FailingTrainer(make(*a), 5, error)
+        _distributed.new_trainer = lambda *a, **k: FailingTrainer(make(*a, **k), 5, error)
     X, y, _ = shard(80, rank, np.float32)
     MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, comm=comm)
+
+
+def shared_parameters():
+    """Plain SGD on the ranks of one node trains one shared copy of the parameters, each rank
+    updating its slice; callbacks see and change the model between epochs (here: the
+    weights halved on every rank, then momentum switched on, after which each rank trains
+    its own model again). For 2 ranks the sum a + b is the same in any order, so the run
+    must equal the allreduce path's bitwise (unweighted: with sample weights the paths
+    scale in another order), and the model must hold the final weights."""
+    X, y, _ = shard(64 + 8 * rank, 300 + rank, np.float32)  # (unweighted: see above)
+    X_val, y_val, _ = shard(20, 400 + rank, np.float32)
+
+    def callback(model, history):
+        if history.epochs == 1:
+            model.weights = [W * 0.5 for W in model.weights]
+        if history.epochs == 2:
+            optimizer.momentum = 0.9
+    results = {}
+    for exchange in (True, False):
+        _distributed.NODE_EXCHANGE = exchange
+        optimizer = SGD(lr=0.05)
+        model = MLP(SIZES, seed=1)
+        history = model.fit(X, y, epochs=4, batch_size=BATCH, optimizer=optimizer, seed=5,
+                            alpha=1e-3, validation_data=(X_val, y_val),
+                            callbacks=[callback], comm=comm)
+        results[exchange] = (model.weights + model.biases, history, optimizer.state_dict())
+    (mine, history, state), (theirs, reference, reference_state) = results[True], results[False]
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs)), "weights differ"
+    assert history.val_loss == reference.val_loss
+    # (the allreduce sums the losses in the parameters' dtype, shared memory in float64)
+    np.testing.assert_allclose(history.loss, reference.loss, rtol=1e-6)
+    assert all(np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(state["state"], reference_state["state"]))
+    assert state["steps"] == reference_state["steps"] == 4 * 9
+    print(f"rank {rank} shared parameters ok", flush=True)
 
 
 class FailingUpdate:
@@ -361,15 +396,26 @@ class FailingUpdate:
     def __getattr__(self, name):
         return getattr(self.trainer, name)
 
-    def apply_gradient_sum(self, grads, coefficients, rows, begin, end, publish=None):
+    def apply_gradient_sum(self, grads, coefficients, rows, begin, end):
         self.calls += 1
         if self.calls == self.at:
-            self.snapshot = [a.copy() for a in self.model.weights + self.model.biases]
+            # The engine's parameters (the model's are current after each epoch only when
+            # the ranks train a shared copy), per layer from the last: W_l, b_l.
+            flat = np.empty(self.trainer.gradient_elements(), dtype=grads[0].dtype)
+            self.trainer.get_flat_parameters(flat, 0, flat.size)
+            snapshot, start = {}, 0
+            for i in reversed(range(len(self.model.weights))):
+                for kind, array in (("W", self.model.weights[i]), ("b", self.model.biases[i])):
+                    snapshot[kind, i] = flat[start:start + array.size].reshape(array.shape)
+                    start += array.size
+            count = len(self.model.weights)
+            self.snapshot = ([snapshot["W", i] for i in range(count)]
+                             + [snapshot["b", i] for i in range(count)])
             # (A rank that updates everything sums what every rank sums: inject on all.)
             if rank == 1 or (begin, end) == (0, grads[0].size):
                 grads = [g.copy() for g in grads]
                 grads[0][end - 1] = np.inf
-        return self.trainer.apply_gradient_sum(grads, coefficients, rows, begin, end, publish)
+        return self.trainer.apply_gradient_sum(grads, coefficients, rows, begin, end)
 
 
 def update_fails_on_one_rank(optimizer):
@@ -378,13 +424,13 @@ def update_fails_on_one_rank(optimizer):
     X, y, _ = shard(80, rank, np.float32)
     model = MLP(SIZES, seed=0)
     make, engines = _distributed.new_trainer, []
-    _distributed.new_trainer = lambda *a: engines.append(FailingUpdate(make(*a), model, 3)) \
-        or engines[-1]
+    _distributed.new_trainer = lambda *a, **k: engines.append(
+        FailingUpdate(make(*a, **k), model, 3)) or engines[-1]
     try:
         model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
     except FloatingPointError:
         params = [a for a in model.weights + model.biases]
-        kept = all(np.array_equal(a, b) for a, b in zip(params, engines[0].snapshot))
+        kept = all(np.array_equal(a, b) for a, b in zip(params, engines[-1].snapshot))
         everyone = comm.allgather(params)
         same = all(np.array_equal(a, b) for a, b in zip(*everyone))
         print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}")
@@ -392,21 +438,23 @@ def update_fails_on_one_rank(optimizer):
 
 
 def checkpoint_and_callbacks(directory):
-    """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4; a callback
-    that asks to stop on one rank stops every rank."""
+    """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4 (Adam, and
+    plain SGD: the ranks train one shared copy of the parameters); a callback that asks to
+    stop on one rank stops every rank."""
     path = f"{directory}/checkpoint.npz"
     X, y, _ = shard(40 + 7 * rank, rank, np.float64)
     fit = dict(batch_size=BATCH, seed=3, comm=comm)
-    straight = MLP(SIZES, seed=0, dtype=np.float64)
-    expected = straight.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), **fit)
-    MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=2, optimizer=Adam(lr=1e-2),
-                                             checkpoint=path, **fit)
-    resumed = MLP(SIZES, seed=9, dtype=np.float64)  # its own weights are replaced
-    history = resumed.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), checkpoint=path,
-                          resume=True, **fit)
-    assert history.loss == expected.loss, (history.loss, expected.loss)
-    for a, b in zip(straight.weights + straight.biases, resumed.weights + resumed.biases):
-        assert np.array_equal(a, b)
+    for make in (lambda: Adam(lr=1e-2), lambda: SGD(lr=0.1)):
+        straight = MLP(SIZES, seed=0, dtype=np.float64)
+        expected = straight.fit(X, y, epochs=4, optimizer=make(), **fit)
+        MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=2, optimizer=make(),
+                                                 checkpoint=path, **fit)
+        resumed = MLP(SIZES, seed=9, dtype=np.float64)  # its own weights are replaced
+        history = resumed.fit(X, y, epochs=4, optimizer=make(), checkpoint=path,
+                              resume=True, **fit)
+        assert history.loss == expected.loss, (history.loss, expected.loss)
+        for a, b in zip(straight.weights + straight.biases, resumed.weights + resumed.biases):
+            assert np.array_equal(a, b)
     stopped = MLP(SIZES, seed=0).fit(
         X, y, epochs=5, callbacks=[lambda model, h: rank == 1 and h.epochs == 2], **fit)
     assert stopped.epochs == 2, stopped.epochs
@@ -434,6 +482,8 @@ def main():
         return estimators_more()
     if mode == "streamed":
         return streamed(sys.argv[2])
+    if mode == "shared_parameters":
+        return shared_parameters()
     if mode == "checkpoint":
         return checkpoint_and_callbacks(sys.argv[2])
     try:

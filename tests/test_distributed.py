@@ -101,6 +101,12 @@ def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
     assert job.stdout.count("threads ok") == 2
 
 
+def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path():
+    job = run_job("shared_parameters")
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("shared parameters ok") == 2
+
+
 def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):
     job = run_job("checkpoint", 240, str(tmp_path))
     assert job.returncode == 0, job.stdout + job.stderr

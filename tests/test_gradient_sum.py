@@ -53,22 +53,23 @@ def test_sum_of_sources_updates_like_apply_gradients_on_numpys_sum(dtype, make_o
                                    rtol=tolerance, atol=tolerance)
 
 
-def test_a_range_updates_only_its_parameters_and_publishes_them():
+def test_a_range_updates_only_its_parameters():
     # Plain SGD: the update of [begin, end) then of the rest equals one whole update.
     (whole, split), (one, two) = engines(np.float32, lambda: fastmlp.SGD(lr=0.1))
     n = two.gradient_elements()
     grads = [np.random.default_rng(s).standard_normal(n).astype(np.float32) for s in (1, 2)]
     before = flat_parameters(split)
     begin, end = 13, n - 20  # cuts through arrays
-    published = np.full(n, -7.0, dtype=np.float32)
-    assert two.apply_gradient_sum(grads, [1.0, 1.0], 4, begin, end, publish=published)
+    assert two.apply_gradient_sum(grads, [1.0, 1.0], 4, begin, end)
     two.finish_gradient_sum(True, begin, end)
     after = flat_parameters(split)
     assert np.array_equal(after[:begin], before[:begin])
     assert np.array_equal(after[end:], before[end:])
     assert not np.array_equal(after[begin:end], before[begin:end])
-    assert np.array_equal(published[begin:end], after[begin:end])
-    assert np.all(published[:begin] == -7.0) and np.all(published[end:] == -7.0)
+    flat = np.full(n, -7.0, dtype=np.float32)
+    two.get_flat_parameters(flat, begin, end)
+    assert np.array_equal(flat[begin:end], after[begin:end])
+    assert np.all(flat[:begin] == -7.0) and np.all(flat[end:] == -7.0)
     for first, last in ((0, begin), (end, n)):
         assert two.apply_gradient_sum(grads, [1.0, 1.0], 4, first, last)
         two.finish_gradient_sum(True, first, last)
@@ -114,14 +115,10 @@ def test_bad_sources_and_ranges_are_value_errors():
             (([g], [1.0], 0, 0, n), "penalty_rows")):
         with pytest.raises(ValueError, match=message):
             engine.apply_gradient_sum(*args)
-    with pytest.raises(ValueError, match="publish must have shape"):
-        engine.apply_gradient_sum([g], [1.0], 4, 0, n, publish=g[:3].copy())
-    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float64"):
-        engine.apply_gradient_sum([g.astype(np.float64)], [1.0], 4, 0, n)
     read_only = np.zeros(n, np.float32)
     read_only.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
-        engine.apply_gradient_sum([g], [1.0], 4, 0, n, publish=read_only)
+        engine.get_flat_parameters(read_only, 0, n)
     for call in (lambda: engine.finish_gradient_sum(False, 0, n + 1),
                  lambda: engine.set_flat_parameters(g, -1, n)):
         with pytest.raises(ValueError, match="need 0 <= begin <= end"):

@@ -247,13 +247,16 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
             state = comm.bcast(optimizer.state_dict() if rank == 0 else None)
             if rank != 0:
                 optimizer.load_state_dict(state)
-        trainer = new_trainer(model, optimizer, batch_size, args.alpha)
-        trained = _parameter_ids(model)
-        exchange = _Exchange.create(comm, MPI, trainer.gradient_elements(), model._dtype,
-                                    args.weights is not None)
+        exchange = _Exchange.create(comm, MPI, model, args.weights is not None)
         exchange.broadcast_parameters(model)
-        with _freed_together(exchange):
+        trainer = new_trainer(model, optimizer, batch_size, args.alpha)
+        exchange.trained = _parameter_ids(model)
+
+        def make_trainer(parameters):
+            return new_trainer(model, optimizer, batch_size, args.alpha, parameters=parameters)
+        with _freed_together(exchange, model):
             for epoch in range(start_epoch, args.epochs):
+                trainer = exchange.begin_epoch(model, trainer, make_trainer)
                 started = time.perf_counter()
                 epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
                 make = _streamed_batches if streamed else _in_memory_batches
@@ -276,6 +279,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                         samples += rows
                         fell_back |= fell
                 elapsed = time.perf_counter() - started
+                exchange.end_epoch(model)
                 history.loss.append(total / samples)
                 history.l2_penalty.append(penalty / samples)
                 history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)
@@ -287,9 +291,6 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                 exchange.check_replicas(model, epoch)
                 if comm.allreduce(bool(stop), op=MPI.LOR):
                     break
-                if _parameter_ids(model) != trained:  # a callback assigned new arrays
-                    trainer = new_trainer(model, optimizer, batch_size, args.alpha)
-                    trained = _parameter_ids(model)
 
         return history
 
@@ -406,25 +407,34 @@ def _agreed_outcome(comm, tails, error, epoch):
 
 class _Exchange:
     """How a step's gradients are summed over the ranks and the update applied: over shared
-    memory when every rank is on one node (_node_exchange.py), else MPI allreduce."""
+    memory when every rank is on one node (_node_exchange.py), else MPI allreduce. Also
+    chooses the engine of each epoch (begin_epoch): on the model's own arrays, or, for a
+    sharded update, on the node's one shared copy of the parameters."""
 
-    def __init__(self, comm, MPI, elements, dtype, weighted):
+    def __init__(self, comm, MPI, elements, weighted):
         self.comm, self.MPI, self.weighted = comm, MPI, weighted
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
         self.elements, self.steps, self.node = elements, 0, None
         self.grad = None  # the allreduce's buffer
+        # The engine's parameters: None (the model's arrays, `trained` their ids) or the
+        # shared copy's (weights, biases), in which case the model's are current only when
+        # model_current (after end_epoch).
+        self.shared_parameters, self.trained, self.model_current = None, None, True
 
     @classmethod
-    def create(cls, comm, MPI, elements, dtype, weighted) -> _Exchange:
+    def create(cls, comm, MPI, model, weighted) -> _Exchange:
         """Collective: the node's shared memory when every rank wants it (NODE_EXCHANGE, the
         FASTMLP_MPI_NODE_EXCHANGE variable not "0") and it can be had, else the allreduce."""
-        exchange = cls(comm, MPI, elements, dtype, weighted)
+        sizes = model.layer_sizes
+        elements = sum(n_out * (n_in + 1) for n_in, n_out in zip(sizes, sizes[1:]))
+        exchange = cls(comm, MPI, elements, weighted)
         wanted = NODE_EXCHANGE and os.environ.get("FASTMLP_MPI_NODE_EXCHANGE", "1") != "0"
         if comm.allreduce(wanted, op=MPI.LAND):
             # (one more value per slot: whether the rank's sharded update stayed finite)
-            exchange.node = NodeExchange.create(comm, MPI, elements + _TAIL + 1, dtype)
+            exchange.node = NodeExchange.create(comm, MPI, elements + _TAIL + 1, elements,
+                                                model._dtype)
         if exchange.node is None:
-            exchange.grad = np.empty(elements + _TAIL, dtype=dtype)
+            exchange.grad = np.empty(elements + _TAIL, dtype=model._dtype)
             exchange.buckets = _buckets(exchange.grad.size, exchange.grad.itemsize)
         else:
             exchange.ranges = shard_ranges(elements, exchange.ranks)
@@ -436,13 +446,46 @@ class _Exchange:
             self.node.free()
             self.node = None
 
+    def begin_epoch(self, model, trainer, make_trainer):
+        """Collective: the engine for the next epoch, trainer or a new one (make_trainer(
+        parameters=...) gives it). A rule without state (plain SGD) on 2+ ranks of one node
+        trains the node's shared copy of the parameters, which every rank reads, each
+        updating its slice (step); rank 0 copies its model's parameters there (the replicas
+        were checked equal). Otherwise the engine trains each rank's model."""
+        if self.node is not None and self.ranks > 1 and not trainer.update_reads_state():
+            views = _parameter_views(model, self.node.parameters)
+            if self.rank == 0:
+                for array, view in zip(list(model.weights) + list(model.biases), views):
+                    view[...] = array
+            self.node.exchange()
+            if self.shared_parameters is None:
+                count = len(model.weights)
+                self.shared_parameters = (views[:count], views[count:])
+                trainer = make_trainer(parameters=self.shared_parameters)
+            self.model_current = False
+        elif self.shared_parameters is not None or _parameter_ids(model) != self.trained:
+            self.shared_parameters = None  # (the rule has state now)
+            trainer = make_trainer(parameters=None)
+            self.trained = _parameter_ids(model)  # (a callback may assign new arrays)
+        return trainer
+
+    def end_epoch(self, model) -> None:
+        """The model's arrays get the parameters trained in shared memory (this rank's
+        copy; no rank writes them before the next begin_epoch)."""
+        if not self.model_current:
+            arrays = model._weights.arrays() + model._biases.arrays()
+            shared = self.shared_parameters[0] + self.shared_parameters[1]
+            for array, view in zip(arrays, shared):
+                array[...] = view
+            model._drop_pack()
+            self.model_current = True
+
     def broadcast_parameters(self, model) -> None:
         """Collective: rank 0's parameters into every rank's model (broadcast_parameters),
-        over shared memory: rank 0 writes them into its slot of odd steps (which the first
-        step does not use, and the others have read before the second)."""
+        over shared memory: through the parameters' window, before any epoch uses it."""
         if self.node is None:
             return broadcast_parameters(self.comm, model)
-        views = self._parameter_views(model, self.node.sources(1)[0])
+        views = _parameter_views(model, self.node.parameters)
         arrays = model._weights.arrays() + model._biases.arrays()
         if self.rank == 0:
             for array, view in zip(arrays, views):
@@ -451,6 +494,7 @@ class _Exchange:
         if self.rank != 0:
             for array, view in zip(arrays, views):
                 array[...] = view
+        self.node.exchange()  # (read by every rank before begin_epoch writes it again)
         model._drop_pack()
 
     def check_replicas(self, model, epoch) -> None:
@@ -460,7 +504,7 @@ class _Exchange:
         if self.node is None:
             return _check_replicas(self.comm, model, epoch)
         slots = self.node.sources(self.steps)
-        mine = self._parameter_views(model, slots[self.rank])
+        mine = _parameter_views(model, slots[self.rank])
         for array, view in zip(list(model.weights) + list(model.biases), mine):
             view[...] = array
         self.node.exchange()
@@ -469,15 +513,6 @@ class _Exchange:
         same = np.array_equal(slots[self.rank][:size].view(bits), slots[0][:size].view(bits))
         verdicts = self.comm.allgather(same)
         _raise_if_replicas_differ([r for r, ok in enumerate(verdicts) if not ok], epoch)
-
-    @staticmethod
-    def _parameter_views(model, slot):
-        """Views of slot shaped as model's weights then biases, one after the other."""
-        views, start = [], 0
-        for array in list(model.weights) + list(model.biases):
-            views.append(slot[start:start + array.size].reshape(array.shape))
-            start += array.size
-        return views
 
     def step(self, trainer, data, error, args, batch_size, epoch):
         """One data-parallel step on the next batch of data, or, when this rank could not
@@ -512,44 +547,53 @@ class _Exchange:
 
     def _node_update(self, trainer, error, global_rows, epoch, step):
         node = self.node
-        node.exchange()
+        node.exchange()  # every rank's gradient is in its slot; nobody reads parameters now
         slots = node.sources(step)
         total_weight, loss_sum = _agreed_outcome(
             self.comm, [s[-_TAIL - 1:-1] for s in slots], error, epoch)
         gradients = [s[:self.elements] for s in slots]
         coefficients = ([float(s[-_TAIL - 1]) / total_weight for s in slots] if self.weighted
                         else [1.0] * self.ranks)
-        if trainer.update_reads_state() or self.ranks == 1:
-            # Every rank updates everything (its own optimizer state stays current).
+        if self.shared_parameters is None:
+            # Every rank updates its own model from the same sum (its optimizer's state
+            # stays current): the same numbers everywhere, so the same verdict.
             finite = trainer.apply_gradient_sum(gradients, coefficients, global_rows, 0,
                                                 self.elements)
             trainer.finish_gradient_sum(finite, 0, self.elements)
         else:
-            # This rank's slice, published over its own gradient there (which no other rank
-            # reads), then every other rank's slice copied from theirs.
+            # The shared parameters: this rank updates its slice, then the ranks agree on
+            # whether every slice stayed finite (else each puts its slice back).
             begin, end = self.ranges[self.rank]
-            mine = slots[self.rank]
-            mine[-1] = trainer.apply_gradient_sum(gradients, coefficients, global_rows, begin,
-                                                  end, publish=mine[:self.elements])
+            slots[self.rank][-1] = trainer.apply_gradient_sum(
+                gradients, coefficients, global_rows, begin, end)
             node.exchange()
             finite = all(s[-1] == 1 for s in slots)
             trainer.finish_gradient_sum(finite, begin, end)
-            if finite:
-                for r, (first, last) in enumerate(self.ranges):
-                    if r != self.rank:
-                        trainer.set_flat_parameters(gradients[r], first, last)
+            if not finite:
+                node.exchange()  # (every slice restored before anyone reads them)
         if not finite:
             raise _AgreedError(diverged(epoch))  # every rank knows it
         return total_weight, loss_sum
 
 
+def _parameter_views(model, flat):
+    """Views of flat shaped as model's weights then biases, one after the other."""
+    views, start = [], 0
+    for array in list(model.weights) + list(model.biases):
+        views.append(flat[start:start + array.size].reshape(array.shape))
+        start += array.size
+    return views
+
+
 @contextlib.contextmanager
-def _freed_together(exchange):
+def _freed_together(exchange, model):
     """Frees the exchange's shared memory (collective) when fit ends on every rank together:
-    normally or with an error all ranks raise. Any other error aborts the job (fit)."""
+    normally or with an error all ranks raise (the model gets the last parameters first).
+    Any other error aborts the job (fit)."""
     try:
         yield exchange
     except _AgreedError:
+        exchange.end_epoch(model)
         exchange.free()
         raise
     exchange.free()

@@ -1,21 +1,22 @@
-"""The gradient exchange of ranks that share one node: an MPI shared-memory window in place of
+"""The gradient exchange of ranks that share one node: MPI shared-memory windows in place of
 the allreduce (``fit(comm=...)``, _distributed.py; docs/distributed.md).
 
-Every rank owns two slots of the window (even and odd steps), each the flat gradient (the
-engine's layout, trainer.h) followed by the step's TAIL values. A step:
+Every rank owns two slots of one window (even and odd steps), each the flat gradient (the
+engine's layout, trainer.h) followed by the step's TAIL values and one flag; a second window
+holds one copy of the parameters for the whole node. A step:
 
 1. the rank's ``gradient_step`` writes straight into its slot (no copy) and fills the tail;
 2. ``exchange()``: a memory fence and a barrier, after which every slot of this step is
    complete and visible;
 3. the update reads the slots of all ranks, summed in rank order (the same sum, bit for bit,
    on every rank: ``Trainer.apply_gradient_sum``):
-   - sharded (a rule without state, SGD without momentum): rank r updates only its slice
-     ``ranges[r]`` of the parameters, publishes the new values into its own slot over its
-     gradient (which only it reads), and after a second ``exchange()`` each rank copies the
-     other slices: a reduce-scatter, update and allgather with one copy each way, and each
-     rank does 1/R of the update;
-   - full (momentum, Adam: the rule's state must stay current on every rank): every rank
-     updates every parameter from the sum.
+   - sharded (a rule without state, plain SGD): the ranks' engines all train the ONE shared
+     copy of the parameters; rank r updates only its slice ``shard_ranges(...)[r]`` of it,
+     sets its flag (finite or not), and after a second ``exchange()`` the next step reads
+     the whole copy: a reduce-scatter and update with no allgather at all, each rank doing
+     1/R of the update. A slice that is not finite makes every rank put its slice back;
+   - full (momentum, Adam: each rank's optimizer state must stay current): every rank
+     updates its own model from the sum, all of it.
 
 A slot is rewritten two steps later, after everyone passed the next step's barrier and so has
 finished reading it: the two slots make one barrier per step enough (two when sharded).
@@ -33,46 +34,54 @@ _PAGE = 4096
 class NodeExchange:
     """Per-rank slots of a shared-memory window; see the module's documentation."""
 
-    def __init__(self, comm, window, slot_elements: int, dtype: np.dtype):
-        self.comm, self.window = comm, window
+    def __init__(self, comm, windows, slot_elements: int, parameters: int, dtype: np.dtype):
+        self.comm, self.windows = comm, windows
         ranks = comm.Get_size()
         self.slots: list[list[np.ndarray]] = [[], []]  # [parity][rank]
         for r in range(ranks):
-            memory, _ = window.Shared_query(r)
+            memory, _ = windows[0].Shared_query(r)
             whole = np.frombuffer(memory, dtype=dtype)
             stride = whole.size // 2
             for parity in (0, 1):
                 self.slots[parity].append(whole[parity * stride:parity * stride + slot_elements])
+        memory, _ = windows[1].Shared_query(0)
+        self.parameters = np.frombuffer(memory, dtype=dtype)[:parameters]
         self.rank = comm.Get_rank()
 
     @classmethod
-    def create(cls, comm, MPI, slot_elements: int, dtype) -> NodeExchange | None:
+    def create(cls, comm, MPI, slot_elements: int, parameters: int,
+               dtype) -> NodeExchange | None:
         """Collective: the exchange over comm when all its ranks share a node and every rank
-        allocated its window; None on every rank otherwise (the caller's allreduce then)."""
+        allocated its windows (slots of slot_elements, one copy of `parameters` elements);
+        None on every rank otherwise (the caller's allreduce then)."""
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         one_node = comm.allreduce(node.Get_size() == comm.Get_size(), op=MPI.LAND)
         if not one_node:
             node.Free()
             return None
         dtype = np.dtype(dtype)
-        # Two slots, each rank's window on its own pages (alloc_shared_noncontig).
+        # Two slots, each rank's window on its own pages (alloc_shared_noncontig); the
+        # parameters' window held by rank 0.
         slot_bytes = -(-slot_elements * dtype.itemsize // _PAGE) * _PAGE
-        window, error = None, None
+        windows, error = [], None
         info = MPI.Info.Create()
         try:
             info.Set("alloc_shared_noncontig", "true")
-            window = MPI.Win.Allocate_shared(2 * slot_bytes, dtype.itemsize, info, comm=node)
+            for size in (2 * slot_bytes, parameters * dtype.itemsize if node.Get_rank() == 0
+                         else 0):
+                windows.append(MPI.Win.Allocate_shared(size, dtype.itemsize, info, comm=node))
         except MPI.Exception as exc:
             error = exc
         finally:
             info.Free()
         if not node.allreduce(error is None, op=MPI.LAND):
-            if window is not None:
+            for window in windows:
                 window.Free()
             node.Free()
             return None
-        window.Lock_all(MPI.MODE_NOCHECK)
-        return cls(node, window, slot_elements, dtype)
+        for window in windows:
+            window.Lock_all(MPI.MODE_NOCHECK)
+        return cls(node, windows, slot_elements, parameters, dtype)
 
     def slot(self, step: int) -> np.ndarray:
         """This rank's slot for step (writable)."""
@@ -83,16 +92,20 @@ class NodeExchange:
         return self.slots[step % 2]
 
     def exchange(self) -> None:
-        """Collective: what each rank wrote into the window before is visible to all after."""
-        self.window.Sync()
+        """Collective: what each rank wrote into the windows before is visible to all after
+        (MPI's unified memory model: a fence, the barrier, a fence)."""
+        for window in self.windows:
+            window.Sync()
         self.comm.Barrier()
-        self.window.Sync()
+        for window in self.windows:
+            window.Sync()
 
     def free(self) -> None:
-        """Collective: releases the window (call only where every rank does)."""
-        self.slots = [[], []]
-        self.window.Unlock_all()
-        self.window.Free()
+        """Collective: releases the windows (call only where every rank does)."""
+        self.slots, self.parameters = [[], []], None
+        for window in self.windows:
+            window.Unlock_all()
+            window.Free()
         self.comm.Free()
 
 

@@ -889,11 +889,9 @@ class PyTrainer {
 
   // Whether the update from Σ coefficients[s] · grads[s] of the flat elements [begin, end)
   // is finite; see Trainer::apply_gradient_sum (the step stays open: finish_gradient_sum).
-  // grads: arrays of the gradient's shape and dtype, only read (other ranks' shared memory);
-  // publish: None or a writable one, given the updated parameters of [begin, end).
+  // grads: arrays of the gradient's shape and dtype, only read (other ranks' shared memory).
   bool apply_gradient_sum(const py::list& grads, const std::vector<double>& coefficients,
-                          py::ssize_t penalty_rows, py::ssize_t begin, py::ssize_t end,
-                          py::object publish) {
+                          py::ssize_t penalty_rows, py::ssize_t begin, py::ssize_t end) {
     if (penalty_rows < 1) throw py::value_error("penalty_rows must be >= 1");
     check_flat_range(begin, end);
     if (grads.empty() || coefficients.size() != grads.size())
@@ -912,15 +910,8 @@ class PyTrainer {
         throw py::value_error("coefficients must be finite");
       scales.push_back(static_cast<T>(coefficients[s]));
     }
-    T* out = nullptr;
-    py::array out_array;
-    if (!publish.is_none()) {
-      out_array = publish.cast<py::array>();
-      out = writable_contiguous<T>(out_array, "publish");
-      check_flat_shape(out_array, "publish");
-    }
     return without_gil([&] {
-      return trainer_->apply_gradient_sum(sources, scales, begin, end, penalty_rows, out);
+      return trainer_->apply_gradient_sum(sources, scales, begin, end, penalty_rows);
     });
   }
 
@@ -934,6 +925,13 @@ class PyTrainer {
     const T* values = contiguous<T>(flat, "flat");
     check_flat_shape(flat, "flat");
     without_gil([&] { trainer_->set_flat_parameters(values, begin, end); });
+  }
+
+  void get_flat_parameters(py::array& flat, py::ssize_t begin, py::ssize_t end) const {
+    check_flat_range(begin, end);
+    T* values = writable_contiguous<T>(flat, "flat");
+    check_flat_shape(flat, "flat");
+    without_gil([&] { trainer_->get_flat_parameters(values, begin, end); });
   }
 
   bool update_reads_state() const { return trainer_->update_reads_state(); }
@@ -1049,11 +1047,12 @@ void bind_trainer(py::module_& m, const char* name) {
       .def("apply_gradients", &PyTrainer<T>::apply_gradients, py::arg("grad"),
            py::arg("penalty_rows"))
       .def("apply_gradient_sum", &PyTrainer<T>::apply_gradient_sum, py::arg("grads"),
-           py::arg("coefficients"), py::arg("penalty_rows"), py::arg("begin"), py::arg("end"),
-           py::arg("publish") = py::none())
+           py::arg("coefficients"), py::arg("penalty_rows"), py::arg("begin"), py::arg("end"))
       .def("finish_gradient_sum", &PyTrainer<T>::finish_gradient_sum, py::arg("keep"),
            py::arg("begin"), py::arg("end"))
       .def("set_flat_parameters", &PyTrainer<T>::set_flat_parameters, py::arg("flat"),
+           py::arg("begin"), py::arg("end"))
+      .def("get_flat_parameters", &PyTrainer<T>::get_flat_parameters, py::arg("flat"),
            py::arg("begin"), py::arg("end"))
       .def("update_reads_state", &PyTrainer<T>::update_reads_state)
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),

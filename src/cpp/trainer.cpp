@@ -558,7 +558,7 @@ void Trainer<T>::for_each_flat_piece(index_t begin, index_t end, Visit&& visit) 
 template <class T>
 bool Trainer<T>::apply_gradient_sum(const std::vector<const T*>& grads,
                                     const std::vector<T>& coefficients, index_t begin,
-                                    index_t end, index_t penalty_rows, T* publish) {
+                                    index_t end, index_t penalty_rows) {
   if (cfg_.sparse_input)
     throw std::invalid_argument("apply_gradient_sum needs dense input's parameter layout");
   if (grads.empty() || grads.size() != coefficients.size() || begin < 0 || begin > end ||
@@ -588,7 +588,6 @@ bool Trainer<T>::apply_gradient_sum(const std::vector<const T*>& grads,
           for (index_t k = 0; k < m; ++k) sum[k] += cs * gs[k];
       }
       finite &= update_block(i, offset + done, m, sum, m, 1, m, penalty_rows);
-      if (publish) std::copy_n(param_array(i) + offset + done, m, publish + flat + done);
     }
   });
   return finite;
@@ -606,6 +605,13 @@ void Trainer<T>::finish_gradient_sum(bool keep, index_t begin, index_t end) {
     const index_t layer = is_weight ? i : i - n_layers_;
     const index_t skip = is_weight ? 0 : cfg_.shape.sizes[layer + 1] * cfg_.shape.sizes[layer];
     std::copy_n(backup_weights_[layer] + skip + offset, count, param_array(i) + offset);
+  });
+}
+
+template <class T>
+void Trainer<T>::get_flat_parameters(T* flat, index_t begin, index_t end) const {
+  for_each_flat_piece(begin, end, [&](int i, index_t offset, index_t at, index_t count) {
+    std::copy_n(param_array(i) + offset, count, flat + at);
   });
 }
 

@@ -144,16 +144,17 @@ class Trainer {
   // into a scratch block that stays in L1 (the sources are only read): ranks of one node that
   // read each other's gradients from shared memory (_distributed.py) reduce and update in one
   // pass, without an allreduce's copies, and every rank gets the same sums bit for bit.
-  // publish (or null): the updated parameters are also written there, at their places in the
-  // layout, while in cache (for the other ranks to load: set_flat_parameters). Returns
-  // whether every updated value is finite; the step stays open until finish_gradient_sum.
+  // Returns whether every updated value is finite; the step stays open until
+  // finish_gradient_sum (ranks that update slices of one shared copy agree first).
   bool apply_gradient_sum(const std::vector<const T*>& grads, const std::vector<T>& coefficients,
-                          index_t begin, index_t end, index_t penalty_rows, T* publish);
+                          index_t begin, index_t end, index_t penalty_rows);
   // Closes apply_gradient_sum's step: keep, the optimizer's step ends (its count advances);
   // otherwise the parameters in [begin, end) get their values of before it back.
   void finish_gradient_sum(bool keep, index_t begin, index_t end);
-  // The parameters in [begin, end) of the layout from flat (laid out the same way).
+  // The parameters in [begin, end) of the layout from flat (laid out the same way), and
+  // into it.
   void set_flat_parameters(const T* flat, index_t begin, index_t end);
+  void get_flat_parameters(T* flat, index_t begin, index_t end) const;
   // Whether the optimizer's next update reads state (momentum, Adam's moments): then each
   // rank must update every parameter, to keep its own state current.
   bool update_reads_state() const { return optimizer_.states_read() > 0; }
