@@ -52,7 +52,7 @@ def data(sizes, batch, steps, rank):
 
 def run_fastmlp(net, epochs, distributed, threads=1):
     import fastmlp
-    from fastmlp import _distributed
+    from fastmlp import _exchange
     sizes, batch, steps = NETS[net]
     comm, rank, ranks = None, 0, 1
     if distributed:
@@ -75,7 +75,7 @@ def run_fastmlp(net, epochs, distributed, threads=1):
     elapsed = time.perf_counter() - started
     result = {"samples_per_second": ranks * len(X) * epochs / elapsed}
     if allreduce is not None:
-        seconds = allreduce(model, _distributed)
+        seconds = allreduce(model, _exchange)
         result["allreduce_share"] = seconds / (elapsed / (epochs * steps))
     return result if rank == 0 else None
 
@@ -84,14 +84,14 @@ def _time_allreduce(comm):
     """The median time of one step's allreduce (the gradient buffer and its tail)."""
     from mpi4py import MPI
 
-    def measure(model, _distributed):
+    def measure(model, _exchange):
         n = sum(w.size + b.size for w, b in zip(model.weights, model.biases)) + 3
         buffer = np.zeros(n, dtype=model.dtype)
         times = []
         for _ in range(30):
             comm.Barrier()
             started = time.perf_counter()
-            for bucket in _distributed._buckets(n, buffer.itemsize):
+            for bucket in _exchange._buckets(n, buffer.itemsize):
                 comm.Allreduce(MPI.IN_PLACE, buffer[bucket], op=MPI.SUM)
             times.append(time.perf_counter() - started)
         return statistics.median(times)

@@ -7,7 +7,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastmlp
-from fastmlp import MLP, _distributed
+from fastmlp import MLP, _distributed, _exchange
 from fastmlp.optim import SGD, Adam
 
 comm = MPI.COMM_WORLD
@@ -45,15 +45,15 @@ def global_batches(shards, epochs, seed, shuffle, rank_order=None):
 
 def equivalence(exchange):
     failures = []
-    _distributed.NODE_EXCHANGE = exchange == "shared_memory"
+    _exchange.NODE_EXCHANGE = exchange == "shared_memory"
     used = []  # whether each fit exchanged over shared memory
-    create = _distributed._Exchange.create
+    create = _exchange.Exchange.create
 
     def recording(*args):
         exchange = create(*args)
         used.append(exchange.node is not None)
         return exchange
-    _distributed._Exchange.create = recording
+    _exchange.Exchange.create = recording
     for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
         # (Plain SGD's update is sharded over the ranks of a node: _node_exchange.py.)
         for name, make in (("sgd", lambda: SGD(lr=0.05, momentum=0.9)),
@@ -64,7 +64,7 @@ def equivalence(exchange):
                 X, y, w = shard(n_rows, 100 + rank, dtype)
                 X_val, y_val, _ = shard(17 + 5 * rank, 200 + rank, dtype)
                 # Unequal shards also take the allreduce in 256-byte buckets (many per step).
-                _distributed.BUCKET_BYTES = 256 if unequal else 25 * 2**20
+                _exchange.BUCKET_BYTES = 256 if unequal else 25 * 2**20
                 model = MLP(SIZES, seed=rank, dtype=dtype)  # rank 0's weights must win
                 initial = comm.bcast([a.copy() for a in model.weights + model.biases])
                 history = model.fit(X, y, epochs=2, batch_size=BATCH, optimizer=make(),
@@ -98,11 +98,11 @@ def equivalence(exchange):
                 val_loss = reference.loss(*val)
                 if not np.isclose(history.val_loss[-1], val_loss, rtol=1e-4):
                     failures.append(f"{label}: val_loss {history.val_loss[-1]} vs {val_loss}")
-                if used[-1] != _distributed.NODE_EXCHANGE:
+                if used[-1] != _exchange.NODE_EXCHANGE:
                     failures.append(f"{label}: the exchange was not {exchange}")
                 print(f"checked {label}", flush=True)
     if rank == 0:
-        print(f"exchange: {'shared memory' if _distributed.NODE_EXCHANGE else 'allreduce'}")
+        print(f"exchange: {'shared memory' if _exchange.NODE_EXCHANGE else 'allreduce'}")
         print("\n".join(failures) or "EQUIVALENT", flush=True)
         sys.exit(1 if failures else 0)
 
@@ -366,7 +366,7 @@ def shared_parameters():
             optimizer.momentum = 0.9
     results = {}
     for exchange in (True, False):
-        _distributed.NODE_EXCHANGE = exchange
+        _exchange.NODE_EXCHANGE = exchange
         optimizer = SGD(lr=0.05)
         model = MLP(SIZES, seed=1)
         history = model.fit(X, y, epochs=4, batch_size=BATCH, optimizer=optimizer, seed=5,

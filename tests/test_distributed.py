@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import _distributed
+from fastmlp import _exchange
 
 MPI = pytest.importorskip("mpi4py.MPI")
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
@@ -170,7 +170,7 @@ def test_an_error_the_ranks_cannot_agree_on_aborts_the_job():
 def test_one_rank_communicator_trains_like_fit_without_comm(node_exchange, monkeypatch):
     # COMM_SELF: the distributed step (gradient buffer, shared memory or allreduce, separate
     # update) against the fused engine, bitwise, in this process.
-    monkeypatch.setattr(_distributed, "NODE_EXCHANGE", node_exchange)
+    monkeypatch.setattr(_exchange, "NODE_EXCHANGE", node_exchange)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((90, 12)), rng.integers(0, 3, 90)
     for dtype in (np.float32, np.float64):
