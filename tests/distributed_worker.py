@@ -7,7 +7,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastmlp
-from fastmlp import MLP, _distributed, _exchange
+from fastmlp import MLP, _distributed, _exchange, _node_exchange
 from fastmlp.optim import SGD, Adam
 
 comm = MPI.COMM_WORLD
@@ -381,6 +381,16 @@ def shared_parameters():
     assert all(np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
                for a, b in zip(state["state"], reference_state["state"]))
     assert state["steps"] == reference_state["steps"] == 4 * 9
+    # The windows outlive a fit: kept for the next one of the same sizes, replaced (freed)
+    # when the sizes change.
+    _exchange.NODE_EXCHANGE = True
+    kept = _node_exchange._KEPT
+    MLP(SIZES, seed=1).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    first = kept[-1]
+    MLP(SIZES, seed=2).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    assert len(kept) == 1 and kept[0] is first and not first.in_use
+    MLP([12, 5, 3], seed=1).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    assert len(kept) == 1 and kept[0] is not first
     print(f"rank {rank} shared parameters ok", flush=True)
 
 

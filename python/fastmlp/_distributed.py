@@ -1,31 +1,34 @@
 """Data-parallel training over MPI ranks: ``MLP.fit(..., comm=comm)`` (docs/distributed.md).
 
 Each rank holds its own shard of the rows and a replica of the model. A step is two engine
-calls with an allreduce between them: ``gradient_step`` writes the batch's gradient into ONE
-flat buffer (trainer.h: per layer from the last to the first, dW_l then db_l), the buffer is
-summed over the ranks with ``comm.Allreduce`` (mpi4py's buffer interface: no pickling, the
-GIL released), in buckets of up to ``BUCKET_BYTES`` taken in that reverse layer order, and
-``apply_gradients`` runs the optimizer's rule (optim.cpp, the same code as the fused path) on
-the average. Every rank applies the same update to the same parameters, so the replicas stay
-bitwise identical.
+calls with the ranks' exchange between them (_exchange.py): ``gradient_step`` writes the
+batch's gradient into ONE flat buffer (trainer.h: per layer from the last to the first, dW_l
+then db_l); then
+- ranks that share one node (the usual case, and the only one this machine can test) read
+  each other's buffers from an MPI shared-memory window (_node_exchange.py) and sum them in
+  rank order inside the update (``apply_gradient_sum``, the optimizer's rule of optim.cpp,
+  the same code as the fused path); with a rule without state (plain SGD) the ranks train one
+  shared copy of the parameters, each updating its 1/R slice;
+- otherwise the buffer is summed with ``comm.Allreduce`` (mpi4py's buffer interface: no
+  pickling, the GIL released), in buckets of up to ``BUCKET_BYTES``, and ``apply_gradients``
+  updates each rank's model.
+Either way every rank's parameters get the same update from the same sum, so the replicas
+stay bitwise identical (checked after every epoch).
 
 Legend: R ranks, N_r rows of rank r's shard, B rows per rank and step (``batch_size``),
-E = max_r N_r the rows of an epoch on every rank (smaller shards wrap around their order),
-G gradient elements, plus TAIL = 3 values carried in the same allreduce:
-    [Σ sample weights of the batch, Σ weights × loss, failure flag]
-so that each step needs one collective: the global weighted mean of the gradient and the loss
-(exact: each rank's mean gradient is scaled by its weight sum before the sum, the sum divided
-by the total after), and the ranks' agreement on whether the step failed.
+E = max_r N_r the rows of an epoch on every rank (smaller shards wrap around their order).
+Each rank's buffer carries 3 more values: [Σ sample weights, Σ weights × loss, failure flag],
+so that one exchange gives the global weighted mean of the gradient and the loss (exact: each
+rank's mean gradient is weighted by its weight sum over the total) and the ranks' agreement
+on whether the step failed.
 
 Failures: a rank whose step raises (bad labels in its shard) or whose loss is not finite sets
-the flag; after the allreduce every rank sees it and raises (``FloatingPointError`` for a
+the flag; after the exchange every rank sees it and raises (``FloatingPointError`` for a
 divergence, the failing rank's own error there, ``RuntimeError`` naming it elsewhere). Errors
 outside a step (validation of the arguments, callbacks, checkpoints) are agreed on with an
-allgather before going on. Anything else (Ctrl-C, an error the other ranks cannot know
-about) prints the traceback and calls ``comm.Abort``: the job ends, it never hangs.
-
-Overlap of the allreduce with the rest of the backward pass is not done: see
-docs/distributed.md for the measurement behind that decision.
+allgather before going on (_agreement.py). Anything else (Ctrl-C, an error the other ranks
+cannot know about) prints the traceback and calls ``comm.Abort``: the job ends, it never
+hangs.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from fastmlp import _core
 from fastmlp._data_sources import ArrayBlocks, ParquetSource, epoch_parts
 from fastmlp._agreement import (AgreedError, broadcast_parameters, check_replicas, collective,
                                 run_agreed)
-from fastmlp._exchange import Exchange, freed_together
+from fastmlp._exchange import Exchange, released_together
 from fastmlp._shuffle import block_shuffled_order
 from fastmlp._sparse import SparseInput
 from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
@@ -207,7 +210,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
 
         def make_trainer(parameters):
             return new_trainer(model, optimizer, batch_size, args.alpha, parameters=parameters)
-        with freed_together(exchange, model):
+        with released_together(exchange, model):
             for epoch in range(start_epoch, args.epochs):
                 trainer = exchange.begin_epoch(model, trainer, make_trainer)
                 started = time.perf_counter()
@@ -219,7 +222,7 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                                              epoch_length)) as batches:
                     for _ in range(steps_per_epoch):
                         # A read that fails (data read from disk) fails this rank's step: the
-                        # other ranks learn it in the step's allreduce.
+                        # other ranks learn it in the step's exchange.
                         data, error = None, None
                         try:
                             data = next(batches)

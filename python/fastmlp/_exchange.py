@@ -22,7 +22,7 @@ from fastmlp._agreement import (AgreedError, agree, broadcast_parameters, check_
 from fastmlp._node_exchange import NodeExchange, shard_ranges
 from fastmlp._training import _parameter_ids, diverged
 
-__all__ = ["Exchange", "freed_together", "BUCKET_BYTES", "NODE_EXCHANGE"]
+__all__ = ["Exchange", "released_together", "BUCKET_BYTES", "NODE_EXCHANGE"]
 
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket (bucket_cap_mb=25)
 # Ranks that share one node exchange gradients over shared memory (_node_exchange.py) unless
@@ -97,8 +97,8 @@ class Exchange:
         wanted = NODE_EXCHANGE and os.environ.get("FASTMLP_MPI_NODE_EXCHANGE", "1") != "0"
         if comm.allreduce(wanted, op=MPI.LAND):
             # (one more value per slot: whether the rank's sharded update stayed finite)
-            exchange.node = NodeExchange.create(comm, MPI, elements + _TAIL + 1, elements,
-                                                model._dtype)
+            exchange.node = NodeExchange.acquire(comm, MPI, elements + _TAIL + 1, elements,
+                                                 model._dtype)
         if exchange.node is None:
             exchange.grad = np.empty(elements + _TAIL, dtype=model._dtype)
             exchange.buckets = _buckets(exchange.grad.size, exchange.grad.itemsize)
@@ -106,10 +106,10 @@ class Exchange:
             exchange.ranges = shard_ranges(elements, exchange.ranks)
         return exchange
 
-    def free(self) -> None:
-        """Collective: releases the shared memory (call where every rank does)."""
+    def release(self) -> None:
+        """Done with the shared memory (kept for the next fit: NodeExchange.acquire)."""
         if self.node is not None:
-            self.node.free()
+            self.node.release()
             self.node = None
 
     def begin_epoch(self, model, trainer, make_trainer):
@@ -252,14 +252,17 @@ def _parameter_views(model, flat):
 
 
 @contextlib.contextmanager
-def freed_together(exchange, model):
-    """Frees the exchange's shared memory (collective) when fit ends on every rank together:
-    normally or with an error all ranks raise (the model gets the last parameters first).
-    Any other error aborts the job (fit)."""
+def released_together(exchange, model):
+    """Releases the exchange's shared memory when fit ends on every rank together: normally
+    or with an error all ranks raise (the model gets the last shared parameters first, and a
+    barrier keeps the next fit from writing them while a rank still reads). Any other error
+    aborts the job (fit)."""
     try:
         yield exchange
     except AgreedError:
-        exchange.end_epoch(model)
-        exchange.free()
+        if exchange.node is not None:
+            exchange.end_epoch(model)
+            exchange.node.exchange()
+        exchange.release()
         raise
-    exchange.free()
+    exchange.release()
