@@ -443,7 +443,8 @@ def update_fails_on_one_rank(optimizer):
         kept = all(np.array_equal(a, b) for a, b in zip(params, engines[-1].snapshot))
         everyone = comm.allgather(params)
         same = all(np.array_equal(a, b) for a, b in zip(*everyone))
-        print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}")
+        print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}",
+              flush=True)
         raise
 
 

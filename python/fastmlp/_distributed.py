@@ -51,7 +51,7 @@ from fastmlp._shuffle import block_shuffled_order
 from fastmlp._sparse import SparseInput
 from fastmlp._threads import available_cpus, get_num_threads, set_num_threads
 from fastmlp._validation import rank_and_size
-from fastmlp._training import (History, _draw_epoch_seed, _parameter_ids, _resume,
+from fastmlp._training import (History, _draw_epoch_seed, _resume,
                                _save_checkpoint, fit_arguments, new_trainer, print_epoch,
                                training_guard, validation_scores)
 
@@ -205,14 +205,13 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                 optimizer.load_state_dict(state)
         exchange = Exchange.create(comm, MPI, model, args.weights is not None)
         exchange.broadcast_parameters(model)
-        trainer = new_trainer(model, optimizer, batch_size, args.alpha)
-        exchange.trained = _parameter_ids(model)
+        trainer = None  # (the engine of each epoch: exchange.begin_epoch)
 
         def make_trainer(parameters):
             return new_trainer(model, optimizer, batch_size, args.alpha, parameters=parameters)
         with released_together(exchange, model):
             for epoch in range(start_epoch, args.epochs):
-                trainer = exchange.begin_epoch(model, trainer, make_trainer)
+                trainer = exchange.begin_epoch(model, optimizer, trainer, make_trainer)
                 started = time.perf_counter()
                 epoch_seed = _draw_epoch_seed(rng) if shuffle else 0
                 make = _streamed_batches if streamed else _in_memory_batches

@@ -112,24 +112,25 @@ class Exchange:
             self.node.release()
             self.node = None
 
-    def begin_epoch(self, model, trainer, make_trainer):
-        """Collective: the engine for the next epoch, trainer or a new one (make_trainer(
-        parameters=...) gives it). A rule without state (plain SGD) on 2+ ranks of one node
-        trains the node's shared copy of the parameters, which every rank reads, each
-        updating its slice (step); rank 0 copies its model's parameters there (the replicas
-        were checked equal). Otherwise the engine trains each rank's model."""
-        if self.node is not None and self.ranks > 1 and not trainer.update_reads_state():
+    def begin_epoch(self, model, optimizer, trainer, make_trainer):
+        """Collective: the engine for the next epoch, trainer (None: none yet) or a new one
+        (make_trainer(parameters=...) gives it). A rule without state (plain SGD) on 2+ ranks
+        of one node trains the node's shared copy of the parameters, which every rank reads,
+        each updating its slice (step); rank 0 copies its model's parameters there (the
+        replicas were checked equal). Otherwise the engine trains each rank's model."""
+        if self.node is not None and self.ranks > 1 and not optimizer._rule.reads_state:
             views = _parameter_views(model, self.node.parameters)
             if self.rank == 0:
                 for array, view in zip(list(model.weights) + list(model.biases), views):
                     view[...] = array
             self.node.exchange()
-            if self.shared_parameters is None:
+            if trainer is None or self.shared_parameters is None:
                 count = len(model.weights)
                 self.shared_parameters = (views[:count], views[count:])
                 trainer = make_trainer(parameters=self.shared_parameters)
             self.model_current = False
-        elif self.shared_parameters is not None or _parameter_ids(model) != self.trained:
+        elif (trainer is None or self.shared_parameters is not None
+              or _parameter_ids(model) != self.trained):
             self.shared_parameters = None  # (the rule has state now)
             trainer = make_trainer(parameters=None)
             self.trained = _parameter_ids(model)  # (a callback may assign new arrays)

@@ -596,6 +596,9 @@ void bind_optimizers(py::module_& m) {
   py::class_<Optimizer>(m, "Optimizer", "an update rule, its state and its step count")
       .def_property_readonly("name", &Optimizer::name)
       .def_property_readonly("state_names", &Optimizer::state_names)
+      // Whether the next update reads state (SGD without momentum: no).
+      .def_property_readonly("reads_state",
+                             [](const Optimizer& o) { return o.states_read() > 0; })
       .def_readwrite("lr", &Optimizer::lr)
       .def_property("steps", [](const Optimizer& o) { return o.steps; },
                     [](Optimizer& o, std::int64_t steps) {
@@ -934,8 +937,6 @@ class PyTrainer {
     without_gil([&] { trainer_->get_flat_parameters(values, begin, end); });
   }
 
-  bool update_reads_state() const { return trainer_->update_reads_state(); }
-
   // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
   // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
   StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
@@ -1054,7 +1055,6 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("begin"), py::arg("end"))
       .def("get_flat_parameters", &PyTrainer<T>::get_flat_parameters, py::arg("flat"),
            py::arg("begin"), py::arg("end"))
-      .def("update_reads_state", &PyTrainer<T>::update_reads_state)
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
            py::arg("batch_size"), py::arg("max_steps"))
       .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),

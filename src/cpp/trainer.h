@@ -155,9 +155,6 @@ class Trainer {
   // into it.
   void set_flat_parameters(const T* flat, index_t begin, index_t end);
   void get_flat_parameters(T* flat, index_t begin, index_t end) const;
-  // Whether the optimizer's next update reads state (momentum, Adam's moments): then each
-  // rank must update every parameter, to keep its own state current.
-  bool update_reads_state() const { return optimizer_.states_read() > 0; }
 
  private:
   // deadline: stop after the step that passes it (null: max_steps only).
