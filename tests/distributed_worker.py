@@ -381,6 +381,19 @@ def shared_parameters():
     assert all(np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
                for a, b in zip(state["state"], reference_state["state"]))
     assert state["steps"] == reference_state["steps"] == 4 * 9
+    # An optimizer used before continues as rank 0's (its momentum buffers broadcast): the
+    # ranks' states differ before (each used it on its own rows), equal after.
+    optimizer = SGD(lr=0.05, momentum=0.9)
+    model = MLP(SIZES, seed=1)
+    model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer)  # alone, its own rows
+    before = comm.allgather(optimizer.state_dict())
+    model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
+    after = comm.allgather(optimizer.state_dict())
+    assert not np.array_equal(before[0]["state"][0]["momentum_buffer"],
+                              before[1]["state"][0]["momentum_buffer"])
+    for a, b in zip(after[0]["state"], after[1]["state"]):
+        assert np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert after[0]["steps"] == after[1]["steps"] == before[0]["steps"] + 9
     # The windows outlive a fit: kept for the next one of the same sizes, replaced (freed)
     # when the sizes change.
     _exchange.NODE_EXCHANGE = True
