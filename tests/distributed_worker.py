@@ -407,14 +407,19 @@ def shared_parameters():
     print(f"rank {rank} shared parameters ok", flush=True)
 
 
+def engine_layout(model):
+    """The model's parameters flat in the engine's layout: per layer from the last, W_l, b_l."""
+    return np.concatenate([a.ravel() for W, b in zip(model.weights[::-1], model.biases[::-1])
+                           for a in (W, b)])
+
+
 class FailingUpdate:
     """The engine whose update at its `at`-th step is not finite: rank 1's slice of a sharded
     update (an infinite gradient there), every rank's when each updates everything;
-    snapshot: the parameters before that step."""
+    snapshot: (begin, end, the parameters of [begin, end) before that step, flat)."""
 
-    def __init__(self, trainer, model, at):
-        self.trainer, self.model, self.at, self.calls = trainer, model, at, 0
-        self.snapshot = None
+    def __init__(self, trainer, at):
+        self.trainer, self.at, self.calls, self.snapshot = trainer, at, 0, None
 
     def __getattr__(self, name):
         return getattr(self.trainer, name)
@@ -422,18 +427,11 @@ class FailingUpdate:
     def apply_gradient_sum(self, grads, coefficients, rows, begin, end):
         self.calls += 1
         if self.calls == self.at:
-            # The engine's parameters (the model's are current after each epoch only when
-            # the ranks train a shared copy), per layer from the last: W_l, b_l.
+            # Only this rank's range: another rank may be updating its own range of a shared
+            # copy already.
             flat = np.empty(self.trainer.gradient_elements(), dtype=grads[0].dtype)
-            self.trainer.get_flat_parameters(flat, 0, flat.size)
-            snapshot, start = {}, 0
-            for i in reversed(range(len(self.model.weights))):
-                for kind, array in (("W", self.model.weights[i]), ("b", self.model.biases[i])):
-                    snapshot[kind, i] = flat[start:start + array.size].reshape(array.shape)
-                    start += array.size
-            count = len(self.model.weights)
-            self.snapshot = ([snapshot["W", i] for i in range(count)]
-                             + [snapshot["b", i] for i in range(count)])
+            self.trainer.get_flat_parameters(flat, begin, end)
+            self.snapshot = (begin, end, flat)
             # (A rank that updates everything sums what every rank sums: inject on all.)
             if rank == 1 or (begin, end) == (0, grads[0].size):
                 grads = [g.copy() for g in grads]
@@ -443,18 +441,19 @@ class FailingUpdate:
 
 def update_fails_on_one_rank(optimizer):
     """Rank 1's update of step 3 is not finite: every rank raises FloatingPointError with the
-    parameters of before that step, the replicas equal."""
+    parameters of before that step (each rank checks the range it updated), the replicas
+    equal."""
     X, y, _ = shard(80, rank, np.float32)
     model = MLP(SIZES, seed=0)
     make, engines = _distributed.new_trainer, []
     _distributed.new_trainer = lambda *a, **k: engines.append(
-        FailingUpdate(make(*a, **k), model, 3)) or engines[-1]
+        FailingUpdate(make(*a, **k), 3)) or engines[-1]
     try:
         model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
     except FloatingPointError:
-        params = [a for a in model.weights + model.biases]
-        kept = all(np.array_equal(a, b) for a, b in zip(params, engines[-1].snapshot))
-        everyone = comm.allgather(params)
+        begin, end, before = engines[-1].snapshot
+        kept = np.array_equal(engine_layout(model)[begin:end], before[begin:end])
+        everyone = comm.allgather(model.weights + model.biases)
         same = all(np.array_equal(a, b) for a, b in zip(*everyone))
         print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}",
               flush=True)

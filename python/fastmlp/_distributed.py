@@ -293,7 +293,13 @@ def broadcast_optimizer_state(comm, optimizer) -> None:
                            op=MPI.LAND)
     layout = [{name: (np.shape(a), np.asarray(a).dtype.str) for name, a in entry.items()}
               for entry in arrays]
+    mine = layout
     state, layout = comm.bcast((state, layout) if comm.Get_rank() == 0 else None)
+    if zeros and mine == layout:  # the same zeros here: the count and the flags only
+        optimizer.steps = state["steps"]
+        for i, started in enumerate(state["started"]):
+            optimizer._rule.set_started(i, bool(started))
+        return
     received = []
     for i, entry in enumerate(layout):
         received.append({})
