@@ -381,6 +381,16 @@ def shared_parameters():
     assert all(np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
                for a, b in zip(state["state"], reference_state["state"]))
     assert state["steps"] == reference_state["steps"] == 4 * 9
+    # Without validation, checkpoints or callbacks the model's arrays get the shared copy
+    # only at the end (and the replicas' check has nothing to compare): the same weights.
+    plain = {}
+    for exchange in (True, False):
+        _exchange.NODE_EXCHANGE = exchange
+        model = MLP(SIZES, seed=4)
+        model.fit(X, y, epochs=3, batch_size=BATCH, optimizer=SGD(lr=0.1), seed=2, comm=comm)
+        plain[exchange] = model.weights + model.biases
+    assert all(np.array_equal(a, b) for a, b in zip(plain[True], plain[False]))
+    _exchange.NODE_EXCHANGE = True
     # An optimizer used before continues as rank 0's (its momentum buffers broadcast): the
     # ranks' states differ before (each used it on its own rows), equal after.
     optimizer = SGD(lr=0.05, momentum=0.9)

@@ -232,7 +232,10 @@ def _fit(model, X, y, comm, epochs, batch_size, optimizer, shuffle, seed, valida
                         samples += rows
                         fell_back |= fell
                 elapsed = time.perf_counter() - started
-                exchange.end_epoch(model)
+                # (the model's arrays are read by validation, checkpoints and callbacks)
+                exchange.end_epoch(model, needed=bool(
+                    args.validation is not None or checkpoint is not None or args.callbacks
+                    or epoch + 1 == args.epochs))
                 history.loss.append(total / samples)
                 history.l2_penalty.append(penalty / samples)
                 history.samples_per_second.append(samples / elapsed if elapsed > 0 else math.inf)

@@ -39,11 +39,11 @@ def _buckets(size: int, itemsize: int) -> list[slice]:
     return [slice(start, min(start + per_bucket, size)) for start in range(0, size, per_bucket)]
 
 
-def _local_gradient(trainer, data, error, buffer, batch_size, ranks, weighted):
+def _local_gradient(trainer, data, error, gradient, tail, batch_size, ranks, weighted):
     """This rank's part of a step: the gradient of its next batch of data (X, y, weights) into
-    buffer[:-TAIL] and the tail [weight sum, weight sum × loss, flag] into buffer[-TAIL:]
-    (error: this rank could not get the batch). Returns (the error it met or None, rows,
-    Σ‖W‖² before the step, whether its contention guard fell back to one thread)."""
+    gradient and [weight sum, weight sum × loss, flag] into tail (error: this rank could not
+    get the batch). Returns (the error it met or None, rows, Σ‖W‖² before the step, whether
+    its contention guard fell back to one thread)."""
     try:
         if error is not None:
             raise error
@@ -51,12 +51,12 @@ def _local_gradient(trainer, data, error, buffer, batch_size, ranks, weighted):
         # the ranks' means, 1/R applied to dL/dlogits in the engine (no pass over the
         # buffer). Weighted: each mean is scaled by its weight sum, the sum by 1/Σ after.
         loss, rows, weight_sum, squares, fell_back = trainer.gradient_step(
-            *data, batch_size, buffer[:-_TAIL], 1.0 if weighted else 1.0 / ranks)
+            *data, batch_size, gradient, 1.0 if weighted else 1.0 / ranks)
         flag = _OK if math.isfinite(loss) else _DIVERGED
     except Exception as exc:  # noqa: BLE001 - reported to every rank through the flag
         error, flag, loss, rows, weight_sum, squares = exc, _RAISED, 0.0, batch_size, 0.0, 0.0
         fell_back = False
-    buffer[-_TAIL:] = (weight_sum, loss * weight_sum if flag == _OK else 0.0, flag)
+    tail[:] = (weight_sum, loss * weight_sum if flag == _OK else 0.0, flag)
     return error, rows, squares, fell_back
 
 
@@ -104,6 +104,12 @@ class Exchange:
             exchange.buckets = _buckets(exchange.grad.size, exchange.grad.itemsize)
         else:
             exchange.ranges = shard_ranges(elements, exchange.ranks)
+            # Per parity of the step: every rank's slot, its gradient and its tail (views
+            # made once: a step of the mnist-shaped net lasts ~1 ms).
+            exchange.views = [
+                (slots, [s[:elements] for s in slots], [s[elements:-1] for s in slots])
+                for slots in (exchange.node.sources(0), exchange.node.sources(1))]
+            exchange.ones = [1.0] * exchange.ranks
         return exchange
 
     def release(self) -> None:
@@ -116,14 +122,17 @@ class Exchange:
         """Collective: the engine for the next epoch, trainer (None: none yet) or a new one
         (make_trainer(parameters=...) gives it). A rule without state (plain SGD) on 2+ ranks
         of one node trains the node's shared copy of the parameters, which every rank reads,
-        each updating its slice (step); rank 0 copies its model's parameters there (the
-        replicas were checked equal). Otherwise the engine trains each rank's model."""
+        each updating its slice (step); when the model's arrays are current (the first
+        epoch, or after end_epoch copied them for validation, checkpoints or callbacks, which
+        may have changed them) each rank copies its part of them there (the replicas were
+        checked equal). Otherwise the engine trains each rank's model."""
         if self.node is not None and self.ranks > 1 and not optimizer._rule.reads_state:
             views = _parameter_views(model, self.node.parameters)
-            if self.rank == 0:
+            if self.model_current:
                 for array, view in zip(list(model.weights) + list(model.biases), views):
-                    view[...] = array
-            self.node.exchange()
+                    first, last = shard_ranges(array.size, self.ranks)[self.rank]
+                    view.reshape(-1)[first:last] = array.reshape(-1)[first:last]
+                self.node.exchange()
             if trainer is None or self.shared_parameters is None:
                 count = len(model.weights)
                 self.shared_parameters = (views[:count], views[count:])
@@ -131,15 +140,18 @@ class Exchange:
             self.model_current = False
         elif (trainer is None or self.shared_parameters is not None
               or _parameter_ids(model) != self.trained):
+            self.end_epoch(model)  # (the model's arrays current before they are trained)
             self.shared_parameters = None  # (the rule has state now)
             trainer = make_trainer(parameters=None)
             self.trained = _parameter_ids(model)  # (a callback may assign new arrays)
         return trainer
 
-    def end_epoch(self, model) -> None:
+    def end_epoch(self, model, needed: bool = True) -> None:
         """The model's arrays get the parameters trained in shared memory (this rank's
-        copy; no rank writes them before the next begin_epoch)."""
-        if not self.model_current:
+        copy; no rank writes them before the next begin_epoch), unless not needed: nothing
+        reads the model before the next epoch (no validation, checkpoint or callback; not
+        the last epoch), and the shared copy stays the only one until the fit ends."""
+        if not self.model_current and needed:
             arrays = model._weights.arrays() + model._biases.arrays()
             shared = self.shared_parameters[0] + self.shared_parameters[1]
             for array, view in zip(arrays, shared):
@@ -170,6 +182,8 @@ class Exchange:
         with rank 0's, then the ranks agree (an allgather, after which the slots are free)."""
         if self.node is None:
             return check_replicas_crc(self.comm, model, epoch)
+        if not self.model_current:
+            return  # the ranks train one shared copy, which no one else changed
         slots = self.node.sources(self.steps)
         mine = _parameter_views(model, slots[self.rank])
         for array, view in zip(list(model.weights) + list(model.biases), mine):
@@ -187,9 +201,13 @@ class Exchange:
         rows, whether this rank's contention guard fell back to one thread)."""
         step = self.steps
         self.steps += 1
-        slot = self.grad if self.node is None else self.node.slot(step)[:-1]
+        if self.node is None:
+            gradient, tail = self.grad[:-_TAIL], self.grad[-_TAIL:]
+        else:
+            _, gradients, tails = self.views[step % 2]
+            gradient, tail = gradients[self.rank], tails[self.rank]
         error, rows, squares, fell_back = _local_gradient(
-            trainer, data, error, slot, batch_size, self.ranks, self.weighted)
+            trainer, data, error, gradient, tail, batch_size, self.ranks, self.weighted)
         global_rows = rows * self.ranks  # every rank runs the same rows per step (shards wrap)
         if self.node is None:
             total_weight, loss_sum = self._allreduce_update(trainer, error, global_rows, epoch)
@@ -215,12 +233,10 @@ class Exchange:
     def _node_update(self, trainer, error, global_rows, epoch, step):
         node = self.node
         node.exchange()  # every rank's gradient is in its slot; nobody reads parameters now
-        slots = node.sources(step)
-        total_weight, loss_sum = _agreed_outcome(
-            self.comm, [s[-_TAIL - 1:-1] for s in slots], error, epoch)
-        gradients = [s[:self.elements] for s in slots]
-        coefficients = ([float(s[-_TAIL - 1]) / total_weight for s in slots] if self.weighted
-                        else [1.0] * self.ranks)
+        slots, gradients, tails = self.views[step % 2]
+        total_weight, loss_sum = _agreed_outcome(self.comm, tails, error, epoch)
+        coefficients = ([float(t[0]) / total_weight for t in tails] if self.weighted
+                        else self.ones)
         if self.shared_parameters is None:
             # Every rank updates its own model from the same sum (its optimizer's state
             # stays current): the same numbers everywhere, so the same verdict.

@@ -113,10 +113,6 @@ class NodeExchange:
             window.Lock_all(MPI.MODE_NOCHECK)
         return cls(node, windows, slot_elements, parameters, dtype)
 
-    def slot(self, step: int) -> np.ndarray:
-        """This rank's slot for step (writable)."""
-        return self.slots[step % 2][self.rank]
-
     def sources(self, step: int) -> list[np.ndarray]:
         """Every rank's slot for step, in rank order (read only these after exchange)."""
         return self.slots[step % 2]
