@@ -9,13 +9,16 @@ batch size per rank as in issue 16:
 
 "fastmlp 1 process × 2 threads" is the other way to use both cores (the same global samples
 per step as one process, so a different comparison: docs/distributed.md, ranks or threads).
+"fastmlp 2 ranks, MPI allreduce" runs the ranks with FASTMLP_MPI_NODE_EXCHANGE=0: the path of
+ranks on different nodes (allreduce), measured on this one; the plain "2 ranks" line is the
+default on one node (shared memory: docs/distributed.md, "Design").
 Every rank trains on its own rows (the same number as the single process), so a 2-rank run
 does twice the samples of a 1-process run in each timed epoch. Each configuration runs in
 its own processes (mpiexec, or one python), one warm-up epoch then --epochs timed; the
 configurations alternate for --repeats rounds and each cell is the median, so the ratios
 come from one run on the same (shared, noisy) machine. A fastmlp 2-rank run also reports the
-share of its step time spent in the allreduce (docs/distributed.md: why it is not overlapped
-with the backward pass).
+time one allreduce of its gradient takes as a share of its step (what the allreduce path
+pays; docs/distributed.md: why it is not overlapped with the backward pass).
 
     python benchmarks/distributed_vs_peers.py [--repeats 5] [--epochs 3]
 """
@@ -223,7 +226,8 @@ def main() -> None:
             print(f"  torch DDP 2 ranks / torch 1 process  "
                   f"{median[('torch', 2)] / median[('torch', 1)]:.2f}x")
         if shares:
-            print(f"  fastmlp allreduce share of a 2-rank step: {statistics.median(shares):.1%}")
+            print(f"  one allreduce of the gradient / a 2-rank step: "
+                  f"{statistics.median(shares):.1%}")
 
 
 if __name__ == "__main__":

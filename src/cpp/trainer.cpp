@@ -533,8 +533,8 @@ bool Trainer<T>::apply_gradients(T* grad, index_t penalty_rows) {
 }
 
 namespace {
-// apply_gradient_sum's chunk: 4,096 values (16 KB in float32) stay in L1 between the sum and
-// the optimizer's pass over them.
+// apply_gradient_sum's chunk: 16,384 values (64 KB in float32) stay in L2 between the sum
+// and the optimizer's pass over them (4,096 measured slower: more calls into the rule).
 constexpr index_t kSumChunk = 16384;
 }  // namespace
 

@@ -141,7 +141,7 @@ class Trainer {
   bool apply_gradients(T* grad, index_t penalty_rows);
   // The same rule on the elements [begin, end) of the layout above (the parameters there)
   // from Σ_s coefficients[s] · grads[s], summed in the order of the sources, chunk by chunk
-  // into a scratch block that stays in L1 (the sources are only read): ranks of one node that
+  // into a scratch block that stays in cache (the sources are only read): ranks of one node that
   // read each other's gradients from shared memory (_distributed.py) reduce and update in one
   // pass, without an allreduce's copies, and every rank gets the same sums bit for bit.
   // Returns whether every updated value is finite; the step stays open until
