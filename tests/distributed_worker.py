@@ -464,7 +464,8 @@ def update_fails_on_one_rank(optimizer):
         begin, end, before = engines[-1].snapshot
         kept = np.array_equal(engine_layout(model)[begin:end], before[begin:end])
         everyone = comm.allgather(model.weights + model.biases)
-        same = all(np.array_equal(a, b) for a, b in zip(*everyone))
+        same = all(np.array_equal(a, b) for other in everyone[1:]
+                   for a, b in zip(everyone[0], other))
         print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}",
               flush=True)
         raise
