@@ -101,6 +101,20 @@ def test_reads_state_follows_the_rule():
         assert optimizer._rule.reads_state is reads
 
 
+def test_state_is_zero_until_a_rule_with_state_steps():
+    # (fit(comm=...) broadcasts rank 0's optimizer state only when it is not all zeros)
+    X, y = np.random.default_rng(0).standard_normal((8, 7)), np.arange(8) % 3
+    for optimizer, after in ((fastmlp.SGD(lr=0.1), True),
+                             (fastmlp.SGD(lr=0.1, momentum=0.5), False),
+                             (fastmlp.Adam(), False)):
+        assert optimizer._rule.state_is_zero  # unbound
+        fastmlp.MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=1, batch_size=4,
+                                                        optimizer=optimizer)
+        assert optimizer._rule.state_is_zero is after
+        assert all(not np.any(a) for entry in optimizer.state_dict()["state"]
+                   for a in entry.values()) is after
+
+
 def test_bad_sources_and_ranges_are_value_errors():
     (_, _), (engine, _) = engines(np.float32, lambda: fastmlp.SGD(lr=0.1))
     n = engine.gradient_elements()

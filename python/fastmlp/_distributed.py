@@ -286,34 +286,34 @@ def _streamed_batches(trainer, args, epoch_seed, rank, batch_size, epoch_length)
 
 def broadcast_optimizer_state(comm, optimizer) -> None:
     """Collective: rank 0's optimizer state on every rank. The step count and flags go
-    pickled, the state arrays (as large as the model: 8 MB for the wide net, ~30 ms pickled
-    and broadcast) by Bcast, and not at all when they are zeros on every rank (plain SGD's
-    unused momentum buffers; an optimizer not used yet)."""
-    MPI = _mpi()
-    state = optimizer.state_dict()
-    arrays = state.pop("state")
-    zeros = comm.allreduce(not any(np.any(a) for entry in arrays for a in entry.values()),
-                           op=MPI.LAND)
-    layout = [{name: (np.shape(a), np.asarray(a).dtype.str) for name, a in entry.items()}
-              for entry in arrays]
-    mine = layout
-    state, layout = comm.bcast((state, layout) if comm.Get_rank() == 0 else None)
-    if zeros and mine == layout:  # the same zeros here: the count and the flags only
-        optimizer.steps = state["steps"]
-        for i, started in enumerate(state["started"]):
-            optimizer._rule.set_started(i, bool(started))
+    pickled; the state arrays (as large as the model: 8 MB for the wide net, ~30 ms pickled
+    and broadcast) by Bcast, and not at all when they hold zeros on every rank in the same
+    shapes (plain SGD's unused momentum buffers; an optimizer not used yet)."""
+    MPI, rule, rank = _mpi(), optimizer._rule, comm.Get_rank()
+    layout = (tuple(map(tuple, rule.shapes)), rule.dtype, tuple(rule.state_names))
+    zeros = comm.allreduce(rule.state_is_zero, op=MPI.LAND)
+    header = {"steps": rule.steps, "started": [rule.started(i) for i in range(len(layout[0]))],
+              "layout": layout}
+    header = comm.bcast(header if rank == 0 else None)
+    if zeros and header["layout"] == layout:  # the same zeros here: count and flags only
+        optimizer.steps = header["steps"]
+        for i, started in enumerate(header["started"]):
+            rule.set_started(i, bool(started))
         return
-    received = []
-    for i, entry in enumerate(layout):
-        received.append({})
-        for name, (shape, dtype) in entry.items():
-            array = (arrays[i][name] if comm.Get_rank() == 0 else
+    state = optimizer.state_dict() if rank == 0 else None
+    state = comm.bcast(None if state is None else dict(state, state=None))
+    shapes, dtype, names = header["layout"]
+    arrays = []
+    for i, shape in enumerate(shapes):
+        arrays.append({})
+        for name in names:
+            array = (rule.state(i, name) if rank == 0 else
                      np.zeros(shape, dtype=dtype) if zeros else np.empty(shape, dtype=dtype))
             if not zeros:
                 comm.Bcast(array, root=0)
-            received[i][name] = array
-    if comm.Get_rank() != 0:
-        optimizer.load_state_dict(dict(state, state=received))
+            arrays[i][name] = array
+    if rank != 0:
+        optimizer.load_state_dict(dict(state, state=arrays))
 
 
 def _end_epoch(comm, model, args, history, optimizer, rng, epoch, batch_size, shuffle,

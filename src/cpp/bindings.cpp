@@ -599,6 +599,23 @@ void bind_optimizers(py::module_& m) {
       // Whether the next update reads state (SGD without momentum: no).
       .def_property_readonly("reads_state",
                              [](const Optimizer& o) { return o.states_read() > 0; })
+      // Whether every state array holds zeros only (unbound: true), without copying them.
+      .def_property_readonly("state_is_zero", [](const Optimizer& o) {
+        if (!o.bound()) return true;
+        const auto zeros = [&](auto zero) {
+          using T = decltype(zero);
+          const int arrays = static_cast<int>(o.shapes().size());
+          const int states = static_cast<int>(o.state_names().size());
+          for (int i = 0; i < arrays; ++i)
+            for (int k = 0; k < states; ++k) {
+              const T* values = o.state<T>(i, k);
+              if (!std::all_of(values, values + o.numel(i), [](T v) { return v == T(0); }))
+                return false;
+            }
+          return true;
+        };
+        return o.dtype() == DType::float32 ? zeros(float{}) : zeros(double{});
+      })
       .def_readwrite("lr", &Optimizer::lr)
       .def_property("steps", [](const Optimizer& o) { return o.steps; },
                     [](Optimizer& o, std::int64_t steps) {
