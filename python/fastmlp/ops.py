@@ -196,7 +196,8 @@ def sigmoid(x) -> np.ndarray:
 
 
 def softmax(x) -> np.ndarray:
-    """Softmax over the last axis, stable: the row maximum is subtracted before ``exp``."""
+    """Softmax over the last axis, stable: the row maximum is subtracted before ``exp``
+    (float32 on the avx512 ISA: a polynomial ``exp`` within ~2 ulp of the C library's)."""
     x = float_array(x, "x")
     if x.ndim == 0:
         raise ValueError("softmax needs at least 1 dimension, got a scalar")
