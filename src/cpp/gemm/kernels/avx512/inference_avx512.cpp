@@ -119,12 +119,20 @@ void panel_group(float* y, const float* x, const float* panels, index_t K, index
     }
 }
 
+// The groups of 4 panels first to last, or last to first (`backwards`): each output is its own
+// chain, so the order changes no bit of y. A batch of one alternates it from call to call:
+// the weights (1.1 MB for the mnist net) do not fit the 1 MB L2, and read in the same order
+// every call each line is evicted just before it is read again (LRU); read backwards, the
+// lines the call before read last (still in L2) come first. Three layers of the mnist net in
+// a standalone loop: 7.4–8.3 µs → 6.1–6.8.
 template <int V>
 void panel_gemv(float* y, const float* x, const float* panels, index_t K, index_t N,
-                const float* b, bool relu) {
+                const float* b, bool relu, bool backwards) {
   constexpr index_t NR = 16 * V;
+  const index_t groups = (N + 4 * NR - 1) / (4 * NR);
   // 4 panels at a time (the last of them possibly part-filled), then the 1–3 left.
-  for (index_t j = 0; j < N; j += 4 * NR) {
+  for (index_t step = 0; step < groups; ++step) {
+    const index_t j = (backwards ? groups - 1 - step : step) * 4 * NR;
     const index_t panels_left = (N - j + NR - 1) / NR;
     const float* at = panels + j * K;
     switch (panels_left) {
@@ -141,9 +149,12 @@ void panel_gemv(float* y, const float* x, const float* panels, index_t K, index_
 bool mlp_forward_row_avx512(float* logits, const float* x, const NetworkShape& shape,
                             const float* const* panels, const float* const* biases,
                             index_t NR) {
-  using Gemv = void (*)(float*, const float*, const float*, index_t, index_t, const float*, bool);
+  using Gemv = void (*)(float*, const float*, const float*, index_t, index_t, const float*, bool,
+                        bool);
   const Gemv gemv = NR == 16 ? &panel_gemv<1> : NR == 32 ? &panel_gemv<2> : nullptr;
   if (!gemv) return false;
+  static thread_local bool backwards = false;  // panel_gemv: alternates from call to call
+  backwards = !backwards;
   static thread_local std::vector<float> ping_pong;
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
   ping_pong.resize(static_cast<std::size_t>(2 * widest));
@@ -153,7 +164,7 @@ bool mlp_forward_row_avx512(float* logits, const float* x, const NetworkShape& s
     float* out = last ? logits : ping_pong.data() + (l % 2) * widest;
     const index_t n_out = shape.sizes[l + 1];
     gemv(out, in, panels[l], shape.sizes[l], n_out, biases[l],
-         !last && shape.hidden == Activation::relu);
+         !last && shape.hidden == Activation::relu, backwards);
     if (!last && (shape.hidden == Activation::tanh || shape.hidden == Activation::logistic))
       activation_forward_inplace(out, n_out, shape.hidden);
     in = out;
