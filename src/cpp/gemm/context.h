@@ -88,6 +88,11 @@ struct GemmContext {
   StridedKernel<T> rows8_kernel = nullptr;
   PackTransposedKernel<T> pack_b_transposed = nullptr;
   PackRowsKernel<T> pack_a_rows = nullptr;
+  // The copies among the packs: op(B) with contiguous rows (b[p*rs + j]; a PackTransposedKernel
+  // with ldw = rs) and op(A) with contiguous columns (a[i + p*cs]; a PackRowsKernel with
+  // rs = cs): vector loads and stores, masked at the edges.
+  PackTransposedKernel<T> pack_b_rows = nullptr;
+  PackRowsKernel<T> pack_a_columns = nullptr;
   AxpyKernel<T> axpy = nullptr;  // every ISA sets it
 };
 

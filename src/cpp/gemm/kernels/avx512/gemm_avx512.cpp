@@ -211,6 +211,44 @@ void pack_a_rows_avx512(float* packed, const float* a, index_t rs, index_t mc, i
   }
 }
 
+// pack_b for op(B) with contiguous rows (A.B: B row-major, row stride rs): each p-row of a
+// panel is NV vector copies, the last panel's columns past nc masked to zeros (the padding).
+// (The portable loop, compiled without AVX, copied a float at a time with a run-time stride.)
+template <class T, int NV>
+void pack_b_rows_avx512(T* packed, const T* b, index_t rs, index_t kc, index_t nc) {
+  using V = Zmm<T>;
+  constexpr int L = V::lanes, NR = NV * L;
+  for (index_t jr = 0; jr < nc; jr += NR) {
+    typename V::mask cols[NV];
+    for (int v = 0; v < NV; ++v) cols[v] = V::first(nc - jr - v * L);
+    T* panel = packed + jr * kc;
+    const T* src = b + jr;
+    for (index_t p = 0; p < kc; ++p)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v)
+        V::storeu(static_cast<typename V::mask>(~0u), panel + p * NR + v * L,
+                  V::loadu(cols[v], src + p * rs + v * L));
+  }
+}
+
+// pack_a for op(A) with contiguous columns (At.B: op(A) = Gᵀ, G row-major with row stride cs):
+// each p-row of an MR-row panel is a copy of MR contiguous values, rows past mc zeros.
+template <class T>
+void pack_a_columns_avx512(T* packed, const T* a, index_t cs, index_t mc, index_t kc,
+                           index_t MR) {
+  using V = Zmm<T>;
+  constexpr int L = V::lanes;
+  for (index_t ir = 0; ir < mc; ir += MR) {
+    T* panel = packed + ir * kc;
+    const T* src = a + ir;
+    for (index_t v = 0; v < MR; v += L) {
+      const typename V::mask valid = V::first(mc - ir - v), lanes = V::first(MR - v);
+      for (index_t p = 0; p < kc; ++p)
+        V::storeu(lanes, panel + p * MR + v, V::loadu(valid, src + p * cs + v));
+    }
+  }
+}
+
 }  // namespace
 
 IsaContext avx512_context() {
@@ -245,6 +283,8 @@ IsaContext avx512_context() {
   s.rows8_kernel = &strided_kernel_avx512<float, 8, 2>;
   s.pack_b_transposed = &pack_b_transposed_avx512<32>;
   s.pack_a_rows = &pack_a_rows_avx512;
+  s.pack_b_rows = &pack_b_rows_avx512<float, 2>;
+  s.pack_a_columns = &pack_a_columns_avx512<float>;
   GemmContext<double>& d = c.dgemm;
   d.MR = 12, d.NR = 16;
   d.b_panel_l1d_multiple = 2;
@@ -256,6 +296,8 @@ IsaContext avx512_context() {
   d.gemv = &gemv_simd<Zmm<double>, double>;
   d.rows4_kernel = &strided_kernel_avx512<double, 4, 2>;
   d.rows8_kernel = &strided_kernel_avx512<double, 8, 2>;
+  d.pack_b_rows = &pack_b_rows_avx512<double, 2>;
+  d.pack_a_columns = &pack_a_columns_avx512<double>;
   // pack_b_transposed, pack_a_rows: float only (transpose16x16); double packs portably.
   return c;
 }
