@@ -100,6 +100,9 @@ struct GemmContext {
 struct IsaContext {
   GemmContext<float> sgemm;
   GemmContext<double> dgemm;
+  // The measured float32 FMA peak of one core with this ISA's widest vectors, FLOP/s, timed
+  // for about `seconds` (fma_peak.h); null for the portable code.
+  double (*measure_float32_peak)(double seconds) = nullptr;
 
   template <class T>
   const GemmContext<T>& get() const {

@@ -13,6 +13,7 @@
 
 #include "../../axpy.h"
 #include "../../context.h"
+#include "../../fma_peak.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
 #include "transpose_avx512.h"
@@ -249,12 +250,21 @@ void pack_a_columns_avx512(T* packed, const T* a, index_t cs, index_t mc, index_
   }
 }
 
+__m512 fma_ps512(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+
+// 24 chains, as many as the 12×32 tile's accumulators.
+double measure_float32_peak_avx512(double seconds) {
+  return measure_fma_peak<__m512, 16, 24, &fma_ps512>(_mm512_set1_ps(1.0f),
+                                                      _mm512_set1_ps(1e-7f), seconds);
+}
+
 }  // namespace
 
 IsaContext avx512_context() {
   IsaContext c = generic_context();
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
+  c.measure_float32_peak = &measure_float32_peak_avx512;
   // Blocking (context.cpp derives it from the caches). The analytical model keeps the B
   // micro-panel (KC×NR) in L1: KC = 256 gives 256×32×4 B = 32 KiB of a 48 KiB L1d. Measured
   // deeper (Xeon with AVX-512, 48 KiB L1d, 2 MiB L2; 1 thread, float32, medians of 9; the
