@@ -33,18 +33,18 @@ def measure_peaks(count: int, seconds: float) -> list[float]:
     return [_core.measure_float32_peak(seconds) / 1e9 for _ in range(count)]
 
 
-def batch_runner(run, batch_seconds: float):
+def batch_runner(run, batch_seconds: float, clock):
     """A function calling `run` enough times to last about batch_seconds; returns the seconds
-    per call."""
-    start = time.perf_counter()
+    per call by `clock`."""
+    start = clock()
     run()
-    calls = max(1, int(batch_seconds / max(time.perf_counter() - start, 1e-7)))
+    calls = max(1, int(batch_seconds / max(clock() - start, 1e-7)))
 
     def timed():
-        start = time.perf_counter()
+        start = clock()
         for _ in range(calls):
             run()
-        return (time.perf_counter() - start) / calls
+        return (clock() - start) / calls
     return timed
 
 
@@ -54,7 +54,12 @@ def main():
     parser.add_argument("--batch-seconds", type=float, default=0.02)
     parser.add_argument("--cases", choices=("square", "mlp", "all"), default="all",
                         help="square: 1024³ and 2048³ only; mlp: the layer products only")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="thread: this thread's CPU time, which leaves out the time slices "
+                             "other processes take on a busy machine (both implementations "
+                             "run on the calling thread); their cache pollution remains")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     if _core.measure_float32_peak(0.01) is None:
         sys.exit("the portable build has no FMA peak probe (FASTMLP_ISA=generic?)")
     cases = [g for g in common.GEMM_CASES if g.label == "square" or args.cases != "square"]
@@ -70,7 +75,7 @@ def main():
         for g in cases:
             calls = {impl: common.gemm_runner(impl, g, "float32") for impl in IMPLS}
             checks[g.id] = common.max_relative_error(calls["fastmlp"](), calls["numpy"]())
-            runners[g.id] = {impl: batch_runner(run, args.batch_seconds)
+            runners[g.id] = {impl: batch_runner(run, args.batch_seconds, clock)
                              for impl, run in calls.items()}
         seconds = {g.id: {impl: [] for impl in IMPLS} for g in cases}
         for _ in range(args.rounds):
@@ -84,7 +89,8 @@ def main():
     print(f"peak      float32 FMA probe: median {peak:.1f} GFLOP/s, range {min(peaks):.1f}–"
           f"{max(peaks):.1f} (10 runs of 0.3 s, before and after)")
     print(f"load      1-minute load average {load_before:.2f} before, {load_after:.2f} after "
-          f"({os.cpu_count()} CPUs); {args.rounds} interleaved rounds, medians")
+          f"({os.cpu_count()} CPUs); {args.rounds} interleaved rounds, medians, {args.clock} "
+          f"clock")
     print()
     header = (f"{'gemm':<14} {'op':<5} {'MxNxK':<15} {'fastmlp':>8} {'% peak':>7} {'best':>6} "
               f"{'numpy':>8} {'% peak':>7} {'best':>6} {'fastmlp/numpy':>14} {'check':>6}")

@@ -100,6 +100,16 @@ inline void tile_avx512(index_t k, const T* a, index_t a_rs, index_t a_cs, const
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  if constexpr (kPacked) {
+    // The tile of C is read (a later K block adds to it) or written only after the k loop:
+    // ask for its lines now (for writing), so that they arrive during the FMAs instead of
+    // stalling the write-back (a C of 1024² floats lives in L3, not L2).
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      __builtin_prefetch(c + i * ldc, 1, 3);
+      __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+    }
+  }
 
 #pragma GCC unroll 4
   for (index_t p = 0; p < k; ++p) {
