@@ -220,6 +220,9 @@ void gemm_packed(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
       // whole-K panel (jc+jr)/NR, panels NR·K apart instead of NR·kc.
       const T* b_block = g.packed_b ? g.packed_b + jc * g.K + pc * NR : packed_b;
       const index_t b_panel_step = g.packed_b ? g.K : kc;
+      if (!g.packed_b)
+        pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR,
+               cntx.pack_b_transposed, cntx.pack_b_rows);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR,
@@ -227,12 +230,6 @@ void gemm_packed(const GemmArgs<T>& g, const GemmContext<T>& cntx) {
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
           const T* b_panel = b_block + jr * b_panel_step;
-          // op(B) is packed one micro-panel at a time, during the first A block, just before
-          // the micro-kernels read it (as OpenBLAS does): the panel is still in L1/L2 for them,
-          // where packing the whole block first would write it out to L3 and read it back.
-          if (!g.packed_b && ic == 0)
-            pack_b(packed_b + jr * kc, g.B + pc * g.rs_b + (jc + jr) * g.cs_b, g.rs_b, g.cs_b,
-                   kc, n, NR, cntx.pack_b_transposed, cntx.pack_b_rows);
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             const T* a_panel = packed_a + ir * kc;
