@@ -54,7 +54,8 @@ GemmPath choose_path(const GemmArgs<T>& g, double flops) {
   // panel, a strided stream) up to a quarter of it. Measured (2-vCPU Zen 5, 1 MiB L2, 1
   // thread, float32, GFLOP/s in place vs packed): 256×256×256 A.B 253 vs 235, A.Bt 244 vs
   // 236, At.B 251 vs 237; 256×64×64 A.B 225 vs 192; 256×256×784 A.Bt (800 KB) 237 vs 225;
-  // but 256×784×256 A.B (800 KB in place) 227 vs 234 and 256×512×512 A.B 207 vs 234.
+  // but 256×784×256 A.B (800 KB in place) 227 vs 234 and 256×512×512 A.B 207 vs 234. AVX2
+  // forced: 256×256×256 A.B 126 vs 114, 256×256×784 A.Bt 119 vs 109, 256×64×64 A.B 121 vs 96.
   const bool b_panels = g.packed_b != nullptr || g.cs_b != 1;
   const double l2 = static_cast<double>(cache_sizes().l2);
   if (g.M <= 2 * kSmallPathMaxRows && b_bytes <= (b_panels ? l2 : l2 / 4))
