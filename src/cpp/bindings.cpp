@@ -1451,6 +1451,10 @@ PYBIND11_MODULE(_core, m) {
       throw py::value_error(e.what());
     }
   }, py::arg("path"));
+  // Whether bfloat16 training packs W in every product (trainer.h's packs off); returns the
+  // previous setting.
+  testing.def("disable_bf16_weight_packs", &testing_disable_bf16_weight_packs,
+              py::arg("disabled"));
   // The calling thread's GemmPrecision ("float32" or "bfloat16"); returns the previous one.
   testing.def("set_gemm_precision", [](const std::string& name) {
     constexpr std::pair<GemmPrecision, const char*> names[] = {
