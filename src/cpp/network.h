@@ -74,7 +74,7 @@ struct Batch {
 // layer_mode: the thread plan, per layer how its products use the pool (threads.h); null:
 // the calling thread's mode. (Layout::features runs no GEMM and no thread.)
 // bf16_forward / bf16_input: per layer, W_l packed whole for the bf16 products (gemm/bf16.h's
-// pack_bf16_weights) as op(B) of the forward product (Wᵀ) and of the input gradient (W), each
+// Bf16WeightPacker) as op(B) of the forward product (Wᵀ) and of the input gradient (W), each
 // entry or the array null where the product packs W itself (the training engine's cache).
 template <class T>
 struct Workspace {

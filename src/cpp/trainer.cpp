@@ -8,8 +8,6 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "gemm/bf16.h"
-
 namespace fastmlp {
 
 namespace {
@@ -184,9 +182,9 @@ bool Trainer<T>::prepare_bf16_packs() {
   } else {
     const bool applies = requested_gemm_precision(cfg_.precision) == GemmPrecision::bfloat16 &&
                          !cfg_.sparse_input && layout_ == Layout::rows &&
-                         !g_bf16_packs_disabled.load(std::memory_order_relaxed) &&
-                         bf16_weight_packs_supported();
-    if (!applies) {
+                         !g_bf16_packs_disabled.load(std::memory_order_relaxed);
+    bf16_packer_ = applies ? bf16_weight_packer() : nullptr;
+    if (!bf16_packer_) {
       bf16_packs_current_ = false;  // steps without them leave them behind
       return false;
     }
@@ -212,8 +210,8 @@ bool Trainer<T>::prepare_bf16_packs() {
       bf16_input_read_.assign(bf16_input_.begin(), bf16_input_.end());
     }
     for (index_t l = 0; l < n_layers_; ++l)
-      pack_bf16_weights(bf16_forward_[l], bf16_input_[l], weights_[l], n[l], n[l + 1], n[l], 0,
-                        0, n[l + 1], n[l]);
+      bf16_packer_(bf16_forward_[l], bf16_input_[l], weights_[l], n[l], n[l + 1], n[l], 0, 0,
+                   n[l + 1], n[l]);
     bf16_packs_current_ = true;
     return true;
   }
@@ -384,8 +382,8 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
     t.weights_finite_.store(false, std::memory_order_relaxed);
   if constexpr (std::is_same_v<T, float>)
     if (t.bf16_packs_in_step_)  // the next step's operands, from the tile just written
-      pack_bf16_weights(t.bf16_forward_[l], t.bf16_input_[l], t.weights_[l], n_in,
-                        t.cfg_.shape.sizes[l + 1], n_in, row, col, m, n);
+      t.bf16_packer_(t.bf16_forward_[l], t.bf16_input_[l], t.weights_[l], n_in,
+                     t.cfg_.shape.sizes[l + 1], n_in, row, col, m, n);
 #if defined(__GNUC__)
   // The packed GEMM hands over a column panel's tiles top to bottom: ask for the next tile's
   // rows of W, its optimizer state and its backup now, so that they arrive while the kernel

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common.h"
+#include "gemm/bf16.h"
 #include "network.h"
 #include "optim.h"
 #include "sparse.h"
@@ -230,6 +231,7 @@ class Trainer {
   AlignedBuffer<std::uint32_t> bf16_packs_;
   std::vector<std::uint32_t*> bf16_forward_, bf16_input_;  // per layer (input: null for l = 0)
   std::vector<const void*> bf16_forward_read_, bf16_input_read_;  // the same, for Workspace
+  Bf16WeightPacker bf16_packer_ = nullptr;  // the active path's, while the packs are in use
   bool bf16_packs_current_ = false;  // the packs hold bf16(W) as it is now
   bool bf16_packs_in_step_ = false;  // this step's update writes the packs
   // Whether every weight tile updated in this step stayed finite (tiles may be consumed on

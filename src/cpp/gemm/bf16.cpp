@@ -328,18 +328,7 @@ index_t bf16_packed_b_words(index_t K, index_t N) {
   return round_up(N, NR) * ((K + 1) / 2);
 }
 
-bool bf16_weight_packs_supported() {
-  return kernels_of(active_bf16_path()).pack_weights != nullptr;
-}
-
-void pack_bf16_weights(std::uint32_t* forward, std::uint32_t* backward, const float* W,
-                       index_t ld, index_t n_out, index_t n_in, index_t row, index_t col,
-                       index_t m, index_t n) {
-  const Bf16Kernels& k = kernels_of(active_bf16_path());
-  if (!k.pack_weights)
-    throw std::logic_error("pack_bf16_weights: the active bf16 path has no whole-pack layout");
-  k.pack_weights(forward, backward, W, ld, n_out, n_in, row, col, m, n);
-}
+Bf16WeightPacker bf16_weight_packer() { return kernels_of(active_bf16_path()).pack_weights; }
 
 void round_to_bf16(float* out, const float* x, index_t n) {
   for (index_t i = 0; i < n; ++i) out[i] = bf16_round(x[i]);

@@ -160,7 +160,7 @@ void pack_b_bf16(void* packed, const float* b, index_t rs, index_t cs, index_t k
     }
 }
 
-// ---- whole packs of W (bf16.h's pack_bf16_weights) ---------------------------------------
+// ---- whole packs of W (bf16.h's Bf16WeightPacker) ----------------------------------------
 
 // Half `half` (0: the even k, low) of word `word`: a value whose pair partner belongs to
 // another block (or thread) is written alone, never its partner.
