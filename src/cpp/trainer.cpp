@@ -13,6 +13,8 @@ namespace fastmlp {
 namespace {
 
 std::atomic<bool> g_bf16_packs_disabled{false};
+// Since the process started: whole packs built, and steps whose products read packs.
+std::atomic<std::int64_t> g_bf16_pack_builds{0}, g_bf16_pack_steps{0};
 
 std::uint64_t splitmix64(std::uint64_t& state) {
   std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -43,6 +45,10 @@ index_t rounded(index_t n) { return (n + 15) / 16 * 16; }
 
 bool testing_disable_bf16_weight_packs(bool disabled) {
   return g_bf16_packs_disabled.exchange(disabled);
+}
+
+std::pair<std::int64_t, std::int64_t> testing_bf16_weight_pack_counts() {
+  return {g_bf16_pack_builds.load(), g_bf16_pack_steps.load()};
 }
 
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed) {
@@ -188,7 +194,9 @@ bool Trainer<T>::prepare_bf16_packs() {
       bf16_packs_current_ = false;  // steps without them leave them behind
       return false;
     }
+    g_bf16_pack_steps.fetch_add(1, std::memory_order_relaxed);
     if (bf16_packs_current_) return true;
+    g_bf16_pack_builds.fetch_add(1, std::memory_order_relaxed);
     const std::vector<index_t>& n = cfg_.shape.sizes;
     if (bf16_forward_.empty()) {  // first use: one zeroed block (the padding stays zero)
       index_t words = 0;

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -284,6 +285,8 @@ class Trainer {
 // Test hook: with `disabled`, bfloat16 training packs W in every product instead of keeping
 // the packs above, so tests compare both ways. Returns the previous setting.
 bool testing_disable_bf16_weight_packs(bool disabled);
+// (packs built whole, steps whose products read packs), counted since the process started.
+std::pair<std::int64_t, std::int64_t> testing_bf16_weight_pack_counts();
 
 // Seeded permutation of 0 … n-1 (Fisher–Yates over splitmix64): the same on every platform.
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed);
