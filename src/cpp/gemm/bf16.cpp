@@ -243,9 +243,21 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
           const unsigned char* b_panel =
               whole_b ? whole_b + (jc + jr) / NR * whole_panel_bytes + pc * NR * k.value_bytes
                       : packed_b + jr * panel_bytes;
+          // A whole pack was written long before (the previous step's update) and is read
+          // from L3 or memory: while this panel's row tiles run, the next panel's K block is
+          // asked into L2, a share per tile.
+          const unsigned char* next_b =
+              whole_b && jr + NR < nc ? b_panel + whole_panel_bytes : nullptr;
+          const index_t b_block_bytes = NR * round_up(kc, k.k_group) * k.value_bytes;
+          const index_t row_tiles = (mc + MR - 1) / MR;
+          const index_t share = (b_block_bytes / 64 + row_tiles - 1) / row_tiles * 64;
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             const unsigned char* a_panel = packed_a + ir * panel_bytes;
+            if (next_b)
+              for (index_t at = ir / MR * share, end = std::min(at + share, b_block_bytes);
+                   at < end; at += 64)
+                __builtin_prefetch(next_b + at, 0, 2);
             const index_t row = ic + ir, col = jc + jr;
             float* c = scratch ? scratch : out.C + row * out.ldc + col;
             const index_t ldc = scratch ? NR : out.ldc;
