@@ -227,8 +227,8 @@ class Trainer {
   // Python cannot write a model's weights while another thread trains it), apply_gradients,
   // a restored non-finite step. Reading a pack gives bitwise the product that packs W itself.
   // Memory: Σ_l 2 bytes · (round_up(n_{l+1}, 32) · round_up(n_l, 2) + [l ≥ 1] round_up(n_l,
-  // 32) · round_up(n_{l+1}, 2)): about the float32 weights' size (8 MiB for the wide net),
-  // allocated at the first bf16 step, never for float32 training.
+  // 32) · round_up(n_{l+1}, 2)): at most about the float32 weights' size (6 MiB for the wide
+  // net's 8 MiB), allocated at the first bf16 step, never for float32 training.
   AlignedBuffer<std::uint32_t> bf16_packs_;
   std::vector<std::uint32_t*> bf16_forward_, bf16_input_;  // per layer (input: null for l = 0)
   std::vector<const void*> bf16_forward_read_, bf16_input_read_;  // the same, for Workspace
