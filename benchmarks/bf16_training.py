@@ -14,12 +14,7 @@ four in turn, --rounds times, and each cell is the median epoch. The ratios are 
 issue sets targets for: bf16 ÷ fastmlp fp32 and bf16 ÷ torch autocast (wide ≥ 1.8× and
 ≥ 1.25×, mnist-shaped ≥ 1.5× and ≥ 1.3×), from the medians of the same run.
 
---without-packs adds a fifth implementation: fastmlp bf16 with the engine's packed weights
-switched off (every product packs W itself, as before they existed; fastmlp._testing), and
-its ratio to the default.
-
     python benchmarks/bf16_training.py [--rounds 9] [--samples 4096] [--nets mnist,wide]
-                                       [--without-packs]
 """
 
 from __future__ import annotations
@@ -32,31 +27,23 @@ import time
 import numpy as np
 
 import fastmlp
-from fastmlp import _testing
 from common import LR, NET_BY_NAME, environment_report, optional_torch, single_threaded
 from reference_mlp import torch_mlp_from, torch_train_epoch
 
 TARGETS = {"mnist": (1.5, 1.3), "wide": (1.8, 1.25)}  # (÷ fp32, ÷ torch autocast)
 
 
-def epoch_runners(net, n_samples: int, without_packs: bool) -> dict:
+def epoch_runners(net, n_samples: int) -> dict:
     """name → zero-argument function training one epoch."""
     rng = np.random.default_rng(1234)
     X = rng.standard_normal((n_samples, net.layer_sizes[0])).astype(np.float32)
     y = rng.integers(0, net.layer_sizes[-1], n_samples)
     out = {}
-    variants = [("float32", "fastmlp fp32", True), ("bfloat16", "fastmlp bf16", True)]
-    if without_packs:
-        variants.append(("bfloat16", "bf16 no packs", False))
-    for precision, name, packs in variants:
+    for precision, name in (("float32", "fastmlp fp32"), ("bfloat16", "fastmlp bf16")):
         model = fastmlp.MLP(list(net.layer_sizes), seed=0, precision=precision)
         optimizer = fastmlp.SGD(lr=LR)
-
-        def epoch(model=model, optimizer=optimizer, packs=packs):
-            with _testing.bf16_weight_packs(packs):
-                model.fit(X, y, epochs=1, batch_size=net.batch_size, optimizer=optimizer,
-                          shuffle=False)
-        out[name] = epoch
+        out[name] = lambda model=model, optimizer=optimizer: model.fit(
+            X, y, epochs=1, batch_size=net.batch_size, optimizer=optimizer, shuffle=False)
     torch = optional_torch()
     if torch is None:
         return out
@@ -73,8 +60,8 @@ def epoch_runners(net, n_samples: int, without_packs: bool) -> dict:
     return out
 
 
-def measure(net, n_samples: int, rounds: int, without_packs: bool) -> dict:
-    runners = epoch_runners(net, n_samples, without_packs)
+def measure(net, n_samples: int, rounds: int) -> dict:
+    runners = epoch_runners(net, n_samples)
     for run in runners.values():  # warm-up: first-use costs (buffers, cost model, oneDNN)
         run()
     times = {name: [] for name in runners}
@@ -92,8 +79,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4096,
                         help="samples per epoch (default 4096: 16 batches of the wide net)")
     parser.add_argument("--nets", default="mnist,wide")
-    parser.add_argument("--without-packs", action="store_true",
-                        help="also time bf16 training with the packed weights switched off")
     args = parser.parse_args()
     for line in environment_report():
         print(line)
@@ -101,7 +86,7 @@ def main() -> None:
     with single_threaded():
         for net_name in args.nets.split(","):
             net = NET_BY_NAME[net_name]
-            rates = measure(net, args.samples, args.rounds, args.without_packs)
+            rates = measure(net, args.samples, args.rounds)
             print(f"\n{net.name} {list(net.layer_sizes)} B{net.batch_size}, {args.samples} "
                   f"samples, median of {args.rounds} rounds (samples/s):")
             for name, rate in rates.items():
@@ -110,8 +95,6 @@ def main() -> None:
             vs_fp32, vs_torch = TARGETS[net.name]
             print(f"  bf16 / fastmlp fp32:   {bf16 / rates['fastmlp fp32']:.2f}x "
                   f"(target >= {vs_fp32}x)")
-            if "bf16 no packs" in rates:
-                print(f"  bf16 / bf16 no packs:  {bf16 / rates['bf16 no packs']:.2f}x")
             if "torch autocast" in rates:
                 print(f"  bf16 / torch autocast: {bf16 / rates['torch autocast']:.2f}x "
                       f"(target >= {vs_torch}x)")

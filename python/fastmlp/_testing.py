@@ -48,24 +48,6 @@ def bf16_path(path: str):
         force_bf16_path(previous)
 
 
-@contextlib.contextmanager
-def bf16_weight_packs(enabled: bool):
-    """Whether bfloat16 training keeps W rounded and packed between steps (the engine's
-    default) or packs it in every product, until the block ends: the two must train alike."""
-    previous = _hooks.disable_bf16_weight_packs(not enabled)
-    try:
-        yield
-    finally:
-        _hooks.disable_bf16_weight_packs(previous)
-
-
-def bf16_weight_pack_counts() -> tuple[int, int]:
-    """(whole packs of the weights built, bfloat16 training steps whose products read packs),
-    counted since the process started (the engine rebuilds the packs whenever the weights
-    may have changed outside its fused steps: each epoch, a rejected step, ...)."""
-    return tuple(_hooks.bf16_weight_pack_counts())
-
-
 def force_int8_path(path: str) -> str:
     """Every int8 product takes ``path``: ``'portable'``, ``'avxvnni'``, ``'avx512vnni'``
     (``ValueError`` on a CPU without it) or ``'automatic'``. Returns the previous one."""

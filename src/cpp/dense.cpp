@@ -10,8 +10,7 @@ namespace fastmlp {
 
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
-                   index_t I, index_t O, Activation act, const T* packed_w,
-                   const void* packed_w_bf16) {
+                   index_t I, index_t O, Activation act, const T* packed_w) {
   GemmArgs<T> g;
   g.M = B;
   g.N = O;
@@ -23,7 +22,6 @@ void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, i
   g.rs_b = W.col_stride;
   g.cs_b = W.row_stride;
   g.packed_b = packed_w;
-  g.packed_b_bf16 = packed_w_bf16;
   g.sink.C = out;
   g.sink.ldc = O;
   g.sink.bias = b;
@@ -81,7 +79,7 @@ void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, 
 
 template <class T>
 void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, index_t I,
-                    index_t O, const T* relu_mask, const void* packed_w_bf16) {
+                    index_t O, const T* relu_mask) {
   GemmArgs<T> g;  // grad_x (B,I) = grad_a (B,O) · W (O,I), masked in the write-back
   g.M = B;
   g.N = I;
@@ -92,7 +90,6 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
   g.B = W.data;
   g.rs_b = W.row_stride;
   g.cs_b = W.col_stride;
-  g.packed_b_bf16 = packed_w_bf16;
   g.sink.C = grad_x;
   g.sink.ldc = I;
   g.sink.mask = relu_mask;
@@ -102,14 +99,14 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \
   template void dense_forward<T>(T*, StridedMatrix<T>, StridedMatrix<T>, const T*, index_t,     \
-                                 index_t, index_t, Activation, const T*, const void*);          \
+                                 index_t, index_t, Activation, const T*);                       \
   template void dense_backward<T>(T*, T*, T*, T*, StridedMatrix<T>, StridedMatrix<T>, const T*, \
                                   const T*, index_t, index_t, index_t, Activation);              \
   template void bias_gradient<T>(T*, const T*, index_t, index_t);                               \
   template void weight_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t,   \
                                    const TileConsumer<T>*);                                     \
   template void input_gradient<T>(T*, const T*, StridedMatrix<T>, index_t, index_t, index_t,    \
-                                  const T*, const void*);
+                                  const T*);
 FASTMLP_INSTANTIATE(float)
 FASTMLP_INSTANTIATE(double)
 #undef FASTMLP_INSTANTIATE

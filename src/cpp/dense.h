@@ -20,12 +20,10 @@ struct StridedMatrix {
 
 // out = act(x Wᵀ + b): bias and ReLU are applied in the GEMM's write-back; tanh and logistic
 // in one pass over the output right after. packed_w: W (contiguous rows) already packed by
-// prepack_b (gemm.h) for the active ISA, or null. packed_w_bf16: Wᵀ packed whole for the
-// bf16 product (gemm.h's GemmArgs::packed_b_bf16), or null.
+// prepack_b (gemm.h) for the active ISA, or null.
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
-                   index_t I, index_t O, Activation act, const T* packed_w = nullptr,
-                   const void* packed_w_bf16 = nullptr);
+                   index_t I, index_t O, Activation act, const T* packed_w = nullptr);
 
 // Given out = act(x Wᵀ + b) and grad_out = dL/d out (B,O, contiguous), with a = x Wᵀ + b:
 //   grad_a = grad_out · act'(a)     (from out: see activation_backward_inplace; in scratch (B,O))
@@ -48,10 +46,9 @@ template <class T>
 void weight_gradient(T* grad_W, const T* grad_a, StridedMatrix<T> x, index_t B, index_t I,
                      index_t O, const TileConsumer<T>* consumer = nullptr);
 //   grad_x (B,I) = (grad_a · W) · [relu_mask > 0]   (relu_mask (B,I) contiguous, or null: the
-//   ReLU backward of the layer below, applied in the product's write-back). packed_w_bf16: W
-//   packed whole for the bf16 product (GemmArgs::packed_b_bf16), or null.
+//   ReLU backward of the layer below, applied in the product's write-back)
 template <class T>
 void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, index_t I,
-                    index_t O, const T* relu_mask, const void* packed_w_bf16 = nullptr);
+                    index_t O, const T* relu_mask);
 
 }  // namespace fastmlp

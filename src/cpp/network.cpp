@@ -71,8 +71,7 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
       }
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
-                    n[l + 1], act, packed_ ? packed_[l] : nullptr,
-                    ws.bf16_forward ? ws.bf16_forward[l] : nullptr);
+                    n[l + 1], act, packed_ ? packed_[l] : nullptr);
     } else {
       narrow_forward(ws.act[l], l == 0 ? batch.x.data : ws.act[l - 1], weights_[l], biases_[l],
                      B, n[l], n[l + 1], act);
@@ -136,8 +135,7 @@ void Network<T>::backward(const Batch<T>& batch, const Workspace<T>& ws,
         // The product that reads W_l runs before W_l's gradient goes to the sink, which may
         // update W_l.
         input_gradient(grad_in, grad_out, StridedMatrix<T>{weights_[l], n_in, 1}, B, n_in, n_out,
-                       hidden == Activation::relu ? ws.act[l - 1] : nullptr,
-                       ws.bf16_input ? ws.bf16_input[l] : nullptr);
+                       hidden == Activation::relu ? ws.act[l - 1] : nullptr);
         if (hidden == Activation::tanh || hidden == Activation::logistic)
           activation_backward_inplace(grad_in, ws.act[l - 1], B * n_in, hidden);
       }

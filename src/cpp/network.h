@@ -73,17 +73,12 @@ struct Batch {
 //   logits_rows: (B, n_L), Layout::features only (the losses' row-major logits).
 // layer_mode: the thread plan, per layer how its products use the pool (threads.h); null:
 // the calling thread's mode. (Layout::features runs no GEMM and no thread.)
-// bf16_forward / bf16_input: per layer, W_l packed whole for the bf16 products (gemm/bf16.h's
-// Bf16WeightPacker) as op(B) of the forward product (Wᵀ) and of the input gradient (W), each
-// entry or the array null where the product packs W itself (the training engine's cache).
 template <class T>
 struct Workspace {
   std::vector<T*> act;
   T* grad[2] = {nullptr, nullptr};
   T* logits_rows = nullptr;
   const ParallelMode* layer_mode = nullptr;
-  const void* const* bf16_forward = nullptr;
-  const void* const* bf16_input = nullptr;
 };
 
 // What backward does with each layer's weight gradient dL/dW_l (n_{l+1}, n_l): writes it to

@@ -8,13 +8,10 @@
 #include <stdexcept>
 #include <type_traits>
 
+
 namespace fastmlp {
 
 namespace {
-
-std::atomic<bool> g_bf16_packs_disabled{false};
-// Since the process started: whole packs built, and steps whose products read packs.
-std::atomic<std::int64_t> g_bf16_pack_builds{0}, g_bf16_pack_steps{0};
 
 std::uint64_t splitmix64(std::uint64_t& state) {
   std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -42,14 +39,6 @@ constexpr double kSquaresLimit = 4611686018427387904.0;  // 2^62
 index_t rounded(index_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
-
-bool testing_disable_bf16_weight_packs(bool disabled) {
-  return g_bf16_packs_disabled.exchange(disabled);
-}
-
-std::pair<std::int64_t, std::int64_t> testing_bf16_weight_pack_counts() {
-  return {g_bf16_pack_builds.load(), g_bf16_pack_steps.load()};
-}
 
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed) {
   for (index_t i = 0; i < n; ++i) out[i] = i;
@@ -158,7 +147,6 @@ void Trainer<T>::begin_epoch(index_t n_samples, bool shuffle, std::uint64_t seed
   shuffled_ = shuffle;
   fell_back_this_epoch_ = false;
   working_copy_current_ = false;  // W_0 may have changed since the last run()
-  bf16_packs_current_ = false;    // so may any W (trainer.h)
   if (shuffle) {
     order_.resize(static_cast<std::size_t>(n_samples));  // allocates on the first epoch only
     shuffled_indices(order_.data(), n_samples, seed);
@@ -179,50 +167,6 @@ double Trainer<T>::weight_squares() const {
     total += sum_of_squares(param_array(static_cast<int>(l)), 0, 1,
                             cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l]);
   return total;
-}
-
-template <class T>
-bool Trainer<T>::prepare_bf16_packs() {
-  if constexpr (!std::is_same_v<T, float>) {
-    return false;
-  } else {
-    const bool applies = requested_gemm_precision(cfg_.precision) == GemmPrecision::bfloat16 &&
-                         !cfg_.sparse_input && layout_ == Layout::rows &&
-                         !g_bf16_packs_disabled.load(std::memory_order_relaxed);
-    bf16_packer_ = applies ? bf16_weight_packer() : nullptr;
-    if (!bf16_packer_) {
-      bf16_packs_current_ = false;  // steps without them leave them behind
-      return false;
-    }
-    g_bf16_pack_steps.fetch_add(1, std::memory_order_relaxed);
-    if (bf16_packs_current_) return true;
-    g_bf16_pack_builds.fetch_add(1, std::memory_order_relaxed);
-    const std::vector<index_t>& n = cfg_.shape.sizes;
-    if (bf16_forward_.empty()) {  // first use: one zeroed block (the padding stays zero)
-      index_t words = 0;
-      auto layer_words = [&](index_t l, bool input) {
-        return rounded(input ? bf16_packed_b_words(n[l + 1], n[l])
-                             : bf16_packed_b_words(n[l], n[l + 1]));
-      };
-      for (index_t l = 0; l < n_layers_; ++l)
-        words += layer_words(l, false) + (l > 0 ? layer_words(l, true) : 0);
-      std::uint32_t* p = bf16_packs_.reserve(static_cast<std::size_t>(words));
-      std::fill_n(p, words, 0u);
-      for (index_t l = 0; l < n_layers_; ++l) {
-        bf16_forward_.push_back(p);
-        p += layer_words(l, false);
-        bf16_input_.push_back(l > 0 ? p : nullptr);
-        p += l > 0 ? layer_words(l, true) : 0;
-      }
-      bf16_forward_read_.assign(bf16_forward_.begin(), bf16_forward_.end());
-      bf16_input_read_.assign(bf16_input_.begin(), bf16_input_.end());
-    }
-    for (index_t l = 0; l < n_layers_; ++l)
-      bf16_packer_(bf16_forward_[l], bf16_input_[l], weights_[l], n[l], n[l + 1], n[l], 0, 0,
-                   n[l + 1], n[l]);
-    bf16_packs_current_ = true;
-    return true;
-  }
 }
 
 template <class T>
@@ -388,10 +332,6 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
   // The tile starts at element row · n_in + col of W_l (n_out, n_in).
   if (!t.update_block(static_cast<int>(l), row * n_in + col, n_in, grad, ld_grad, m, n, u.rows))
     t.weights_finite_.store(false, std::memory_order_relaxed);
-  if constexpr (std::is_same_v<T, float>)
-    if (t.bf16_packs_in_step_)  // the next step's operands, from the tile just written
-      t.bf16_packer_(t.bf16_forward_[l], t.bf16_input_[l], t.weights_[l], n_in,
-                     t.cfg_.shape.sizes[l + 1], n_in, row, col, m, n);
 #if defined(__GNUC__)
   // The packed GEMM hands over a column panel's tiles top to bottom: ask for the next tile's
   // rows of W, its optimizer state and its backup now, so that they arrive while the kernel
@@ -462,12 +402,7 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   weights_finite_.store(true, std::memory_order_relaxed);
   tile_context_.trainer = this;
   tile_context_.rows = rows;
-  bf16_packs_in_step_ = prepare_bf16_packs();
-  ws_.bf16_forward = bf16_packs_in_step_ ? bf16_forward_read_.data() : nullptr;
-  ws_.bf16_input = bf16_packs_in_step_ ? bf16_input_read_.data() : nullptr;
   *loss = network_gradients(batch, sink_, result);
-  ws_.bf16_forward = ws_.bf16_input = nullptr;  // (gradient_step packs W itself)
-  bf16_packs_in_step_ = false;
   if (!std::isfinite(*loss + *penalty)) {  // nothing was updated yet
     *nonfinite = true;
     return;
@@ -579,7 +514,6 @@ bool Trainer<T>::apply_gradients(T* grad, index_t penalty_rows) {
   const std::vector<index_t>& n = cfg_.shape.sizes;
   optimizer_.begin_step();
   squares_unit_ = 0.0;  // no running Σw² here: gradient_step sums it when alpha ≠ 0
-  bf16_packs_current_ = false;  // W changes outside the fused step
   bool finite = true;
   // One block per parameter array, through the same rule (and backup) as the fused path.
   for (index_t l = 0; l < n_layers_; ++l) {
@@ -600,7 +534,6 @@ bool Trainer<T>::apply_gradients(T* grad, index_t penalty_rows) {
 
 template <class T>
 void Trainer<T>::restore_parameters() {
-  bf16_packs_current_ = false;  // they hold some of the rejected update
   const T* in = backup_;
   for (index_t l = 0; l < n_layers_; ++l) {
     const index_t w_size = cfg_.shape.sizes[l + 1] * cfg_.shape.sizes[l];

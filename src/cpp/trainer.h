@@ -13,11 +13,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "common.h"
-#include "gemm/bf16.h"
 #include "network.h"
 #include "optim.h"
 #include "sparse.h"
@@ -179,9 +177,6 @@ class Trainer {
                     index_t n, index_t batch_rows, T* backup_at = nullptr);
   void restore_parameters();
   double weight_squares() const;  // Σ_l ‖W_l‖², one pass
-  // Whether this step's bf16 products read the packs of W below (bf16_packs_); packs them
-  // first where they are not current.
-  bool prepare_bf16_packs();
   // Sparse input: the GradientSink's consumer of layer 0's weight gradient (network.h). Updates
   // W_0ᵀ row by row, each touched row's gradient computed where it is used (TouchedColumns).
   static void consume_sparse_gradient(void* trainer, const SparseRows<T>& x, index_t B,
@@ -217,24 +212,6 @@ class Trainer {
   T* weights_batch_ = nullptr;  // (max_batch)
   T* backup_ = nullptr;
   std::vector<T*> backup_weights_;  // per layer, W_l's place in backup_ (b_l follows it)
-  // bfloat16 steps on a path with whole packs (gemm/bf16.h: avx512bf16), dense input, GEMM
-  // layout: every W_l rounded and packed as op(B) of the forward product (Wᵀ) and, from layer
-  // 1 on, of the input gradient (W), so that the next step's products read half the bytes and
-  // pack nothing. The fused update writes each updated tile of W_l into both packs while the
-  // tile is in L1 (consume_weight_tile), so the packs follow the weights step after step; they
-  // are built whole (one pass) when not current: at the first bf16 step, and after whatever
-  // may change W outside the fused steps — a new epoch (callbacks run between epochs, and
-  // Python cannot write a model's weights while another thread trains it), apply_gradients,
-  // a restored non-finite step. Reading a pack gives bitwise the product that packs W itself.
-  // Memory: Σ_l 2 bytes · (round_up(n_{l+1}, 32) · round_up(n_l, 2) + [l ≥ 1] round_up(n_l,
-  // 32) · round_up(n_{l+1}, 2)): at most about the float32 weights' size (6 MiB for the wide
-  // net's 8 MiB), allocated at the first bf16 step, never for float32 training.
-  AlignedBuffer<std::uint32_t> bf16_packs_;
-  std::vector<std::uint32_t*> bf16_forward_, bf16_input_;  // per layer (input: null for l = 0)
-  std::vector<const void*> bf16_forward_read_, bf16_input_read_;  // the same, for Workspace
-  Bf16WeightPacker bf16_packer_ = nullptr;  // the active path's, while the packs are in use
-  bool bf16_packs_current_ = false;  // the packs hold bf16(W) as it is now
-  bool bf16_packs_in_step_ = false;  // this step's update writes the packs
   // Whether every weight tile updated in this step stayed finite (tiles may be consumed on
   // several threads at once).
   std::atomic<bool> weights_finite_{true};
@@ -281,12 +258,6 @@ class Trainer {
   AlignedBuffer<T> zero_row_;       // (n_1) zeros: the gradient of an untouched row
   T* zeros_ = nullptr;
 };
-
-// Test hook: with `disabled`, bfloat16 training packs W in every product instead of keeping
-// the packs above, so tests compare both ways. Returns the previous setting.
-bool testing_disable_bf16_weight_packs(bool disabled);
-// (packs built whole, steps whose products read packs), counted since the process started.
-std::pair<std::int64_t, std::int64_t> testing_bf16_weight_pack_counts();
 
 // Seeded permutation of 0 … n-1 (Fisher–Yates over splitmix64): the same on every platform.
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed);

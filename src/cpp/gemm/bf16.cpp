@@ -223,41 +223,21 @@ void gemm_blocked(const GemmArgs<float>& g, const Bf16Kernels& k) {
                                         static_cast<std::size_t>(MR * NR))
                                   : nullptr;
   const bool finishes = out.bias || out.relu || out.mask;
-  // op(B) packed whole (bf16.h): its K block pc of column panel P at P·(whole panel) + pc·NR
-  // values; only the path with a whole-pack layout reads it.
-  const unsigned char* whole_b =
-      k.pack_weights ? static_cast<const unsigned char*>(g.packed_b_bf16) : nullptr;
-  const index_t whole_panel_bytes = round_up(g.K, k.k_group) * NR * k.value_bytes;
   for (index_t jc = 0; jc < g.N; jc += NC) {
     const index_t nc = std::min(NC, g.N - jc);
     for (index_t pc = 0; pc < g.K; pc += KC) {
       const index_t kc = std::min(KC, g.K - pc);
       const index_t panel_bytes = round_up(kc, k.k_group) * k.value_bytes;  // per row/column
-      if (!whole_b)
-        k.pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR);
+      k.pack_b(packed_b, g.B + pc * g.rs_b + jc * g.cs_b, g.rs_b, g.cs_b, kc, nc, NR);
       for (index_t ic = 0; ic < g.M; ic += MC) {
         const index_t mc = std::min(MC, g.M - ic);
         k.pack_a(packed_a, g.A + ic * g.rs_a + pc * g.cs_a, g.rs_a, g.cs_a, mc, kc, MR);
         for (index_t jr = 0; jr < nc; jr += NR) {
           const index_t n = std::min(NR, nc - jr);
-          const unsigned char* b_panel =
-              whole_b ? whole_b + (jc + jr) / NR * whole_panel_bytes + pc * NR * k.value_bytes
-                      : packed_b + jr * panel_bytes;
-          // A whole pack was written long before (the previous step's update) and is read
-          // from L3 or memory: while this panel's row tiles run, the next panel's K block is
-          // asked into L2, a share per tile.
-          const unsigned char* next_b =
-              whole_b && jr + NR < nc ? b_panel + whole_panel_bytes : nullptr;
-          const index_t b_block_bytes = NR * round_up(kc, k.k_group) * k.value_bytes;
-          const index_t row_tiles = (mc + MR - 1) / MR;
-          const index_t share = (b_block_bytes / 64 + row_tiles - 1) / row_tiles * 64;
+          const unsigned char* b_panel = packed_b + jr * panel_bytes;
           for (index_t ir = 0; ir < mc; ir += MR) {
             const index_t m = std::min(MR, mc - ir);
             const unsigned char* a_panel = packed_a + ir * panel_bytes;
-            if (next_b)
-              for (index_t at = ir / MR * share, end = std::min(at + share, b_block_bytes);
-                   at < end; at += 64)
-                __builtin_prefetch(next_b + at, 0, 2);
             const index_t row = ic + ir, col = jc + jr;
             float* c = scratch ? scratch : out.C + row * out.ldc + col;
             const index_t ldc = scratch ? NR : out.ldc;
@@ -334,13 +314,6 @@ Bf16Path testing_force_bf16_path(Bf16Path path) {
 }
 
 Bf16Kernels active_bf16_kernels() { return kernels_of(active_bf16_path()); }
-
-index_t bf16_packed_b_words(index_t K, index_t N) {
-  constexpr index_t NR = 32;  // the avx512bf16 tile's (kernels/avx512bf16/)
-  return round_up(N, NR) * ((K + 1) / 2);
-}
-
-Bf16WeightPacker bf16_weight_packer() { return kernels_of(active_bf16_path()).pack_weights; }
 
 void round_to_bf16(float* out, const float* x, index_t n) {
   for (index_t i = 0; i < n; ++i) out[i] = bf16_round(x[i]);

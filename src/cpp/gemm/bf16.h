@@ -21,8 +21,6 @@
 //               CPUID says AVX512_BF16.
 #pragma once
 
-#include <cstdint>
-
 #include "../common.h"
 #include "context.h"
 #include "gemm.h"
@@ -57,32 +55,6 @@ void round_to_bf16(float* out, const float* x, index_t n);
 // CPU without it throws std::invalid_argument. Returns the previous forced path.
 Bf16Path testing_force_bf16_path(Bf16Path path);
 
-// ---- a weight matrix packed once for the products of several steps --------------------------
-//
-// On the avx512bf16 path op(B) (K, N) can be packed whole, once, and read by many products
-// (GemmArgs::packed_b_bf16) instead of being rounded and packed by each: NR-column panels
-// (NR = 32) of bf16 pairs of consecutive k, ⌈K/2⌉ 32-bit words per column,
-//   word (q, j) at (j / NR)·NR·⌈K/2⌉ + q·NR + j % NR = (bf16(op(B)[2q, j]), bf16(op(B)[2q+1, j]))
-// (the even k in the low half), so the K block [pc, pc + kc) of a panel (pc even) is the
-// contiguous kc×NR panel the kernel reads; columns past N and the odd k past K hold zeros.
-// The same rounding and the same K blocks as the per-product packer: a product reading the pack
-// is bitwise the product packing op(B) itself.
-// Words of such a pack of op(B) (K, N): round_up(N, NR) · ⌈K/2⌉.
-index_t bf16_packed_b_words(index_t K, index_t N);
-// A packer of W (n_out, n_in) row-major (row stride ld): the block rows [row, row + m) ×
-// columns [col, col + n), rounded, into the whole packs of op(B) = Wᵀ (`forward`: K = n_in,
-// N = n_out; the forward product x Wᵀ) and op(B) = W (`backward`: K = n_out, N = n_in; the
-// input gradient dA W); either may be null. It writes exactly the block's values (a pair of k
-// split between two blocks gets each half from its own block), so disjoint blocks may be
-// packed concurrently and in any order; the buffers must start zeroed (padding is never
-// written).
-using Bf16WeightPacker = void (*)(std::uint32_t* forward, std::uint32_t* backward,
-                                  const float* W, index_t ld, index_t n_out, index_t n_in,
-                                  index_t row, index_t col, index_t m, index_t n);
-// The active path's packer, or null where the path reads no whole packs (gemm_bf16 then
-// ignores GemmArgs::packed_b_bf16): the packs are only valid while that path stays active.
-Bf16WeightPacker bf16_weight_packer();
-
 // ---- the packed-block driver's contract, shared by the paths ---------------------------------
 //
 // A path packs the mc×kc block of op(A) into MR-row panels and the kc×nc block of op(B) into
@@ -111,8 +83,6 @@ struct Bf16Kernels {
   // bf16(w[j,p])), W read in place and rounded in registers, never packed (gemv_simd.h's
   // contract). Null: the path rounds W row block by row block and runs the float32 GEMV.
   GemvKernel<float> gemv = nullptr;
-  // The whole-pack packer (bf16_weight_packer, above); null where the path has no layout.
-  Bf16WeightPacker pack_weights = nullptr;
 };
 
 // The active path's kernels, tile and blocks (what gemm_bf16 runs now).

@@ -115,10 +115,6 @@ struct GemmArgs {
   // of packing op(B). B itself must still be given (the reference loop, the GEMV of a batch of
   // one and the bfloat16 product read it).
   const T* packed_b = nullptr;
-  // Optional, float32 products under PrecisionScope(bfloat16) on the avx512bf16 path only:
-  // op(B) already rounded and packed whole for that path's kernel (bf16.h's Bf16WeightPacker
-  // layout); other paths and float32 products ignore it.
-  const void* packed_b_bf16 = nullptr;
   TileSink<T> sink;  // C and its epilogue, or a consumer
 };
 

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdint>
 
 #include "../threads.h"
 #include "gemm.h"
@@ -53,11 +52,6 @@ void split_over_tiles(const GemmArgs<T>& g, index_t MR, index_t NR, index_t part
     part.A = g.A + r0 * g.rs_a;
     part.B = g.B + c0 * g.cs_b;
     part.packed_b = g.packed_b ? g.packed_b + c0 * g.K : nullptr;  // c0: a multiple of NR
-    // The bf16 pack: NR columns take NR·⌈K/2⌉ words of bf16 pairs (bf16.h).
-    part.packed_b_bf16 =
-        g.packed_b_bf16
-            ? static_cast<const std::uint32_t*>(g.packed_b_bf16) + c0 * ((g.K + 1) / 2)
-            : nullptr;
     part.sink = g.sink.block(r0, c0);
     serial(part);
   });

@@ -23,9 +23,7 @@
 // which is bf16_bits() of bf16_round.h; the scalar packer for arbitrary strides uses that.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "../../bf16.h"
 #include "../../bf16_round.h"
@@ -84,19 +82,14 @@ void pack_k_contiguous(std::uint32_t* dst, index_t ld_dst, const float* src, ind
 // even, k odd), converted together and interleaved into (even, odd) words. The pair loop is
 // the outer one, so the source is read row after row of op(B) (column after column of op(A)):
 // walking one 16-lane panel down all of k touched a new page per row.
-// Sixteen words (even[l], odd[l]) of two vectors of 16 lanes: bf16 value 2l of the result is
-// value l of the even k's vector, 2l+1 value l of the odd k's (which VCVTNE2PS2BF16 puts at
-// 16 + l).
-alignas(64) const std::uint16_t kInterleave[32] = {
-    0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-
-inline __m512i interleaved_pairs(__m512 even, __m512 odd) {
-  return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), bf16_pairs(even, odd));
-}
-
 void pack_lanes_contiguous(std::uint32_t* dst, index_t width, const float* src,
                            index_t k_stride, index_t lanes, index_t k) {
+  // bf16 value 2l of the result is value l of the even k's vector, 2l+1 value l of the odd k's
+  // (which VCVTNE2PS2BF16 puts at 16 + l).
+  alignas(64) static const std::uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
   const index_t pairs = (k + 1) / 2;
   for (index_t p = 0; p < k; p += 2) {
     const float* even_row = src + p * k_stride;
@@ -110,7 +103,7 @@ void pack_lanes_contiguous(std::uint32_t* dst, index_t width, const float* src,
         const __m512 even = _mm512_maskz_loadu_ps(valid, even_row + l0 + j0);
         const __m512 odd = odd_row ? _mm512_maskz_loadu_ps(valid, odd_row + l0 + j0)
                                    : _mm512_setzero_ps();
-        const __m512i words = interleaved_pairs(even, odd);
+        const __m512i words = _mm512_permutexvar_epi16(interleave, bf16_pairs(even, odd));
         _mm512_mask_storeu_epi32(panel_row + j0, first_lanes(store_lanes), words);
       }
     }
@@ -158,76 +151,6 @@ void pack_b_bf16(void* packed, const float* b, index_t rs, index_t cs, index_t k
       if (rs == 1) pack_k_contiguous(panel, NR, src, cs, cols, 16, kc);
       else pack_strided(panel, NR, src, cs, rs, cols, 16, kc);
     }
-}
-
-// ---- whole packs of W (bf16.h's Bf16WeightPacker) ----------------------------------------
-
-// Half `half` (0: the even k, low) of word `word`: a value whose pair partner belongs to
-// another block (or thread) is written alone, never its partner.
-inline void store_half(std::uint32_t* words, index_t word, int half, float value) {
-  const std::uint16_t bits = bf16_bits(value);
-  std::memcpy(reinterpret_cast<unsigned char*>(words + word) + 2 * half, &bits, sizeof bits);
-}
-
-// op(B) = Wᵀ (K = n_in, pairs of columns of W; N = n_out, lanes = rows of W): each run of
-// rows inside one NR panel is pack_k_contiguous's 16 lanes × 32 k transposed in registers. A
-// column whose pair partner lies outside [col, col + n) goes half by half.
-void pack_weights_transposed(std::uint32_t* forward, const float* W, index_t ld, index_t n_in,
-                             index_t row, index_t col, index_t m, index_t n) {
-  const index_t panel_words = kNR * ((n_in + 1) / 2);
-  index_t c0 = col, c1 = col + n;
-  auto lone_column = [&](index_t c) {
-    for (index_t o = row; o < row + m; ++o)
-      store_half(forward, (o / kNR) * panel_words + (c / 2) * kNR + o % kNR,
-                 static_cast<int>(c & 1), W[o * ld + c]);
-  };
-  if (c0 & 1) lone_column(c0++);
-  // An odd end inside W: its pair's other half is another block's. (At n_in, the pad's zero.)
-  if ((c1 & 1) && c1 < n_in) lone_column(--c1);
-  if (c1 <= c0) return;
-  for (index_t o = row; o < row + m;) {
-    const index_t lanes = std::min<index_t>(16 - o % 16, row + m - o);  // within 16 lanes
-    pack_k_contiguous(forward + (o / kNR) * panel_words + (c0 / 2) * kNR + o % kNR, kNR,
-                      W + o * ld + c0, ld, lanes, lanes, c1 - c0);
-    o += lanes;
-  }
-}
-
-// op(B) = W (K = n_out, pairs of rows of W; N = n_in, lanes = columns of W): per pair of
-// rows, 16 columns at a time interleaved into words (pack_lanes_contiguous's step), stored
-// where the columns sit in their panel. A row whose pair partner lies outside [row, row + m)
-// goes half by half.
-void pack_weights_rows(std::uint32_t* backward, const float* W, index_t ld, index_t n_out,
-                       index_t row, index_t col, index_t m, index_t n) {
-  const index_t panel_words = kNR * ((n_out + 1) / 2);
-  index_t r0 = row, r1 = row + m;
-  auto lone_row = [&](index_t o) {
-    for (index_t c = col; c < col + n; ++c)
-      store_half(backward, (c / kNR) * panel_words + (o / 2) * kNR + c % kNR,
-                 static_cast<int>(o & 1), W[o * ld + c]);
-  };
-  if (r0 & 1) lone_row(r0++);
-  if ((r1 & 1) && r1 < n_out) lone_row(--r1);
-  for (index_t o = r0; o < r1; o += 2) {
-    const float* even_row = W + o * ld;
-    const float* odd_row = o + 1 < r1 ? even_row + ld : nullptr;  // null: the pad past n_out
-    for (index_t c = col; c < col + n;) {
-      const index_t count = std::min<index_t>(16 - c % 16, col + n - c);  // within 16 lanes
-      const __mmask16 valid = first_lanes(count);
-      const __m512 even = _mm512_maskz_loadu_ps(valid, even_row + c);
-      const __m512 odd = odd_row ? _mm512_maskz_loadu_ps(valid, odd_row + c) : _mm512_setzero_ps();
-      _mm512_mask_storeu_epi32(backward + (c / kNR) * panel_words + (o / 2) * kNR + c % kNR,
-                               valid, interleaved_pairs(even, odd));
-      c += count;
-    }
-  }
-}
-
-void pack_weights(std::uint32_t* forward, std::uint32_t* backward, const float* W, index_t ld,
-                  index_t n_out, index_t n_in, index_t row, index_t col, index_t m, index_t n) {
-  if (m <= 0 || n <= 0) return;
-  if (forward) pack_weights_transposed(forward, W, ld, n_in, row, col, m, n);
-  if (backward) pack_weights_rows(backward, W, ld, n_out, row, col, m, n);
 }
 
 // tile (m ≤ MR, n ≤ 32) := finish((accumulate ? tile : 0) + Σ_q A pair q ⊗ B pair q), finish
@@ -341,7 +264,6 @@ Bf16Kernels avx512bf16_kernels() {
   k.pack_b = &pack_b_bf16;
   k.kernel = &kernel_avx512bf16;
   k.gemv = &gemv_simd<Bf16Pairs, float>;
-  k.pack_weights = &pack_weights;
   return k;
 }
 
