@@ -9,13 +9,16 @@ batch size per rank as in issue 16:
 
 "fastmlp 1 process × 2 threads" is the other way to use both cores (the same global samples
 per step as one process, so a different comparison: docs/distributed.md, ranks or threads).
+"fastmlp 2 ranks, MPI allreduce" runs the ranks with FASTMLP_MPI_NODE_EXCHANGE=0: the path of
+ranks on different nodes (allreduce), measured on this one; the plain "2 ranks" line is the
+default on one node (shared memory: docs/distributed.md, "Design").
 Every rank trains on its own rows (the same number as the single process), so a 2-rank run
 does twice the samples of a 1-process run in each timed epoch. Each configuration runs in
 its own processes (mpiexec, or one python), one warm-up epoch then --epochs timed; the
 configurations alternate for --repeats rounds and each cell is the median, so the ratios
 come from one run on the same (shared, noisy) machine. A fastmlp 2-rank run also reports the
-share of its step time spent in the allreduce (docs/distributed.md: why it is not overlapped
-with the backward pass).
+time one allreduce of its gradient takes as a share of its step (what the allreduce path
+pays; docs/distributed.md: why it is not overlapped with the backward pass).
 
     python benchmarks/distributed_vs_peers.py [--repeats 5] [--epochs 3]
 """
@@ -52,7 +55,7 @@ def data(sizes, batch, steps, rank):
 
 def run_fastmlp(net, epochs, distributed, threads=1):
     import fastmlp
-    from fastmlp import _distributed
+    from fastmlp import _exchange
     sizes, batch, steps = NETS[net]
     comm, rank, ranks = None, 0, 1
     if distributed:
@@ -75,7 +78,7 @@ def run_fastmlp(net, epochs, distributed, threads=1):
     elapsed = time.perf_counter() - started
     result = {"samples_per_second": ranks * len(X) * epochs / elapsed}
     if allreduce is not None:
-        seconds = allreduce(model, _distributed)
+        seconds = allreduce(model, _exchange)
         result["allreduce_share"] = seconds / (elapsed / (epochs * steps))
     return result if rank == 0 else None
 
@@ -84,14 +87,14 @@ def _time_allreduce(comm):
     """The median time of one step's allreduce (the gradient buffer and its tail)."""
     from mpi4py import MPI
 
-    def measure(model, _distributed):
+    def measure(model, _exchange):
         n = sum(w.size + b.size for w, b in zip(model.weights, model.biases)) + 3
         buffer = np.zeros(n, dtype=model.dtype)
         times = []
         for _ in range(30):
             comm.Barrier()
             started = time.perf_counter()
-            for bucket in _distributed._buckets(n, buffer.itemsize):
+            for bucket in _exchange._buckets(n, buffer.itemsize):
                 comm.Allreduce(MPI.IN_PLACE, buffer[bucket], op=MPI.SUM)
             times.append(time.perf_counter() - started)
         return statistics.median(times)
@@ -151,6 +154,8 @@ def mpiexec() -> str | None:
 def launch(impl, net, epochs, ranks) -> dict | None:
     env = dict(os.environ, FASTMLP_NUM_THREADS="1", OMP_NUM_THREADS="1",
                HYDRA_LAUNCHER="fork")
+    if impl == "fastmlp-allreduce":  # the path of ranks on different nodes, on this one
+        env["FASTMLP_MPI_NODE_EXCHANGE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         env["STORE"] = os.path.join(tmp, "store")
         command = [sys.executable, __file__, "--worker", impl, net, str(epochs), str(ranks)]
@@ -169,6 +174,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--nets", default="mnist,wide")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's runs")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -176,7 +182,7 @@ def main() -> None:
         if impl == "fastmlp-2-threads":  # one process, 2 threads: the ranks-or-threads choice
             result = run_fastmlp(net, int(epochs), False, threads=2)
         else:
-            run = run_fastmlp if impl == "fastmlp" else run_torch
+            run = run_fastmlp if impl.startswith("fastmlp") else run_torch
             result = run(net, int(epochs), int(ranks) > 1)
         if result is not None:
             print("RESULT " + json.dumps(result), flush=True)
@@ -185,8 +191,9 @@ def main() -> None:
     from common import environment_report, optional_torch
     print("\n".join(environment_report()))
     print(f"mpiexec   {mpiexec()}; {os.cpu_count()} CPUs shared with other work (noisy)")
-    configs = [("fastmlp", 1), ("fastmlp", 2), ("fastmlp-2-threads", 1)]
-    if optional_torch() is not None:
+    configs = [("fastmlp", 1), ("fastmlp", 2), ("fastmlp-allreduce", 2),
+               ("fastmlp-2-threads", 1)]
+    if optional_torch() is not None and not args.no_torch:
         configs += [("torch", 1), ("torch", 2)]
     for net in args.nets.split(","):
         results = {config: [] for config in configs}
@@ -204,11 +211,14 @@ def main() -> None:
         print(f"\n{net} {'-'.join(map(str, sizes))}, B {batch} per rank, "
               f"median of {args.repeats}, global samples/s")
         for (impl, ranks), value in median.items():
-            label = ("fastmlp  1 process × 2 threads" if impl == "fastmlp-2-threads"
-                     else f"{impl:8s} {ranks} rank(s) × 1 thread")
+            label = {"fastmlp-2-threads": "fastmlp  1 process × 2 threads",
+                     "fastmlp-allreduce": "fastmlp  2 ranks, MPI allreduce"}.get(
+                         impl, f"{impl:8s} {ranks} rank(s) × 1 thread")
             print(f"  {label:31s} {value:10,.0f}")
         fast2 = median[("fastmlp", 2)]
         print(f"  fastmlp 2 ranks / fastmlp 1 process  {fast2 / median[('fastmlp', 1)]:.2f}x")
+        print(f"  fastmlp 2 ranks, MPI allreduce / fastmlp 1 process  "
+              f"{median[('fastmlp-allreduce', 2)] / median[('fastmlp', 1)]:.2f}x")
         print(f"  fastmlp 2 ranks / fastmlp 1 process × 2 threads  "
               f"{fast2 / median[('fastmlp-2-threads', 1)]:.2f}x")
         if ("torch", 2) in median:
@@ -216,7 +226,8 @@ def main() -> None:
             print(f"  torch DDP 2 ranks / torch 1 process  "
                   f"{median[('torch', 2)] / median[('torch', 1)]:.2f}x")
         if shares:
-            print(f"  fastmlp allreduce share of a 2-rank step: {statistics.median(shares):.1%}")
+            print(f"  one allreduce of the gradient / a 2-rank step: "
+                  f"{statistics.median(shares):.1%}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastmlp
-from fastmlp import MLP, _distributed
+from fastmlp import MLP, _distributed, _exchange, _node_exchange
 from fastmlp.optim import SGD, Adam
 
 comm = MPI.COMM_WORLD
@@ -43,17 +43,28 @@ def global_batches(shards, epochs, seed, shuffle, rank_order=None):
     return [np.concatenate([shards[r][k][rows] for r, rows in parts]) for k in range(3)]
 
 
-def equivalence():
+def equivalence(exchange):
     failures = []
+    _exchange.NODE_EXCHANGE = exchange == "shared_memory"
+    used = []  # whether each fit exchanged over shared memory
+    create = _exchange.Exchange.create
+
+    def recording(*args):
+        exchange = create(*args)
+        used.append(exchange.node is not None)
+        return exchange
+    _exchange.Exchange.create = recording
     for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+        # (Plain SGD's update is sharded over the ranks of a node: _node_exchange.py.)
         for name, make in (("sgd", lambda: SGD(lr=0.05, momentum=0.9)),
+                           ("plain sgd", lambda: SGD(lr=0.05)),
                            ("adam", lambda: Adam(lr=1e-3))):
             for unequal, weighted, alpha in ((False, False, 0.0), (True, True, 1e-3)):
                 n_rows = 80 if rank == 0 or not unequal else 53  # 10 steps/epoch × 2 epochs
                 X, y, w = shard(n_rows, 100 + rank, dtype)
                 X_val, y_val, _ = shard(17 + 5 * rank, 200 + rank, dtype)
                 # Unequal shards also take the allreduce in 256-byte buckets (many per step).
-                _distributed.BUCKET_BYTES = 256 if unequal else 25 * 2**20
+                _exchange.BUCKET_BYTES = 256 if unequal else 25 * 2**20
                 model = MLP(SIZES, seed=rank, dtype=dtype)  # rank 0's weights must win
                 initial = comm.bcast([a.copy() for a in model.weights + model.biases])
                 history = model.fit(X, y, epochs=2, batch_size=BATCH, optimizer=make(),
@@ -87,8 +98,11 @@ def equivalence():
                 val_loss = reference.loss(*val)
                 if not np.isclose(history.val_loss[-1], val_loss, rtol=1e-4):
                     failures.append(f"{label}: val_loss {history.val_loss[-1]} vs {val_loss}")
+                if used[-1] != _exchange.NODE_EXCHANGE:
+                    failures.append(f"{label}: the exchange was not {exchange}")
                 print(f"checked {label}", flush=True)
     if rank == 0:
+        print(f"exchange: {'shared memory' if _exchange.NODE_EXCHANGE else 'allreduce'}")
         print("\n".join(failures) or "EQUIVALENT", flush=True)
         sys.exit(1 if failures else 0)
 
@@ -330,27 +344,151 @@ class FailingTrainer:
 def failing(error):
     if rank == 1:
         make = _distributed.new_trainer
-        _distributed.new_trainer = lambda *a: FailingTrainer(make(*a), 5, error)
+        _distributed.new_trainer = lambda *a, **k: FailingTrainer(make(*a, **k), 5, error)
     X, y, _ = shard(80, rank, np.float32)
     MLP(SIZES, seed=0).fit(X, y, epochs=2, batch_size=BATCH, comm=comm)
 
 
+def shared_parameters():
+    """Plain SGD on the ranks of one node trains one shared copy of the parameters, each rank
+    updating its slice; callbacks see and change the model between epochs (here: the
+    weights halved on every rank, then momentum switched on, after which each rank trains
+    its own model again). For 2 ranks the sum a + b is the same in any order, so the run
+    must equal the allreduce path's bitwise (unweighted: with sample weights the paths
+    scale in another order), and the model must hold the final weights."""
+    X, y, _ = shard(64 + 8 * rank, 300 + rank, np.float32)  # (unweighted: see above)
+    X_val, y_val, _ = shard(20, 400 + rank, np.float32)
+
+    def callback(model, history):
+        if history.epochs == 1:
+            model.weights = [W * 0.5 for W in model.weights]
+        if history.epochs == 2:
+            optimizer.momentum = 0.9
+    results = {}
+    for exchange in (True, False):
+        _exchange.NODE_EXCHANGE = exchange
+        optimizer = SGD(lr=0.05)
+        model = MLP(SIZES, seed=1)
+        history = model.fit(X, y, epochs=4, batch_size=BATCH, optimizer=optimizer, seed=5,
+                            alpha=1e-3, validation_data=(X_val, y_val),
+                            callbacks=[callback], comm=comm)
+        results[exchange] = (model.weights + model.biases, history, optimizer.state_dict())
+    (mine, history, state), (theirs, reference, reference_state) = results[True], results[False]
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs)), "weights differ"
+    assert history.val_loss == reference.val_loss
+    # (the allreduce sums the losses in the parameters' dtype, shared memory in float64)
+    np.testing.assert_allclose(history.loss, reference.loss, rtol=1e-6)
+    assert all(np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(state["state"], reference_state["state"]))
+    assert state["steps"] == reference_state["steps"] == 4 * 9
+    # Without validation, checkpoints or callbacks the model's arrays get the shared copy
+    # only at the end (and the replicas' check has nothing to compare): the same weights.
+    plain = {}
+    for exchange in (True, False):
+        _exchange.NODE_EXCHANGE = exchange
+        model = MLP(SIZES, seed=4)
+        model.fit(X, y, epochs=3, batch_size=BATCH, optimizer=SGD(lr=0.1), seed=2, comm=comm)
+        plain[exchange] = model.weights + model.biases
+    assert all(np.array_equal(a, b) for a, b in zip(plain[True], plain[False]))
+    _exchange.NODE_EXCHANGE = True
+    # An optimizer used before continues as rank 0's (its momentum buffers broadcast): the
+    # ranks' states differ before (each used it on its own rows), equal after.
+    optimizer = SGD(lr=0.05, momentum=0.9)
+    model = MLP(SIZES, seed=1)
+    model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer)  # alone, its own rows
+    before = comm.allgather(optimizer.state_dict())
+    model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
+    after = comm.allgather(optimizer.state_dict())
+    assert not np.array_equal(before[0]["state"][0]["momentum_buffer"],
+                              before[1]["state"][0]["momentum_buffer"])
+    for a, b in zip(after[0]["state"], after[1]["state"]):
+        assert np.array_equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert after[0]["steps"] == after[1]["steps"] == before[0]["steps"] + 9
+    # The windows outlive a fit: kept for the next one of the same sizes, replaced (freed)
+    # when the sizes change.
+    _exchange.NODE_EXCHANGE = True
+    kept = _node_exchange._KEPT
+    MLP(SIZES, seed=1).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    first = kept[-1]
+    MLP(SIZES, seed=2).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    assert len(kept) == 1 and kept[0] is first and not first.in_use
+    MLP([12, 5, 3], seed=1).fit(X, y, epochs=1, batch_size=BATCH, comm=comm)
+    assert len(kept) == 1 and kept[0] is not first
+    print(f"rank {rank} shared parameters ok", flush=True)
+
+
+def engine_layout(model):
+    """The model's parameters flat in the engine's layout: per layer from the last, W_l, b_l."""
+    return np.concatenate([a.ravel() for W, b in zip(model.weights[::-1], model.biases[::-1])
+                           for a in (W, b)])
+
+
+class FailingUpdate:
+    """The engine whose update at its `at`-th step is not finite: rank 1's slice of a sharded
+    update (an infinite gradient there), every rank's when each updates everything;
+    snapshot: (begin, end, the parameters of [begin, end) before that step, flat)."""
+
+    def __init__(self, trainer, at):
+        self.trainer, self.at, self.calls, self.snapshot = trainer, at, 0, None
+
+    def __getattr__(self, name):
+        return getattr(self.trainer, name)
+
+    def apply_gradient_sum(self, grads, coefficients, rows, begin, end):
+        self.calls += 1
+        if self.calls == self.at:
+            # Only this rank's range: another rank may be updating its own range of a shared
+            # copy already.
+            flat = np.empty(self.trainer.gradient_elements(), dtype=grads[0].dtype)
+            self.trainer.get_flat_parameters(flat, begin, end)
+            self.snapshot = (begin, end, flat)
+            # (A rank that updates everything sums what every rank sums: inject on all.)
+            if rank == 1 or (begin, end) == (0, grads[0].size):
+                grads = [g.copy() for g in grads]
+                grads[0][end - 1] = np.inf
+        return self.trainer.apply_gradient_sum(grads, coefficients, rows, begin, end)
+
+
+def update_fails_on_one_rank(optimizer):
+    """Rank 1's update of step 3 is not finite: every rank raises FloatingPointError with the
+    parameters of before that step (each rank checks the range it updated), the replicas
+    equal."""
+    X, y, _ = shard(80, rank, np.float32)
+    model = MLP(SIZES, seed=0)
+    make, engines = _distributed.new_trainer, []
+    _distributed.new_trainer = lambda *a, **k: engines.append(
+        FailingUpdate(make(*a, **k), 3)) or engines[-1]
+    try:
+        model.fit(X, y, epochs=1, batch_size=BATCH, optimizer=optimizer, comm=comm)
+    except FloatingPointError:
+        begin, end, before = engines[-1].snapshot
+        kept = np.array_equal(engine_layout(model)[begin:end], before[begin:end])
+        everyone = comm.allgather(model.weights + model.biases)
+        same = all(np.array_equal(a, b) for other in everyone[1:]
+                   for a, b in zip(everyone[0], other))
+        print(f"rank {rank} update failed: kept the weights {kept}, replicas equal {same}",
+              flush=True)
+        raise
+
+
 def checkpoint_and_callbacks(directory):
-    """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4; a callback
-    that asks to stop on one rank stops every rank."""
+    """4 epochs in one go == 2 epochs checkpointed (by rank 0) + resumed to 4 (Adam, and
+    plain SGD: the ranks train one shared copy of the parameters); a callback that asks to
+    stop on one rank stops every rank."""
     path = f"{directory}/checkpoint.npz"
     X, y, _ = shard(40 + 7 * rank, rank, np.float64)
     fit = dict(batch_size=BATCH, seed=3, comm=comm)
-    straight = MLP(SIZES, seed=0, dtype=np.float64)
-    expected = straight.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), **fit)
-    MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=2, optimizer=Adam(lr=1e-2),
-                                             checkpoint=path, **fit)
-    resumed = MLP(SIZES, seed=9, dtype=np.float64)  # its own weights are replaced
-    history = resumed.fit(X, y, epochs=4, optimizer=Adam(lr=1e-2), checkpoint=path,
-                          resume=True, **fit)
-    assert history.loss == expected.loss, (history.loss, expected.loss)
-    for a, b in zip(straight.weights + straight.biases, resumed.weights + resumed.biases):
-        assert np.array_equal(a, b)
+    for make in (lambda: Adam(lr=1e-2), lambda: SGD(lr=0.1)):
+        straight = MLP(SIZES, seed=0, dtype=np.float64)
+        expected = straight.fit(X, y, epochs=4, optimizer=make(), **fit)
+        MLP(SIZES, seed=0, dtype=np.float64).fit(X, y, epochs=2, optimizer=make(),
+                                                 checkpoint=path, **fit)
+        resumed = MLP(SIZES, seed=9, dtype=np.float64)  # its own weights are replaced
+        history = resumed.fit(X, y, epochs=4, optimizer=make(), checkpoint=path,
+                              resume=True, **fit)
+        assert history.loss == expected.loss, (history.loss, expected.loss)
+        for a, b in zip(straight.weights + straight.biases, resumed.weights + resumed.biases):
+            assert np.array_equal(a, b)
     stopped = MLP(SIZES, seed=0).fit(
         X, y, epochs=5, callbacks=[lambda model, h: rank == 1 and h.epochs == 2], **fit)
     assert stopped.epochs == 2, stopped.epochs
@@ -360,7 +498,7 @@ def checkpoint_and_callbacks(directory):
 def main():
     mode = sys.argv[1]
     if mode == "equivalence":
-        return equivalence()
+        return equivalence(sys.argv[2])
     if mode == "estimators":
         return estimators()
     if mode == "threads":  # run without FASTMLP_NUM_THREADS / OMP_NUM_THREADS
@@ -378,6 +516,8 @@ def main():
         return estimators_more()
     if mode == "streamed":
         return streamed(sys.argv[2])
+    if mode == "shared_parameters":
+        return shared_parameters()
     if mode == "checkpoint":
         return checkpoint_and_callbacks(sys.argv[2])
     try:
@@ -385,6 +525,10 @@ def main():
             failing(ValueError("injected failure"))
         elif mode == "interrupt":  # one rank alone: no agreement possible, the job aborts
             failing(KeyboardInterrupt())
+        elif mode == "update_fails_sharded":
+            update_fails_on_one_rank(SGD(lr=0.1))
+        elif mode == "update_fails_everywhere":  # momentum: every rank updates everything
+            update_fails_on_one_rank(SGD(lr=0.1, momentum=0.9))
         elif mode == "bad_labels":
             X, y, _ = shard(40, rank, np.float32)
             if rank == 1:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fastmlp
+from fastmlp import _exchange
 
 MPI = pytest.importorskip("mpi4py.MPI")
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
@@ -43,16 +44,19 @@ def run_job(mode: str, timeout: float = 240.0, *extra: str,
         pytest.fail(f"the MPI job {mode!r} hung (no end within {timeout} s): {exc.output}")
 
 
-def test_two_ranks_match_one_process_on_the_same_global_batches():
-    # SGD (momentum) and Adam, float32 and float64, 20 steps; equal shards, and unequal
-    # shards (the short one wraps) with sample weights, an L2 penalty and many allreduce
-    # buckets. Weights within
+@pytest.mark.parametrize("exchange", ["shared_memory", "allreduce"])
+def test_two_ranks_match_one_process_on_the_same_global_batches(exchange):
+    # SGD (momentum), plain SGD (the update sharded over the ranks on shared memory) and
+    # Adam, float32 and float64, 20 steps; equal shards, and unequal shards (the short one
+    # wraps) with sample weights, an L2 penalty and (allreduce) many buckets. Weights within
     # 1e-5 (float32) / 1e-12 (float64) relative of one process on the concatenated
-    # batches, the replicas bitwise equal, the losses and the reduced val_loss equal.
-    job = run_job("equivalence")
+    # batches, the replicas bitwise equal, the losses and the reduced val_loss equal; the
+    # ranks of this node exchange over shared memory unless told not to (the path across
+    # nodes).
+    job = run_job("equivalence", 240, exchange)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "EQUIVALENT" in job.stdout
-    assert job.stdout.count("checked ") == 8
+    assert job.stdout.count("checked ") == 12
 
 
 def test_estimators_fit_with_comm_match_one_process():
@@ -97,6 +101,12 @@ def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
     assert job.stdout.count("threads ok") == 2
 
 
+def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path():
+    job = run_job("shared_parameters")
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("shared parameters ok") == 2
+
+
 def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):
     job = run_job("checkpoint", 240, str(tmp_path))
     assert job.returncode == 0, job.stdout + job.stderr
@@ -110,6 +120,14 @@ def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path)
                     "rank 0 raised RuntimeError: rank 1 of 2 failed while validating"]),
     ("diverges", ["rank 0 raised FloatingPointError: training diverged at epoch 1",
                   "rank 1 raised FloatingPointError: training diverged at epoch 1"]),
+    ("update_fails_sharded", [
+        "rank 0 raised FloatingPointError: training diverged at epoch 1",
+        "rank 1 raised FloatingPointError: training diverged at epoch 1",
+        "rank 0 update failed: kept the weights True, replicas equal True",
+        "rank 1 update failed: kept the weights True, replicas equal True"]),
+    ("update_fails_everywhere", [
+        "rank 0 raised FloatingPointError", "rank 1 raised FloatingPointError",
+        "rank 0 update failed: kept the weights True, replicas equal True"]),
     ("callback_changes_one_rank", ["rank 0 raised RuntimeError: after epoch 1 the parameters "
                                    "of rank(s) [1] differ from rank 0's",
                                    "rank 1 raised RuntimeError: after epoch 1"]),
@@ -148,9 +166,11 @@ def test_an_error_the_ranks_cannot_agree_on_aborts_the_job():
     assert "finished" not in job.stdout
 
 
-def test_one_rank_communicator_trains_like_fit_without_comm():
-    # COMM_SELF: the distributed step (gradient buffer, allreduce, separate update) against
-    # the fused engine, bitwise, in this process.
+@pytest.mark.parametrize("node_exchange", [True, False])
+def test_one_rank_communicator_trains_like_fit_without_comm(node_exchange, monkeypatch):
+    # COMM_SELF: the distributed step (gradient buffer, shared memory or allreduce, separate
+    # update) against the fused engine, bitwise, in this process.
+    monkeypatch.setattr(_exchange, "NODE_EXCHANGE", node_exchange)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((90, 12)), rng.integers(0, 3, 90)
     for dtype in (np.float32, np.float64):

@@ -78,10 +78,14 @@ def epoch_order(n_samples: int, epoch_seed: int) -> np.ndarray:
 
 
 def new_trainer(model, optimizer: Optimizer, batch_size: int, alpha: float,
-                sparse_input: bool = False, lazy_sparse_updates: bool = False):
-    """The C++ engine for model's parameters, updated in place by optimizer's rule."""
+                sparse_input: bool = False, lazy_sparse_updates: bool = False,
+                parameters=None):
+    """The C++ engine for model's parameters, updated in place by optimizer's rule.
+    parameters: (weights, biases), arrays of model's shapes and dtype the engine trains in
+    their place (shared memory: _distributed.py)."""
     trainer_type = _core.TrainerFloat32 if model.dtype == np.float32 else _core.TrainerFloat64
-    weights, biases = model._weights.arrays(), model._biases.arrays()  # (the writable ones)
+    weights, biases = (parameters if parameters is not None  # (the writable ones)
+                       else (model._weights.arrays(), model._biases.arrays()))
     optimizer._prepare(weights + biases)
     return trainer_type(weights, biases, model.activation, model.output,
                         optimizer._rule, alpha, batch_size, sparse_input, lazy_sparse_updates,

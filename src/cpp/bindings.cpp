@@ -596,6 +596,26 @@ void bind_optimizers(py::module_& m) {
   py::class_<Optimizer>(m, "Optimizer", "an update rule, its state and its step count")
       .def_property_readonly("name", &Optimizer::name)
       .def_property_readonly("state_names", &Optimizer::state_names)
+      // Whether the next update reads state (SGD without momentum: no).
+      .def_property_readonly("reads_state",
+                             [](const Optimizer& o) { return o.states_read() > 0; })
+      // Whether every state array holds zeros only (unbound: true), without copying them.
+      .def_property_readonly("state_is_zero", [](const Optimizer& o) {
+        if (!o.bound()) return true;
+        const auto zeros = [&](auto zero) {
+          using T = decltype(zero);
+          const int arrays = static_cast<int>(o.shapes().size());
+          const int states = static_cast<int>(o.state_names().size());
+          for (int i = 0; i < arrays; ++i)
+            for (int k = 0; k < states; ++k) {
+              const T* values = o.state<T>(i, k);
+              if (!std::all_of(values, values + o.numel(i), [](T v) { return v == T(0); }))
+                return false;
+            }
+          return true;
+        };
+        return o.dtype() == DType::float32 ? zeros(float{}) : zeros(double{});
+      })
       .def_readwrite("lr", &Optimizer::lr)
       .def_property("steps", [](const Optimizer& o) { return o.steps; },
                     [](Optimizer& o, std::int64_t steps) {
@@ -887,6 +907,53 @@ class PyTrainer {
     return without_gil([&] { return trainer_->apply_gradients(buffer, penalty_rows); });
   }
 
+  // Whether the update from Σ coefficients[s] · grads[s] of the flat elements [begin, end)
+  // is finite; see Trainer::apply_gradient_sum (the step stays open: finish_gradient_sum).
+  // grads: arrays of the gradient's shape and dtype, only read (other ranks' shared memory).
+  bool apply_gradient_sum(const py::list& grads, const std::vector<double>& coefficients,
+                          py::ssize_t penalty_rows, py::ssize_t begin, py::ssize_t end) {
+    if (penalty_rows < 1) throw py::value_error("penalty_rows must be >= 1");
+    check_flat_range(begin, end);
+    if (grads.empty() || coefficients.size() != grads.size())
+      throw py::value_error("apply_gradient_sum needs one coefficient per gradient, got " +
+                            std::to_string(grads.size()) + " gradients and " +
+                            std::to_string(coefficients.size()) + " coefficients");
+    std::vector<py::array> arrays;  // (kept alive while the engine reads them)
+    std::vector<const T*> sources;
+    std::vector<T> scales;
+    for (std::size_t s = 0; s < grads.size(); ++s) {
+      const py::array& grad = arrays.emplace_back(grads[s].cast<py::array>());
+      const std::string name = "grads[" + std::to_string(s) + "]";
+      sources.push_back(contiguous<T>(grad, name.c_str()));
+      check_flat_shape(grad, name);
+      if (!std::isfinite(coefficients[s]))
+        throw py::value_error("coefficients must be finite");
+      scales.push_back(static_cast<T>(coefficients[s]));
+    }
+    return without_gil([&] {
+      return trainer_->apply_gradient_sum(sources, scales, begin, end, penalty_rows);
+    });
+  }
+
+  void finish_gradient_sum(bool keep, py::ssize_t begin, py::ssize_t end) {
+    check_flat_range(begin, end);
+    trainer_->finish_gradient_sum(keep, begin, end);
+  }
+
+  void set_flat_parameters(const py::array& flat, py::ssize_t begin, py::ssize_t end) {
+    check_flat_range(begin, end);
+    const T* values = contiguous<T>(flat, "flat");
+    check_flat_shape(flat, "flat");
+    without_gil([&] { trainer_->set_flat_parameters(values, begin, end); });
+  }
+
+  void get_flat_parameters(py::array& flat, py::ssize_t begin, py::ssize_t end) const {
+    check_flat_range(begin, end);
+    T* values = writable_contiguous<T>(flat, "flat");
+    check_flat_shape(flat, "flat");
+    without_gil([&] { trainer_->get_flat_parameters(values, begin, end); });
+  }
+
   // y: int64 labels (n,) for classification, or targets (n, n_outputs) of the parameters'
   // dtype for regression; sample_weight: None or (n,) of the parameters' dtype.
   StepsResult run(const py::array& X, const py::array& y, const py::object& sample_weight,
@@ -947,6 +1014,20 @@ class PyTrainer {
     data->weights = targets.weights;
   }
 
+  void check_flat_range(py::ssize_t begin, py::ssize_t end) const {
+    const py::ssize_t elements = trainer_->gradient_elements();
+    if (!(0 <= begin && begin <= end && end <= elements))
+      throw py::value_error("need 0 <= begin <= end <= " + std::to_string(elements) + ", got " +
+                            std::to_string(begin) + ", " + std::to_string(end));
+  }
+
+  void check_flat_shape(const py::array& a, const std::string& name) const {
+    const py::ssize_t elements = trainer_->gradient_elements();
+    if (a.ndim() != 1 || a.shape(0) != elements)
+      throw py::value_error(name + " must have shape (" + std::to_string(elements) + ",), got " +
+                            shape_str(a));
+  }
+
   T* gradient_buffer(py::array& grad) {
     T* buffer = writable_contiguous<T>(grad, "grad");
     if (grad.ndim() != 1 || grad.shape(0) != trainer_->gradient_elements())
@@ -983,6 +1064,14 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("scale") = 1.0)
       .def("apply_gradients", &PyTrainer<T>::apply_gradients, py::arg("grad"),
            py::arg("penalty_rows"))
+      .def("apply_gradient_sum", &PyTrainer<T>::apply_gradient_sum, py::arg("grads"),
+           py::arg("coefficients"), py::arg("penalty_rows"), py::arg("begin"), py::arg("end"))
+      .def("finish_gradient_sum", &PyTrainer<T>::finish_gradient_sum, py::arg("keep"),
+           py::arg("begin"), py::arg("end"))
+      .def("set_flat_parameters", &PyTrainer<T>::set_flat_parameters, py::arg("flat"),
+           py::arg("begin"), py::arg("end"))
+      .def("get_flat_parameters", &PyTrainer<T>::get_flat_parameters, py::arg("flat"),
+           py::arg("begin"), py::arg("end"))
       .def("run", &PyTrainer<T>::run, py::arg("X"), py::arg("y"), py::arg("sample_weight"),
            py::arg("batch_size"), py::arg("max_steps"))
       .def("run_sparse", &PyTrainer<T>::run_sparse, py::arg("indptr"), py::arg("indices"),

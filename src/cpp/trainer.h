@@ -139,6 +139,22 @@ class Trainer {
   // penalty's gradient alpha · W / penalty_rows is added), all or nothing: returns false,
   // and leaves the parameters as they were, when any updated value is not finite.
   bool apply_gradients(T* grad, index_t penalty_rows);
+  // The same rule on the elements [begin, end) of the layout above (the parameters there)
+  // from Σ_s coefficients[s] · grads[s], summed in the order of the sources, chunk by chunk
+  // into a scratch block that stays in cache (the sources are only read): ranks of one node that
+  // read each other's gradients from shared memory (_distributed.py) reduce and update in one
+  // pass, without an allreduce's copies, and every rank gets the same sums bit for bit.
+  // Returns whether every updated value is finite; the step stays open until
+  // finish_gradient_sum (ranks that update slices of one shared copy agree first).
+  bool apply_gradient_sum(const std::vector<const T*>& grads, const std::vector<T>& coefficients,
+                          index_t begin, index_t end, index_t penalty_rows);
+  // Closes apply_gradient_sum's step: keep, the optimizer's step ends (its count advances);
+  // otherwise the parameters in [begin, end) get their values of before it back.
+  void finish_gradient_sum(bool keep, index_t begin, index_t end);
+  // The parameters in [begin, end) of the layout from flat (laid out the same way), and
+  // into it.
+  void set_flat_parameters(const T* flat, index_t begin, index_t end);
+  void get_flat_parameters(T* flat, index_t begin, index_t end) const;
 
  private:
   // deadline: stop after the step that passes it (null: max_steps only).
@@ -176,6 +192,11 @@ class Trainer {
   bool update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad, index_t m,
                     index_t n, index_t batch_rows, T* backup_at = nullptr);
   void restore_parameters();
+  // Calls visit(i, offset, flat, count) for each piece of parameter array i (count elements
+  // from `offset`) whose gradient lies at [flat, flat + count) within [begin, end) of the flat
+  // layout (dense input's parameters).
+  template <class Visit>
+  void for_each_flat_piece(index_t begin, index_t end, Visit&& visit) const;
   double weight_squares() const;  // Σ_l ‖W_l‖², one pass
   // Sparse input: the GradientSink's consumer of layer 0's weight gradient (network.h). Updates
   // W_0ᵀ row by row, each touched row's gradient computed where it is used (TouchedColumns).
@@ -229,6 +250,7 @@ class Trainer {
   index_t n_parameters_ = 0;
   std::vector<index_t> gradient_offsets_;  // per layer, in the flat gradient buffer
   GradientSink<T> flat_sink_;              // gradient_step's: into the flat buffer
+  AlignedBuffer<T> sum_chunk_;             // apply_gradient_sum's scratch (kSumChunk)
   // plan_parallelism's result: per layer, serial or parallel; serial_plan_ is all serial.
   std::vector<ParallelMode> layer_mode_, serial_plan_;
   index_t plan_rows_ = -1;
