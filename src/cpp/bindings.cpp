@@ -1590,6 +1590,18 @@ PYBIND11_MODULE(_core, m) {
     return d;
   }, "The data caches the GEMM's blocks are derived from (bytes): detected, or as "
      "FASTMLP_CACHE_SIZES overrides them.");
+  m.def("measure_float32_peak", [](double seconds) -> py::object {
+    const auto measure = isa_context(active_isa()).measure_float32_peak;
+    if (!measure) return py::none();
+    double flops;
+    {
+      py::gil_scoped_release release;
+      flops = measure(seconds);
+    }
+    return py::float_(flops);
+  }, py::arg("seconds"),
+     "The active ISA's float32 FMA peak of one core, FLOP/s: independent register-only FMA "
+     "chains timed for about `seconds`, the fastest chunk; None for the portable code.");
   m.def("gemm_config", [](const std::string& dtype) {
     auto describe = [](const auto& k) {
       py::dict d;

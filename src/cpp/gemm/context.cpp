@@ -52,6 +52,9 @@ std::array<IsaContext, kIsaCount> build_contexts() {
 // and what streams through; MC rounded to the nearest multiple of MR. On Zen 5 (1 MiB) this
 // is the 240 that was tuned; measured there, 168 to 276 run the same (within 2 %).
 //
+// The three are upper bounds: gemm_packed splits M, K and N into the fewest blocks within
+// them, as even as MR / NR allow (even_block in gemm.cpp), so that no sliver block is left.
+//
 // NC: the B block KC×NC takes 3/4 of this core's share of L3 (of L2 without one), rounded
 // down to a multiple of NR: 4096 floats on the 2-vCPU Zen 5 (32 MiB L3 shared by 2). NC
 // only sets how often A is repacked; 2720 to 8192 measured the same there.

@@ -88,6 +88,11 @@ struct GemmContext {
   StridedKernel<T> rows8_kernel = nullptr;
   PackTransposedKernel<T> pack_b_transposed = nullptr;
   PackRowsKernel<T> pack_a_rows = nullptr;
+  // The copies among the packs: op(B) with contiguous rows (b[p*rs + j]; a PackTransposedKernel
+  // with ldw = rs) and op(A) with contiguous columns (a[i + p*cs]; a PackRowsKernel with
+  // rs = cs): vector loads and stores, masked at the edges.
+  PackTransposedKernel<T> pack_b_rows = nullptr;
+  PackRowsKernel<T> pack_a_columns = nullptr;
   AxpyKernel<T> axpy = nullptr;  // every ISA sets it
 };
 
@@ -95,6 +100,9 @@ struct GemmContext {
 struct IsaContext {
   GemmContext<float> sgemm;
   GemmContext<double> dgemm;
+  // The measured float32 FMA peak of one core with this ISA's widest vectors, FLOP/s, timed
+  // for about `seconds` (fma_peak.h); null for the portable code.
+  double (*measure_float32_peak)(double seconds) = nullptr;
 
   template <class T>
   const GemmContext<T>& get() const {

@@ -8,6 +8,7 @@
 
 #include "../../axpy.h"
 #include "../../context.h"
+#include "../../fma_peak.h"
 #include "../../gemv_simd.h"
 #include "../../tile.h"
 
@@ -153,12 +154,21 @@ void strided_kernel_avx2(index_t k, const T* a, index_t a_rs, index_t a_cs, cons
 }
 
 
+__m256 fma_ps256(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+
+// 12 chains (of 16 ymm registers).
+double measure_float32_peak_avx2(double seconds) {
+  return measure_fma_peak<__m256, 8, 12, &fma_ps256>(_mm256_set1_ps(1.0f), _mm256_set1_ps(1e-7f),
+                                                     seconds);
+}
+
 }  // namespace
 
 IsaContext avx2_context() {
   IsaContext c = generic_context();
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
+  c.measure_float32_peak = &measure_float32_peak_avx2;
   // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1: float KC = 512
   // on a 48 KiB 12-way L1d; 160 on a 32 KiB 8-way one (Haswell to Zen 4: A gets one way of
   // the seven, ⌊7 / (1 + 16/6)⌋), where the constant before was 256 (not re-measured there).

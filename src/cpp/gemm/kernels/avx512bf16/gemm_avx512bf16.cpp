@@ -157,10 +157,10 @@ void pack_b_bf16(void* packed, const float* b, index_t rs, index_t cs, index_t k
 // the bias, ReLU and mask of `last` (bf16.h), applied in registers. A separate pass over the
 // stored tile took 5-6 % of the wide net's step in perf, stalled on reloading the tile just
 // stored (presumably masked stores do not forward to loads).
+// MR: the rows computed, the first MR of the kMR-row panel.
 template <int MR>
-void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, float* c,
-                       index_t ldc, index_t m, index_t n, bool accumulate,
-                       const TileEpilogue<float>* last) {
+void kernel_rows(index_t kc, const void* a_panel, const void* b_panel, float* c, index_t ldc,
+                 index_t m, index_t n, bool accumulate, const TileEpilogue<float>* last) {
   const std::uint32_t* a = static_cast<const std::uint32_t*>(a_panel);
   const std::uint32_t* b = static_cast<const std::uint32_t*>(b_panel);
   const index_t pairs = (kc + 1) / 2;
@@ -169,12 +169,12 @@ void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, flo
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
 #pragma GCC unroll 2
   for (index_t q = 0; q < pairs; ++q) {
-    const std::uint32_t* a_q = a + q * MR;
+    const std::uint32_t* a_q = a + q * kMR;
     const std::uint32_t* b_q = b + q * kNR;
     // The panels are read in order: ask for B 8 pairs (1 KiB) and A 8 pairs ahead, as the
     // float32 kernel does.
     __builtin_prefetch(b_q + 8 * kNR, 0, 3);
-    __builtin_prefetch(a_q + 8 * MR, 0, 3);
+    __builtin_prefetch(a_q + 8 * kMR, 0, 3);
     const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_load_si512(b_q));
     const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_load_si512(b_q + 16));
 #pragma GCC unroll 16
@@ -220,6 +220,18 @@ void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, flo
   }
 }
 
+// A tile of m ≤ 4 or ≤ 8 rows (the last of a block whose rows are not a multiple of 12)
+// computes only those rows: the wide net's batch of 256 rows is 21·12 + 4, and its last row
+// tile cost as much as a full one, 3 % of the forward and input-gradient products. Each row's
+// sums are the same whichever kernel computes them.
+void kernel_avx512bf16(index_t kc, const void* a_panel, const void* b_panel, float* c,
+                       index_t ldc, index_t m, index_t n, bool accumulate,
+                       const TileEpilogue<float>* last) {
+  if (m <= 4) return kernel_rows<4>(kc, a_panel, b_panel, c, ldc, m, n, accumulate, last);
+  if (m <= 8) return kernel_rows<8>(kc, a_panel, b_panel, c, ldc, m, n, accumulate, last);
+  kernel_rows<kMR>(kc, a_panel, b_panel, c, ldc, m, n, accumulate, last);
+}
+
 // The batch of one (gemv_simd.h's loop): x and each row of W rounded in registers by
 // VCVTNE2PS2BF16 (the packers' rounding) 32 values at a time, so both operands put the same
 // pair of k in each 32-bit lane and VDPBF16PS sums matching products. Per 32 values of a row:
@@ -250,7 +262,7 @@ Bf16Kernels avx512bf16_kernels() {
   k.value_bytes = 2;
   k.pack_a = &pack_a_bf16;
   k.pack_b = &pack_b_bf16;
-  k.kernel = &kernel_avx512bf16<kMR>;
+  k.kernel = &kernel_avx512bf16;
   k.gemv = &gemv_simd<Bf16Pairs, float>;
   return k;
 }
