@@ -82,9 +82,11 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
       }
       q = quant_params(lo, hi);
     }
-    const bool finite =
-        quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q);
-    if (finite_input && l == 0 && !finite) return false;
+    // X's finiteness, where no range pass has checked it (a static first layer).
+    const bool check = finite_input && l == 0 && layer.input;
+    if (!quantize_rows(quantized.data(), K4, in.data, in.row_stride, in.col_stride, B, K, q,
+                       check))
+      return false;
     scale.resize(static_cast<std::size_t>(N));
     correction.resize(static_cast<std::size_t>(N));
     for (index_t j = 0; j < N; ++j) {

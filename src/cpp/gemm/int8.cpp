@@ -256,10 +256,10 @@ QuantParams quant_params(float lo, float hi) {
 }
 
 bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
-                   index_t M, index_t K, QuantParams q) {
+                   index_t M, index_t K, QuantParams q, bool check_finite) {
 #ifdef FASTMLP_X86
   if (cs == 1 && active_int8_path() == Int8Path::avx512vnni)
-    return quantize_rows_avx512(out, ldo, x, rs, M, K, q);
+    return quantize_rows_avx512(out, ldo, x, rs, M, K, q, check_finite);
 #endif
   const float inverse = 1.0f / q.scale;
   const float lo = static_cast<float>(-q.zero), hi = static_cast<float>(255 - q.zero);
@@ -309,7 +309,7 @@ bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
     }
     for (index_t p = K; p < ldo; ++p) row[p] = 0;
   }
-  return finite;
+  return finite || !check_finite;  // (checked anyway: a few cheap operations here)
 }
 
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,

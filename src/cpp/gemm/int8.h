@@ -130,9 +130,10 @@ QuantParams quant_params(float lo, float hi);
 
 // out[i*ldo + p] = clamp(rint(x[i,p] · (1/s)), −z, 255 − z) + z for p < K (float32 product,
 // ties to even), and 0 for K ≤ p < ldo. x element (i,p) at x[i*rs + p*cs].
-// Returns whether every x[i,p] is finite (NaN quantizes to z − z = 0, ±inf to the bounds).
+// With check_finite, returns whether every x[i,p] is finite (NaN quantizes to z − z = 0,
+// ±inf to the bounds); without, true (a range pass has checked, or nobody asks).
 bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t cs,
-                   index_t M, index_t K, QuantParams q);
+                   index_t M, index_t K, QuantParams q, bool check_finite = true);
 // min and max over the (M,K) elements and 0; has_nan (if given): whether any element is NaN
 // (which the min and max skip).
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,
@@ -141,7 +142,7 @@ void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, 
 // The two above with contiguous rows (cs = 1) on AVX-512, 16 floats at a time, in the
 // AVX512-VNNI kernel's translation unit (the path that uses them); the same results.
 bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
-                          index_t K, QuantParams q);
+                          index_t K, QuantParams q, bool check_finite);
 void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float* lo, float* hi,
                          bool* has_nan);
 // The float32 last layer of a quantized network when it has few outputs, as a float32 GEMM

@@ -137,8 +137,11 @@ void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float
   if (has_nan) *has_nan = nan != 0;
 }
 
-bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
-                          index_t K, QuantParams q) {
+namespace {
+
+template <bool kCheckFinite>
+bool quantize_rows_impl(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
+                        index_t K, QuantParams q) {
   // As quantize_rows: v = clamp(x · (1/s), −z, 255 − z) (vmaxps first with the bound second,
   // so that NaN becomes −z, as std::max(lo, NaN) = lo in the portable loop), vcvtps2dq rounds
   // ties to even, + z ∈ [0, 255] narrowed to bytes. Non-finite: |x| > FLT_MAX or unordered.
@@ -150,7 +153,8 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
   __mmask16 nonfinite = 0;
   auto sixteen = [&](const float* from, __mmask16 valid) {
     const __m512 v = _mm512_maskz_loadu_ps(valid, from);
-    nonfinite |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), largest, _CMP_NLE_UQ);
+    if constexpr (kCheckFinite)
+      nonfinite |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), largest, _CMP_NLE_UQ);
     const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inverse), lo), hi);
     return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
   };
@@ -167,6 +171,15 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
     for (p = K; p < ldo; ++p) row[p] = 0;
   }
   return nonfinite == 0;
+}
+
+}  // namespace
+
+bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
+                          index_t K, QuantParams q, bool check_finite) {
+  // Without the check, 2 of the ~9 operations per 16 floats fewer.
+  return check_finite ? quantize_rows_impl<true>(out, ldo, x, rs, M, K, q)
+                      : quantize_rows_impl<false>(out, ldo, x, rs, M, K, q);
 }
 
 }  // namespace fastmlp
