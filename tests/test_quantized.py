@@ -206,18 +206,20 @@ def test_forward_matches_the_numpy_model(int8_path, sizes, activation, static):
     np.testing.assert_allclose(quantized.forward(X), expected, rtol=0, atol=tolerance * scale)
 
 
-# The last layer of few outputs has a kernel of its own on AVX512-VNNI (16 or 32 columns, 12 or
-# 6 rows a tile, the last tile overlapping the one before; fewer rows or > 32 outputs: the
-# float32 GEMM): batches around the tiles, outputs around the column counts.
-@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 32, 33])
+# The last layer of few outputs has kernels of its own on AVX512-VNNI (≤ 16 outputs: 16 rows
+# a block, transposed 8 inputs at a time, or 12 rows a tile below 16 rows; ≤ 32: 6 rows a
+# tile; the last block overlapping the one before; fewer rows or > 32 outputs: the float32
+# GEMM): batches around the blocks, outputs around the column counts, inputs (43) not a
+# multiple of 8.
+@pytest.mark.parametrize("n_out", [1, 2, 7, 10, 15, 16, 17, 32, 33])
 def test_last_layer_matches_the_numpy_model_at_every_batch(int8_path, n_out):
     rng = np.random.default_rng(n_out)
-    model = MLP([19, 40, n_out], output="identity", seed=1)
+    model = MLP([19, 43, n_out], output="identity", seed=1)
     model.biases = [rng.normal(scale=0.1, size=b.shape) for b in model.biases]
     X = rng.normal(size=(37, 19)).astype(F32)
     quantized = model.quantize(calibration=X)
     inputs = [q for *_, q in quantized._hidden]
-    for batch in (1, 5, 6, 7, 11, 12, 13, 24, 37):
+    for batch in (1, 5, 6, 7, 11, 12, 13, 15, 16, 17, 24, 31, 32, 37):
         expected = reference_forward(model, inputs, X[:batch], "relu")
         np.testing.assert_allclose(quantized.forward(X[:batch]), expected, rtol=0,
                                    atol=2e-5 * np.abs(expected).max())

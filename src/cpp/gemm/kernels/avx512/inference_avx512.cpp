@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <vector>
 
 #include "../../../activations.h"
@@ -60,11 +62,86 @@ void narrow_rows(float* out, index_t ldo, const float* h, index_t ldh, index_t B
   }
 }
 
+// N ≤ 16 outputs, 16 rows at a time with a row per lane: h's 16 rows × 8 columns p are
+// transposed in registers (each 256-bit half an 8×8 transpose: rows 0–7 in the low half,
+// 8–15 in the high) and each column meets W's N values of p by broadcast, N accumulators of
+// 16 rows. Every lane does useful work, where a row per vector leaves 16 − N lanes idle
+// (N = 10: 9.4 µs → ~5.5 for 256 rows of 256). The sums run over p in order, then + b.
+template <int N>
+void narrow_rows_transposed(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
+                            index_t K, const float* WT, const float* b) {
+  const __m512i low_lanes = _mm512_set_epi32(27, 26, 25, 24, 11, 10, 9, 8, 19, 18, 17, 16, 3, 2,
+                                             1, 0);
+  const __m512i high_lanes = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 23, 22, 21, 20, 7,
+                                              6, 5, 4);
+  alignas(64) float sums[N][16];
+  for (index_t i = 0; i < B; i += 16) {
+    const index_t at = i + 16 <= B ? i : B - 16;  // the last block overlaps (as narrow_rows)
+    const float* rows = h + at * ldh;
+    __m512 acc[N];
+#pragma GCC unroll 16
+    for (int o = 0; o < N; ++o) acc[o] = _mm512_setzero_ps();
+    for (index_t p0 = 0; p0 < K; p0 += 8) {
+      const index_t width = K - p0 < 8 ? K - p0 : 8;
+      const __mmask8 cols = static_cast<__mmask8>((1u << width) - 1u);
+      __m512 z[8];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r)
+        z[r] = _mm512_insertf32x8(
+            _mm512_castps256_ps512(_mm256_maskz_loadu_ps(cols, rows + r * ldh + p0)),
+            _mm256_maskz_loadu_ps(cols, rows + (r + 8) * ldh + p0), 1);
+      // 8×8 transposes of both halves: t[q] = column p0 + q of the 16 rows.
+      __m512 u[8], v[8], t[8];
+#pragma GCC unroll 4
+      for (int r = 0; r < 8; r += 2) {
+        u[r] = _mm512_unpacklo_ps(z[r], z[r + 1]);
+        u[r + 1] = _mm512_unpackhi_ps(z[r], z[r + 1]);
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < 8; r += 4) {
+        v[r] = _mm512_shuffle_ps(u[r], u[r + 2], 0x44);
+        v[r + 1] = _mm512_shuffle_ps(u[r], u[r + 2], 0xEE);
+        v[r + 2] = _mm512_shuffle_ps(u[r + 1], u[r + 3], 0x44);
+        v[r + 3] = _mm512_shuffle_ps(u[r + 1], u[r + 3], 0xEE);
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        t[q] = _mm512_permutex2var_ps(v[q], low_lanes, v[q + 4]);
+        t[q + 4] = _mm512_permutex2var_ps(v[q], high_lanes, v[q + 4]);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) {
+        if (q >= width) break;
+        const float* w = WT + (p0 + q) * 16;
+#pragma GCC unroll 16
+        for (int o = 0; o < N; ++o) acc[o] = _mm512_fmadd_ps(t[q], _mm512_set1_ps(w[o]), acc[o]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int o = 0; o < N; ++o) _mm512_store_ps(sums[o], acc[o]);
+    for (index_t r = 0; r < 16; ++r)
+      for (int o = 0; o < N; ++o) out[(at + r) * ldo + o] = sums[o][r] + b[o];
+  }
+}
+
+using NarrowTransposed = void (*)(float*, index_t, const float*, index_t, index_t, index_t,
+                                  const float*, const float*);
+template <int... Ns>
+constexpr std::array<NarrowTransposed, sizeof...(Ns)> narrow_transposed_table(
+    std::integer_sequence<int, Ns...>) {
+  return {&narrow_rows_transposed<Ns + 1>...};
+}
+
 }  // namespace
 
 bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
                          index_t K, const float* WT, const float* b, index_t N) {
   if (N <= 16) {
+    if (B >= 16) {
+      static constexpr auto table = narrow_transposed_table(std::make_integer_sequence<int, 16>());
+      table[static_cast<std::size_t>(N - 1)](out, ldo, h, ldh, B, K, WT, b);
+      return true;
+    }
     if (B < 12) return false;
     narrow_rows<12, 1>(out, ldo, h, ldh, B, K, WT, b, N);
   } else {
