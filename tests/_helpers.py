@@ -243,3 +243,13 @@ def run_python(code, env_updates=None, timeout=120, **kwargs):
     env.update(env_updates or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, timeout=timeout, **kwargs)
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` whose data starts one byte past an aligned address (NumPy's
+    flags.aligned is False): what the one-call prediction paths must decline."""
+    buffer = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buffer[1:].data, a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out

@@ -9,7 +9,7 @@ import pytest
 import fastmlp
 from fastmlp import MLP, SGD, Adam, AdamW
 
-from _helpers import set_entry
+from _helpers import misaligned, set_entry
 
 
 def numpy_forward(model, X):
@@ -223,8 +223,10 @@ def test_predict_proba_in_one_call_is_the_general_path(dtype, precision):
         assert got.dtype == np.dtype(dtype) and got.shape == (batch, 5)
         np.testing.assert_array_equal(got, expected)
         tolerance = 1e-6 if dtype == "float32" else 1e-13
-        for other in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2], X.tolist()):
-            if batch > 1 or not isinstance(other, np.ndarray):  # (1 row: still C order)
+        for other in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2], X.tolist(),
+                      misaligned(X)):
+            if (batch > 1 or not isinstance(other, np.ndarray)  # (1 row: still C order)
+                    or not other.flags.aligned):
                 assert model._probabilities_in_one_call(other) is None
             np.testing.assert_allclose(model.predict_proba(other), expected, rtol=tolerance,
                                        atol=tolerance)

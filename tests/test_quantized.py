@@ -10,6 +10,8 @@ from fastmlp import MLP, QuantizedMLP, _core, _testing, ops
 from fastmlp.datasets import load_digits
 from fastmlp.quantized import quantize_weights
 
+from _helpers import misaligned
+
 F32 = np.float32
 
 # Shapes (M, K, N): one row, primes, K not a multiple of 4, N not a multiple of 16 or 64,
@@ -325,7 +327,8 @@ def test_predict_proba_in_one_call_is_the_general_path(int8_path, static):
         expected = _core.softmax(quantized.forward(X))
         assert quantized._probabilities_in_one_call(X) is not None
         np.testing.assert_array_equal(quantized.predict_proba(X), expected)
-        for other in (X.astype(np.float64), np.repeat(X, 2, axis=1)[:, ::2], X.tolist()):
+        for other in (X.astype(np.float64), np.repeat(X, 2, axis=1)[:, ::2], X.tolist(),
+                      misaligned(X)):
             assert quantized._probabilities_in_one_call(other) is None
             np.testing.assert_array_equal(quantized.predict_proba(other), expected)
     # (The first layer's range pass (dynamic) or quantization (static) finds them, SIMD body

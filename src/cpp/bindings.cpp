@@ -1200,6 +1200,13 @@ void bind_packed_weights(py::module_& m, const char* name) {
 
 // ---- quantized inference (quantized.h, gemm/int8.h) -------------------------------------------
 
+// Whether X can be read in place by the one-call predict_proba paths (else they answer None
+// and the caller's general path copies and validates it).
+bool contiguous_and_aligned(const py::array& X) {
+  return (X.flags() & py::array::c_style) &&
+         (X.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+}
+
 template <class T>
 const T* contiguous_of(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
   if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
@@ -1278,10 +1285,11 @@ void bind_quantized(py::module_& m, py::module_& testing) {
         return logits;
       }, py::arg("X"))
       // predict_proba of a softmax network in one call (as mlp_predict_proba): X checked
-      // finite, the logits, softmax in place; None when X is not finite or not C-contiguous.
+      // finite, the logits, softmax in place; None when X is not finite, not C-contiguous or
+      // not aligned.
       .def("predict_proba", [](const QuantizedNetwork& net, const py::array& X) -> py::object {
+        if (!contiguous_and_aligned(X)) return py::none();
         const StridedMatrix<float> xs = quantized_network_input(net, X);
-        if (!(X.flags() & py::array::c_style)) return py::none();
         const index_t B = X.shape(0), K = net.sizes().back();
         py::array_t<float> probabilities({B, K});
         float* out = probabilities.mutable_data();
@@ -1354,10 +1362,12 @@ void bind_quantized(py::module_& m, py::module_& testing) {
 // The logits of X (B, F) through the network; with `probabilities` (predict_proba of a
 // softmax network in one call, what a single-sample prediction's latency is made of), X is
 // first checked finite and the logits become softmax(logits) in place: None instead when X
-// is not finite or not C-contiguous, for the caller's full validation to say where.
+// is not finite, not C-contiguous or not aligned, for the caller's full validation to say
+// where (or to copy it).
 py::object mlp_forward_impl(const py::array& X, py::list weights, py::list biases,
                             const std::string& activation, const std::string& precision,
                             const py::object& packed_object, bool probabilities) {
+  if (probabilities && !contiguous_and_aligned(X)) return py::none();
   return with_float_dtype(X, "X", [&](auto tag) -> py::object {
     using T = decltype(tag);
     // The output kind does not change the logits.
@@ -1368,7 +1378,6 @@ py::object mlp_forward_impl(const py::array& X, py::list weights, py::list biase
       throw py::value_error("X has " + std::to_string(X.shape(1)) + " features, the network " +
                             std::to_string(net.shape.sizes[0]));
     const index_t B = X.shape(0);
-    if (probabilities && !(X.flags() & py::array::c_style)) return py::none();
     const PackedWeights<T>* packed = nullptr;
     if (!packed_object.is_none()) {
       if (!py::isinstance<PackedWeights<T>>(packed_object))
