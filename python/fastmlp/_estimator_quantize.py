@@ -17,7 +17,7 @@ class Quantizable:
 
     def quantize(self, dtype: str = "int8", calibration=None):
         """A copy of this fitted estimator on ``MLP.quantize(dtype, calibration)``'s int8
-        ``QuantizedMLP`` (``calibration``: None for activation scales from each call's batch,
+        ``QuantizedMLP`` (``calibration``: None for activation scales from each sample's own range,
         or a sample X for fixed ones): predicts and scores as this one (``classes_``
         included); it cannot be fitted (fit the original, quantize again) and has no
         ``coefs_`` / ``intercepts_``."""

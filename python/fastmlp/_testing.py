@@ -79,6 +79,15 @@ def quantize_rows_checked(X: np.ndarray, scale: float, zero: int) -> tuple[np.nd
     return _hooks.quantize_rows(np.asarray(X, np.float32), float(scale), int(zero))
 
 
+def quantize_rows_dynamic(X: np.ndarray, ranges: np.ndarray | None = None):
+    """The C++ dynamic quantization of X (M,K) float32, one scale and zero point per row from
+    the row's own range (``ranges`` None) or from ``ranges`` (M,2) ``[lo, hi]``: ``(X_q uint8
+    (M,K), scales float32 (M,), zero points int32 (M,), whether each row is not finite (M,))``."""
+    if ranges is not None:
+        ranges = np.ascontiguousarray(ranges, np.float32)
+    return _hooks.quantize_rows_dynamic(np.asarray(X, np.float32), ranges)
+
+
 def tensor_range(X: np.ndarray) -> tuple[float, float, bool]:
     """The C++ range of X (M,K) float32 for a dynamic scale: (min(X, 0), max(X, 0), whether X
     holds NaN), NaN skipped by the min and max."""

@@ -556,8 +556,8 @@ class MLP(Outputs):
     def quantize(self, dtype: str = "int8", calibration=None):
         """A ``QuantizedMLP`` of this model for inference (``fastmlp.quantized``): hidden
         layers int8 (weights per output channel, symmetric), the last layer and the output
-        function float32. ``calibration``: None for activation scales from each call's batch
-        (dynamic), or a sample X (n, n_features) whose float32 activations fix them (static).
+        function float32. ``calibration``: None for activation scales from each sample's own
+        range (dynamic, per row), or a sample X (n, n_features) whose float32 activations fix them (static).
         A snapshot: later changes to this model do not reach it."""
         if dtype != "int8":
             raise ValueError(f"dtype must be 'int8', got {dtype!r}")

@@ -6,12 +6,15 @@ Hidden layers (l < L-1) run on the int8 GEMM (``ops.int8_path()``: AVX512-VNNI, 
 portable loops); the last layer and the softmax / sigmoid stay float32. Weights: int8,
 symmetric, one scale per output channel, ``s_w[j] = max_p |W[j,p]| / 127``,
 ``W_q = rint(W / s_w)``. Activations: uint8 with a zero point, ``x_q = clamp(rint(x / s_x) + z,
-0, 255)``, one (s_x, z) per layer input spanning [min(lo, 0), max(hi, 0)]: from each call's
-batch (``calibration=None``: dynamic, as onnxruntime's ``quantize_dynamic``; a sample's
-prediction then depends slightly on the rest of its batch) or from a calibration sample's
-float32 activations (static: the same for every call; values outside the sample's range are
-clamped). Each hidden layer computes ``act(s_x s_w[j] (Σ x_q W_q[j] - z Σ W_q[j]) + b[j])`` with
-the sums exact in int32.
+0, 255)``, (s_x, z) spanning [min(lo, 0), max(hi, 0)]: with ``calibration=None`` (dynamic)
+each sample's (row's) own range at every layer, so that a sample's prediction is the same
+bits alone as in any batch (onnxruntime's ``quantize_dynamic`` takes one range per tensor, the
+whole batch's: there a sample's prediction depends on its batch mates); with a calibration
+sample (static), one (s_x, z) per layer from the sample's float32 activations, the same for
+every row and call (values outside the sample's range are clamped). Each hidden layer computes
+``act(s_x s_w[j] (Σ x_q W_q[j] - z Σ W_q[j]) + b[j])`` with the sums exact in int32. The last
+layer is float32; with at most 32 outputs each logit is one chain of additions in a fixed
+order, so the row-independence above holds for the logits and probabilities too.
 """
 
 from __future__ import annotations

@@ -1348,6 +1348,25 @@ void bind_quantized(py::module_& m, py::module_& testing) {
                                       xs.col_stride, M, K, QuantParams{scale, zero});
     return py::make_tuple(out, finite);
   }, py::arg("X"), py::arg("scale"), py::arg("zero"));
+  // quantize_rows_dynamic of X (M,K) float32, each row's range its own (ranges None) or
+  // ranges (M,2) float32: ((M,K) uint8, scales (M) float32, zero points (M) int32, whether
+  // each row is not finite (M) bool).
+  testing.def("quantize_rows_dynamic", [](const py::array& X, const py::object& ranges) {
+    const StridedMatrix<float> xs = strided<float>(X, "X");
+    const index_t M = X.shape(0), K = X.shape(1);
+    const float* given = nullptr;
+    if (!ranges.is_none())
+      given = contiguous_of<float>(ranges.cast<py::array>(), "ranges", {M, 2});
+    py::array_t<std::uint8_t> out({M, K});
+    py::array_t<float> scale(M);
+    py::array_t<std::int32_t> zero(M);
+    py::array_t<bool> nonfinite(M);
+    std::fill_n(nonfinite.mutable_data(), M, false);
+    quantize_rows_dynamic(out.mutable_data(), K, xs.data, xs.row_stride, xs.col_stride, M, K,
+                          given, scale.mutable_data(), zero.mutable_data(),
+                          reinterpret_cast<std::uint8_t*>(nonfinite.mutable_data()));
+    return py::make_tuple(out, scale, zero, nonfinite);
+  }, py::arg("X"), py::arg("ranges"));
   // tensor_range of X (M,K) float32: (lo, hi, has_nan).
   testing.def("tensor_range", [](const py::array& X) {
     const StridedMatrix<float> xs = strided<float>(X, "X");

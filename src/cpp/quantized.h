@@ -1,14 +1,20 @@
 // Quantized inference of an MLP: hidden layers on the int8 GEMM (gemm/int8.h), the last layer
 // in float32 (the caller applies softmax/sigmoid in float32).
 //
-// Legend as network.h: L layers, sizes n_0 … n_L, B batch rows. Hidden layer l < L−1:
-//   x_q = quantize(in_l; s_x, z)                        (uint8; s_x, z per tensor)
-//   out_l = act( s_x s_w[j] (Σ_p x_q[p] W_q[j,p] − z Σ_p W_q[j,p]) + b_l[j] )   (float32)
+// Legend as network.h: L layers, sizes n_0 … n_L, B batch rows. Hidden layer l < L−1, row i:
+//   x_q[i] = quantize(in_l[i]; s_i, z_i)                                   (uint8)
+//   out_l[i,j] = act( s_i s_w[j] (Σ_p x_q[i,p] W_q[j,p] − z_i Σ_p W_q[j,p]) + b_l[j] )  (float32)
 // with the int32 sum, dequantization, bias and ReLU in the kernel's epilogue (tanh / logistic
-// in a pass after it). s_x, z come from each call's (B, n_l) input's min and max (dynamic), or
-// were fixed from a calibration sample (static: values outside its range are clamped). A
-// dynamic input holding ±inf (a float32 overflow in the layer before) makes every logit NaN.
-// The last layer: logits = out_{L-2} W_{L-1}ᵀ + b_{L-1} in float32 on the float32 GEMM.
+// in a pass after it). Dynamic: s_i, z_i from row i's own min and max (per sample, so that a
+// row's prediction does not depend on the rest of its batch; the first layer's range and
+// quantization fused row by row, X read from memory once; a hidden layer's ranges found by the
+// epilogue of the layer before where it writes its output as is: ReLU, identity). Static: one
+// s_x, z for every row, fixed from a calibration sample (values outside its range are
+// clamped). A dynamic row whose hidden activation overflowed to ±inf gets NaN logits.
+// The last layer: logits = out_{L-2} W_{L-1}ᵀ + b_{L-1} in float32; with ≤ 32 outputs (and its
+// input's rows contiguous, as a hidden layer's output is) each logit one chain over the inputs
+// in order, then + b, at any batch (a row's logits have the same bits alone or in a batch);
+// else on the float32 GEMM.
 #pragma once
 
 #include <cstdint>
@@ -42,14 +48,14 @@ class QuantizedNetwork {
                bool finite_input = false) const;
 
   const std::vector<index_t>& sizes() const { return sizes_; }
-  // Bytes of the packed int8 weights (with their padding), row sums and scales, and the float32
+  // Bytes of the packed int8 weights (with their padding), weight sums and scales, and the float32
   // last layer (with its transposed copy where it has ≤ 32 outputs).
   std::size_t nbytes() const;
 
  private:
   std::vector<QuantizedLayer> hidden_;
   std::vector<float> last_W_, last_b_;
-  // last_Wᵀ (n_{L−1}, N16) with zero columns up to N16 = 16 or 32, for narrow_dense_avx512
+  // last_Wᵀ (n_{L−1}, N16) with zero columns up to N16 = 16 or 32, for the narrow last layer
   // (empty when n_L > 32).
   std::vector<float> last_WT_;
   index_t last_N16_ = 0;

@@ -46,7 +46,7 @@ void finish_row(const std::int32_t* acc, index_t i, float* c, index_t ldc, index
       ep.raw[i * ep.ld_raw + j] = acc[j];
       continue;
     }
-    c[i * ldc + j] = int8_output(acc[j], j, ep);
+    c[i * ldc + j] = int8_output(acc[j], i, j, ep);
   }
 }
 
@@ -178,27 +178,35 @@ PackedInt8Weights::PackedInt8Weights(const std::int8_t* Wq, index_t ldw, index_t
 }
 
 void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8Weights& W,
-               float* c, index_t ldc, const Int8Epilogue& ep, float* range) {
+               float* c, index_t ldc, const Int8Epilogue& ep, float* row_ranges) {
   const Int8Kernels k = active_int8_kernels();
   const index_t panel_stride = 16 * W.K4;
-  // Each task's range lanes (int8.h), 0 at first (0 is in every range).
-  constexpr index_t kRangeLanes = 32;
-  std::vector<float> lanes;
+  // Each task's range lanes (M rows of kRangeLanes, int8.h), 0 at first (0 is in every range):
+  // tasks split over column groups write the same rows. (The tasks use the caller's buffer,
+  // through lane_base: a thread_local named in the lambda would be each pool thread's own.)
+  static thread_local std::vector<float> lanes;
+  const index_t lane_set = M * kRangeLanes;
+  float* lane_base = nullptr;
   // Rows [i0, i1) × column groups [g0, g1): column groups outer, so that a group's 4 panels
   // (64·K4 bytes, 50 KB for K = 784) stay in L1/L2 while every row block streams past them.
   auto run = [&](index_t i0, index_t i1, index_t g0, index_t g1, index_t task) {
     for (index_t j = 64 * g0; j < std::min(W.N, 64 * g1); j += 64) {
       const index_t n = std::min<index_t>(64, W.N - j);
       Int8Epilogue tile = ep;
-      if (range) tile.range_lanes = lanes.data() + task * kRangeLanes;
       if (!ep.raw) {
-        tile.zero_correction += j;
-        tile.scale += j;
+        tile.weight_sums += j;
+        tile.weight_scale += j;
         tile.bias += j;
       }
       for (index_t i = i0; i < i1; i += k.MR) {
         const index_t m = std::min(k.MR, i1 - i);
-        if (ep.raw) tile.raw = ep.raw + i * ep.ld_raw + j;
+        if (ep.raw) {
+          tile.raw = ep.raw + i * ep.ld_raw + j;
+        } else {
+          tile.input_zero = ep.input_zero + i;
+          tile.input_scale = ep.input_scale + i;
+          if (row_ranges) tile.range_lanes = lane_base + task * lane_set + i * kRangeLanes;
+        }
         k.kernel(W.K4 / 4, Xq + i * lda, lda, m, W.data() + j * W.K4, panel_stride,
                  c ? c + i * ldc + j : nullptr, ldc, n, tile);
       }
@@ -218,25 +226,45 @@ void int8_gemm(const std::uint8_t* Xq, index_t lda, index_t M, const PackedInt8W
   // whoever runs them, so the result is the same for any thread count.
   const index_t row_blocks = (M + k.MR - 1) / k.MR;
   const index_t tasks = serial ? 1 : std::min(threads, std::max(groups, row_blocks));
-  if (range) lanes.assign(static_cast<std::size_t>(tasks * kRangeLanes), 0.0f);
+  const bool over_groups = groups >= tasks;
+  // Split over row blocks, each row's lanes are written by one task: one set.
+  const index_t sets = over_groups ? tasks : 1;
+  if (row_ranges) {
+    lanes.resize(static_cast<std::size_t>(sets * lane_set));
+    lane_base = lanes.data();
+    std::memset(lane_base, 0, lanes.size() * sizeof(float));  // (vector::assign: a scalar loop)
+  }
   if (serial) {
     run(0, M, 0, groups, 0);
   } else {
     parallel_for(static_cast<int>(tasks), [&](int t) {
-      if (groups >= tasks)
+      if (over_groups)
         run(0, M, t * groups / tasks, (t + 1) * groups / tasks, t);
       else
         run(std::min(M, t * row_blocks / tasks * k.MR),
-            std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups, t);
+            std::min(M, (t + 1) * row_blocks / tasks * k.MR), 0, groups, 0);
     });
   }
-  if (range) {
-    range[0] = range[1] = 0.0f;
-    for (index_t t = 0; t < tasks; ++t)
+  if (row_ranges) reduce_range_lanes(lanes.data(), sets, lane_set, M, row_ranges);
+}
+
+void reduce_range_lanes(const float* lanes, index_t sets, index_t set_stride, index_t M,
+                        float* ranges) {
+#ifdef FASTMLP_X86
+  if (active_int8_path() == Int8Path::avx512vnni)
+    return reduce_range_lanes_avx512(lanes, sets, set_stride, M, ranges);
+#endif
+  for (index_t i = 0; i < M; ++i) {
+    float lo = 0.0f, hi = 0.0f;
+    for (index_t s = 0; s < sets; ++s) {
+      const float* row = lanes + s * set_stride + i * kRangeLanes;
       for (index_t lane = 0; lane < 16; ++lane) {
-        range[0] = std::min(range[0], lanes[t * kRangeLanes + lane]);
-        range[1] = std::max(range[1], lanes[t * kRangeLanes + 16 + lane]);
+        lo = std::min(lo, row[lane]);
+        hi = std::max(hi, row[16 + lane]);
       }
+    }
+    ranges[2 * i] = lo;
+    ranges[2 * i + 1] = hi;
   }
 }
 
@@ -250,8 +278,13 @@ QuantParams quant_params(float lo, float hi) {
   if (std::isinf(q.scale) && std::isfinite(lo) && std::isfinite(hi))
     q.scale = hi / 255.0f - lo / 255.0f;
   if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;
-  const float zero = std::nearbyint(-lo / q.scale);
-  q.zero = static_cast<std::int32_t>(std::min(255.0f, std::max(0.0f, zero)));
+  // rint(−lo / s) clamped to [0, 255]: clamped first (the same, as the bounds are integers;
+  // NaN becomes 0), then rounded ties to even by adding and subtracting 1.5·2²³ (as
+  // quantize_rows): std::nearbyint is a libm call on the x86-64 baseline, which saves and
+  // restores the FP environment, and the dynamic scales call this once per row.
+  constexpr float kRound = 12582912.0f;
+  const float zero = std::min(255.0f, std::max(0.0f, -lo / q.scale));
+  q.zero = static_cast<std::int32_t>((zero + kRound) - kRound);
   return q;
 }
 
@@ -310,6 +343,32 @@ bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
     for (index_t p = K; p < ldo; ++p) row[p] = 0;
   }
   return finite || !check_finite;  // (checked anyway: a few cheap operations here)
+}
+
+bool quantize_rows_dynamic(std::uint8_t* out, index_t ldo, const float* x, index_t rs,
+                           index_t cs, index_t M, index_t K, const float* ranges, float* scale,
+                           std::int32_t* zero, std::uint8_t* nonfinite) {
+#ifdef FASTMLP_X86
+  if (!ranges && cs == 1 && active_int8_path() == Int8Path::avx512vnni)
+    return quantize_rows_dynamic_avx512(out, ldo, x, rs, M, K, scale, zero, nonfinite);
+#endif
+  // Row by row: the range pass leaves the row (3 KB for K = 784) in L1 for its quantization.
+  bool any_nonfinite = false;
+  for (index_t i = 0; i < M; ++i) {
+    const float* row = x + i * rs;
+    float lo, hi;
+    bool has_nan = false;
+    if (ranges) {
+      lo = ranges[2 * i];
+      hi = ranges[2 * i + 1];
+    } else {
+      tensor_range(row, rs, cs, 1, K, &lo, &hi, &has_nan);
+    }
+    const QuantParams q = dynamic_row_params(lo, hi, has_nan, i, scale, zero, nonfinite,
+                                             &any_nonfinite);
+    quantize_rows(out + i * ldo, ldo, row, rs, cs, 1, K, q, /*check_finite=*/false);
+  }
+  return any_nonfinite;
 }
 
 void tensor_range(const float* x, index_t rs, index_t cs, index_t M, index_t K, float* lo,

@@ -136,17 +136,25 @@ constexpr std::array<NarrowTransposed, sizeof...(Ns)> narrow_transposed_table(
 
 bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
                          index_t K, const float* WT, const float* b, index_t N) {
+  // Every tile computes each output by the same operations (narrow_tile and
+  // narrow_rows_transposed alike): the tile only sets the speed.
   if (N <= 16) {
     if (B >= 16) {
       static constexpr auto table = narrow_transposed_table(std::make_integer_sequence<int, 16>());
       table[static_cast<std::size_t>(N - 1)](out, ldo, h, ldh, B, K, WT, b);
-      return true;
+    } else if (B >= 12) {
+      narrow_rows<12, 1>(out, ldo, h, ldh, B, K, WT, b, N);
+    } else if (B >= 4) {
+      narrow_rows<4, 1>(out, ldo, h, ldh, B, K, WT, b, N);
+    } else {
+      narrow_rows<1, 1>(out, ldo, h, ldh, B, K, WT, b, N);
     }
-    if (B < 12) return false;
-    narrow_rows<12, 1>(out, ldo, h, ldh, B, K, WT, b, N);
   } else {
-    if (N > 32 || B < 6) return false;
-    narrow_rows<6, 2>(out, ldo, h, ldh, B, K, WT, b, N);
+    if (N > 32) return false;
+    if (B >= 6)
+      narrow_rows<6, 2>(out, ldo, h, ldh, B, K, WT, b, N);
+    else
+      narrow_rows<1, 2>(out, ldo, h, ldh, B, K, WT, b, N);
   }
   return true;
 }

@@ -50,36 +50,48 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
   }
   const __m512i acc[6][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
                              {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}};
-  // The range lanes (int8.h): the valid columns' values folded in, masked.
-  __m512 lane_min = _mm512_setzero_ps(), lane_max = _mm512_setzero_ps();
-  if (ep.range_lanes) {
-    lane_min = _mm512_loadu_ps(ep.range_lanes);
-    lane_max = _mm512_loadu_ps(ep.range_lanes + 16);
+  // The valid columns' masks; in raw mode the sums as they are.
+  __mmask16 masks[4];
+  for (int v = 0; v < 4; ++v) {
+    const index_t cols = n - 16 * v < 0 ? 0 : n - 16 * v < 16 ? n - 16 * v : 16;
+    masks[v] = static_cast<__mmask16>((1u << cols) - 1u);
   }
-  for (int v = 0; v < 4 && 16 * v < n; ++v) {
-    const index_t cols = n - 16 * v < 16 ? n - 16 * v : 16;
-    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1u);
-    if (ep.raw) {
-      for (int r = 0; r < ROWS; ++r)
-        _mm512_mask_storeu_epi32(ep.raw + r * ep.ld_raw + 16 * v, mask, acc[r][v]);
-      continue;
+  if (ep.raw) {
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < 4 && 16 * v < n; ++v)
+        _mm512_mask_storeu_epi32(ep.raw + r * ep.ld_raw + 16 * v, masks[v], acc[r][v]);
+    return;
+  }
+  __m512i sums[4];
+  __m512 weight_scale[4], bias[4];
+  for (int v = 0; v < 4; ++v) {
+    sums[v] = _mm512_maskz_loadu_epi32(masks[v], ep.weight_sums + 16 * v);
+    weight_scale[v] = _mm512_maskz_loadu_ps(masks[v], ep.weight_scale + 16 * v);
+    bias[v] = _mm512_maskz_loadu_ps(masks[v], ep.bias + 16 * v);
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    const __m512i zero = _mm512_set1_epi32(ep.input_zero[r]);
+    const __m512 input_scale = _mm512_set1_ps(ep.input_scale[r]);
+    // The row's range lanes (int8.h): the valid columns' values folded in, masked.
+    __m512 lane_min = _mm512_setzero_ps(), lane_max = _mm512_setzero_ps();
+    if (ep.range_lanes) {
+      lane_min = _mm512_loadu_ps(ep.range_lanes + kRangeLanes * r);
+      lane_max = _mm512_loadu_ps(ep.range_lanes + kRangeLanes * r + 16);
     }
-    const __m512i correction = _mm512_maskz_loadu_epi32(mask, ep.zero_correction + 16 * v);
-    const __m512 scale = _mm512_maskz_loadu_ps(mask, ep.scale + 16 * v);
-    const __m512 bias = _mm512_maskz_loadu_ps(mask, ep.bias + 16 * v);
-    for (int r = 0; r < ROWS; ++r) {
-      const __m512 product =
-          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], correction)), scale);
-      __m512 value = _mm512_add_ps(product, bias);
+    for (int v = 0; v < 4 && 16 * v < n; ++v) {
+      const __m512i corrected = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(zero, sums[v]));
+      const __m512 product = _mm512_mul_ps(_mm512_cvtepi32_ps(corrected),
+                                           _mm512_mul_ps(input_scale, weight_scale[v]));
+      __m512 value = _mm512_add_ps(product, bias[v]);
       if (ep.relu) value = _mm512_max_ps(value, _mm512_setzero_ps());  // max(v, 0): 0 for NaN
-      _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask, value);
-      lane_min = _mm512_mask_min_ps(lane_min, mask, value, lane_min);
-      lane_max = _mm512_mask_max_ps(lane_max, mask, value, lane_max);
+      _mm512_mask_storeu_ps(c + r * ldc + 16 * v, masks[v], value);
+      lane_min = _mm512_mask_min_ps(lane_min, masks[v], value, lane_min);
+      lane_max = _mm512_mask_max_ps(lane_max, masks[v], value, lane_max);
     }
-  }
-  if (ep.range_lanes) {
-    _mm512_storeu_ps(ep.range_lanes, lane_min);
-    _mm512_storeu_ps(ep.range_lanes + 16, lane_max);
+    if (ep.range_lanes) {
+      _mm512_storeu_ps(ep.range_lanes + kRangeLanes * r, lane_min);
+      _mm512_storeu_ps(ep.range_lanes + kRangeLanes * r + 16, lane_max);
+    }
   }
 }
 
@@ -105,58 +117,107 @@ Int8Kernels avx512vnni_int8_kernels() { return Int8Kernels{kMR, &kernel}; }
 
 void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float* lo, float* hi,
                          bool* has_nan) {
-  // Four independent chains per bound: vminps's latency would otherwise set the pace. The
-  // accumulator is the second operand, which vminps / vmaxps return when either is NaN: NaN
-  // is skipped, and recorded by an unordered compare. The tail loads are masked, their lanes
-  // 0 (0 is always in the range).
-  __m512 mn[4], mx[4];
-  for (int c = 0; c < 4; ++c) mn[c] = mx[c] = _mm512_setzero_ps();
-  __mmask16 nan = 0;
+  // Four independent chains per bound: vminps's latency would otherwise set the pace (named
+  // registers: GCC keeps an array of vectors updated in a loop in memory, a store and a
+  // reload on every chain's step, which made this pass ~2× slower). The accumulator is the
+  // second operand, which vminps / vmaxps return when either is NaN: NaN is skipped. It is
+  // noticed by sums of the elements, which NaN turns NaN for good (one add per vector, where an
+  // unordered compare and a mask OR were two); a NaN sum from finite elements (+inf and −inf
+  // after overflows) is told apart by an exact scan. The tail loads are masked, their lanes 0
+  // (0 is always in the range).
+  const __m512 z = _mm512_setzero_ps();
+  __m512 mn0 = z, mn1 = z, mn2 = z, mn3 = z, mx0 = z, mx1 = z, mx2 = z, mx3 = z;
+  __m512 sum0 = z, sum1 = z, sum2 = z, sum3 = z;
   for (index_t i = 0; i < M; ++i) {
     const float* row = x + i * rs;
     index_t p = 0;
-    for (; p + 64 <= K; p += 64)
-      for (int c = 0; c < 4; ++c) {
-        const __m512 v = _mm512_loadu_ps(row + p + 16 * c);
-        mn[c] = _mm512_min_ps(v, mn[c]);
-        mx[c] = _mm512_max_ps(v, mx[c]);
-        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      }
+    for (; p + 64 <= K; p += 64) {
+      const __m512 v0 = _mm512_loadu_ps(row + p), v1 = _mm512_loadu_ps(row + p + 16);
+      const __m512 v2 = _mm512_loadu_ps(row + p + 32), v3 = _mm512_loadu_ps(row + p + 48);
+      mn0 = _mm512_min_ps(v0, mn0);
+      mn1 = _mm512_min_ps(v1, mn1);
+      mn2 = _mm512_min_ps(v2, mn2);
+      mn3 = _mm512_min_ps(v3, mn3);
+      mx0 = _mm512_max_ps(v0, mx0);
+      mx1 = _mm512_max_ps(v1, mx1);
+      mx2 = _mm512_max_ps(v2, mx2);
+      mx3 = _mm512_max_ps(v3, mx3);
+      sum0 = _mm512_add_ps(sum0, v0);
+      sum1 = _mm512_add_ps(sum1, v1);
+      sum2 = _mm512_add_ps(sum2, v2);
+      sum3 = _mm512_add_ps(sum3, v3);
+    }
     for (; p < K; p += 16) {
       const __mmask16 valid = K - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - p)) - 1u);
       const __m512 v = _mm512_maskz_loadu_ps(valid, row + p);
-      mn[0] = _mm512_min_ps(v, mn[0]);
-      mx[0] = _mm512_max_ps(v, mx[0]);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      mn0 = _mm512_min_ps(v, mn0);
+      mx0 = _mm512_max_ps(v, mx0);
+      sum0 = _mm512_add_ps(sum0, v);
     }
   }
-  *lo = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(mn[0], mn[1]),
-                                           _mm512_min_ps(mn[2], mn[3])));
-  *hi = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx[0], mx[1]),
-                                           _mm512_max_ps(mx[2], mx[3])));
-  if (has_nan) *has_nan = nan != 0;
+  *lo = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(mn0, mn1), _mm512_min_ps(mn2, mn3)));
+  *hi = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx0, mx1), _mm512_max_ps(mx2, mx3)));
+  if (!has_nan) return;
+  const __m512 total = _mm512_add_ps(_mm512_add_ps(sum0, sum1), _mm512_add_ps(sum2, sum3));
+  *has_nan = false;
+  if (_mm512_cmp_ps_mask(total, total, _CMP_UNORD_Q) == 0) return;
+  for (index_t i = 0; i < M && !*has_nan; ++i)
+    for (index_t p = 0; p < K; ++p)
+      if (x[i * rs + p] != x[i * rs + p]) {
+        *has_nan = true;
+        break;
+      }
+}
+
+void reduce_range_lanes_avx512(const float* lanes, index_t sets, index_t set_stride, index_t M,
+                               float* ranges) {
+  for (index_t i = 0; i < M; ++i) {
+    const float* row = lanes + i * kRangeLanes;
+    __m512 mn = _mm512_loadu_ps(row), mx = _mm512_loadu_ps(row + 16);
+    for (index_t s = 1; s < sets; ++s) {
+      mn = _mm512_min_ps(mn, _mm512_loadu_ps(row + s * set_stride));
+      mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + s * set_stride + 16));
+    }
+    ranges[2 * i] = _mm512_reduce_min_ps(mn);
+    ranges[2 * i + 1] = _mm512_reduce_max_ps(mx);
+  }
 }
 
 namespace {
 
+// 16 floats quantized as quantize_rows: v = clamp(x · (1/s), −z, 255 − z) (vmaxps first with
+// the bound second, so that NaN becomes −z, as std::max(lo, NaN) = lo in the portable loop),
+// vcvtps2dq rounds ties to even, + z ∈ [0, 255] narrowed to bytes.
+struct Quantizer16 {
+  __m512 inverse, lo, hi;
+  __m512i zero;
+  explicit Quantizer16(QuantParams q)
+      : inverse(_mm512_set1_ps(1.0f / q.scale)),
+        lo(_mm512_set1_ps(static_cast<float>(-q.zero))),
+        hi(_mm512_set1_ps(static_cast<float>(255 - q.zero))),
+        zero(_mm512_set1_epi32(q.zero)) {}
+  __m128i operator()(__m512 v) const {
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inverse), lo), hi);
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
+  }
+};
+
+__mmask16 first_lanes(index_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
+}
+
 template <bool kCheckFinite>
 bool quantize_rows_impl(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
                         index_t K, QuantParams q) {
-  // As quantize_rows: v = clamp(x · (1/s), −z, 255 − z) (vmaxps first with the bound second,
-  // so that NaN becomes −z, as std::max(lo, NaN) = lo in the portable loop), vcvtps2dq rounds
-  // ties to even, + z ∈ [0, 255] narrowed to bytes. Non-finite: |x| > FLT_MAX or unordered.
-  const __m512 inverse = _mm512_set1_ps(1.0f / q.scale);
-  const __m512 lo = _mm512_set1_ps(static_cast<float>(-q.zero));
-  const __m512 hi = _mm512_set1_ps(static_cast<float>(255 - q.zero));
-  const __m512i zero = _mm512_set1_epi32(q.zero);
+  // Non-finite: |x| > FLT_MAX or unordered.
+  const Quantizer16 quantize(q);
   const __m512 largest = _mm512_set1_ps(3.40282347e38f);
   __mmask16 nonfinite = 0;
   auto sixteen = [&](const float* from, __mmask16 valid) {
     const __m512 v = _mm512_maskz_loadu_ps(valid, from);
     if constexpr (kCheckFinite)
       nonfinite |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), largest, _CMP_NLE_UQ);
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inverse), lo), hi);
-    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
+    return quantize(v);
   };
   for (index_t i = 0; i < M; ++i) {
     std::uint8_t* row = out + i * ldo;
@@ -165,7 +226,7 @@ bool quantize_rows_impl(std::uint8_t* out, index_t ldo, const float* x, index_t 
     for (; p + 16 <= K; p += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), sixteen(xr + p, 0xFFFF));
     if (p < K) {
-      const __mmask16 valid = static_cast<__mmask16>((1u << (K - p)) - 1u);
+      const __mmask16 valid = first_lanes(K - p);
       _mm_mask_storeu_epi8(row + p, valid, sixteen(xr + p, valid));
     }
     for (p = K; p < ldo; ++p) row[p] = 0;
@@ -180,6 +241,61 @@ bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_
   // Without the check, 2 of the ~9 operations per 16 floats fewer.
   return check_finite ? quantize_rows_impl<true>(out, ldo, x, rs, M, K, q)
                       : quantize_rows_impl<false>(out, ldo, x, rs, M, K, q);
+}
+
+bool quantize_rows_dynamic_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs,
+                                  index_t M, index_t K, float* scale, std::int32_t* zero,
+                                  std::uint8_t* nonfinite) {
+  // Row i is quantized in the same loop as row i + 2's range is found (tensor_range_avx512's
+  // operations): row i comes from L1 (its range was found two rows before), and the loads of
+  // row i + 2 from L2/L3 overlap the quantization's arithmetic instead of stalling a range
+  // pass of their own (X read from memory once, at the pace of one pass). Two rows ahead, not
+  // one: row i + 2's scale and zero point (a reduction and three divisions, ~60 cycles of
+  // latency) are then computed a whole row before they are needed.
+  bool any_nonfinite = false;
+  QuantParams ahead[2];  // rows i and i + 1
+  for (index_t i = 0; i < 2 && i < M; ++i) {
+    float lo, hi;
+    bool has_nan;
+    tensor_range_avx512(x + i * rs, rs, 1, K, &lo, &hi, &has_nan);
+    ahead[i] = dynamic_row_params(lo, hi, has_nan, i, scale, zero, nonfinite, &any_nonfinite);
+  }
+  for (index_t i = 0; i < M; ++i) {
+    const Quantizer16 quantize(ahead[0]);
+    std::uint8_t* row = out + i * ldo;
+    const float* xr = x + i * rs;
+    // (The last two rows range themselves again, from L1, rather than test for a row two ahead
+    // at every step.)
+    const float* next = i + 2 < M ? xr + 2 * rs : xr;
+    const __m512 z = _mm512_setzero_ps();
+    __m512 mn = z, mx = z, sum = z;
+    auto range = [&](__m512 v) {
+      mn = _mm512_min_ps(v, mn);
+      mx = _mm512_max_ps(v, mx);
+      sum = _mm512_add_ps(sum, v);
+    };
+    index_t p = 0;
+    for (; p + 16 <= K; p += 16) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + p), quantize(_mm512_loadu_ps(xr + p)));
+      range(_mm512_loadu_ps(next + p));
+    }
+    if (p < K) {
+      const __mmask16 valid = first_lanes(K - p);
+      _mm_mask_storeu_epi8(row + p, valid, quantize(_mm512_maskz_loadu_ps(valid, xr + p)));
+      range(_mm512_maskz_loadu_ps(valid, next + p));
+    }
+    for (p = K; p < ldo; ++p) row[p] = 0;
+    ahead[0] = ahead[1];
+    if (i + 2 < M) {
+      float lo = _mm512_reduce_min_ps(mn), hi = _mm512_reduce_max_ps(mx);
+      bool has_nan = false;
+      if (_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) != 0)  // (NaN, or opposite overflows)
+        tensor_range_avx512(next, rs, 1, K, &lo, &hi, &has_nan);
+      ahead[1] = dynamic_row_params(lo, hi, has_nan, i + 2, scale, zero, nonfinite,
+                                    &any_nonfinite);
+    }
+  }
+  return any_nonfinite;
 }
 
 }  // namespace fastmlp

@@ -54,7 +54,7 @@ void half_tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t
         ep.raw[r * ep.ld_raw + j] = sums[j];
         continue;
       }
-      c[r * ldc + j] = int8_output(sums[j], j, ep);
+      c[r * ldc + j] = int8_output(sums[j], r, j, ep);
     }
   }
 }
@@ -68,8 +68,8 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
   if (ep.raw) {
     second.raw += 32;
   } else {
-    second.zero_correction += 32;
-    second.scale += 32;
+    second.weight_sums += 32;
+    second.weight_scale += 32;
     second.bias += 32;
   }
   half_tile<ROWS>(k4, a, lda, panels + 2 * panel_stride, panel_stride, c ? c + 32 : nullptr,
