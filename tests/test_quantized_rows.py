@@ -28,7 +28,7 @@ def awkward_rows(M, K, seed):
     return X
 
 
-@pytest.mark.parametrize("M", [1, 2, 7, 13])
+@pytest.mark.parametrize("M", [1, 2, 7, 13, 16, 37])  # (16 rows a step on AVX512-VNNI)
 @pytest.mark.parametrize("K", [1, 3, 15, 16, 17, 63, 64, 65, 130, 784])
 def test_each_row_is_quantized_with_its_own_range(int8_path, M, K):
     X = awkward_rows(M, K, seed=M * 1000 + K)
@@ -63,9 +63,12 @@ def test_non_finite_rows_are_reported_one_by_one(int8_path, K):
         assert list(np.flatnonzero(nonfinite)) == [2, 5, 7], bad
         good = [0, 1, 3, 4, 6, 8]
         np.testing.assert_array_equal(Xq[good], expected[good])
-    ranges = np.zeros((3, 2), F32)
-    ranges[1, 1] = np.inf
-    assert list(_testing.quantize_rows_dynamic(X[:3], ranges)[3]) == [False, True, False]
+    Y = np.vstack([X] * 3)  # 27 rows: a step of 16 and a tail
+    for row in (1, 20):
+        for column, bad in ((0, -np.inf), (1, np.inf)):
+            ranges = np.zeros((27, 2), F32)
+            ranges[row, column] = bad
+            assert list(np.flatnonzero(_testing.quantize_rows_dynamic(Y, ranges)[3])) == [row]
 
 
 # Nets with the last layer of few outputs (≤ 16, ≤ 32: its kernels' tiles), activations whose

@@ -349,8 +349,10 @@ bool quantize_rows_dynamic(std::uint8_t* out, index_t ldo, const float* x, index
                            index_t cs, index_t M, index_t K, const float* ranges, float* scale,
                            std::int32_t* zero, std::uint8_t* nonfinite) {
 #ifdef FASTMLP_X86
-  if (!ranges && cs == 1 && active_int8_path() == Int8Path::avx512vnni)
-    return quantize_rows_dynamic_avx512(out, ldo, x, rs, M, K, scale, zero, nonfinite);
+  if (cs == 1 && active_int8_path() == Int8Path::avx512vnni)
+    return ranges ? quantize_rows_given_avx512(out, ldo, x, rs, M, K, ranges, scale, zero,
+                                               nonfinite)
+                  : quantize_rows_dynamic_avx512(out, ldo, x, rs, M, K, scale, zero, nonfinite);
 #endif
   // Row by row: the range pass leaves the row (3 KB for K = 784) in L1 for its quantization.
   bool any_nonfinite = false;

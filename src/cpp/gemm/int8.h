@@ -185,7 +185,10 @@ void reduce_range_lanes(const float* lanes, index_t sets, index_t set_stride, in
 // the same results.
 bool quantize_rows_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
                           index_t K, QuantParams q, bool check_finite);
-// quantize_rows_dynamic without given ranges.
+// quantize_rows_dynamic without given ranges, and with them.
+bool quantize_rows_given_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs,
+                                index_t M, index_t K, const float* ranges, float* scale,
+                                std::int32_t* zero, std::uint8_t* nonfinite);
 bool quantize_rows_dynamic_avx512(std::uint8_t* out, index_t ldo, const float* x, index_t rs,
                                   index_t M, index_t K, float* scale, std::int32_t* zero,
                                   std::uint8_t* nonfinite);
