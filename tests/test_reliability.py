@@ -10,6 +10,7 @@ import pytest
 
 import fastmlp
 from fastmlp import MLP, SGD, Adam
+from _helpers import misaligned
 
 
 def data(n=240, n_features=6, n_classes=3, seed=0):
@@ -187,20 +188,31 @@ def test_the_rss_stays_flat_over_many_steps_and_predictions():
 @pytest.mark.parametrize("position", [0, 4095, 4096, 4097, 3 * 4096 + 17, -1])
 def test_a_non_finite_feature_is_found_anywhere(dtype, bad, position):
     """The one-pass finiteness check (blocks of 4096 values) finds a single NaN/inf at block
-    edges, first and last, and names its row; the same array in Fortran order (checked by
-    NumPy instead) gives the same message."""
+    edges, first and last, and names its row; the same array in Fortran order or starting
+    one byte off its element alignment (both checked by NumPy instead: the core reads only
+    aligned floats, and refuses the rest) gives the same message, for the model and the
+    estimator."""
     from fastmlp import _core
+    from fastmlp.estimators import MLPClassifier
     X = np.random.default_rng(0).standard_normal((97, 131)).astype(dtype)
     flat = X.reshape(-1)
     index = position % flat.size
     flat[index] = bad
     assert _core.first_nonfinite(X) == index
+    with pytest.raises(ValueError, match="aligned C-contiguous"):
+        _core.first_nonfinite(misaligned(X))
     model = MLP([131, 4, 2], dtype=dtype, seed=0)
-    for layout in (X, np.asfortranarray(X)):
+    estimator = MLPClassifier((4,), max_iter=1, dtype=dtype, random_state=0)
+    with pytest.warns(Warning):  # one epoch: not converged
+        estimator.fit(np.zeros((4, 131), dtype), [0, 1, 0, 1])
+    for layout in (X, np.asfortranarray(X), misaligned(X)):
         with pytest.raises(ValueError, match=f"first at row {index // 131}\\)"):
             model.predict(layout)
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            estimator.predict(layout)
     flat[index] = 0.0
     assert _core.first_nonfinite(X) == -1
+    np.testing.assert_array_equal(estimator.predict(misaligned(X)), estimator.predict(X))
 
 
 def test_the_private_module_refuses_sizes_no_memory_holds():

@@ -552,7 +552,8 @@ class _BaseMLP(Quantizable, BaseEstimator):
                 and X.dtype.kind in "fiu" and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
                 and not hasattr(self, "feature_names_in_")):
             with np.errstate(over="ignore"):  # beyond float32's range: inf, saturated below
-                converted = np.ascontiguousarray(X, dtype=model.dtype)  # as check_array would
+                # (as check_array would; aligned too: the core reads it as floats)
+                converted = np.require(X, dtype=model.dtype, requirements=["C", "A"])
             if first_nonfinite(converted) < 0:
                 return converted, data.output_dtype(X)
         check_is_fitted(self)

@@ -1708,10 +1708,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("activation"));
   m.def("dense_backward", &dense_backward_py, py::arg("x"), py::arg("W"), py::arg("out"),
         py::arg("grad_out"), py::arg("activation"), py::arg("need_grad_x") = true);
-  // The flat index of the first non-finite value of a C-contiguous float array, or -1.
+  // The flat index of the first non-finite value of an aligned C-contiguous float array, or -1.
   m.def("first_nonfinite", [](const py::array& a) -> py::ssize_t {
-    if (!(a.flags() & py::array::c_style))
-      throw py::value_error("first_nonfinite needs a C-contiguous array");
+    if (!contiguous_and_aligned(a))
+      throw py::value_error("first_nonfinite needs an aligned C-contiguous array");
     return with_float_dtype(a, "a", [&](auto zero) {
       using T = decltype(zero);
       const T* data = static_cast<const T*>(a.data());
