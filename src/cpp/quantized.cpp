@@ -117,7 +117,6 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
     ep.bias = layer.bias.data();
     ep.input_zero = input_zero.data();
     ep.input_scale = input_scale.data();
-    ep.same_input_rows = layer.input.has_value();
     ep.relu = activation_ == Activation::relu;
     float* out = buffers + (l % 2) * B * widest;
     const bool next_dynamic = l + 1 < L - 1 && !hidden_[static_cast<std::size_t>(l + 1)].input;

@@ -57,9 +57,6 @@ struct Int8Epilogue {
   const float* bias = nullptr;                // (columns)
   const std::int32_t* input_zero = nullptr;   // (rows) z_i
   const float* input_scale = nullptr;         // (rows) s_i
-  // Every row's (s_i, z_i) is the same (static scales): a kernel may compute the per-column
-  // factors once per tile (the same values).
-  bool same_input_rows = false;
   bool relu = false;
   std::int32_t* raw = nullptr;
   index_t ld_raw = 0;

@@ -69,20 +69,9 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
     weight_scale[v] = _mm512_maskz_loadu_ps(masks[v], ep.weight_scale + 16 * v);
     bias[v] = _mm512_maskz_loadu_ps(masks[v], ep.bias + 16 * v);
   }
-  // Row r's z_r·Σ_j and s_r·s_w[j]: once per tile where every row has the same (static scales).
-  __m512i correction[4];
-  __m512 scale[4];
-  auto row_factors = [&](int r) {
+  for (int r = 0; r < ROWS; ++r) {
     const __m512i zero = _mm512_set1_epi32(ep.input_zero[r]);
     const __m512 input_scale = _mm512_set1_ps(ep.input_scale[r]);
-    for (int v = 0; v < 4; ++v) {
-      correction[v] = _mm512_mullo_epi32(zero, sums[v]);
-      scale[v] = _mm512_mul_ps(input_scale, weight_scale[v]);
-    }
-  };
-  if (ep.same_input_rows) row_factors(0);
-  for (int r = 0; r < ROWS; ++r) {
-    if (!ep.same_input_rows) row_factors(r);
     // The row's range lanes (int8.h): the valid columns' values folded in, masked.
     __m512 lane_min = _mm512_setzero_ps(), lane_max = _mm512_setzero_ps();
     if (ep.range_lanes) {
@@ -90,8 +79,9 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
       lane_max = _mm512_loadu_ps(ep.range_lanes + kRangeLanes * r + 16);
     }
     for (int v = 0; v < 4 && 16 * v < n; ++v) {
-      const __m512 product =
-          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], correction[v])), scale[v]);
+      const __m512i corrected = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(zero, sums[v]));
+      const __m512 product = _mm512_mul_ps(_mm512_cvtepi32_ps(corrected),
+                                           _mm512_mul_ps(input_scale, weight_scale[v]));
       __m512 value = _mm512_add_ps(product, bias[v]);
       if (ep.relu) value = _mm512_max_ps(value, _mm512_setzero_ps());  // max(v, 0): 0 for NaN
       _mm512_mask_storeu_ps(c + r * ldc + 16 * v, masks[v], value);
