@@ -80,7 +80,7 @@ class Exchange:
     def __init__(self, comm, MPI, elements, weighted):
         self.comm, self.MPI, self.weighted = comm, MPI, weighted
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
-        self.elements, self.steps, self.node = elements, 0, None
+        self.elements, self.node = elements, None
         self.grad = None  # the allreduce's buffer
         # The engine's parameters: None (the model's arrays, `trained` their ids) or the
         # shared copy's (weights, biases), in which case the model's are current only when
@@ -104,11 +104,11 @@ class Exchange:
             exchange.buckets = _buckets(exchange.grad.size, exchange.grad.itemsize)
         else:
             exchange.ranges = shard_ranges(elements, exchange.ranks)
-            # Per parity of the step: every rank's slot, its gradient and its tail (views
-            # made once: a step of the mnist-shaped net lasts ~1 ms).
-            exchange.views = [
-                (slots, [s[:elements] for s in slots], [s[elements:-1] for s in slots])
-                for slots in (exchange.node.sources(0), exchange.node.sources(1))]
+            # Every rank's slot, its gradient and its tail (views made once: a step of the
+            # mnist-shaped net lasts ~1 ms).
+            slots = exchange.node.sources()
+            exchange.views = (slots, [s[:elements] for s in slots],
+                              [s[elements:-1] for s in slots])
             exchange.ones = [1.0] * exchange.ranks
         return exchange
 
@@ -178,13 +178,13 @@ class Exchange:
 
     def check_replicas(self, model, epoch) -> None:
         """Collective: _check_replicas, over shared memory: every rank writes its parameters
-        into its slot of the next step (which no rank reads now) and compares their bytes
-        with rank 0's, then the ranks agree (an allgather, after which the slots are free)."""
+        into its slot (which no rank reads between steps) and compares their bytes with rank
+        0's, then the ranks agree (an allgather, after which the slots are free)."""
         if self.node is None:
             return check_replicas_crc(self.comm, model, epoch)
         if not self.model_current:
             return  # the ranks train one shared copy, which no one else changed
-        slots = self.node.sources(self.steps)
+        slots = self.node.sources()
         mine = _parameter_views(model, slots[self.rank])
         for array, view in zip(list(model.weights) + list(model.biases), mine):
             view[...] = array
@@ -199,12 +199,10 @@ class Exchange:
         """One data-parallel step on the next batch of data, or, when this rank could not
         get it, a step that reports error; returns (global data loss, L2 penalty, global
         rows, whether this rank's contention guard fell back to one thread)."""
-        step = self.steps
-        self.steps += 1
         if self.node is None:
             gradient, tail = self.grad[:-_TAIL], self.grad[-_TAIL:]
         else:
-            _, gradients, tails = self.views[step % 2]
+            _, gradients, tails = self.views
             gradient, tail = gradients[self.rank], tails[self.rank]
         error, rows, squares, fell_back = _local_gradient(
             trainer, data, error, gradient, tail, batch_size, self.ranks, self.weighted)
@@ -212,7 +210,7 @@ class Exchange:
         if self.node is None:
             total_weight, loss_sum = self._allreduce_update(trainer, error, global_rows, epoch)
         else:
-            total_weight, loss_sum = self._node_update(trainer, error, global_rows, epoch, step)
+            total_weight, loss_sum = self._node_update(trainer, error, global_rows, epoch)
         penalty = 0.5 * args.alpha * squares / global_rows
         return loss_sum / total_weight, penalty, global_rows, fell_back
 
@@ -230,10 +228,10 @@ class Exchange:
             raise AgreedError(diverged(epoch))  # identical replicas: every rank sees it
         return total_weight, loss_sum
 
-    def _node_update(self, trainer, error, global_rows, epoch, step):
+    def _node_update(self, trainer, error, global_rows, epoch):
         node = self.node
         node.exchange()  # every rank's gradient is in its slot; nobody reads parameters now
-        slots, gradients, tails = self.views[step % 2]
+        slots, gradients, tails = self.views
         total_weight, loss_sum = _agreed_outcome(self.comm, tails, error, epoch)
         coefficients = ([float(t[0]) / total_weight for t in tails] if self.weighted
                         else self.ones)
@@ -243,6 +241,7 @@ class Exchange:
             finite = trainer.apply_gradient_sum(gradients, coefficients, global_rows, 0,
                                                 self.elements)
             trainer.finish_gradient_sum(finite, 0, self.elements)
+            node.exchange()  # every rank done reading the slots: the next step rewrites them
         else:
             # The shared parameters: this rank updates its slice, then the ranks agree on
             # whether every slice stayed finite (else each puts its slice back).
