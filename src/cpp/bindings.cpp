@@ -1030,10 +1030,7 @@ class PyTrainer {
 
   T* gradient_buffer(py::array& grad) {
     T* buffer = writable_contiguous<T>(grad, "grad");
-    if (grad.ndim() != 1 || grad.shape(0) != trainer_->gradient_elements())
-      throw py::value_error("grad must have shape (" +
-                            std::to_string(trainer_->gradient_elements()) + ",), got " +
-                            shape_str(grad));
+    check_flat_shape(grad, "grad");
     return buffer;
   }
 

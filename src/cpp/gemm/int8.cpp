@@ -268,6 +268,17 @@ void reduce_range_lanes(const float* lanes, index_t sets, index_t set_stride, in
   }
 }
 
+namespace {
+
+// rint(v) for |v| < 2²², ties to even (the FPU's rounding), without a libm call: adding and
+// subtracting 1.5·2²³ leaves no fraction bits.
+inline std::int32_t round_small(float v) {
+  constexpr float kRound = 12582912.0f;
+  return static_cast<std::int32_t>((v + kRound) - kRound);
+}
+
+}  // namespace
+
 QuantParams quant_params(float lo, float hi) {
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
@@ -279,12 +290,10 @@ QuantParams quant_params(float lo, float hi) {
     q.scale = hi / 255.0f - lo / 255.0f;
   if (!(q.scale > 0.0f) || !std::isfinite(q.scale)) q.scale = 1.0f;
   // rint(−lo / s) clamped to [0, 255]: clamped first (the same, as the bounds are integers;
-  // NaN becomes 0), then rounded ties to even by adding and subtracting 1.5·2²³ (as
-  // quantize_rows): std::nearbyint is a libm call on the x86-64 baseline, which saves and
-  // restores the FP environment, and the dynamic scales call this once per row.
-  constexpr float kRound = 12582912.0f;
-  const float zero = std::min(255.0f, std::max(0.0f, -lo / q.scale));
-  q.zero = static_cast<std::int32_t>((zero + kRound) - kRound);
+  // NaN becomes 0), then round_small (as quantize_rows): std::nearbyint is a libm call on the
+  // x86-64 baseline, which saves and restores the FP environment, and the dynamic scales call
+  // this once per row.
+  q.zero = round_small(std::min(255.0f, std::max(0.0f, -lo / q.scale)));
   return q;
 }
 
@@ -296,12 +305,15 @@ bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
 #endif
   const float inverse = 1.0f / q.scale;
   const float lo = static_cast<float>(-q.zero), hi = static_cast<float>(255 - q.zero);
-  // Adding and subtracting 1.5·2²³ rounds a float of magnitude < 2²² to an integer, ties to
-  // even (the FPU's rounding), as rint; clamping first to the integer bounds changes nothing
-  // and keeps the value in range. A loop the compiler vectorises at any ISA level.
-  constexpr float kRound = 12582912.0f;
-  // x − x is 0 for a finite x, NaN for ±inf and NaN: OR-ed over the elements.
+  // rint(x / s) + z clamped to [0, 255], clamped first to the integer bounds (which changes
+  // nothing and keeps the value in round_small's range). x − x is 0 for a finite x, NaN for
+  // ±inf and NaN: AND-ed over the elements.
   bool finite = true;
+  auto quantize = [&](float x) {
+    finite = finite && x - x == 0.0f;
+    const float v = std::min(hi, std::max(lo, x * inverse));
+    return static_cast<std::uint8_t>(round_small(v) + q.zero);
+  };
   for (index_t i = 0; i < M; ++i) {
     std::uint8_t* row = out + i * ldo;
     const float* xr = x + i * rs;
@@ -326,19 +338,9 @@ bool quantize_rows(std::uint8_t* out, index_t ldo, const float* x, index_t rs, i
       }
       finite = finite && _mm_movemask_ps(v_unordered) == 0;
 #endif
-      for (; p < K; ++p) {
-        finite = finite && xr[p] - xr[p] == 0.0f;
-        const float v = std::min(hi, std::max(lo, xr[p] * inverse));
-        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
-                                           q.zero);
-      }
+      for (; p < K; ++p) row[p] = quantize(xr[p]);
     } else {
-      for (index_t p = 0; p < K; ++p) {
-        finite = finite && xr[p * cs] - xr[p * cs] == 0.0f;
-        const float v = std::min(hi, std::max(lo, xr[p * cs] * inverse));
-        row[p] = static_cast<std::uint8_t>(static_cast<std::int32_t>((v + kRound) - kRound) +
-                                           q.zero);
-      }
+      for (index_t p = 0; p < K; ++p) row[p] = quantize(xr[p * cs]);
     }
     for (index_t p = K; p < ldo; ++p) row[p] = 0;
   }

@@ -12,6 +12,7 @@
 #include "../../../activations.h"
 #include "../../../network.h"
 #include "../../int8.h"
+#include "masks_avx512.h"
 
 namespace fastmlp {
 
@@ -42,8 +43,7 @@ void narrow_tile(float* out, index_t ldo, const float* h, index_t ldh, index_t K
   }
 #pragma GCC unroll 2
   for (int v = 0; v < V; ++v) {
-    const index_t cols = N - 16 * v < 16 ? N - 16 * v : 16;
-    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1u);
+    const __mmask16 mask = first_lanes(N - 16 * v);
     const __m512 bias = _mm512_maskz_loadu_ps(mask, b + 16 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r)
@@ -195,8 +195,7 @@ void panel_group(float* y, const float* x, const float* panels, index_t K, index
     for (int v = 0; v < V; ++v) {
       const index_t j = g * NR + 16 * v, cols = N - j;
       if (cols <= 0) break;
-      const __mmask16 mask =
-          cols >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << cols) - 1u);
+      const __mmask16 mask = first_lanes(cols);
       __m512 sum = _mm512_add_ps(acc[g][v], _mm512_maskz_loadu_ps(mask, b + j));
       // max(0, v) returns v where v is NaN, as the GEMM's ReLU
       if (relu) sum = _mm512_max_ps(_mm512_setzero_ps(), sum);
@@ -300,12 +299,12 @@ void softmax_narrow_rows(float* out, const float* x, index_t rows, index_t cols)
   const __m512i offsets = _mm512_mullo_epi32(
       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
       _mm512_set1_epi32(static_cast<int>(cols)));
-  const __mmask16 columns = static_cast<__mmask16>((1u << cols) - 1u);
+  const __mmask16 columns = first_lanes(cols);
   alignas(64) float row_max[16], inverse[16];
   __m512 column[16];  // the gathered columns, kept (a gather costs more than a reload)
   for (index_t r = 0; r < rows; r += 16) {
     const index_t lanes = rows - r < 16 ? rows - r : 16;
-    const __mmask16 valid = static_cast<__mmask16>((1u << lanes) - 1u);
+    const __mmask16 valid = first_lanes(lanes);
     const float* xr = x + r * cols;
     __m512 m = minus_inf;
     for (index_t j = 0; j < cols; ++j) {
@@ -337,23 +336,21 @@ void softmax_rows_avx512(float* out, const float* x, index_t rows, index_t cols)
   for (index_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
     float* outr = out + r * cols;
-    auto mask_at = [&](index_t j) {
-      return cols - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (cols - j)) - 1u);
-    };
     __m512 row_max = minus_inf;
     for (index_t j = 0; j < cols; j += 16)
-      row_max = _mm512_max_ps(row_max, _mm512_mask_loadu_ps(minus_inf, mask_at(j), xr + j));
+      row_max =
+          _mm512_max_ps(row_max, _mm512_mask_loadu_ps(minus_inf, first_lanes(cols - j), xr + j));
     const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(row_max));
     __m512 sum = _mm512_setzero_ps();
     for (index_t j = 0; j < cols; j += 16) {
-      const __mmask16 m = mask_at(j);
+      const __mmask16 m = first_lanes(cols - j);
       const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + j), shift));
       sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
       _mm512_mask_storeu_ps(outr + j, m, e);
     }
     const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
     for (index_t j = 0; j < cols; j += 16) {
-      const __mmask16 m = mask_at(j);
+      const __mmask16 m = first_lanes(cols - j);
       _mm512_mask_storeu_ps(outr + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, outr + j),
                                                        inverse));
     }

@@ -28,6 +28,7 @@
 #include "../../bf16.h"
 #include "../../bf16_round.h"
 #include "../../gemv_simd.h"
+#include "../avx512/masks_avx512.h"
 #include "../avx512/transpose_avx512.h"
 
 namespace fastmlp {
@@ -35,12 +36,6 @@ namespace fastmlp {
 namespace {
 
 constexpr index_t kMR = 12, kNR = 32;
-
-inline __mmask16 first_lanes(index_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xFFFF)
-         : count <= 0 ? static_cast<__mmask16>(0)
-                      : static_cast<__mmask16>((1u << count) - 1u);
-}
 
 // 32 float32 values x[0..15] = lo, x[16..31] = hi → 16 words of bf16 pairs (x[2q], x[2q+1]).
 inline __m512i bf16_pairs(__m512 lo, __m512 hi) {

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "../../int8.h"
+#include "../avx512/masks_avx512.h"
 
 namespace fastmlp {
 
@@ -52,10 +53,7 @@ void tile(index_t k4, const std::uint8_t* a, index_t lda, const std::int8_t* pan
                              {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}};
   // The valid columns' masks; in raw mode the sums as they are.
   __mmask16 masks[4];
-  for (int v = 0; v < 4; ++v) {
-    const index_t cols = n - 16 * v < 0 ? 0 : n - 16 * v < 16 ? n - 16 * v : 16;
-    masks[v] = static_cast<__mmask16>((1u << cols) - 1u);
-  }
+  for (int v = 0; v < 4; ++v) masks[v] = first_lanes(n - 16 * v);
   if (ep.raw) {
     for (int r = 0; r < ROWS; ++r)
       for (int v = 0; v < 4 && 16 * v < n; ++v)
@@ -148,7 +146,7 @@ void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float
       sum3 = _mm512_add_ps(sum3, v3);
     }
     for (; p < K; p += 16) {
-      const __mmask16 valid = K - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - p)) - 1u);
+      const __mmask16 valid = first_lanes(K - p);
       const __m512 v = _mm512_maskz_loadu_ps(valid, row + p);
       mn0 = _mm512_min_ps(v, mn0);
       mx0 = _mm512_max_ps(v, mx0);
@@ -201,10 +199,6 @@ struct Quantizer16 {
     return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero));
   }
 };
-
-__mmask16 first_lanes(index_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
-}
 
 template <bool kCheckFinite>
 bool quantize_rows_impl(std::uint8_t* out, index_t ldo, const float* x, index_t rs, index_t M,
