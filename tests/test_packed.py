@@ -36,7 +36,7 @@ def test_packed_forward_is_bitwise_the_unpacked_one(sizes, rows, dtype):
     model = MLP(sizes, output=output, seed=1, dtype=dtype)
     X = data(rows, sizes[0]).astype(dtype)
     packed_type = _core.PackedWeightsFloat32 if dtype == "float32" else _core.PackedWeightsFloat64
-    packed = packed_type(model._weights, model._biases)
+    packed = packed_type(model._weights, model._biases, "relu")
     unpacked = _core.mlp_forward(X, model._weights, model._biases, "relu")
     np.testing.assert_array_equal(
         _core.mlp_forward(X, model._weights, model._biases, "relu", packed=packed), unpacked)
@@ -57,7 +57,7 @@ def test_a_batch_of_one_on_the_pack_matches_the_in_place_gemv(sizes, activation)
     output = "sigmoid" if sizes[-1] == 1 else "softmax"
     model = MLP(sizes, activation=activation, output=output, seed=3)
     model.biases = [np.random.default_rng(1).normal(size=b.shape) for b in model.biases]
-    packed = _core.PackedWeightsFloat32(model._weights, model._biases)
+    packed = _core.PackedWeightsFloat32(model._weights, model._biases, activation)
     for seed in range(3):
         x = data(1, sizes[0], seed)
         in_place = _core.mlp_forward(x, model._weights, model._biases, activation)
@@ -259,3 +259,91 @@ def test_estimator_coefs_cannot_be_flagged_writeable_again():
     for view in (*clf.coefs_, *clf.intercepts_):
         with pytest.raises(ValueError, match="WRITEABLE"):
             view.flags.writeable = True
+
+
+# ---- predict_proba of one float32 row from the pack alone (PackedWeightsFloat32.predict_proba_row)
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic"])
+@pytest.mark.parametrize("sizes", [[784, 256, 256, 10], [7, 33, 5], [1, 16, 48, 17]])
+def test_one_row_from_the_pack_alone_is_bitwise_the_general_path(sizes, activation):
+    model = MLP(sizes, activation=activation, seed=3)
+    model.biases = [np.random.default_rng(1).normal(size=b.shape) for b in model.biases]
+    packed = _core.PackedWeightsFloat32(model._weights, model._biases, activation)
+    for seed in range(3):
+        x = data(1, sizes[0], seed)
+        general = _core.mlp_predict_proba(x, model._weights, model._biases, activation,
+                                          "float32", packed)
+        row = packed.predict_proba_row(x)
+        if fastmlp.ops.isa() != "avx512":  # the panels of other ISAs: the general path
+            assert row is None
+            continue
+        np.testing.assert_array_equal(row, general)
+        np.testing.assert_allclose(row, softmax(reference_logits(model, x, activation)),
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(model.predict_proba(x), row)
+
+
+def test_the_one_row_path_declines_what_it_cannot_take_as_is():
+    model = MLP([13, 8, 3], seed=0)
+    packed = _core.PackedWeightsFloat32(model._weights, model._biases, "relu")
+    x = data(2, 13)
+    misaligned = np.frombuffer(np.zeros(14 * 4 + 1, np.uint8)[1:], np.float32)[:13].reshape(1, 13)
+    misaligned[...] = x[:1]
+    declined = [x,                                  # two rows
+                x[:1].astype(np.float64),           # another dtype
+                x[:1].astype(">f4"),                # another byte order
+                data(1, 26)[:, ::2],                # not contiguous
+                misaligned,
+                data(1, 12),                        # another width
+                x[0],                               # one dimension
+                np.full((1, 13), np.nan, np.float32)]
+    for X in declined:
+        assert packed.predict_proba_row(X) is None
+    # ... and predict_proba then answers as for any input: the probabilities, or its error.
+    for X in declined[:5]:
+        np.testing.assert_allclose(model.predict_proba(X),
+                                   softmax(reference_logits(model, np.asarray(X, np.float64))),
+                                   rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="features"):
+        model.predict_proba(declined[5])
+    with pytest.raises(ValueError, match="NaN|finite"):
+        model.predict_proba(declined[-1])
+
+
+@pytest.mark.parametrize("change", changes(), ids=lambda f: f.__name__)
+def test_every_change_of_the_weights_is_seen_by_the_next_one_row_prediction(change, tmp_path):
+    model = MLP([12, 9, 3], seed=0)
+    x = data(1, 12, seed=4)
+    model.predict_proba(data(5, 12))  # builds the pack
+    before = model.predict_proba(x)
+    changed = (change(model, tmp_path) if change.__name__ == "load" else change(model)) or model
+    after = changed.predict_proba(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_allclose(after, softmax(reference_logits(changed, x)), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_one_row_follows_the_active_isa_and_the_precision():
+    import copy
+
+    model = MLP([40, 30, 3], seed=0)
+    x = data(1, 40)
+    model.predict_proba(data(5, 40))  # packed for the active ISA
+    try:
+        for isa in fastmlp.ops.supported_isas():
+            fastmlp.ops.set_isa(isa)
+            fresh = copy.deepcopy(model)  # (a copy drops the pack: what this ISA computes)
+            assert fresh.packed_nbytes == 0
+            np.testing.assert_array_equal(model.predict_proba(x), fresh.predict_proba(x))
+    finally:
+        fastmlp.ops.set_isa(fastmlp.ops.supported_isas()[-1])
+    model.predict_proba(data(5, 40))
+    model.precision = "bfloat16"  # the pack stays, but is float32's
+    np.testing.assert_array_equal(
+        model.predict_proba(x),
+        _core.mlp_predict_proba(x, model._weights, model._biases, "relu", "bfloat16"))

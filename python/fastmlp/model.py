@@ -314,7 +314,7 @@ class MLP(Outputs):
         if packed is None or self._packed_isa != isa:
             pack_type = (_core.PackedWeightsFloat32 if self._dtype == np.float32
                          else _core.PackedWeightsFloat64)
-            packed = self._packed = pack_type(self._weights, self._biases)
+            packed = self._packed = pack_type(self._weights, self._biases, self._activation)
             self._packed_isa = packed.isa
         return packed
 
@@ -343,6 +343,20 @@ class MLP(Outputs):
                                                 self._precision)
             return _core.mlp_forward(X, self._weights, self._biases, self._activation,
                                      self._precision, self._inference_pack(X.shape[0]))
+
+    def _probabilities_in_one_call(self, X) -> np.ndarray | None:
+        # One float32 sample, once a prediction has packed the weights: the pack alone (its
+        # panels and its own copy of the biases) computes it, without the lock or the weights'
+        # lists (~1 µs of a ~10 µs mnist-shaped prediction). The pack is a snapshot, dropped
+        # by any change of the weights and by fit before it updates them: a prediction that
+        # took it just before sees the weights as they were.
+        packed = self._packed
+        if (packed is not None and type(X) is np.ndarray and self._output == "softmax"
+                and self._precision == "float32" and self._dtype.char == "f"):
+            probabilities = packed.predict_proba_row(X)  # None unless X is one such row
+            if probabilities is not None:
+                return probabilities
+        return super()._probabilities_in_one_call(X)
 
     def _softmax_in_one_call(self, X: np.ndarray) -> np.ndarray | None:
         with self._lock:

@@ -235,8 +235,9 @@ void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
 }  // namespace
 
 template <class T>
-PackedWeights<T>::PackedWeights(const NetworkShape& shape, const T* const* weights)
-    : isa(active_isa()), sizes(shape.sizes) {
+PackedWeights<T>::PackedWeights(const NetworkShape& net_shape, const T* const* weights,
+                                const T* const* biases_in)
+    : isa(active_isa()), shape(net_shape) {
   for (index_t l = 0; l < shape.layers(); ++l) {
     const index_t K = shape.sizes[l], N = shape.sizes[l + 1];
     const index_t count = prepacked_b_elements<T>(N, K);
@@ -245,7 +246,21 @@ PackedWeights<T>::PackedWeights(const NetworkShape& shape, const T* const* weigh
     prepack_b(panels, weights[l], K, N, K);
     layers.push_back(panels);
     elements += static_cast<std::size_t>(count);
+    bias_copies.emplace_back(biases_in[l], biases_in[l] + N);
   }
+  for (const std::vector<T>& b : bias_copies) biases.push_back(b.data());
+}
+
+bool packed_forward_row(float* logits, const float* x, const PackedWeights<float>& packed) {
+#ifdef FASTMLP_X86
+  const float* const* panels = packed.for_active_isa();
+  if (!panels || packed.isa != Isa::avx512) return false;
+  return mlp_forward_row_avx512(logits, x, packed.shape, panels, packed.biases.data(),
+                                prepack_nr<float>());
+#else
+  (void)logits, (void)x, (void)packed;
+  return false;
+#endif
 }
 
 template <class T>

@@ -172,17 +172,27 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
 // 10-class last layer is stored 32 wide). Valid for the ISA active when it was built (the
 // panels' width is that ISA's); `isa` says which. A snapshot: it does not follow later
 // changes to the weights (the owner rebuilds it).
+// It also keeps a copy of the biases and the hidden activation, so that a batch of one
+// needs nothing else (packed_forward_row).
 template <class T>
 struct PackedWeights {
   Isa isa = Isa::generic;
-  std::vector<index_t> sizes;  // the net's n_0 … n_L
+  NetworkShape shape;  // the net's n_0 … n_L and hidden activation
   std::vector<std::unique_ptr<AlignedBuffer<T>>> buffers;
   std::vector<const T*> layers;  // layers[l]: W_l's panels
-  std::size_t elements = 0;      // over all layers
-  PackedWeights(const NetworkShape& shape, const T* const* weights);
+  std::vector<std::vector<T>> bias_copies;
+  std::vector<const T*> biases;  // biases[l]: b_l (n_{l+1})
+  std::size_t elements = 0;      // panels, over all layers
+  PackedWeights(const NetworkShape& net_shape, const T* const* weights, const T* const* biases);
   // The panels, or null where the active ISA is no longer the one they were built for.
   const T* const* for_active_isa() const;
 };
+
+// logits (n_L) of one contiguous row x (n_0) from the packed weights alone, the bits of
+// mlp_forward's batch of one on them; false, computing nothing, unless the panels are
+// float32 AVX-512 ones and AVX-512 is still the active ISA (the caller then takes mlp_forward
+// with the weights).
+bool packed_forward_row(float* logits, const float* x, const PackedWeights<float>& packed);
 
 // Inference: logits (B, n_L) of X (B, n_0) through all layers in one call; the hidden
 // activations live in a reused per-thread buffer. packed: the weights' PackedWeights (its
