@@ -187,6 +187,17 @@ def split_every_product():
 
 
 @contextlib.contextmanager
+def without_update_proof():
+    """The engine backs up every step's weights, as before its finite-update proof
+    (src/cpp/update_bound.h), until the block ends: the same results, the old cost."""
+    previous = _hooks.disable_update_proof(True)
+    try:
+        yield
+    finally:
+        _hooks.disable_update_proof(previous)
+
+
+@contextlib.contextmanager
 def slow_regions(factor: float = 3.0):
     """Every measured parallel region looks ``factor`` times slower to the engine's contention
     guard (3: slower than one thread even for a perfect split): a simulated busy machine. The

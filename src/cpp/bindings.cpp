@@ -1562,6 +1562,7 @@ PYBIND11_MODULE(_core, m) {
     return without_gil([&] { return testing_check_regions(regions, tasks); });
   }, py::arg("regions"), py::arg("tasks"));
   testing.def("force_split", &testing_force_split, py::arg("force"));
+  testing.def("disable_update_proof", &testing_disable_update_proof, py::arg("disable"));
   // Returns (RuntimeError message, tasks that ran) of a region whose task `failing` throws.
   testing.def("failing_region", [](int tasks, int failing) -> py::tuple {
     if (tasks < 1) throw py::value_error("tasks must be >= 1");
@@ -1681,6 +1682,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("steps", &StepsResult::steps)
       .def_readonly("nonfinite", &StepsResult::nonfinite)
       .def_readonly("epoch_done", &StepsResult::epoch_done)
+      .def_readonly("unsaved_steps", &StepsResult::unsaved_steps)
       .def_readonly("fell_back", &StepsResult::fell_back)
       .def_readonly("wall_to_cpu", &StepsResult::wall_to_cpu)
       .def_readonly("sync_seconds", &StepsResult::sync_seconds);

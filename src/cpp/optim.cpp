@@ -93,6 +93,10 @@ void Optimizer::reset() {
   steps = 0;
 }
 
+double Optimizer::update_bound(double, double) const {
+  return std::numeric_limits<double>::infinity();
+}
+
 void Optimizer::end_step() {
   steps += 1;
   std::fill(started_.begin(), started_.end(), 1);
@@ -104,6 +108,15 @@ Sgd::Sgd(double lr_, double momentum_, double weight_decay_, bool nesterov_)
     : OptimizerRule({"momentum_buffer"}), momentum(momentum_), weight_decay(weight_decay_),
       nesterov(nesterov_) {
   lr = lr_;
+}
+
+// Without momentum: g = grad + wd·p, p - lr·g, each operation rounded once in the dtype
+// (relative error ≤ float32's epsilon, also float64's bound), lr and wd rounded to it too.
+double Sgd::update_bound(double param_max, double grad_max) const {
+  if (momentum != 0.0) return std::numeric_limits<double>::infinity();
+  const double rounding = 1 + 4 * static_cast<double>(std::numeric_limits<float>::epsilon());
+  const double g = (grad_max + std::fabs(weight_decay) * rounding * param_max) * rounding;
+  return (param_max + std::fabs(lr) * rounding * g) * rounding;  // NaN lr: NaN, never a bound
 }
 
 // The per-element loop is specialised on every flag (template parameters), so each compiled

@@ -63,6 +63,11 @@ class Optimizer {
   // Whether an update with a zero gradient leaves the parameter and its state as they are
   // (the engine then skips the rows sparse input does not touch: trainer.h).
   virtual bool zero_gradient_is_no_op() const { return false; }
+  // A bound on |p| after update() of a block with |p| ≤ param_max and |grad| ≤ grad_max (both
+  // finite), in either dtype's arithmetic, with the learning rate as it is now; +inf where the
+  // rule gives none (its state could hold anything). The engine's finite-update proof
+  // (update_bound.h) rests on it.
+  virtual double update_bound(double param_max, double grad_max) const;
 
   // Allocates zeroed state for parameter arrays of these shapes and this dtype, and resets
   // the step count. Throws std::invalid_argument for an empty or negative shape.
@@ -157,6 +162,7 @@ class Sgd final : public OptimizerRule<Sgd> {
   const char* name() const override { return "SGD"; }
   int states_read() const override { return momentum != 0.0 ? 1 : 0; }
   bool zero_gradient_is_no_op() const override { return momentum == 0.0 && weight_decay == 0.0; }
+  double update_bound(double param_max, double grad_max) const override;
   template <class T>
   bool apply(ParamBlock<T>& b) const;
 

@@ -8,10 +8,14 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "gemm/context.h"
+#include "update_bound.h"
 
 namespace fastmlp {
 
 namespace {
+
+std::atomic<bool> g_update_proof_disabled{false};  // testing_disable_update_proof
 
 std::uint64_t splitmix64(std::uint64_t& state) {
   std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -39,6 +43,10 @@ constexpr double kSquaresLimit = 4611686018427387904.0;  // 2^62
 index_t rounded(index_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
+
+bool testing_disable_update_proof(bool disable) {
+  return g_update_proof_disabled.exchange(disable);
+}
 
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed) {
   for (index_t i = 0; i < n; ++i) out[i] = i;
@@ -243,6 +251,8 @@ StepsResult Trainer<T>::run_steps(const Data& data, index_t batch_size, index_t 
   batch_size = std::min(batch_size, max_batch_);
   // The weights may have changed between calls (a callback, a checkpoint): one pass per call.
   if (cfg_.alpha != 0.0) squares_ = weight_squares();
+  weight_max_known_ = false;  // likewise: the proof's first try this call measures them again
+  proof_failed_ = g_update_proof_disabled.load(std::memory_order_relaxed);
   while (result.steps < max_steps && next_sample_ < n_samples_) {
     const index_t rows = std::min(batch_size, n_samples_ - next_sample_);
     double loss = 0.0, penalty = 0.0;
@@ -320,6 +330,12 @@ template <class T>
 TileConsumer<T> Trainer<T>::weight_tile_consumer(void* trainer, index_t layer) {
   Trainer& t = *static_cast<Trainer*>(trainer);
   t.tile_context_.layer = layer;
+  // The top layer's weight tiles are the step's first update: prove the step finite first.
+  if (layer == t.n_layers_ - 1 && t.tile_context_.prove) {
+    t.tile_context_.prove = false;
+    t.unsaved_step_ = t.prove_update_finite(*t.tile_context_.batch);
+    if (!t.unsaved_step_) t.proof_failed_ = true;
+  }
   return TileConsumer<T>{&Trainer::consume_weight_tile, &t.tile_context_};
 }
 
@@ -345,11 +361,42 @@ void Trainer<T>::consume_weight_tile(void* context, T* grad, index_t ld_grad, in
     for (index_t j = 0; j < n; j += kLine) {
       const index_t at = i * n_in + col + j;
       __builtin_prefetch(t.weights_[l] + at, 1);
-      __builtin_prefetch(t.backup_weights_[l] + at, 1);
+      if (!t.unsaved_step_) __builtin_prefetch(t.backup_weights_[l] + at, 1);
       for (int k = 0; k < n_state; ++k)
         __builtin_prefetch(t.optimizer_.template state<T>(static_cast<int>(l), k) + at, 1);
     }
 #endif
+}
+
+template <class T>
+bool Trainer<T>::prove_update_finite(const Batch<T>& batch) {
+  const std::vector<index_t>& n = cfg_.shape.sizes;
+  if (batch.x.col_stride != 1) return false;
+  const MaxAbsKernel<T> max_abs = active_gemm_context<T>().max_abs;
+  if (!weight_max_known_) {  // one pass over the weights per run() call
+    weight_max_.resize(static_cast<std::size_t>(n_layers_));
+    for (index_t l = 0; l < n_layers_; ++l)
+      weight_max_[static_cast<std::size_t>(l)] = max_abs(weights_[l], n[l + 1], n[l], n[l]);
+    weight_max_known_ = true;
+  }
+  StepMaxima maxima;
+  maxima.weights = weight_max_;
+  for (index_t l = 0; l < n_layers_; ++l)
+    maxima.biases.push_back(max_abs(biases_[l], 1, n[l + 1], 0));
+  maxima.inputs.push_back(max_abs(batch.x.data, batch.rows, n[0], batch.x.row_stride));
+  for (index_t l = 0; l + 1 < n_layers_; ++l)
+    maxima.inputs.push_back(max_abs(ws_.act[l], batch.rows, n[l + 1], n[l + 1]));
+  maxima.output_gradient = max_abs(ws_.grad[0], batch.rows, n.back(), n.back());
+  // Network::backward's dL/da of the layer below the output (grad[1]): its input-gradient
+  // product and activation derivative ran before the output layer's weight tiles.
+  if (n_layers_ >= 2)
+    maxima.below_output_gradient =
+        max_abs(ws_.grad[1], batch.rows, n[n_layers_ - 1], n[n_layers_ - 1]);
+  gradient_bounds_ = proven_gradient_bounds(
+      cfg_.shape, batch.rows, cfg_.alpha, maxima, optimizer_,
+      static_cast<double>(std::numeric_limits<T>::epsilon()),
+      static_cast<double>(std::numeric_limits<T>::max()));
+  return !gradient_bounds_.empty();
 }
 
 template <class T>
@@ -402,9 +449,17 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   weights_finite_.store(true, std::memory_order_relaxed);
   tile_context_.trainer = this;
   tile_context_.rows = rows;
+  tile_context_.batch = &batch;
+  // The proof covers the dense GEMM path, whose weight tiles go to the optimizer as they are
+  // computed (the others update whole arrays after the step's products).
+  tile_context_.prove = !proof_failed_ && layout_ == Layout::rows && !cfg_.sparse_input;
+  unsaved_step_ = false;
   *loss = network_gradients(batch, sink_, result);
+  tile_context_.prove = false;
   if (!std::isfinite(*loss + *penalty)) {  // nothing was updated yet
     *nonfinite = true;
+    unsaved_step_ = false;
+    weight_max_known_ = false;
     return;
   }
 
@@ -422,6 +477,18 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
     finite &= update_block(static_cast<int>(n_layers_ + l), 0, b_size, sink_.grad_b[l], b_size, 1,
                            b_size, rows);
   }
+  if (!finite && unsaved_step_)  // cannot be: the proof bounds every value the update wrote
+    throw std::logic_error("a step proven finite produced a non-finite parameter");
+  if (unsaved_step_) {  // the bounds after the step, for the next one's proof
+    for (index_t l = 0; l < n_layers_; ++l) {
+      const std::size_t i = static_cast<std::size_t>(l);
+      weight_max_[i] = optimizer_.update_bound(weight_max_[i], gradient_bounds_[i]);
+    }
+    result->unsaved_steps += 1;
+  } else {
+    weight_max_known_ = false;  // the weights changed by an amount the proof did not bound
+  }
+  unsaved_step_ = false;
   if (!finite) {
     restore_parameters();
     *nonfinite = true;
@@ -656,6 +723,7 @@ bool Trainer<T>::update_block(int i, index_t offset, index_t ld, T* grad, index_
   T* backup = backup_at ? backup_at
                        : backup_weights_[layer] + (is_weight ? 0 : sizes[layer + 1] * sizes[layer]) +
                              offset;
+  if (is_weight && unsaved_step_ && !backup_at) backup = nullptr;  // proven finite
   const bool penalised = is_weight && cfg_.alpha != 0.0;
   if (penalised)  // + alpha · W / rows, from W before this update
     add_l2_gradient(grad, ld_grad, param, ld, m, n,

@@ -60,6 +60,9 @@ struct StepsResult {
   bool nonfinite = false;  // the last batch's loss, gradients or update were not finite: that
                            // step was not applied (the parameters are as before it)
   bool epoch_done = false;
+  // Steps whose weight updates were proven finite beforehand (update_bound.h) and so wrote no
+  // backup of the weights.
+  index_t unsaved_steps = 0;
   // The contention guard (threads.h): whether parallel steps lost more time than they saved
   // (the ledger's balance went below zero), after which the rest of the epoch ran on one
   // thread; wall_to_cpu: for the step that fell back, its regions' wall time over their
@@ -180,6 +183,8 @@ class Trainer {
   struct TileContext {
     Trainer* trainer = nullptr;
     index_t layer = 0, rows = 0;  // rows: the batch's
+    const Batch<T>* batch = nullptr;
+    bool prove = false;  // try the finite-update proof before the step's first weight tile
   };
   static TileConsumer<T> weight_tile_consumer(void* trainer, index_t layer);
   static void consume_weight_tile(void* context, T* grad, index_t ld_grad, index_t row,
@@ -192,6 +197,9 @@ class Trainer {
   bool update_block(int i, index_t offset, index_t ld, T* grad, index_t ld_grad, index_t m,
                     index_t n, index_t batch_rows, T* backup_at = nullptr);
   void restore_parameters();
+  // The finite-update proof (update_bound.h) for the step of `batch`, after its forward pass
+  // and loss, before its first update: whether the step's weight updates may skip the backup.
+  bool prove_update_finite(const Batch<T>& batch);
   // Calls visit(i, offset, flat, count) for each piece of parameter array i (count elements
   // from `offset`) whose gradient lies at [flat, flat + count) within [begin, end) of the flat
   // layout (dense input's parameters).
@@ -236,6 +244,17 @@ class Trainer {
   // Whether every weight tile updated in this step stayed finite (tiles may be consumed on
   // several threads at once).
   std::atomic<bool> weights_finite_{true};
+  // The finite-update proof: per layer a bound on max |W_l| (known: measured this run()
+  // call, or carried from a proven step), whether this step's weight updates skip the
+  // backup, whether a proof failed this run() call (then no step tries again until the next
+  // call: each try after a failure would reread the weights). After a proven step the bound
+  // is the rule's update_bound of the bound and the proof's gradient bound (gradient_bounds_),
+  // without a pass over the weights. It grows linearly from step to step, not faster: the
+  // proof measures every layer's input afresh each step and no weight bound feeds its own
+  // layer's gradient bound. (Measuring each weight or gradient tile's max as it was updated
+  // cost as much as the backup it saves.)
+  std::vector<double> weight_max_, gradient_bounds_;
+  bool weight_max_known_ = false, unsaved_step_ = false, proof_failed_ = false;
   // The L2 penalty without a pass over the weights per step: ‖W‖² before this step, and the
   // updated blocks' Σw² as they are written. Each block's sum is rounded to a fixed-point
   // integer (a unit of squares_unit_) before it is added, so the total does not depend on the
@@ -280,6 +299,11 @@ class Trainer {
   AlignedBuffer<T> zero_row_;       // (n_1) zeros: the gradient of an untouched row
   T* zeros_ = nullptr;
 };
+
+// Testing: every run() call from now on leaves the finite-update proof out (every step backs up
+// its weights, as before the proof): the two must give the same bits. Returns the previous
+// setting.
+bool testing_disable_update_proof(bool disable);
 
 // Seeded permutation of 0 … n-1 (Fisher–Yates over splitmix64): the same on every platform.
 void shuffled_indices(std::int64_t* out, index_t n, std::uint64_t seed);

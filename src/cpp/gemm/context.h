@@ -63,6 +63,11 @@ using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, i
 template <class T>
 using AxpyKernel = void (*)(index_t n, T a, const T* x, T* y);
 
+// max |x| over rows × cols, rows row_stride apart; +inf if any value is not finite
+// (gemm/max_abs.h).
+template <class T>
+using MaxAbsKernel = double (*)(const T* x, index_t rows, index_t cols, index_t row_stride);
+
 // One ISA's kernels for one dtype, with the tile and cache-block sizes they were tuned for.
 // Optional kernels are null where the ISA has none: the framework then uses the portable
 // loop (pack_*) or the full MR×NR tile on zero-padded rows (rows*_kernel).
@@ -94,6 +99,7 @@ struct GemmContext {
   PackTransposedKernel<T> pack_b_rows = nullptr;
   PackRowsKernel<T> pack_a_columns = nullptr;
   AxpyKernel<T> axpy = nullptr;  // every ISA sets it
+  MaxAbsKernel<T> max_abs = nullptr;  // every ISA sets it
 };
 
 // Both dtypes' contexts of one ISA.

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "../../axpy.h"
+#include "../../max_abs.h"
 #include "../../context.h"
 #include "../../fma_peak.h"
 #include "../../gemv_simd.h"
@@ -168,6 +169,8 @@ IsaContext avx2_context() {
   IsaContext c = generic_context();
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
+  c.sgemm.max_abs = &max_abs_kernel<float>;
+  c.dgemm.max_abs = &max_abs_kernel<double>;
   c.measure_float32_peak = &measure_float32_peak_avx2;
   // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1: float KC = 512
   // on a 48 KiB 12-way L1d; 160 on a 32 KiB 8-way one (Haswell to Zen 4: A gets one way of

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include "../../axpy.h"
+#include "../../max_abs.h"
 #include "../../context.h"
 #include "../../fma_peak.h"
 #include "../../gemv_simd.h"
@@ -281,6 +282,8 @@ IsaContext avx512_context() {
   IsaContext c = generic_context();
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
+  c.sgemm.max_abs = &max_abs_kernel<float>;
+  c.dgemm.max_abs = &max_abs_kernel<double>;
   c.measure_float32_peak = &measure_float32_peak_avx512;
   // Blocking (context.cpp derives it from the caches). The analytical model keeps the B
   // micro-panel (KC×NR) in L1: KC = 256 gives 256×32×4 B = 32 KiB of a 48 KiB L1d. Measured

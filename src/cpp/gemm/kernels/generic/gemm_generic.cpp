@@ -1,6 +1,7 @@
 // Portable micro-kernels: plain C++ the compiler vectorises for whatever the target baseline is
 // (SSE2 on x86-64, NEON on aarch64). Also the fallback on CPUs without AVX2.
 #include "../../axpy.h"
+#include "../../max_abs.h"
 #include "../../context.h"
 #include "../../gemv.h"
 #include "../../tile.h"
@@ -49,6 +50,8 @@ IsaContext generic_context() {
   IsaContext c;
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
+  c.sgemm.max_abs = &max_abs_kernel<float>;
+  c.dgemm.max_abs = &max_abs_kernel<double>;
   // Cache blocks: the analytical model (context.cpp), the B micro-panel in L1.
   GemmContext<float>& s = c.sgemm;
   s.MR = 4, s.NR = 8;
