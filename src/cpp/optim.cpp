@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "gemm/context.h"
+
 namespace fastmlp {
 
 namespace {
@@ -150,6 +152,17 @@ bool Sgd::apply(ParamBlock<T>& b) const {
   const T lr_t = static_cast<T>(lr), mu = static_cast<T>(momentum),
           wd = static_cast<T>(weight_decay);
   const bool use_momentum = momentum != 0.0;
+  // Without momentum or backup (the engine's proven steps), the active ISA's row kernel if it
+  // has one: the same operations, wider vectors.
+  const SgdRowKernel<T> row_kernel =
+      b.backup || use_momentum ? nullptr : active_gemm_context<T>().sgd_row;
+  if (row_kernel) {
+    unsigned row_bad = 0;
+    for (index_t r = 0; r < b.rows; ++r)
+      row_bad |= row_kernel(b.param + r * b.ld, b.grad + r * b.ld_grad, b.cols, lr_t, wd,
+                            weight_decay != 0.0);
+    return row_bad == 0;
+  }
   const unsigned bad = with_flags(
       [&](auto has_backup, auto decay, auto use_mu, auto nest, auto first) {
         unsigned block_bad = 0;

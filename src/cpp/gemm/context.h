@@ -65,6 +65,10 @@ using AxpyKernel = void (*)(index_t n, T a, const T* x, T* y);
 
 // max |x| over rows × cols, rows row_stride apart; +inf if any value is not finite
 // (gemm/max_abs.h).
+// One row of SGD without momentum or backup (gemm/sgd_row.h): non-zero if a value overflowed.
+template <class T>
+using SgdRowKernel = unsigned (*)(T* param, const T* grad, index_t n, T lr, T wd, bool decay);
+
 template <class T>
 using MaxAbsKernel = double (*)(const T* x, index_t rows, index_t cols, index_t row_stride);
 
@@ -100,6 +104,8 @@ struct GemmContext {
   PackRowsKernel<T> pack_a_columns = nullptr;
   AxpyKernel<T> axpy = nullptr;  // every ISA sets it
   MaxAbsKernel<T> max_abs = nullptr;  // every ISA sets it
+  // Null: the rule's own loop (an ISA whose build might fuse the update's multiply and add).
+  SgdRowKernel<T> sgd_row = nullptr;
 };
 
 // Both dtypes' contexts of one ISA.
@@ -116,6 +122,12 @@ struct IsaContext {
     else return dgemm;
   }
 };
+
+#ifdef FASTMLP_X86
+// kernels/avx512/update_avx512.cpp: the AVX-512 context's optimizer row kernels.
+void add_avx512_update_kernels(IsaContext& c);
+#endif
+
 
 // Sets k.MC, k.KC, k.NC from the caches c for k's register tile (MR×NR) and dtype: the
 // analytical model of Low et al. 2016 ("Analytical modeling is enough for high-performance

@@ -280,6 +280,7 @@ double measure_float32_peak_avx512(double seconds) {
 
 IsaContext avx512_context() {
   IsaContext c = generic_context();
+  add_avx512_update_kernels(c);
   c.sgemm.axpy = &axpy_kernel<float>;
   c.dgemm.axpy = &axpy_kernel<double>;
   c.sgemm.max_abs = &max_abs_kernel<float>;
