@@ -25,33 +25,56 @@ def parameters(model):
     return [np.array(p) for p in model.weights + model.biases]
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def proven_and_backed_up(make_model, make_optimizer, X, y, batch_size, alpha):
+    """(parameters, (steps, unsaved_steps)) of one epoch with the proof, then without it."""
+    out = []
+    for proof in (True, False):
+        model = make_model()
+        with _testing.layout("rows"), _testing.split_every_product():
+            if proof:
+                result = engine_epoch(model, make_optimizer(), X, y, batch_size, alpha)
+            else:
+                with _testing.without_update_proof():
+                    result = engine_epoch(model, make_optimizer(), X, y, batch_size, alpha)
+        out.append((parameters(model), (result.steps, result.unsaved_steps)))
+    return out
+
+
+@pytest.mark.parametrize("precision, dtype", [("float32", np.float32), ("bfloat16", np.float32),
+                                              ("float32", np.float64)])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_proven_steps_give_the_bits_of_backed_up_steps(precision, activation, n_threads):
-    """Every step of SGD (weight decay, L2 penalty) is proven on a net of ordinary scale, and
-    the weights are bitwise those of the engine that backs every step up."""
-    X, y = data(300, 37, 4, dtype=np.float32)
-    results, counts = [], []
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_proven_steps_give_the_bits_of_backed_up_steps(precision, dtype, activation, n_threads,
+                                                       weight_decay):
+    """Every step of SGD (with and without weight decay, L2 penalty) is proven on a net of
+    ordinary scale, and the weights are bitwise those of the engine that backs every step up
+    (whose update is the rule's portable loop; a proven step's is the ISA's row kernel)."""
+    X, y = data(300, 37, 4, dtype=dtype)
     previous = fastmlp.get_num_threads()
     fastmlp.set_num_threads(n_threads)
     try:
-        for proof in (True, False):
-            model = MLP([37, 64, 48, 4], activation=activation, precision=precision, seed=2)
-            with _testing.layout("rows"), _testing.split_every_product():
-                if proof:
-                    result = engine_epoch(model, SGD(lr=0.1, weight_decay=1e-3), X, y, 64, 0.3)
-                else:
-                    with _testing.without_update_proof():
-                        result = engine_epoch(model, SGD(lr=0.1, weight_decay=1e-3), X, y, 64,
-                                              0.3)
-            results.append(parameters(model))
-            counts.append((result.steps, result.unsaved_steps))
+        (proven, proven_counts), (backed_up, backed_up_counts) = proven_and_backed_up(
+            lambda: MLP([37, 64, 48, 4], activation=activation, precision=precision,
+                        dtype=np.dtype(dtype).name, seed=2),
+            lambda: SGD(lr=0.1, weight_decay=weight_decay), X, y, 64, 0.3)
     finally:
         fastmlp.set_num_threads(previous)
-    assert counts == [(5, 5), (5, 0)]
-    for proven, backed_up in zip(*results):
-        np.testing.assert_array_equal(proven, backed_up)
+    assert (proven_counts, backed_up_counts) == ((5, 5), (5, 0))
+    for a, b in zip(proven, backed_up):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_isa_proves_and_keeps_the_bits(isa):
+    """The proof's maxima and the proven update through each ISA's kernels (forced): the same
+    bits as that ISA's backed-up steps."""
+    X, y = data(200, 33, 3, dtype=np.float32)
+    (proven, proven_counts), (backed_up, backed_up_counts) = proven_and_backed_up(
+        lambda: MLP([33, 50, 3], precision="bfloat16", seed=3),
+        lambda: SGD(lr=0.2, weight_decay=1e-2), X, y, 40, 0.0)
+    assert (proven_counts, backed_up_counts) == ((5, 5), (5, 0))
+    for a, b in zip(proven, backed_up):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_proven_steps_equal_the_step_by_step_path():
