@@ -454,11 +454,16 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   // computed (the others update whole arrays after the step's products).
   tile_context_.prove = !proof_failed_ && layout_ == Layout::rows && !cfg_.sparse_input;
   unsaved_step_ = false;
+  // However the step ends (an exception included), later updates (apply_gradient_sum's) back
+  // up again.
+  struct EndsUnsaved {
+    bool& unsaved;
+    ~EndsUnsaved() { unsaved = false; }
+  } ends_unsaved{unsaved_step_};
   *loss = network_gradients(batch, sink_, result);
   tile_context_.prove = false;
   if (!std::isfinite(*loss + *penalty)) {  // nothing was updated yet
     *nonfinite = true;
-    unsaved_step_ = false;
     weight_max_known_ = false;
     return;
   }
@@ -466,7 +471,8 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   // The update is all or nothing: each parameter's update pass also saves its old values and
   // checks the new ones, and if anything became NaN or infinite (overflowing gradients or an
   // overflowing step) the old values are put back, so the model always keeps its last finite
-  // weights at the cost of one extra write per parameter.
+  // weights at the cost of one extra write per parameter (none for the weights of a step
+  // proven finite beforehand: update_bound.h, prove_update_finite).
   // The GEMM path has updated the weights already, tile by tile (consume_weight_tile).
   bool finite = weights_finite_.load(std::memory_order_relaxed);
   for (index_t l = 0; l < n_layers_; ++l) {
@@ -488,7 +494,6 @@ void Trainer<T>::step(const Data& data, index_t first, index_t rows, double* los
   } else {
     weight_max_known_ = false;  // the weights changed by an amount the proof did not bound
   }
-  unsaved_step_ = false;
   if (!finite) {
     restore_parameters();
     *nonfinite = true;
