@@ -224,12 +224,12 @@ def test_forward_matches_the_numpy_model(int8_path, sizes, activation, static):
     np.testing.assert_allclose(quantized.forward(X), expected, rtol=0, atol=tolerance * scale)
 
 
-# The last layer of few outputs has kernels of its own on AVX512-VNNI (≤ 16 outputs: 16 rows
-# a block, transposed 8 inputs at a time, or 12 rows a tile below 16 rows; ≤ 32: 6 rows a
-# tile; the last block overlapping the one before; fewer rows or > 32 outputs: the float32
-# GEMM): batches around the blocks, outputs around the column counts, inputs (43) not a
-# multiple of 8.
-@pytest.mark.parametrize("n_out", [1, 2, 7, 10, 15, 16, 17, 32, 33])
+# The last layer runs in blocks of 32 outputs (the last one 16 wide where ≤ 16 are left), with
+# kernels of its own on AVX512-VNNI (a 16-wide block: 16 rows a block, transposed 8 inputs at
+# a time, or 12, 4 or 1 rows a tile below 16 rows; a 32-wide one: 12, 6 or 1 rows a tile; the
+# last block of rows overlapping the one before): batches around the row blocks, outputs
+# around the column blocks, inputs (43) not a multiple of 8.
+@pytest.mark.parametrize("n_out", [1, 2, 7, 10, 15, 16, 17, 32, 33, 48, 49, 64, 100])
 def test_last_layer_matches_the_numpy_model_at_every_batch(int8_path, n_out):
     rng = np.random.default_rng(n_out)
     model = MLP([19, 43, n_out], output="identity", seed=1)

@@ -71,12 +71,15 @@ def test_non_finite_rows_are_reported_one_by_one(int8_path, K):
             assert list(np.flatnonzero(_testing.quantize_rows_dynamic(Y, ranges)[3])) == [row]
 
 
-# Nets with the last layer of few outputs (≤ 16, ≤ 32: its kernels' tiles), activations whose
-# range comes from the epilogue (relu, identity) or from a pass (tanh), awkward widths.
+# Nets with last layers of ≤ 16, ≤ 32 and more outputs (one 16- or 32-wide block of its
+# kernels, or several), activations whose range comes from the epilogue (relu, identity) or
+# from a pass (tanh), awkward widths.
 @pytest.mark.parametrize("sizes, activation", [([784, 256, 256, 10], "relu"),
                                                ([30, 17, 5], "identity"),
                                                ([11, 64, 3, 7, 2], "tanh"),
-                                               ([19, 70, 130, 23], "relu")])
+                                               ([19, 70, 130, 23], "relu"),
+                                               ([13, 40, 81], "relu"),
+                                               ([9, 33, 50, 64], "identity")])
 def test_a_rows_prediction_is_the_same_alone_and_in_any_batch(int8_path, sizes, activation):
     rng = np.random.default_rng(len(sizes))
     model = MLP(sizes, activation=activation, seed=3)

@@ -215,6 +215,28 @@ def test_a_non_finite_feature_is_found_anywhere(dtype, bad, position):
     np.testing.assert_array_equal(estimator.predict(misaligned(X)), estimator.predict(X))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", [1, 7, 8, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097, 9000])
+def test_the_finiteness_check_finds_the_first_bad_value_on_every_isa(isa, dtype, size):
+    """Each ISA's first_nonfinite (AVX-512: an FMA per vector, the tail by a masked load)
+    against NumPy, the bad value at every kind of place: first, last, a vector's or a block's
+    edge, the masked tail; the first of two; subnormals, ±max and -0 are finite."""
+    from fastmlp import _core
+    info = np.finfo(dtype)
+    X = np.random.default_rng(size).standard_normal(size).astype(dtype)
+    special = np.array([info.max, -info.max, info.tiny / 4, -0.0, 1e-30], dtype)
+    places = np.unique(np.linspace(0, size - 1, len(special)).astype(int))
+    X[places] = special[: len(places)]
+    assert _core.first_nonfinite(X) == -1
+    for position in sorted({0, size - 1, size // 2, min(size - 1, 15), min(size - 1, 4096)}):
+        for bad in (np.nan, np.inf, -np.inf):
+            Y = X.copy()
+            Y[position] = bad
+            if position + 3 < size:
+                Y[position + 3] = np.nan  # a later one does not hide the first
+            assert _core.first_nonfinite(Y) == position == np.flatnonzero(~np.isfinite(Y))[0]
+
+
 def test_the_private_module_refuses_sizes_no_memory_holds():
     """No call from Python crashes the process, fastmlp._core included: sizes computed from
     the caller's numbers are checked before anything is allocated."""

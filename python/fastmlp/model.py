@@ -323,7 +323,8 @@ class MLP(Outputs):
         """Bytes held by the packed copy of the weights that predictions of more than one row
         (and float32 ones of one row on AVX-512) read (0 until the first one): about the
         weights' size, each layer's output count rounded up to the kernels' panel width (32
-        on AVX-512: a 10-class last layer is stored 32 wide). Freed by any change of the
+        on AVX-512: a 10-class last layer is stored 32 wide), plus a copy of the biases (a
+        float32 sample's ``predict_proba`` needs nothing else). Freed by any change of the
         weights, rebuilt by the next prediction."""
         packed = self._packed
         return 0 if packed is None else packed.nbytes

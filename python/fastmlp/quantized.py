@@ -13,8 +13,8 @@ whole batch's: there a sample's prediction depends on its batch mates); with a c
 sample (static), one (s_x, z) per layer from the sample's float32 activations, the same for
 every row and call (values outside the sample's range are clamped). Each hidden layer computes
 ``act(s_x s_w[j] (Σ x_q W_q[j] - z Σ W_q[j]) + b[j])`` with the sums exact in int32. The last
-layer is float32; with at most 32 outputs each logit is one chain of additions in a fixed
-order, so the row-independence above holds for the logits and probabilities too.
+layer is float32, each logit one chain of additions in a fixed order (kernels of blocks of 16
+or 32 outputs), so the row-independence above holds for the logits and probabilities too.
 """
 
 from __future__ import annotations

@@ -1199,8 +1199,11 @@ void bind_packed_weights(py::module_& m, const char* name) {
             return packed;
           }),
           py::arg("weights"), py::arg("biases"), py::arg("activation"))
-      .def_property_readonly("nbytes",
-                             [](const PackedWeights<T>& p) { return p.elements * sizeof(T); })
+      .def_property_readonly("nbytes", [](const PackedWeights<T>& p) {
+        std::size_t bias_elements = 0;
+        for (const std::vector<T>& b : p.bias_copies) bias_elements += b.size();
+        return (p.elements + bias_elements) * sizeof(T);
+      })
       .def_property_readonly("isa", [](const PackedWeights<T>& p) {
         return std::string(isa_name(p.isa));
       });

@@ -4,10 +4,15 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu.h"
+
 namespace fastmlp {
 
 template <class T>
 index_t first_nonfinite(const T* data, index_t n) {
+#ifdef FASTMLP_X86
+  if (active_isa() == Isa::avx512) return first_nonfinite_avx512(data, n);
+#endif
   // Blocks of 4096 values: a branch-free, vectorised OR over the block (|x| ≤ max is false
   // exactly for NaN and ±inf), and an element search only in the block that failed.
   constexpr index_t kBlock = 4096;

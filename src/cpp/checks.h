@@ -10,4 +10,10 @@ namespace fastmlp {
 template <class T>
 index_t first_nonfinite(const T* data, index_t n);
 
+#ifdef FASTMLP_X86
+// The same on AVX-512F (kernels/avx512/checks_avx512.cpp): only where the CPU has it.
+index_t first_nonfinite_avx512(const float* data, index_t n);
+index_t first_nonfinite_avx512(const double* data, index_t n);
+#endif
+
 }  // namespace fastmlp

@@ -18,12 +18,21 @@ QuantizedNetwork::QuantizedNetwork(std::vector<QuantizedLayer> hidden, const flo
   const index_t n_in = sizes_[L - 1], n_out = sizes_[L];
   last_W_.assign(last_W, last_W + n_in * n_out);
   last_b_.assign(last_b, last_b + n_out);
-  if (n_out <= 32) {
-    last_N16_ = n_out <= 16 ? 16 : 32;
-    last_WT_.assign(static_cast<std::size_t>(n_in * last_N16_), 0.0f);
-    for (index_t j = 0; j < n_out; ++j)
-      for (index_t p = 0; p < n_in; ++p) last_WT_[p * last_N16_ + j] = last_W[j * n_in + p];
+  // Wᵀ in column blocks (n_in, width) of 32 outputs, the last one 16 wide where at most 16
+  // are left (fewer lanes computed for nothing), zero past n_out; the block of outputs
+  // [j, j + width) at j · n_in.
+  const index_t padded = n_out / 32 * 32 + (n_out % 32 == 0 ? 0 : n_out % 32 <= 16 ? 16 : 32);
+  last_WT_.assign(static_cast<std::size_t>(padded * n_in), 0.0f);
+  for (index_t j0 = 0; j0 < n_out; j0 += 32) {
+    const index_t width = last_block_width(j0);
+    float* block = last_WT_.data() + j0 * n_in;
+    for (index_t j = j0; j < std::min(j0 + width, n_out); ++j)
+      for (index_t p = 0; p < n_in; ++p) block[p * width + (j - j0)] = last_W[j * n_in + p];
   }
+}
+
+index_t QuantizedNetwork::last_block_width(index_t j0) const {
+  return sizes_.back() - j0 <= 16 ? 16 : 32;
 }
 
 std::size_t QuantizedNetwork::nbytes() const {
@@ -129,16 +138,23 @@ bool QuantizedNetwork::forward(float* logits, StridedMatrix<float> X, index_t B,
     in = StridedMatrix<float>{out, N, 1};
   }
   const index_t n_in = sizes_[L - 1], n_out = sizes_[L];
-  if (!last_WT_.empty() && in.col_stride == 1) {
-    bool done = false;
+  if (in.col_stride == 1) {
+    // Block by block of N16 outputs, each output one chain over p in order then + b
+    // (narrow_dense_avx512 / narrow_dense_portable): a row's logits are the same bits in any
+    // batch, for every output count.
+    for (index_t j = 0; j < n_out; j += 32) {
+      const index_t width = last_block_width(j), n = std::min(width, n_out - j);
+      const float* WT = last_WT_.data() + j * n_in;
+      bool done = false;
 #ifdef FASTMLP_X86
-    done = active_int8_path() == Int8Path::avx512vnni &&
-           narrow_dense_avx512(logits, n_out, in.data, in.row_stride, B, n_in, last_WT_.data(),
-                               last_b_.data(), n_out);
+      done = active_int8_path() == Int8Path::avx512vnni &&
+             narrow_dense_avx512(logits + j, n_out, in.data, in.row_stride, B, n_in, WT, width,
+                                 last_b_.data() + j, n);
 #endif
-    if (!done)
-      narrow_dense_portable(logits, n_out, in.data, in.row_stride, B, n_in, last_WT_.data(),
-                            last_N16_, last_b_.data(), n_out);
+      if (!done)
+        narrow_dense_portable(logits + j, n_out, in.data, in.row_stride, B, n_in, WT, width,
+                              last_b_.data() + j, n);
+    }
   } else {
     dense_forward(logits, in, StridedMatrix<float>{last_W_.data(), n_in, 1}, last_b_.data(), B,
                   n_in, n_out, Activation::identity);

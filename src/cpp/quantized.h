@@ -49,16 +49,18 @@ class QuantizedNetwork {
 
   const std::vector<index_t>& sizes() const { return sizes_; }
   // Bytes of the packed int8 weights (with their padding), weight sums and scales, and the float32
-  // last layer (with its transposed copy where it has ≤ 32 outputs).
+  // last layer (with its transposed copy in blocks of 16 or 32 outputs).
   std::size_t nbytes() const;
 
  private:
   std::vector<QuantizedLayer> hidden_;
   std::vector<float> last_W_, last_b_;
-  // last_Wᵀ (n_{L−1}, N16) with zero columns up to N16 = 16 or 32, for the narrow last layer
-  // (empty when n_L > 32).
+  // last_Wᵀ in blocks of 32 outputs, the last one 16 wide where at most 16 are left, each
+  // (n_{L−1}, width) with zero columns past n_L, block [j, j + width) at j · n_{L−1}: the last
+  // layer's kernels (narrow_dense_*) read a block each. last_W_ itself serves an input X
+  // that is not contiguous (a net without hidden layers).
   std::vector<float> last_WT_;
-  index_t last_N16_ = 0;
+  index_t last_block_width(index_t j0) const;  // of the block of outputs from j0
   std::vector<index_t> sizes_;
   Activation activation_;
 };

@@ -196,14 +196,14 @@ void tensor_range_avx512(const float* x, index_t rs, index_t M, index_t K, float
                          bool* has_nan);
 void reduce_range_lanes_avx512(const float* lanes, index_t sets, index_t set_stride, index_t M,
                                float* ranges);
-// The float32 last layer of a quantized network when it has few outputs, as a float32 GEMM
-// would waste most of its 32-column tiles on them: out (B,N) row stride ldo = h (B,K) row
-// stride ldh · WT + b, WT (K, N16) Wᵀ with zero columns up to N16 = 16 (N ≤ 16) or 32
-// (N ≤ 32). Each output is one FMA chain over p in order, then + b, whatever the batch and the
-// tile that computes it: a row gets the same bits in any batch. Returns false, computing
-// nothing, for N > 32.
+// The float32 last layer of a quantized network, a block of N ≤ N16 of its outputs at a time
+// (quantized.cpp): out (B,N) row stride ldo = h (B,K) row stride ldh · WT + b, WT (K, N16) Wᵀ
+// with zero columns up to N16 = 16 or 32. Each output is one FMA chain over p in order, then
+// + b, whatever the batch and the tile that computes it: a row gets the same bits in any batch
+// (where a float32 GEMM's kernels and blocking change with the batch). Returns false, computing
+// nothing, unless N16 is 16 or 32 and N ≤ N16.
 bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
-                         index_t K, const float* WT, const float* b, index_t N);
+                         index_t K, const float* WT, index_t N16, const float* b, index_t N);
 #endif
 
 }  // namespace fastmlp

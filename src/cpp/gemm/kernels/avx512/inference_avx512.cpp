@@ -135,10 +135,11 @@ constexpr std::array<NarrowTransposed, sizeof...(Ns)> narrow_transposed_table(
 }  // namespace
 
 bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, index_t B,
-                         index_t K, const float* WT, const float* b, index_t N) {
+                         index_t K, const float* WT, index_t N16, const float* b, index_t N) {
   // Every tile computes each output by the same operations (narrow_tile and
   // narrow_rows_transposed alike): the tile only sets the speed.
-  if (N <= 16) {
+  if (N > N16 || (N16 != 16 && N16 != 32)) return false;
+  if (N16 == 16) {
     if (B >= 16) {
       static constexpr auto table = narrow_transposed_table(std::make_integer_sequence<int, 16>());
       table[static_cast<std::size_t>(N - 1)](out, ldo, h, ldh, B, K, WT, b);
@@ -150,8 +151,11 @@ bool narrow_dense_avx512(float* out, index_t ldo, const float* h, index_t ldh, i
       narrow_rows<1, 1>(out, ldo, h, ldh, B, K, WT, b, N);
     }
   } else {
-    if (N > 32) return false;
-    if (B >= 6)
+    // 12 rows: 24 accumulators, 2 loads of WT per 24 FMAs (a block of a wide last layer
+    // runs near the GEMM's pace).
+    if (B >= 12)
+      narrow_rows<12, 2>(out, ldo, h, ldh, B, K, WT, b, N);
+    else if (B >= 6)
       narrow_rows<6, 2>(out, ldo, h, ldh, B, K, WT, b, N);
     else
       narrow_rows<1, 2>(out, ldo, h, ldh, B, K, WT, b, N);
