@@ -1,6 +1,7 @@
 // max |x| over a strided block: the inputs of the engine's finite-update proof (update_bound.h).
 // Included by each ISA's translation unit and compiled with its flags, as axpy.h: the loop
-// vectorises to that ISA's width (the engine calls it on every weight tile of a proven step).
+// vectorises to that ISA's width (each step's proof reads every layer's input: 3 MiB a step on
+// the wide net).
 #pragma once
 
 #include <cstdint>
@@ -15,17 +16,24 @@ namespace fastmlp {
 // max |x[r·row_stride + c]| over rows × cols (cols contiguous); +inf if any value is NaN or
 // infinite. On the bits: |x|'s bit patterns order as the values do, NaN's above inf's, and an
 // unsigned integer max vectorises where a float max (NaN semantics) does not. One running max
-// per lane of a 64-byte vector (GCC's vector extension: the ISA's registers, one zmm on
-// AVX-512) across all rows: a weight tile's rows are 32 values, and the loop GCC vectorised
-// itself reduced each row horizontally, which cost more than the row.
+// per lane of a 64-byte vector across all rows (GCC's and Clang's vector extension: the ISA's
+// registers, one zmm on AVX-512; other compilers take the scalar loop): the loop GCC
+// vectorised by itself reduced each row horizontally, costly for short rows.
 template <class T>
 static double max_abs_kernel(const T* x, index_t rows, index_t cols, index_t row_stride) {
   using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr Bits kMagnitude = ~Bits{0} >> 1;
+  Bits largest = 0;
+  auto take = [&](const T* value) {
+    Bits bits;
+    std::memcpy(&bits, value, sizeof bits);
+    bits &= kMagnitude;
+    largest = bits > largest ? bits : largest;
+  };
+#if defined(__GNUC__)
   typedef Bits Vector __attribute__((vector_size(64)));
   constexpr int kLanes = 64 / sizeof(T);
-  constexpr Bits kMagnitude = ~Bits{0} >> 1;
   Vector lane_max = {};
-  Bits largest = 0;
   for (index_t r = 0; r < rows; ++r) {
     const T* row = x + r * row_stride;
     index_t c = 0;
@@ -35,14 +43,13 @@ static double max_abs_kernel(const T* x, index_t rows, index_t cols, index_t row
       bits &= kMagnitude;
       lane_max = bits > lane_max ? bits : lane_max;
     }
-    for (; c < cols; ++c) {
-      Bits bits;
-      std::memcpy(&bits, row + c, sizeof bits);
-      bits &= kMagnitude;
-      largest = bits > largest ? bits : largest;
-    }
+    for (; c < cols; ++c) take(row + c);
   }
   for (int j = 0; j < kLanes; ++j) largest = lane_max[j] > largest ? lane_max[j] : largest;
+#else
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) take(x + r * row_stride + c);
+#endif
   T value;
   std::memcpy(&value, &largest, sizeof value);
   return value <= std::numeric_limits<T>::max() ? static_cast<double>(value)
