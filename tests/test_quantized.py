@@ -432,6 +432,10 @@ def _edited_archive(tmp_path, **entries):
     ("input0", np.array([0.01, 1e30]), "zero point must be an integer in"),
     ("input0", np.array([0.01, np.nan]), "zero point must be an integer in"),
     ("layer_sizes", np.array([4.5, 6, 3]), "expected 1-D integers"),
+    # (int() of these is 1: a newer 1.5 or a string loaded as version 1)
+    ("format_version", np.array(1.5), "format_version must be an integer scalar"),
+    ("format_version", np.array("1"), "format_version must be an integer scalar"),
+    ("format_version", np.array([1]), "format_version must be an integer scalar"),
 ])
 def test_load_refuses_hand_edited_values_that_would_compute_garbage(tmp_path, entry, value,
                                                                     message):

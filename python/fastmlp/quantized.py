@@ -202,8 +202,12 @@ class QuantizedMLP(Outputs):
     def _from_arrays(cls, arrays) -> "QuantizedMLP":
         if str(arrays["format"]) != FORMAT_NAME:
             raise ValueError(f"format is {str(arrays['format'])!r}, expected {FORMAT_NAME!r}")
-        if int(arrays["format_version"]) != FORMAT_VERSION:
-            raise ValueError(f"format_version {int(arrays['format_version'])} is not "
+        version = arrays["format_version"]
+        if version.dtype.kind not in "iu" or version.ndim != 0:
+            raise ValueError(f"format_version must be an integer scalar, got a {version.dtype} "
+                             f"array of shape {version.shape}")
+        if int(version) != FORMAT_VERSION:
+            raise ValueError(f"format_version {int(version)} is not "
                              f"{FORMAT_VERSION}")
         if arrays["layer_sizes"].dtype.kind not in "iu" or arrays["layer_sizes"].ndim != 1:
             raise ValueError(f"layer_sizes is a {arrays['layer_sizes'].dtype} array of shape "
