@@ -28,16 +28,17 @@ def _mpiexec() -> str:
     return found
 
 
-def run_job(mode: str, timeout: float = 240.0, *extra: str,
-            threads: str | None = "1") -> subprocess.CompletedProcess:
-    """``mpiexec -n 2 python distributed_worker.py MODE``, 1 thread per rank (2 cores;
+def run_job(mode: str, timeout: float = 240.0, *extra: str, threads: str | None = "1",
+            ranks: int = 2) -> subprocess.CompletedProcess:
+    """``mpiexec -n RANKS python distributed_worker.py MODE``, 1 thread per rank (2 cores;
     threads=None: no thread variable set). HYDRA_LAUNCHER=fork: Hydra starts the ranks as
     local processes (no ssh), as root too."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(HYDRA_LAUNCHER="fork", **({"FASTMLP_NUM_THREADS": threads} if threads else {}))
     try:
-        return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode, *extra],
+        return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), mode,
+                               *extra],
                               capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=WORKER.parent)
     except subprocess.TimeoutExpired as exc:
@@ -101,10 +102,12 @@ def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
     assert job.stdout.count("threads ok") == 2
 
 
-def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path():
-    job = run_job("shared_parameters")
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path(ranks):
+    # (3 ranks: slices of the shared copy that are not halves, and an odd rank count)
+    job = run_job("shared_parameters", ranks=ranks)
     assert job.returncode == 0, job.stdout + job.stderr
-    assert job.stdout.count("shared parameters ok") == 2
+    assert job.stdout.count("shared parameters ok") == ranks
 
 
 def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):
