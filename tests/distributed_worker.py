@@ -1,5 +1,6 @@
-"""Run by tests/test_distributed.py under ``mpiexec -n 2`` (shared_parameters also -n 3): data-parallel fit against one
-process on the same global batches, and the ways a job must end. Usage: MODE [DIR]."""
+"""Run by tests/test_distributed.py under ``mpiexec -n 2`` (shared_parameters also -n 3):
+data-parallel fit against one process on the same global batches, and the ways a job must
+end. Usage: MODE [DIR]."""
 
 import sys
 
