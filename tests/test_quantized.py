@@ -487,6 +487,28 @@ def test_estimators_quantize_keeps_the_sklearn_api():
         MLPClassifier().quantize()
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_the_original_training_on_does_not_change_the_quantized_copy():
+    """The copy shared the original's lists: a warm-started fit (or a partial_fit) of the
+    original appended to the quantized copy's loss_curve_ and validation curves."""
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(F32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0, warm_start=True,
+                        early_stopping=True).fit(X, y)
+    quantized = clf.quantize()
+    curves = {name: list(getattr(quantized, name))
+              for name in ("loss_curve_", "validation_scores_", "validation_loss_curve_")}
+    proba = quantized.predict_proba(X)
+    clf.fit(X, y)
+    assert len(clf.loss_curve_) > len(curves["loss_curve_"])
+    for name, curve in curves.items():
+        assert getattr(quantized, name) == curve, name
+    np.testing.assert_array_equal(quantized.predict_proba(X), proba)
+
+
 @pytest.mark.parametrize("rows", [1, 5, 64, 300])
 def test_split_over_threads_gives_the_same_result(int8_path, rows):
     model = MLP([70, 200, 130, 3], seed=0)

@@ -25,6 +25,11 @@ class Quantizable:
         self._refuse_if_quantized("quantize (it is int8 already)")
         calibration = None if calibration is None else self._check_X(calibration)[0]
         quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
+        # ... except the lists the original's next fits append to (loss_curve_, the
+        # validation curves): the copy gets its own.
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(quantized, name, list(value))
         quantized._model = self._model.quantize(dtype, calibration=calibration)
         return quantized
 
