@@ -70,13 +70,14 @@ def test_estimators_fit_with_comm_match_one_process():
     assert "ESTIMATORS OK" in job.stdout
 
 
-def test_memory_mapped_and_parquet_shards_stream_each_ranks_rows_only(tmp_path):
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_memory_mapped_and_parquet_shards_stream_each_ranks_rows_only(tmp_path, ranks):
     # A memory-mapped .npy (each rank X[shard_rows(...)]) and a ParquetSource(comm=comm),
     # unequal shards (the short one wraps), block-shuffled over 2 epochs: each rank reads
     # only its byte range / its row groups (recorded in the worker), the replicas are
     # bitwise equal, the weights within 1e-5 of one process on the same global batches.
     pytest.importorskip("pyarrow")
-    job = run_job("streamed", 240, str(tmp_path))
+    job = run_job("streamed", 240, str(tmp_path), ranks=ranks)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "STREAMED OK" in job.stdout
     assert job.stdout.count("checked ") == 2
