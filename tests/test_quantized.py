@@ -474,6 +474,8 @@ def test_estimators_quantize_keeps_the_sklearn_api():
             quantized.partial_fit(X, labels)
         with pytest.raises(TypeError, match="quantized for inference"):
             quantized.coefs_
+        # (also an AttributeError: hasattr and getattr with a default must not raise)
+        assert not hasattr(quantized, "coefs_") and getattr(quantized, "intercepts_", 7) == 7
         with pytest.raises(TypeError, match="quantized for inference.*no quantize"):
             quantized.quantize()  # (was AttributeError: 'QuantizedMLP' has no 'quantize')
     assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits

@@ -9,7 +9,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from fastmlp.model import MLP
 
-__all__ = ["Quantizable"]
+__all__ = ["Quantizable", "QuantizedHasNoError"]
+
+
+class QuantizedHasNoError(TypeError, AttributeError):
+    """What a quantized estimator lacks (fit, coefs_, ...): a TypeError, and an AttributeError
+    so that ``hasattr(estimator, "coefs_")`` is False (as scikit-learn's NotFittedError)."""
 
 
 class Quantizable:
@@ -35,5 +40,6 @@ class Quantizable:
 
     def _refuse_if_quantized(self, what: str) -> None:
         if "_model" in self.__dict__ and not isinstance(self._model, MLP):
-            raise TypeError(f"this estimator was quantized for inference and has no {what}: "
-                            "fit the original estimator and call quantize() again")
+            raise QuantizedHasNoError(f"this estimator was quantized for inference and has no "
+                                      f"{what}: fit the original estimator and call quantize() "
+                                      "again")
