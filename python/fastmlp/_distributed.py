@@ -147,6 +147,10 @@ def fit(model, X, y, *, comm, epochs, batch_size, optimizer, shuffle, seed, vali
                          "where the other ranks cannot follow; aborting the MPI job\n")
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
+        # The rank's stderr reaches the terminal through mpiexec's proxy, which the abort
+        # kills: on a busy machine the traceback was lost (an empty stderr, exit 130). A
+        # moment to forward it first; the job is ending anyway.
+        time.sleep(0.5)
         comm.Abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
         raise  # pragma: no cover - Abort does not return
     finally:
