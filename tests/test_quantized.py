@@ -511,6 +511,20 @@ def test_the_original_training_on_does_not_change_the_quantized_copy():
     np.testing.assert_array_equal(quantized.predict_proba(X), proba)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_an_estimators_bad_calibration_sample_is_named_as_such():
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    X = np.random.default_rng(0).normal(size=(40, 5)).astype(F32)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X, X[:, 0] > 0)
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="^calibration: .*NaN"):
+        clf.quantize(calibration=bad)
+    with pytest.raises(ValueError, match="^calibration: .*5 features"):
+        clf.quantize(calibration=X[:, :4])
+
+
 @pytest.mark.parametrize("rows", [1, 5, 64, 300])
 def test_split_over_threads_gives_the_same_result(int8_path, rows):
     model = MLP([70, 200, 130, 3], seed=0)

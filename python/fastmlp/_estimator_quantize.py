@@ -28,7 +28,11 @@ class Quantizable:
         ``coefs_`` / ``intercepts_``."""
         check_is_fitted(self)
         self._refuse_if_quantized("quantize (it is int8 already)")
-        calibration = None if calibration is None else self._check_X(calibration)[0]
+        if calibration is not None:
+            try:
+                calibration = self._check_X(calibration)[0]
+            except (ValueError, TypeError) as exc:  # (scikit-learn's checks say "Input X")
+                raise type(exc)(f"calibration: {exc}") from None
         quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
         # ... except the lists the original's next fits append to (loss_curve_, the
         # validation curves): the copy gets its own.
