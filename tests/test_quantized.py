@@ -511,6 +511,19 @@ def test_the_original_training_on_does_not_change_the_quantized_copy():
     np.testing.assert_array_equal(quantized.predict_proba(X), proba)
 
 
+def test_static_calibration_of_a_saturated_logistic_net_warns_nothing():
+    """e^-a overflows (float32: a < -88): the logistic is 0 there, no NumPy warning (the
+    calibration applies it to the first layer's outputs, the second layer's inputs)."""
+    import warnings
+    model = MLP([4, 8, 8, 3], activation="logistic", seed=0)
+    model.weights = [w * 100 for w in model.weights]
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(F32) * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantized = model.quantize(calibration=X)
+    assert np.isfinite(quantized.predict_proba(X)).all()
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
 def test_an_estimators_bad_calibration_sample_is_named_as_such():
     pytest.importorskip("sklearn")

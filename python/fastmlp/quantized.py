@@ -33,8 +33,17 @@ __all__ = ["QuantizedMLP", "quantize_weights"]
 
 FORMAT_NAME = "fastmlp.QuantizedMLP"
 FORMAT_VERSION = 1
+
+
+def _logistic(a):
+    # 1 / (1 + e^-a): e^-a overflows to inf for a < -88 (float32), giving the right 0, but
+    # NumPy warns; the warning says nothing wrong about the user's calibration sample.
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-a))
+
+
 _ACTIVATIONS = {"relu": lambda a: np.maximum(a, 0), "identity": lambda a: a,
-                "tanh": np.tanh, "logistic": lambda a: 1.0 / (1.0 + np.exp(-a))}
+                "tanh": np.tanh, "logistic": _logistic}
 _OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 
