@@ -28,16 +28,17 @@ def _mpiexec() -> str:
     return found
 
 
-def run_job(mode: str, timeout: float = 240.0, *extra: str,
-            threads: str | None = "1") -> subprocess.CompletedProcess:
-    """``mpiexec -n 2 python distributed_worker.py MODE``, 1 thread per rank (2 cores;
+def run_job(mode: str, timeout: float = 240.0, *extra: str, threads: str | None = "1",
+            ranks: int = 2) -> subprocess.CompletedProcess:
+    """``mpiexec -n RANKS python distributed_worker.py MODE``, 1 thread per rank (2 cores;
     threads=None: no thread variable set). HYDRA_LAUNCHER=fork: Hydra starts the ranks as
     local processes (no ssh), as root too."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("FASTMLP_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(HYDRA_LAUNCHER="fork", **({"FASTMLP_NUM_THREADS": threads} if threads else {}))
     try:
-        return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), mode, *extra],
+        return subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), mode,
+                               *extra],
                               capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=WORKER.parent)
     except subprocess.TimeoutExpired as exc:
@@ -69,13 +70,14 @@ def test_estimators_fit_with_comm_match_one_process():
     assert "ESTIMATORS OK" in job.stdout
 
 
-def test_memory_mapped_and_parquet_shards_stream_each_ranks_rows_only(tmp_path):
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_memory_mapped_and_parquet_shards_stream_each_ranks_rows_only(tmp_path, ranks):
     # A memory-mapped .npy (each rank X[shard_rows(...)]) and a ParquetSource(comm=comm),
     # unequal shards (the short one wraps), block-shuffled over 2 epochs: each rank reads
     # only its byte range / its row groups (recorded in the worker), the replicas are
     # bitwise equal, the weights within 1e-5 of one process on the same global batches.
     pytest.importorskip("pyarrow")
-    job = run_job("streamed", 240, str(tmp_path))
+    job = run_job("streamed", 240, str(tmp_path), ranks=ranks)
     assert job.returncode == 0, job.stdout + job.stderr
     assert "STREAMED OK" in job.stdout
     assert job.stdout.count("checked ") == 2
@@ -101,10 +103,12 @@ def test_each_rank_defaults_to_its_share_of_the_cpus_during_fit():
     assert job.stdout.count("threads ok") == 2
 
 
-def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path():
-    job = run_job("shared_parameters")
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_plain_sgd_trains_one_shared_copy_equal_to_the_allreduce_path(ranks):
+    # (3 ranks: slices of the shared copy that are not halves, and an odd rank count)
+    job = run_job("shared_parameters", ranks=ranks)
     assert job.returncode == 0, job.stdout + job.stderr
-    assert job.stdout.count("shared parameters ok") == 2
+    assert job.stdout.count("shared parameters ok") == ranks
 
 
 def test_checkpoint_by_rank_0_resumes_and_a_stop_on_one_rank_stops_all(tmp_path):

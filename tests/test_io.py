@@ -621,6 +621,18 @@ def test_saving_to_an_empty_path_or_a_directory_is_refused_before_writing(tmp_pa
     assert not [n for n in os.listdir(tmp_path.parent) if n.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("save", ["mlp", "quantized"])
+def test_saving_into_a_missing_directory_names_the_path_given(tmp_path, save):
+    """The error named the temporary (".m.npz.fastmlp-<host>-<pid>-<random>.tmp"), a file the
+    user never asked for."""
+    model = MLP([3, 4, 2], seed=0)
+    write = {"mlp": model.save, "quantized": model.quantize().save}[save]
+    target = tmp_path / "missing" / "m.npz"
+    with pytest.raises(FileNotFoundError) as raised:
+        write(target)
+    assert raised.value.filename == str(target) and ".tmp" not in str(raised.value)
+
+
 def test_loading_an_int8_model_as_an_mlp_names_its_format(tmp_path):
     """MLP.load (and so the CLI) of a QuantizedMLP archive said "missing entries ['dtype']"."""
     MLP([3, 4, 2], seed=0).quantize().save(tmp_path / "q.npz")

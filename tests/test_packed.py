@@ -8,7 +8,7 @@ import pytest
 import fastmlp
 from fastmlp import MLP, SGD, _core
 
-from _helpers import ON_EVERY_ISA_AND_THREAD_COUNT
+from _helpers import ON_EVERY_ISA_AND_THREAD_COUNT, run_python
 
 
 def reference_logits(model, X, activation="relu"):
@@ -347,3 +347,55 @@ def test_one_row_follows_the_active_isa_and_the_precision():
     np.testing.assert_array_equal(
         model.predict_proba(x),
         _core.mlp_predict_proba(x, model._weights, model._biases, "relu", "bfloat16"))
+
+
+@pytest.mark.skipif(len(fastmlp.ops.supported_isas()) < 2, reason="one ISA: nothing to switch")
+def test_switching_the_isa_while_other_threads_predict_neither_crashes_nor_corrupts():
+    """A pack's panels are NR wide for the ISA active when it was built; set_isa from another
+    thread may switch the kernels between a prediction's check of the pack and its GEMMs (or
+    during the pack's construction). Every part of a call must use the pack's own NR: the
+    32-wide AVX-512 panels read by 16-wide kernels corrupted the heap (glibc abort). Run in a
+    child process so that a crash fails this test only."""
+    result = run_python("""
+        import threading
+        import numpy as np
+        from fastmlp import MLP, ops
+
+        rng = np.random.default_rng(0)
+        isas = ops.supported_isas()
+        cases = []
+        for dtype, rows in [("float32", 1), ("float32", 7), ("float64", 1), ("float64", 5)]:
+            model = MLP([64, 96, 10], seed=0, dtype=dtype)
+            X = rng.standard_normal((rows, 64)).astype(dtype)
+            h = np.maximum(X.astype(np.float64) @ np.asarray(model.weights[0], np.float64).T
+                           + model.biases[0], 0)
+            cases.append((model, X, h @ np.asarray(model.weights[1], np.float64).T))
+        stop, failures = threading.Event(), []
+
+        def switch():
+            i = 0
+            while not stop.is_set():
+                ops.set_isa(isas[i % len(isas)])
+                i += 1
+
+        def predict(model, X, expected):
+            for i in range(3000):
+                if i % 50 == 0:
+                    model.weights[0] = model.weights[0]  # drops the pack: built again
+                logits = model.forward(X)
+                if not np.allclose(logits, expected, rtol=1e-4, atol=1e-4):
+                    failures.append(np.abs(logits - expected).max())
+
+        switcher = threading.Thread(target=switch)
+        switcher.start()
+        threads = [threading.Thread(target=predict, args=case) for case in cases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        switcher.join()
+        print("failures", len(failures), failures[:3])
+    """, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "failures 0 " in result.stdout, result.stdout

@@ -432,6 +432,10 @@ def _edited_archive(tmp_path, **entries):
     ("input0", np.array([0.01, 1e30]), "zero point must be an integer in"),
     ("input0", np.array([0.01, np.nan]), "zero point must be an integer in"),
     ("layer_sizes", np.array([4.5, 6, 3]), "expected 1-D integers"),
+    # (int() of these is 1: a newer 1.5 or a string loaded as version 1)
+    ("format_version", np.array(1.5), "format_version must be an integer scalar"),
+    ("format_version", np.array("1"), "format_version must be an integer scalar"),
+    ("format_version", np.array([1]), "format_version must be an integer scalar"),
 ])
 def test_load_refuses_hand_edited_values_that_would_compute_garbage(tmp_path, entry, value,
                                                                     message):
@@ -470,6 +474,8 @@ def test_estimators_quantize_keeps_the_sklearn_api():
             quantized.partial_fit(X, labels)
         with pytest.raises(TypeError, match="quantized for inference"):
             quantized.coefs_
+        # (also an AttributeError: hasattr and getattr with a default must not raise)
+        assert not hasattr(quantized, "coefs_") and getattr(quantized, "intercepts_", 7) == 7
         with pytest.raises(TypeError, match="quantized for inference.*no quantize"):
             quantized.quantize()  # (was AttributeError: 'QuantizedMLP' has no 'quantize')
     assert clf.predict(X[:5]).shape == (5,)  # the original is untouched and still fits
@@ -481,6 +487,55 @@ def test_estimators_quantize_keeps_the_sklearn_api():
     from sklearn.exceptions import NotFittedError
     with pytest.raises(NotFittedError):
         MLPClassifier().quantize()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_the_original_training_on_does_not_change_the_quantized_copy():
+    """The copy shared the original's lists: a warm-started fit (or a partial_fit) of the
+    original appended to the quantized copy's loss_curve_ and validation curves."""
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(F32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0, warm_start=True,
+                        early_stopping=True).fit(X, y)
+    quantized = clf.quantize()
+    curves = {name: list(getattr(quantized, name))
+              for name in ("loss_curve_", "validation_scores_", "validation_loss_curve_")}
+    proba = quantized.predict_proba(X)
+    clf.fit(X, y)
+    assert len(clf.loss_curve_) > len(curves["loss_curve_"])
+    for name, curve in curves.items():
+        assert getattr(quantized, name) == curve, name
+    np.testing.assert_array_equal(quantized.predict_proba(X), proba)
+
+
+def test_static_calibration_of_a_saturated_logistic_net_warns_nothing():
+    """e^-a overflows (float32: a < -88): the logistic is 0 there, no NumPy warning (the
+    calibration applies it to the first layer's outputs, the second layer's inputs)."""
+    import warnings
+    model = MLP([4, 8, 8, 3], activation="logistic", seed=0)
+    model.weights = [w * 100 for w in model.weights]
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(F32) * 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantized = model.quantize(calibration=X)
+    assert np.isfinite(quantized.predict_proba(X)).all()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter capped
+def test_an_estimators_bad_calibration_sample_is_named_as_such():
+    pytest.importorskip("sklearn")
+    from fastmlp.estimators import MLPClassifier
+    X = np.random.default_rng(0).normal(size=(40, 5)).astype(F32)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X, X[:, 0] > 0)
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="^calibration: .*NaN"):
+        clf.quantize(calibration=bad)
+    with pytest.raises(ValueError, match="^calibration: .*5 features"):
+        clf.quantize(calibration=X[:, :4])
 
 
 @pytest.mark.parametrize("rows", [1, 5, 64, 300])

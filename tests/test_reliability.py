@@ -128,6 +128,30 @@ def test_fit_while_another_thread_fits_raises_and_predictions_see_whole_steps():
     assert all(np.isfinite(s).all() and np.allclose(s.sum(1), 1) for s in snapshots)
 
 
+def test_lbfgs_writes_each_trial_point_under_the_models_lock():
+    """L-BFGS writes its trial points into the model in place: under the lock a prediction
+    takes, so that another thread never sees half of one point and half of the next. (Each
+    write ends by dropping the packed weights: the lock must be held then.)"""
+    from fastmlp.estimators import MLPClassifier
+    X, y = data(n=200, n_features=8)
+    estimator = MLPClassifier((16,), solver="lbfgs", max_iter=5, warm_start=True,
+                              random_state=0)
+    with pytest.warns(Warning):  # 5 iterations: not converged
+        estimator.fit(X, y)
+    model = estimator._model
+    held = []
+    drop = model._drop_pack
+
+    def recording_drop():
+        held.append(model._lock._is_owned())
+        drop()
+
+    model._drop_pack = recording_drop
+    with pytest.warns(Warning):
+        estimator.fit(X, y)
+    assert held and all(held)
+
+
 def test_pickle_round_trip():
     X, y = data()
     model = MLP([6, 8, 3], dtype="float64", seed=0)

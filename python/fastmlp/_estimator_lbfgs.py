@@ -76,12 +76,14 @@ def train_lbfgs(estimator, X, targets, sw, alpha, warn, comm=None) -> None:
     best = {"loss": np.inf, "x": x0, "iterations": 0}  # for Ctrl-C
 
     def unpack(x):
-        with np.errstate(over="ignore"):  # float32 models: beyond range is inf
+        # Under the model's lock, as the engine's updates: a prediction from another thread
+        # sees the weights of one trial point or the next, never a mix of the two.
+        with model._lock, np.errstate(over="ignore"):  # float32 models: beyond range is inf
             for c, part in zip(coefs, coef_parts):
                 c[...] = x[part].reshape(c.shape)
             for b, part in zip(model._biases.arrays(), bias_parts):
                 b[...] = x[part]
-        model._drop_pack()
+            model._drop_pack()
 
     def local_loss_and_grad():
         """This rank's mean data loss; its gradient into grad."""

@@ -9,7 +9,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from fastmlp.model import MLP
 
-__all__ = ["Quantizable"]
+__all__ = ["Quantizable", "QuantizedHasNoError"]
+
+
+class QuantizedHasNoError(TypeError, AttributeError):
+    """What a quantized estimator lacks (fit, coefs_, ...): a TypeError, and an AttributeError
+    so that ``hasattr(estimator, "coefs_")`` is False (as scikit-learn's NotFittedError)."""
 
 
 class Quantizable:
@@ -23,12 +28,22 @@ class Quantizable:
         ``coefs_`` / ``intercepts_``."""
         check_is_fitted(self)
         self._refuse_if_quantized("quantize (it is int8 already)")
-        calibration = None if calibration is None else self._check_X(calibration)[0]
+        if calibration is not None:
+            try:
+                calibration = self._check_X(calibration)[0]
+            except (ValueError, TypeError) as exc:  # (scikit-learn's checks say "Input X")
+                raise type(exc)(f"calibration: {exc}") from None
         quantized = copy.copy(self)  # shallow: the copy never trains, so shares safely
+        # ... except the lists the original's next fits append to (loss_curve_, the
+        # validation curves): the copy gets its own.
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(quantized, name, list(value))
         quantized._model = self._model.quantize(dtype, calibration=calibration)
         return quantized
 
     def _refuse_if_quantized(self, what: str) -> None:
         if "_model" in self.__dict__ and not isinstance(self._model, MLP):
-            raise TypeError(f"this estimator was quantized for inference and has no {what}: "
-                            "fit the original estimator and call quantize() again")
+            raise QuantizedHasNoError(f"this estimator was quantized for inference and has no "
+                                      f"{what}: fit the original estimator and call quantize() "
+                                      "again")

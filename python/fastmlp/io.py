@@ -181,6 +181,8 @@ def write_atomically(path, write, before_replace=None) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # named after the path given, not the temporary
+            raise type(exc)(exc.errno, exc.strerror, given) from None
     else:
         raise FileExistsError(errno.EEXIST, "no free temporary name", directory)
     try:

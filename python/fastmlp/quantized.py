@@ -33,8 +33,17 @@ __all__ = ["QuantizedMLP", "quantize_weights"]
 
 FORMAT_NAME = "fastmlp.QuantizedMLP"
 FORMAT_VERSION = 1
+
+
+def _logistic(a):
+    # 1 / (1 + e^-a): e^-a overflows to inf for a < -88 (float32), giving the right 0, but
+    # NumPy warns; the warning says nothing wrong about the user's calibration sample.
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-a))
+
+
 _ACTIVATIONS = {"relu": lambda a: np.maximum(a, 0), "identity": lambda a: a,
-                "tanh": np.tanh, "logistic": lambda a: 1.0 / (1.0 + np.exp(-a))}
+                "tanh": np.tanh, "logistic": _logistic}
 _OUTPUTS = ("softmax", "sigmoid", "identity", "multilabel", "poisson")
 
 
@@ -202,8 +211,12 @@ class QuantizedMLP(Outputs):
     def _from_arrays(cls, arrays) -> "QuantizedMLP":
         if str(arrays["format"]) != FORMAT_NAME:
             raise ValueError(f"format is {str(arrays['format'])!r}, expected {FORMAT_NAME!r}")
-        if int(arrays["format_version"]) != FORMAT_VERSION:
-            raise ValueError(f"format_version {int(arrays['format_version'])} is not "
+        version = arrays["format_version"]
+        if version.dtype.kind not in "iu" or version.ndim != 0:
+            raise ValueError(f"format_version must be an integer scalar, got a {version.dtype} "
+                             f"array of shape {version.shape}")
+        if int(version) != FORMAT_VERSION:
+            raise ValueError(f"format_version {int(version)} is not "
                              f"{FORMAT_VERSION}")
         if arrays["layer_sizes"].dtype.kind not in "iu" or arrays["layer_sizes"].ndim != 1:
             raise ValueError(f"layer_sizes is a {arrays['layer_sizes'].dtype} array of shape "

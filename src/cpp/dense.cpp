@@ -10,7 +10,8 @@ namespace fastmlp {
 
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
-                   index_t I, index_t O, Activation act, const T* packed_w) {
+                   index_t I, index_t O, Activation act, const T* packed_w,
+                   index_t packed_nr) {
   GemmArgs<T> g;
   g.M = B;
   g.N = O;
@@ -22,6 +23,7 @@ void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, i
   g.rs_b = W.col_stride;
   g.cs_b = W.row_stride;
   g.packed_b = packed_w;
+  g.packed_b_nr = packed_nr;
   g.sink.C = out;
   g.sink.ldc = O;
   g.sink.bias = b;
@@ -99,7 +101,7 @@ void input_gradient(T* grad_x, const T* grad_a, StridedMatrix<T> W, index_t B, i
 
 #define FASTMLP_INSTANTIATE(T)                                                                   \
   template void dense_forward<T>(T*, StridedMatrix<T>, StridedMatrix<T>, const T*, index_t,     \
-                                 index_t, index_t, Activation, const T*);                       \
+                                 index_t, index_t, Activation, const T*, index_t);              \
   template void dense_backward<T>(T*, T*, T*, T*, StridedMatrix<T>, StridedMatrix<T>, const T*, \
                                   const T*, index_t, index_t, index_t, Activation);              \
   template void bias_gradient<T>(T*, const T*, index_t, index_t);                               \

@@ -20,10 +20,11 @@ struct StridedMatrix {
 
 // out = act(x Wᵀ + b): bias and ReLU are applied in the GEMM's write-back; tanh and logistic
 // in one pass over the output right after. packed_w: W (contiguous rows) already packed by
-// prepack_b (gemm.h) for the active ISA, or null.
+// prepack_b (gemm.h) with panels packed_nr wide, or null.
 template <class T>
 void dense_forward(T* out, StridedMatrix<T> x, StridedMatrix<T> W, const T* b, index_t B,
-                   index_t I, index_t O, Activation act, const T* packed_w = nullptr);
+                   index_t I, index_t O, Activation act, const T* packed_w = nullptr,
+                   index_t packed_nr = 0);
 
 // Given out = act(x Wᵀ + b) and grad_out = dL/d out (B,O, contiguous), with a = x Wᵀ + b:
 //   grad_a = grad_out · act'(a)     (from out: see activation_backward_inplace; in scratch (B,O))

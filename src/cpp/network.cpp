@@ -72,7 +72,7 @@ const T* Network<T>::forward(const Batch<T>& batch, const Workspace<T>& ws) cons
       }
       const StridedMatrix<T> in = l == 0 ? batch.x : StridedMatrix<T>{ws.act[l - 1], n[l], 1};
       dense_forward(ws.act[l], in, StridedMatrix<T>{weights_[l], n[l], 1}, biases_[l], B, n[l],
-                    n[l + 1], act, packed_ ? packed_[l] : nullptr);
+                    n[l + 1], act, packed_ ? packed_[l] : nullptr, packed_nr_);
     } else {
       narrow_forward(ws.act[l], l == 0 ? batch.x.data : ws.act[l - 1], weights_[l], biases_[l],
                      B, n[l], n[l + 1], act);
@@ -221,7 +221,7 @@ namespace {
 template <class T>
 void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases,
-                 const T* const* packed = nullptr) {
+                 const T* const* packed = nullptr, index_t packed_nr = 0) {
   static thread_local AlignedBuffer<T> ping_pong;
   static thread_local Workspace<T> ws;  // its act vector keeps its capacity between calls
   const index_t L = shape.layers(), widest = std::max<index_t>(shape.widest_hidden(), 1);
@@ -230,20 +230,21 @@ void forward_all(T* logits, const Batch<T>& batch, const NetworkShape& shape,
   ws.act.clear();
   for (index_t l = 0; l < L; ++l)
     ws.act.push_back(l == L - 1 ? logits : buffers + (l % 2) * B * widest);
-  Network<T>(shape, weights, biases, false, packed).template forward<Layout::rows>(batch, ws);
+  Network<T>(shape, weights, biases, false, packed, packed_nr)
+      .template forward<Layout::rows>(batch, ws);
 }
 }  // namespace
 
 template <class T>
 PackedWeights<T>::PackedWeights(const NetworkShape& net_shape, const T* const* weights,
                                 const T* const* biases_in)
-    : isa(active_isa()), shape(net_shape) {
+    : isa(active_isa()), nr(prepack_nr<T>(isa)), shape(net_shape) {
   for (index_t l = 0; l < shape.layers(); ++l) {
     const index_t K = shape.sizes[l], N = shape.sizes[l + 1];
-    const index_t count = prepacked_b_elements<T>(N, K);
+    const index_t count = prepacked_b_elements<T>(N, K, isa);
     buffers.push_back(std::make_unique<AlignedBuffer<T>>());
     T* panels = buffers.back()->reserve(static_cast<std::size_t>(count));
-    prepack_b(panels, weights[l], K, N, K);
+    prepack_b(panels, weights[l], K, N, K, isa);
     layers.push_back(panels);
     elements += static_cast<std::size_t>(count);
     bias_copies.emplace_back(biases_in[l], biases_in[l] + N);
@@ -255,8 +256,7 @@ bool packed_forward_row(float* logits, const float* x, const PackedWeights<float
 #ifdef FASTMLP_X86
   const float* const* panels = packed.for_active_isa();
   if (!panels || packed.isa != Isa::avx512) return false;
-  return mlp_forward_row_avx512(logits, x, packed.shape, panels, packed.biases.data(),
-                                prepack_nr<float>());
+  return mlp_forward_row_avx512(logits, x, packed.shape, panels, packed.biases.data(), packed.nr);
 #else
   (void)logits, (void)x, (void)packed;
   return false;
@@ -272,17 +272,18 @@ template <class T>
 void mlp_forward(T* logits, StridedMatrix<T> X, index_t B, const NetworkShape& shape,
                  const T* const* weights, const T* const* biases,
                  const PackedWeights<T>* packed) {
+  // (The pack's own isa and nr from here on: the active ISA may change during the call.)
   const T* const* panels = packed ? packed->for_active_isa() : nullptr;
 #ifdef FASTMLP_X86
   if constexpr (std::is_same_v<T, float>)
-    if (B == 1 && panels && X.col_stride == 1 && active_isa() == Isa::avx512 &&
-        mlp_forward_row_avx512(logits, X.data, shape, panels, biases, prepack_nr<float>()))
+    if (B == 1 && panels && X.col_stride == 1 && packed->isa == Isa::avx512 &&
+        mlp_forward_row_avx512(logits, X.data, shape, panels, biases, packed->nr))
       return;
 #endif
   Batch<T> batch;
   batch.x = X;
   batch.rows = B;
-  forward_all(logits, batch, shape, weights, biases, panels);
+  forward_all(logits, batch, shape, weights, biases, panels, panels ? packed->nr : 0);
 }
 
 template <class T>

@@ -105,11 +105,14 @@ class Network {
   // pointers to W_l (n_{l+1}, n_l) and b_l (n_{l+1}), contiguous, must outlive it.
   // first_layer_transposed: weights[0] is W_0ᵀ (n_0, n_1), the layout in which sparse
   // batches read it fastest (sparse.h); only sparse batches may then be run.
-  // packed: each W_l pre-packed (PackedWeights::layers), read by forward only; or null.
+  // packed: each W_l pre-packed (PackedWeights::layers) in panels packed_nr wide, read by
+  // forward only; or null.
   Network(const NetworkShape& shape, const T* const* weights, const T* const* biases,
-          bool first_layer_transposed = false, const T* const* packed = nullptr)
+          bool first_layer_transposed = false, const T* const* packed = nullptr,
+          index_t packed_nr = 0)
       : shape_(shape), weights_(weights), biases_(biases),
-        first_layer_transposed_(first_layer_transposed), packed_(packed) {}
+        first_layer_transposed_(first_layer_transposed), packed_(packed),
+        packed_nr_(packed_nr) {}
 
   const NetworkShape& shape() const { return shape_; }
 
@@ -152,6 +155,7 @@ class Network {
   const T* const* biases_;
   bool first_layer_transposed_ = false;
   const T* const* packed_ = nullptr;
+  index_t packed_nr_ = 0;
 };
 
 // The L2 penalty's gradient on a block of W (scikit-learn's alpha): grad += scale · W,
@@ -170,13 +174,15 @@ double sum_of_squares(const T* w, index_t ld, index_t rows, index_t cols);
 // instead of packing Wᵀ on each call. Memory: Σ_l round_up(n_{l+1}, NR)·n_l elements, the
 // weights' size plus the padding of each layer's last panel (NR = 32 floats on AVX-512: a
 // 10-class last layer is stored 32 wide). Valid for the ISA active when it was built (the
-// panels' width is that ISA's); `isa` says which. A snapshot: it does not follow later
-// changes to the weights (the owner rebuilds it).
+// panels' width, `nr`, is that ISA's); `isa` says which. Every reader uses `nr`, never the
+// active ISA's width: another thread's set_isa may switch the ISA at any time. A snapshot: it
+// does not follow later changes to the weights (the owner rebuilds it).
 // It also keeps a copy of the biases and the hidden activation, so that a batch of one
 // needs nothing else (packed_forward_row).
 template <class T>
 struct PackedWeights {
   Isa isa = Isa::generic;
+  index_t nr = 0;      // the panels' width (prepack_nr of isa)
   NetworkShape shape;  // the net's n_0 … n_L and hidden activation
   std::vector<std::unique_ptr<AlignedBuffer<T>>> buffers;
   std::vector<const T*> layers;  // layers[l]: W_l's panels

@@ -441,6 +441,11 @@ void gemm(const GemmArgs<T>& g) {
     if (t_precision == GemmPrecision::bfloat16) return gemm_bf16(g);
   if (g.M <= 0 || g.N <= 0) return;
   const GemmContext<T>& cntx = active_gemm_context<T>();
+  if (g.packed_b && g.packed_b_nr != cntx.NR) {  // panels of another ISA's kernels
+    GemmArgs<T> unpacked = g;
+    unpacked.packed_b = nullptr;
+    return gemm(unpacked);
+  }
   const double flops = 2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) *
                        static_cast<double>(g.K);
   const GemmPath forced = g_forced_path.load(std::memory_order_relaxed);
@@ -493,29 +498,29 @@ void gemm_reference(const GemmArgs<T>& g) {
 }
 
 template <class T>
-index_t prepack_nr() {
-  return active_gemm_context<T>().NR;
+index_t prepack_nr(Isa isa) {
+  return isa_context(isa).get<T>().NR;
 }
 
 template <class T>
-index_t prepacked_b_elements(index_t N, index_t K) {
-  const index_t NR = prepack_nr<T>();
+index_t prepacked_b_elements(index_t N, index_t K, Isa isa) {
+  const index_t NR = prepack_nr<T>(isa);
   return (N + NR - 1) / NR * NR * K;
 }
 
 template <class T>
-void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K) {
-  const GemmContext<T>& cntx = active_gemm_context<T>();
+void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K, Isa isa) {
+  const GemmContext<T>& cntx = isa_context(isa).get<T>();
   // op(B) = Wᵀ: element (p, j) = W[j*ldw + p], so rs = 1, cs = ldw.
   pack_b(packed, W, index_t{1}, ldw, K, N, cntx.NR, cntx.pack_b_transposed);
 }
 
-template index_t prepack_nr<float>();
-template index_t prepack_nr<double>();
-template index_t prepacked_b_elements<float>(index_t, index_t);
-template index_t prepacked_b_elements<double>(index_t, index_t);
-template void prepack_b<float>(float*, const float*, index_t, index_t, index_t);
-template void prepack_b<double>(double*, const double*, index_t, index_t, index_t);
+template index_t prepack_nr<float>(Isa);
+template index_t prepack_nr<double>(Isa);
+template index_t prepacked_b_elements<float>(index_t, index_t, Isa);
+template index_t prepacked_b_elements<double>(index_t, index_t, Isa);
+template void prepack_b<float>(float*, const float*, index_t, index_t, index_t, Isa);
+template void prepack_b<double>(double*, const double*, index_t, index_t, index_t, Isa);
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
 template void gemm_reference<float>(const GemmArgs<float>&);

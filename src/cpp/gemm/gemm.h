@@ -13,6 +13,7 @@
 #pragma once
 
 #include "common.h"
+#include "../cpu.h"
 
 namespace fastmlp {
 
@@ -110,11 +111,14 @@ struct GemmArgs {
   index_t rs_a = 0, cs_a = 0;
   const T* B = nullptr;
   index_t rs_b = 0, cs_b = 0;
-  // Optional: op(B) already packed by prepack_b (NR-column panels spanning all of K, for the
-  // active ISA's float32 kernels); the in-place and packed paths then read its panels instead
-  // of packing op(B). B itself must still be given (the reference loop, the GEMV of a batch of
-  // one and the bfloat16 product read it).
+  // Optional: op(B) already packed by prepack_b (NR-column panels spanning all of K) and the
+  // NR they were packed with; the in-place and packed paths then read its panels instead of
+  // packing op(B), provided the kernels gemm() runs have that NR (another thread's set_isa
+  // may have switched them since the pack was checked: gemm() then packs op(B) itself). B
+  // itself must still be given (the reference loop, the GEMV of a batch of one, the bfloat16
+  // product and an NR mismatch read it).
   const T* packed_b = nullptr;
+  index_t packed_b_nr = 0;
   TileSink<T> sink;  // C and its epilogue, or a consumer
 };
 
@@ -124,14 +128,15 @@ struct GemmArgs {
 // reduction: packed[(j/NR)·NR·K + p·NR + j%NR] = W[j, p], zero-padded to a multiple of NR
 // columns. A K-block [pc, pc+kc) of a panel is then the contiguous kc×NR panel that
 // gemm_packed's micro-kernel reads, and the whole panel the in-place path's one.
-// Elements (≥ N·K: the padding of the last panel) the pack of (N,K) takes; the NR is the active
-// ISA's (prepack_nr), so a pack is only valid while that ISA is active.
+// Elements (≥ N·K: the padding of the last panel) the pack of (N,K) takes; the NR is `isa`'s
+// (prepack_nr), so a pack is only valid for kernels of that NR. The ISA is a parameter, not
+// read from the active one at each call: another thread may switch it in between.
 template <class T>
-index_t prepacked_b_elements(index_t N, index_t K);
+index_t prepacked_b_elements(index_t N, index_t K, Isa isa);
 template <class T>
-index_t prepack_nr();
+index_t prepack_nr(Isa isa);
 template <class T>
-void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K);
+void prepack_b(T* packed, const T* W, index_t ldw, index_t N, index_t K, Isa isa);
 
 // The ways gemm() can compute a product. The automatic choice depends on the shape only
 // (gemm.cpp): the reference loop for tiny products, the in-place path for small ones and
