@@ -261,7 +261,7 @@ def test_estimator_coefs_cannot_be_flagged_writeable_again():
             view.flags.writeable = True
 
 
-# ---- predict_proba of one float32 row from the pack alone (PackedWeightsFloat32.predict_proba_row)
+# ---- one float32 row from the pack alone (PackedWeightsFloat32.forward_row)
 
 def softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -278,14 +278,31 @@ def test_one_row_from_the_pack_alone_is_bitwise_the_general_path(sizes, activati
         x = data(1, sizes[0], seed)
         general = _core.mlp_predict_proba(x, model._weights, model._biases, activation,
                                           "float32", packed)
-        row = packed.predict_proba_row(x)
+        row = packed.forward_row(x, softmax=True)
+        logits = packed.forward_row(x, softmax=False)
         if fastmlp.ops.isa() != "avx512":  # the panels of other ISAs: the general path
-            assert row is None
+            assert row is None and logits is None
             continue
         np.testing.assert_array_equal(row, general)
+        np.testing.assert_array_equal(
+            logits, _core.mlp_forward(x, model._weights, model._biases, activation,
+                                      packed=packed))
         np.testing.assert_allclose(row, softmax(reference_logits(model, x, activation)),
                                    rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(model.predict_proba(x), row)
+        np.testing.assert_array_equal(model.forward(x), logits)  # (the model's own pack now)
+        assert model.predict(x)[0] == np.argmax(logits)
+
+
+def test_one_row_of_a_regression_model_from_the_pack():
+    model = MLP([9, 20, 3], output="identity", seed=0)
+    X = data(4, 9)
+    expected = reference_logits(model, X)
+    model.forward(X)  # packs
+    for i in range(4):
+        np.testing.assert_allclose(model.predict(X[i:i + 1]), expected[i:i + 1], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_array_equal(model.forward(X[i:i + 1]), model.predict(X[i:i + 1]))
 
 
 def test_the_one_row_path_declines_what_it_cannot_take_as_is():
@@ -303,7 +320,8 @@ def test_the_one_row_path_declines_what_it_cannot_take_as_is():
                 x[0],                               # one dimension
                 np.full((1, 13), np.nan, np.float32)]
     for X in declined:
-        assert packed.predict_proba_row(X) is None
+        assert packed.forward_row(X, softmax=True) is None
+        assert packed.forward_row(X, softmax=False) is None
     # ... and predict_proba then answers as for any input: the probabilities, or its error.
     for X in declined[:5]:
         np.testing.assert_allclose(model.predict_proba(X),

@@ -126,7 +126,7 @@ class Outputs:
         if self._output == "multilabel":
             return (logits > 0).astype(np.int64)
         if self._output == "softmax":
-            return np.argmax(logits, axis=1).astype(np.int64)
+            return np.argmax(logits, axis=1).astype(np.int64, copy=False)
         return (logits[:, 0] > 0).astype(np.int64)
 
     def score(self, X, y) -> float:

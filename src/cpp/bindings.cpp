@@ -1208,30 +1208,31 @@ void bind_packed_weights(py::module_& m, const char* name) {
         return std::string(isa_name(p.isa));
       });
   if constexpr (std::is_same_v<T, float>) {
-    // The softmax of one row's logits from the packed weights alone (X checked finite): the
-    // single-sample predict_proba without the weights' lists to convert and check (~1 µs of
-    // ~10 for the mnist-shaped net). None, computing nothing, unless X is exactly what the
-    // model's validation would make of one sample (a C-contiguous, aligned (1, n_0) float32
-    // array) and the panels are AVX-512 ones of the active ISA, or when X is not finite: the
-    // caller then takes the general path, whose validation says what is wrong.
-    cls.def("predict_proba_row", [](const PackedWeights<float>& packed,
-                                    const py::array& X) -> py::object {
+    // One row's logits, or their softmax, from the packed weights alone (X checked finite):
+    // the single-sample forward / predict / predict_proba without the weights' lists to
+    // convert and check (~1 µs of ~10 for the mnist-shaped net). None, computing nothing,
+    // unless X is exactly what the model's validation would make of one sample (a
+    // C-contiguous, aligned (1, n_0) float32 array) and the panels are AVX-512 ones of the
+    // active ISA, or when X is not finite: the caller then takes the general path, whose
+    // validation says what is wrong.
+    cls.def("forward_row", [](const PackedWeights<float>& packed, const py::array& X,
+                              bool softmax) -> py::object {
       if (X.ndim() != 2 || X.shape(0) != 1 || X.shape(1) != packed.shape.sizes[0] ||
           !py::isinstance<py::array_t<float>>(X) || !contiguous_and_aligned(X))
         return py::none();
       const index_t K = packed.shape.sizes.back();
-      py::array_t<float> probabilities({index_t{1}, K});
-      float* out = probabilities.mutable_data();
+      py::array_t<float> result({index_t{1}, K});
+      float* out = result.mutable_data();
       const float* x = static_cast<const float*>(X.data());
       const int outcome = without_gil([&] {
         if (first_nonfinite(x, X.shape(1)) >= 0) return 0;
         if (!packed_forward_row(out, x, packed)) return 0;
-        if (K > 0) softmax_forward(out, out, index_t{1}, K);
+        if (softmax && K > 0) softmax_forward(out, out, index_t{1}, K);
         return 1;
       });
       if (!outcome) return py::none();
-      return std::move(probabilities);
-    }, py::arg("X"));
+      return std::move(result);
+    }, py::arg("X"), py::arg("softmax"));
   }
 }
 
