@@ -22,6 +22,35 @@ def test_sgd_plain_step():
     np.testing.assert_allclose(run(SGD(lr=0.1), [1.0], [[2.0], [-1.0]]), [0.9])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_gives_the_same_bits_on_every_isa(dtype, weight_decay):
+    """Plain SGD runs a row kernel of the active ISA where it has one (AVX-512: 16 floats at
+    a time, built without FMA contraction) and the rule's portable loop elsewhere: the same
+    two roundings per element, so the same bits, at lengths around the vector widths."""
+    from fastmlp import ops
+    rng = np.random.default_rng(7)
+    shapes = [(1,), (15,), (17,), (3, 33), (67,)]
+    start = [rng.normal(size=s).astype(dtype) for s in shapes]
+    grads = [(rng.normal(size=s) * 10 ** rng.uniform(-3, 3, size=s)).astype(dtype)
+             for s in shapes]
+    results = {}
+    previous = ops.isa()
+    try:
+        for isa in ops.supported_isas():
+            ops.set_isa(isa)
+            params = [p.copy() for p in start]
+            opt = SGD(lr=0.37, weight_decay=weight_decay)
+            for _ in range(3):
+                opt.step(params, grads)
+            results[isa] = params
+    finally:
+        ops.set_isa(previous)
+    for isa, params in results.items():
+        for got, want in zip(params, results["generic"]):
+            np.testing.assert_array_equal(got, want, err_msg=isa)
+
+
 def test_sgd_momentum_buffer_starts_from_first_gradient():
     # buf1 = g1 = 1 -> p = 1 - 0.5 = 0.5; buf2 = 0.9*1 + 2 = 2.9 -> p = 0.5 - 1.45 = -0.95
     np.testing.assert_allclose(run(SGD(lr=0.5, momentum=0.9), [1.0], [[1.0], [2.0]]), [-0.95])

@@ -49,7 +49,8 @@ def test_proven_steps_give_the_bits_of_backed_up_steps(precision, dtype, activat
                                                        weight_decay):
     """Every step of SGD (with and without weight decay, L2 penalty) is proven on a net of
     ordinary scale, and the weights are bitwise those of the engine that backs every step up
-    (whose update is the rule's portable loop; a proven step's is the ISA's row kernel)."""
+    (the ISA's row kernel with and without its backup; test_optim.py checks that kernel
+    against the rule's portable loop)."""
     X, y = data(300, 37, 4, dtype=dtype)
     previous = fastmlp.get_num_threads()
     fastmlp.set_num_threads(n_threads)

@@ -152,14 +152,14 @@ bool Sgd::apply(ParamBlock<T>& b) const {
   const T lr_t = static_cast<T>(lr), mu = static_cast<T>(momentum),
           wd = static_cast<T>(weight_decay);
   const bool use_momentum = momentum != 0.0;
-  // Without momentum or backup (the engine's proven steps), the active ISA's row kernel if it
-  // has one: the same operations, wider vectors.
-  const SgdRowKernel<T> row_kernel =
-      b.backup || use_momentum ? nullptr : active_gemm_context<T>().sgd_row;
+  // Without momentum, the active ISA's row kernel if it has one: the same operations, wider
+  // vectors.
+  const SgdRowKernel<T> row_kernel = use_momentum ? nullptr : active_gemm_context<T>().sgd_row;
   if (row_kernel) {
     unsigned row_bad = 0;
     for (index_t r = 0; r < b.rows; ++r)
-      row_bad |= row_kernel(b.param + r * b.ld, b.grad + r * b.ld_grad, b.cols, lr_t, wd,
+      row_bad |= row_kernel(b.param + r * b.ld, b.grad + r * b.ld_grad,
+                            b.backup ? b.backup + r * b.ld : nullptr, b.cols, lr_t, wd,
                             weight_decay != 0.0);
     return row_bad == 0;
   }

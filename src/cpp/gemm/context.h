@@ -65,9 +65,11 @@ using AxpyKernel = void (*)(index_t n, T a, const T* x, T* y);
 
 // max |x| over rows × cols, rows row_stride apart; +inf if any value is not finite
 // (gemm/max_abs.h).
-// One row of SGD without momentum or backup (gemm/sgd_row.h): non-zero if a value overflowed.
+// One row of SGD without momentum, its old values saved to backup unless null
+// (gemm/sgd_row.h): non-zero if a value overflowed.
 template <class T>
-using SgdRowKernel = unsigned (*)(T* param, const T* grad, index_t n, T lr, T wd, bool decay);
+using SgdRowKernel = unsigned (*)(T* param, const T* grad, T* backup, index_t n, T lr, T wd,
+                                  bool decay);
 
 template <class T>
 using MaxAbsKernel = double (*)(const T* x, index_t rows, index_t cols, index_t row_stride);
