@@ -63,14 +63,14 @@ using PackRowsKernel = void (*)(T* packed, const T* a, index_t rs, index_t mc, i
 template <class T>
 using AxpyKernel = void (*)(index_t n, T a, const T* x, T* y);
 
-// max |x| over rows × cols, rows row_stride apart; +inf if any value is not finite
-// (gemm/max_abs.h).
 // One row of SGD without momentum, its old values saved to backup unless null
 // (gemm/sgd_row.h): non-zero if a value overflowed.
 template <class T>
 using SgdRowKernel = unsigned (*)(T* param, const T* grad, T* backup, index_t n, T lr, T wd,
                                   bool decay);
 
+// max |x| over rows × cols, rows row_stride apart; +inf if any value is not finite
+// (gemm/max_abs.h).
 template <class T>
 using MaxAbsKernel = double (*)(const T* x, index_t rows, index_t cols, index_t row_stride);
 
@@ -129,7 +129,6 @@ struct IsaContext {
 // kernels/avx512/update_avx512.cpp: the AVX-512 context's optimizer row kernels.
 void add_avx512_update_kernels(IsaContext& c);
 #endif
-
 
 // Sets k.MC, k.KC, k.NC from the caches c for k's register tile (MR×NR) and dtype: the
 // analytical model of Low et al. 2016 ("Analytical modeling is enough for high-performance
