@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "gemm/context.h"
+#include "gemm/sgd_row.h"
 
 namespace fastmlp {
 
@@ -119,32 +120,6 @@ double Sgd::update_bound(double param_max, double grad_max) const {
   const double rounding = 1 + 4 * static_cast<double>(std::numeric_limits<float>::epsilon());
   const double g = (grad_max + std::fabs(weight_decay) * rounding * param_max) * rounding;
   return (param_max + std::fabs(lr) * rounding * g) * rounding;  // NaN lr: NaN, never a bound
-}
-
-// The per-element loop is specialised on every flag (template parameters), so each compiled
-// loop is branch-free and vectorises; the pointers never alias (restrict). With the flags
-// tested per element the loop ran scalar: a tenth of a digits-sized training step went to the
-// SGD update.
-template <class T, bool kBackup, bool kDecay, bool kMomentum, bool kNesterov, bool kFirst>
-unsigned sgd_loop(T* __restrict__ param, const T* __restrict__ grad,
-                  T* __restrict__ momentum_buffer, T* __restrict__ backup, index_t n, T lr, T mu,
-                  T wd) {
-  unsigned bad = 0;
-  for (index_t i = 0; i < n; ++i) {
-    const T p = param[i];
-    if (kBackup) backup[i] = p;
-    T g = grad[i];
-    if (kDecay) g = g + wd * p;
-    if (kMomentum) {
-      const T buf = kFirst ? g : mu * momentum_buffer[i] + g;
-      momentum_buffer[i] = buf;
-      g = kNesterov ? g + mu * buf : buf;
-    }
-    const T updated = p - lr * g;
-    bad |= not_finite(updated);
-    param[i] = updated;
-  }
-  return bad;
 }
 
 template <class T>

@@ -21,7 +21,8 @@ QuantizedNetwork::QuantizedNetwork(std::vector<QuantizedLayer> hidden, const flo
   // Wᵀ in column blocks (n_in, width) of 32 outputs, the last one 16 wide where at most 16
   // are left (fewer lanes computed for nothing), zero past n_out; the block of outputs
   // [j, j + width) at j · n_in.
-  const index_t padded = n_out / 32 * 32 + (n_out % 32 == 0 ? 0 : n_out % 32 <= 16 ? 16 : 32);
+  const index_t last_block = n_out > 0 ? (n_out - 1) / 32 * 32 : 0;
+  const index_t padded = n_out > 0 ? last_block + last_block_width(last_block) : 0;
   last_WT_.assign(static_cast<std::size_t>(padded * n_in), 0.0f);
   for (index_t j0 = 0; j0 < n_out; j0 += 32) {
     const index_t width = last_block_width(j0);
